@@ -1,0 +1,86 @@
+"""Coalesce many concurrent calls into one batched call.
+
+One actor call costs about 1.5 ms here, so a hot path that makes one call per job
+tops out near 1,400 jobs/s per pair of actors. A ``Coalescer`` collects every item
+submitted during one turn of the event loop (and while the previous batch is still
+in flight, up to ``max_batch``), sends them in one ``send_many`` call, and hands each
+caller its own result or exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Coalescer(Generic[T, R]):
+    def __init__(
+        self,
+        send_many: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int = 512,
+        max_in_flight: int = 4,
+    ) -> None:
+        self._send_many = send_many
+        self._max_batch = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._flush_scheduled = False
+
+    async def call(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        return await future
+
+    async def call_many(self, items: Sequence[T]) -> list[R]:
+        return list(await asyncio.gather(*(self.call(item) for item in items)))
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        task = asyncio.get_running_loop().create_task(self._flush())
+        task.add_done_callback(_ignore_result)
+
+    async def _flush(self) -> None:
+        async with self._slots:
+            # Items that arrived while we waited for a slot ride along in this batch.
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._send(batch)
+                if len(self._pending) < self._max_batch:
+                    break
+            if self._pending and not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._start_flush)
+
+    async def _send(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._send_many([item for item, _ in batch])
+        except BaseException as exc:  # every caller learns what went wrong
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if len(results) != len(batch):
+            error = RuntimeError(f"batch of {len(batch)} returned {len(results)} results")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
+def _ignore_result(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()

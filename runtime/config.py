@@ -1,0 +1,241 @@
+"""jobline.toml -> validated, frozen pydantic models.
+
+The file is the single statement of the system: vendors and their limits, models with
+their prices and routes, the retry and circuit policies, the sweeper, storage and the
+Ray layout. A wrong file stops start-up with a ConfigError that names the file, the key
+path and the reason, e.g. ``jobline.toml: vendors.fal.concurrency: must be ≥ 1, got 0``.
+Unknown keys are errors. Secrets never live in the file: it names environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from runtime.errors import ConfigError
+from runtime.policies import CircuitPolicy, RetryPolicy
+
+DEFAULT_CONFIG_PATH = Path("jobline.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VendorConfig(_Section):
+    name: str = ""  # filled in from the table key
+    api: Literal["replicate", "fal"]
+    base_url: str
+    api_key_env: str
+    webhook_secret_env: str
+    concurrency: int = Field(ge=1)
+    requests_per_second: float = Field(default=0.0, ge=0)  # 0 = no rate limit
+    submit_timeout: float = Field(default=10.0, gt=0)
+    poll_timeout: float = Field(default=5.0, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0)
+    stuck_after: float = Field(default=300.0, gt=0)  # processing longer: the sweeper asks
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env)
+
+    def webhook_secret(self) -> str | None:
+        return os.environ.get(self.webhook_secret_env)
+
+
+class RouteStep(_Section):
+    vendor: str
+    model: str  # the vendor's own name for the model
+
+
+class ModelConfig(_Section):
+    name: str = ""
+    price: int = Field(ge=0)
+    route: tuple[RouteStep, ...] = Field(min_length=1)
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+    @field_validator("input_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from exc
+        return value
+
+
+class RetryConfig(_Section):
+    base: float = Field(default=1.0, gt=0)
+    factor: float = Field(default=2.0, ge=1)
+    cap: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)  # per vendor
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            base=self.base, factor=self.factor, cap=self.cap, max_attempts=self.max_attempts
+        )
+
+
+class CircuitConfig(_Section):
+    failure_threshold: int = Field(default=5, ge=1)
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    window: float = Field(default=30.0, gt=0)
+    min_calls: int = Field(default=10, ge=1)
+    cooldown: float = Field(default=15.0, gt=0)
+    half_open_probes: int = Field(default=1, ge=1)
+
+    def policy(self) -> CircuitPolicy:
+        return CircuitPolicy(
+            failure_threshold=self.failure_threshold,
+            failure_rate=self.failure_rate,
+            window=self.window,
+            min_calls=self.min_calls,
+            cooldown=self.cooldown,
+            half_open_probes=self.half_open_probes,
+        )
+
+
+class SweeperConfig(_Section):
+    interval: float = Field(default=15.0, gt=0)
+    job_deadline: float = Field(default=900.0, gt=0)  # seconds from submit to the end
+
+
+class GatewayConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = "http://127.0.0.1:8080"  # where vendors send webhooks
+    replicas: int = Field(default=2, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_jobs_in_flight_per_account: int = Field(default=1000, ge=1)
+    admin_token_env: str = "JOBLINE_ADMIN_TOKEN"
+    webhook_tolerance: float = Field(default=300.0, gt=0)
+
+    def admin_token(self) -> str | None:
+        return os.environ.get(self.admin_token_env)
+
+
+class StorageConfig(_Section):
+    database: Path = Path("data/jobline.db")
+    results: Path = Path("data/results")
+
+
+class RayConfig(_Section):
+    address: str = ""  # empty: start a local Ray; "auto" or host:port: join a cluster
+    namespace: str = "jobline"
+    processor_resources: dict[str, float] = Field(default_factory=dict)
+    max_restarts: int = Field(default=-1, ge=-1)  # -1: restart actors forever
+
+
+class JoblineConfig(_Section):
+    gateway: GatewayConfig = GatewayConfig()
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+    retry: RetryConfig = RetryConfig()
+    circuit: CircuitConfig = CircuitConfig()
+    sweeper: SweeperConfig = SweeperConfig()
+    vendors: dict[str, VendorConfig] = Field(min_length=1)
+    models: dict[str, ModelConfig] = Field(min_length=1)
+
+    def vendor(self, name: str) -> VendorConfig:
+        return self.vendors[name]
+
+    def model(self, name: str) -> ModelConfig:
+        return self.models[name]
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> JoblineConfig:
+    """Read and validate a jobline.toml; raises ConfigError naming file, key and reason."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> JoblineConfig:
+    """Validate an already-parsed TOML document (tests and tools build these in memory)."""
+    raw = _with_names(raw)
+    try:
+        config = JoblineConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(source, _key_path(first["loc"]), _reason(first)) from None
+    _check_routes(config, source)
+    return config
+
+
+def _with_names(raw: dict[str, Any]) -> dict[str, Any]:
+    """Copy each vendors.X / models.X table's key into its `name` field."""
+    raw = dict(raw)
+    for section in ("vendors", "models"):
+        tables = raw.get(section)
+        if isinstance(tables, dict):
+            raw[section] = {
+                name: ({**table, "name": name} if isinstance(table, dict) else table)
+                for name, table in tables.items()
+            }
+    return raw
+
+
+def _check_routes(config: JoblineConfig, source: str) -> None:
+    known = ", ".join(sorted(config.vendors))
+    for model in config.models.values():
+        for i, step in enumerate(model.route):
+            if step.vendor not in config.vendors:
+                raise ConfigError(
+                    source,
+                    f"models.{model.name}.route[{i}].vendor",
+                    f"unknown vendor {step.vendor!r} (known: {known})",
+                )
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+_BOUNDS = {
+    "greater_than_equal": ("≥", "ge"),
+    "greater_than": (">", "gt"),
+    "less_than_equal": ("≤", "le"),
+    "less_than": ("<", "lt"),
+}
+
+
+def _reason(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    got = error.get("input")
+    if kind in _BOUNDS:
+        symbol, name = _BOUNDS[kind]
+        return f"must be {symbol} {ctx[name]}, got {got!r}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length')} item(s)"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {got!r}"
+    return f"{error['msg'].lower()}, got {got!r}"

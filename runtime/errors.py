@@ -1,0 +1,250 @@
+"""One exception hierarchy for jobline.
+
+Every exception passes its arguments to ``super().__init__`` so that it survives
+pickling across Ray actor boundaries (``pickle.loads(pickle.dumps(e))`` gives an
+equal exception back; a test checks every class below).
+
+    JoblineError
+    ├── ConfigError                  jobline.toml is wrong: file, key path, reason
+    ├── IllegalTransition            a job state machine move the table forbids
+    ├── LedgerError                  the ledger refused an operation
+    │   ├── AccountNotFound
+    │   ├── JobNotFound              also for another account's job (404, not 403)
+    │   ├── InsufficientCredits      available < price (402)
+    │   ├── IdempotencyConflict      same Idempotency-Key, different body (422)
+    │   ├── TooManyJobsInFlight      the account's cap on non-terminal jobs (429)
+    │   ├── DeadLetterNotFound
+    │   └── LedgerUnavailable        the ledger actor or database cannot be reached
+    ├── RequestError                 a client request jobline refuses
+    │   ├── Unauthorized             missing or unknown API key / admin token (401)
+    │   ├── InputInvalid             body does not match the model's schema (422)
+    │   └── UnknownModel             (422)
+    ├── WebhookRejected              a vendor callback that changes nothing
+    │   ├── WebhookSignatureInvalid
+    │   └── WebhookTimestampStale
+    └── VendorError                  anything a vendor call did wrong
+        ├── VendorTransientError     worth retrying (backoff, maybe failover)
+        │   ├── VendorTimeout
+        │   ├── VendorRateLimited    429, may carry retry_after
+        │   ├── VendorUnavailable    5xx, connection refused or reset
+        │   └── VendorTaskFailed     the vendor ran the task and it failed transiently
+        └── VendorPermanentError     retrying cannot help: fail the job, refund
+            ├── VendorInputRejected  invalid input, content rejected
+            └── VendorAuthError      bad API key (401/403)
+
+Lower-layer errors (aiohttp, sqlite3) are translated into these in one place per
+adapter: ``runtime.vendors`` for HTTP, ``runtime.ledger`` for SQLite.
+"""
+
+from __future__ import annotations
+
+
+class JoblineError(Exception):
+    """The root of every error jobline raises on purpose."""
+
+
+class ConfigError(JoblineError):
+    """The configuration file is wrong; names the file, the key path and why."""
+
+    def __init__(self, path: str, key: str, reason: str) -> None:
+        super().__init__(path, key, reason)
+        self.path = path
+        self.key = key
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = f"{self.key}: " if self.key else ""
+        return f"{self.path}: {where}{self.reason}"
+
+
+class IllegalTransition(JoblineError):
+    """A job state machine move that the transition table forbids."""
+
+    def __init__(self, status: str, event: str) -> None:
+        super().__init__(status, event)
+        self.status = status
+        self.event = event
+
+    def __str__(self) -> str:
+        return f"illegal transition: event {self.event!r} in status {self.status!r}"
+
+
+# --- ledger ---------------------------------------------------------------------------
+
+
+class LedgerError(JoblineError):
+    """The ledger refused an operation."""
+
+
+class AccountNotFound(LedgerError):
+    def __init__(self, account_id: str) -> None:
+        super().__init__(account_id)
+        self.account_id = account_id
+
+    def __str__(self) -> str:
+        return f"account {self.account_id!r} not found"
+
+
+class JobNotFound(LedgerError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"job {self.job_id!r} not found"
+
+
+class DeadLetterNotFound(LedgerError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"no dead letter for job {self.job_id!r}"
+
+
+class InsufficientCredits(LedgerError):
+    def __init__(self, account_id: str, price: int, available: int) -> None:
+        super().__init__(account_id, price, available)
+        self.account_id = account_id
+        self.price = price
+        self.available = available
+
+    def __str__(self) -> str:
+        return (
+            f"account {self.account_id!r} has {self.available} credits available, "
+            f"the job costs {self.price}"
+        )
+
+
+class IdempotencyConflict(LedgerError):
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(key, job_id)
+        self.key = key
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return (
+            f"Idempotency-Key {self.key!r} was already used for job {self.job_id!r} "
+            "with a different request body"
+        )
+
+
+class TooManyJobsInFlight(LedgerError):
+    def __init__(self, account_id: str, limit: int) -> None:
+        super().__init__(account_id, limit)
+        self.account_id = account_id
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"account {self.account_id!r} already has {self.limit} jobs in flight"
+
+
+class LedgerUnavailable(LedgerError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"ledger unavailable: {self.reason}"
+
+
+# --- client requests ------------------------------------------------------------------
+
+
+class RequestError(JoblineError):
+    """A client request jobline refuses."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Unauthorized(RequestError):
+    pass
+
+
+class InputInvalid(RequestError):
+    pass
+
+
+class UnknownModel(RequestError):
+    pass
+
+
+# --- webhooks -------------------------------------------------------------------------
+
+
+class WebhookRejected(JoblineError):
+    """A vendor callback that must change nothing."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class WebhookSignatureInvalid(WebhookRejected):
+    pass
+
+
+class WebhookTimestampStale(WebhookRejected):
+    pass
+
+
+# --- vendors --------------------------------------------------------------------------
+
+
+class VendorError(JoblineError):
+    """Anything a vendor call did wrong."""
+
+    def __init__(self, vendor: str, message: str) -> None:
+        super().__init__(vendor, message)
+        self.vendor = vendor
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.vendor}: {self.message}"
+
+
+class VendorTransientError(VendorError):
+    """Worth retrying, after ``retry_after`` seconds if the vendor said so."""
+
+    def __init__(self, vendor: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(vendor, message)
+        # VendorError.__init__ set args to (vendor, message); keep retry_after in args too.
+        self.args = (vendor, message, retry_after)
+        self.retry_after = retry_after
+
+
+class VendorTimeout(VendorTransientError):
+    pass
+
+
+class VendorRateLimited(VendorTransientError):
+    pass
+
+
+class VendorUnavailable(VendorTransientError):
+    pass
+
+
+class VendorTaskFailed(VendorTransientError):
+    pass
+
+
+class VendorPermanentError(VendorError):
+    """Retrying cannot help: the job fails and its hold is released."""
+
+
+class VendorInputRejected(VendorPermanentError):
+    pass
+
+
+class VendorAuthError(VendorPermanentError):
+    pass

@@ -1,0 +1,280 @@
+"""The values jobline passes around: jobs, credit entries, balances, ledger operations.
+
+Everything here is a frozen dataclass of plain values, so it pickles cheaply across
+Ray actors. Times are seconds since the epoch (floats) from an injected clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.states import JobStatus
+
+JSON = dict[str, Any]
+
+
+class EntryKind(enum.StrEnum):
+    GRANT = "grant"
+    HOLD = "hold"
+    CAPTURE = "capture"
+    RELEASE = "release"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    account_id: str
+    model: str
+    input: JSON
+    status: JobStatus
+    cost: int  # credits held for this job
+    trace_id: str
+    route_position: int  # index into the model's route: which vendor is responsible
+    vendor: str  # the vendor at route_position
+    vendor_task_id: str | None
+    attempts: int  # attempts started, over all vendors
+    vendor_attempts: int  # attempts started on the current vendor
+    not_before: float  # do not submit before this time (retry backoff)
+    deadline: float  # the whole job must end by then, or it fails and is refunded
+    result_key: str | None
+    error: str | None
+    idempotency_key: str | None
+    redriven_from: str | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+    def to_api(self) -> JSON:
+        """The job as ``GET /v1/jobs/{id}`` shows it."""
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "model": self.model,
+            "input": self.input,
+            "vendor": self.vendor,
+            "vendor_task_id": self.vendor_task_id,
+            "attempts": self.attempts,
+            "cost": self.cost,
+            "error": self.error,
+            "result_url": (
+                f"/v1/jobs/{self.id}/result" if self.status is JobStatus.COMPLETED else None
+            ),
+            "trace_id": self.trace_id,
+            "redriven_from": self.redriven_from,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CreditEntry:
+    id: int
+    account_id: str
+    kind: EntryKind
+    amount: int  # always > 0; the kind says which way it moves
+    job_id: str | None
+    created_at: float
+    ref: str | None = None  # grant id, for idempotent grants
+
+    def to_api(self) -> JSON:
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "amount": self.amount,
+            "job_id": self.job_id,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    account_id: str
+    balance: int  # grants - captures
+    held: int  # open holds
+    available: int  # balance - held
+
+    def to_api(self) -> JSON:
+        return {"balance": self.balance, "held": self.held, "available": self.available}
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    job_id: str
+    account_id: str
+    model: str
+    vendor: str
+    error: str
+    attempts: int
+    trace_id: str
+    created_at: float
+    redriven_to: str | None
+
+    def to_api(self) -> JSON:
+        return {
+            "job_id": self.job_id,
+            "account_id": self.account_id,
+            "model": self.model,
+            "vendor": self.vendor,
+            "error": self.error,
+            "attempts": self.attempts,
+            "trace_id": self.trace_id,
+            "created_at": self.created_at,
+            "redriven_to": self.redriven_to,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class JobHistoryEntry:
+    """One row of the append-only history of a job's status changes (SSE reads it)."""
+
+    job_id: str
+    seq: int
+    status: JobStatus
+    at: float
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A broken invariant found by the invariant checker."""
+
+    invariant: str  # "I1", "I2", "I5"
+    subject: str  # the account, job, key or webhook concerned
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.invariant} {self.subject}: {self.detail}"
+
+
+# --- ledger operations ------------------------------------------------------------------
+# Each operation is a value, so a caller on another actor can send many in one call
+# (``Ledger.execute_many``) and the ledger can commit many callers' operations in one
+# transaction. Every operation is idempotent: executing it twice has the effect of once.
+
+
+@dataclass(frozen=True, slots=True)
+class CreateAccount:
+    account_id: str
+    api_key_hash: str  # sha256 hex of the API key; the key itself is never stored
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    account_id: str
+    amount: int
+    grant_id: str  # unique: a repeated grant_id grants nothing more
+
+
+@dataclass(frozen=True, slots=True)
+class OpenJob:
+    job_id: str
+    account_id: str
+    model: str
+    input: JSON
+    price: int
+    trace_id: str
+    vendor: str  # the first vendor of the route
+    deadline: float
+    idempotency_key: str | None = None
+    request_hash: str | None = None  # hash of the request body, for key reuse checks
+    max_in_flight: int | None = None  # the account's cap on non-terminal jobs
+    redriven_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartAttempt:
+    job_id: str
+    attempt: int  # the number this attempt will have (job.attempts + 1); compare-and-set
+    vendor: str
+    route_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class MarkProcessing:
+    job_id: str
+    attempt: int
+    vendor_task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRetry:
+    job_id: str
+    attempt: int  # the attempt that failed; a stale retry (another attempt began) is a no-op
+    not_before: float
+    error: str
+    route_position: int  # == job's position to retry on the same vendor; +1 to fail over
+    vendor: str
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    job_id: str
+    result_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    job_id: str
+    error: str
+    expired: bool = False  # the whole deadline passed (EXPIRED rather than FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    job_id: str
+    account_id: str | None = None  # when given, the job must belong to this account
+
+
+@dataclass(frozen=True, slots=True)
+class RecordWebhook:
+    vendor: str
+    webhook_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Redrive:
+    job_id: str  # a dead-lettered job
+    new_job_id: str
+    trace_id: str
+    deadline: float
+
+
+LedgerOp = (
+    CreateAccount
+    | Grant
+    | OpenJob
+    | StartAttempt
+    | MarkProcessing
+    | ScheduleRetry
+    | Complete
+    | Fail
+    | Cancel
+    | RecordWebhook
+    | Redrive
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one ledger operation did: its value, or the LedgerError it raised."""
+
+    value: Any = None
+    error: BaseException | None = None
+    changed: bool = True  # False when the operation was a replay or absorbed by a terminal job
+
+    def unwrap(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Job] = field(default_factory=list)
+    next_cursor: str | None = None

@@ -1,0 +1,479 @@
+"""Retry, circuit breaker, rate limit and error classification: pure policies.
+
+Theory of operation
+-------------------
+Nothing here does I/O, reads a clock or touches the global ``random`` module. Time
+comes in as ``now`` (seconds on any monotonic clock the caller owns) and randomness as
+a ``random.Random`` the caller seeded, so a run can be replayed exactly and unit tests
+never sleep. The caller (a ``VendorProcessor``) owns the sleeping and the calling:
+
+    policy = RetryPolicy()                          # data, built from jobline.toml
+    if not breaker.allow(now):                      # circuit open: fail over
+        ...
+    await asyncio.sleep(bucket.reserve(now))        # rate limit
+    try:
+        await vendor.submit(...)
+    except Exception as exc:
+        breaker.record_failure(clock())
+        if classify(exc) is ErrorClass.PERMANENT or policy.exhausted(attempt):
+            ...                                     # fail over, or fail and refund
+        not_before = clock() + policy.next_delay(attempt, rng, getattr(exc, "retry_after", None))
+    else:
+        breaker.record_success(clock())
+
+``RetryPolicy`` and ``CircuitPolicy`` are frozen values. ``CircuitBreaker`` and
+``TokenBucket`` are small mutable objects, one per vendor, owned by one actor (they
+are not thread-safe and need not be: an actor runs one coroutine at a time between
+awaits, and none of their methods awaits).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from runtime.errors import VendorPermanentError, VendorTransientError
+
+__all__ = [
+    "CIRCUIT_TRANSITIONS",
+    "CircuitBreaker",
+    "CircuitEvent",
+    "CircuitPolicy",
+    "CircuitState",
+    "ErrorClass",
+    "RetryPolicy",
+    "TokenBucket",
+    "classify",
+    "classify_http_status",
+]
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+# --- retry / backoff ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, and a budget of attempts per vendor.
+
+    ``attempt`` counts attempts already made on one vendor, from 1: after the first
+    attempt failed, ``next_delay(1, rng)`` is the wait before the second. The ceiling
+    of attempt ``n`` is ``min(cap, base * factor ** (n - 1))``; the delay is drawn
+    uniformly below it ("full jitter", so retries of many jobs spread out instead of
+    arriving together).
+    """
+
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 60.0
+    max_attempts: int = 5
+
+    def __post_init__(self) -> None:
+        _require(
+            _finite(self.base) and self.base >= 0,
+            f"RetryPolicy.base must be a finite number >= 0, got {self.base!r}",
+        )
+        _require(
+            _finite(self.factor) and self.factor >= 1,
+            f"RetryPolicy.factor must be a finite number >= 1, got {self.factor!r}",
+        )
+        _require(
+            _finite(self.cap) and self.cap >= self.base,
+            f"RetryPolicy.cap must be a finite number >= base ({self.base!r}), got {self.cap!r}",
+        )
+        _require(
+            self.max_attempts >= 1,
+            f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts!r}",
+        )
+
+    def ceiling(self, attempt: int) -> float:
+        """The largest backoff after ``attempt`` failed attempts (before Retry-After)."""
+        _require(attempt >= 1, f"attempt must be >= 1, got {attempt!r}")
+        try:
+            growth = self.factor ** (attempt - 1)
+        except OverflowError:  # a float power past 1e308: far beyond any cap
+            return self.cap
+        return min(self.cap, self.base * growth)
+
+    def next_delay(
+        self, attempt: int, rng: random.Random, retry_after: float | None = None
+    ) -> float:
+        """Seconds to wait after ``attempt`` failed attempts.
+
+        Without ``retry_after`` this is full jitter: uniform in ``[0, ceiling]``. With
+        it (the vendor's ``Retry-After``, in seconds) the delay is uniform in
+        ``[retry_after, max(retry_after, ceiling)]``: never sooner than the vendor
+        asked, never above ``cap`` unless the vendor itself asked for longer, and
+        still spread out so that every job a 429 hit does not come back at the same
+        instant. One draw from ``rng`` either way, so a seeded run replays exactly.
+        """
+        ceiling = self.ceiling(attempt)
+        floor = 0.0
+        if retry_after is not None:
+            _require(
+                _finite(retry_after) and retry_after >= 0,
+                f"retry_after must be a finite number of seconds >= 0, got {retry_after!r}",
+            )
+            floor = retry_after
+        return rng.uniform(floor, max(floor, ceiling))
+
+    def attempts_left(self, attempt: int) -> int:
+        """Attempts still allowed on this vendor after ``attempt`` were made."""
+        _require(attempt >= 0, f"attempt must be >= 0, got {attempt!r}")
+        return max(0, self.max_attempts - attempt)
+
+    def exhausted(self, attempt: int) -> bool:
+        """True when ``attempt`` attempts spent this vendor's budget: fail over."""
+        return self.attempts_left(attempt) == 0
+
+
+# --- circuit breaker ------------------------------------------------------------------
+
+
+class CircuitState(enum.StrEnum):
+    CLOSED = "closed"  # calls flow; failures are counted
+    OPEN = "open"  # calls are refused until the cooldown ends
+    HALF_OPEN = "half_open"  # a few probe calls decide: close or open again
+
+
+class CircuitEvent(enum.StrEnum):
+    TRIPPED = "tripped"  # too many consecutive failures, or too high a failure rate
+    COOLDOWN_ELAPSED = "cooldown_elapsed"  # open for `cooldown` seconds
+    PROBE_SUCCEEDED = "probe_succeeded"
+    PROBE_FAILED = "probe_failed"
+
+
+CIRCUIT_TRANSITIONS: dict[CircuitState, dict[CircuitEvent, CircuitState]] = {
+    CircuitState.CLOSED: {CircuitEvent.TRIPPED: CircuitState.OPEN},
+    CircuitState.OPEN: {CircuitEvent.COOLDOWN_ELAPSED: CircuitState.HALF_OPEN},
+    CircuitState.HALF_OPEN: {
+        CircuitEvent.PROBE_SUCCEEDED: CircuitState.CLOSED,
+        CircuitEvent.PROBE_FAILED: CircuitState.OPEN,
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitPolicy:
+    """When a vendor's circuit opens, and how it recovers.
+
+    It opens after ``failure_threshold`` consecutive failures, or when the failures
+    among the calls recorded in the last ``window`` seconds reach ``failure_rate``
+    (a fraction in ``(0, 1]``; checked only once ``min_calls`` calls are in the
+    window, so two failures out of three calls do not open it). Both are judged when
+    a failure is recorded: a success never opens the circuit. After ``cooldown``
+    seconds it lets ``half_open_probes`` probe calls through.
+    """
+
+    failure_threshold: int = 5
+    failure_rate: float = 0.5
+    window: float = 60.0
+    min_calls: int = 10
+    cooldown: float = 30.0
+    half_open_probes: int = 1
+
+    def __post_init__(self) -> None:
+        _require(
+            self.failure_threshold >= 1,
+            f"CircuitPolicy.failure_threshold must be >= 1, got {self.failure_threshold!r}",
+        )
+        _require(
+            _finite(self.failure_rate) and 0 < self.failure_rate <= 1,
+            f"CircuitPolicy.failure_rate must be in (0, 1], got {self.failure_rate!r}",
+        )
+        _require(
+            _finite(self.window) and self.window > 0,
+            f"CircuitPolicy.window must be a finite number of seconds > 0, got {self.window!r}",
+        )
+        _require(
+            self.min_calls >= 1,
+            f"CircuitPolicy.min_calls must be >= 1, got {self.min_calls!r}",
+        )
+        _require(
+            _finite(self.cooldown) and self.cooldown >= 0,
+            f"CircuitPolicy.cooldown must be a finite number of seconds >= 0, "
+            f"got {self.cooldown!r}",
+        )
+        _require(
+            self.half_open_probes >= 1,
+            f"CircuitPolicy.half_open_probes must be >= 1, got {self.half_open_probes!r}",
+        )
+
+
+class CircuitBreaker:
+    """One vendor's circuit: the state machine in ``CIRCUIT_TRANSITIONS``.
+
+    ::
+
+        closed ──tripped──▶ open ──cooldown_elapsed──▶ half_open ──probe_succeeded──▶ closed
+                             ▲                             │
+                             └────────probe_failed─────────┘
+
+    Every method takes ``now``; ``open`` becomes ``half_open`` by time alone, when
+    the breaker is next asked. Entering any state starts it clean: no counted
+    failures, no probes out, an empty window.
+
+    Results that arrive while ``open`` are ignored: they belong to calls made
+    before the circuit opened. In ``half_open`` the first result decides, whether or
+    not it came from a probe. If every probe was handed out and none reported back
+    within ``cooldown`` seconds (the caller was canceled, say), the probes count as
+    lost and new ones are handed out, so a lost probe cannot shut a vendor out for
+    good.
+    """
+
+    def __init__(self, policy: CircuitPolicy | None = None) -> None:
+        self.policy = policy if policy is not None else CircuitPolicy()
+        self._state = CircuitState.CLOSED
+        self._entered_at = 0.0  # when the current state began (open: the cooldown start)
+        self._consecutive_failures = 0
+        self._calls: deque[tuple[float, bool]] = deque()  # (when, failed), closed only
+        self._failures_in_window = 0
+        self._probes_out = 0
+        self._last_probe_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker(state={self._state.value}, policy={self.policy!r})"
+
+    def state(self, now: float) -> CircuitState:
+        """The state at ``now`` (an elapsed cooldown turns ``open`` into ``half_open``)."""
+        if self._state is CircuitState.OPEN and now - self._entered_at >= self.policy.cooldown:
+            self._move(CircuitEvent.COOLDOWN_ELAPSED, self._entered_at + self.policy.cooldown)
+        return self._state
+
+    def allow(self, now: float) -> bool:
+        """May a call go to the vendor now? In ``half_open`` this hands out a probe."""
+        state = self.state(now)
+        if state is CircuitState.CLOSED:
+            return True
+        if state is CircuitState.OPEN:
+            return False
+        if self._probes_lost(now):
+            self._probes_out = 0
+        if self._probes_out < self.policy.half_open_probes:
+            self._probes_out += 1
+            self._last_probe_at = now
+            return True
+        return False
+
+    def delay_until_allowed(self, now: float) -> float:
+        """Seconds until ``allow`` can next return True (0 if it can now)."""
+        state = self.state(now)
+        if state is CircuitState.OPEN:
+            return self._entered_at + self.policy.cooldown - now
+        if state is CircuitState.HALF_OPEN and self._probes_out >= self.policy.half_open_probes:
+            return max(0.0, self._last_probe_at + self.policy.cooldown - now)
+        return 0.0
+
+    def record_success(self, now: float) -> None:
+        state = self.state(now)
+        if state is CircuitState.CLOSED:
+            self._consecutive_failures = 0
+            self._remember(now, failed=False)
+        elif state is CircuitState.HALF_OPEN:
+            self._move(CircuitEvent.PROBE_SUCCEEDED, now)
+
+    def record_failure(self, now: float) -> None:
+        state = self.state(now)
+        if state is CircuitState.CLOSED:
+            self._consecutive_failures += 1
+            self._remember(now, failed=True)
+            if self._should_trip():
+                self._move(CircuitEvent.TRIPPED, now)
+        elif state is CircuitState.HALF_OPEN:
+            self._move(CircuitEvent.PROBE_FAILED, now)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _move(self, event: CircuitEvent, at: float) -> None:
+        self._state = CIRCUIT_TRANSITIONS[self._state][event]
+        self._entered_at = at
+        self._consecutive_failures = 0
+        self._calls.clear()
+        self._failures_in_window = 0
+        self._probes_out = 0
+
+    def _remember(self, now: float, *, failed: bool) -> None:
+        """Add a call to the sliding window and drop the ones older than ``window``."""
+        self._calls.append((now, failed))
+        self._failures_in_window += failed
+        horizon = now - self.policy.window
+        while self._calls and self._calls[0][0] <= horizon:
+            _, old_failed = self._calls.popleft()
+            self._failures_in_window -= old_failed
+
+    def _should_trip(self) -> bool:
+        if self._consecutive_failures >= self.policy.failure_threshold:
+            return True
+        calls = len(self._calls)
+        return (
+            calls >= self.policy.min_calls
+            and self._failures_in_window >= self.policy.failure_rate * calls
+        )
+
+    def _probes_lost(self, now: float) -> bool:
+        return (
+            self._probes_out >= self.policy.half_open_probes
+            and now - self._last_probe_at >= self.policy.cooldown
+        )
+
+
+# --- rate limit -----------------------------------------------------------------------
+
+# Float slack, in tokens, so that waiting exactly delay_until_available() always suffices.
+_TOKEN_EPSILON = 1e-9
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second, holding at most ``burst``.
+
+    It starts full, at the first ``now`` it is given. ``rate`` of ``None`` or
+    ``<= 0`` means unlimited: every acquire succeeds at once. ``burst`` defaults to
+    one second's worth of tokens, and at least 1.
+
+    Two ways to wait: ``delay_until_available`` + ``try_acquire`` (check, sleep, try
+    again: fine for one waiter), or ``reserve``, which takes the tokens now, possibly
+    going into debt, and returns how long to sleep before using them; concurrent
+    waiters then line up one behind the other without retrying.
+    """
+
+    def __init__(self, rate: float | None, burst: float | None = None) -> None:
+        self.unlimited = rate is None or rate <= 0
+        self.rate = 0.0 if rate is None or rate <= 0 else float(rate)
+        _require(_finite(self.rate), f"TokenBucket.rate must be finite or None, got {rate!r}")
+        if burst is None:
+            burst = max(1.0, self.rate)
+        _require(
+            _finite(burst) and burst > 0,
+            f"TokenBucket.burst must be a finite number > 0, got {burst!r}",
+        )
+        self.burst = float(burst)
+        self._tokens = self.burst
+        self._updated_at: float | None = None
+
+    def __repr__(self) -> str:
+        if self.unlimited:
+            return "TokenBucket(unlimited)"
+        return f"TokenBucket(rate={self.rate!r}, burst={self.burst!r})"
+
+    def available(self, now: float) -> float:
+        """Tokens in the bucket at ``now`` (negative while ``reserve`` debt is unpaid)."""
+        self._refill(now)
+        return self._tokens
+
+    def try_acquire(self, now: float, n: float = 1) -> bool:
+        """Take ``n`` tokens if they are there; never blocks, never goes into debt."""
+        self._check(n)
+        if self.unlimited:
+            return True
+        self._refill(now)
+        if self._tokens + _TOKEN_EPSILON < n:
+            return False
+        self._tokens = max(0.0, self._tokens - n)
+        return True
+
+    def delay_until_available(self, now: float, n: float = 1) -> float:
+        """Seconds until ``try_acquire(now + delay, n)`` succeeds (0 if it would now)."""
+        self._check(n)
+        if self.unlimited:
+            return 0.0
+        self._refill(now)
+        missing = n - self._tokens
+        return 0.0 if missing <= _TOKEN_EPSILON else missing / self.rate
+
+    def reserve(self, now: float, n: float = 1) -> float:
+        """Take ``n`` tokens now, into debt if need be; returns the seconds to wait."""
+        delay = self.delay_until_available(now, n)
+        if not self.unlimited:
+            self._tokens -= n
+        return delay
+
+    def _check(self, n: float) -> None:
+        _require(_finite(n) and n > 0, f"n must be a finite number > 0, got {n!r}")
+        _require(
+            self.unlimited or n <= self.burst,
+            f"n={n!r} exceeds the bucket's burst of {self.burst!r}: it could never be granted",
+        )
+
+    def _refill(self, now: float) -> None:
+        if self._updated_at is None:
+            self._updated_at = now
+            return
+        elapsed = now - self._updated_at
+        if elapsed > 0:  # a clock that steps back adds nothing (and takes nothing)
+            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+            self._updated_at = now
+
+
+# --- error classification -------------------------------------------------------------
+
+
+class ErrorClass(enum.StrEnum):
+    TRANSIENT = "transient"  # retry with backoff on this vendor, then fail over
+    PERMANENT = "permanent"  # retrying cannot help: fail the job and refund
+
+
+# asyncio.TimeoutError is TimeoutError since 3.11, and TimeoutError and ConnectionError
+# are OSErrors; they are listed for the reader.
+_TRANSIENT_LOW_LEVEL: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError, OSError)
+
+
+def classify(exc: BaseException) -> ErrorClass:
+    """Is ``exc`` worth retrying?
+
+    Transient: ``VendorTransientError`` and the network-shaped built-ins
+    (``TimeoutError``/``asyncio.TimeoutError``, ``ConnectionError``, ``OSError``).
+    Permanent: ``VendorPermanentError`` and **everything else**. An exception jobline
+    did not anticipate is most likely a bug (a ``KeyError`` in an adapter, a
+    changed response shape); retrying it would burn five attempts per vendor on
+    every route and delay the refund, and it would never succeed. Failing it at once
+    refunds the client and puts the error in the dead-letter queue, where it can be
+    fixed and re-driven.
+
+    An exception group is transient only if every exception in it is. Callers must
+    not classify ``asyncio.CancelledError``: cancellation is not a vendor failure
+    (here it would come out permanent) and must be re-raised.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = exc.exceptions
+        if all(classify(leaf) is ErrorClass.TRANSIENT for leaf in leaves):
+            return ErrorClass.TRANSIENT
+        return ErrorClass.PERMANENT
+    if isinstance(exc, VendorTransientError):
+        return ErrorClass.TRANSIENT
+    if isinstance(exc, VendorPermanentError):
+        return ErrorClass.PERMANENT
+    if isinstance(exc, _TRANSIENT_LOW_LEVEL):
+        return ErrorClass.TRANSIENT
+    return ErrorClass.PERMANENT
+
+
+_TRANSIENT_4XX = frozenset(
+    {
+        408,  # Request Timeout
+        425,  # Too Early
+        429,  # Too Many Requests
+    }
+)
+
+
+def classify_http_status(status: int) -> ErrorClass:
+    """The class of an HTTP error status: 408, 425, 429 and 5xx are transient.
+
+    Every other 4xx is permanent (bad input, bad key, unknown model). A status
+    below 400 is not an error and raises ``ValueError``.
+    """
+    _require(400 <= status <= 599, f"HTTP status {status!r} is not an error status (400-599)")
+    if status >= 500 or status in _TRANSIENT_4XX:
+        return ErrorClass.TRANSIENT
+    return ErrorClass.PERMANENT

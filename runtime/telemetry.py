@@ -1,0 +1,261 @@
+"""Structured logs, trace ids and Prometheus metrics.
+
+Metrics: every actor owns a ``Metrics`` object with its own registry and an ``actor``
+label value (``gateway-0``, ``processor-fal``, ``sweeper``, ``ledger``). The gateway's
+``/metrics`` asks every actor for ``Metrics.collect()`` (plain picklable values) in one
+round and renders them together, so one scrape of any gateway replica sees the whole
+runtime, on one node or many. Each series carries its actor's label, so a restarted
+actor's counters reset on their own series, as Prometheus expects.
+
+Logs: one JSON object per line on stderr (Ray keeps each worker's stderr in its log
+directory), with time, level, component, and job id / trace id when there is a job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import Metric
+from prometheus_client.exposition import generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+TRACE_HEADER = "X-Jobline-Trace-Id"
+
+
+def new_trace_id() -> str:
+    """A W3C-compatible 128-bit trace id, as 32 lowercase hex digits."""
+    return secrets.token_hex(16)
+
+
+def traceparent(trace_id: str) -> str:
+    return f"00-{trace_id}-{secrets.token_hex(8)}-01"
+
+
+# --- logs -------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    FIELDS = ("job_id", "trace_id", "vendor", "account_id", "attempt", "task_id", "error")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "component": record.name.removeprefix("jobline."),
+            "msg": record.getMessage(),
+        }
+        for name in self.FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send jobline's logs to stderr as JSON lines (idempotent)."""
+    root = logging.getLogger("jobline")
+    root.setLevel(level.upper())
+    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+    root.propagate = False
+
+
+def get_logger(component: str) -> logging.Logger:
+    return logging.getLogger(f"jobline.{component}")
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    name: str
+    kind: str  # counter, gauge, histogram
+    help: str
+    samples: tuple[Sample, ...]
+
+
+class Metrics:
+    """Every metric jobline exports (DESIGN §8), in one registry per actor."""
+
+    def __init__(self, actor: str) -> None:
+        self.actor = actor
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jobs_submitted = Counter(
+            "jobline_jobs_submitted", "Jobs accepted (202) by the gateway", ["model"], registry=r
+        )
+        self.jobs = Counter(
+            "jobline_jobs",
+            "Jobs that reached a terminal status",
+            ["model", "vendor", "status"],
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "jobline_job_duration_seconds",
+            "End-to-end job time, submit to terminal status",
+            ["model", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.vendor_inflight = Gauge(
+            "jobline_vendor_inflight",
+            "Vendor tasks in flight (slots taken)",
+            ["vendor"],
+            registry=r,
+        )
+        self.vendor_limit = Gauge(
+            "jobline_vendor_limit", "Configured vendor concurrency limit", ["vendor"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "jobline_queue_depth", "Jobs waiting for a vendor slot", ["vendor"], registry=r
+        )
+        self.vendor_requests = Counter(
+            "jobline_vendor_requests",
+            "Requests to vendors by operation and outcome",
+            ["vendor", "op", "outcome"],
+            registry=r,
+        )
+        self.vendor_request_duration = Histogram(
+            "jobline_vendor_request_duration_seconds",
+            "Vendor request latency",
+            ["vendor", "op"],
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "jobline_retries",
+            "Attempts retried after a transient error",
+            ["vendor", "reason"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "jobline_failovers",
+            "Jobs handed to the next vendor of their route",
+            ["from_vendor", "to_vendor"],
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "jobline_circuit_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            ["vendor"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "jobline_dead_letters", "Jobs dead-lettered (failed for good)", ["model"], registry=r
+        )
+        self.dead_letters_open = Gauge(
+            "jobline_dead_letters_open", "Dead letters not yet re-driven", registry=r
+        )
+        self.webhooks = Counter(
+            "jobline_webhooks",
+            "Vendor webhooks received, by result",
+            ["vendor", "result"],
+            registry=r,
+        )
+        self.webhook_rejections = Counter(
+            "jobline_webhook_rejections",
+            "Webhooks rejected, by reason",
+            ["vendor", "reason"],
+            registry=r,
+        )
+        self.credits = Counter(
+            "jobline_credits",
+            "Credits moved, by kind (held, captured, released)",
+            ["kind"],
+            registry=r,
+        )
+        self.sweeper_recoveries = Counter(
+            "jobline_sweeper_recoveries", "Jobs the sweeper repaired, by kind", ["kind"], registry=r
+        )
+        self.jobs_by_status = Gauge(
+            "jobline_jobs_current", "Jobs in the ledger by status", ["status"], registry=r
+        )
+        self.http_requests = Counter(
+            "jobline_http_requests", "HTTP requests served", ["route", "code"], registry=r
+        )
+        self.http_duration = Histogram(
+            "jobline_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.ledger_batch_size = Histogram(
+            "jobline_ledger_batch_size",
+            "Operations per group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.invariant_violations = Gauge(
+            "jobline_invariant_violations",
+            "Violations found by the last invariant check",
+            registry=r,
+        )
+        self.up = Gauge("jobline_actor_up", "1 while the actor runs", registry=r)
+        self.up.set(1)
+
+    def collect(self) -> list[Family]:
+        """This actor's metrics as plain values, labelled with the actor's name."""
+        return list(_families(self.registry.collect(), self.actor))
+
+
+def _families(metrics: Iterable[Metric], actor: str) -> Iterable[Family]:
+    for metric in metrics:
+        samples = tuple(
+            Sample(s.name, (("actor", actor), *sorted(s.labels.items())), s.value)
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        )
+        if samples:
+            yield Family(metric.name, metric.type, metric.documentation, samples)
+
+
+class _Merged:
+    def __init__(self, families: Iterable[Family]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        merged: dict[str, Metric] = {}
+        for family in self.families:
+            metric = merged.get(family.name)
+            if metric is None:
+                metric = merged[family.name] = Metric(family.name, family.help, family.kind)
+            for s in family.samples:
+                metric.add_sample(s.name, dict(s.labels), s.value)
+        return list(merged.values())
+
+
+def render(families: Iterable[Family]) -> bytes:
+    """Prometheus text exposition of many actors' families, one HELP/TYPE per name."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(families))
+    return generate_latest(registry)
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

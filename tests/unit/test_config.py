@@ -1,0 +1,153 @@
+"""jobline.toml validation: a wrong file names the file, the key path and the reason."""
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.config import load_config, parse_config
+from runtime.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_raw() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "jobline.toml").read_text())
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "jobline.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_file_loads() -> None:
+    config = load_config(ROOT / "jobline.toml")
+    assert config.vendors["fal"].name == "fal"
+    assert config.vendors["fal"].api == "fal"
+    assert config.models["flux-schnell"].route[0].vendor == "fal"
+    assert config.retry.policy().max_attempts == 5
+
+
+def test_zero_concurrency_is_named_exactly(tmp_path: Path) -> None:
+    text = (ROOT / "jobline.toml").read_text()
+    text = text.replace("concurrency = 8", "concurrency = 0", 1)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert (
+        str(info.value)
+        == f"{tmp_path / 'jobline.toml'}: vendors.fal.concurrency: must be ≥ 1, got 0"
+    )
+
+
+def test_unknown_key_is_an_error() -> None:
+    raw = default_raw()
+    raw["vendors"]["fal"]["concurency"] = 3
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, source="x.toml")
+    assert info.value.key == "vendors.fal.concurency"
+    assert info.value.reason == "unknown key"
+
+
+def test_unknown_top_level_section_is_an_error() -> None:
+    raw = default_raw()
+    raw["sweepr"] = {"interval": 1}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "sweepr"
+
+
+def test_route_to_an_unknown_vendor() -> None:
+    raw = default_raw()
+    raw["models"]["sdxl"]["route"][1]["vendor"] = "runway"
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "models.sdxl.route[1].vendor"
+    assert "runway" in info.value.reason and "fal" in info.value.reason
+
+
+def test_missing_required_key() -> None:
+    raw = default_raw()
+    del raw["vendors"]["replicate"]["base_url"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "vendors.replicate.base_url"
+    assert info.value.reason == "required key is missing"
+
+
+def test_wrong_api_shape() -> None:
+    raw = default_raw()
+    raw["vendors"]["fal"]["api"] = "openai"
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "vendors.fal.api"
+    assert "openai" in info.value.reason
+
+
+def test_bad_base_url() -> None:
+    raw = default_raw()
+    raw["vendors"]["fal"]["base_url"] = "ftp://example"
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "vendors.fal.base_url"
+    assert "http" in info.value.reason
+
+
+def test_empty_route() -> None:
+    raw = default_raw()
+    raw["models"]["sdxl"]["route"] = []
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "models.sdxl.route"
+
+
+def test_invalid_input_schema() -> None:
+    raw = default_raw()
+    raw["models"]["sdxl"]["input_schema"] = {"type": "nonsense"}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "models.sdxl.input_schema"
+    assert "JSON Schema" in info.value.reason
+
+
+def test_negative_price() -> None:
+    raw = default_raw()
+    raw["models"]["sdxl"]["price"] = -1
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert str(info.value) == "<config>: models.sdxl.price: must be ≥ 0, got -1"
+
+
+def test_not_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "[vendors\n"))
+    assert "not valid TOML" in info.value.reason
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.toml")
+    assert info.value.reason == "file not found"
+
+
+def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config(default_raw())
+    monkeypatch.delenv("FAL_KEY", raising=False)
+    assert config.vendors["fal"].api_key() is None
+    monkeypatch.setenv("FAL_KEY", "sk-test")
+    assert config.vendors["fal"].api_key() == "sk-test"
+
+
+def test_secrets_are_not_accepted_in_the_file() -> None:
+    raw = default_raw()
+    raw["vendors"]["fal"]["api_key"] = "sk-live-oops"
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "vendors.fal.api_key"
+
+
+def test_config_is_frozen() -> None:
+    config = parse_config(default_raw())
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError
+        config.vendors["fal"].concurrency = 99  # type: ignore[misc]

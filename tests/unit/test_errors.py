@@ -1,0 +1,75 @@
+"""Every jobline exception survives pickling, because they cross Ray actor boundaries."""
+
+import inspect
+import pickle
+from typing import Any
+
+import pytest
+
+import runtime.errors as errors
+
+ARGS: dict[str, tuple[Any, ...]] = {
+    "ConfigError": ("jobline.toml", "vendors.fal.concurrency", "must be ≥ 1, got 0"),
+    "IllegalTransition": ("queued", "succeeded"),
+    "AccountNotFound": ("acct_1",),
+    "JobNotFound": ("job_1",),
+    "DeadLetterNotFound": ("job_1",),
+    "InsufficientCredits": ("acct_1", 5, 2),
+    "IdempotencyConflict": ("key-1", "job_1"),
+    "TooManyJobsInFlight": ("acct_1", 100),
+    "LedgerError": (),
+    "LedgerUnavailable": ("disk I/O error",),
+    "RequestError": ("bad",),
+    "Unauthorized": ("missing API key",),
+    "InputInvalid": ("prompt: required",),
+    "UnknownModel": ("no model 'x'",),
+    "WebhookRejected": ("bad",),
+    "WebhookSignatureInvalid": ("no matching signature",),
+    "WebhookTimestampStale": ("timestamp too old",),
+    "VendorError": ("fal", "boom"),
+    "VendorTransientError": ("fal", "boom", 2.5),
+    "VendorTimeout": ("fal", "timed out"),
+    "VendorRateLimited": ("fal", "429", 3.0),
+    "VendorUnavailable": ("fal", "503"),
+    "VendorTaskFailed": ("fal", "CUDA out of memory"),
+    "VendorPermanentError": ("fal", "bad"),
+    "VendorInputRejected": ("fal", "content rejected"),
+    "VendorAuthError": ("fal", "401"),
+}
+
+CLASSES = [
+    cls
+    for _, cls in inspect.getmembers(errors, inspect.isclass)
+    if issubclass(cls, errors.JoblineError) and cls is not errors.JoblineError
+]
+
+
+def test_every_class_has_sample_arguments() -> None:
+    assert {cls.__name__ for cls in CLASSES} == set(ARGS)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_pickle_round_trip(cls: type[errors.JoblineError]) -> None:
+    original = cls(*ARGS[cls.__name__])
+    copy = pickle.loads(pickle.dumps(original))
+    assert type(copy) is cls
+    assert copy.args == original.args
+    assert str(copy) == str(original)
+    assert vars(copy) == vars(original)
+
+
+def test_transient_and_permanent_are_disjoint() -> None:
+    assert issubclass(errors.VendorRateLimited, errors.VendorTransientError)
+    assert not issubclass(errors.VendorInputRejected, errors.VendorTransientError)
+    assert errors.VendorRateLimited("fal", "429", 3.0).retry_after == 3.0
+
+
+def test_config_error_names_file_key_and_reason() -> None:
+    e = errors.ConfigError("jobline.toml", "vendors.fal.concurrency", "must be ≥ 1, got 0")
+    assert str(e) == "jobline.toml: vendors.fal.concurrency: must be ≥ 1, got 0"
+
+
+def test_docstring_draws_every_class() -> None:
+    doc = errors.__doc__ or ""
+    for cls in CLASSES:
+        assert cls.__name__ in doc
