@@ -1,0 +1,138 @@
+"""The runner: one fake per vendor of a jobline config, and `jobline fake-vendors`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from runtime.config import load_config, parse_config
+from vendors_fake import FaultProfile, preset
+from vendors_fake.runner import dev_webhook_secret, main, start_fake_vendors, vendor_credentials
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def two_vendor_config(fal_port: int, replicate_port: int) -> dict[str, object]:
+    vendor = {"api_key_env": "T_KEY", "webhook_secret_env": "T_SECRET", "concurrency": 3}
+    return {
+        "vendors": {
+            "fal": {**vendor, "api": "fal", "base_url": f"http://127.0.0.1:{fal_port}"},
+            "rep": {
+                **vendor,
+                "api": "replicate",
+                "base_url": f"http://127.0.0.1:{replicate_port}",
+                "api_key_env": "T_REP_KEY",
+                "concurrency": 2,
+            },
+        },
+        "models": {"m": {"price": 1, "route": [{"vendor": "fal", "model": "fal-ai/x"}]}},
+    }
+
+
+def test_credentials_come_from_the_environment_or_dev_defaults() -> None:
+    config = parse_config(two_vendor_config(1, 2))
+    fal = config.vendors["fal"]
+    assert vendor_credentials(fal, {}) == ("dev-key-fal", dev_webhook_secret("fal"))
+    assert dev_webhook_secret("fal").startswith("whsec_")
+    assert dev_webhook_secret("fal") != dev_webhook_secret("rep")
+    env = {"T_KEY": "k", "T_SECRET": "whsec_c2VjcmV0"}
+    assert vendor_credentials(fal, env) == ("k", "whsec_c2VjcmV0")
+
+
+async def test_one_fake_per_vendor_on_the_configured_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ports = free_port(), free_port()
+    config = parse_config(two_vendor_config(*ports))
+    monkeypatch.delenv("T_KEY", raising=False)
+    monkeypatch.setenv("T_REP_KEY", "rep-secret-key")
+    fakes = await start_fake_vendors(config, "calm", seed=4)
+    async with fakes, aiohttp.ClientSession() as http:
+        assert fakes.urls == {
+            "fal": f"http://127.0.0.1:{ports[0]}",
+            "rep": f"http://127.0.0.1:{ports[1]}",
+        }
+        assert fakes["fal"].shape_name == "fal" and fakes["rep"].shape_name == "replicate"
+        assert fakes["fal"].profile.concurrency_limit == 3  # from the vendor config
+        assert fakes["rep"].profile.concurrency_limit == 2
+        assert fakes["fal"].profile.run_time == preset("calm").run_time
+        assert (fakes["rep"].api_key, fakes["fal"].api_key) == ("rep-secret-key", "dev-key-fal")
+        assert fakes["fal"].webhook_secret == dev_webhook_secret("fal")
+        async with http.post(
+            f"{fakes.urls['rep']}/v1/models/a/b/predictions",
+            json={"input": {}},
+            headers={"Authorization": "Bearer rep-secret-key"},
+        ) as r:
+            assert r.status == 201
+        assert fakes["rep"].seed == 4
+
+
+async def test_free_ports_and_a_profile_with_its_own_limit() -> None:
+    config = load_config(ROOT / "jobline.toml")
+    profile = FaultProfile(concurrency_limit=50)
+    async with await start_fake_vendors(config, profile, ports="free") as fakes:
+        assert set(fakes.urls) == set(config.vendors)
+        for name, fake in fakes.vendors.items():
+            assert fake.profile.concurrency_limit == 50
+            assert fake.shape_name == config.vendors[name].api
+            assert fake.url != config.vendors[name].base_url
+
+
+def test_main_refuses_a_missing_config() -> None:
+    assert main(["--config", "/nonexistent/jobline.toml"]) == 2
+    assert main(["--config", str(ROOT / "jobline.toml"), "--profile", "nope"]) == 2
+
+
+async def test_the_command_prints_urls_and_stops_on_ctrl_c() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vendors_fake",
+        "--config",
+        str(ROOT / "jobline.toml"),
+        "--profile",
+        "flaky",
+        "--seed",
+        "9",
+        "--free-ports",
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    urls = {}
+    try:
+        while len(urls) < 2:
+            line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+            assert line, (await process.stderr.read()).decode() if process.stderr else ""
+            parts = line.split()
+            if len(parts) == 3 and parts[2].startswith("http://"):
+                urls[parts[0]] = parts[2]
+        assert set(urls) == {"fal", "replicate"}
+
+        def stats(url: str) -> dict[str, object]:
+            with urllib.request.urlopen(f"{url}/_control/stats") as response:
+                result: dict[str, object] = json.load(response)
+                return result
+
+        assert (await asyncio.to_thread(stats, urls["fal"]))["seed"] == 9
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), 20)
+    assert code == 0

@@ -1,0 +1,218 @@
+"""Fault profiles: how a fake vendor behaves on a bad day, as data.
+
+A :class:`FaultProfile` is a frozen pydantic model (unknown keys are errors) that can be
+read from TOML or JSON, taken from the presets in ``profiles.toml`` (``calm``, ``flaky``,
+``outage``, ``hostile``, ``zero``), and changed while a fake runs through
+``POST /_control/profile`` with a full or partial document (:func:`merge_profile`).
+
+Every probability is per event and independent: per request for the route faults, per
+task for the task outcome, per delivered webhook for the webhook faults.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Latency(_Strict):
+    """A duration distribution in seconds.
+
+    ``fixed``: always ``seconds``. ``uniform``: between ``low`` and ``high``.
+    ``lognormal``: median ``p50`` and 99th percentile ``p99`` (``p99 >= p50 > 0``).
+    Every draw is capped at ``cap`` seconds.
+    """
+
+    kind: Literal["fixed", "uniform", "lognormal"] = "fixed"
+    seconds: float = Field(default=0.0, ge=0)
+    low: float = Field(default=0.0, ge=0)
+    high: float = Field(default=0.0, ge=0)
+    p50: float = Field(default=0.0, ge=0)
+    p99: float = Field(default=0.0, ge=0)
+    cap: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Latency:
+        if self.kind == "uniform" and self.high < self.low:
+            raise ValueError(f"uniform latency needs high >= low, got {self.low}..{self.high}")
+        if self.kind == "lognormal" and not (self.p99 >= self.p50 > 0):
+            raise ValueError(f"lognormal latency needs p99 >= p50 > 0, got {self.p50}/{self.p99}")
+        return self
+
+    @property
+    def sigma(self) -> float:
+        """The lognormal shape: ln(p99 / p50) / z(0.99)."""
+        return math.log(self.p99 / self.p50) / 2.3263478740408408
+
+
+class RouteFaults(_Strict):
+    """Faults for every request on one group of routes; at most one per request:
+    ``hang`` (never answered: the client times out), ``reset`` (the connection is
+    aborted), ``rate_limited`` (429 with ``Retry-After``), ``server_error`` (one of
+    ``server_error_codes``, chosen uniformly). The rates add up to at most 1."""
+
+    hang: float = Field(default=0.0, ge=0, le=1)
+    reset: float = Field(default=0.0, ge=0, le=1)
+    rate_limited: float = Field(default=0.0, ge=0, le=1)
+    server_error: float = Field(default=0.0, ge=0, le=1)
+    server_error_codes: tuple[int, ...] = Field(default=(500, 502, 503), min_length=1)
+    retry_after: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _rates_fit(self) -> RouteFaults:
+        total = self.hang + self.reset + self.rate_limited + self.server_error
+        if total > 1:
+            raise ValueError(
+                f"hang + reset + rate_limited + server_error must be <= 1, got {total}"
+            )
+        return self
+
+    @property
+    def any(self) -> bool:
+        return bool(self.hang or self.reset or self.rate_limited or self.server_error)
+
+
+class WebhookFaults(_Strict):
+    """Faults drawn for every webhook event the fake delivers.
+
+    ``lost``: never sent. ``duplicated``: sent twice (same ``webhook-id``).
+    ``delayed``: sent after an extra ``delay``. ``bad_signature``: signed with a wrong
+    secret (a forgery). ``stale``: correctly signed with a timestamp ``stale_by``
+    seconds in the past (a replay). ``out_of_order`` is drawn once per task: its progress
+    event (replicate's ``start``, a ``processing`` prediction, or ``starting`` if it never
+    ran) is held back and sent after the final one, subscribed or not. fal sends no
+    progress event, so ``out_of_order`` does not apply to it.
+    """
+
+    lost: float = Field(default=0.0, ge=0, le=1)
+    duplicated: float = Field(default=0.0, ge=0, le=1)
+    delayed: float = Field(default=0.0, ge=0, le=1)
+    delay: Latency = Latency(kind="fixed", seconds=2.0)
+    out_of_order: float = Field(default=0.0, ge=0, le=1)
+    bad_signature: float = Field(default=0.0, ge=0, le=1)
+    stale: float = Field(default=0.0, ge=0, le=1)
+    stale_by: float = Field(default=900.0, ge=0)
+    timeout: float = Field(default=5.0, gt=0)  # per delivery attempt
+    retries: int = Field(default=0, ge=0)  # further attempts after a failed delivery
+    retry_backoff: float = Field(default=0.5, ge=0)  # doubles per retry, capped at 10 s
+
+
+class Outage(_Strict):
+    """Periodic outage windows: every ``every`` seconds (from the fake's start, first
+    window beginning at ``first_at``, default ``every - duration``) the whole API answers
+    503 for ``duration`` seconds. ``every = 0`` turns periodic outages off; an outage can
+    also be started on demand with ``POST /_control/outage``."""
+
+    every: float = Field(default=0.0, ge=0)
+    duration: float = Field(default=0.0, ge=0)
+    first_at: float | None = Field(default=None, ge=0)
+    retry_after: float | None = Field(default=None, ge=0)
+
+    def active_until(self, elapsed: float) -> float | None:
+        """If ``elapsed`` seconds after start falls in a window, the elapsed time it ends."""
+        if self.every <= 0 or self.duration <= 0:
+            return None
+        first = self.first_at if self.first_at is not None else max(self.every - self.duration, 0)
+        if elapsed < first:
+            return None
+        start = first + ((elapsed - first) // self.every) * self.every
+        end = start + self.duration
+        return end if elapsed < end else None
+
+
+class FaultProfile(_Strict):
+    """Everything that makes a fake vendor slow or wrong. The defaults are a perfect
+    vendor with zero latency."""
+
+    description: str = ""
+    # task timeline: queued (starting / IN_QUEUE) -> running (processing / IN_PROGRESS) -> end
+    queue_delay: Latency = Latency()
+    run_time: Latency = Latency()
+    # task outcomes, drawn once per task at creation
+    failure: float = Field(default=0.0, ge=0, le=1)  # vendor-side failure, worth a retry
+    rejection: float = Field(default=0.0, ge=0, le=1)  # permanent: content rejected
+    never_finish: float = Field(default=0.0, ge=0, le=1)  # runs until canceled
+    # in-flight tasks = created and not ended; past the limit a submit gets 429
+    concurrency_limit: int | None = Field(default=None, ge=1)
+    concurrency_retry_after: float = Field(default=1.0, ge=0)
+    # per-request faults, by route group
+    submit: RouteFaults = RouteFaults()  # create a task
+    status: RouteFaults = RouteFaults()  # read a task: replicate GET, fal status and result
+    cancel: RouteFaults = RouteFaults()
+    download: RouteFaults = RouteFaults()  # output files
+    webhooks: WebhookFaults = WebhookFaults()
+    outage: Outage = Outage()
+    hang_for: float = Field(default=600.0, gt=0)  # a hung request is dropped after this
+
+    @model_validator(mode="after")
+    def _outcomes_fit(self) -> FaultProfile:
+        total = self.failure + self.rejection + self.never_finish
+        if total > 1:
+            raise ValueError(f"failure + rejection + never_finish must be <= 1, got {total}")
+        return self
+
+
+def merge_profile(base: FaultProfile, patch: Mapping[str, Any]) -> FaultProfile:
+    """``base`` with the keys of ``patch`` (nested tables merged key by key) replaced."""
+    return FaultProfile.model_validate(_deep_merge(base.model_dump(), patch))
+
+
+def _deep_merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in patch.items():
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            merged[key] = _deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def preset_names() -> list[str]:
+    return sorted(_presets())
+
+
+def preset(name: str) -> FaultProfile:
+    presets = _presets()
+    if name not in presets:
+        raise KeyError(f"unknown fault profile {name!r} (presets: {', '.join(sorted(presets))})")
+    return FaultProfile.model_validate(presets[name])
+
+
+def load_profile(name_or_path: str | Path) -> FaultProfile:
+    """A preset by name, or a profile file: ``.toml`` or ``.json``.
+
+    A TOML file holds either the profile's keys at top level, or one table per named
+    profile (like ``profiles.toml``) of which it must hold exactly one.
+    """
+    if isinstance(name_or_path, str) and name_or_path in _presets():
+        return preset(name_or_path)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no such file, and not a preset ({', '.join(preset_names())})"
+        )
+    text = path.read_text(encoding="utf-8")
+    raw: dict[str, Any] = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    fields = FaultProfile.model_fields
+    if raw and all(isinstance(v, dict) for v in raw.values()) and not set(raw) & set(fields):
+        if len(raw) != 1:
+            raise ValueError(f"{path}: holds profiles {sorted(raw)}; name one of them instead")
+        (raw,) = raw.values()
+    return FaultProfile.model_validate(raw)
+
+
+def _presets() -> dict[str, dict[str, Any]]:
+    text = resources.files("vendors_fake").joinpath("profiles.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
