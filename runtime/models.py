@@ -243,6 +243,7 @@ class Redrive:
     new_job_id: str
     trace_id: str
     deadline: float
+    vendor: str | None = None  # start over on this vendor at route position 0; None: keep
 
 
 LedgerOp = (

@@ -1,0 +1,44 @@
+"""``make bench``: jobline's numbers next to what the machine could do, in one run.
+
+Each benchmark measures jobline and its baseline side by side in the same process
+run (machines here are noisy: compare ratios, not absolute numbers), prints a table
+and saves everything as JSON under ``results/bench-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtests import bench_fake, bench_ledger
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {}
+
+    print("== ledger: durable operations/s vs raw batched SQLite inserts")
+    jobs, repeats = (2_000, 1) if args.quick else (20_000, 3)
+    results["ledger"] = bench_ledger.run(jobs=jobs, repeats=repeats)
+    print(bench_ledger.render(results["ledger"]))
+
+    print("\n== fake vendor: status polls/s one fake process sustains")
+    seconds = 1.0 if args.quick else 5.0
+    results["fake_vendor"] = bench_fake.bench_status_polls("replicate", seconds=seconds)
+    print(json.dumps(results["fake_vendor"], indent=2))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nsaved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
