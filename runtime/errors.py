@@ -19,6 +19,8 @@ equal exception back; a test checks every class below).
     │   ├── Unauthorized             missing or unknown API key / admin token (401)
     │   ├── InputInvalid             body does not match the model's schema (422)
     │   └── UnknownModel             (422)
+    ├── ResultNotFound               no stored output under this key (also a KeyError)
+    ├── InvalidResultKey             a key that is not one plain file name (also a ValueError)
     ├── WebhookRejected              a vendor callback that changes nothing
     │   ├── WebhookSignatureInvalid
     │   └── WebhookTimestampStale
@@ -173,6 +175,34 @@ class InputInvalid(RequestError):
 
 class UnknownModel(RequestError):
     pass
+
+
+# --- results --------------------------------------------------------------------------
+
+
+class ResultNotFound(JoblineError, KeyError):
+    """No result is stored under this key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"no result stored under key {self.key!r}"
+
+
+class InvalidResultKey(JoblineError, ValueError):
+    """A key that is not one plain file name (slashes, ``..``, absolute, odd characters)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return (
+            f"invalid result key {self.key!r}: one file name of letters, digits, '.', '_' "
+            "and '-' is expected"
+        )
 
 
 # --- webhooks -------------------------------------------------------------------------

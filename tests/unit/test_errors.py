@@ -23,6 +23,8 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "Unauthorized": ("missing API key",),
     "InputInvalid": ("prompt: required",),
     "UnknownModel": ("no model 'x'",),
+    "ResultNotFound": ("job_1.png",),
+    "InvalidResultKey": ("../x",),
     "WebhookRejected": ("bad",),
     "WebhookSignatureInvalid": ("no matching signature",),
     "WebhookTimestampStale": ("timestamp too old",),

@@ -1,0 +1,578 @@
+"""VendorProcessor: one per vendor; carries each of its jobs from the queue to the end.
+
+Theory of operation
+-------------------
+The processor holds the vendor's concurrency slots. A job takes a slot just before it
+is submitted and keeps it until the vendor task ends (succeeded, failed, canceled, or
+our cancel confirmed), so the vendor never sees more tasks from jobline than its limit.
+
+    queue (not_before order) ──slot + rate token + circuit──▶ attempt:
+        StartAttempt ─▶ submit ─▶ MarkProcessing(task id) ─▶ wait (webhook | poll)
+        ─▶ slot freed ─▶ download ─▶ ResultStore ─▶ Complete (capture)
+    transient error ─▶ ScheduleRetry (backoff) on this vendor, or fail over to the next
+                       vendor of the route when this one's attempts are spent or its
+                       circuit is open
+    permanent error or route spent ─▶ Fail (release + dead letter)
+
+Every step is one ledger operation; the ledger's compare-and-set on ``attempt`` and its
+terminal guard make a stale or duplicate step a no-op, so a restarted processor, the
+sweeper and a late webhook can all touch one job without settling it twice. Ledger
+operations go through a Coalescer: concurrent jobs share one actor call.
+
+On start the processor loads every ``queued`` or ``processing`` job the ledger says is
+on its vendor: ``processing`` jobs are resumed by polling their vendor task id (never
+submitted again) and take a slot each; ``queued`` jobs go back in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.batching import Coalescer
+from runtime.config import JoblineConfig, VendorConfig
+from runtime.errors import (
+    JoblineError,
+    VendorError,
+    VendorPermanentError,
+    VendorTimeout,
+    VendorTransientError,
+)
+from runtime.models import (
+    Complete,
+    Fail,
+    Job,
+    LedgerOp,
+    MarkProcessing,
+    Outcome,
+    ScheduleRetry,
+    StartAttempt,
+)
+from runtime.policies import CircuitBreaker, CircuitState, ErrorClass, TokenBucket, classify
+from runtime.ports import LedgerPort, Router
+from runtime.results import ResultStore, result_key_for
+from runtime.states import JobStatus
+from runtime.telemetry import Family, Metrics, get_logger
+from runtime.vendors import TaskState, TaskStatus, VendorClient, WebhookEvent
+
+log = get_logger("processor")
+
+CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+EARLY_EVENT_TTL = 600.0  # seconds a webhook for a not-yet-known task is kept
+MAX_POLL_INTERVAL = 10.0
+
+
+@dataclass(slots=True)
+class _Held:
+    """A job this processor is responsible for right now."""
+
+    job: Job
+    task_id: str | None = None
+    cancel_requested: bool = False
+    queued: bool = False  # waiting in the queue (not in an attempt)
+    waiter: asyncio.Future[TaskStatus] | None = None
+
+
+class VendorProcessor:
+    def __init__(
+        self,
+        vendor: VendorConfig,
+        config: JoblineConfig,
+        ledger: LedgerPort,
+        client: VendorClient,
+        results: ResultStore,
+        router: Router,
+        *,
+        clock: Callable[[], float],
+        rng: random.Random,
+        metrics: Metrics | None = None,
+        enforce_slots: bool = True,
+    ) -> None:
+        self.vendor = vendor
+        self.config = config
+        self._ledger = ledger
+        self._ops: Coalescer[LedgerOp, Outcome] = Coalescer(ledger.execute_many)
+        self._client = client
+        self._results = results
+        self._router = router
+        self._clock = clock
+        self._rng = rng
+        self._retry = config.retry.policy()
+        self._breaker = CircuitBreaker(config.circuit.policy())
+        self._bucket = TokenBucket(vendor.requests_per_second or None)
+        self.metrics = metrics or Metrics(f"processor-{vendor.name}")
+        self._enforce_slots = enforce_slots  # False only in the chaos suite's broken build
+        self._queue: list[tuple[float, int, str]] = []  # (not_before, seq, job id)
+        self._seq = itertools.count()
+        self._held: dict[str, _Held] = {}
+        self._by_task: dict[str, str] = {}  # vendor task id -> job id
+        self._early: dict[str, tuple[float, TaskStatus]] = {}  # webhooks before the task id
+        self._slots_taken = 0
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._counters = {"retries": 0, "failovers": 0, "completed": 0, "failed": 0}
+        self.metrics.vendor_limit.labels(vendor.name).set(vendor.concurrency)
+        self._publish_gauges()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load this vendor's unfinished jobs from the ledger and start working."""
+        if self._pump_task is not None:
+            return
+        jobs = await self._ledger.jobs_for_vendor(
+            self.vendor.name, [JobStatus.QUEUED, JobStatus.PROCESSING]
+        )
+        for job in jobs:
+            self._take(job)
+        self._pump_task = asyncio.create_task(self._pump())
+        log.info(
+            "started", extra={"vendor": self.vendor.name, "error": f"recovered {len(jobs)} jobs"}
+        )
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._pump_task, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pump_task = None
+        with contextlib.suppress(Exception):
+            await self._client.close()
+
+    # --- the port other actors call -----------------------------------------------------
+
+    async def dispatch(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            self._take(job)
+
+    async def adopt(self, jobs: Sequence[Job]) -> int:
+        return sum(1 for job in jobs if self._take(job))
+
+    async def on_webhooks(self, events: Sequence[WebhookEvent]) -> None:
+        now = self._clock()
+        for event in events:
+            job_id = self._by_task.get(event.task_id)
+            held = self._held.get(job_id) if job_id else None
+            if held is not None and held.waiter is not None and not held.waiter.done():
+                if event.status.state.ended:
+                    held.waiter.set_result(event.status)
+            elif event.status.state.ended:
+                self._early[event.task_id] = (now, event.status)
+        self._forget_old_early_events(now)
+
+    async def cancel_tasks(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            held = self._held.get(job_id)
+            if held is None:
+                continue
+            held.cancel_requested = True
+            if held.task_id is None:
+                self._wakeup.set()  # a queued job: the pump drops it
+            else:
+                self._spawn(self._cancel_at_vendor(held.job, held.task_id))
+
+    async def stats(self) -> dict[str, Any]:
+        now = self._clock()
+        return {
+            "vendor": self.vendor.name,
+            "limit": self.vendor.concurrency,
+            "inflight": self._slots_taken,
+            "queued": len(self._queue),
+            "held": len(self._held),
+            "circuit": self._breaker.state(now).value,
+            **self._counters,
+        }
+
+    async def collect_metrics(self) -> list[Family]:
+        self._publish_gauges()
+        return self.metrics.collect()
+
+    # --- the queue ----------------------------------------------------------------------
+
+    def _take(self, job: Job) -> bool:
+        """Hold a job the ledger says is ours; False if already held or not ours."""
+        if job.id in self._held or job.terminal or job.vendor != self.vendor.name:
+            return False
+        held = _Held(job, task_id=job.vendor_task_id)
+        self._held[job.id] = held
+        if job.status is JobStatus.PROCESSING and job.vendor_task_id:
+            self._slots_taken += 1  # the vendor is running it: it holds a slot already
+            self._by_task[job.vendor_task_id] = job.id
+            self._spawn(self._resume(held))
+        else:
+            self._enqueue(held)
+        self._publish_gauges()
+        return True
+
+    async def _pump(self) -> None:
+        """Start attempts while there are ready jobs, free slots, rate and circuit."""
+        while True:
+            self._wakeup.clear()
+            delay = self._start_ready_jobs()
+            self._publish_gauges()
+            if delay is None:
+                await self._wakeup.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=max(delay, 0.001))
+
+    def _start_ready_jobs(self) -> float | None:
+        """Start what can start now; return how long until something might, or None."""
+        if self._breaker.state(self._clock()) is CircuitState.OPEN:
+            self._fail_over_queue("circuit open")
+        while self._queue:
+            if self._enforce_slots and self._slots_taken >= self.vendor.concurrency:
+                return None  # a slot freed wakes us
+            now = self._clock()
+            not_before, _, job_id = self._queue[0]
+            held = self._held.get(job_id)
+            if held is None or not held.queued:
+                heapq.heappop(self._queue)  # a stale entry
+                continue
+            if held.cancel_requested or now >= held.job.deadline:
+                heapq.heappop(self._queue)
+                held.queued = False
+                self._spawn(self._drop_queued(held))
+                continue
+            if not_before > now:
+                return not_before - now
+            if not self._breaker.allow(now):
+                if self._has_next_vendor(held.job):
+                    heapq.heappop(self._queue)
+                    held.queued = False
+                    self._spawn(self._fail_over(held, "circuit open"))
+                    continue
+                return max(self._breaker.delay_until_allowed(now), 0.05)
+            wait = self._bucket.reserve(now)
+            heapq.heappop(self._queue)
+            held.queued = False
+            self._slots_taken += 1
+            self._spawn(self._attempt(held, wait))
+        return None
+
+    def _fail_over_queue(self, reason: str) -> None:
+        """Hand every queued job that has a next vendor on to it."""
+        staying: list[tuple[float, int, str]] = []
+        for entry in self._queue:
+            held = self._held.get(entry[2])
+            if held is None or not held.queued:
+                continue
+            if self._has_next_vendor(held.job) and not held.cancel_requested:
+                held.queued = False
+                self._spawn(self._fail_over(held, reason))
+            else:
+                staying.append(entry)
+        heapq.heapify(staying)
+        self._queue = staying
+
+    # --- one attempt --------------------------------------------------------------------
+
+    async def _attempt(self, held: _Held, rate_wait: float) -> None:
+        job = held.job
+        slot = True
+        try:
+            if rate_wait > 0:
+                await asyncio.sleep(rate_wait)
+            attempt = job.attempts + 1
+            start = await self._op(
+                StartAttempt(job.id, attempt, self.vendor.name, job.route_position)
+            )
+            job = held.job = start.value
+            if job.terminal or job.attempts != attempt or job.status is not JobStatus.QUEUED:
+                return  # canceled, expired or taken over meanwhile
+            step = self._config_step(job)
+            try:
+                task_id = await self._client.submit(
+                    step,
+                    job.input,
+                    job_id=job.id,
+                    attempt=attempt,
+                    trace_id=job.trace_id,
+                    webhook_url=self._webhook_url(),
+                )
+            except VendorError as exc:
+                self._record_vendor_result(exc)
+                slot = self._free_slot()
+                await self._after_failure(held, attempt, exc)
+                return
+            held.task_id = task_id
+            self._by_task[task_id] = job.id
+            marked = await self._op(MarkProcessing(job.id, attempt, task_id))
+            job = held.job = marked.value
+            if job.terminal or held.cancel_requested:
+                await self._cancel_at_vendor(job, task_id)
+            status = await self._wait(held, task_id)
+            slot = self._free_slot()
+            await self._finish(held, attempt, status)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug or the ledger gone: the sweeper will recover the job
+            log.exception("attempt crashed", extra={"job_id": job.id, "trace_id": job.trace_id})
+        finally:
+            if slot:
+                self._free_slot()
+            self._drop_unless_queued(held)
+
+    async def _resume(self, held: _Held) -> None:
+        """A processing job found at start-up: poll its task, never submit it again."""
+        job = held.job
+        assert held.task_id is not None
+        slot = True
+        try:
+            status = await self._wait(held, held.task_id)
+            slot = self._free_slot()
+            await self._finish(held, job.attempts, status)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the sweeper will recover the job
+            log.exception("resume crashed", extra={"job_id": job.id, "trace_id": job.trace_id})
+        finally:
+            if slot:
+                self._free_slot()
+            self._drop_unless_queued(held)
+
+    async def _wait(self, held: _Held, task_id: str) -> TaskStatus:
+        """Until the vendor task ends: a webhook, or polling with backoff as the fallback."""
+        early = self._early.pop(task_id, None)
+        if early is not None:
+            return early[1]
+        loop = asyncio.get_running_loop()
+        held.waiter = loop.create_future()
+        step = self._config_step(held.job)
+        give_up_at = self._clock() + self.vendor.stuck_after
+        interval = self.vendor.poll_interval
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(held.waiter), timeout=interval)
+            except TimeoutError:
+                pass
+            try:
+                status = await self._client.status(step, task_id, trace_id=held.job.trace_id)
+            except VendorError:  # cannot read it now; stuck_after bounds how long we try
+                status = None
+            if status is not None and status.state.ended:
+                return status
+            if self._clock() >= give_up_at:
+                await self._cancel_at_vendor(held.job, task_id)
+                return TaskStatus(
+                    TaskState.FAILED,
+                    output_url=None,
+                    error=f"no result after {self.vendor.stuck_after:.0f}s",
+                    permanent=False,
+                    queue_position=None,
+                )
+            interval = min(interval * 1.5, MAX_POLL_INTERVAL)
+
+    async def _finish(self, held: _Held, attempt: int, status: TaskStatus) -> None:
+        job = held.job
+        if status.state is TaskState.SUCCEEDED:
+            self._breaker.record_success(self._clock())
+            await self._store_and_complete(held, attempt, status)
+        elif status.state is TaskState.CANCELED and (held.cancel_requested or job.terminal):
+            pass  # canceled by the client: the ledger released the hold already
+        elif status.state is TaskState.FAILED and status.permanent:
+            await self._fail(job, f"{self.vendor.name}: {status.error or 'failed'}")
+        else:
+            self._breaker.record_failure(self._clock())
+            reason = status.error or f"vendor task {status.state.value}"
+            await self._after_failure(held, attempt, VendorTimeout(self.vendor.name, reason))
+
+    async def _store_and_complete(self, held: _Held, attempt: int, status: TaskStatus) -> None:
+        job = held.job
+        if status.output_url is None:
+            await self._after_failure(
+                held, attempt, VendorTransientError(self.vendor.name, "succeeded without output")
+            )
+            return
+        try:
+            data = await self._client.fetch_output(status.output_url)
+        except VendorTransientError as exc:
+            await self._after_failure(held, attempt, exc)
+            return
+        except VendorPermanentError as exc:
+            await self._fail(job, str(exc))
+            return
+        key = result_key_for(job.id, "image/png")
+        await self._results.put(key, data, "image/png")
+        outcome = await self._op(Complete(job.id, key))
+        if outcome.changed:
+            self._counters["completed"] += 1
+            self._count_terminal(outcome.value)
+            self.metrics.credits.labels("captured").inc(job.cost)
+
+    # --- failure paths ------------------------------------------------------------------
+
+    async def _after_failure(self, held: _Held, attempt: int, exc: BaseException) -> None:
+        """Retry here with backoff, fail over, or fail: the route decides."""
+        job = held.job
+        if classify(exc) is ErrorClass.PERMANENT:
+            await self._fail(job, str(exc))
+            return
+        now = self._clock()
+        circuit_open = self._breaker.state(now) is CircuitState.OPEN
+        too_late = False
+        if not circuit_open and not self._retry.exhausted(job.vendor_attempts):
+            retry_after = exc.retry_after if isinstance(exc, VendorTransientError) else None
+            delay = self._retry.next_delay(job.vendor_attempts, self._rng, retry_after)
+            # A vendor asking for a wait beyond our cap is down for a while: prefer the next.
+            long_wait = retry_after is not None and retry_after > self._retry.cap
+            if now + delay < job.deadline and not (long_wait and self._has_next_vendor(job)):
+                await self._retry_here(held, attempt, now + delay, exc)
+                return
+            too_late = now + delay >= job.deadline
+        if self._has_next_vendor(job):
+            await self._fail_over(held, str(exc), attempt)
+        elif too_late:
+            await self._fail(job, f"the deadline comes before the next retry: {exc}", expired=True)
+        else:
+            await self._fail(job, f"every vendor of the route failed; last: {exc}")
+
+    async def _retry_here(
+        self, held: _Held, attempt: int, not_before: float, exc: BaseException
+    ) -> None:
+        job = held.job
+        outcome = await self._op(
+            ScheduleRetry(
+                job.id, attempt, not_before, str(exc), job.route_position, self.vendor.name
+            )
+        )
+        self._counters["retries"] += 1
+        self.metrics.retries.labels(self.vendor.name, type(exc).__name__).inc()
+        if outcome.changed:
+            self._requeue(held, outcome.value)
+
+    async def _fail_over(self, held: _Held, reason: str, attempt: int | None = None) -> None:
+        job = held.job
+        route = self.config.models[job.model].route
+        position = job.route_position + 1
+        target = route[position].vendor
+        outcome = await self._op(
+            ScheduleRetry(
+                job.id,
+                job.attempts if attempt is None else attempt,
+                self._clock(),
+                f"failover from {self.vendor.name}: {reason}",
+                position,
+                target,
+            )
+        )
+        self._drop(job.id)
+        if not outcome.changed:
+            return
+        self._counters["failovers"] += 1
+        self.metrics.failovers.labels(self.vendor.name, target).inc()
+        log.info(
+            "failover",
+            extra={"job_id": job.id, "trace_id": job.trace_id, "vendor": target, "error": reason},
+        )
+        try:
+            await self._router.processor(target).dispatch([outcome.value])
+        except Exception:  # the sweeper re-dispatches queued jobs nobody holds
+            log.warning("failover dispatch failed", extra={"job_id": job.id, "vendor": target})
+
+    async def _fail(self, job: Job, error: str, *, expired: bool = False) -> None:
+        outcome = await self._op(Fail(job.id, error, expired=expired))
+        self._drop(job.id)
+        if outcome.changed:
+            self._counters["failed"] += 1
+            self._count_terminal(outcome.value)
+            self.metrics.dead_letters.labels(job.model).inc()
+            self.metrics.credits.labels("released").inc(job.cost)
+            log.warning(
+                "job failed", extra={"job_id": job.id, "trace_id": job.trace_id, "error": error}
+            )
+
+    async def _drop_queued(self, held: _Held) -> None:
+        job = held.job
+        if not held.cancel_requested and self._clock() >= job.deadline:
+            await self._fail(job, "deadline passed before a vendor took the job", expired=True)
+        self._drop(job.id)
+
+    async def _cancel_at_vendor(self, job: Job, task_id: str) -> None:
+        try:
+            await self._client.cancel(self._config_step(job), task_id)
+        except JoblineError as exc:
+            log.warning("vendor cancel failed", extra={"job_id": job.id, "error": str(exc)})
+
+    # --- small parts --------------------------------------------------------------------
+
+    async def _op(self, op: LedgerOp) -> Outcome:
+        outcome = await self._ops.call(op)
+        outcome.unwrap()
+        return outcome
+
+    def _enqueue(self, held: _Held) -> None:
+        held.queued = True
+        heapq.heappush(self._queue, (held.job.not_before, next(self._seq), held.job.id))
+        self._wakeup.set()
+
+    def _requeue(self, held: _Held, job: Job) -> None:
+        held.job = job
+        if held.task_id is not None:
+            self._by_task.pop(held.task_id, None)
+        held.task_id = None
+        held.waiter = None
+        self._enqueue(held)
+
+    def _drop(self, job_id: str) -> None:
+        held = self._held.pop(job_id, None)
+        if held is not None and held.task_id is not None:
+            self._by_task.pop(held.task_id, None)
+        self._publish_gauges()
+
+    def _drop_unless_queued(self, held: _Held) -> None:
+        """After an attempt: keep the job only if it went back in the queue (a retry)."""
+        if self._held.get(held.job.id) is held and not held.queued:
+            self._drop(held.job.id)
+
+    def _free_slot(self) -> bool:
+        """Give the slot back (once per attempt: returns False for the caller's flag)."""
+        self._slots_taken -= 1
+        self._wakeup.set()
+        self._publish_gauges()
+        return False
+
+    def _record_vendor_result(self, exc: VendorError) -> None:
+        if isinstance(exc, VendorTransientError):
+            self._breaker.record_failure(self._clock())
+
+    def _has_next_vendor(self, job: Job) -> bool:
+        return job.route_position + 1 < len(self.config.models[job.model].route)
+
+    def _config_step(self, job: Job) -> str:
+        return self.config.models[job.model].route[job.route_position].model
+
+    def _webhook_url(self) -> str:
+        return f"{self.config.gateway.public_url}/v1/webhooks/{self.vendor.name}"
+
+    def _count_terminal(self, job: Job) -> None:
+        self.metrics.jobs.labels(job.model, job.vendor, job.status.value).inc()
+        self.metrics.job_duration.labels(job.model, job.status.value).observe(
+            max(0.0, job.updated_at - job.created_at)
+        )
+
+    def _forget_old_early_events(self, now: float) -> None:
+        if len(self._early) > 1000:
+            for task_id, (at, _) in list(self._early.items()):
+                if now - at > EARLY_EVENT_TTL:
+                    del self._early[task_id]
+
+    def _publish_gauges(self) -> None:
+        name = self.vendor.name
+        self.metrics.vendor_inflight.labels(name).set(self._slots_taken)
+        self.metrics.queue_depth.labels(name).set(len(self._queue))
+        self.metrics.circuit_state.labels(name).set(
+            CIRCUIT_GAUGE[self._breaker.state(self._clock())]
+        )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

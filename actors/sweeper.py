@@ -1,0 +1,190 @@
+"""Sweeper: periodic repair of what messages and actors lost.
+
+Every ``sweeper.interval`` seconds:
+
+- jobs past their whole deadline are failed and refunded (their vendor task, if any,
+  is canceled first);
+- ``queued`` jobs that have not moved for a while are handed back to their vendor's
+  processor, which takes the ones it does not already hold (a lost dispatch, a
+  processor restarted before it loaded them);
+- ``processing`` jobs older than their vendor's ``stuck_after`` are checked at the
+  vendor: a task that succeeded is downloaded, stored and completed here (a zombie:
+  the vendor finished, the webhook was lost and nobody is polling); a task that ended
+  otherwise, or is still running, is handed back to the processor, which polls it and
+  applies the retry rules.
+
+The sweeper only ever asks the ledger for moves the ledger's rules allow; racing the
+processor or a late webhook is safe because a settled job absorbs every later move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from runtime.config import JoblineConfig
+from runtime.errors import JoblineError, VendorError
+from runtime.models import Complete, Fail, Job
+from runtime.ports import LedgerPort, Router
+from runtime.results import ResultStore, result_key_for
+from runtime.states import JobStatus
+from runtime.telemetry import Family, Metrics, get_logger
+from runtime.vendors import TaskState, VendorClient
+
+log = get_logger("sweeper")
+
+
+@dataclass
+class SweepReport:
+    expired: int = 0
+    redispatched: int = 0
+    zombies_completed: int = 0
+    handed_back: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Sweeper:
+    def __init__(
+        self,
+        config: JoblineConfig,
+        ledger: LedgerPort,
+        router: Router,
+        clients: Mapping[str, VendorClient],
+        results: ResultStore,
+        *,
+        clock: Callable[[], float],
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self._ledger = ledger
+        self._router = router
+        self._clients = clients
+        self._results = results
+        self._clock = clock
+        self.metrics = metrics or Metrics("sweeper")
+        self._task: asyncio.Task[None] | None = None
+        self.sweeps = 0
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for client in self._clients.values():
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def collect_metrics(self) -> list[Family]:
+        return self.metrics.collect()
+
+    async def ping(self) -> bool:
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweeper.interval)
+            try:
+                await self.sweep_once()
+            except Exception:  # keep sweeping: the next round may find the ledger back
+                log.exception("sweep failed")
+
+    async def sweep_once(self) -> SweepReport:
+        report = SweepReport()
+        now = self._clock()
+        await self._expire(now, report)
+        await self._redispatch_queued(now, report)
+        await self._check_stuck(now, report)
+        dead = await self._ledger.dead_letters(limit=100_000)
+        self.metrics.dead_letters_open.set(len(dead))
+        self.sweeps += 1
+        return report
+
+    async def _expire(self, now: float, report: SweepReport) -> None:
+        for job in await self._ledger.expired_jobs(now):
+            if job.status is JobStatus.PROCESSING and job.vendor_task_id:
+                await self._cancel_at_vendor(job)
+            outcome = (await self._ledger.execute_many([Fail(job.id, "deadline passed", True)]))[0]
+            if outcome.error is None and outcome.changed:
+                report.expired += 1
+                self.metrics.sweeper_recoveries.labels("expired").inc()
+                self.metrics.credits.labels("released").inc(job.cost)
+                self.metrics.jobs.labels(job.model, job.vendor, "failed").inc()
+
+    async def _redispatch_queued(self, now: float, report: SweepReport) -> None:
+        stale = now - self.config.sweeper.interval
+        jobs = await self._ledger.jobs_by_status(JobStatus.QUEUED, updated_before=stale)
+        for vendor, batch in _by_vendor(jobs).items():
+            try:
+                taken = await self._router.processor(vendor).adopt(batch)
+            except Exception as exc:
+                report.errors.append(f"{vendor}: {exc}")
+                continue
+            report.redispatched += taken
+            if taken:
+                self.metrics.sweeper_recoveries.labels("redispatched").inc(taken)
+
+    async def _check_stuck(self, now: float, report: SweepReport) -> None:
+        jobs = await self._ledger.jobs_by_status(JobStatus.PROCESSING)
+        stuck = [
+            job
+            for job in jobs
+            if job.vendor_task_id
+            and now - job.updated_at >= self.config.vendors[job.vendor].stuck_after
+        ]
+        hand_back: list[Job] = []
+        for job in stuck:
+            if await self._settle_if_succeeded(job):
+                report.zombies_completed += 1
+                self.metrics.sweeper_recoveries.labels("zombie_completed").inc()
+            else:
+                hand_back.append(job)
+        for vendor, batch in _by_vendor(hand_back).items():
+            try:
+                report.handed_back += await self._router.processor(vendor).adopt(batch)
+            except Exception as exc:
+                report.errors.append(f"{vendor}: {exc}")
+
+    async def _settle_if_succeeded(self, job: Job) -> bool:
+        client = self._clients[job.vendor]
+        step = self.config.models[job.model].route[job.route_position].model
+        assert job.vendor_task_id is not None
+        try:
+            status = await client.status(step, job.vendor_task_id, trace_id=job.trace_id)
+            if status.state is not TaskState.SUCCEEDED or status.output_url is None:
+                return False
+            data = await client.fetch_output(status.output_url)
+        except VendorError as exc:
+            log.warning("zombie check failed", extra={"job_id": job.id, "error": str(exc)})
+            return False
+        key = result_key_for(job.id, "image/png")
+        await self._results.put(key, data, "image/png")
+        outcome = (await self._ledger.execute_many([Complete(job.id, key)]))[0]
+        if outcome.error is None and outcome.changed:
+            self.metrics.credits.labels("captured").inc(job.cost)
+            self.metrics.jobs.labels(job.model, job.vendor, "completed").inc()
+            log.info("zombie completed", extra={"job_id": job.id, "trace_id": job.trace_id})
+            return True
+        return False
+
+    async def _cancel_at_vendor(self, job: Job) -> None:
+        assert job.vendor_task_id is not None
+        step = self.config.models[job.model].route[job.route_position].model
+        try:
+            await self._clients[job.vendor].cancel(step, job.vendor_task_id)
+        except JoblineError as exc:
+            log.warning("vendor cancel failed", extra={"job_id": job.id, "error": str(exc)})
+
+
+def _by_vendor(jobs: list[Job]) -> dict[str, list[Job]]:
+    grouped: dict[str, list[Job]] = defaultdict(list)
+    for job in jobs:
+        grouped[job.vendor].append(job)
+    return grouped

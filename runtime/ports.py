@@ -1,0 +1,90 @@
+"""What each actor needs from the others, as protocols.
+
+The actor classes take these in their constructors. ``actors.hosting`` provides them
+either as Ray actor handles (wrapped so that ``await port.method(...)`` makes the
+remote call) or as the plain objects themselves, wired in one process for tests.
+Calls on hot paths take and return lists, so one actor call carries many jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from runtime.models import (
+    Balance,
+    CreditEntry,
+    DeadLetter,
+    Job,
+    JobHistoryEntry,
+    LedgerOp,
+    Outcome,
+    Page,
+)
+from runtime.states import JobStatus
+from runtime.telemetry import Family
+from runtime.vendors import WebhookEvent
+
+
+class LedgerPort(Protocol):
+    async def execute_many(self, ops: Sequence[LedgerOp]) -> list[Outcome]: ...
+
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]: ...
+
+    async def get_job(self, job_id: str, account_id: str | None = None) -> Job: ...
+
+    async def list_jobs(
+        self,
+        account_id: str,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page: ...
+
+    async def jobs_for_vendor(self, vendor: str, statuses: Sequence[JobStatus]) -> list[Job]: ...
+
+    async def jobs_by_status(
+        self, status: JobStatus, updated_before: float | None = None, limit: int = 1000
+    ) -> list[Job]: ...
+
+    async def expired_jobs(self, now: float, limit: int = 1000) -> list[Job]: ...
+
+    async def history(self, job_id: str, after_seq: int = 0) -> list[JobHistoryEntry]: ...
+
+    async def statement(self, account_id: str) -> list[CreditEntry]: ...
+
+    async def balance(self, account_id: str) -> Balance: ...
+
+    async def account_for_key(self, api_key_hash: str) -> str | None: ...
+
+    async def dead_letters(
+        self, limit: int = 100, include_redriven: bool = False
+    ) -> list[DeadLetter]: ...
+
+    async def counts(self) -> dict[str, int]: ...
+
+
+class ProcessorPort(Protocol):
+    async def dispatch(self, jobs: Sequence[Job]) -> None:
+        """Take these queued jobs (already in the ledger) and carry them to the end."""
+
+    async def on_webhooks(self, events: Sequence[WebhookEvent]) -> None:
+        """Verified, deduplicated vendor events forwarded by a gateway."""
+
+    async def cancel_tasks(self, job_ids: Sequence[str]) -> None:
+        """These jobs were canceled in the ledger: cancel their vendor tasks."""
+
+    async def adopt(self, jobs: Sequence[Job]) -> int:
+        """The sweeper's hand-back: take any of these jobs not already held; returns how many."""
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def collect_metrics(self) -> list[Family]: ...
+
+
+class Router(Protocol):
+    """Finds the processor of a vendor (for dispatch, failover and webhooks)."""
+
+    def processor(self, vendor: str) -> ProcessorPort: ...
+
+    def vendors(self) -> list[str]: ...

@@ -1,0 +1,138 @@
+"""ResultStore: where the bytes of finished jobs live.
+
+A result is stored under a **key** that :func:`result_key_for` makes from the job id and
+the content type: ``<job_id><ext>``, e.g. ``job_01HX.png``. The key is what the ledger
+records on the completed job and what the gateway reads back; a store decides where the
+bytes go. A key is one plain file name (letters, digits, ``.``, ``_``, ``-``): no
+slashes, no ``..``, nothing absolute, so no key can name a path outside the store.
+
+:class:`LocalResultStore` keeps results in a directory, fanned out by a hash of the key
+(``root/3f/a2/job_01HX.png``) so that no directory grows huge. Writes are atomic: the
+bytes go to a temporary file in the target directory, are flushed and fsynced, then
+``os.replace`` moves the file into place (and the directory is fsynced). A reader sees
+the whole result or none; a crash mid-write leaves at most a hidden ``.*.tmp`` file that
+is never taken for a result. Puts are idempotent: putting the same bytes again is a
+no-op, so a processor and the sweeper may both store one job's output. File I/O runs in
+a worker thread (``asyncio.to_thread``), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import mimetypes
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from runtime.errors import InvalidResultKey, ResultNotFound
+
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_EXTENSIONS = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "video/mp4": ".mp4",
+    "audio/mpeg": ".mp3",
+    "audio/wav": ".wav",
+    "application/json": ".json",
+    "application/octet-stream": ".bin",
+}
+_CONTENT_TYPES = {ext: content_type for content_type, ext in _EXTENSIONS.items()}
+
+
+class ResultStore(Protocol):
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Store ``data`` under ``key``; storing the same bytes again changes nothing."""
+
+    async def get(self, key: str) -> bytes:
+        """The bytes under ``key``; raises ``ResultNotFound``."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+
+def result_key_for(job_id: str, content_type: str) -> str:
+    """A job's result key, ``<job_id><ext>``: ``("job_1", "image/png") -> "job_1.png"``."""
+    return check_key(job_id + extension_for(content_type))
+
+
+def extension_for(content_type: str) -> str:
+    base = content_type.split(";", 1)[0].strip().lower()
+    return _EXTENSIONS.get(base) or mimetypes.guess_extension(base) or ".bin"
+
+
+def content_type_of(key: str) -> str:
+    """The content type a key's extension names (``application/octet-stream`` if unknown)."""
+    ext = os.path.splitext(key)[1].lower()
+    return _CONTENT_TYPES.get(ext) or mimetypes.types_map.get(ext) or "application/octet-stream"
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is one safe file name, else ``InvalidResultKey``."""
+    if not _KEY.fullmatch(key) or ".." in key:
+        raise InvalidResultKey(key)
+    return key
+
+
+class LocalResultStore:
+    """Results as files under ``root``, written atomically (see the module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, key: str) -> Path:
+        """Where ``key`` lives: ``root/ab/cd/<key>``, ``abcd`` from the key's sha256."""
+        check_key(key)
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return self.root / digest[:2] / digest[2:4] / key
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        await asyncio.to_thread(self._put, self.path_for(key), bytes(data))
+
+    async def get(self, key: str) -> bytes:
+        path = self.path_for(key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise ResultNotFound(key) from None
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self.path_for(key).is_file)
+
+    @staticmethod
+    def _put(path: Path, data: bytes) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size == len(data) and path.read_bytes() == data:
+                return  # the same result again
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,567 @@
+"""The HTTP API over real sockets, on a real ledger, with fake processors (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from actors.gateway import Gateway
+from runtime.api import GATEWAY_API
+from runtime.models import Fail
+from runtime.states import JobStatus
+from runtime.webhooks import signed_headers
+from tests.integration.api_fixtures import (  # noqa: F401
+    ADMIN_TOKEN,
+    PNG,
+    WEBHOOK_SECRET,
+    ApiHarness,
+    MakeApi,
+    api_fixture,
+    make_api_fixture,
+    read_events,
+)
+
+
+async def error_of(response: aiohttp.ClientResponse) -> tuple[int, str, str]:
+    body = await response.json()
+    assert set(body) == {"error"}, body
+    return response.status, body["error"]["code"], body["error"]["message"]
+
+
+# --- accounts and credits ---------------------------------------------------------------
+
+
+async def test_account_creation_needs_the_admin_token(api: ApiHarness) -> None:
+    body = {"name": "acme", "credits": 50}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN_TOKEN}):
+        response = await api.client.post("/v1/accounts", json=body, headers=headers)
+        assert (await error_of(response))[:2] == (401, "unauthorized")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+    response = await api.client.post("/v1/accounts", json=body, headers=api.admin)
+    assert response.status == 201
+    created = await response.json()
+    assert created["account_id"].startswith("acct_")
+    assert created["api_key"].startswith("jl_")
+    assert created["credits"] == 50
+    auth = {"Authorization": f"Bearer {created['api_key']}"}
+    balance = await (await api.client.get("/v1/credits", headers=auth)).json()
+    assert balance == {
+        "account_id": created["account_id"],
+        "balance": 50,
+        "held": 0,
+        "available": 50,
+    }
+    # The key itself is nowhere in the database, only its hash.
+    assert created["api_key"].encode() not in api.ledger.path.read_bytes()
+
+
+async def test_admin_routes_are_off_without_an_admin_token(make_api: MakeApi) -> None:
+    api = await make_api(admin_token=None)
+    response = await api.client.post(
+        "/v1/accounts", json={"name": "x"}, headers={"Authorization": "Bearer anything"}
+    )
+    assert (await error_of(response))[:2] == (503, "admin_disabled")
+
+
+async def test_grants_are_idempotent_by_key(api: ApiHarness) -> None:
+    account = await api.account(credits=10)
+    url = f"/v1/accounts/{account.id}/credits"
+    headers = {**api.admin, "Idempotency-Key": "invoice-7"}
+    first = await (await api.client.post(url, json={"amount": 5}, headers=headers)).json()
+    again = await (await api.client.post(url, json={"amount": 5}, headers=headers)).json()
+    assert (first["granted"], again["granted"]) == (True, False)
+    assert (await api.balance(account))["balance"] == 15
+
+    response = await api.client.post(
+        "/v1/accounts/acct_nope/credits", json={"amount": 1}, headers=api.admin
+    )
+    assert (await error_of(response))[:2] == (404, "account_not_found")
+    response = await api.client.post(url, json={"amount": 0}, headers=api.admin)
+    assert (await error_of(response))[:2] == (400, "bad_request")
+
+    entries = await (await api.client.get("/v1/credits/entries", headers=account.auth)).json()
+    assert [(e["kind"], e["amount"]) for e in entries["entries"]] == [("grant", 10), ("grant", 5)]
+
+
+async def test_unknown_api_key_is_401(api: ApiHarness) -> None:
+    for headers in ({}, {"Authorization": "Bearer jl_unknown"}, {"Authorization": "Basic abc"}):
+        response = await api.client.get("/v1/credits", headers=headers)
+        assert (await error_of(response))[:2] == (401, "unauthorized")
+
+
+# --- submitting -------------------------------------------------------------------------
+
+
+async def test_submit_holds_the_price_and_dispatches(api: ApiHarness) -> None:
+    account = await api.account(credits=10)
+    response = await api.submit(account)
+    assert response.status == 202
+    job = await response.json()
+    assert job["status"] == "queued"
+    assert job["id"].startswith("job_")
+    assert (job["model"], job["vendor"], job["cost"]) == ("flux-schnell", "fal", 3)
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert response.headers["X-Jobline-Trace-Id"] == job["trace_id"]
+    assert "Idempotent-Replayed" not in response.headers
+    assert await api.balance(account) == {
+        "account_id": account.id,
+        "balance": 10,
+        "held": 3,
+        "available": 7,
+    }
+    await _eventually(lambda: len(api.router.processors["fal"].dispatched) == 1)
+    assert api.router.processors["fal"].dispatched[0].id == job["id"]
+
+    fetched = await api.client.get(f"/v1/jobs/{job['id']}", headers=account.auth)
+    assert (await fetched.json())["id"] == job["id"]
+    page = await (await api.client.get("/v1/jobs?status=queued", headers=account.auth)).json()
+    assert [j["id"] for j in page["jobs"]] == [job["id"]]
+
+
+async def test_a_failing_dispatch_does_not_fail_the_request(api: ApiHarness) -> None:
+    api.router.processors["replicate"].broken = True
+    account = await api.account()
+    response = await api.submit(account, model="sdxl")
+    assert response.status == 202
+    await _eventually(lambda: api.router.processors["replicate"].dispatch_calls == 1)
+    job = await api.ledger.get_job((await response.json())["id"])
+    assert job.status is JobStatus.QUEUED  # durable: the sweeper will find it
+
+
+async def test_bad_requests_are_refused_and_charge_nothing(api: ApiHarness) -> None:
+    account = await api.account(credits=10)
+    auth = account.auth
+    post = api.client.post
+
+    async def submit_raw(data: bytes, content_type: str = "application/json") -> Any:
+        return await post("/v1/jobs", data=data, headers={**auth, "Content-Type": content_type})
+
+    cases: list[tuple[Any, int, str, str]] = [
+        (
+            await post("/v1/jobs", json={"model": "nope", "input": {"prompt": "x"}}, headers=auth),
+            422,
+            "unknown_model",
+            "nope",
+        ),
+        (
+            await post("/v1/jobs", json={"model": "sdxl", "input": {"prompt": ""}}, headers=auth),
+            422,
+            "input_invalid",
+            "$.input.prompt",
+        ),
+        (
+            await post("/v1/jobs", json={"model": "sdxl", "input": {}}, headers=auth),
+            422,
+            "input_invalid",
+            "'prompt' is a required property",
+        ),
+        (
+            await post(
+                "/v1/jobs",
+                json={"model": "sdxl", "input": {"prompt": "x", "seed": "7"}},
+                headers=auth,
+            ),
+            422,
+            "input_invalid",
+            "$.input.seed",
+        ),
+        (await submit_raw(b'{"model": "sdxl", "input": '), 400, "bad_request", "malformed JSON"),
+        (await submit_raw(b"[1, 2]"), 400, "bad_request", "JSON object"),
+        (await submit_raw(b'{"model": "sdxl", "input": NaN}'), 400, "bad_request", "NaN"),
+        (await submit_raw(b'{"model": "sdxl", "input": "x"}'), 400, "bad_request", "input"),
+        (await submit_raw(b'{"model": 5, "input": {}}'), 400, "bad_request", "model"),
+        (
+            await submit_raw(b'{"model": "sdxl", "input": {"prompt": "x"}, "extra": 1}'),
+            400,
+            "bad_request",
+            "extra",
+        ),
+        (await submit_raw(b"", "application/json"), 400, "bad_request", "empty"),
+        (
+            await submit_raw(b"model=sdxl", "application/x-www-form-urlencoded"),
+            415,
+            "unsupported_media_type",
+            "application/json",
+        ),
+        (await submit_raw(b'{"model": "sdxl"}', "text/plain"), 415, "unsupported_media_type", ""),
+        (
+            await submit_raw(json.dumps({"model": "sdxl", "input": {"p": "x" * 70_000}}).encode()),
+            413,
+            "payload_too_large",
+            "",
+        ),
+    ]
+    for key in ("x" * 256, "tab\there", "caf\u00e9"):
+        headers = {**auth, "Idempotency-Key": key}
+        response = await post(
+            "/v1/jobs", json={"model": "sdxl", "input": {"prompt": "x"}}, headers=headers
+        )
+        cases.append((response, 400, "bad_request", "Idempotency-Key"))
+
+    for response, status, code, needle in cases:
+        got = await error_of(response)
+        assert got[:2] == (status, code), got
+        assert needle in got[2], got
+    assert await api.balance(account) == {
+        "account_id": account.id,
+        "balance": 10,
+        "held": 0,
+        "available": 10,
+    }
+    await asyncio.sleep(0.05)
+    assert api.dispatched() == []
+
+
+async def test_insufficient_credits_is_402_and_charges_nothing(api: ApiHarness) -> None:
+    account = await api.account(credits=2)
+    response = await api.submit(account)
+    assert (await error_of(response))[:2] == (402, "insufficient_credits")
+    assert (await api.balance(account))["available"] == 2
+    entries = await (await api.client.get("/v1/credits/entries", headers=account.auth)).json()
+    assert [e["kind"] for e in entries["entries"]] == ["grant"]
+    assert api.dispatched() == []
+
+
+async def test_concurrent_submits_with_one_key_make_one_job(api: ApiHarness) -> None:
+    account = await api.account(credits=100)
+    responses = await asyncio.gather(*(api.submit(account, key="order-42") for _ in range(20)))
+    assert [r.status for r in responses] == [202] * 20
+    ids = {(await r.json())["id"] for r in responses}
+    assert len(ids) == 1
+    replayed = [r.headers.get("Idempotent-Replayed") for r in responses]
+    assert replayed.count("true") == 19
+    assert (await api.balance(account))["held"] == 3
+    entries = await (await api.client.get("/v1/credits/entries", headers=account.auth)).json()
+    assert [e["kind"] for e in entries["entries"]] == ["grant", "hold"]
+    await _eventually(lambda: len(api.dispatched()) == 1)
+
+    other_body = await api.submit(account, prompt="something else", key="order-42")
+    assert (await error_of(other_body))[:2] == (422, "idempotency_conflict")
+    assert (await api.balance(account))["held"] == 3
+
+
+async def test_the_in_flight_cap_is_429_with_retry_after(make_api: MakeApi) -> None:
+    api = await make_api(max_jobs_in_flight_per_account=2)
+    account = await api.account(credits=100)
+    for _ in range(2):
+        await api.submitted(account)
+    response = await api.submit(account)
+    assert (await error_of(response))[:2] == (429, "too_many_jobs_in_flight")
+    assert int(response.headers["Retry-After"]) > 0
+    assert (await api.balance(account))["held"] == 6
+
+
+# --- reading, isolation, cancel ---------------------------------------------------------
+
+
+async def test_another_accounts_job_is_404_everywhere(api: ApiHarness) -> None:
+    owner, stranger = await api.account(), await api.account()
+    job = await api.submitted(owner)
+    for method, path in (
+        ("GET", f"/v1/jobs/{job['id']}"),
+        ("GET", f"/v1/jobs/{job['id']}/result"),
+        ("GET", f"/v1/jobs/{job['id']}/events"),
+        ("POST", f"/v1/jobs/{job['id']}/cancel"),
+        ("GET", "/v1/jobs/job_does_not_exist"),
+    ):
+        response = await api.client.request(method, path, headers=stranger.auth)
+        assert (await error_of(response))[:2] == (404, "job_not_found"), path
+    page = await (await api.client.get("/v1/jobs", headers=stranger.auth)).json()
+    assert page == {"jobs": [], "next_cursor": None}
+    assert (await api.ledger.get_job(job["id"])).status is JobStatus.QUEUED
+
+
+async def test_list_jobs_pages_and_validates(api: ApiHarness) -> None:
+    account = await api.account()
+    ids = [(await api.submitted(account))["id"] for _ in range(3)]
+    first = await (await api.client.get("/v1/jobs?limit=2", headers=account.auth)).json()
+    assert [j["id"] for j in first["jobs"]] == ids[::-1][:2]
+    url = f"/v1/jobs?limit=2&cursor={first['next_cursor']}"
+    second = await (await api.client.get(url, headers=account.auth)).json()
+    assert [j["id"] for j in second["jobs"]] == ids[:1]
+    assert second["next_cursor"] is None
+    for query in ("status=done", "limit=0", "limit=201", "limit=x", "cursor=abc"):
+        response = await api.client.get(f"/v1/jobs?{query}", headers=account.auth)
+        assert (await error_of(response))[:2] == (400, "bad_request"), query
+
+
+async def test_cancel_refunds_once_and_is_idempotent(api: ApiHarness) -> None:
+    account = await api.account(credits=10)
+    job = await api.submitted(account)
+    url = f"/v1/jobs/{job['id']}/cancel"
+    first = await api.client.post(url, headers=account.auth)
+    assert first.status == 200
+    assert (await first.json())["status"] == "canceled"
+    again = await api.client.post(url, headers=account.auth)
+    assert again.status == 200
+    assert (await again.json())["status"] == "canceled"
+    assert await api.balance(account) == {
+        "account_id": account.id,
+        "balance": 10,
+        "held": 0,
+        "available": 10,
+    }
+    entries = await (await api.client.get("/v1/credits/entries", headers=account.auth)).json()
+    assert [e["kind"] for e in entries["entries"]] == ["grant", "hold", "release"]
+    await _eventually(lambda: api.router.processors["fal"].canceled == [job["id"]])
+
+    done = await api.submitted(account)
+    await api.complete(done["id"])
+    response = await api.client.post(f"/v1/jobs/{done['id']}/cancel", headers=account.auth)
+    assert (await error_of(response))[:2] == (409, "job_finished")
+
+
+async def test_result_download(api: ApiHarness) -> None:
+    account = await api.account()
+    job = await api.submitted(account)
+    url = f"/v1/jobs/{job['id']}/result"
+    assert (await error_of(await api.client.get(url, headers=account.auth)))[:2] == (
+        409,
+        "job_not_completed",
+    )
+    await api.complete(job["id"], PNG)
+    fetched = await (await api.client.get(f"/v1/jobs/{job['id']}", headers=account.auth)).json()
+    assert fetched["status"] == "completed"
+    assert fetched["result_url"] == url
+    response = await api.client.get(url, headers=account.auth)
+    assert response.status == 200
+    assert response.content_type == "image/png"
+    assert await response.read() == PNG
+    assert (await api.balance(account))["balance"] == 97  # captured
+
+
+async def test_events_stream_every_status_change_to_the_end(api: ApiHarness) -> None:
+    account = await api.account()
+    job = await api.submitted(account)
+    response = await api.client.get(f"/v1/jobs/{job['id']}/events", headers=account.auth)
+    assert response.status == 200
+    assert response.content_type == "text/event-stream"
+
+    async def drive() -> None:
+        await asyncio.sleep(0.25)  # the stream has sent `queued` and a heartbeat by now
+        await api.complete(job["id"])
+
+    driver = asyncio.create_task(drive())
+    events = await read_events(response)
+    await driver
+    assert [e["status"] for e in events] == ["queued", "processing", "completed"]
+    assert events[-1]["job"]["status"] == "completed"
+    assert events[-1]["job"]["result_url"] == f"/v1/jobs/{job['id']}/result"
+    assert all("job" not in e for e in events[:-1])
+
+    # Resuming after the terminal event ends at once; resuming earlier replays the rest.
+    resume = {**account.auth, "Last-Event-ID": str(events[0]["seq"])}
+    response = await api.client.get(f"/v1/jobs/{job['id']}/events", headers=resume)
+    assert [e["status"] for e in await read_events(response)] == ["processing", "completed"]
+
+
+async def test_an_event_stream_stops_when_the_client_leaves(api: ApiHarness) -> None:
+    account = await api.account()
+    job = await api.submitted(account)
+    response = await api.client.get(f"/v1/jobs/{job['id']}/events", headers=account.auth)
+    assert (await response.content.readline()).startswith(b"id: ")
+    response.close()
+    # The handler returns (and is counted) once it notices, within a poll or a heartbeat.
+    await _eventually(lambda: _served(api, "/v1/jobs/{id}/events") == 1)
+
+
+async def test_stopping_the_app_ends_open_event_streams(api: ApiHarness) -> None:
+    account = await api.account()
+    job = await api.submitted(account)
+    response = await api.client.get(f"/v1/jobs/{job['id']}/events", headers=account.auth)
+    await response.content.readline()
+    started = time.monotonic()
+    await api.client.close()  # would wait for a stream that kept running
+    assert time.monotonic() - started < 3
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+def _prediction(task_id: str) -> bytes:
+    return json.dumps({"id": task_id, "status": "succeeded", "output": ["http://x/o.png"]}).encode()
+
+
+async def test_a_signed_webhook_is_forwarded_once(api: ApiHarness) -> None:
+    body = _prediction("task-1")
+    headers = signed_headers(WEBHOOK_SECRET, "msg_1", int(time.time()), body)
+    headers["Content-Type"] = "application/json"
+    first = await api.client.post("/v1/webhooks/replicate", data=body, headers=headers)
+    assert (first.status, await first.json()) == (200, {"status": "accepted"})
+    again = await api.client.post("/v1/webhooks/replicate", data=body, headers=headers)
+    assert (again.status, await again.json()) == (200, {"status": "duplicate"})
+    received = api.router.processors["replicate"].webhooks
+    assert [(e.webhook_id, e.task_id) for e in received] == [("msg_1", "task-1")]
+
+
+async def test_forged_stale_and_malformed_webhooks_change_nothing(api: ApiHarness) -> None:
+    body = _prediction("task-2")
+    now = int(time.time())
+    forged = signed_headers(WEBHOOK_SECRET, "msg_2", now, body)
+    forged["webhook-signature"] = "v1," + "A" * 44
+    stale = signed_headers(WEBHOOK_SECRET, "msg_3", now - 3600, body)
+    junk = b'{"id": "task-4", "status": "exploded"}'
+    malformed = signed_headers(WEBHOOK_SECRET, "msg_4", now, junk)
+    for headers, data, status, code in (
+        (forged, body, 401, "webhook_signature_invalid"),
+        ({}, body, 401, "webhook_signature_invalid"),
+        (stale, body, 401, "webhook_timestamp_stale"),
+        (malformed, junk, 400, "webhook_malformed"),
+    ):
+        response = await api.client.post("/v1/webhooks/replicate", data=data, headers=headers)
+        assert (await error_of(response))[:2] == (status, code)
+    assert api.router.processors["replicate"].webhooks == []
+    # None was recorded: the authentic message, once fresh, is still accepted.
+    fresh = signed_headers(WEBHOOK_SECRET, "msg_3", now, body)
+    response = await api.client.post("/v1/webhooks/replicate", data=body, headers=fresh)
+    assert (await response.json()) == {"status": "accepted"}
+
+    response = await api.client.post("/v1/webhooks/nobody", data=body, headers=fresh)
+    assert (await error_of(response))[:2] == (404, "unknown_vendor")
+    text = await (await api.client.get("/metrics")).text()
+    for reason in ("signature", "stale", "malformed"):
+        assert (
+            f'jobline_webhook_rejections_total{{actor="gateway-test",reason="{reason}",'
+            f'vendor="replicate"}}' in text
+        )
+
+
+# --- dead letters -----------------------------------------------------------------------
+
+
+async def test_dead_letters_are_listed_and_redriven(api: ApiHarness) -> None:
+    account = await api.account(credits=3)
+    dead = await api.submitted(account)
+    (outcome,) = await api.ledger.execute_many([Fail(dead["id"], "vendor said no")])
+    outcome.unwrap()
+
+    assert (await api.client.get("/v1/admin/dead-letters")).status == 401
+    listing = await (await api.client.get("/v1/admin/dead-letters", headers=api.admin)).json()
+    assert [(d["job_id"], d["error"]) for d in listing["dead_letters"]] == [
+        (dead["id"], "vendor said no")
+    ]
+
+    blocker = await api.submitted(account)  # holds all 3 credits
+    url = f"/v1/admin/dead-letters/{dead['id']}/redrive"
+    response = await api.client.post(url, headers=api.admin)
+    assert (await error_of(response))[:2] == (402, "insufficient_credits")
+
+    await api.client.post(f"/v1/jobs/{blocker['id']}/cancel", headers=account.auth)
+    response = await api.client.post(url, headers=api.admin)
+    assert response.status == 202
+    new = await response.json()
+    assert new["redriven_from"] == dead["id"]
+    assert new["status"] == "queued"
+    await _eventually(lambda: new["id"] in {j.id for j in api.dispatched()})
+    again = await api.client.post(url, headers=api.admin)
+    assert (await again.json())["id"] == new["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert (await api.balance(account))["held"] == 3
+
+    missing = await api.client.post("/v1/admin/dead-letters/job_x/redrive", headers=api.admin)
+    assert (await error_of(missing))[:2] == (404, "dead_letter_not_found")
+
+
+# --- operations -------------------------------------------------------------------------
+
+
+async def test_metrics_count_requests_by_route_template(api: ApiHarness) -> None:
+    account = await api.account()
+    job = await api.submitted(account)
+    await api.client.get(f"/v1/jobs/{job['id']}", headers=account.auth)
+    response = await api.client.get("/metrics")
+    assert response.status == 200
+    text = await response.text()
+    assert "jobline_http_requests_total" in text
+    assert 'jobline_jobs_submitted_total{actor="gateway-test",model="flux-schnell"} 1.0' in text
+    assert 'route="/v1/jobs/{id}"' in text
+    assert job["id"] not in text
+    assert 'jobline_retries_total{actor="processor-test"' in text  # the other actors' too
+    # This gateway's series appear once even though collect_all_metrics also returns them.
+    assert text.count('jobline_jobs_submitted_total{actor="gateway-test"') == 1
+
+
+async def test_health_readiness_and_unknown_routes(api: ApiHarness) -> None:
+    assert (await api.client.get("/healthz")).status == 200
+    ready = await api.client.get("/readyz")
+    assert (ready.status, await ready.json()) == (200, {"status": "ready"})
+    assert (await error_of(await api.client.get("/v1/nothing")))[:2] == (404, "not_found")
+    wrong = await api.client.delete("/v1/jobs")
+    assert (await error_of(wrong))[:2] == (405, "method_not_allowed")
+    assert set(wrong.headers["Allow"].split(",")) == {"GET", "POST"}
+
+
+async def test_openapi_documents_every_route(api: ApiHarness) -> None:
+    response = await api.client.get("/openapi.json")
+    assert response.status == 200
+    document = await response.json()
+    assert document["openapi"].startswith("3.1")
+    assert api.client.app is not None
+    served = {
+        (route.method.lower(), route.resource.canonical)
+        for route in api.client.app.router.routes()
+        if route.resource is not None
+    }
+    documented = {
+        (method, path)
+        for path, operations in document["paths"].items()
+        for method in operations
+        if method in ("get", "post", "put", "patch", "delete")
+    }
+    assert served == documented
+    schemes = document["components"]["securitySchemes"]
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert "500" in operation["responses"], (method, path)
+            for requirement in operation.get("security", document["security"]):
+                assert set(requirement) <= set(schemes)
+            for name in _path_names(path):
+                assert any(p["name"] == name for p in operation.get("parameters", [])), path
+
+
+async def test_gateway_serves_on_a_free_port(make_api: MakeApi) -> None:
+    api = await make_api()
+    assert api.client.app is not None
+    gateway = Gateway(api.client.app[GATEWAY_API].ctx, "127.0.0.1", 0)
+    port = await gateway.start()
+    assert port > 0 and gateway.port == port
+    assert await gateway.ping()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/healthz") as response,
+        ):
+            assert response.status == 200
+        assert any(f.name == "jobline_http_requests" for f in await gateway.collect_metrics())
+    finally:
+        await gateway.stop()
+    assert not await gateway.ping()
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _served(api: ApiHarness, route: str) -> float:
+    return sum(
+        sample.value
+        for family in api.metrics.collect()
+        if family.name == "jobline_http_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total") and ("route", route) in sample.labels
+    )
+
+
+def _path_names(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+async def _eventually(check: Any, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)

@@ -1,0 +1,226 @@
+"""VendorProcessor in one process: a real ledger file, real fake vendors on loopback,
+the real vendor adapters and result store, no Ray, no gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.processor import VendorProcessor
+from runtime.config import JoblineConfig, load_config
+from runtime.invariants import check_invariants
+from runtime.ledger import Ledger, new_job_id
+from runtime.models import Job
+from runtime.ports import ProcessorPort
+from runtime.results import LocalResultStore, result_key_for
+from runtime.states import JobStatus
+from runtime.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
+from runtime.vendors import make_client
+from vendors_fake.png import expected_png
+from vendors_fake.profile import merge_profile, preset
+from vendors_fake.runner import FakeVendorSet, start_fake_vendors, vendor_credentials
+
+FAST = {
+    "retry": {"base": 0.02, "cap": 0.2},
+    "circuit": {"cooldown": 1.0},
+    "vendors.fal": {"poll_interval": 0.1},
+    "vendors.replicate": {"poll_interval": 0.1},
+}
+
+
+@dataclass
+class Rig:
+    config: JoblineConfig
+    ledger: Ledger
+    fakes: FakeVendorSet
+    processors: dict[str, VendorProcessor]
+    results: LocalResultStore
+
+    def processor(self, vendor: str) -> ProcessorPort:
+        return self.processors[vendor]
+
+    def vendors(self) -> list[str]:
+        return list(self.processors)
+
+    def make_processor(self, vendor: str, seed: int = 0) -> VendorProcessor:
+        v = self.config.vendors[vendor]
+        key, secret = vendor_credentials(v)
+        return VendorProcessor(
+            v,
+            self.config,
+            self.ledger,
+            make_client(v, key, secret),
+            self.results,
+            self,
+            clock=time.time,
+            rng=random.Random(seed),
+        )
+
+    async def open(self, model: str, n: int = 1, **input: Any) -> list[Job]:
+        jobs = []
+        for i in range(n):
+            route = self.config.models[model].route
+            job, _ = await self.ledger.open_job(
+                new_job_id(),
+                "acct",
+                model,
+                {"prompt": f"p{i}", **input},
+                self.config.models[model].price,
+                f"trace{i:028d}",
+                route[0].vendor,
+                time.time() + 60,
+            )
+            jobs.append(job)
+        return jobs
+
+    async def dispatch(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            await self.processors[job.vendor].dispatch([job])
+
+    async def wait(self, jobs: list[Job], timeout: float = 30) -> list[Job]:
+        deadline = time.monotonic() + timeout
+        while True:
+            now = await self.ledger.get_jobs([j.id for j in jobs])
+            if all(j is not None and j.terminal for j in now):
+                assert check_invariants(self.ledger.path) == []
+                return [j for j in now if j is not None]
+            assert time.monotonic() < deadline, [j and (j.id, j.status) for j in now]
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    marker = request.node.get_closest_marker("profile")
+    profile = merge_profile(preset("calm"), marker.args[0] if marker else {})
+    overrides = request.node.get_closest_marker("overrides")
+    base = load_config(ROOT_CONFIG)
+    ensure_dev_secrets(base)
+    fakes = await start_fake_vendors(
+        base, profile.model_copy(update={"concurrency_limit": 10_000}), ports="free"
+    )
+    config = local_config(
+        base, tmp_path, fakes.urls, overrides={**FAST, **(overrides.args[0] if overrides else {})}
+    )
+    ledger = await Ledger.open(tmp_path / "ledger.db")
+    await ledger.create_account("acct", "hash")
+    await ledger.grant("acct", 10_000, "g")
+    rig = Rig(config, ledger, fakes, {}, LocalResultStore(tmp_path / "results"))
+    for vendor in config.vendors:
+        rig.processors[vendor] = rig.make_processor(vendor)
+        await rig.processors[vendor].start()
+    yield rig
+    for processor in rig.processors.values():
+        await processor.stop()
+    await ledger.close()
+    await fakes.stop()
+
+
+async def test_a_job_goes_from_queue_to_stored_result(rig: Rig) -> None:
+    [job] = await rig.open("flux-schnell")
+    await rig.dispatch([job])
+    [done] = await rig.wait([job])
+    assert done.status is JobStatus.COMPLETED
+    assert done.vendor == "fal" and done.attempts == 1
+    assert done.result_key == result_key_for(job.id, "image/png")
+    assert await rig.results.get(done.result_key) == expected_png(job.input)
+
+
+@pytest.mark.profile({"submit": {"server_error": 0.5}})
+async def test_transient_submit_errors_are_retried(rig: Rig) -> None:
+    jobs = await rig.open("video-short", 10)
+    await rig.dispatch(jobs)
+    done = await rig.wait(jobs)
+    assert {j.status for j in done} == {JobStatus.COMPLETED}
+    assert sum(j.attempts for j in done) > 10
+    assert (await rig.processors["replicate"].stats())["retries"] > 0
+
+
+async def test_outage_fails_over_to_the_next_vendor(rig: Rig) -> None:
+    rig.fakes["fal"].start_outage(60)
+    jobs = await rig.open("flux-schnell", 5)
+    await rig.dispatch(jobs)
+    done = await rig.wait(jobs)
+    assert {(j.status, j.vendor) for j in done} == {(JobStatus.COMPLETED, "replicate")}
+    assert (await rig.processors["fal"].stats())["failovers"] == 5
+
+
+@pytest.mark.profile({"rejection": 1.0})
+async def test_permanent_failure_fails_at_once_and_refunds(rig: Rig) -> None:
+    jobs = await rig.open("flux-schnell", 3)
+    await rig.dispatch(jobs)
+    done = await rig.wait(jobs)
+    assert {j.status for j in done} == {JobStatus.FAILED}
+    assert all(j.attempts == 1 for j in done)
+    assert (await rig.ledger.balance("acct")).available == 10_000
+    assert len(await rig.ledger.dead_letters()) == 3
+
+
+@pytest.mark.profile({"run_time": {"kind": "uniform", "low": 0.05, "high": 0.15}})
+@pytest.mark.overrides({"vendors.fal": {"concurrency": 2, "poll_interval": 0.05}})
+async def test_slots_bound_what_the_vendor_sees(rig: Rig) -> None:
+    jobs = await rig.open("flux-schnell", 20)
+    await rig.dispatch(jobs)
+    done = await rig.wait(jobs)
+    assert {j.status for j in done} == {JobStatus.COMPLETED}
+    assert rig.fakes["fal"].snapshot()["tasks"]["max_in_flight"] == 2
+
+
+@pytest.mark.profile({"run_time": {"kind": "fixed", "seconds": 1.0}, "webhooks": {"lost": 1.0}})
+async def test_a_restarted_processor_polls_instead_of_resubmitting(rig: Rig) -> None:
+    jobs = await rig.open("flux-schnell", 3)
+    await rig.dispatch(jobs)
+    while {j.status for j in await rig.ledger.get_jobs([j.id for j in jobs]) if j} != {
+        JobStatus.PROCESSING
+    }:
+        await asyncio.sleep(0.02)
+    await rig.processors["fal"].stop()
+    rig.processors["fal"] = rig.make_processor("fal", seed=1)
+    await rig.processors["fal"].start()  # loads its processing jobs from the ledger
+    done = await rig.wait(jobs)
+    assert {j.status for j in done} == {JobStatus.COMPLETED}
+    stats = rig.fakes["fal"].snapshot()
+    assert stats["tasks"]["created"] == 3
+    assert stats["duplicate_attempts"] == []
+
+
+@pytest.mark.profile({"run_time": {"kind": "fixed", "seconds": 5.0}})
+async def test_cancel_releases_and_cancels_the_vendor_task(rig: Rig) -> None:
+    [job] = await rig.open("flux-schnell")
+    await rig.dispatch([job])
+    while (await rig.ledger.get_job(job.id)).status is not JobStatus.PROCESSING:
+        await asyncio.sleep(0.02)
+    await rig.ledger.cancel(job.id)
+    await rig.processors["fal"].cancel_tasks([job.id])
+    [done] = await rig.wait([job])
+    assert done.status is JobStatus.CANCELED
+    for _ in range(100):
+        if (await rig.processors["fal"].stats())["inflight"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (await rig.processors["fal"].stats())["inflight"] == 0
+    assert rig.fakes["fal"].snapshot()["tasks"]["canceled"] == 1
+    assert (await rig.ledger.balance("acct")).available == 10_000
+
+
+async def test_a_queued_job_past_its_deadline_fails_and_refunds(rig: Rig) -> None:
+    job, _ = await rig.ledger.open_job(
+        new_job_id(),
+        "acct",
+        "flux-schnell",
+        {"prompt": "late"},
+        3,
+        "t" * 32,
+        "fal",
+        time.time() - 1,
+    )
+    await rig.dispatch([job])
+    [done] = await rig.wait([job])
+    assert done.status is JobStatus.FAILED
+    assert "deadline" in (done.error or "")

@@ -1,0 +1,260 @@
+"""The whole path of a job on local Ray: HTTP API, actors, fake vendors on loopback.
+
+Each test starts its own fake vendors and runtime (a fresh namespace and database) on
+the session's one Ray, and checks the ledger's invariants at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.invariants import check_invariants
+from runtime.testbed import Testbed
+from runtime.webhooks import signed_headers
+from vendors_fake.png import expected_png
+from vendors_fake.profile import merge_profile, preset
+
+pytestmark = pytest.mark.ray
+
+FAST: dict[str, dict[str, Any]] = {
+    "retry": {"base": 0.05, "cap": 0.4},
+    "sweeper": {"interval": 1.0},
+    "circuit": {"cooldown": 2.0},
+    "vendors.fal": {"poll_interval": 0.3},
+    "vendors.replicate": {"poll_interval": 0.3},
+}
+FLUX = "flux-schnell"  # route: fal, then replicate
+SDXL = "sdxl"  # route: replicate, then fal
+
+
+def profile(**patch: Any) -> Any:
+    return merge_profile(preset("calm"), patch)
+
+
+def bed(tmp_path: Path, prof: Any = "calm", **overrides: Any) -> Testbed:
+    return Testbed(tmp_path, profile=prof, overrides={**FAST, **overrides})
+
+
+async def settled(tb: Testbed, job_ids: list[str], timeout: float = 60) -> dict[str, Any]:
+    jobs = await tb.client.wait_all(job_ids, timeout=timeout)
+    assert check_invariants(tb.config.storage.database) == []
+    return jobs
+
+
+async def submit_many(tb: Testbed, model: str, n: int, tag: str = "j") -> list[str]:
+    async def one(i: int) -> str:
+        status, job = await tb.client.submit(model, {"prompt": f"{tag} {i}", "seed": i})
+        assert status == 202, job
+        return str(job["id"])
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def entry_kinds(entries: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(e["kind"] for e in entries)
+
+
+async def test_happy_path_on_both_vendor_shapes(tmp_path: Path, ray_session: Any) -> None:
+    async with bed(tmp_path) as tb:
+        inputs = {FLUX: {"prompt": "a red fox", "seed": 1}, SDXL: {"prompt": "a lighthouse"}}
+        ids = {}
+        for model, input in inputs.items():
+            status, job = await tb.client.submit(model, input)
+            assert status == 202 and job["status"] == "queued"
+            ids[model] = job["id"]
+        jobs = await settled(tb, list(ids.values()))
+        for model, job_id in ids.items():
+            job = jobs[job_id]
+            assert job["status"] == "completed", job
+            assert job["vendor"] == {FLUX: "fal", SDXL: "replicate"}[model]
+            status, data = await tb.client.request("GET", f"/v1/jobs/{job_id}/result")
+            assert status == 200
+            assert data == expected_png(inputs[model])
+            info = tb.fake_stats(job["vendor"])["task_info"][job["vendor_task_id"]]
+            assert info["trace_id"] == job["trace_id"]
+        assert entry_kinds(await tb.client.entries()) == {"grant": 1, "hold": 2, "capture": 2}
+        credits = await tb.client.credits()
+        assert credits["available"] == tb.credits - 3 - 5
+
+
+async def test_transient_errors_are_retried_until_success(tmp_path: Path, ray_session: Any) -> None:
+    flaky = profile(submit={"server_error": 0.3}, failure=0.2)
+    async with bed(tmp_path, flaky) as tb:
+        ids = await submit_many(tb, FLUX, 12)
+        jobs = await settled(tb, ids)
+        assert {j["status"] for j in jobs.values()} == {"completed"}
+        assert sum(j["attempts"] for j in jobs.values()) > len(ids)
+        assert entry_kinds(await tb.client.entries())["capture"] == len(ids)
+
+
+async def test_permanent_failure_refunds_once_dead_letters_and_redrives(
+    tmp_path: Path, ray_session: Any
+) -> None:
+    async with bed(tmp_path, profile(rejection=1.0)) as tb:
+        status, job = await tb.client.submit("video-short", {"prompt": "forbidden"})
+        assert status == 202
+        failed = (await settled(tb, [job["id"]]))[job["id"]]
+        assert failed["status"] == "failed"
+        assert failed["attempts"] == 1  # permanent: no retry
+        assert (await tb.client.credits())["available"] == tb.credits
+        assert entry_kinds(await tb.client.entries()) == {"grant": 1, "hold": 1, "release": 1}
+        status, dead = await tb.client.request("GET", "/v1/admin/dead-letters", admin=True)
+        assert [d["job_id"] for d in dead["dead_letters"]] == [job["id"]]
+
+        tb.fakes["replicate"].update_profile({"rejection": 0.0})
+        status, redriven = await tb.client.request(
+            "POST", f"/v1/admin/dead-letters/{job['id']}/redrive", admin=True
+        )
+        assert status in (200, 201, 202), redriven
+        new_id = redriven["id"]
+        assert new_id != job["id"]
+        done = (await settled(tb, [new_id]))[new_id]
+        assert done["status"] == "completed"
+        assert (await tb.client.credits())["available"] == tb.credits - 20
+
+
+async def test_vendor_outage_fails_over_with_one_charge(tmp_path: Path, ray_session: Any) -> None:
+    async with bed(tmp_path) as tb:
+        tb.fakes["fal"].start_outage(120)
+        ids = await submit_many(tb, FLUX, 6)
+        jobs = await settled(tb, ids)
+        assert {j["status"] for j in jobs.values()} == {"completed"}
+        assert {j["vendor"] for j in jobs.values()} == {"replicate"}
+        assert entry_kinds(await tb.client.entries()) == {"grant": 1, "hold": 6, "capture": 6}
+        assert tb.fake_stats("fal")["tasks"]["created"] == 0
+
+
+async def test_lost_webhooks_are_covered_by_polling(tmp_path: Path, ray_session: Any) -> None:
+    async with bed(tmp_path, profile(webhooks={"lost": 1.0})) as tb:
+        ids = await submit_many(tb, SDXL, 4)
+        jobs = await settled(tb, ids)
+        assert {j["status"] for j in jobs.values()} == {"completed"}
+        assert tb.fake_stats("replicate")["webhooks"]["by_fault"]["lost"] >= 4
+
+
+async def test_duplicate_webhooks_are_applied_once(tmp_path: Path, ray_session: Any) -> None:
+    async with bed(tmp_path, profile(webhooks={"duplicated": 1.0})) as tb:
+        ids = await submit_many(tb, SDXL, 4)
+        jobs = await settled(tb, ids)
+        assert {j["status"] for j in jobs.values()} == {"completed"}
+        assert entry_kinds(await tb.client.entries())["capture"] == 4
+        _status, metrics = await tb.client.request("GET", "/metrics")
+        text = metrics.decode() if isinstance(metrics, bytes) else str(metrics)
+        assert 'result="duplicate"' in text
+
+
+async def test_forged_and_stale_webhooks_change_nothing(tmp_path: Path, ray_session: Any) -> None:
+    async with bed(tmp_path) as tb:
+        _, job = await tb.client.submit(SDXL, {"prompt": "x"})
+        done = (await settled(tb, [job["id"]]))[job["id"]]
+        body = (
+            b'{"id": "%s", "status": "failed", "error": "forged", "output": null}'
+            % done["vendor_task_id"].encode()
+        )
+        forged = signed_headers("whsec_Zm9yZ2VkLXNlY3JldA==", "msg_forged", int(time.time()), body)
+        real_secret = tb.config.vendors["replicate"].webhook_secret() or ""
+        stale = signed_headers(real_secret, "msg_stale", int(time.time()) - 3600, body)
+        for headers in (forged, stale):
+            async with tb.client.http.post(
+                f"{tb.client.base_url}/v1/webhooks/replicate", data=body, headers=headers
+            ) as response:
+                assert response.status in (400, 401), await response.text()
+        _status, after = await tb.client.job(job["id"])
+        assert after["status"] == "completed"
+        assert entry_kinds(await tb.client.entries()) == {"grant": 1, "hold": 1, "capture": 1}
+
+
+async def test_processor_killed_mid_job_resumes_without_resubmitting(
+    tmp_path: Path, ray_session: Any
+) -> None:
+    slow = profile(run_time={"kind": "fixed", "seconds": 3.0}, webhooks={"lost": 1.0})
+    async with bed(tmp_path, slow) as tb:
+        ids = await submit_many(tb, FLUX, 4)
+        for _ in range(100):
+            states = {(await tb.client.job(j))[1]["status"] for j in ids}
+            if states == {"processing"}:
+                break
+            await asyncio.sleep(0.1)
+        assert states == {"processing"}
+        await asyncio.to_thread(tb.runtime.kill, "processor-fal")
+        jobs = await settled(tb, ids)
+        assert {j["status"] for j in jobs.values()} == {"completed"}
+        stats = tb.fake_stats("fal")
+        assert stats["tasks"]["created"] == 4
+        assert stats["duplicate_attempts"] == []
+        assert all(j["attempts"] == 1 for j in jobs.values())
+
+
+async def test_ledger_killed_restarts_and_nothing_is_lost(tmp_path: Path, ray_session: Any) -> None:
+    async with bed(tmp_path) as tb:
+        first = await submit_many(tb, FLUX, 8, tag="before")
+        await asyncio.to_thread(tb.runtime.kill, "ledger")
+        second: list[str] = []
+        for i in range(8):  # clients retry with their Idempotency-Key until accepted
+            for _ in range(100):
+                status, job = await tb.client.submit(FLUX, {"prompt": f"after {i}"}, key=f"k{i}")
+                if status == 202:
+                    second.append(job["id"])
+                    break
+                await asyncio.sleep(0.1)
+        assert len(second) == 8
+        jobs = await settled(tb, first + second)
+        assert {j["status"] for j in jobs.values()} == {"completed"}
+        assert entry_kinds(await tb.client.entries())["hold"] == 16
+
+
+async def test_sweeper_settles_a_zombie_job(tmp_path: Path, ray_session: Any) -> None:
+    quiet = profile(run_time={"kind": "fixed", "seconds": 0.5}, webhooks={"lost": 1.0})
+    slow_poll = {"poll_interval": 60.0, "stuck_after": 2.0}
+    async with bed(tmp_path, quiet, **{"vendors.fal": slow_poll}) as tb:
+        _, job = await tb.client.submit(FLUX, {"prompt": "zombie"})
+        for _ in range(100):
+            if (await tb.client.job(job["id"]))[1]["status"] == "processing":
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(tb.runtime.kill, "processor-fal", restart=False)
+        done = (await settled(tb, [job["id"]], timeout=30))[job["id"]]
+        assert done["status"] == "completed"
+        assert tb.fake_stats("fal")["tasks"]["created"] == 1
+
+
+async def test_accounts_are_isolated_and_credits_enforced(tmp_path: Path, ray_session: Any) -> None:
+    async with bed(tmp_path) as tb:
+        status, job = await tb.client.submit(SDXL, {"prompt": "mine"})
+        _, other_key = await tb.client.create_account(credits=4, name="other")
+        assert (await tb.client.job(job["id"], api_key=other_key))[0] == 404
+        status, body = await tb.client.submit(SDXL, {"prompt": "too dear"}, api_key=other_key)
+        assert status == 402, body
+        other = await tb.client.credits(api_key=other_key)
+        assert (other["balance"], other["held"], other["available"]) == (4, 0, 4)
+        await settled(tb, [job["id"]])
+
+
+async def test_one_idempotency_key_twenty_concurrent_submits(
+    tmp_path: Path, ray_session: Any
+) -> None:
+    async with bed(tmp_path) as tb:
+        answers = await asyncio.gather(
+            *(tb.client.submit(SDXL, {"prompt": "same"}, key="only-once") for _ in range(20))
+        )
+        assert {status for status, _ in answers} == {202}
+        assert len({job["id"] for _, job in answers}) == 1
+        await settled(tb, [answers[0][1]["id"]])
+        assert entry_kinds(await tb.client.entries())["hold"] == 1
+
+
+async def test_in_flight_never_exceeds_the_vendor_limit(tmp_path: Path, ray_session: Any) -> None:
+    burst = profile(run_time={"kind": "uniform", "low": 0.2, "high": 0.4})
+    limits = {"vendors.fal": {"concurrency": 3}, "vendors.replicate": {"concurrency": 2}}
+    async with bed(tmp_path, burst, **limits) as tb:
+        ids = await submit_many(tb, FLUX, 30) + await submit_many(tb, SDXL, 20, tag="s")
+        jobs = await settled(tb, ids, timeout=90)
+        assert {j["status"] for j in jobs.values()} == {"completed"}
+        assert tb.fake_stats("fal")["tasks"]["max_in_flight"] == 3
+        assert tb.fake_stats("replicate")["tasks"]["max_in_flight"] == 2

@@ -1,0 +1,176 @@
+"""LocalResultStore: atomic, idempotent, safe keys; real files in a temporary directory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import pickle
+import resource
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import JoblineError
+from runtime.results import (
+    InvalidResultKey,
+    LocalResultStore,
+    ResultNotFound,
+    content_type_of,
+    result_key_for,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 10
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalResultStore:
+    return LocalResultStore(tmp_path / "results")
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` bytes fail with EFBIG: a real disk-full-like failure mid-write."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+async def test_put_then_get_and_exists(store: LocalResultStore) -> None:
+    key = result_key_for("job_01HX", "image/png")
+    assert key == "job_01HX.png"
+    assert not await store.exists(key)
+    await store.put(key, PNG, "image/png")
+    assert await store.exists(key)
+    assert await store.get(key) == PNG
+    assert content_type_of(key) == "image/png"
+
+
+async def test_keys_fan_out_under_the_root(store: LocalResultStore) -> None:
+    keys = [result_key_for(f"job_{i}", "image/png") for i in range(20)]
+    for key in keys:
+        await store.put(key, key.encode(), "image/png")
+    paths = files_under(store.root)
+    assert len(paths) == 20
+    for path in paths:
+        relative = path.relative_to(store.root)
+        assert len(relative.parts) == 3 and all(len(p) == 2 for p in relative.parts[:2])
+    assert len({p.parent for p in paths}) > 1  # spread over directories
+    assert store.path_for(keys[0]) == store.path_for(keys[0])  # stable
+
+
+def test_content_types_map_to_extensions() -> None:
+    assert result_key_for("j", "image/jpeg") == "j.jpg"
+    assert result_key_for("j", "video/mp4; codecs=avc1") == "j.mp4"
+    assert result_key_for("j", "application/x-unknown-thing") == "j.bin"
+    assert content_type_of("j.webp") == "image/webp"
+    assert content_type_of("j.nope") == "application/octet-stream"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "..",
+        "../etc/passwd",
+        "a/b.png",
+        "/etc/passwd",
+        "a\\b",
+        ".hidden",
+        "x..png",
+        "a b",
+        "j\x00.png",
+        "é.png",
+        "x" * 201,
+    ],
+)
+async def test_bad_keys_are_rejected(store: LocalResultStore, key: str) -> None:
+    with pytest.raises(InvalidResultKey):
+        await store.put(key, b"x", "image/png")
+    with pytest.raises(InvalidResultKey):
+        await store.get(key)
+    with pytest.raises(InvalidResultKey):
+        await store.exists(key)
+    assert files_under(store.root) == []
+
+
+def test_a_job_id_that_is_a_path_makes_no_key() -> None:
+    with pytest.raises(InvalidResultKey):
+        result_key_for("../../etc/cron.d/evil", "image/png")
+    with pytest.raises(InvalidResultKey):
+        result_key_for("/abs", "image/png")
+
+
+async def test_missing_result_is_a_clear_key_error(store: LocalResultStore) -> None:
+    with pytest.raises(ResultNotFound) as caught:
+        await store.get("job_missing.png")
+    err = caught.value
+    assert isinstance(err, KeyError) and isinstance(err, JoblineError)
+    assert str(err) == "no result stored under key 'job_missing.png'"
+    again = pickle.loads(pickle.dumps(err))  # crosses Ray actors
+    assert type(again) is ResultNotFound and again.key == err.key
+
+
+async def test_put_is_idempotent(store: LocalResultStore) -> None:
+    key = "job_1.png"
+    await store.put(key, PNG, "image/png")
+    path = store.path_for(key)
+    first = path.stat()
+    await store.put(key, PNG, "image/png")  # the same bytes: nothing is rewritten
+    second = path.stat()
+    assert (second.st_ino, second.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    assert await store.get(key) == PNG
+    assert files_under(store.root) == [path]
+
+
+async def test_put_of_other_bytes_replaces_whole(store: LocalResultStore) -> None:
+    await store.put("job_1.png", PNG, "image/png")
+    await store.put("job_1.png", b"other", "image/png")
+    assert await store.get("job_1.png") == b"other"
+    assert files_under(store.root) == [store.path_for("job_1.png")]
+
+
+async def test_concurrent_puts_of_one_key_leave_one_whole_file(store: LocalResultStore) -> None:
+    await asyncio.gather(*(store.put("job_race.png", PNG, "image/png") for _ in range(16)))
+    assert await store.get("job_race.png") == PNG
+    assert files_under(store.root) == [store.path_for("job_race.png")]
+
+
+async def test_a_write_failing_midway_leaves_no_partial_file(store: LocalResultStore) -> None:
+    big = os.urandom(256 * 1024)
+    with file_size_limit(64 * 1024), pytest.raises(OSError) as caught:
+        await store.put("job_big.png", big, "image/png")
+    assert caught.value.errno == errno.EFBIG
+    assert not await store.exists("job_big.png")
+    with pytest.raises(ResultNotFound):
+        await store.get("job_big.png")
+    assert files_under(store.root) == []  # not even the temporary file
+
+
+async def test_a_failed_overwrite_keeps_the_old_result(store: LocalResultStore) -> None:
+    await store.put("job_2.png", PNG, "image/png")
+    with file_size_limit(64 * 1024), pytest.raises(OSError):
+        await store.put("job_2.png", os.urandom(256 * 1024), "image/png")
+    assert await store.get("job_2.png") == PNG
+    assert files_under(store.root) == [store.path_for("job_2.png")]
+
+
+async def test_a_temp_file_left_by_a_crash_is_never_a_result(store: LocalResultStore) -> None:
+    path = store.path_for("job_3.png")
+    path.parent.mkdir(parents=True)
+    (path.parent / ".job_3.png.k2j4h5.tmp").write_bytes(PNG[:5])  # a crash before os.replace
+    assert not await store.exists("job_3.png")
+    await store.put("job_3.png", PNG, "image/png")
+    assert await store.get("job_3.png") == PNG
