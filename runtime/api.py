@@ -775,11 +775,16 @@ class Api:
     async def redrive(self, request: web.Request) -> web.Response:
         self._require_admin(request)
         dead_job_id = request.match_info["job_id"]
+        dead = (await self._get_jobs([dead_job_id]))[0]
+        if dead is None:
+            raise DeadLetterNotFound(dead_job_id)
+        model = self.ctx.config.models.get(dead.model)
         op = Redrive(
             job_id=dead_job_id,
             new_job_id="job_" + new_job_id().replace("-", ""),
             trace_id=new_trace_id(),
             deadline=self.ctx.clock() + self.ctx.config.sweeper.job_deadline,
+            vendor=model.route[0].vendor if model else None,  # the route starts over
         )
         outcome = await self._execute(op)
         job: Job = outcome.unwrap()

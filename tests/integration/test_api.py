@@ -11,7 +11,7 @@ import aiohttp
 
 from actors.gateway import Gateway
 from runtime.api import GATEWAY_API
-from runtime.models import Fail
+from runtime.models import Fail, ScheduleRetry
 from runtime.states import JobStatus
 from runtime.webhooks import signed_headers
 from tests.integration.api_fixtures import (  # noqa: F401
@@ -437,8 +437,10 @@ async def test_forged_stale_and_malformed_webhooks_change_nothing(api: ApiHarnes
 async def test_dead_letters_are_listed_and_redriven(api: ApiHarness) -> None:
     account = await api.account(credits=3)
     dead = await api.submitted(account)
-    (outcome,) = await api.ledger.execute_many([Fail(dead["id"], "vendor said no")])
-    outcome.unwrap()
+    route = api.config.models[dead["model"]].route
+    failover = ScheduleRetry(dead["id"], 0, 0.0, "down", len(route) - 1, route[-1].vendor)
+    for outcome in await api.ledger.execute_many([failover, Fail(dead["id"], "vendor said no")]):
+        outcome.unwrap()
 
     assert (await api.client.get("/v1/admin/dead-letters")).status == 401
     listing = await (await api.client.get("/v1/admin/dead-letters", headers=api.admin)).json()
@@ -457,6 +459,7 @@ async def test_dead_letters_are_listed_and_redriven(api: ApiHarness) -> None:
     new = await response.json()
     assert new["redriven_from"] == dead["id"]
     assert new["status"] == "queued"
+    assert new["vendor"] == route[0].vendor  # a redrive starts the route over
     await _eventually(lambda: new["id"] in {j.id for j in api.dispatched()})
     again = await api.client.post(url, headers=api.admin)
     assert (await again.json())["id"] == new["id"]
