@@ -40,6 +40,7 @@ from runtime.errors import ConfigError
 from runtime.ports import LedgerPort, ProcessorPort
 from runtime.results import LocalResultStore, ResultStore
 from runtime.telemetry import Family, Metrics, configure_logging, get_logger
+from runtime.tracing import TRACING_ENV
 from runtime.vendors import VendorClient, make_client
 
 log = get_logger("hosting")
@@ -328,7 +329,9 @@ class RayRuntime:
 
 
 def _secret_env(config: JoblineConfig) -> dict[str, str]:
-    return {name: os.environ[name] for name in secret_env_names(config) if name in os.environ}
+    """The environment every actor needs from the driver: secrets, and where spans go."""
+    names = [*secret_env_names(config), *TRACING_ENV]
+    return {name: os.environ[name] for name in names if name in os.environ}
 
 
 # --- one process -------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from runtime.ports import LedgerPort, Router
 from runtime.results import ResultStore, result_key_for
 from runtime.states import JobStatus
 from runtime.telemetry import Family, Metrics, get_logger
+from runtime.tracing import JobTracer, Span, tracer_for
 from runtime.vendors import TaskState, TaskStatus, VendorClient, WebhookEvent
 
 log = get_logger("processor")
@@ -92,6 +93,7 @@ class VendorProcessor:
         clock: Callable[[], float],
         rng: random.Random,
         metrics: Metrics | None = None,
+        tracer: JobTracer | None = None,
         enforce_slots: bool = True,
     ) -> None:
         self.vendor = vendor
@@ -107,6 +109,7 @@ class VendorProcessor:
         self._breaker = CircuitBreaker(config.circuit.policy())
         self._bucket = TokenBucket(vendor.requests_per_second or None)
         self.metrics = metrics or Metrics(f"processor-{vendor.name}")
+        self._tracer = tracer or tracer_for(self.metrics.actor, config)
         self._enforce_slots = enforce_slots  # False only in the chaos suite's broken build
         self._queue: list[tuple[float, int, str]] = []  # (not_before, seq, job id)
         self._seq = itertools.count()
@@ -119,6 +122,8 @@ class VendorProcessor:
         self._pump_task: asyncio.Task[None] | None = None
         self._counters = {"retries": 0, "failovers": 0, "completed": 0, "failed": 0}
         self.metrics.vendor_limit.labels(vendor.name).set(vendor.concurrency)
+        for kind in ("captured", "released"):  # exported at 0 before the first event
+            self.metrics.credits.labels(kind)
         self._publish_gauges()
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -289,14 +294,15 @@ class VendorProcessor:
                 return  # canceled, expired or taken over meanwhile
             step = self._config_step(job)
             try:
-                task_id = await self._client.submit(
-                    step,
-                    job.input,
-                    job_id=job.id,
-                    attempt=attempt,
-                    trace_id=job.trace_id,
-                    webhook_url=self._webhook_url(),
-                )
+                with self._span("vendor.submit", job, attempt=attempt):
+                    task_id = await self._client.submit(
+                        step,
+                        job.input,
+                        job_id=job.id,
+                        attempt=attempt,
+                        trace_id=job.trace_id,
+                        webhook_url=self._webhook_url(),
+                    )
             except VendorError as exc:
                 self._record_vendor_result(exc)
                 slot = self._free_slot()
@@ -308,7 +314,7 @@ class VendorProcessor:
             job = held.job = marked.value
             if job.terminal or held.cancel_requested:
                 await self._cancel_at_vendor(job, task_id)
-            status = await self._wait(held, task_id)
+            status = await self._traced_wait(held, task_id, attempt)
             slot = self._free_slot()
             await self._finish(held, attempt, status)
         except asyncio.CancelledError:
@@ -326,7 +332,7 @@ class VendorProcessor:
         assert held.task_id is not None
         slot = True
         try:
-            status = await self._wait(held, held.task_id)
+            status = await self._traced_wait(held, held.task_id, job.attempts)
             slot = self._free_slot()
             await self._finish(held, job.attempts, status)
         except asyncio.CancelledError:
@@ -337,6 +343,12 @@ class VendorProcessor:
             if slot:
                 self._free_slot()
             self._drop_unless_queued(held)
+
+    async def _traced_wait(self, held: _Held, task_id: str, attempt: int) -> TaskStatus:
+        with self._span("vendor.wait", held.job, attempt=attempt, task_id=task_id) as span:
+            status = await self._wait(held, task_id)
+            span.set_attribute("jobline.outcome", status.state.value)
+            return status
 
     async def _wait(self, held: _Held, task_id: str) -> TaskStatus:
         """Until the vendor task ends: a webhook, or polling with backoff as the fallback."""
@@ -392,16 +404,18 @@ class VendorProcessor:
             )
             return
         try:
-            data = await self._client.fetch_output(status.output_url)
+            with self._span("download", job, attempt=attempt):
+                data = await self._client.fetch_output(status.output_url)
+                key = result_key_for(job.id, "image/png")
+                await self._results.put(key, data, "image/png")
         except VendorTransientError as exc:
             await self._after_failure(held, attempt, exc)
             return
         except VendorPermanentError as exc:
             await self._fail(job, str(exc))
             return
-        key = result_key_for(job.id, "image/png")
-        await self._results.put(key, data, "image/png")
-        outcome = await self._op(Complete(job.id, key))
+        with self._span("settle", job, outcome="completed"):
+            outcome = await self._op(Complete(job.id, key))
         if outcome.changed:
             self._counters["completed"] += 1
             self._count_terminal(outcome.value)
@@ -473,12 +487,14 @@ class VendorProcessor:
             extra={"job_id": job.id, "trace_id": job.trace_id, "vendor": target, "error": reason},
         )
         try:
-            await self._router.processor(target).dispatch([outcome.value])
+            with self._span("dispatch", job, from_vendor=self.vendor.name, vendor=target):
+                await self._router.processor(target).dispatch([outcome.value])
         except Exception:  # the sweeper re-dispatches queued jobs nobody holds
             log.warning("failover dispatch failed", extra={"job_id": job.id, "vendor": target})
 
     async def _fail(self, job: Job, error: str, *, expired: bool = False) -> None:
-        outcome = await self._op(Fail(job.id, error, expired=expired))
+        with self._span("settle", job, outcome="failed", error=error):
+            outcome = await self._op(Fail(job.id, error, expired=expired))
         self._drop(job.id)
         if outcome.changed:
             self._counters["failed"] += 1
@@ -507,6 +523,12 @@ class VendorProcessor:
         outcome = await self._ops.call(op)
         outcome.unwrap()
         return outcome
+
+    def _span(
+        self, name: str, job: Job, **attributes: Any
+    ) -> contextlib.AbstractContextManager[Span]:
+        fields = {"job_id": job.id, "vendor": self.vendor.name, **attributes}
+        return self._tracer.span(name, job.trace_id, **fields)
 
     def _enqueue(self, held: _Held) -> None:
         held.queued = True

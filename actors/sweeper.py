@@ -32,9 +32,13 @@ from runtime.ports import LedgerPort, Router
 from runtime.results import ResultStore, result_key_for
 from runtime.states import JobStatus
 from runtime.telemetry import Family, Metrics, get_logger
+from runtime.tracing import JobTracer, tracer_for
 from runtime.vendors import TaskState, VendorClient
 
 log = get_logger("sweeper")
+
+RECOVERY_KINDS = ("expired", "redispatched", "zombie_completed", "handed_back")
+INVARIANT_CHECK_INTERVAL = 60.0  # seconds between the ledger's invariant checks
 
 
 @dataclass
@@ -57,6 +61,7 @@ class Sweeper:
         *,
         clock: Callable[[], float],
         metrics: Metrics | None = None,
+        tracer: JobTracer | None = None,
     ) -> None:
         self.config = config
         self._ledger = ledger
@@ -65,6 +70,10 @@ class Sweeper:
         self._results = results
         self._clock = clock
         self.metrics = metrics or Metrics("sweeper")
+        self._tracer = tracer or tracer_for(self.metrics.actor, config)
+        for kind in RECOVERY_KINDS:  # exported at 0 before the first recovery
+            self.metrics.sweeper_recoveries.labels(kind)
+        self._invariants_checked_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self.sweeps = 0
 
@@ -104,14 +113,31 @@ class Sweeper:
         await self._check_stuck(now, report)
         dead = await self._ledger.dead_letters(limit=100_000)
         self.metrics.dead_letters_open.set(len(dead))
+        await self._check_invariants(now)
         self.sweeps += 1
         return report
+
+    async def _check_invariants(self, now: float) -> None:
+        """Have the ledger check I1, I2, I5 now and then (it exports the violations)."""
+        last = self._invariants_checked_at
+        if last is not None and now - last < INVARIANT_CHECK_INTERVAL:
+            return
+        self._invariants_checked_at = now
+        try:
+            violations = await self._ledger.check_invariants()
+        except Exception:
+            log.exception("invariant check failed")
+            return
+        if violations:
+            log.error("invariants violated", extra={"error": f"{violations} violations"})
 
     async def _expire(self, now: float, report: SweepReport) -> None:
         for job in await self._ledger.expired_jobs(now):
             if job.status is JobStatus.PROCESSING and job.vendor_task_id:
                 await self._cancel_at_vendor(job)
-            outcome = (await self._ledger.execute_many([Fail(job.id, "deadline passed", True)]))[0]
+            with self._tracer.span("settle", job.trace_id, job_id=job.id, outcome="expired"):
+                fail = Fail(job.id, "deadline passed", True)
+                outcome = (await self._ledger.execute_many([fail]))[0]
             if outcome.error is None and outcome.changed:
                 report.expired += 1
                 self.metrics.sweeper_recoveries.labels("expired").inc()
@@ -148,9 +174,13 @@ class Sweeper:
                 hand_back.append(job)
         for vendor, batch in _by_vendor(hand_back).items():
             try:
-                report.handed_back += await self._router.processor(vendor).adopt(batch)
+                taken = await self._router.processor(vendor).adopt(batch)
             except Exception as exc:
                 report.errors.append(f"{vendor}: {exc}")
+                continue
+            report.handed_back += taken
+            if taken:
+                self.metrics.sweeper_recoveries.labels("handed_back").inc(taken)
 
     async def _settle_if_succeeded(self, job: Job) -> bool:
         client = self._clients[job.vendor]
@@ -160,16 +190,22 @@ class Sweeper:
             status = await client.status(step, job.vendor_task_id, trace_id=job.trace_id)
             if status.state is not TaskState.SUCCEEDED or status.output_url is None:
                 return False
-            data = await client.fetch_output(status.output_url)
+            with self._tracer.span("download", job.trace_id, job_id=job.id, vendor=job.vendor):
+                data = await client.fetch_output(status.output_url)
         except VendorError as exc:
             log.warning("zombie check failed", extra={"job_id": job.id, "error": str(exc)})
             return False
         key = result_key_for(job.id, "image/png")
         await self._results.put(key, data, "image/png")
-        outcome = (await self._ledger.execute_many([Complete(job.id, key)]))[0]
+        with self._tracer.span("settle", job.trace_id, job_id=job.id, outcome="zombie_completed"):
+            outcome = (await self._ledger.execute_many([Complete(job.id, key)]))[0]
         if outcome.error is None and outcome.changed:
             self.metrics.credits.labels("captured").inc(job.cost)
             self.metrics.jobs.labels(job.model, job.vendor, "completed").inc()
+            done = outcome.value
+            self.metrics.job_duration.labels(job.model, "completed").observe(
+                max(0.0, done.updated_at - done.created_at)
+            )
             log.info("zombie completed", extra={"job_id": job.id, "trace_id": job.trace_id})
             return True
         return False

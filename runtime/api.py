@@ -94,6 +94,7 @@ from runtime.telemetry import (
     new_trace_id,
     render,
 )
+from runtime.tracing import tracer_for
 from runtime.vendors import VendorClient, WebhookEvent
 
 log = get_logger("gateway")
@@ -306,6 +307,8 @@ class Api:
         self._background: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
         self._openapi = json.dumps(openapi_document(ctx.config), indent=1).encode()
+        self.tracer = tracer_for(ctx.metrics.actor, ctx.config)
+        _zero_series(ctx.metrics, list(ctx.webhook_parsers))
 
     def routes(self) -> list[web.RouteDef]:
         """Every route; /openapi.json documents each (a test holds the two together)."""
@@ -443,7 +446,11 @@ class Api:
         task.add_done_callback(self._background.discard)
 
     def _dispatch(self, job: Job) -> None:
-        self._in_background(self._processor(job.vendor).dispatch.call(job), "dispatch", job)
+        self._in_background(self._traced_dispatch(job), "dispatch", job)
+
+    async def _traced_dispatch(self, job: Job) -> None:
+        with self.tracer.span("dispatch", job.trace_id, job_id=job.id, vendor=job.vendor):
+            await self._processor(job.vendor).dispatch.call(job)
 
     # --- request parts --------------------------------------------------------------------
 
@@ -588,21 +595,24 @@ class Api:
         model = self._model(body.model)
         self._validate_input(model, body.input)
         config = self.ctx.config
+        trace_id = new_trace_id()
         op = OpenJob(
             job_id="job_" + new_job_id().replace("-", ""),
             account_id=account_id,
             model=model.name,
             input=body.input,
             price=model.price,
-            trace_id=new_trace_id(),
+            trace_id=trace_id,
             vendor=model.route[0].vendor,
             deadline=self.ctx.clock() + config.sweeper.job_deadline,
             idempotency_key=idempotency_key,
             request_hash=request_hash(raw),
             max_in_flight=config.gateway.max_jobs_in_flight_per_account,
         )
-        outcome = await self._execute(op)
-        job: Job = outcome.unwrap()
+        with self.tracer.root("submit", trace_id, model=model.name) as span:
+            outcome = await self._execute(op)
+            job: Job = outcome.unwrap()
+            span.set_attributes({"jobline.job_id": job.id, "jobline.replayed": not outcome.changed})
         headers = {"Location": f"/v1/jobs/{job.id}", TRACE_HEADER: job.trace_id}
         if outcome.changed:
             self.ctx.metrics.jobs_submitted.labels(job.model).inc()
@@ -661,6 +671,8 @@ class Api:
         outcome = await self._execute(Cancel(job_id, account_id))
         job: Job = outcome.unwrap()
         if outcome.changed:
+            self.ctx.metrics.jobs.labels(job.model, job.vendor, job.status.value).inc()
+            self.ctx.metrics.credits.labels("released").inc(job.cost)
             log.info("job canceled", extra=_job_fields(job))
             # Queued or processing: the processor drops it or cancels the vendor task.
             cancel = self._processor(job.vendor).cancels.call(job.id)
@@ -779,15 +791,18 @@ class Api:
         if dead is None:
             raise DeadLetterNotFound(dead_job_id)
         model = self.ctx.config.models.get(dead.model)
+        trace_id = new_trace_id()
         op = Redrive(
             job_id=dead_job_id,
             new_job_id="job_" + new_job_id().replace("-", ""),
-            trace_id=new_trace_id(),
+            trace_id=trace_id,
             deadline=self.ctx.clock() + self.ctx.config.sweeper.job_deadline,
             vendor=model.route[0].vendor if model else None,  # the route starts over
         )
-        outcome = await self._execute(op)
-        job: Job = outcome.unwrap()
+        with self.tracer.root("redrive", trace_id, dead_job_id=dead_job_id) as span:
+            outcome = await self._execute(op)
+            job: Job = outcome.unwrap()
+            span.set_attributes({"jobline.job_id": job.id, "jobline.replayed": not outcome.changed})
         headers = {"Location": f"/v1/jobs/{job.id}", TRACE_HEADER: job.trace_id}
         if outcome.changed:
             self.ctx.metrics.credits.labels("held").inc(job.cost)
@@ -918,6 +933,15 @@ async def _send_event(
         data["job"] = terminal_job.to_api()
     payload = json.dumps(data, separators=(",", ":"))
     await response.write(f"id: {entry.seq}\nevent: status\ndata: {payload}\n\n".encode())
+
+
+def _zero_series(metrics: Metrics, vendors: list[str]) -> None:
+    """Export the gateway's counters at 0 before their first event, so rate() sees it."""
+    for kind in ("held", "released"):
+        metrics.credits.labels(kind)
+    for vendor in vendors:
+        for _, reason in _WEBHOOK_REASONS:
+            metrics.webhook_rejections.labels(vendor, reason)
 
 
 def _without_actor(families: Iterable[Family], actor: str) -> list[Family]:

@@ -1,0 +1,234 @@
+"""OpenTelemetry spans for a job's life, one trace per job across every actor.
+
+Theory of operation
+-------------------
+The gateway gives every job a ``trace_id`` (32 hex digits, ``telemetry.new_trace_id``)
+that travels with the job through the ledger and every actor message. That id *is*
+the OpenTelemetry trace id, so no actor has to pass context objects to another:
+
+- the gateway's ``submit`` span is the job's root; its span id is derived from the
+  trace id (``root_span_id``), and the SDK is told to use both ids for it;
+- any other actor, in any process, rebuilds the root's ``SpanContext`` from the trace
+  id alone and starts its spans as children of it (or of its own current span, when
+  it is already inside one of the job's spans).
+
+    gateway   submit ──┬── dispatch
+    processor          ├── vendor.submit ── vendor.wait ── download ── settle
+    sweeper            └── download ── settle          (a zombie the sweeper completes)
+
+Spans go over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces-only
+variant) is set, and otherwise to a JSON-lines file, one object per span:
+``JOBLINE_TRACES_PATH``, else ``traces.jsonl`` beside the ledger database (so
+``data/traces.jsonl`` by default). ``OTEL_SDK_DISABLED=true`` turns tracing off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import Span as Span
+
+from runtime.config import JoblineConfig
+
+ACTOR_ATTRIBUTE = "jobline.actor"
+OTLP_ENV = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+PATH_ENV = "JOBLINE_TRACES_PATH"
+# The environment an actor needs to trace like its driver (hosting passes it on to Ray).
+TRACING_ENV = (*OTLP_ENV, "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_SDK_DISABLED", PATH_ENV)
+SERVICE_NAME = "jobline"
+
+_TRACE_ID = re.compile(r"(?!0{32})[0-9a-f]{32}")
+
+Attributes = Mapping[str, str | int | float | bool]
+
+
+def root_span_id(trace_id: str) -> int:
+    """The span id of a job's root span, derived from its trace id (never 0)."""
+    digest = hashlib.sha256(trace_id.encode("ascii")).digest()
+    return int.from_bytes(digest[:8], "big") or 1
+
+
+def job_context(trace_id: str) -> Context:
+    """A context whose parent is the job's root span, wherever that span was made.
+
+    A trace id that is not 32 hex digits gives an empty context (a trace of its own)."""
+    if not _TRACE_ID.fullmatch(trace_id):
+        return Context()
+    root = trace.SpanContext(
+        trace_id=int(trace_id, 16),
+        span_id=root_span_id(trace_id),
+        is_remote=True,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(root))
+
+
+# The ids the next span must take (a job's root span); None: random ids.
+_FIXED_IDS: ContextVar[tuple[int, int] | None] = ContextVar("jobline_fixed_ids", default=None)
+
+
+class _JobIds(RandomIdGenerator):
+    """Random ids, except for a job's root span, whose ids come from the job's trace id."""
+
+    def generate_trace_id(self) -> int:
+        fixed = _FIXED_IDS.get()
+        return fixed[0] if fixed is not None else super().generate_trace_id()
+
+    def generate_span_id(self) -> int:
+        fixed = _FIXED_IDS.get()
+        return fixed[1] if fixed is not None else super().generate_span_id()
+
+
+class JsonLinesExporter(SpanExporter):
+    """Appends one JSON object per span to a file (several processes may share it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = "".join(json.dumps(span_record(s), separators=(",", ":")) + "\n" for s in spans)
+        try:
+            with self._lock:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # One O_APPEND write per batch: lines from other processes do not interleave.
+                with self.path.open("a", encoding="utf-8") as out:
+                    out.write(lines)
+        except OSError:
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def span_record(span: ReadableSpan) -> dict[str, Any]:
+    """A finished span as the JSON-lines file stores it."""
+    context = span.get_span_context()
+    assert context is not None
+    attributes = dict(span.attributes or {})
+    return {
+        "trace_id": f"{context.trace_id:032x}",
+        "span_id": f"{context.span_id:016x}",
+        "parent_span_id": f"{span.parent.span_id:016x}" if span.parent else None,
+        "name": span.name,
+        "start": (span.start_time or 0) / 1e9,
+        "end": (span.end_time or 0) / 1e9,
+        "status": span.status.status_code.name.lower(),
+        "actor": attributes.pop(ACTOR_ATTRIBUTE, None),
+        "attributes": attributes,
+    }
+
+
+class JobTracer:
+    """One actor's spans, each in the trace of the job it is about."""
+
+    def __init__(self, actor: str, provider: trace.TracerProvider) -> None:
+        self.actor = actor
+        self.provider = provider
+        self._tracer = provider.get_tracer("jobline")
+
+    @contextlib.contextmanager
+    def root(self, name: str, trace_id: str, **attributes: Any) -> Iterator[Span]:
+        """The job's root span (the gateway's submit), with ids taken from ``trace_id``."""
+        ids = (int(trace_id, 16), root_span_id(trace_id)) if _TRACE_ID.fullmatch(trace_id) else None
+        token = _FIXED_IDS.set(ids)
+        try:
+            span = self._tracer.start_span(
+                name, context=Context(), attributes=self._attributes(attributes)
+            )
+        finally:
+            _FIXED_IDS.reset(token)
+        with trace.use_span(span, end_on_exit=True):
+            yield span
+
+    @contextlib.contextmanager
+    def span(self, name: str, trace_id: str, **attributes: Any) -> Iterator[Span]:
+        """A span in the job's trace: under this task's current span of the same job,
+        else directly under the job's root span."""
+        current = trace.get_current_span().get_span_context()
+        same_job = current.is_valid and f"{current.trace_id:032x}" == trace_id
+        parent = None if same_job else job_context(trace_id)
+        with self._tracer.start_as_current_span(
+            name, context=parent, attributes=self._attributes(attributes)
+        ) as span:
+            yield span
+
+    def _attributes(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        values = {f"jobline.{k}": v for k, v in attributes.items() if v is not None}
+        return {ACTOR_ATTRIBUTE: self.actor, **values}
+
+
+# --- where spans go ----------------------------------------------------------------------
+
+_providers: dict[str, trace.TracerProvider] = {}
+_providers_lock = threading.Lock()
+
+
+def traces_path(config: JoblineConfig) -> Path:
+    """The JSON-lines file: ``JOBLINE_TRACES_PATH``, else beside the ledger database."""
+    configured = os.environ.get(PATH_ENV)
+    return Path(configured) if configured else config.storage.database.parent / "traces.jsonl"
+
+
+def tracer_for(actor: str, config: JoblineConfig) -> JobTracer:
+    """The tracer of one actor; the provider behind it is shared by the whole process."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return JobTracer(actor, trace.NoOpTracerProvider())
+    otlp = any(os.environ.get(name) for name in OTLP_ENV)
+    key = "otlp" if otlp else str(traces_path(config).resolve())
+    with _providers_lock:
+        provider = _providers.get(key)
+        if provider is None:
+            processor = _otlp_processor() if otlp else _file_processor(traces_path(config))
+            provider = _providers[key] = make_provider(processor)
+    return JobTracer(actor, provider)
+
+
+def shutdown_tracing() -> None:
+    """Export what is pending and forget every provider of this process."""
+    with _providers_lock:
+        providers = list(_providers.values())
+        _providers.clear()
+    for provider in providers:
+        if isinstance(provider, TracerProvider):
+            provider.shutdown()
+
+
+def make_provider(processor: SpanProcessor) -> TracerProvider:
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": SERVICE_NAME}), id_generator=_JobIds()
+    )
+    provider.add_span_processor(processor)
+    return provider
+
+
+def _otlp_processor() -> SpanProcessor:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return BatchSpanProcessor(OTLPSpanExporter())  # endpoint and headers from OTEL_* env
+
+
+def _file_processor(path: Path) -> SpanProcessor:
+    # Written as each span ends: nothing is lost when Ray kills an actor.
+    return SimpleSpanProcessor(JsonLinesExporter(path))

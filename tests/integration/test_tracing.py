@@ -1,0 +1,167 @@
+"""One trace per job: spans from the gateway, the processor and the sweeper join on the
+job's trace id without passing context objects between actors or processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from runtime.config import load_config
+from runtime.telemetry import new_trace_id
+from runtime.testbed import ROOT_CONFIG, Testbed
+from runtime.tracing import (
+    JobTracer,
+    JsonLinesExporter,
+    make_provider,
+    root_span_id,
+    shutdown_tracing,
+    tracer_for,
+)
+
+JOB_SPANS = {"submit", "dispatch", "vendor.submit", "vendor.wait", "download", "settle"}
+
+
+def read_spans(path: Path, trace_id: str) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    spans = [json.loads(line) for line in path.read_text().splitlines()]
+    return [span for span in spans if span["trace_id"] == trace_id]
+
+
+def assert_one_tree(spans: list[dict[str, Any]], trace_id: str) -> None:
+    """One root (the submit span, with the id derived from the trace id); every other
+    span's parent is a span of the same trace."""
+    roots = [span for span in spans if span["parent_span_id"] is None]
+    assert [root["name"] for root in roots] == ["submit"]
+    assert roots[0]["span_id"] == f"{root_span_id(trace_id):016x}"
+    ids = {span["span_id"] for span in spans}
+    assert all(span["parent_span_id"] in ids for span in spans if span is not roots[0])
+
+
+def test_spans_of_separate_processes_join_on_the_trace_id(tmp_path: Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    # Two providers stand for two processes: nothing passes between them but the trace id.
+    gateway = JobTracer("gateway-0", make_provider(SimpleSpanProcessor(JsonLinesExporter(path))))
+    processor = JobTracer(
+        "processor-fal", make_provider(SimpleSpanProcessor(JsonLinesExporter(path)))
+    )
+    trace_id = new_trace_id()
+    with gateway.root("submit", trace_id, model="flux-schnell"):
+        pass
+    with gateway.span("dispatch", trace_id, vendor="fal"):
+        pass
+    # The second nests under the first: the current span is of the same job.
+    with processor.span("vendor.submit", trace_id, attempt=1), processor.span("inner", trace_id):
+        pass
+    with processor.span("unrelated", new_trace_id()):
+        pass
+
+    spans = read_spans(path, trace_id)
+    assert [s["name"] for s in spans] == [
+        "submit",
+        "dispatch",
+        "inner",
+        "vendor.submit",
+    ]
+    assert_one_tree(spans, trace_id)
+    by_name = {s["name"]: s for s in spans}
+    assert by_name["inner"]["parent_span_id"] == by_name["vendor.submit"]["span_id"]
+    assert by_name["submit"]["actor"] == "gateway-0"
+    assert by_name["vendor.submit"]["actor"] == "processor-fal"
+    assert by_name["vendor.submit"]["attributes"] == {"jobline.attempt": 1}
+    assert all(s["end"] >= s["start"] > 0 for s in spans)
+
+
+def test_a_failing_step_marks_its_span(tmp_path: Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    tracer = JobTracer("processor-fal", make_provider(SimpleSpanProcessor(JsonLinesExporter(path))))
+    trace_id = new_trace_id()
+    with pytest.raises(RuntimeError), tracer.span("download", trace_id):
+        raise RuntimeError("vendor gone")
+    (span,) = read_spans(path, trace_id)
+    assert span["status"] == "error"
+
+
+@pytest.fixture
+async def otlp_collector() -> AsyncIterator[tuple[str, list[ExportTraceServiceRequest]]]:
+    """A real HTTP server taking OTLP/HTTP protobuf posts, as a collector would."""
+    received: list[ExportTraceServiceRequest] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        assert request.content_type == "application/x-protobuf"
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        received.append(message)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", received
+    await runner.cleanup()
+
+
+async def test_spans_go_over_otlp_when_an_endpoint_is_set(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    otlp_collector: tuple[str, list[ExportTraceServiceRequest]],
+) -> None:
+    endpoint, received = otlp_collector
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    config = load_config(ROOT_CONFIG)
+    try:
+        tracer = tracer_for("gateway-0", config)
+        trace_id = new_trace_id()
+        with tracer.root("submit", trace_id):
+            pass
+        # The batch exporter posts from its own thread, to the server on this loop.
+        assert await asyncio.to_thread(tracer.provider.force_flush, 10_000)  # type: ignore[attr-defined]
+    finally:
+        await asyncio.to_thread(shutdown_tracing)
+    spans = [
+        span
+        for message in received
+        for resource in message.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    assert [(s.name, s.trace_id.hex()) for s in spans] == [("submit", trace_id)]
+    assert int.from_bytes(spans[0].span_id, "big") == root_span_id(trace_id)
+
+
+@pytest.mark.ray
+async def test_one_job_is_one_trace_across_actors_on_ray(tmp_path: Path, ray_session: Any) -> None:
+    fast = {"vendors.fal": {"poll_interval": 0.3}, "sweeper": {"interval": 1.0}}
+    async with Testbed(tmp_path, profile="calm", overrides=fast) as tb:
+        status, job = await tb.client.submit("flux-schnell", {"prompt": "a traced fox"})
+        assert status == 202
+        done = await tb.client.wait(job["id"], timeout=60)
+        assert done["status"] == "completed"
+        trace_id = done["trace_id"]
+        path = tmp_path / "traces.jsonl"  # beside the ledger database
+        spans: list[dict[str, Any]] = []
+        for _ in range(50):  # the settle span ends just after the job is completed
+            spans = read_spans(path, trace_id)
+            if {s["name"] for s in spans} >= JOB_SPANS:
+                break
+            await asyncio.sleep(0.1)
+    assert {s["name"] for s in spans} >= JOB_SPANS, spans
+    assert_one_tree(spans, trace_id)
+    actors = {s["name"]: s["actor"] for s in spans}
+    assert actors["submit"].startswith("gateway-")
+    assert actors["dispatch"].startswith("gateway-")
+    assert {actors[n] for n in ("vendor.submit", "vendor.wait", "download", "settle")} == {
+        "processor-fal"
+    }
+    assert all(s["attributes"]["jobline.job_id"] == job["id"] for s in spans)
