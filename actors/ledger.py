@@ -9,10 +9,12 @@ operations in one transaction.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from runtime.invariants import check_invariants
 from runtime.ledger import Ledger
 from runtime.models import LedgerOp, Outcome
 from runtime.telemetry import Family, Metrics, get_logger
@@ -53,6 +55,12 @@ class CreditLedger:
         for status, n in counts.items():
             self.metrics.jobs_by_status.labels(status).set(n)
         return self.metrics.collect()
+
+    async def check_invariants(self) -> int:
+        """Check I1, I2, I5 on the database (off the event loop); exported as a gauge."""
+        violations = await asyncio.to_thread(check_invariants, self._path)
+        self.metrics.invariant_violations.set(len(violations))
+        return len(violations)
 
     async def ping(self) -> bool:
         return self._ledger is not None

@@ -63,6 +63,9 @@ class LedgerPort(Protocol):
 
     async def counts(self) -> dict[str, int]: ...
 
+    async def check_invariants(self) -> int:
+        """Check I1, I2, I5 on the database now; returns (and exports) the violations."""
+
 
 class ProcessorPort(Protocol):
     async def dispatch(self, jobs: Sequence[Job]) -> None:
