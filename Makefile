@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench clean prometheus
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check runtime actors vendors_fake tests loadtests
 	$(BIN)/ruff format --check runtime actors vendors_fake tests loadtests
 	$(BIN)/mypy --strict runtime actors vendors_fake
+
+# The real Prometheus (and promtool) for tests/integration/test_prometheus.py: Debian's package.
+prometheus:
+	@command -v promtool >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
+	}
 
 bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench
