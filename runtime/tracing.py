@@ -135,6 +135,7 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
         "start": (span.start_time or 0) / 1e9,
         "end": (span.end_time or 0) / 1e9,
         "status": span.status.status_code.name.lower(),
+        "error": span.status.description,
         "actor": attributes.pop(ACTOR_ATTRIBUTE, None),
         "attributes": attributes,
     }

@@ -87,7 +87,7 @@ def test_a_failing_step_marks_its_span(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), tracer.span("download", trace_id):
         raise RuntimeError("vendor gone")
     (span,) = read_spans(path, trace_id)
-    assert span["status"] == "error"
+    assert (span["status"], span["error"]) == ("error", "RuntimeError: vendor gone")
 
 
 @pytest.fixture
