@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean prometheus
+.PHONY: install test demo lint bench clean prometheus chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ prometheus:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
 	}
+
+# Every chaos scenario with seeds 1 2 3 and the full invariant check; a report per run.
+chaos: $(STAMP)
+	$(BIN)/jobline chaos
 
 bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench

@@ -109,7 +109,17 @@ class _Ports:
         return list(self._vendors)
 
 
-def _build(role: str, config: JoblineConfig, ports: _Ports, seed: int | None) -> Any:
+# Deliberately broken builds, for the chaos suite's test that its checks can fail.
+BROKEN_BUILDS = frozenset({"ignore-slot-limit"})
+
+
+def _build(
+    role: str,
+    config: JoblineConfig,
+    ports: _Ports,
+    seed: int | None,
+    broken: frozenset[str] = frozenset(),
+) -> Any:
     clock = time.time
     if role == LEDGER:
         return CreditLedger(Path(config.storage.database), clock)
@@ -127,6 +137,7 @@ def _build(role: str, config: JoblineConfig, ports: _Ports, seed: int | None) ->
             ports,
             clock=clock,
             rng=random.Random(seed),
+            enforce_slots="ignore-slot-limit" not in broken,
         )
     if role.startswith("gateway-"):
         metrics = Metrics(role)
@@ -191,7 +202,13 @@ class RemoteProxy:
 class _ActorHost:
     """Runs one jobline object inside a Ray actor and forwards calls to it."""
 
-    def __init__(self, role: str, config: JoblineConfig, seed: int | None) -> None:
+    def __init__(
+        self,
+        role: str,
+        config: JoblineConfig,
+        seed: int | None,
+        broken: frozenset[str] = frozenset(),
+    ) -> None:
         configure_logging()
         self._role = role
         namespace = config.ray.namespace
@@ -214,7 +231,7 @@ class _ActorHost:
             metric_sources=sources,
             vendors=list(config.vendors),
         )
-        self._object = _build(role, config, ports, seed)
+        self._object = _build(role, config, ports, seed, broken)
         self._started = asyncio.get_running_loop().create_task(self._start())
 
     async def _start(self) -> None:
@@ -234,6 +251,9 @@ class _ActorHost:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def node_id(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
 
 
 def actor_name(role: str) -> str:
@@ -256,6 +276,7 @@ class RayRuntime:
     config: JoblineConfig
     handles: dict[str, Any] = field(default_factory=dict)
     started_ray: bool = False
+    broken: frozenset[str] = frozenset()
 
     @classmethod
     def start(
@@ -265,8 +286,13 @@ class RayRuntime:
         address: str | None = None,
         seed: int | None = None,
         ready_timeout: float = 60.0,
+        broken: frozenset[str] = frozenset(),
     ) -> RayRuntime:
-        runtime = cls(config)
+        """Start every actor; ``broken`` names deliberately broken parts (chaos tests only)."""
+        unknown = broken - BROKEN_BUILDS
+        if unknown:
+            raise ValueError(f"unknown broken builds {sorted(unknown)}")
+        runtime = cls(config, broken=broken)
         if not ray.is_initialized():
             runtime.started_ray = True
             init_address = address if address is not None else (config.ray.address or None)
@@ -297,7 +323,7 @@ class RayRuntime:
             options["resources"] = dict(self.config.ray.processor_resources)
         host = ray.remote(_ActorHost).options(**options)
         role_seed = None if seed is None else hash((seed, role)) & 0xFFFFFFFF
-        self.handles[role] = host.remote(role, self.config, role_seed)
+        self.handles[role] = host.remote(role, self.config, role_seed, self.broken)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         ray.get([h.ready.remote() for h in self.handles.values()], timeout=timeout)
@@ -316,6 +342,13 @@ class RayRuntime:
         """Kill an actor's process (chaos); Ray restarts it unless ``restart`` is False."""
         ray.kill(self.handles[role], no_restart=not restart)
 
+    def node_of(self, role: str) -> str:
+        """The id of the Ray node the role's actor runs on now."""
+        return cast(str, ray.get(self.handles[role].node_id.remote(), timeout=60))
+
+    def roles(self) -> list[str]:
+        return list(self.handles)
+
     def stop(self) -> None:
         for role in (*[r for r in self.handles if r.startswith("gateway-")], SWEEPER):
             if role in self.handles:
@@ -326,6 +359,64 @@ class RayRuntime:
         self.handles.clear()
         if self.started_ray:
             ray.shutdown()
+
+
+def start_local_ray(num_cpus: int | None = None) -> bool:
+    """A private local Ray for this process (never one found on the machine).
+
+    Returns False if this process had Ray running already (nothing was started)."""
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    return True
+
+
+def stop_local_ray() -> None:
+    ray.shutdown()
+
+
+class LocalCluster:
+    """A multi-node Ray cluster on this machine: a head and worker nodes (chaos: node loss).
+
+    Every node is a set of real Ray processes; removing one kills them, as losing a
+    machine would. Run it in a process of its own with ``RAY_TMPDIR`` pointing at a
+    private directory: Ray writes the cluster's address there for ``ray.init()`` to find.
+    """
+
+    def __init__(self, head_cpus: int = 1) -> None:
+        from ray.cluster_utils import Cluster
+
+        self._cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": head_cpus, "include_dashboard": False},
+        )
+        self._workers: dict[str, Any] = {}
+
+    @property
+    def address(self) -> str:
+        return str(self._cluster.address)
+
+    def add_worker(self, resources: dict[str, float], num_cpus: int = 1) -> str:
+        node = self._cluster.add_node(num_cpus=num_cpus, resources=dict(resources))
+        node_id = str(node.node_id)
+        self._workers[node_id] = node
+        return node_id
+
+    def workers(self) -> list[str]:
+        return list(self._workers)
+
+    def remove_worker(self, node_id: str) -> None:
+        """Kill every process of a worker node at once (no graceful shutdown)."""
+        self._cluster.remove_node(self._workers.pop(node_id), allow_graceful=False)
+
+    def shutdown(self) -> None:
+        self._cluster.shutdown()  # type: ignore[no-untyped-call]
 
 
 def _secret_env(config: JoblineConfig) -> dict[str, str]:

@@ -6,6 +6,7 @@
     jobline accounts create --name N --credits C
     jobline dead-letters list | redrive JOB_ID
     jobline check          run the invariant checker on a ledger file
+    jobline chaos          chaos scenarios with the full invariant check, and a report
 
 Subcommands import what they need when they run, so ``jobline --help`` is fast.
 """
@@ -112,6 +113,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--database", type=Path, help="ledger file (default: from the config)")
     check.set_defaults(run=_check)
+
+    chaos = sub.add_parser(
+        "chaos",
+        parents=[common],
+        help="break jobline on purpose (scenarios x seeds) and check every invariant",
+    )
+    chaos.add_argument(
+        "--scenario", action="append", help="run only this scenario (repeatable; default: all)"
+    )
+    chaos.add_argument(
+        "--seed", type=int, action="append", help="run with this seed (repeatable; default 1 2 3)"
+    )
+    chaos.add_argument("--json", action="store_true", help="print the reports as JSON")
+    chaos.add_argument("--quick", action="store_true", help="the short subset, one seed")
+    chaos.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    chaos.add_argument(
+        "--broken",
+        action="append",
+        default=[],
+        help="run a deliberately broken build (ignore-slot-limit) to see the checks fail",
+    )
+    chaos.set_defaults(run=_chaos)
     return parser
 
 
@@ -194,6 +217,19 @@ def _check(args: argparse.Namespace) -> int:
         print(violation)
     print(f"{len(violations)} violation(s)")
     return 1 if violations else 0
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    from runtime.chaos.harness import main as chaos_main
+    from runtime.chaos.scenarios import SCENARIOS
+
+    if args.list:
+        for scenario in SCENARIOS.values():
+            print(f"{scenario.name:<18} {scenario.description}")
+        return 0
+    return chaos_main(
+        args.scenario, args.seed, as_json=args.json, broken=args.broken, quick=args.quick
+    )
 
 
 def _admin_request(

@@ -1,0 +1,226 @@
+"""The full check after a chaos scenario: DESIGN §4, I1 to I6, from three independent sources.
+
+- the ledger database (``runtime.invariants.check_invariants``: I1 conservation, I2
+  exactly-once settlement, I5 idempotency keys, webhook receipts, terminal history);
+- what the clients saw (``runtime.chaos.load``): every ``202`` job is in the ledger and
+  terminal (I3), a key never named two jobs (I5), no status a client saw after a
+  terminal one differs from it, and the terminal status of the event stream is the
+  ledger's (I5: terminal states absorb);
+- what the fake vendors counted themselves: the highest number of tasks in flight
+  against the vendor's configured limit (I4), tasks started more than once for one
+  attempt (I5), and every vendor task jobline recorded exists at that vendor for that
+  job; plus each processor's own slot count once everything is quiet (no slot leaked).
+
+Each finding is a ``Violation``; an empty list means the scenario passed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from runtime.chaos.load import TERMINAL, Load
+from runtime.config import JoblineConfig
+from runtime.invariants import check_invariants
+from runtime.models import Violation
+
+
+@dataclass(frozen=True)
+class LedgerJob:
+    id: str
+    status: str
+    vendor: str
+    vendor_task_id: str | None
+    attempts: int
+    cost: int
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What a scenario promises beyond the invariants."""
+
+    exactly_accepted: int | None = None  # the credit race: exactly N of 3N accepted
+    check_limits: bool = True
+    check_slots: bool = True  # processors report 0 slots taken once quiet
+    retry_after: float | None = None  # 429 retries wait at least this long
+
+
+def read_jobs(db: Path) -> dict[str, LedgerJob]:
+    with _connect(db) as conn:
+        rows = conn.execute(
+            "SELECT id, status, vendor, vendor_task_id, attempts, cost FROM jobs"
+        ).fetchall()
+    return {row[0]: LedgerJob(*row) for row in rows}
+
+
+def read_history(db: Path) -> list[tuple[str, str, float, str | None]]:
+    with _connect(db) as conn:
+        rows = conn.execute("SELECT job_id, status, at, detail FROM job_history ORDER BY seq")
+        return [(r[0], r[1], float(r[2]), r[3]) for r in rows.fetchall()]
+
+
+def read_entries(db: Path) -> Counter[str]:
+    with _connect(db) as conn:
+        rows = conn.execute("SELECT kind, COUNT(*) FROM credit_entries GROUP BY kind")
+        return Counter({kind: n for kind, n in rows.fetchall()})
+
+
+def read_available(db: Path) -> dict[str, int]:
+    with _connect(db) as conn:
+        rows = conn.execute("SELECT id, balance - held FROM accounts").fetchall()
+    return {account: int(available) for account, available in rows}
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{quote(str(Path(db).resolve()))}?mode=ro", uri=True, timeout=30)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def open_jobs(db: Path) -> list[str]:
+    return [j.id for j in read_jobs(db).values() if j.status not in TERMINAL]
+
+
+def full_check(
+    config: JoblineConfig,
+    load: Load,
+    fakes: Mapping[str, Mapping[str, Any]],
+    processors: Mapping[str, Mapping[str, Any]] | None,
+    expect: Expectations,
+) -> list[Violation]:
+    db = config.storage.database
+    jobs = read_jobs(db)
+    found = list(check_invariants(db))
+    found += load_problems(load)
+    found += clients_against_ledger(load, jobs)
+    found += vendors_against_ledger(config, fakes, jobs, expect)
+    if processors is not None and expect.check_slots:
+        found += slots_released(processors)
+    if expect.exactly_accepted is not None:
+        found += exact_acceptance(load, expect.exactly_accepted, db)
+    if expect.retry_after is not None:
+        found += backoff_honoured(read_history(db), expect.retry_after)
+    return found
+
+
+def load_problems(load: Load) -> Iterable[Violation]:
+    for problem in load.problems:
+        invariant, subject, detail = problem.split(" ", 2)
+        yield Violation(invariant, subject, detail)
+
+
+def clients_against_ledger(load: Load, jobs: Mapping[str, LedgerJob]) -> Iterable[Violation]:
+    """I3: every 202 job is in the ledger and ended; I5: seen terminal, stays terminal."""
+    for client in load.accepted:
+        assert client.job_id is not None
+        job = jobs.get(client.job_id)
+        if job is None:
+            yield Violation(
+                "I3", client.job_id, f"answered 202 (key {client.key}), not in the ledger"
+            )
+            continue
+        if job.status not in TERMINAL:
+            yield Violation("I3", job.id, f"still {job.status} after the scenario went quiet")
+        seen_terminal = [s for s in client.observed if s in TERMINAL]
+        if seen_terminal and len(set(seen_terminal)) > 1:
+            yield Violation("I5", job.id, f"terminal status changed: clients saw {client.observed}")
+        if seen_terminal and seen_terminal[0] != job.status:
+            yield Violation(
+                "I5", job.id, f"clients saw {seen_terminal[0]}, the ledger ends {job.status}"
+            )
+        if seen_terminal and client.observed.index(seen_terminal[0]) != len(client.observed) - 1:
+            yield Violation("I5", job.id, f"status moved after terminal: {client.observed}")
+        ended = [s for s in client.events if s in TERMINAL]
+        if ended and (ended[-1] != job.status or client.events[-1] != ended[-1]):
+            yield Violation(
+                "I5", job.id, f"event stream {client.events} vs the ledger's {job.status}"
+            )
+
+
+def vendors_against_ledger(
+    config: JoblineConfig,
+    fakes: Mapping[str, Mapping[str, Any]],
+    jobs: Mapping[str, LedgerJob],
+    expect: Expectations,
+) -> Iterable[Violation]:
+    """I4 from the vendors' own counts; I5 one task per attempt; tasks match the ledger."""
+    attempts: Counter[str] = Counter()
+    for vendor, stats in fakes.items():
+        limit = config.vendors[vendor].concurrency
+        highest = int(stats["tasks"]["max_in_flight"])
+        if expect.check_limits and highest > limit:
+            yield Violation(
+                "I4", vendor, f"the vendor counted {highest} tasks in flight, limit {limit}"
+            )
+        attempts.update(stats.get("attempts", {}))
+        tasks = stats.get("task_info", {})
+        for task_id, info in tasks.items():
+            job_id = info.get("job_id")
+            if job_id is None:
+                continue  # not sent by jobline (the harness's own probes)
+            if job_id not in jobs:
+                yield Violation(
+                    "I5", job_id, f"{vendor} task {task_id} for a job not in the ledger"
+                )
+        for job in jobs.values():
+            if job.vendor != vendor or job.vendor_task_id is None:
+                continue
+            info = tasks.get(job.vendor_task_id)
+            if info is None:
+                yield Violation("I5", job.id, f"{vendor} has no task {job.vendor_task_id}")
+            elif info.get("job_id") != job.id:
+                yield Violation(
+                    "I5",
+                    job.id,
+                    f"{vendor} task {job.vendor_task_id} is for job {info.get('job_id')}",
+                )
+    for key, n in sorted(attempts.items()):
+        if n > 1:
+            yield Violation("I5", key, f"{n} vendor tasks started for one attempt")
+
+
+def slots_released(processors: Mapping[str, Mapping[str, Any]]) -> Iterable[Violation]:
+    for vendor, stats in processors.items():
+        if stats.get("inflight", 0) != 0:
+            yield Violation(
+                "I4", vendor, f"processor still holds {stats['inflight']} slots with no job running"
+            )
+
+
+def exact_acceptance(load: Load, n: int, db: Path) -> Iterable[Violation]:
+    accepted = load.accepted_count()
+    if accepted != n:
+        yield Violation("I1", "credits", f"funded for exactly {n} jobs, {accepted} were accepted")
+    refused = Counter(j.refused for j in load.jobs if j.job_id is None)
+    if set(refused) - {402}:
+        yield Violation("I1", "credits", f"refusals other than 402: {dict(refused)}")
+    jobs = read_jobs(db)
+    released = sum(j.cost for j in jobs.values() if j.status in ("failed", "canceled"))
+    for account, available in read_available(db).items():
+        if available != released:
+            yield Violation(
+                "I1", account, f"available {available} at the end, refunds total {released}"
+            )
+
+
+def backoff_honoured(
+    history: list[tuple[str, str, float, str | None]], retry_after: float
+) -> Iterable[Violation]:
+    """After a 429 with ``Retry-After``, the job's next step waits at least that long."""
+    pending: dict[str, float] = {}  # job -> when it was told to wait
+    for job, status, at, detail in history:
+        told = pending.pop(job, None)
+        moved_on = "failover" in (detail or "")  # another vendor: this one's wait is moot
+        early = told is not None and at < told + retry_after * 0.95
+        if early and told is not None and status in ("processing", "queued") and not moved_on:
+            yield Violation(
+                "I4", job, f"next step {at - told:.2f}s after a 429 asking for {retry_after:g}s"
+            )
+        text = detail or ""
+        if status == "queued" and "HTTP 429" in text and "failover" not in text:
+            pending[job] = at

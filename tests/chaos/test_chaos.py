@@ -1,0 +1,58 @@
+"""The chaos suite inside ``make test``: a short subset, and proof that its checks can fail.
+
+The whole suite (every scenario, three seeds) is ``make chaos``. Here a few scenarios run
+with one seed on the session's Ray, and one runs against a deliberately broken build (a
+processor that ignores its vendor's concurrency limit) to show the suite reports it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.chaos.checks import backoff_honoured
+from runtime.chaos.harness import run_scenario
+from runtime.chaos.scenarios import QUICK
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.mark.parametrize("name", QUICK)
+async def test_quick_scenario_holds_every_invariant(
+    name: str, tmp_path: Path, ray_session: Any
+) -> None:
+    report = await run_scenario(name, 1, data=tmp_path)
+    assert report.passed, report.render()
+    assert report.accepted > 0
+    assert report.completed + report.failed + report.canceled == report.accepted
+
+
+async def test_a_processor_ignoring_its_slot_limit_is_reported(
+    tmp_path: Path, ray_session: Any
+) -> None:
+    report = await run_scenario(
+        "credit-exhaustion", 1, data=tmp_path, broken=frozenset({"ignore-slot-limit"})
+    )
+    assert not report.passed
+    i4 = [v for v in report.violations if v.startswith("I4 fal")]
+    assert i4, report.render()
+    assert "limit 8" in i4[0]
+    assert "--seed 1 --broken ignore-slot-limit" in report.replay
+    assert "replay" in report.render()
+
+
+def test_a_retry_sooner_than_retry_after_is_reported() -> None:
+    history = [
+        ("j1", "queued", 10.0, "opened"),
+        ("j1", "queued", 10.1, "retry: fal: submit: HTTP 429: Request was throttled"),
+        ("j1", "processing", 10.4, "fal task t (attempt 2)"),
+        ("j2", "queued", 10.0, "opened"),
+        ("j2", "queued", 10.1, "retry: fal: submit: HTTP 429: Request was throttled"),
+        ("j2", "processing", 11.2, "fal task u (attempt 2)"),
+        ("j3", "queued", 10.1, "retry: fal: submit: HTTP 429: Request was throttled"),
+        ("j3", "queued", 10.2, "retry: failover from fal: circuit open"),
+    ]
+    found = list(backoff_honoured(history, 1.0))
+    assert [v.subject for v in found] == ["j1"]
