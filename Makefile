@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean prometheus chaos
+.PHONY: install test demo lint bench loadtest clean prometheus chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ chaos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench
+
+# Locust against jobline on a local Ray + fake vendors, then the invariants.
+# make loadtest SHAPE=spike DURATION=120 USERS=40
+SHAPE ?= steady
+DURATION ?= 60
+USERS ?= 20
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtests.run --shape $(SHAPE) --duration $(DURATION) --users $(USERS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
