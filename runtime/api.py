@@ -204,6 +204,20 @@ def _refusal_for(exc: JoblineError) -> HttpRefusal | None:
     return None
 
 
+async def _read_body(request: web.Request) -> bytes:
+    """The request body, decoded: 413 past client_max_size, 400 if it cannot be decoded.
+
+    An undecodable body (say, not the Content-Encoding it claims) leaves the rest of it
+    in the connection, so the 400 closes the connection.
+    """
+    try:
+        return await request.read()
+    except web.RequestPayloadError as exc:
+        encoding = request.headers.get("Content-Encoding", "identity")
+        message = f"the body could not be read (Content-Encoding {encoding})"
+        raise HttpRefusal(400, "bad_request", message, {"Connection": "close"}) from exc
+
+
 def _bad_request(message: str) -> HttpRefusal:
     return HttpRefusal(400, "bad_request", message)
 
@@ -366,7 +380,10 @@ class Api:
                 return self._internal_error(request, exc)
             if refusal.status >= 500:
                 log.warning("%s %s: %s", request.method, request.path, exc)
-            return error_response(refusal.status, refusal.code, str(refusal), refusal.headers)
+            response = error_response(refusal.status, refusal.code, str(refusal), refusal.headers)
+            if refusal.headers.get("Connection") == "close":
+                response.force_close()
+            return response
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -497,7 +514,7 @@ class Api:
             raise HttpRefusal(
                 415, "unsupported_media_type", f"send application/json, not {ctype or 'nothing'}"
             )
-        raw = await request.read()  # 413 past client_max_size
+        raw = await _read_body(request)
         if not raw:
             raise _bad_request("the request body is empty")
         try:
@@ -748,7 +765,7 @@ class Api:
         parser = self.ctx.webhook_parsers.get(vendor)
         if parser is None:
             raise HttpRefusal(404, "unknown_vendor", f"no vendor named {vendor!r}")
-        body = await request.read()
+        body = await _read_body(request)
         headers = {name.lower(): value for name, value in request.headers.items()}
         metrics = self.ctx.metrics
         try:
@@ -892,9 +909,16 @@ def _int_param(query: Mapping[str, str], name: str, default: int, maximum: int) 
     raw = query.get(name)
     if raw is None:
         return default
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    digits = raw.lstrip("0") or "0"
+    # int() refuses more than 4300 digits (ValueError): parse only what can be in range.
+    if (
+        not raw.isascii()
+        or not raw.isdigit()
+        or len(digits) > len(str(maximum))
+        or not 1 <= int(digits) <= maximum
+    ):
         raise _bad_request(f"{name} must be an integer from 1 to {maximum}")
-    return int(raw)
+    return int(digits)
 
 
 def _bool_param(query: Mapping[str, str], name: str) -> bool:

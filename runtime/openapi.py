@@ -83,7 +83,10 @@ def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, A
 
 
 _ERROR_TEXT = {
-    "400": "Malformed request: bad JSON, wrong types, unknown keys, bad query or header",
+    "400": (
+        "Malformed request: bad JSON, a body its Content-Encoding does not decode, wrong "
+        "types, unknown keys, bad query or header"
+    ),
     "401": "Missing or unknown API key / admin token",
     "402": "Not enough credits available",
     "404": "Not found (also another account's job)",

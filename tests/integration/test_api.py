@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 from typing import Any
@@ -217,6 +218,30 @@ async def test_bad_requests_are_refused_and_charge_nothing(api: ApiHarness) -> N
     assert api.dispatched() == []
 
 
+async def test_a_body_that_cannot_be_decoded_is_400_and_changes_nothing(api: ApiHarness) -> None:
+    # Found by the API fuzzer: a body without the Content-Encoding it claims answered 500
+    # (aiohttp's RequestPayloadError), and the connection was unusable afterwards.
+    account = await api.account(credits=10)
+    body = json.dumps({"model": "sdxl", "input": {"prompt": "x"}}).encode()
+    for encoding in ("gzip", "deflate", "br"):
+        headers = {**account.auth, "Content-Type": "application/json", "Content-Encoding": encoding}
+        for path in ("/v1/jobs", "/v1/webhooks/fal"):
+            response = await api.client.post(path, data=body, headers=headers)
+            status, code, message = await error_of(response)
+            assert (status, code) == (400, "bad_request"), (path, encoding, message)
+            assert f"Content-Encoding {encoding}" in message
+            assert response.headers["Connection"] == "close"  # the rest is still unread
+    assert (await api.balance(account))["held"] == 0
+    assert api.dispatched() == []
+    assert all(not p.webhooks for p in api.router.processors.values())
+
+    # Really compressed, the same body is a job like any other.
+    headers = {**account.auth, "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    response = await api.client.post("/v1/jobs", data=gzip.compress(body), headers=headers)
+    assert response.status == 202, await response.text()
+    assert (await api.balance(account))["held"] == 5
+
+
 async def test_insufficient_credits_is_402_and_charges_nothing(api: ApiHarness) -> None:
     account = await api.account(credits=2)
     response = await api.submit(account)
@@ -288,6 +313,21 @@ async def test_list_jobs_pages_and_validates(api: ApiHarness) -> None:
     for query in ("status=done", "limit=0", "limit=201", "limit=x", "cursor=abc"):
         response = await api.client.get(f"/v1/jobs?{query}", headers=account.auth)
         assert (await error_of(response))[:2] == (400, "bad_request"), query
+
+
+async def test_page_sizes_too_long_to_parse_are_400_not_500(api: ApiHarness) -> None:
+    # Found by the API fuzzer: int() refuses more than 4300 digits, so ?limit= answered 500.
+    account = await api.account()
+    await api.submitted(account)
+    for digits in ("9" * 5_000, "1" + "0" * 4_400, "0" * 4_400 + "99999"):
+        response = await api.client.get(f"/v1/jobs?limit={digits}", headers=account.auth)
+        assert (await error_of(response))[:2] == (400, "bad_request")
+        url = f"/v1/admin/dead-letters?limit={digits}"
+        response = await api.client.get(url, headers=api.admin)
+        assert (await error_of(response))[:2] == (400, "bad_request")
+    response = await api.client.get("/v1/jobs?limit=" + "0" * 4_400 + "1", headers=account.auth)
+    assert response.status == 200  # leading zeros: that is 1
+    assert len((await response.json())["jobs"]) == 1
 
 
 async def test_cancel_refunds_once_and_is_idempotent(api: ApiHarness) -> None:
