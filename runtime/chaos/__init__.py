@@ -1,0 +1,1 @@
+"""Chaos testing: scenarios that break jobline on purpose and check its invariants."""
