@@ -372,7 +372,7 @@ class VendorProcessor:
             if status is not None and status.state.ended:
                 return status
             if self._clock() >= give_up_at:
-                await self._cancel_at_vendor(held.job, task_id)
+                await self._cancel_until_confirmed(held.job, task_id)
                 return TaskStatus(
                     TaskState.FAILED,
                     output_url=None,
@@ -511,11 +511,33 @@ class VendorProcessor:
             await self._fail(job, "deadline passed before a vendor took the job", expired=True)
         self._drop(job.id)
 
-    async def _cancel_at_vendor(self, job: Job, task_id: str) -> None:
+    async def _cancel_at_vendor(self, job: Job, task_id: str) -> bool:
+        """Ask the vendor to cancel a task (one that ended already is fine); True if it did."""
         try:
             await self._client.cancel(self._config_step(job), task_id)
         except JoblineError as exc:
             log.warning("vendor cancel failed", extra={"job_id": job.id, "error": str(exc)})
+            return isinstance(exc, VendorPermanentError)  # the vendor will never take it
+        return True
+
+    async def _cancel_until_confirmed(self, job: Job, task_id: str) -> None:
+        """Cancel a task we give up on, retrying until the vendor confirms.
+
+        The caller holds the task's slot meanwhile: a task whose cancel failed still runs
+        at the vendor and counts against its limit (I4), so the slot is only given back
+        once the vendor said the task is canceled (or had ended), or the job's deadline
+        has passed.
+        """
+        interval = self.vendor.poll_interval
+        while not await self._cancel_at_vendor(job, task_id):
+            if self._clock() >= job.deadline:
+                log.error(
+                    "vendor never confirmed the cancel; giving the slot back",
+                    extra={"job_id": job.id, "trace_id": job.trace_id, "vendor": self.vendor.name},
+                )
+                return
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, MAX_POLL_INTERVAL)
 
     # --- small parts --------------------------------------------------------------------
 

@@ -224,3 +224,41 @@ async def test_a_queued_job_past_its_deadline_fails_and_refunds(rig: Rig) -> Non
     [done] = await rig.wait([job])
     assert done.status is JobStatus.FAILED
     assert "deadline" in (done.error or "")
+
+
+async def _until(check: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.profile({"never_finish": 1.0, "cancel": {"server_error": 1.0}})
+@pytest.mark.overrides({"vendors.fal": {"stuck_after": 0.5, "poll_interval": 0.1}})
+async def test_a_task_given_up_keeps_its_slot_until_the_vendor_confirms_the_cancel(
+    rig: Rig,
+) -> None:
+    # Found by the chaos suite (stuck-tasks): the slot was given back although the cancel
+    # failed, so the task kept running at the vendor next to the retry: over the limit.
+    fal = rig.fakes["fal"]
+    [job] = await rig.open("flux-schnell")
+    await rig.dispatch([job])
+
+    async def cancel_refused() -> bool:
+        return fal.snapshot()["faults"].get("server_error", 0) >= 2
+
+    await _until(cancel_refused)
+    assert (await rig.processors["fal"].stats())["inflight"] == 1
+    assert fal.snapshot()["tasks"]["created"] == 1  # no retry while the task may still run
+
+    fal.update_profile({"cancel": {"server_error": 0.0}, "never_finish": 0.0})
+
+    async def retried_elsewhere() -> bool:
+        return fal.snapshot()["tasks"]["created"] >= 2
+
+    await _until(retried_elsewhere)
+    tasks = fal.snapshot()["task_info"]
+    first = next(t for t in tasks.values() if t["attempt"] == "1")
+    assert first["status"] == "canceled"
+    [done] = await rig.wait([job])
+    assert done.status is JobStatus.COMPLETED
