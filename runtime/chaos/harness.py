@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import shutil
 import sys
@@ -41,6 +42,7 @@ from runtime.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
 
 DEFAULT_SEEDS = (1, 2, 3)
 FAKE_LIMIT = 10_000  # the fakes count in-flight tasks but never refuse one
+VENDOR_QUIET_TIMEOUT = 20.0  # seconds for vendor tasks and webhooks to end after the jobs
 
 
 def replay_command(name: str, seed: int, broken: frozenset[str] = frozenset()) -> str:
@@ -156,29 +158,27 @@ async def _drive(
         processors = await _processor_stats(stage)
     fake_stats = {name: fakes[name].snapshot() for name in config.vendors}
     found = full_check(config, load, fake_stats, processors, scenario.expect)
-    report.add_violations([*quiet_problems, *found])
+    report.add_violations([*ctx.findings, *quiet_problems, *found])
     _count(report, config, load, fake_stats)
 
 
 async def _wait_quiet(
     config: JoblineConfig, fakes: Any, stage: Stage, timeout: float
 ) -> list[Violation]:
-    """Until no job is open, no vendor task or webhook is in the air, no slot is taken."""
+    """Until no job is open and no processor slot is taken; then until no vendor task or
+    webhook is in the air. What is left is reported: an open job breaks I3; a slot still
+    taken, or a vendor task still running for a job that ended, breaks I4 (jobline lost
+    track of a task that keeps using the vendor's capacity)."""
     deadline = time.monotonic() + timeout
     db = config.storage.database
+    slots: dict[str, int] = {}
     while True:
         still_open = await asyncio.to_thread(open_jobs, db)
-        busy = {
-            name: (fake.stats.in_flight, fake.pending_webhooks)
-            for name, fake in fakes.vendors.items()
-            if fake.stats.in_flight or fake.pending_webhooks
-        }
-        slots = {}
-        if not still_open and not busy:
+        if not still_open:
             stats = await _processor_stats(stage)
             slots = {v: s["inflight"] for v, s in (stats or {}).items() if s["inflight"]}
             if stats is not None and not slots:
-                return []
+                break
         if time.monotonic() > deadline:
             break
         await asyncio.sleep(0.25)
@@ -186,12 +186,26 @@ async def _wait_quiet(
         Violation("I3", job, "not terminal when the scenario should have gone quiet")
         for job in still_open
     ]
-    # Tasks still running at a vendor are not an invariant (the vendor ends them), but
-    # they are worth reading in the report.
     problems += [
         Violation("I4", vendor, f"{n} slots still taken once every job ended")
         for vendor, n in slots.items()
     ]
+    vendor_deadline = time.monotonic() + VENDOR_QUIET_TIMEOUT
+    while time.monotonic() < vendor_deadline:
+        if not any(f.stats.in_flight or f.pending_webhooks for f in fakes.vendors.values()):
+            break
+        await asyncio.sleep(0.25)
+    for name, fake in fakes.vendors.items():
+        for task in fake.tasks.values():
+            if not task.phase.ended:
+                problems.append(
+                    Violation(
+                        "I4",
+                        f"{name}/{task.id}",
+                        f"vendor task of job {task.job_id} (attempt {task.attempt}) still "
+                        f"running {VENDOR_QUIET_TIMEOUT:g}s after everything went quiet",
+                    )
+                )
     return problems
 
 
@@ -283,6 +297,12 @@ def main(
     run_seeds = list(seeds or ((DEFAULT_SEEDS[0],) if quick else DEFAULT_SEEDS))
     from actors.hosting import start_local_ray, stop_local_ray
 
+    # Ray writes to file descriptor 1 from native code; with --json only the JSON goes there.
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")
+    if as_json:
+        os.dup2(2, 1)
+
     started_ray = False
     if any(SCENARIOS[n].hosting == "shared" for n in names):
         started_ray = start_local_ray()
@@ -294,8 +314,7 @@ def main(
             with contextlib.suppress(Exception):
                 stop_local_ray()
     duration = time.monotonic() - started
-    if as_json:
-        print(to_json(reports, duration))
-    else:
-        print(render_summary(reports, duration))
+    with out:
+        out.write(to_json(reports, duration) if as_json else render_summary(reports, duration))
+        out.write("\n")
     return 0 if all(r.passed for r in reports) else 1

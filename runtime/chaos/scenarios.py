@@ -25,6 +25,7 @@ from runtime.chaos.load import TERMINAL, Load, LoadSpec
 from runtime.chaos.report import ScenarioReport
 from runtime.chaos.stage import Hosting, Stage
 from runtime.config import JoblineConfig
+from runtime.models import Violation
 from runtime.webhooks import signed_headers
 
 FAST: dict[str, dict[str, Any]] = {
@@ -49,6 +50,7 @@ class ChaosContext:
     http: aiohttp.ClientSession
     report: ScenarioReport
     started: float = field(default_factory=time.monotonic)
+    findings: list[Violation] = field(default_factory=list)  # what the schedule itself saw
 
     def note(self, what: str) -> None:
         self.report.faults.append(f"{time.monotonic() - self.started:.1f}s {what}")
@@ -240,6 +242,32 @@ async def lose_processor_node(ctx: ChaosContext) -> None:
     ctx.note(f"node {removed['removed'][:8]} removed with {', '.join(removed['roles_there'])}")
 
 
+async def hostile_input(ctx: ChaosContext) -> None:
+    """The API fuzzer (``runtime.chaos.fuzz``) against the gateway while the load runs."""
+    try:
+        from runtime.chaos.fuzz import fuzz_api
+    except ImportError as exc:  # the fuzzer is optional (it needs Hypothesis)
+        ctx.findings.append(Violation("fuzz", "set-up", f"the fuzzer cannot run: {exc}"))
+        return
+    base_url = ctx.config.gateway.public_url
+    admin_token = ctx.config.gateway.admin_token() or ""
+    keys = []
+    for name in ("fuzz-a", "fuzz-b"):
+        async with ctx.http.post(
+            f"{base_url}/v1/accounts",
+            json={"name": name, "credits": 100_000},
+            headers={"Authorization": f"Bearer {admin_token}"},
+        ) as response:
+            keys.append((await response.json())["api_key"])
+    await ctx.mid_load(0.2)
+    ctx.note("fuzzing the API")
+    report = await fuzz_api(
+        base_url, keys[0], keys[1], admin_token, seed=ctx.rng.randrange(2**31), examples=8
+    )
+    ctx.note(f"fuzz: {report.total} hostile requests, {len(report.problems)} problems")
+    ctx.findings.extend(Violation("fuzz", p.category or "-", str(p)) for p in report.problems)
+
+
 # --- the scenarios --------------------------------------------------------------------------
 
 _SCENARIOS = [
@@ -355,6 +383,31 @@ _SCENARIOS = [
         profile={"run_time": {"kind": "uniform", "low": 0.5, "high": 2.0}},
         load=LoadSpec(jobs=50, spread=6.0),
         hosting="cluster",
+        quiet_timeout=120.0,
+    ),
+    Scenario(
+        "stuck-tasks",
+        "vendor tasks that never finish and cancels that fail: given up, canceled, retried",
+        profile={"never_finish": 0.2, "cancel": {"server_error": 0.5}},
+        overrides={"vendors.fal": {"stuck_after": 2.0}},
+        load=LoadSpec(jobs=40, models=("flux-schnell",), spread=1.0),
+    ),
+    Scenario(
+        "cancel-under-kills",
+        "clients cancel long and endless tasks while the processors are killed",
+        processor_kills,
+        profile={"never_finish": 0.1, "run_time": {"kind": "uniform", "low": 0.5, "high": 3.0}},
+        overrides={
+            "vendors.fal": {"stuck_after": 4.0},
+            "vendors.replicate": {"stuck_after": 4.0},
+        },
+        load=LoadSpec(jobs=50, spread=4.0, cancel_rate=0.4, cancel_delay=(0.3, 3.0)),
+    ),
+    Scenario(
+        "fuzz",
+        "hostile input (the API fuzzer) while jobs run; its problems are violations",
+        hostile_input,
+        load=LoadSpec(jobs=30, spread=6.0),
         quiet_timeout=120.0,
     ),
 ]
