@@ -109,8 +109,23 @@ class _Ports:
         return list(self._vendors)
 
 
-# Deliberately broken builds, for the chaos suite's test that its checks can fail.
-BROKEN_BUILDS = frozenset({"ignore-slot-limit"})
+# Deliberately broken builds, for the chaos suite's test that its checks can fail:
+# processors that ignore their vendor's concurrency limit, or start every task twice.
+BROKEN_BUILDS = frozenset({"ignore-slot-limit", "double-submit"})
+
+
+class _DoubleSubmit:
+    """A vendor client that starts every task twice (the ``double-submit`` broken build)."""
+
+    def __init__(self, client: VendorClient) -> None:
+        self._client = client
+
+    async def submit(self, model: str, input: dict[str, Any], **kwargs: Any) -> str:
+        await self._client.submit(model, input, **kwargs)
+        return await self._client.submit(model, input, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
 
 
 def _build(
@@ -128,11 +143,14 @@ def _build(
         return Sweeper(config, ports.ledger(), ports, clients, build_results(config), clock=clock)
     if role.startswith("processor-"):
         vendor = config.vendors[role.removeprefix("processor-")]
+        client = build_client(vendor)
+        if "double-submit" in broken:
+            client = cast(VendorClient, _DoubleSubmit(client))
         return VendorProcessor(
             vendor,
             config,
             ports.ledger(),
-            build_client(vendor),
+            client,
             build_results(config),
             ports,
             clock=clock,

@@ -132,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
         "--broken",
         action="append",
         default=[],
-        help="run a deliberately broken build (ignore-slot-limit) to see the checks fail",
+        help="run a deliberately broken build (ignore-slot-limit, double-submit) "
+        "to see the checks fail",
     )
     chaos.set_defaults(run=_chaos)
     return parser

@@ -355,6 +355,20 @@ _SCENARIOS = [
         load=LoadSpec(jobs=50),
     ),
     Scenario(
+        "deadline-race",
+        "deadlines shorter than slow tasks: the sweeper expires jobs the processor still runs",
+        profile={
+            "run_time": {"kind": "uniform", "low": 1.0, "high": 9.0},
+            "webhooks": {
+                "lost": 0.3,
+                "delayed": 0.5,
+                "delay": {"kind": "uniform", "low": 0.5, "high": 3.0},
+            },
+        },
+        overrides={"sweeper": {"interval": 0.5, "job_deadline": 8.0}},
+        load=LoadSpec(jobs=50, spread=2.0),
+    ),
+    Scenario(
         "cancel-race",
         "clients cancel jobs just as they complete",
         cancel_storm,

@@ -43,6 +43,18 @@ async def test_a_processor_ignoring_its_slot_limit_is_reported(
     assert "replay" in report.render()
 
 
+async def test_a_processor_starting_tasks_twice_is_reported(
+    tmp_path: Path, ray_session: Any
+) -> None:
+    report = await run_scenario(
+        "credit-exhaustion", 2, data=tmp_path, broken=frozenset({"double-submit"})
+    )
+    assert not report.passed
+    twice = [v for v in report.violations if "vendor tasks started for one attempt" in v]
+    assert len(twice) == report.accepted, report.render()
+    assert all(v.startswith("I5 job_") for v in twice)
+
+
 def test_a_retry_sooner_than_retry_after_is_reported() -> None:
     history = [
         ("j1", "queued", 10.0, "opened"),
