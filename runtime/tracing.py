@@ -100,26 +100,46 @@ class _JobIds(RandomIdGenerator):
 
 
 class JsonLinesExporter(SpanExporter):
-    """Appends one JSON object per span to a file (several processes may share it)."""
+    """Appends one JSON object per span to a file (several processes may share it).
+
+    The file stays open (``O_APPEND``): a span costs one ``write`` instead of a mkdir,
+    an open and a close, which was a tenth of a gateway's time per accepted job. It is
+    reopened when it was deleted meanwhile.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._fd: int | None = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         lines = "".join(json.dumps(span_record(s), separators=(",", ":")) + "\n" for s in spans)
         try:
             with self._lock:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
                 # One O_APPEND write per batch: lines from other processes do not interleave.
-                with self.path.open("a", encoding="utf-8") as out:
-                    out.write(lines)
+                os.write(self._open(), lines.encode("utf-8"))
         except OSError:
+            self._close()
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
+    def _open(self) -> int:
+        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
+            self._close()  # deleted under us: start a new file
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return self._fd
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def shutdown(self) -> None:
-        pass
+        with self._lock:
+            self._close()
 
 
 def span_record(span: ReadableSpan) -> dict[str, Any]:
