@@ -1,6 +1,6 @@
 """``make bench``: jobline's numbers next to what the machine could do, in one run.
 
-Each benchmark measures jobline and its baseline side by side in the same process
+Each benchmark measures jobline and its baseline side by side in the same
 run (machines here are noisy: compare ratios, not absolute numbers), prints a table
 and saves everything as JSON under ``results/bench-<time>.json``.
 """
@@ -8,12 +8,13 @@ and saves everything as JSON under ``results/bench-<time>.json``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from loadtests import bench_fake, bench_ledger
+from loadtests import bench_fake, bench_ledger, bench_runtime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     seconds = 1.0 if args.quick else 5.0
     results["fake_vendor"] = bench_fake.bench_status_polls("replicate", seconds=seconds)
     print(json.dumps(results["fake_vendor"], indent=2))
+
+    print("\n== jobline on local Ray vs its baselines (fake vendors: 1 s per task, webhooks on)")
+    runtime = asyncio.run(bench_runtime.run(quick=args.quick))
+    results.update(runtime)
+    print(bench_runtime.render(runtime))
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
