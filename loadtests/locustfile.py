@@ -7,9 +7,10 @@ shows them apart:
   downloads the result (and checks it is a PNG).
 - ``sse``: submits a job and follows ``GET /v1/jobs/{id}/events`` until the terminal
   event; ``sse: until terminal`` times the whole stream.
-- ``retry``: an impatient client. Its first submit gives up after a few tens of
-  milliseconds; it then retries with the same ``Idempotency-Key`` until it gets a
-  ``202``, and checks that a repeat of an answered submit returns the same job.
+- ``retry``: an impatient client. Its first submit gives up after 5 ms
+  (``JOBLINE_LOADTEST_IMPATIENT_TIMEOUT``), before most answers arrive; it then retries
+  with the same ``Idempotency-Key`` until it gets a ``202``, and checks that a repeat of
+  an answered submit returns the same job.
 - ``history``: a page reloaded after the browser closed, listing the account's
   ``processing`` jobs (``GET /v1/jobs?status=processing``) every 4 s.
 - ``webhooks``: forges vendor callbacks: a wrong secret, a stale timestamp, no
@@ -46,7 +47,7 @@ TARGET_ENV = "JOBLINE_LOADTEST_TARGET"
 POLL_INTERVAL = 3.0  # seconds between status polls of the `poll` client
 HISTORY_INTERVAL = 4.0  # seconds between reloads of the history page
 JOB_PATIENCE = 300.0  # a client gives up on a job that has not ended after this
-IMPATIENT_TIMEOUT = float(os.environ.get("JOBLINE_LOADTEST_IMPATIENT_TIMEOUT", "0.05"))
+IMPATIENT_TIMEOUT = float(os.environ.get("JOBLINE_LOADTEST_IMPATIENT_TIMEOUT", "0.005"))
 SUBMIT_ATTEMPTS = 8  # the `retry` client's submits of one job before it gives up
 TERMINAL = frozenset({"completed", "failed", "canceled"})
 STATUSES = TERMINAL | {"queued", "processing"}
@@ -314,7 +315,11 @@ class IdempotentRetrier(JoblineUser):
             if response.status_code == 202:
                 return response.json()
             # A timeout is this client's own doing: what matters is the retry's answer.
-            response.success()
+            if not response.status_code:
+                response.request_meta["name"] = "retry: POST /v1/jobs (impatient, timed out)"
+                response.success()
+            else:
+                response.failure(_describe(response))
             return None
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.ray
 SCENARIO_ROUTES = {
     "poll": ["poll: POST /v1/jobs", "poll: GET /v1/jobs/{id}", "poll: GET /v1/jobs/{id}/result"],
     "sse": ["sse: POST /v1/jobs", "sse: GET /v1/jobs/{id}/events", "sse: until terminal"],
-    "retry": ["retry: POST /v1/jobs (impatient)", "retry: POST /v1/jobs"],
+    "retry": ["retry: POST /v1/jobs (impatient, timed out)", "retry: POST /v1/jobs"],
     "history": ["history: GET /v1/jobs?status=processing"],
     "webhooks": [
         "webhooks: forged signature",
