@@ -42,9 +42,9 @@ bench: $(STAMP)
 
 # Locust against jobline on a local Ray + fake vendors, then the invariants.
 # make loadtest SHAPE=spike DURATION=120 USERS=40
-SHAPE ?= steady
-DURATION ?= 60
-USERS ?= 20
+SHAPE = steady
+DURATION = 60
+USERS = 20
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtests.run --shape $(SHAPE) --duration $(DURATION) --users $(USERS)
 
