@@ -173,15 +173,29 @@ class VendorProcessor:
         self._forget_old_early_events(now)
 
     async def cancel_tasks(self, job_ids: Sequence[str]) -> None:
+        not_held = []
         for job_id in job_ids:
             held = self._held.get(job_id)
             if held is None:
+                not_held.append(job_id)
                 continue
             held.cancel_requested = True
             if held.task_id is None:
                 self._wakeup.set()  # a queued job: the pump drops it
             else:
                 self._spawn(self._cancel_at_vendor(held.job, held.task_id))
+        if not_held:
+            # Not followed here (this processor restarted after the ledger canceled the
+            # job, so it never loaded it): its vendor task may still run, and nobody else
+            # would ever cancel it.
+            for job in await self._ledger.get_jobs(not_held):
+                if (
+                    job is not None
+                    and job.status is JobStatus.CANCELED
+                    and job.vendor == self.vendor.name
+                    and job.vendor_task_id is not None
+                ):
+                    self._spawn(self._cancel_unfollowed(job, job.vendor_task_id))
 
     async def stats(self) -> dict[str, Any]:
         now = self._clock()
@@ -519,6 +533,15 @@ class VendorProcessor:
             log.warning("vendor cancel failed", extra={"job_id": job.id, "error": str(exc)})
             return isinstance(exc, VendorPermanentError)  # the vendor will never take it
         return True
+
+    async def _cancel_unfollowed(self, job: Job, task_id: str) -> None:
+        """Cancel the task of a canceled job this processor was not following. The task
+        counts against the vendor's limit until the vendor confirms, so it takes a slot."""
+        self._slots_taken += 1
+        try:
+            await self._cancel_until_confirmed(job, task_id)
+        finally:
+            self._free_slot()
 
     async def _cancel_until_confirmed(self, job: Job, task_id: str) -> None:
         """Cancel a task we give up on, retrying until the vendor confirms.

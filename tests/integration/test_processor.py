@@ -262,3 +262,34 @@ async def test_a_task_given_up_keeps_its_slot_until_the_vendor_confirms_the_canc
     assert first["status"] == "canceled"
     [done] = await rig.wait([job])
     assert done.status is JobStatus.COMPLETED
+
+
+@pytest.mark.profile({"never_finish": 1.0})
+async def test_a_cancel_reaching_a_restarted_processor_still_cancels_the_vendor_task(
+    rig: Rig,
+) -> None:
+    # Found by the chaos suite (cancel-under-kills): the processor restarted after the
+    # ledger canceled the job, so it did not load it and ignored the cancel message; the
+    # vendor task ran forever, over the vendor's limit.
+    fal = rig.fakes["fal"]
+    [job] = await rig.open("flux-schnell")
+    await rig.dispatch([job])
+    while (await rig.ledger.get_job(job.id)).status is not JobStatus.PROCESSING:
+        await asyncio.sleep(0.02)
+    await rig.processors["fal"].stop()  # the processor dies ...
+    await rig.ledger.cancel(job.id)  # ... the client cancels meanwhile ...
+    rig.processors["fal"] = rig.make_processor("fal", seed=1)
+    await rig.processors["fal"].start()  # ... it restarts without the job ...
+    await rig.processors["fal"].cancel_tasks([job.id])  # ... and the cancel arrives
+
+    async def vendor_task_canceled() -> bool:
+        return bool(fal.snapshot()["tasks"]["canceled"] == 1)
+
+    await _until(vendor_task_canceled)
+    await _until(lambda: _no_slot_taken(rig))
+    assert fal.snapshot()["tasks"]["in_flight"] == 0
+    assert (await rig.ledger.balance("acct")).available == 10_000
+
+
+async def _no_slot_taken(rig: Rig) -> bool:
+    return bool((await rig.processors["fal"].stats())["inflight"] == 0)
