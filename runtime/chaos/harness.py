@@ -130,7 +130,9 @@ async def _drive(
 ) -> None:
     import random
 
-    rng = random.Random(f"{scenario.name}:{seed}")
+    # The faults draw from their own stream, so the load's timing cannot change them.
+    rng = random.Random(f"{scenario.name}:{seed}:faults")
+    load_rng = random.Random(f"{scenario.name}:{seed}:load")
     base_url = config.gateway.public_url
     admin = {"Authorization": f"Bearer {config.gateway.admin_token()}"}
     timeout = aiohttp.ClientTimeout(total=20)
@@ -142,7 +144,9 @@ async def _drive(
             account = await response.json()
             if response.status != 201:
                 raise RuntimeError(f"cannot create the account: {response.status} {account}")
-        load = Load(base_url, account["api_key"], scenario.load, rng, f"{scenario.name}-{seed}")
+        load = Load(
+            base_url, account["api_key"], scenario.load, load_rng, f"{scenario.name}-{seed}"
+        )
         ctx = ChaosContext(config, fakes, stage, load, rng, http, report)
         load_task = asyncio.create_task(load.run(http))
         fault_task = asyncio.create_task(scenario.faults(ctx))
@@ -297,11 +301,11 @@ def main(
     run_seeds = list(seeds or ((DEFAULT_SEEDS[0],) if quick else DEFAULT_SEEDS))
     from actors.hosting import start_local_ray, stop_local_ray
 
-    # Ray writes to file descriptor 1 from native code; with --json only the JSON goes there.
+    # Ray writes to file descriptor 1 from its own threads and processes: send that to
+    # stderr with the progress, so stdout holds only the summary (or the JSON).
     sys.stdout.flush()
     out = os.fdopen(os.dup(1), "w")
-    if as_json:
-        os.dup2(2, 1)
+    os.dup2(2, 1)
 
     started_ray = False
     if any(SCENARIOS[n].hosting == "shared" for n in names):

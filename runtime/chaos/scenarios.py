@@ -375,6 +375,12 @@ _SCENARIOS = [
         load=LoadSpec(jobs=60, cancel_rate=0.6, cancel_delay=(0.2, 1.2)),
     ),
     Scenario(
+        "account-cap",
+        "more concurrent submits than the account may have in flight: 429, retried, one job each",
+        overrides={"gateway": {"max_jobs_in_flight_per_account": 8}},
+        load=LoadSpec(jobs=50, concurrency=50, spread=0.5, replay_rate=0.3),
+    ),
+    Scenario(
         "credit-exhaustion",
         "an account funded for exactly N jobs, 3N concurrent submits: exactly N accepted",
         credits=10 * 3,
