@@ -7,13 +7,15 @@ processor that ignores its vendor's concurrency limit) to show the suite reports
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runtime.chaos.checks import backoff_honoured
+from runtime.chaos.checks import LedgerJob, backoff_honoured, clients_against_ledger
 from runtime.chaos.harness import run_scenario
+from runtime.chaos.load import ClientJob, Load, LoadSpec
 from runtime.chaos.scenarios import QUICK
 
 pytestmark = pytest.mark.ray
@@ -68,3 +70,25 @@ def test_a_retry_sooner_than_retry_after_is_reported() -> None:
     ]
     found = list(backoff_honoured(history, 1.0))
     assert [v.subject for v in found] == ["j1"]
+
+
+def test_what_clients_saw_is_checked_against_the_ledger() -> None:
+    load = Load("http://127.0.0.1:9", "key", LoadSpec(jobs=0), random.Random(0), "t")
+    seen = {
+        "moved": ["queued", "completed", "failed"],  # a terminal status changed
+        "lost": ["queued"],  # answered 202, not in the ledger
+        "open": ["queued", "processing"],  # never ended
+        "fine": ["queued", "processing", "completed"],
+    }
+    for job_id, statuses in seen.items():
+        client = ClientJob(f"key-{job_id}", {}, job_id=job_id)
+        for status in statuses:
+            client.observe(status)
+        load.jobs.append(client)
+    ledger = {
+        "moved": LedgerJob("moved", "failed", "fal", "t1", 1, 3),
+        "open": LedgerJob("open", "processing", "fal", "t2", 1, 3),
+        "fine": LedgerJob("fine", "completed", "fal", "t3", 1, 3),
+    }
+    found = {(v.invariant, v.subject) for v in clients_against_ledger(load, ledger)}
+    assert found == {("I5", "moved"), ("I3", "lost"), ("I3", "open")}
