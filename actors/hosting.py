@@ -313,7 +313,9 @@ class RayRuntime:
         runtime = cls(config, broken=broken)
         if not ray.is_initialized():
             runtime.started_ray = True
-            init_address = address if address is not None else (config.ray.address or None)
+            # "" in the config means a Ray of our own: "local" never joins a cluster that
+            # someone else started on this machine (ray.init(None) would).
+            init_address = address if address is not None else (config.ray.address or "local")
             ray.init(
                 address=init_address,
                 namespace=config.ray.namespace,
