@@ -31,6 +31,16 @@ exception (a bug, a constraint the checks missed) rolls the batch back and re-ru
 operations one by one, so only the guilty operation fails. ``sqlite3`` errors become
 ``LedgerUnavailable`` in one place (``_unavailable``).
 
+Runs. A one-row UPDATE with a trigger and RETURNING costs mostly its statement's fixed
+work (RETURNING opens a temporary b-tree each time), so consecutive operations of one
+hot kind (``_RUNS``: start_attempt, mark_processing, complete) on distinct jobs share
+ONE UPDATE, each job with its own parameters (a JSON array) and its own guard in SQL;
+an operation whose guard matched nothing was not written and takes its own one-op
+path, which finds out why exactly as it would alone. Such operations touch only their
+own job's row (complete adds to the account cache, a sum), so this is the effect of one
+UPDATE each, in order. (Measured: about 35% less time per UPDATE, and a fifth less
+writer time per operation under load.)
+
 Why the stdlib ``sqlite3`` on threads we own rather than ``aiosqlite``: aiosqlite
 awaits one statement at a time (a thread hop per statement: ~70 µs measured here, while
 our statements take 1-10 µs) and has no public call to run a function on its thread; its private
@@ -311,6 +321,9 @@ MUTABLE_COLUMNS = (
 )
 _STATUS = {s.value: s for s in JobStatus}
 _to_json = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds one per call
+# For parameters SQLite reads back out of JSON: UTF-8 as is (a lone surrogate fails to
+# bind, as it does as a plain parameter, instead of being decoded into invalid UTF-8).
+_params_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _KIND = {k.value: k for k in EntryKind}
 
 
@@ -360,25 +373,44 @@ def _target(event: JobEvent) -> JobStatus:
 
 
 class _Update:
-    """One guarded UPDATE of a job, in two forms that differ only in what they return.
+    """One guarded UPDATE of a job, written once as a template, in the forms the writer runs.
 
-    ``full`` returns every column; ``short`` only the columns an update can change, for
-    when the writer already knows the job's fixed columns (``_FixedColumns``). Reading
-    20 columns back costs more than the UPDATE itself.
+    The template names its parameters (``{job_id}``, ``{now}``, …); ``params`` lists them
+    in the order callers pass them. ``full`` and ``short`` update one job, binding
+    ``params`` as ``?1``, ``?2``, …: ``full`` returns every column, ``short`` only the
+    columns an update can change, for when the writer already knows the job's fixed
+    columns (``_FixedColumns``); reading 20 columns back costs more than the UPDATE.
+
+    ``many`` updates a run of jobs in one statement (``_Batch.apply_run``): ``?1`` is
+    ``now``, ``?2`` a JSON array holding each job's ``params`` tuple, and each updated row
+    comes back as ``id`` and the ``short`` columns. Every job keeps its own parameters and
+    guard; what the run shares is one statement's fixed cost, which with a trigger and
+    RETURNING (a temporary b-tree per statement) is most of a one-row UPDATE's.
     """
 
-    __slots__ = ("full", "short")
+    __slots__ = ("full", "many", "short")
 
-    def __init__(self, sql: str) -> None:
-        self.full = f"{sql} RETURNING {JOB_COLUMNS}"
-        self.short = f"{sql} RETURNING {MUTABLE_COLUMNS}"
+    def __init__(self, template: str, params: tuple[str, ...]) -> None:
+        one = template.format_map({name: f"?{i}" for i, name in enumerate(params, 1)})
+        self.full = f"{one} RETURNING {JOB_COLUMNS}"
+        self.short = f"{one} RETURNING {MUTABLE_COLUMNS}"
+        # In the run, parameter ``name`` is column ``op_name`` (no clash with jobs').
+        per_job = [(i, name) for i, name in enumerate(params) if name != "now"]
+        columns = ", ".join(f"value ->> {i} AS op_{name}" for i, name in per_job)
+        sql = template.format_map({"now": "?1", **{name: f"op_{name}" for _, name in per_job}})
+        update, where = sql.split("\n    WHERE ", 1)
+        self.many = (
+            f"{update}\n    FROM (SELECT {columns} FROM json_each(?2))\n    WHERE {where}"
+            f" RETURNING id, {MUTABLE_COLUMNS}"
+        )
 
 
-def _settle(event: JobEvent, sets: str, *, own_account: bool = False) -> _Update:
-    owner = " AND account_id = ?" if own_account else ""
+def _settle(event: JobEvent, sets: str, params: tuple[str, ...]) -> _Update:
+    owner = " AND account_id = {account_id}" if "account_id" in params else ""
     return _Update(
-        f"UPDATE jobs SET status = '{_target(event).value}', {sets}, updated_at = ? "
-        f"WHERE id = ? AND status IN {_sql_set(sources_of(event))}{owner}"
+        f"UPDATE jobs SET status = '{_target(event).value}', {sets}, updated_at = {{now}}"
+        f"\n    WHERE id = {{job_id}} AND status IN {_sql_set(sources_of(event))}{owner}",
+        params,
     )
 
 
@@ -386,42 +418,53 @@ INSERT_JOB = f"""INSERT INTO jobs ({JOB_COLUMNS})
     VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, NULL, 0, 0, ?, ?, NULL, NULL, ?, ?, ?, ?)"""
 INSERT_JOB_UNLESS_EXISTS = INSERT_JOB + " ON CONFLICT (id) DO NOTHING"
 SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
+START_PARAMS = ("vendor", "route_position", "now", "job_id", "attempt")
 # The usual attempt stays on the job's vendor: no vendor/position in the SET list, so
 # SQLite leaves the jobs_open index alone.
 START_ATTEMPT_SAME_VENDOR = _Update(
     """UPDATE jobs SET attempts = attempts + 1,
-        vendor_attempts = vendor_attempts + 1, vendor_task_id = NULL, updated_at = ?3
-    WHERE id = ?4 AND status = 'queued' AND attempts = ?5 - 1
-        AND vendor = ?1 AND route_position = ?2"""
+        vendor_attempts = vendor_attempts + 1, vendor_task_id = NULL, updated_at = {now}
+    WHERE id = {job_id} AND status = 'queued' AND attempts = {attempt} - 1
+        AND vendor = {vendor} AND route_position = {route_position}""",
+    START_PARAMS,
 )
 START_ATTEMPT = _Update(
     """UPDATE jobs SET attempts = attempts + 1,
-        vendor_attempts = CASE WHEN vendor = ?1 AND route_position = ?2
+        vendor_attempts = CASE WHEN vendor = {vendor} AND route_position = {route_position}
                           THEN vendor_attempts + 1 ELSE 1 END,
-        vendor = ?1, route_position = ?2, vendor_task_id = NULL, updated_at = ?3
-    WHERE id = ?4 AND status = 'queued' AND attempts = ?5 - 1"""
+        vendor = {vendor}, route_position = {route_position}, vendor_task_id = NULL,
+        updated_at = {now}
+    WHERE id = {job_id} AND status = 'queued' AND attempts = {attempt} - 1""",
+    START_PARAMS,
 )
 MARK_PROCESSING = _Update(
     f"""UPDATE jobs SET status = '{_target(JobEvent.SUBMITTED).value}',
-        vendor_task_id = ?, updated_at = ?
-    WHERE id = ? AND status IN {_sql_set(sources_of(JobEvent.SUBMITTED))} AND attempts = ?"""
+        vendor_task_id = {{vendor_task_id}}, updated_at = {{now}}
+    WHERE id = {{job_id}} AND status IN {_sql_set(sources_of(JobEvent.SUBMITTED))}
+        AND attempts = {{attempt}}""",
+    ("vendor_task_id", "now", "job_id", "attempt"),
 )
 # A replay (the job already queued with exactly these values) changes nothing.
 SCHEDULE_RETRY = _Update(
     f"""UPDATE jobs SET status = '{_target(JobEvent.RETRY).value}',
-        vendor_attempts = CASE WHEN route_position = ?1 AND vendor = ?2
+        vendor_attempts = CASE WHEN route_position = {{route_position}} AND vendor = {{vendor}}
                           THEN vendor_attempts ELSE 0 END,
-        route_position = ?1, vendor = ?2, not_before = ?3, error = ?4,
-        vendor_task_id = NULL, updated_at = ?5
-    WHERE id = ?6 AND status IN {_sql_set(sources_of(JobEvent.RETRY))} AND attempts = ?7
-        AND NOT (status = 'queued' AND route_position = ?1 AND vendor = ?2
-                 AND not_before = ?3 AND error IS ?4 AND vendor_task_id IS NULL)"""
+        route_position = {{route_position}}, vendor = {{vendor}}, not_before = {{not_before}},
+        error = {{error}}, vendor_task_id = NULL, updated_at = {{now}}
+    WHERE id = {{job_id}} AND status IN {_sql_set(sources_of(JobEvent.RETRY))}
+        AND attempts = {{attempt}}
+        AND NOT (status = 'queued' AND route_position = {{route_position}}
+                 AND vendor = {{vendor}} AND not_before = {{not_before}}
+                 AND error IS {{error}} AND vendor_task_id IS NULL)""",
+    ("route_position", "vendor", "not_before", "error", "now", "job_id", "attempt"),
 )
-COMPLETE = _settle(JobEvent.SUCCEEDED, "result_key = ?, error = NULL")
-FAIL = _settle(JobEvent.FAILED, "error = ?")
-EXPIRE = _settle(JobEvent.EXPIRED, "error = ?")
-CANCEL = _settle(JobEvent.CANCELED, "error = ?")
-CANCEL_OWN = _settle(JobEvent.CANCELED, "error = ?", own_account=True)
+COMPLETE = _settle(
+    JobEvent.SUCCEEDED, "result_key = {result_key}, error = NULL", ("result_key", "now", "job_id")
+)
+FAIL = _settle(JobEvent.FAILED, "error = {error}", ("error", "now", "job_id"))
+EXPIRE = _settle(JobEvent.EXPIRED, "error = {error}", ("error", "now", "job_id"))
+CANCEL = _settle(JobEvent.CANCELED, "error = {error}", ("error", "now", "job_id"))
+CANCEL_OWN = _settle(JobEvent.CANCELED, "error = {error}", ("error", "now", "job_id", "account_id"))
 
 BALANCE, HELD, IN_FLIGHT = 0, 1, 2
 
@@ -499,9 +542,73 @@ class _Batch:
         self.entries: list[tuple[str, str, int, str, float]] = []
         self.history: list[tuple[str, str, float, str | None]] = []
 
+    def apply_all(self, ops: Sequence[LedgerOp]) -> list[Outcome]:
+        """Each op's Outcome, in order: runs of one kind together, the others one by one."""
+        outcomes: list[Outcome] = []
+        start = 0
+        while start < len(ops):
+            end = self.run_end(ops, start)
+            if end - start > 1:
+                outcomes.extend(self.apply_run(ops[start:end]))
+            else:
+                outcomes.append(self.apply(ops[start]))
+            start = end
+        return outcomes
+
     def apply(self, op: LedgerOp) -> Outcome:
-        value, changed = _HANDLERS[type(op)](self, op)
+        try:
+            value, changed = _HANDLERS[type(op)](self, op)
+        except JoblineError as exc:
+            return Outcome(error=exc, changed=False)
         return Outcome(value, None, changed)
+
+    def run_end(self, ops: Sequence[LedgerOp], start: int) -> int:
+        """Where the run starting at ``ops[start]`` ends (``start + 1``: no run).
+
+        A run is consecutive ops of one kind in ``_RUNS``, on distinct jobs whose fixed
+        columns are known. Such ops touch only their own job's row (complete also adds
+        to the account's cached sums), so one UPDATE for all of them has the effect of one
+        UPDATE each, in order.
+        """
+        kind = type(ops[start])
+        if kind not in _RUNS:
+            return start + 1
+        known = self.fixed.rows
+        seen: set[str] = set()
+        end = start
+        while end < len(ops) and type(ops[end]) is kind:
+            job_id = ops[end].job_id  # type: ignore[union-attr]
+            if job_id in seen or job_id not in known:
+                break
+            seen.add(job_id)
+            end += 1
+        return max(end, start + 1)
+
+    def apply_run(self, ops: Sequence[LedgerOp]) -> list[Outcome]:
+        """A run (``run_end``) with one UPDATE statement; each op's own Outcome.
+
+        An op whose guard matched nothing was not written by the statement; it then
+        takes its own path (``apply``), which finds out why, exactly as when alone.
+        """
+        run = _RUNS[type(ops[0])]
+        params = _params_json([run.params(op, self.now) for op in ops])
+        if "\\u0000" in params:  # SQLite's JSON strings end at NUL: bind these one by one
+            return [self.apply(op) for op in ops]
+        rows = self.conn.execute(run.update.many, (self.now, params)).fetchall()
+        updated = {row[0]: row[1:] for row in rows}
+        outcomes: list[Outcome] = []
+        for op in ops:
+            job_id: str = op.job_id  # type: ignore[union-attr]
+            row = updated.get(job_id)
+            if row is None:
+                outcomes.append(self.apply(op))
+                continue
+            job = _job_from(job_id, self.fixed.rows[job_id], row)
+            try:
+                outcomes.append(Outcome(run.updated(self, op, job), None, True))
+            except JoblineError as exc:
+                outcomes.append(Outcome(error=exc, changed=False))
+        return outcomes
 
     def flush(self) -> None:
         conn = self.conn
@@ -581,6 +688,18 @@ class _Batch:
         self.history.append((job.id, job.status.value, self.now, detail))
         self.fixed.rows.pop(job.id, None)
         return job
+
+    def started(self, op: StartAttempt, job: Job) -> Job:
+        return job
+
+    def processing(self, op: MarkProcessing, job: Job) -> Job:
+        """After MARK_PROCESSING matched: the history row."""
+        detail = f"{job.vendor} task {op.vendor_task_id} (attempt {op.attempt})"
+        self.history.append((job.id, job.status.value, self.now, detail))
+        return job
+
+    def completed(self, op: Complete, job: Job) -> Job:
+        return self.settle(job, EntryKind.CAPTURE, None)
 
     def absorbed(self, job: Job, event: JobEvent) -> tuple[Job, bool]:
         """A guarded UPDATE matched nothing: the job is terminal, or the move is illegal."""
@@ -698,7 +817,7 @@ class _Batch:
         return job, True
 
     def _op_start_attempt(self, op: StartAttempt) -> tuple[Job, bool]:
-        params = (op.vendor, op.route_position, self.now, op.job_id, op.attempt)
+        params = _start_params(op, self.now)
         job = self.update(op.job_id, START_ATTEMPT_SAME_VENDOR, params)
         if job is None:
             job = self.update(op.job_id, START_ATTEMPT, params)
@@ -709,12 +828,9 @@ class _Batch:
         return self.job(op.job_id), False
 
     def _op_mark_processing(self, op: MarkProcessing) -> tuple[Job, bool]:
-        params = (op.vendor_task_id, self.now, op.job_id, op.attempt)
-        job = self.update(op.job_id, MARK_PROCESSING, params)
+        job = self.update(op.job_id, MARK_PROCESSING, _processing_params(op, self.now))
         if job is not None:
-            detail = f"{job.vendor} task {op.vendor_task_id} (attempt {op.attempt})"
-            self.history.append((job.id, job.status.value, self.now, detail))
-            return job, True
+            return self.processing(op, job), True
         job = self.job(op.job_id)
         if (
             job.status is JobStatus.PROCESSING
@@ -742,10 +858,10 @@ class _Batch:
         return job, True
 
     def _op_complete(self, op: Complete) -> tuple[Job, bool]:
-        job = self.update(op.job_id, COMPLETE, (op.result_key, self.now, op.job_id))
+        job = self.update(op.job_id, COMPLETE, _complete_params(op, self.now))
         if job is None:
             return self.absorbed(self.job(op.job_id), JobEvent.SUCCEEDED)
-        return self.settle(job, EntryKind.CAPTURE, None), True
+        return self.completed(op, job), True
 
     def _op_fail(self, op: Fail) -> tuple[Job, bool]:
         event = JobEvent.EXPIRED if op.expired else JobEvent.FAILED
@@ -851,6 +967,40 @@ _HANDLERS: dict[type[Any], Callable[[_Batch, Any], tuple[Any, bool]]] = {
     Redrive: _Batch._op_redrive,
 }
 
+
+def _start_params(op: StartAttempt, now: float) -> tuple[Any, ...]:
+    return (op.vendor, op.route_position, now, op.job_id, op.attempt)  # START_PARAMS
+
+
+def _processing_params(op: MarkProcessing, now: float) -> tuple[Any, ...]:
+    return (op.vendor_task_id, now, op.job_id, op.attempt)
+
+
+def _complete_params(op: Complete, now: float) -> tuple[Any, ...]:
+    return (op.result_key, now, op.job_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """How a run of one kind of op is applied (``_Batch.apply_run``).
+
+    ``update`` is the op's usual first UPDATE, ``params`` its parameters for one op,
+    ``updated`` what the op does once its UPDATE matched (as on its own path).
+    """
+
+    update: _Update
+    params: Callable[[Any, float], tuple[Any, ...]]
+    updated: Callable[[_Batch, Any, Job], Any]
+
+
+# The hot, account-free transitions (and Complete, whose account effect is a sum).
+# Their parameters are strings and integers besides ``now``, so JSON carries them exactly.
+_RUNS: dict[type[Any], _Run] = {
+    StartAttempt: _Run(START_ATTEMPT_SAME_VENDOR, _start_params, _Batch.started),
+    MarkProcessing: _Run(MARK_PROCESSING, _processing_params, _Batch.processing),
+    Complete: _Run(COMPLETE, _complete_params, _Batch.completed),
+}
+
 Result = Outcome | BaseException  # an Outcome, or an unexpected error for that caller
 
 
@@ -869,12 +1019,7 @@ def run_batch(
         return [Outcome(error=_unavailable(exc), changed=False)] * len(ops)
     try:
         batch = _Batch(conn, now, fixed)
-        results: list[Result] = []
-        for op in ops:
-            try:
-                results.append(batch.apply(op))
-            except JoblineError as exc:
-                results.append(Outcome(error=exc, changed=False))
+        results: list[Result] = list(batch.apply_all(ops))
         batch.flush()
     except BaseException as exc:
         _rollback(conn)
@@ -967,6 +1112,9 @@ class Ledger:
         self._reader = _DatabaseThread("jobline-ledger-reader")
         self._queue: list[tuple[LedgerOp, asyncio.Future[Outcome]]] = []
         self._wakeup = asyncio.Event()
+        # The loop that opens the ledger serves it; asking for the running loop on each
+        # submit costs a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.stats = WriterStats()
@@ -991,9 +1139,7 @@ class Ledger:
             await ledger._writer.close()
             await ledger._reader.close()
             raise
-        ledger._task = asyncio.get_running_loop().create_task(
-            ledger._write_loop(), name="jobline-ledger-writer"
-        )
+        ledger._task = ledger._loop.create_task(ledger._write_loop(), name="jobline-ledger-writer")
         return ledger
 
     async def close(self) -> None:
@@ -1024,7 +1170,7 @@ class Ledger:
         return list(await asyncio.gather(*[self._submit(op) for op in ops]))
 
     def _submit(self, op: LedgerOp) -> asyncio.Future[Outcome]:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Outcome] = self._loop.create_future()
         if self._closing:
             future.set_result(
                 Outcome(error=LedgerUnavailable("the ledger is closed"), changed=False)

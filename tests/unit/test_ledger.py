@@ -504,6 +504,59 @@ async def test_a_bug_in_an_operation_reaches_only_its_caller(ledger: Ledger) -> 
     assert isinstance(results[1], ValueError)
 
 
+RUN_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["start", "start", "failover-start", "mark", "mark", "complete", "fail"]),
+        st.sampled_from(["j0", "j1", "j2", "j3", "j4"]),
+        st.integers(min_value=1, max_value=2),
+        st.sampled_from(["task", "task\x00nul", "tâche ☃ \U0001f600", 'quo"te\\']),
+    ),
+    max_size=40,
+)
+
+
+def _run_op(kind: str, job_id: str, attempt: int, text: str) -> LedgerOp:
+    return {
+        "start": lambda: StartAttempt(job_id, attempt, "fal", 0),
+        "failover-start": lambda: StartAttempt(job_id, attempt, "replicate", 1),
+        "mark": lambda: MarkProcessing(job_id, attempt, text),
+        "complete": lambda: Complete(job_id, text),
+        "fail": lambda: Fail(job_id, "x"),
+    }[kind]()
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(RUN_OPS)
+def test_a_batch_has_the_effect_of_its_operations_one_by_one(
+    script: list[tuple[str, str, int, str]],
+) -> None:
+    """Runs of one kind share one UPDATE (``_Batch.apply_run``): every outcome and
+    every row must be what the same operations give one transaction at a time."""
+
+    async def run(path: Path, together: bool) -> list[tuple[Any, ...]]:
+        ledger = await Ledger.open(path, Clock())
+        try:
+            await ledger.create_account("acct", "h")
+            await ledger.grant("acct", 1_000, "g")
+            for i in range(5):
+                await open_job(ledger, f"j{i}", price=7)
+            ops = [_run_op(*step) for step in script]
+            if together:
+                outcomes = await ledger.execute_many(ops)
+            else:
+                outcomes = [await ledger.execute(op) for op in ops]
+        finally:
+            await ledger.close()
+        return [(o.value, o.changed, type(o.error)) for o in outcomes]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        together = asyncio.run(run(Path(tmp) / "together.db", True))
+        alone = asyncio.run(run(Path(tmp) / "alone.db", False))
+        assert together == alone
+        assert dump(Path(tmp) / "together.db") == dump(Path(tmp) / "alone.db")
+        assert check_invariants(Path(tmp) / "together.db") == []
+
+
 async def test_a_closed_ledger_is_unavailable(tmp_path: Path) -> None:
     ledger = await Ledger.open(tmp_path / "l.db")
     await ledger.close()
