@@ -16,9 +16,10 @@ Each finding is a ``Violation``; an empty list means the scenario passed.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,15 @@ def read_available(db: Path) -> dict[str, int]:
     return {account: int(available) for account, available in rows}
 
 
-def _connect(db: Path) -> sqlite3.Connection:
+@contextlib.contextmanager
+def _connect(db: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection, closed afterwards (sqlite3's own ``with`` only commits)."""
     conn = sqlite3.connect(f"file:{quote(str(Path(db).resolve()))}?mode=ro", uri=True, timeout=30)
-    conn.execute("PRAGMA query_only = ON")
-    return conn
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        yield conn
+    finally:
+        conn.close()
 
 
 def open_jobs(db: Path) -> list[str]:
