@@ -22,6 +22,14 @@ operations go through a Coalescer: concurrent jobs share one actor call.
 On start the processor loads every ``queued`` or ``processing`` job the ledger says is
 on its vendor: ``processing`` jobs are resumed by polling their vendor task id (never
 submitted again) and take a slot each; ``queued`` jobs go back in the queue.
+
+A processor stopped between a submit and its MarkProcessing leaves a vendor task whose
+id nobody recorded: the ledger marks that submit "in doubt". Such a task cannot be
+polled or canceled, but it counts against the vendor's limit, so on start the processor
+holds a slot for each submit in doubt until the task shows itself (a webhook: its URL
+names the job and attempt) or until the vendor must have ended it (``max_task_time``,
+which replicate enforces through ``Cancel-After``). The job itself goes on with a new
+attempt: done twice at the vendor, charged once.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from runtime.batching import Coalescer
 from runtime.config import JoblineConfig, VendorConfig
@@ -61,6 +70,7 @@ from runtime.states import JobStatus
 from runtime.telemetry import Family, Metrics, get_logger
 from runtime.tracing import JobTracer, Span, tracer_for
 from runtime.vendors import TaskState, TaskStatus, VendorClient, WebhookEvent
+from runtime.webhooks import ATTEMPT_PARAM, JOB_PARAM
 
 log = get_logger("processor")
 
@@ -116,6 +126,11 @@ class VendorProcessor:
         self._held: dict[str, _Held] = {}
         self._by_task: dict[str, str] = {}  # vendor task id -> job id
         self._early: dict[str, tuple[float, TaskStatus]] = {}  # webhooks before the task id
+        # Submits in doubt (job id, attempt) -> resolved when their task is seen ending.
+        self._unrecorded: dict[tuple[str, int], asyncio.Future[None]] = {}
+        # How long after its attempt was recorded such a task may still run: it was created
+        # within submit_timeout, and the vendor ends it task_lifetime after its creation.
+        self._unrecorded_lifetime = vendor.submit_timeout + vendor.task_lifetime
         self._slots_taken = 0
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -135,11 +150,20 @@ class VendorProcessor:
         jobs = await self._ledger.jobs_for_vendor(
             self.vendor.name, [JobStatus.QUEUED, JobStatus.PROCESSING]
         )
+        in_doubt = await self._ledger.submits_in_doubt(
+            self.vendor.name, self._clock() - self._unrecorded_lifetime
+        )
+        for job in in_doubt:
+            self._hold_for_unrecorded(job)
         for job in jobs:
             self._take(job)
         self._pump_task = asyncio.create_task(self._pump())
         log.info(
-            "started", extra={"vendor": self.vendor.name, "error": f"recovered {len(jobs)} jobs"}
+            "started",
+            extra={
+                "vendor": self.vendor.name,
+                "error": f"recovered {len(jobs)} jobs, {len(in_doubt)} submits in doubt",
+            },
         )
 
     async def stop(self) -> None:
@@ -170,6 +194,10 @@ class VendorProcessor:
                     held.waiter.set_result(event.status)
             elif event.status.state.ended:
                 self._early[event.task_id] = (now, event.status)
+                if job_id is None and event.job_id is not None and event.attempt is not None:
+                    unrecorded = self._unrecorded.get((event.job_id, event.attempt))
+                    if unrecorded is not None and not unrecorded.done():
+                        unrecorded.set_result(None)  # that task ended: its slot is free
         self._forget_old_early_events(now)
 
     async def cancel_tasks(self, job_ids: Sequence[str]) -> None:
@@ -205,6 +233,7 @@ class VendorProcessor:
             "inflight": self._slots_taken,
             "queued": len(self._queue),
             "held": len(self._held),
+            "unrecorded": len(self._unrecorded),
             "circuit": self._breaker.state(now).value,
             **self._counters,
         }
@@ -296,6 +325,7 @@ class VendorProcessor:
     async def _attempt(self, held: _Held, rate_wait: float) -> None:
         job = held.job
         slot = True
+        marked = False
         try:
             if rate_wait > 0:
                 await asyncio.sleep(rate_wait)
@@ -315,7 +345,7 @@ class VendorProcessor:
                         job_id=job.id,
                         attempt=attempt,
                         trace_id=job.trace_id,
-                        webhook_url=self._webhook_url(),
+                        webhook_url=self._webhook_url(job.id, attempt),
                     )
             except VendorError as exc:
                 self._record_vendor_result(exc)
@@ -324,8 +354,8 @@ class VendorProcessor:
                 return
             held.task_id = task_id
             self._by_task[task_id] = job.id
-            marked = await self._op(MarkProcessing(job.id, attempt, task_id))
-            job = held.job = marked.value
+            job = held.job = (await self._op(MarkProcessing(job.id, attempt, task_id))).value
+            marked = True
             if job.terminal or held.cancel_requested:
                 await self._cancel_at_vendor(job, task_id)
             status = await self._traced_wait(held, task_id, attempt)
@@ -335,6 +365,10 @@ class VendorProcessor:
             raise
         except Exception:  # a bug or the ledger gone: the sweeper will recover the job
             log.exception("attempt crashed", extra={"job_id": job.id, "trace_id": job.trace_id})
+            if held.task_id is not None and not marked:
+                # The task runs with no record of its id: the job will get a new attempt,
+                # so nobody else would ever end this one.
+                self._spawn(self._cancel_unfollowed(job, held.task_id))
         finally:
             if slot:
                 self._free_slot()
@@ -535,12 +569,30 @@ class VendorProcessor:
         return True
 
     async def _cancel_unfollowed(self, job: Job, task_id: str) -> None:
-        """Cancel the task of a canceled job this processor was not following. The task
-        counts against the vendor's limit until the vendor confirms, so it takes a slot."""
+        """Cancel a task no attempt follows (its job was canceled while this processor was
+        away, or its id never reached the ledger). The task counts against the vendor's
+        limit until the vendor confirms, so it takes a slot."""
         self._slots_taken += 1
         try:
             await self._cancel_until_confirmed(job, task_id)
         finally:
+            self._free_slot()
+
+    def _hold_for_unrecorded(self, job: Job) -> None:
+        """Hold a slot for the task a submit in doubt may have started (module docstring)."""
+        key = (job.id, job.attempts)
+        if key in self._unrecorded:
+            return
+        self._unrecorded[key] = asyncio.get_running_loop().create_future()
+        self._slots_taken += 1
+        self._spawn(self._release_unrecorded(key, job.updated_at + self._unrecorded_lifetime))
+
+    async def _release_unrecorded(self, key: tuple[str, int], until: float) -> None:
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._unrecorded[key], max(until - self._clock(), 0))
+        finally:
+            del self._unrecorded[key]
             self._free_slot()
 
     async def _cancel_until_confirmed(self, job: Job, task_id: str) -> None:
@@ -616,8 +668,9 @@ class VendorProcessor:
     def _config_step(self, job: Job) -> str:
         return self.config.models[job.model].route[job.route_position].model
 
-    def _webhook_url(self) -> str:
-        return f"{self.config.gateway.public_url}/v1/webhooks/{self.vendor.name}"
+    def _webhook_url(self, job_id: str, attempt: int) -> str:
+        reference = urlencode({JOB_PARAM: job_id, ATTEMPT_PARAM: attempt})
+        return f"{self.config.gateway.public_url}/v1/webhooks/{self.vendor.name}?{reference}"
 
     def _count_terminal(self, job: Job) -> None:
         self.metrics.jobs.labels(job.model, job.vendor, job.status.value).inc()

@@ -27,7 +27,7 @@ import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import jsonschema
@@ -96,6 +96,7 @@ from runtime.telemetry import (
 )
 from runtime.tracing import tracer_for
 from runtime.vendors import VendorClient, WebhookEvent
+from runtime.webhooks import ATTEMPT_PARAM, JOB_PARAM
 
 log = get_logger("gateway")
 
@@ -778,6 +779,7 @@ class Api:
             metrics.webhooks.labels(vendor, "rejected").inc()
             log.warning("webhook rejected (%s): %s", reason, exc, extra={"vendor": vendor})
             raise
+        event = _with_reference(event, request.query)
         outcome = await self._execute(RecordWebhook(vendor, event.webhook_id))
         if not outcome.unwrap():
             metrics.webhooks.labels(vendor, "duplicate").inc()
@@ -903,6 +905,20 @@ def _job_fields(job: Job) -> dict[str, Any]:
         "vendor": job.vendor,
         "account_id": job.account_id,
     }
+
+
+MAX_REFERENCE_LENGTH = 128  # a job id in a webhook URL; longer is not one of ours
+
+
+def _with_reference(event: WebhookEvent, query: Mapping[str, str]) -> WebhookEvent:
+    """The event with the job and attempt its URL names; a malformed hint is dropped."""
+    job_id = query.get(JOB_PARAM)
+    attempt = query.get(ATTEMPT_PARAM, "")
+    if not (0 < len(job_id or "") <= MAX_REFERENCE_LENGTH) or not (
+        attempt.isascii() and attempt.isdigit() and len(attempt) <= 6
+    ):
+        return event
+    return replace(event, job_id=job_id, attempt=int(attempt))
 
 
 def _int_param(query: Mapping[str, str], name: str, default: int, maximum: int) -> int:

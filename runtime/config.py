@@ -9,6 +9,7 @@ Unknown keys are errors. Secrets never live in the file: it names environment va
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -39,6 +40,12 @@ class VendorConfig(_Section):
     poll_timeout: float = Field(default=5.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     stuck_after: float = Field(default=300.0, gt=0)  # processing longer: the sweeper asks
+    # The longest the vendor lets one task live before it ends the task itself. replicate:
+    # jobline sends it as ``Cancel-After`` with every prediction; fal: the app's own
+    # request timeout, which jobline cannot set (configure this to match it). A task
+    # jobline lost track of (stopped between submit and recording its id) keeps a slot
+    # this long. None: ``stuck_after``.
+    max_task_time: float | None = Field(default=None, gt=0)
 
     @field_validator("base_url")
     @classmethod
@@ -46,6 +53,11 @@ class VendorConfig(_Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
         return value.rstrip("/")
+
+    @property
+    def task_lifetime(self) -> int:
+        """``max_task_time`` (or ``stuck_after``) in whole seconds, as vendors are told it."""
+        return math.ceil(self.max_task_time if self.max_task_time is not None else self.stuck_after)
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env)

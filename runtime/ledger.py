@@ -257,6 +257,15 @@ MIGRATIONS: list[list[str]] = [
             WHEN OLD.status IN {TERMINAL_SQL}
             BEGIN SELECT RAISE(ABORT, 'a terminal job never changes'); END""",
     ],
+    # 4: a submit in doubt. StartAttempt sets it, MarkProcessing and ScheduleRetry clear
+    # it: while set, a vendor task may run whose id jobline never recorded (the
+    # processor stopped between submit and MarkProcessing). A restarted processor holds
+    # a slot for each (``Ledger.submits_in_doubt``). Terminal jobs keep the flag (a
+    # terminal row never changes), so the partial index holds those few rows as well.
+    [
+        "ALTER TABLE jobs ADD COLUMN submit_in_doubt INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX jobs_in_doubt ON jobs(vendor) WHERE submit_in_doubt = 1",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -423,7 +432,8 @@ START_PARAMS = ("vendor", "route_position", "now", "job_id", "attempt")
 # SQLite leaves the jobs_open index alone.
 START_ATTEMPT_SAME_VENDOR = _Update(
     """UPDATE jobs SET attempts = attempts + 1,
-        vendor_attempts = vendor_attempts + 1, vendor_task_id = NULL, updated_at = {now}
+        vendor_attempts = vendor_attempts + 1, vendor_task_id = NULL, submit_in_doubt = 1,
+        updated_at = {now}
     WHERE id = {job_id} AND status = 'queued' AND attempts = {attempt} - 1
         AND vendor = {vendor} AND route_position = {route_position}""",
     START_PARAMS,
@@ -433,13 +443,13 @@ START_ATTEMPT = _Update(
         vendor_attempts = CASE WHEN vendor = {vendor} AND route_position = {route_position}
                           THEN vendor_attempts + 1 ELSE 1 END,
         vendor = {vendor}, route_position = {route_position}, vendor_task_id = NULL,
-        updated_at = {now}
+        submit_in_doubt = 1, updated_at = {now}
     WHERE id = {job_id} AND status = 'queued' AND attempts = {attempt} - 1""",
     START_PARAMS,
 )
 MARK_PROCESSING = _Update(
     f"""UPDATE jobs SET status = '{_target(JobEvent.SUBMITTED).value}',
-        vendor_task_id = {{vendor_task_id}}, updated_at = {{now}}
+        vendor_task_id = {{vendor_task_id}}, submit_in_doubt = 0, updated_at = {{now}}
     WHERE id = {{job_id}} AND status IN {_sql_set(sources_of(JobEvent.SUBMITTED))}
         AND attempts = {{attempt}}""",
     ("vendor_task_id", "now", "job_id", "attempt"),
@@ -450,7 +460,7 @@ SCHEDULE_RETRY = _Update(
         vendor_attempts = CASE WHEN route_position = {{route_position}} AND vendor = {{vendor}}
                           THEN vendor_attempts ELSE 0 END,
         route_position = {{route_position}}, vendor = {{vendor}}, not_before = {{not_before}},
-        error = {{error}}, vendor_task_id = NULL, updated_at = {{now}}
+        error = {{error}}, vendor_task_id = NULL, submit_in_doubt = 0, updated_at = {{now}}
     WHERE id = {{job_id}} AND status IN {_sql_set(sources_of(JobEvent.RETRY))}
         AND attempts = {{attempt}}
         AND NOT (status = 'queued' AND route_position = {{route_position}}
@@ -1348,6 +1358,11 @@ class Ledger:
     ) -> list[Job]:
         return await self._reader.call(_read_jobs_for_vendor, vendor, list(statuses))
 
+    async def submits_in_doubt(self, vendor: str, updated_after: float) -> list[Job]:
+        """Jobs of ``vendor`` (any status) whose last submit may have created a vendor task
+        jobline never recorded, last updated after ``updated_after``."""
+        return await self._reader.call(_read_in_doubt, vendor, updated_after)
+
     async def jobs_by_status(
         self, status: JobStatus, updated_before: float | None = None, limit: int = 1000
     ) -> list[Job]:
@@ -1439,6 +1454,15 @@ def _read_jobs_for_vendor(
         f"SELECT {JOB_COLUMNS} FROM jobs WHERE vendor = ? AND status IN ({marks}){open_only} "
         "ORDER BY seq",
         (vendor, *[s.value for s in statuses]),
+    ).fetchall()
+    return [_job(row) for row in rows]
+
+
+def _read_in_doubt(conn: sqlite3.Connection, vendor: str, updated_after: float) -> list[Job]:
+    rows = conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs INDEXED BY jobs_in_doubt "
+        "WHERE vendor = ? AND submit_in_doubt = 1 AND updated_at > ? ORDER BY seq",
+        (vendor, updated_after),
     ).fetchall()
     return [_job(row) for row in rows]
 

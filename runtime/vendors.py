@@ -89,6 +89,7 @@ from runtime.webhooks import ID_HEADER, secret_key, verify
 TRACE_HEADER = "X-Jobline-Trace-Id"
 JOB_ID_HEADER = "X-Jobline-Job-Id"
 ATTEMPT_HEADER = "X-Jobline-Attempt"
+CANCEL_AFTER_HEADER = "Cancel-After"  # replicate: the prediction's own deadline
 USER_AGENT = "jobline/0.1"
 
 MAX_OUTPUT_BYTES = 50 * 1024 * 1024  # a larger output fails the job (VendorPermanentError)
@@ -136,6 +137,10 @@ class WebhookEvent:
     webhook_id: str  # the Standard Webhooks ``webhook-id``: deduplicate on (vendor, it)
     task_id: str
     status: TaskStatus
+    # The job and attempt the processor put in the webhook URL (not signed: a hint that
+    # finds a task whose id was never recorded, see VendorProcessor.on_webhooks).
+    job_id: str | None = None
+    attempt: int | None = None
 
 
 class VendorClient(Protocol):
@@ -514,7 +519,8 @@ class ReplicateClient(_HttpClient):
 
     A model is ``owner/name`` (``POST /v1/models/owner/name/predictions``),
     ``owner/name:version`` or a bare version id (``POST /v1/predictions`` with
-    ``version``).
+    ``version``). Every prediction carries ``Cancel-After`` (the vendor's
+    ``max_task_time``): replicate cancels it past that, whoever else forgot it.
     """
 
     auth_scheme = "Bearer"
@@ -544,7 +550,13 @@ class ReplicateClient(_HttpClient):
         if webhook_url is not None:
             body["webhook"] = webhook_url
             body["webhook_events_filter"] = ["completed"]
-        headers = {JOB_ID_HEADER: job_id, ATTEMPT_HEADER: str(attempt)}
+        headers = {
+            JOB_ID_HEADER: job_id,
+            ATTEMPT_HEADER: str(attempt),
+            # The vendor cancels the prediction itself past this, so even a task jobline
+            # lost track of ends (and frees its slot) by then.
+            CANCEL_AFTER_HEADER: f"{self.config.task_lifetime}s",
+        }
         return await self._call(
             "submit",
             "POST",

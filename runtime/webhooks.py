@@ -29,6 +29,10 @@ DEFAULT_TOLERANCE = 300.0  # seconds either side of now
 ID_HEADER = "webhook-id"
 TIMESTAMP_HEADER = "webhook-timestamp"
 SIGNATURE_HEADER = "webhook-signature"
+# The webhook URL of a submit names the job and attempt (``?jobline_job_id=…&
+# jobline_attempt=…``); vendors call it as given, so a webhook says whose task it is.
+JOB_PARAM = "jobline_job_id"
+ATTEMPT_PARAM = "jobline_attempt"
 
 
 def secret_key(secret: str) -> bytes:

@@ -143,6 +143,9 @@ class FaultProfile(_Strict):
     failure: float = Field(default=0.0, ge=0, le=1)  # vendor-side failure, worth a retry
     rejection: float = Field(default=0.0, ge=0, le=1)  # permanent: content rejected
     never_finish: float = Field(default=0.0, ge=0, le=1)  # runs until canceled
+    # the vendor fails a task older than this itself (a fal app's request timeout; a
+    # replicate ``Cancel-After`` does the same per prediction); None: no limit
+    max_task_time: float | None = Field(default=None, gt=0)
     # in-flight tasks = created and not ended; past the limit a submit gets 429
     concurrency_limit: int | None = Field(default=None, ge=1)
     concurrency_retry_after: float = Field(default=1.0, ge=0)

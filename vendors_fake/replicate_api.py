@@ -11,6 +11,8 @@ Routes::
 
 ``Authorization: Bearer <key>``. Creates answer 201 with the prediction; ``Prefer: wait``
 (or ``wait=N``, at most 60 s) holds the answer until the prediction ends or N seconds pass.
+``Cancel-After: 5m`` (ms, s, m, h; ``1h30m``) cancels a prediction that has not ended
+that long after its creation.
 
 A prediction is ``starting`` while queued, ``processing`` while it runs, then
 ``succeeded`` (``output`` is the URL of a PNG served by the fake), ``failed`` (``error``
@@ -23,6 +25,7 @@ never sent. Errors are problem JSON: ``{"title", "detail", "status"}``.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +53,9 @@ _TITLES = {
     503: "Service unavailable",
 }
 MAX_WAIT = 60.0
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class ReplicateApi:
@@ -123,11 +129,28 @@ class ReplicateApi:
             subscribed = frozenset(events)
         else:
             raise self.vendor.reply(422, f"webhook_events_filter must be a subset of {EVENTS}")
-        task = self.vendor.new_task(request, model, version, input, webhook, subscribed)
+        cancel_after = request.headers.get("Cancel-After")
+        task = self.vendor.new_task(
+            request,
+            model,
+            version,
+            input,
+            webhook,
+            subscribed,
+            cancel_after=None if cancel_after is None else self._duration(cancel_after),
+        )
         wait = _prefer_wait(request.headers.get("Prefer"))
         if wait:
             await self.vendor.wait(task, wait)
         return json_response(task.body, 201)
+
+    def _duration(self, text: str) -> float:
+        """``Cancel-After``: a duration such as ``90s``, ``5m`` or ``1h30m`` (ms, s, m, h)."""
+        if not _DURATION.fullmatch(text):
+            raise self.vendor.reply(400, f"Cancel-After must be a duration like 5m, not {text!r}")
+        return sum(
+            float(amount) * _UNIT_SECONDS[unit] for amount, unit in _DURATION_PART.findall(text)
+        )
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:

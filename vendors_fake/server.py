@@ -393,8 +393,14 @@ class FakeVendor:
         input: dict[str, Any],
         webhook_url: str | None,
         webhook_events: frozenset[str],
+        cancel_after: float | None = None,
     ) -> Task:
-        """Create and schedule a task, or raise a 429 Reply past the concurrency limit."""
+        """Create and schedule a task, or raise a 429 Reply past the concurrency limit.
+
+        A task ends at its deadline if it has not ended before: canceled ``cancel_after``
+        seconds after creation (replicate's ``Cancel-After``), or failed once it is older
+        than the profile's ``max_task_time``, whichever comes first.
+        """
         profile = self._profile
         limit = profile.concurrency_limit
         if limit is not None and self.stats.in_flight >= limit:
@@ -436,6 +442,11 @@ class FakeVendor:
         task.body = self.shape.render(task)
         loop = asyncio.get_running_loop()
         task.timer = loop.call_later(task.queue_delay, self._start_running, task)
+        deadlines = [(cancel_after, Phase.CANCELED), (profile.max_task_time, Phase.FAILED)]
+        set_deadlines = [(after, phase) for after, phase in deadlines if after is not None]
+        if set_deadlines:
+            after, phase = min(set_deadlines, key=lambda deadline: deadline[0])
+            task.deadline_timer = loop.call_later(after, self._expire, task, phase)
         return task
 
     def task(self, task_id: str) -> Task:
@@ -454,6 +465,17 @@ class FakeVendor:
             self._leave_queue(task)
         self._end(task, Phase.CANCELED)
         return True
+
+    def _expire(self, task: Task, phase: Phase) -> None:
+        task.deadline_timer = None
+        if task.phase.ended:
+            return
+        self.stats.tasks["expired"] += 1
+        if task.timer is not None:
+            task.timer.cancel()
+        if task.phase is Phase.QUEUED:
+            self._leave_queue(task)
+        self._end(task, phase)
 
     def queue_position(self, task: Task) -> int:
         return bisect.bisect_left(self._queue, task.queue_seq)
@@ -512,6 +534,9 @@ class FakeVendor:
 
     def _end(self, task: Task, phase: Phase) -> None:
         task.timer = None
+        if task.deadline_timer is not None:
+            task.deadline_timer.cancel()
+            task.deadline_timer = None
         stale_body = task.body
         task.phase = phase
         task.completed_at = self.wall_clock()

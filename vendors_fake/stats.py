@@ -9,7 +9,7 @@ Shape of :meth:`FakeStats.snapshot` (all counts are integers)::
       "faults": {"<kind>": n},    # injected: outage, hang, reset, rate_limited,
                                   # server_error, concurrency_limited
       "tasks": {"created", "succeeded", "failed", "rejected", "canceled",
-                "never_finish", "in_flight", "max_in_flight"},
+                "never_finish", "expired", "in_flight", "max_in_flight"},
       "concurrency_limit": n | null,
       "webhooks": {"events",                        # events due to subscribers
                    "pending",                       # deliveries not finished yet
@@ -98,6 +98,7 @@ class FakeStats:
                 "rejected": self.tasks["rejected"],
                 "canceled": self.tasks[Phase.CANCELED.value],
                 "never_finish": self.tasks["never_finish"],
+                "expired": self.tasks["expired"],
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
             },

@@ -93,6 +93,7 @@ class Task:
     body: bytes = b""  # the shape's current JSON for a status read, re-rendered per phase
     queue_seq: int = 0
     timer: Any = None  # the asyncio.TimerHandle of the next phase change
+    deadline_timer: Any = None  # the TimerHandle ending it at its deadline, if it has one
     waiters: list[Any] | None = None  # futures resolved when the task ends
     last_delivery: Any = None  # the asyncio.Task sending its latest webhook; they go in order
 

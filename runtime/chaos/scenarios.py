@@ -416,10 +416,17 @@ _SCENARIOS = [
         "cancel-under-kills",
         "clients cancel long and endless tasks while the processors are killed",
         processor_kills,
-        profile={"never_finish": 0.1, "run_time": {"kind": "uniform", "low": 0.5, "high": 3.0}},
+        # An endless task ends at the vendor's own limit (max_task_time: replicate's
+        # Cancel-After, a fal app's request timeout), which jobline is told: a task whose
+        # id a killed processor never recorded keeps a slot until then.
+        profile={
+            "never_finish": 0.1,
+            "run_time": {"kind": "uniform", "low": 0.5, "high": 3.0},
+            "max_task_time": 8.0,
+        },
         overrides={
-            "vendors.fal": {"stuck_after": 4.0},
-            "vendors.replicate": {"stuck_after": 4.0},
+            "vendors.fal": {"stuck_after": 4.0, "max_task_time": 8.0},
+            "vendors.replicate": {"stuck_after": 4.0, "max_task_time": 8.0},
         },
         load=LoadSpec(jobs=50, spread=4.0, cancel_rate=0.4, cancel_delay=(0.3, 3.0)),
     ),
@@ -432,4 +439,9 @@ _SCENARIOS = [
     ),
 ]
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in _SCENARIOS}
-QUICK = ("processor-kill", "webhook-storm", "credit-exhaustion")  # the subset in `make test`
+QUICK = (
+    "processor-kill",
+    "webhook-storm",
+    "credit-exhaustion",
+    "cancel-under-kills",
+)  # the subset in `make test`

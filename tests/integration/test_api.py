@@ -439,6 +439,26 @@ async def test_a_signed_webhook_is_forwarded_once(api: ApiHarness) -> None:
     assert [(e.webhook_id, e.task_id) for e in received] == [("msg_1", "task-1")]
 
 
+async def test_a_webhook_carries_the_job_and_attempt_its_url_names(api: ApiHarness) -> None:
+    sent = [
+        ("jobline_job_id=job-7&jobline_attempt=2", ("job-7", 2)),
+        ("jobline_job_id=job-7&jobline_attempt=two", (None, None)),  # a hint, not an error
+        ("jobline_job_id=job-7&jobline_attempt=%C2%B2", (None, None)),  # "²" is a digit
+        ("jobline_attempt=2", (None, None)),
+        (f"jobline_job_id={'j' * 500}&jobline_attempt=1", (None, None)),
+        ("", (None, None)),
+    ]
+    for i, (query, _) in enumerate(sent):
+        body = _prediction(f"task-{i}")
+        headers = signed_headers(WEBHOOK_SECRET, f"msg_{i}", int(time.time()), body)
+        response = await api.client.post(
+            f"/v1/webhooks/replicate?{query}", data=body, headers=headers
+        )
+        assert response.status == 200, await response.text()
+    received = api.router.processors["replicate"].webhooks
+    assert [(e.job_id, e.attempt) for e in received] == [hint for _, hint in sent]
+
+
 async def test_forged_stale_and_malformed_webhooks_change_nothing(api: ApiHarness) -> None:
     body = _prediction("task-2")
     now = int(time.time())

@@ -9,7 +9,14 @@ import aiohttp
 import pytest
 from standardwebhooks import Webhook
 
-from tests.integration.conftest import FAKE_KEY, FAKE_SECRET, StartFake, WebhookSink, auth
+from tests.integration.conftest import (
+    FAKE_KEY,
+    FAKE_SECRET,
+    StartFake,
+    WebhookSink,
+    auth,
+    eventually,
+)
 from vendors_fake import FaultProfile, Latency, expected_png
 
 MODEL = "fal-ai/flux/dev"
@@ -86,6 +93,19 @@ async def test_cancel_and_failures(start_fake: StartFake, http: aiohttp.ClientSe
     assert body["error_type"] == "content_policy_violation"
     status, body = await fetch(http, rejected["response_url"])
     assert (status, body["detail"][0]["type"]) == (422, "content_policy_violation")
+
+
+async def test_a_task_past_the_apps_request_timeout_fails(
+    start_fake: StartFake, http: aiohttp.ClientSession
+) -> None:
+    fake = await start_fake("fal", FaultProfile(never_finish=1.0, max_task_time=0.3))
+    _, request = await submit(http, fake.url, {})
+    await asyncio.sleep(0.1)
+    assert (await fetch(http, request["status_url"]))[1]["status"] == "IN_PROGRESS"
+    await eventually(lambda: fake.snapshot()["tasks"]["expired"] == 1, timeout=3)
+    _, body = await fetch(http, request["status_url"])
+    assert (body["status"], body["error_type"]) == ("COMPLETED", "internal_server_error")
+    assert fake.snapshot()["tasks"]["in_flight"] == 0
 
 
 async def test_fal_auth_is_key_not_bearer(

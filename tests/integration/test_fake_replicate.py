@@ -177,6 +177,24 @@ async def test_cancel_ends_a_task_and_a_never_finishing_one(
     assert (tasks["canceled"], tasks["never_finish"], tasks["in_flight"]) == (1, 1, 0)
 
 
+async def test_cancel_after_ends_a_prediction_at_its_deadline(
+    start_fake: StartFake, http: aiohttp.ClientSession
+) -> None:
+    fake = await start_fake("replicate", FaultProfile(never_finish=1.0))
+    body = {"version": "v", "input": {}}
+    _, doomed = await create(http, fake.url, body, **{"Cancel-After": "300ms"})
+    _, spared = await create(http, fake.url, body, **{"Cancel-After": "1h"})
+    await asyncio.sleep(0.1)
+    assert (await get(http, doomed["urls"]["get"]))["status"] == "processing"
+    await eventually(lambda: fake.snapshot()["tasks"]["expired"] == 1, timeout=3)
+    assert (await get(http, doomed["urls"]["get"]))["status"] == "canceled"
+    assert (await get(http, spared["urls"]["get"]))["status"] == "processing"
+    assert fake.snapshot()["tasks"]["in_flight"] == 1
+    for bad in ("soon", "5", "5 m", "-5s", ""):
+        status, problem = await create(http, fake.url, body, **{"Cancel-After": bad})
+        assert status == 400 and "Cancel-After" in problem["detail"]
+
+
 async def test_the_output_is_a_png_of_the_input(
     start_fake: StartFake, http: aiohttp.ClientSession
 ) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,12 @@ from actors.processor import VendorProcessor
 from runtime.config import JoblineConfig, load_config
 from runtime.invariants import check_invariants
 from runtime.ledger import Ledger, new_job_id
-from runtime.models import Job
-from runtime.ports import ProcessorPort
+from runtime.models import Job, LedgerOp, MarkProcessing, Outcome
+from runtime.ports import LedgerPort, ProcessorPort
 from runtime.results import LocalResultStore, result_key_for
 from runtime.states import JobStatus
 from runtime.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
-from runtime.vendors import make_client
+from runtime.vendors import TaskState, TaskStatus, WebhookEvent, make_client
 from vendors_fake.png import expected_png
 from vendors_fake.profile import merge_profile, preset
 from vendors_fake.runner import FakeVendorSet, start_fake_vendors, vendor_credentials
@@ -49,13 +49,15 @@ class Rig:
     def vendors(self) -> list[str]:
         return list(self.processors)
 
-    def make_processor(self, vendor: str, seed: int = 0) -> VendorProcessor:
+    def make_processor(
+        self, vendor: str, seed: int = 0, ledger: LedgerPort | None = None
+    ) -> VendorProcessor:
         v = self.config.vendors[vendor]
         key, secret = vendor_credentials(v)
         return VendorProcessor(
             v,
             self.config,
-            self.ledger,
+            ledger or self.ledger,
             make_client(v, key, secret),
             self.results,
             self,
@@ -291,5 +293,85 @@ async def test_a_cancel_reaching_a_restarted_processor_still_cancels_the_vendor_
     assert (await rig.ledger.balance("acct")).available == 10_000
 
 
-async def _no_slot_taken(rig: Rig) -> bool:
-    return bool((await rig.processors["fal"].stats())["inflight"] == 0)
+async def _no_slot_taken(rig: Rig, vendor: str = "fal") -> bool:
+    return bool((await rig.processors[vendor].stats())["inflight"] == 0)
+
+
+class _DiesBeforeMarking:
+    """The ledger as a processor sees it, except that a MarkProcessing never returns: the
+    processor is stopped (killed) after its submit and before the task id is recorded."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    async def execute_many(self, ops: Sequence[LedgerOp]) -> list[Outcome]:
+        if any(isinstance(op, MarkProcessing) for op in ops):
+            await asyncio.Event().wait()
+        return await self._ledger.execute_many(ops)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+
+async def _lose_a_submit(rig: Rig, vendor: str, model: str) -> Job:
+    """Submit one job through a processor that dies before recording the task id, then
+    start the processor again; returns the job."""
+    [job] = await rig.open(model)
+    await rig.processors[vendor].stop()
+    dying = rig.make_processor(vendor, ledger=_DiesBeforeMarking(rig.ledger))  # type: ignore[arg-type]
+    await dying.start()
+    await dying.dispatch([job])
+    fake = rig.fakes[vendor]
+    await _until(lambda: _true(fake.snapshot()["tasks"]["created"] == 1))
+    await dying.stop()
+    assert (await rig.ledger.get_job(job.id)).status is JobStatus.QUEUED
+    fake.update_profile({"never_finish": 0.0})  # the retry finishes
+    rig.processors[vendor] = rig.make_processor(vendor, seed=1)
+    await rig.processors[vendor].start()
+    return job
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+@pytest.mark.profile({"never_finish": 1.0})
+@pytest.mark.overrides(
+    {"vendors.replicate": {"concurrency": 1, "max_task_time": 1.5, "submit_timeout": 1.0}}
+)
+async def test_a_task_whose_id_was_never_recorded_keeps_a_slot_until_the_vendor_ends_it(
+    rig: Rig,
+) -> None:
+    # Found by the chaos suite (cancel-under-kills): a processor killed between submit and
+    # MarkProcessing left a vendor task nobody knew of; the restarted processor started a
+    # new attempt next to it, over the vendor's limit, and the task ran forever.
+    replicate = rig.fakes["replicate"]
+    job = await _lose_a_submit(rig, "replicate", "video-short")
+    stats = await rig.processors["replicate"].stats()
+    assert (stats["unrecorded"], stats["inflight"]) == (1, 1)
+    [done] = await rig.wait([job])
+    assert (done.status, done.attempts) == (JobStatus.COMPLETED, 2)
+    snapshot = replicate.snapshot()
+    first = next(t for t in snapshot["task_info"].values() if t["attempt"] == "1")
+    assert first["status"] == "canceled"  # by Cancel-After: replicate ended it itself
+    assert snapshot["tasks"]["max_in_flight"] == 1
+    assert snapshot["duplicate_attempts"] == []
+    await _until(lambda: _no_slot_taken(rig, "replicate"))
+
+
+@pytest.mark.profile({"never_finish": 1.0})
+@pytest.mark.overrides({"vendors.fal": {"concurrency": 1, "max_task_time": 60.0}})
+async def test_the_webhook_of_an_unrecorded_task_frees_its_slot(rig: Rig) -> None:
+    fal = rig.fakes["fal"]
+    job = await _lose_a_submit(rig, "fal", "flux-schnell")
+    [orphan] = fal.snapshot()["task_info"].items()
+    assert orphan[1]["webhook_url"].endswith(f"?jobline_job_id={job.id}&jobline_attempt=1")
+    await asyncio.sleep(0.3)
+    assert (await rig.processors["fal"].stats())["inflight"] == 1  # the new attempt waits
+    assert fal.snapshot()["tasks"]["created"] == 1
+    ended = TaskStatus(TaskState.FAILED, error="request_timeout")
+    await rig.processors["fal"].on_webhooks(
+        [WebhookEvent("fal", "msg_1", orphan[0], ended, job_id=job.id, attempt=1)]
+    )
+    [done] = await rig.wait([job], timeout=10)  # long before max_task_time
+    assert (done.status, done.attempts) == (JobStatus.COMPLETED, 2)

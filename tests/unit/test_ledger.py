@@ -234,6 +234,26 @@ async def test_start_attempt_is_a_compare_and_set(ledger: Ledger) -> None:
     assert not busy.changed and busy.value.status is JobStatus.PROCESSING
 
 
+async def test_a_submit_is_in_doubt_until_its_task_id_or_retry_is_recorded(
+    ledger: Ledger, clock: Clock
+) -> None:
+    async def in_doubt(vendor: str = "fal", after: float = 0.0) -> list[tuple[str, int]]:
+        return [(j.id, j.attempts) for j in await ledger.submits_in_doubt(vendor, after)]
+
+    for job_id in ("marked", "retried", "canceled", "open"):
+        await open_job(ledger, job_id)
+        await ledger.start_attempt(job_id, 1, "fal", 0)
+    assert await in_doubt() == [("marked", 1), ("retried", 1), ("canceled", 1), ("open", 1)]
+    await ledger.mark_processing("marked", 1, "task-1")
+    await ledger.schedule_retry("retried", 1, clock() + 5, "vendor 503", 0, "fal")
+    await ledger.cancel("canceled")  # canceled mid-submit: its task may still exist
+    assert await in_doubt() == [("canceled", 1), ("open", 1)]
+    assert await in_doubt("replicate") == []
+    clock.advance(10)
+    await ledger.start_attempt("retried", 2, "fal", 0)
+    assert await in_doubt(after=clock() - 1) == [("retried", 2)]
+
+
 async def test_retry_failover_and_vendor_attempts(ledger: Ledger) -> None:
     await to_processing(ledger, "job-1")
     job = await ledger.schedule_retry("job-1", 1, 1_005.0, "vendor 503", 0, "fal")
