@@ -15,6 +15,7 @@ import pytest
 
 from actors.processor import VendorProcessor
 from runtime.config import JoblineConfig, load_config
+from runtime.errors import LedgerUnavailable
 from runtime.invariants import check_invariants
 from runtime.ledger import Ledger, new_job_id
 from runtime.models import Job, LedgerOp, MarkProcessing, Outcome
@@ -298,14 +299,18 @@ async def _no_slot_taken(rig: Rig, vendor: str = "fal") -> bool:
 
 
 class _DiesBeforeMarking:
-    """The ledger as a processor sees it, except that a MarkProcessing never returns: the
-    processor is stopped (killed) after its submit and before the task id is recorded."""
+    """The ledger as a processor sees it, except that a MarkProcessing never returns (the
+    processor is killed after its submit, before the task id is recorded) or, with
+    ``fail``, raises (the ledger is gone at that moment)."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, fail: bool = False) -> None:
         self._ledger = ledger
+        self._fail = fail
 
     async def execute_many(self, ops: Sequence[LedgerOp]) -> list[Outcome]:
         if any(isinstance(op, MarkProcessing) for op in ops):
+            if self._fail:
+                raise LedgerUnavailable("the ledger actor died")
             await asyncio.Event().wait()
         return await self._ledger.execute_many(ops)
 
@@ -375,3 +380,16 @@ async def test_the_webhook_of_an_unrecorded_task_frees_its_slot(rig: Rig) -> Non
     )
     [done] = await rig.wait([job], timeout=10)  # long before max_task_time
     assert (done.status, done.attempts) == (JobStatus.COMPLETED, 2)
+
+
+@pytest.mark.profile({"never_finish": 1.0})
+async def test_an_attempt_that_cannot_record_its_task_cancels_it(rig: Rig) -> None:
+    fal = rig.fakes["fal"]
+    [job] = await rig.open("flux-schnell")
+    await rig.processors["fal"].stop()
+    rig.processors["fal"] = rig.make_processor("fal", ledger=_DiesBeforeMarking(rig.ledger, True))  # type: ignore[arg-type]
+    await rig.processors["fal"].start()
+    await rig.dispatch([job])
+    await _until(lambda: _true(fal.snapshot()["tasks"]["canceled"] == 1))
+    await _until(lambda: _no_slot_taken(rig))
+    assert fal.snapshot()["tasks"]["in_flight"] == 0
