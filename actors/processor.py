@@ -213,13 +213,13 @@ class VendorProcessor:
             else:
                 self._spawn(self._cancel_at_vendor(held.job, held.task_id))
         if not_held:
-            # Not followed here (this processor restarted after the ledger canceled the
-            # job, so it never loaded it): its vendor task may still run, and nobody else
-            # would ever cancel it.
+            # Not followed here (this processor restarted after the ledger ended the job,
+            # so it never loaded it): its vendor task may still run, and nobody else would
+            # ever cancel it.
             for job in await self._ledger.get_jobs(not_held):
                 if (
                     job is not None
-                    and job.status is JobStatus.CANCELED
+                    and job.status in (JobStatus.CANCELED, JobStatus.FAILED)
                     and job.vendor == self.vendor.name
                     and job.vendor_task_id is not None
                 ):
@@ -600,12 +600,13 @@ class VendorProcessor:
 
         The caller holds the task's slot meanwhile: a task whose cancel failed still runs
         at the vendor and counts against its limit (I4), so the slot is only given back
-        once the vendor said the task is canceled (or had ended), or the job's deadline
-        has passed.
+        once the vendor said the task is canceled (or had ended), or once the vendor must
+        have ended it itself (``max_task_time``).
         """
         interval = self.vendor.poll_interval
+        give_up_at = self._clock() + self.vendor.task_lifetime
         while not await self._cancel_at_vendor(job, task_id):
-            if self._clock() >= job.deadline:
+            if self._clock() >= give_up_at:
                 log.error(
                     "vendor never confirmed the cancel; giving the slot back",
                     extra={"job_id": job.id, "trace_id": job.trace_id, "vendor": self.vendor.name},

@@ -3,7 +3,8 @@
 Every ``sweeper.interval`` seconds:
 
 - jobs past their whole deadline are failed and refunded (their vendor task, if any,
-  is canceled first);
+  is canceled first; if that cancel fails, the vendor's processor retries it until the
+  vendor confirms);
 - ``queued`` jobs that have not moved for a while are handed back to their vendor's
   processor, which takes the ones it does not already hold (a lost dispatch, a
   processor restarted before it loaded them);
@@ -26,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from runtime.config import JoblineConfig
-from runtime.errors import JoblineError, VendorError
+from runtime.errors import JoblineError, VendorError, VendorPermanentError
 from runtime.models import Complete, Fail, Job
 from runtime.ports import LedgerPort, Router
 from runtime.results import ResultStore, result_key_for
@@ -132,9 +133,14 @@ class Sweeper:
             log.error("invariants violated", extra={"error": f"{violations} violations"})
 
     async def _expire(self, now: float, report: SweepReport) -> None:
+        not_canceled: list[Job] = []
         for job in await self._ledger.expired_jobs(now):
-            if job.status is JobStatus.PROCESSING and job.vendor_task_id:
-                await self._cancel_at_vendor(job)
+            if (
+                job.status is JobStatus.PROCESSING
+                and job.vendor_task_id
+                and not await self._cancel_at_vendor(job)
+            ):
+                not_canceled.append(job)
             with self._tracer.span("settle", job.trace_id, job_id=job.id, outcome="expired"):
                 fail = Fail(job.id, "deadline passed", True)
                 outcome = (await self._ledger.execute_many([fail]))[0]
@@ -143,6 +149,13 @@ class Sweeper:
                 self.metrics.sweeper_recoveries.labels("expired").inc()
                 self.metrics.credits.labels("released").inc(job.cost)
                 self.metrics.jobs.labels(job.model, job.vendor, "failed").inc()
+        # A task whose cancel failed still runs at the vendor, and no processor may follow
+        # its job any more: the processor cancels it until the vendor confirms.
+        for vendor, batch in _by_vendor(not_canceled).items():
+            try:
+                await self._router.processor(vendor).cancel_tasks([job.id for job in batch])
+            except Exception as exc:
+                report.errors.append(f"{vendor}: {exc}")
 
     async def _redispatch_queued(self, now: float, report: SweepReport) -> None:
         stale = now - self.config.sweeper.interval
@@ -210,13 +223,16 @@ class Sweeper:
             return True
         return False
 
-    async def _cancel_at_vendor(self, job: Job) -> None:
+    async def _cancel_at_vendor(self, job: Job) -> bool:
+        """One try at canceling the job's vendor task; True if the vendor took it."""
         assert job.vendor_task_id is not None
         step = self.config.models[job.model].route[job.route_position].model
         try:
             await self._clients[job.vendor].cancel(step, job.vendor_task_id)
         except JoblineError as exc:
             log.warning("vendor cancel failed", extra={"job_id": job.id, "error": str(exc)})
+            return isinstance(exc, VendorPermanentError)  # the vendor will never take it
+        return True
 
 
 def _by_vendor(jobs: list[Job]) -> dict[str, list[Job]]:

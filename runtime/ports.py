@@ -77,7 +77,7 @@ class ProcessorPort(Protocol):
         """Verified, deduplicated vendor events forwarded by a gateway."""
 
     async def cancel_tasks(self, job_ids: Sequence[str]) -> None:
-        """These jobs were canceled in the ledger: cancel their vendor tasks."""
+        """These jobs were canceled or failed in the ledger: cancel their vendor tasks."""
 
     async def adopt(self, jobs: Sequence[Job]) -> int:
         """The sweeper's hand-back: take any of these jobs not already held; returns how many."""

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from actors.processor import VendorProcessor
+from actors.sweeper import Sweeper
 from runtime.config import JoblineConfig, load_config
 from runtime.errors import LedgerUnavailable
 from runtime.invariants import check_invariants
@@ -393,3 +394,42 @@ async def test_an_attempt_that_cannot_record_its_task_cancels_it(rig: Rig) -> No
     await _until(lambda: _true(fal.snapshot()["tasks"]["canceled"] == 1))
     await _until(lambda: _no_slot_taken(rig))
     assert fal.snapshot()["tasks"]["in_flight"] == 0
+
+
+@pytest.mark.profile({"never_finish": 1.0, "cancel": {"server_error": 1.0}})
+async def test_an_expired_job_whose_cancel_failed_has_its_task_canceled_later(
+    rig: Rig, tmp_path: Path
+) -> None:
+    # The sweeper expires a processing job nobody follows (its processor died); its one
+    # cancel fails, so the task would run on, uncounted. The restarted processor, which
+    # never loaded the job, cancels it until the vendor confirms.
+    fal = rig.fakes["fal"]
+    job, _ = await rig.ledger.open_job(
+        new_job_id(),
+        "acct",
+        "flux-schnell",
+        {"prompt": "late"},
+        3,
+        "t" * 32,
+        "fal",
+        time.time() + 1,
+    )
+    await rig.dispatch([job])
+    while (await rig.ledger.get_job(job.id)).status is not JobStatus.PROCESSING:
+        await asyncio.sleep(0.02)
+    await rig.processors["fal"].stop()  # the processor dies; it restarts below
+    rig.processors["fal"] = rig.make_processor("fal", seed=1)
+    v = rig.config.vendors["fal"]
+    clients = {"fal": make_client(v, *vendor_credentials(v))}
+    sweeper = Sweeper(rig.config, rig.ledger, rig, clients, rig.results, clock=time.time)
+    await asyncio.sleep(max(0.0, job.deadline - time.time()))
+    report = await sweeper.sweep_once()
+    assert report.expired == 1 and report.errors == []
+    await rig.processors["fal"].start()  # restarted: the job is failed, so not loaded
+    assert (await rig.ledger.get_job(job.id)).status is JobStatus.FAILED
+    assert fal.snapshot()["tasks"]["in_flight"] == 1  # the sweeper's cancel was refused
+    assert (await rig.processors["fal"].stats())["inflight"] == 1  # its slot is held
+    fal.update_profile({"cancel": {"server_error": 0.0}})
+    await _until(lambda: _true(fal.snapshot()["tasks"]["canceled"] == 1))
+    await _until(lambda: _no_slot_taken(rig))
+    await sweeper.stop()
