@@ -600,11 +600,12 @@ class VendorProcessor:
 
         The caller holds the task's slot meanwhile: a task whose cancel failed still runs
         at the vendor and counts against its limit (I4), so the slot is only given back
-        once the vendor said the task is canceled (or had ended), or once the vendor must
-        have ended it itself (``max_task_time``).
+        once the vendor said the task is canceled (or had ended), or at the job's
+        deadline, but not before the vendor must have ended it itself (``max_task_time``
+        from now: an expired job's deadline has passed already).
         """
         interval = self.vendor.poll_interval
-        give_up_at = self._clock() + self.vendor.task_lifetime
+        give_up_at = max(job.deadline, self._clock() + self.vendor.task_lifetime)
         while not await self._cancel_at_vendor(job, task_id):
             if self._clock() >= give_up_at:
                 log.error(

@@ -110,6 +110,7 @@ SSE_HEARTBEAT_INTERVAL = 15.0
 SSE_GRACE_AFTER_DEADLINE = 60.0  # a stream outlives its job's deadline by at most this
 KEY_CACHE_SIZE = 100_000
 UNMATCHED_ROUTE = "unmatched"  # the metrics label of requests no route matched
+MAX_REFERENCE_LENGTH = 128  # a job id in a webhook URL; longer is not one of ours
 
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _CURSOR = re.compile(CURSOR_PATTERN)
@@ -905,9 +906,6 @@ def _job_fields(job: Job) -> dict[str, Any]:
         "vendor": job.vendor,
         "account_id": job.account_id,
     }
-
-
-MAX_REFERENCE_LENGTH = 128  # a job id in a webhook URL; longer is not one of ours
 
 
 def _with_reference(event: WebhookEvent, query: Mapping[str, str]) -> WebhookEvent:
