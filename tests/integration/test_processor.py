@@ -4,9 +4,10 @@ the real vendor adapters and result store, no Ray, no gateway."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,9 +231,10 @@ async def test_a_queued_job_past_its_deadline_fails_and_refunds(rig: Rig) -> Non
     assert "deadline" in (done.error or "")
 
 
-async def _until(check: Any, timeout: float = 15.0) -> None:
+async def _until(check: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0) -> None:
+    """Until ``check()`` (a plain or an async predicate) holds."""
     deadline = time.monotonic() + timeout
-    while not await check():
+    while not await _value(check()):
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.05)
 
@@ -328,7 +330,7 @@ async def _lose_a_submit(rig: Rig, vendor: str, model: str) -> Job:
     await dying.start()
     await dying.dispatch([job])
     fake = rig.fakes[vendor]
-    await _until(lambda: _true(fake.snapshot()["tasks"]["created"] == 1))
+    await _until(lambda: fake.snapshot()["tasks"]["created"] == 1)
     await dying.stop()
     assert (await rig.ledger.get_job(job.id)).status is JobStatus.QUEUED
     fake.update_profile({"never_finish": 0.0})  # the retry finishes
@@ -337,8 +339,8 @@ async def _lose_a_submit(rig: Rig, vendor: str, model: str) -> Job:
     return job
 
 
-async def _true(value: bool) -> bool:
-    return value
+async def _value(result: bool | Awaitable[bool]) -> bool:
+    return await result if inspect.isawaitable(result) else result
 
 
 @pytest.mark.profile({"never_finish": 1.0})
@@ -391,7 +393,7 @@ async def test_an_attempt_that_cannot_record_its_task_cancels_it(rig: Rig) -> No
     rig.processors["fal"] = rig.make_processor("fal", ledger=_DiesBeforeMarking(rig.ledger, True))  # type: ignore[arg-type]
     await rig.processors["fal"].start()
     await rig.dispatch([job])
-    await _until(lambda: _true(fal.snapshot()["tasks"]["canceled"] == 1))
+    await _until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
     await _until(lambda: _no_slot_taken(rig))
     assert fal.snapshot()["tasks"]["in_flight"] == 0
 
@@ -430,6 +432,6 @@ async def test_an_expired_job_whose_cancel_failed_has_its_task_canceled_later(
     assert fal.snapshot()["tasks"]["in_flight"] == 1  # the sweeper's cancel was refused
     assert (await rig.processors["fal"].stats())["inflight"] == 1  # its slot is held
     fal.update_profile({"cancel": {"server_error": 0.0}})
-    await _until(lambda: _true(fal.snapshot()["tasks"]["canceled"] == 1))
+    await _until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
     await _until(lambda: _no_slot_taken(rig))
     await sweeper.stop()
