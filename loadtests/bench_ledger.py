@@ -8,7 +8,7 @@
     start_attempt, mark_processing, complete — four operations, each its own
     idempotent transaction as far as its caller can tell, committed with fsync).
 
-Both use a fresh temporary file with the ledger's pragmas (``runtime.ledger.connect``:
+Both use a fresh temporary file with the ledger's pragmas (``runtime.ledger_schema.connect``:
 WAL, synchronous=FULL, foreign keys on) and the same time-ordered job ids
 (``new_job_id``). Each is repeated and the median is reported.
 
@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.ledger import INSERT_JOB, Ledger, connect, migrate, new_job_id
+from runtime.ledger import INSERT_JOB, Ledger, new_job_id
+from runtime.ledger_schema import connect, migrate
 
 INPUT = {"prompt": "a lighthouse at dusk, oil on canvas", "width": 1024, "height": 1024}
 RAW_BATCH = 10_000

@@ -49,8 +49,8 @@ connection gives the same "one connection, one thread" model with public APIs on
 the writer thread owns the write connection, a reader thread owns a ``query_only``
 connection, and WAL lets reads run while a batch is being written.
 
-Schema versions live in ``PRAGMA user_version``; ``MIGRATIONS`` is applied in order at
-open, each step in its own transaction.
+The schema and its migrations are in ``runtime.ledger_schema``; the reads, plain
+functions run on the reader thread, in ``runtime.ledger_reads``.
 """
 
 from __future__ import annotations
@@ -61,12 +61,13 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runtime import ledger_reads as reads
 from runtime.errors import (
     AccountNotFound,
     DeadLetterNotFound,
@@ -77,6 +78,17 @@ from runtime.errors import (
     JobNotFound,
     LedgerUnavailable,
     TooManyJobsInFlight,
+)
+from runtime.ledger_schema import (
+    BUSY_TIMEOUT_S,
+    JOB_COLUMNS,
+    MUTABLE_COLUMNS,
+    SELECT_JOB,
+    STATUS_BY_VALUE,
+    connect,
+    job_from_row,
+    migrate,
+    sql_set,
 )
 from runtime.models import (
     Balance,
@@ -100,27 +112,10 @@ from runtime.models import (
     ScheduleRetry,
     StartAttempt,
 )
-from runtime.states import TERMINAL, TRANSITIONS, JobEvent, JobStatus, sources_of, transition
+from runtime.states import TRANSITIONS, JobEvent, JobStatus, sources_of, transition
 
 T = TypeVar("T")
-
-BUSY_TIMEOUT_S = 5.0
 MAX_BATCH = 2048  # operations per transaction; bounds one batch's latency
-# Checkpoint when the WAL reaches 64 MiB (SQLite's default is 4 MiB): index pages that
-# many batches touch are copied to the database once, not once per 4 MiB. (Measured: a
-# PASSIVE checkpoint on a thread of its own instead was slower, on this 2-core box.)
-WAL_AUTOCHECKPOINT_PAGES = 16_384
-
-
-def _sql_set(statuses: Iterable[JobStatus]) -> str:
-    """``('a', 'b')`` for an ``IN`` clause, from enum values (never from user input)."""
-    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses)) + ")"
-
-
-# The same text in the partial indexes and in the queries that should use them: SQLite
-# uses a partial index only when the query's WHERE contains its WHERE term verbatim.
-OPEN_SQL = f"status IN {_sql_set(set(JobStatus) - TERMINAL)}"
-TERMINAL_SQL = _sql_set(TERMINAL)
 
 
 def new_job_id() -> str:
@@ -138,232 +133,10 @@ def new_job_id() -> str:
     return str(uuid.UUID(int=value))
 
 
-# --- schema ---------------------------------------------------------------------------
-
-MIGRATIONS: list[list[str]] = [
-    # 1: accounts, jobs, credit entries, idempotency keys.
-    [
-        """CREATE TABLE accounts (
-            id TEXT PRIMARY KEY,
-            name TEXT NOT NULL DEFAULT '',
-            api_key_hash TEXT NOT NULL UNIQUE,
-            created_at REAL NOT NULL,
-            balance INTEGER NOT NULL DEFAULT 0,  -- cached: grants - captures
-            held INTEGER NOT NULL DEFAULT 0,     -- cached: open holds
-            CHECK (held >= 0 AND balance >= held)
-        ) WITHOUT ROWID""",
-        """CREATE TABLE jobs (
-            seq INTEGER PRIMARY KEY,  -- insertion order: stable keyset pagination
-            id TEXT NOT NULL UNIQUE,
-            account_id TEXT NOT NULL REFERENCES accounts(id),
-            model TEXT NOT NULL,
-            input TEXT NOT NULL,  -- JSON
-            status TEXT NOT NULL
-                CHECK (status IN ('queued', 'processing', 'completed', 'failed', 'canceled')),
-            cost INTEGER NOT NULL CHECK (cost > 0),
-            trace_id TEXT NOT NULL,
-            route_position INTEGER NOT NULL,
-            vendor TEXT NOT NULL,
-            vendor_task_id TEXT,
-            attempts INTEGER NOT NULL,
-            vendor_attempts INTEGER NOT NULL,
-            not_before REAL NOT NULL,
-            deadline REAL NOT NULL,
-            result_key TEXT,
-            error TEXT,
-            idempotency_key TEXT,
-            redriven_from TEXT REFERENCES jobs(id),
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        )""",
-        "CREATE INDEX jobs_account ON jobs(account_id)",  # (account_id, seq): pages
-        # Only the open jobs (in flight: few, next to the terminal ones) are indexed by
-        # status; the sweeper's and processors' queries read this small index. Every
-        # status change rewrites an index entry, so there is exactly one such index.
-        f"""CREATE INDEX jobs_open ON jobs(account_id, status, vendor, deadline)
-            WHERE {OPEN_SQL}""",
-        """CREATE TABLE credit_entries (
-            id INTEGER PRIMARY KEY,
-            account_id TEXT NOT NULL REFERENCES accounts(id),
-            kind TEXT NOT NULL CHECK (kind IN ('grant', 'hold', 'capture', 'release')),
-            amount INTEGER NOT NULL CHECK (amount > 0),
-            job_id TEXT REFERENCES jobs(id),
-            ref TEXT,
-            created_at REAL NOT NULL,
-            CHECK ((kind = 'grant') = (job_id IS NULL))
-        )""",
-        "CREATE INDEX credit_entries_account ON credit_entries(account_id)",
-        # (job_id, is-hold) unique: one hold per job, and ONE settlement (a capture or a
-        # release, never both, never two) — stronger than unique (job_id, kind).
-        """CREATE UNIQUE INDEX credit_entries_job
-            ON credit_entries(job_id, kind = 'hold') WHERE job_id IS NOT NULL""",
-        "CREATE UNIQUE INDEX credit_entries_ref ON credit_entries(ref) WHERE ref IS NOT NULL",
-        """CREATE TABLE idempotency_keys (
-            account_id TEXT NOT NULL REFERENCES accounts(id),
-            key TEXT NOT NULL,
-            job_id TEXT NOT NULL UNIQUE REFERENCES jobs(id),
-            request_hash TEXT,
-            created_at REAL NOT NULL,
-            PRIMARY KEY (account_id, key)
-        ) WITHOUT ROWID""",
-    ],
-    # 2: webhook receipts, dead letters, job history (backfilled from the jobs).
-    [
-        """CREATE TABLE webhook_receipts (
-            vendor TEXT NOT NULL,
-            webhook_id TEXT NOT NULL,
-            received_at REAL NOT NULL,
-            PRIMARY KEY (vendor, webhook_id)
-        ) WITHOUT ROWID""",
-        """CREATE TABLE dead_letters (
-            job_id TEXT PRIMARY KEY REFERENCES jobs(id),
-            account_id TEXT NOT NULL,
-            model TEXT NOT NULL,
-            vendor TEXT NOT NULL,
-            error TEXT NOT NULL,
-            attempts INTEGER NOT NULL,
-            trace_id TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            redriven_to TEXT REFERENCES jobs(id)
-        ) WITHOUT ROWID""",
-        "CREATE INDEX dead_letters_created ON dead_letters(created_at)",
-        """CREATE TABLE job_history (
-            seq INTEGER PRIMARY KEY,  -- global order; an SSE stream resumes after a seq
-            job_id TEXT NOT NULL REFERENCES jobs(id),
-            status TEXT NOT NULL,
-            at REAL NOT NULL,
-            detail TEXT
-        )""",
-        "CREATE INDEX job_history_job ON job_history(job_id)",
-        """INSERT INTO job_history (job_id, status, at, detail)
-            SELECT id, status, updated_at, 'backfilled by schema migration 2'
-            FROM jobs ORDER BY seq""",
-    ],
-    # 3: the cached in-flight count (the per-account cap reads it), and guards in SQL:
-    # entries and history are append-only, a terminal job never changes.
-    [
-        "ALTER TABLE accounts ADD COLUMN in_flight INTEGER NOT NULL DEFAULT 0",
-        f"""UPDATE accounts SET in_flight =
-            (SELECT count(*) FROM jobs WHERE jobs.account_id = accounts.id AND {OPEN_SQL})""",
-        """CREATE TRIGGER credit_entries_no_update BEFORE UPDATE ON credit_entries
-            BEGIN SELECT RAISE(ABORT, 'credit_entries is append-only'); END""",
-        """CREATE TRIGGER credit_entries_no_delete BEFORE DELETE ON credit_entries
-            BEGIN SELECT RAISE(ABORT, 'credit_entries is append-only'); END""",
-        """CREATE TRIGGER job_history_no_update BEFORE UPDATE ON job_history
-            BEGIN SELECT RAISE(ABORT, 'job_history is append-only'); END""",
-        """CREATE TRIGGER job_history_no_delete BEFORE DELETE ON job_history
-            BEGIN SELECT RAISE(ABORT, 'job_history is append-only'); END""",
-        f"""CREATE TRIGGER jobs_terminal_absorbs BEFORE UPDATE ON jobs
-            WHEN OLD.status IN {TERMINAL_SQL}
-            BEGIN SELECT RAISE(ABORT, 'a terminal job never changes'); END""",
-    ],
-    # 4: a submit in doubt. StartAttempt sets it, MarkProcessing and ScheduleRetry clear
-    # it: while set, a vendor task may run whose id jobline never recorded (the
-    # processor stopped between submit and MarkProcessing). A restarted processor holds
-    # a slot for each (``Ledger.submits_in_doubt``). Terminal jobs keep the flag (a
-    # terminal row never changes), so the partial index holds those few rows as well.
-    [
-        "ALTER TABLE jobs ADD COLUMN submit_in_doubt INTEGER NOT NULL DEFAULT 0",
-        "CREATE INDEX jobs_in_doubt ON jobs(vendor) WHERE submit_in_doubt = 1",
-    ],
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def connect(path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
-    """A connection with the ledger's pragmas; autocommit mode (transactions are explicit).
-
-    Also used by the benchmark, so that raw SQLite is measured with the same settings.
-    """
-    conn = sqlite3.connect(
-        str(path), isolation_level=None, timeout=busy_timeout_s, cached_statements=256
-    )
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
-    return conn
-
-
-def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
-    """Apply the missing migration steps up to ``target``; returns the version reached.
-
-    Each step runs in its own ``BEGIN IMMEDIATE`` transaction and re-reads the version
-    under the write lock, so two processes opening one old database migrate it once.
-    """
-    version = _user_version(conn)
-    if version > SCHEMA_VERSION:
-        raise LedgerUnavailable(
-            f"database schema version {version} is newer than this jobline ({SCHEMA_VERSION})"
-        )
-    while version < target:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = _user_version(conn)
-            if version < target:
-                for statement in MIGRATIONS[version]:
-                    conn.execute(statement)
-                version += 1
-                conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    return version
-
-
-def _user_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-# --- rows -> values -------------------------------------------------------------------
-
-JOB_COLUMNS = (
-    "id, account_id, model, input, status, cost, trace_id, route_position, vendor, "
-    "vendor_task_id, attempts, vendor_attempts, not_before, deadline, result_key, error, "
-    "idempotency_key, redriven_from, created_at, updated_at"
-)
-MUTABLE_COLUMNS = (
-    "status, route_position, vendor, vendor_task_id, attempts, vendor_attempts, not_before, "
-    "result_key, error, updated_at"
-)
-_STATUS = {s.value: s for s in JobStatus}
 _to_json = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds one per call
 # For parameters SQLite reads back out of JSON: UTF-8 as is (a lone surrogate fails to
 # bind, as it does as a plain parameter, instead of being decoded into invalid UTF-8).
 _params_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_KIND = {k.value: k for k in EntryKind}
-
-
-def _job(row: Any) -> Job:
-    """A Job from a row selected as ``JOB_COLUMNS`` (the dataclass's field order)."""
-    return Job(
-        row[0],
-        row[1],
-        row[2],
-        json.loads(row[3]),
-        _STATUS[row[4]],
-        row[5],
-        row[6],
-        row[7],
-        row[8],
-        row[9],
-        row[10],
-        row[11],
-        row[12],
-        row[13],
-        row[14],
-        row[15],
-        row[16],
-        row[17],
-        row[18],
-        row[19],
-    )
-
-
-def _entry(row: Any) -> CreditEntry:
-    return CreditEntry(row[0], row[1], _KIND[row[2]], row[3], row[4], row[5], row[6])
 
 
 def _unavailable(exc: BaseException) -> LedgerUnavailable:
@@ -418,7 +191,7 @@ def _settle(event: JobEvent, sets: str, params: tuple[str, ...]) -> _Update:
     owner = " AND account_id = {account_id}" if "account_id" in params else ""
     return _Update(
         f"UPDATE jobs SET status = '{_target(event).value}', {sets}, updated_at = {{now}}"
-        f"\n    WHERE id = {{job_id}} AND status IN {_sql_set(sources_of(event))}{owner}",
+        f"\n    WHERE id = {{job_id}} AND status IN {sql_set(sources_of(event))}{owner}",
         params,
     )
 
@@ -426,7 +199,6 @@ def _settle(event: JobEvent, sets: str, params: tuple[str, ...]) -> _Update:
 INSERT_JOB = f"""INSERT INTO jobs ({JOB_COLUMNS})
     VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, NULL, 0, 0, ?, ?, NULL, NULL, ?, ?, ?, ?)"""
 INSERT_JOB_UNLESS_EXISTS = INSERT_JOB + " ON CONFLICT (id) DO NOTHING"
-SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
 START_PARAMS = ("vendor", "route_position", "now", "job_id", "attempt")
 # The usual attempt stays on the job's vendor: no vendor/position in the SET list, so
 # SQLite leaves the jobs_open index alone.
@@ -450,7 +222,7 @@ START_ATTEMPT = _Update(
 MARK_PROCESSING = _Update(
     f"""UPDATE jobs SET status = '{_target(JobEvent.SUBMITTED).value}',
         vendor_task_id = {{vendor_task_id}}, submit_in_doubt = 0, updated_at = {{now}}
-    WHERE id = {{job_id}} AND status IN {_sql_set(sources_of(JobEvent.SUBMITTED))}
+    WHERE id = {{job_id}} AND status IN {sql_set(sources_of(JobEvent.SUBMITTED))}
         AND attempts = {{attempt}}""",
     ("vendor_task_id", "now", "job_id", "attempt"),
 )
@@ -461,7 +233,7 @@ SCHEDULE_RETRY = _Update(
                           THEN vendor_attempts ELSE 0 END,
         route_position = {{route_position}}, vendor = {{vendor}}, not_before = {{not_before}},
         error = {{error}}, vendor_task_id = NULL, submit_in_doubt = 0, updated_at = {{now}}
-    WHERE id = {{job_id}} AND status IN {_sql_set(sources_of(JobEvent.RETRY))}
+    WHERE id = {{job_id}} AND status IN {sql_set(sources_of(JobEvent.RETRY))}
         AND attempts = {{attempt}}
         AND NOT (status = 'queued' AND route_position = {{route_position}}
                  AND vendor = {{vendor}} AND not_before = {{not_before}}
@@ -516,7 +288,7 @@ def _job_from(job_id: str, f: tuple[Any, ...], m: Any) -> Job:
         f[0],
         f[1],
         f[2],
-        _STATUS[m[0]],
+        STATUS_BY_VALUE[m[0]],
         f[3],
         f[4],
         m[1],
@@ -660,7 +432,7 @@ class _Batch:
 
     def maybe_job(self, job_id: str) -> Job | None:
         row = self.conn.execute(SELECT_JOB, (job_id,)).fetchone()
-        return None if row is None else _job(row)
+        return None if row is None else job_from_row(row)
 
     def update(self, job_id: str, update: _Update, params: tuple[Any, ...]) -> Job | None:
         """Run a guarded UPDATE; the job after it, or None when the guard matched nothing."""
@@ -671,7 +443,7 @@ class _Batch:
         row = self.conn.execute(update.full, params).fetchone()
         if row is None:
             return None
-        job = _job(row)
+        job = job_from_row(row)
         if not job.terminal:
             self.fixed.remember(job)
         return job
@@ -1324,14 +1096,14 @@ class Ledger:
 
     async def get_job(self, job_id: str, account_id: str | None = None) -> Job:
         """The job; ``JobNotFound`` also when it belongs to another account."""
-        job = await self._reader.call(_read_job, job_id)
+        job = await self._reader.call(reads.job, job_id)
         if job is None or (account_id is not None and job.account_id != account_id):
             raise JobNotFound(job_id)
         return job
 
     async def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]:
         """Many jobs in one query, in the order asked (None for an unknown id)."""
-        return await self._reader.call(_read_jobs, list(job_ids))
+        return await self._reader.call(reads.jobs, list(job_ids))
 
     async def list_jobs(
         self,
@@ -1349,191 +1121,52 @@ class Ledger:
                 before = int(cursor)
             except ValueError:
                 raise InputInvalid(f"invalid cursor {cursor!r}") from None
-        return await self._reader.call(_read_page, account_id, status, limit, before)
+        return await self._reader.call(reads.page, account_id, status, limit, before)
 
     async def jobs_for_vendor(
         self,
         vendor: str,
         statuses: Sequence[JobStatus] = (JobStatus.QUEUED, JobStatus.PROCESSING),
     ) -> list[Job]:
-        return await self._reader.call(_read_jobs_for_vendor, vendor, list(statuses))
+        return await self._reader.call(reads.jobs_for_vendor, vendor, list(statuses))
 
     async def submits_in_doubt(self, vendor: str, updated_after: float) -> list[Job]:
         """Jobs of ``vendor`` (any status) whose last submit may have created a vendor task
         jobline never recorded, last updated after ``updated_after``."""
-        return await self._reader.call(_read_in_doubt, vendor, updated_after)
+        return await self._reader.call(reads.in_doubt, vendor, updated_after)
 
     async def jobs_by_status(
         self, status: JobStatus, updated_before: float | None = None, limit: int = 1000
     ) -> list[Job]:
         """Jobs in ``status``, least recently updated first."""
-        return await self._reader.call(_read_jobs_by_status, status, updated_before, limit)
+        return await self._reader.call(reads.jobs_by_status, status, updated_before, limit)
 
     async def expired_jobs(self, now: float, limit: int = 1000) -> list[Job]:
         """Non-terminal jobs whose deadline has passed, earliest deadline first."""
-        return await self._reader.call(_read_expired, now, limit)
+        return await self._reader.call(reads.expired, now, limit)
 
     async def history(self, job_id: str, after_seq: int = 0) -> list[JobHistoryEntry]:
         """The job's status changes in order (those after ``after_seq``, to resume)."""
-        return await self._reader.call(_read_history, job_id, after_seq)
+        return await self._reader.call(reads.history, job_id, after_seq)
 
     async def statement(self, account_id: str) -> list[CreditEntry]:
-        return await self._reader.call(_read_statement, account_id)
+        return await self._reader.call(reads.statement, account_id)
 
     async def balance(self, account_id: str) -> Balance:
-        balance = await self._reader.call(_read_balance, account_id)
+        balance = await self._reader.call(reads.balance, account_id)
         if balance is None:
             raise AccountNotFound(account_id)
         return balance
 
     async def account_for_key(self, api_key_hash: str) -> str | None:
-        return await self._reader.call(_read_account_for_key, api_key_hash)
+        return await self._reader.call(reads.account_for_key, api_key_hash)
 
     async def dead_letters(
         self, limit: int = 100, include_redriven: bool = False
     ) -> list[DeadLetter]:
         """Dead letters, newest first."""
-        return await self._reader.call(_read_dead_letters, limit, include_redriven)
+        return await self._reader.call(reads.dead_letters, limit, include_redriven)
 
     async def counts(self) -> dict[str, int]:
         """Jobs by status (every status present), for metrics."""
-        return await self._reader.call(_read_counts)
-
-
-# --- the read side (run on the reader thread) ------------------------------------------
-
-
-def _read_job(conn: sqlite3.Connection, job_id: str) -> Job | None:
-    row = conn.execute(SELECT_JOB, (job_id,)).fetchone()
-    return None if row is None else _job(row)
-
-
-def _read_jobs(conn: sqlite3.Connection, job_ids: list[str]) -> list[Job | None]:
-    rows = conn.execute(
-        f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
-        (json.dumps(job_ids),),
-    ).fetchall()
-    found = {row[0]: _job(row) for row in rows}
-    return [found.get(job_id) for job_id in job_ids]
-
-
-def _read_page(
-    conn: sqlite3.Connection,
-    account_id: str,
-    status: JobStatus | None,
-    limit: int,
-    before: int | None,
-) -> Page:
-    where = ["account_id = ?"]
-    params: list[Any] = [account_id]
-    if status is not None:
-        where.append("status = ?" if status.terminal else f"status = ? AND {OPEN_SQL}")
-        params.append(status.value)
-    if before is not None:
-        where.append("seq < ?")
-        params.append(before)
-    rows = conn.execute(
-        f"SELECT seq, {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
-        "ORDER BY seq DESC LIMIT ?",
-        (*params, limit + 1),
-    ).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page([_job(row[1:]) for row in rows], str(rows[-1][0]) if more and rows else None)
-
-
-def _read_jobs_for_vendor(
-    conn: sqlite3.Connection, vendor: str, statuses: list[JobStatus]
-) -> list[Job]:
-    if not statuses:
-        return []
-    marks = ", ".join("?" for _ in statuses)
-    # When every status asked for is open, the partial index holds all the candidates.
-    open_only = f" AND {OPEN_SQL}" if not TERMINAL.intersection(statuses) else ""
-    rows = conn.execute(
-        f"SELECT {JOB_COLUMNS} FROM jobs WHERE vendor = ? AND status IN ({marks}){open_only} "
-        "ORDER BY seq",
-        (vendor, *[s.value for s in statuses]),
-    ).fetchall()
-    return [_job(row) for row in rows]
-
-
-def _read_in_doubt(conn: sqlite3.Connection, vendor: str, updated_after: float) -> list[Job]:
-    rows = conn.execute(
-        f"SELECT {JOB_COLUMNS} FROM jobs INDEXED BY jobs_in_doubt "
-        "WHERE vendor = ? AND submit_in_doubt = 1 AND updated_at > ? ORDER BY seq",
-        (vendor, updated_after),
-    ).fetchall()
-    return [_job(row) for row in rows]
-
-
-def _read_jobs_by_status(
-    conn: sqlite3.Connection, status: JobStatus, updated_before: float | None, limit: int
-) -> list[Job]:
-    open_only = "" if status.terminal else f" AND {OPEN_SQL}"
-    before = "" if updated_before is None else " AND updated_at < ?"
-    params: list[Any] = [status.value]
-    if updated_before is not None:
-        params.append(updated_before)
-    rows = conn.execute(
-        f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ?{open_only}{before} "
-        "ORDER BY updated_at LIMIT ?",
-        (*params, limit),
-    ).fetchall()
-    return [_job(row) for row in rows]
-
-
-def _read_expired(conn: sqlite3.Connection, now: float, limit: int) -> list[Job]:
-    rows = conn.execute(
-        f"SELECT {JOB_COLUMNS} FROM jobs WHERE {OPEN_SQL} AND deadline < ? "
-        "ORDER BY deadline LIMIT ?",
-        (now, limit),
-    ).fetchall()
-    return [_job(row) for row in rows]
-
-
-def _read_history(conn: sqlite3.Connection, job_id: str, after_seq: int) -> list[JobHistoryEntry]:
-    rows = conn.execute(
-        "SELECT job_id, seq, status, at, detail FROM job_history "
-        "WHERE job_id = ? AND seq > ? ORDER BY seq",
-        (job_id, after_seq),
-    ).fetchall()
-    return [JobHistoryEntry(r[0], r[1], _STATUS[r[2]], r[3], r[4]) for r in rows]
-
-
-def _read_statement(conn: sqlite3.Connection, account_id: str) -> list[CreditEntry]:
-    rows = conn.execute(
-        "SELECT id, account_id, kind, amount, job_id, created_at, ref FROM credit_entries "
-        "WHERE account_id = ? ORDER BY id",
-        (account_id,),
-    ).fetchall()
-    return [_entry(row) for row in rows]
-
-
-def _read_balance(conn: sqlite3.Connection, account_id: str) -> Balance | None:
-    row = conn.execute("SELECT balance, held FROM accounts WHERE id = ?", (account_id,)).fetchone()
-    return None if row is None else Balance(account_id, row[0], row[1], row[0] - row[1])
-
-
-def _read_account_for_key(conn: sqlite3.Connection, api_key_hash: str) -> str | None:
-    row = conn.execute("SELECT id FROM accounts WHERE api_key_hash = ?", (api_key_hash,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _read_dead_letters(
-    conn: sqlite3.Connection, limit: int, include_redriven: bool
-) -> list[DeadLetter]:
-    where = "" if include_redriven else "WHERE redriven_to IS NULL "
-    rows = conn.execute(
-        "SELECT job_id, account_id, model, vendor, error, attempts, trace_id, created_at, "
-        f"redriven_to FROM dead_letters {where}ORDER BY created_at DESC, job_id LIMIT ?",
-        (limit,),
-    ).fetchall()
-    return [DeadLetter(*row) for row in rows]
-
-
-def _read_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    counts = {s.value: 0 for s in JobStatus}
-    for status, n in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
-        counts[status] = n
-    return counts
+        return await self._reader.call(reads.counts)

@@ -25,7 +25,8 @@ from runtime.errors import (
     TooManyJobsInFlight,
 )
 from runtime.invariants import check_invariants
-from runtime.ledger import SCHEMA_VERSION, Ledger, migrate, new_job_id
+from runtime.ledger import Ledger, new_job_id
+from runtime.ledger_schema import SCHEMA_VERSION, migrate
 from runtime.models import (
     Cancel,
     Complete,
