@@ -102,6 +102,7 @@ log = get_logger("gateway")
 
 LEDGER_TIMEOUT = 30.0  # a ledger call slower than this answers 503 (retry with the same key)
 PROCESSOR_TIMEOUT = 30.0  # background calls to processors give up after this
+WEBHOOK_ANSWER_WITHIN = 2.0  # a vendor's webhook is answered by then, forwarded or not
 READY_TIMEOUT = 2.0
 RETRY_AFTER_IN_FLIGHT = 5  # seconds, for 429 TooManyJobsInFlight
 RETRY_AFTER_UNAVAILABLE = 1  # seconds, for 503
@@ -786,6 +787,17 @@ class Api:
             metrics.webhooks.labels(vendor, "duplicate").inc()
             return web.json_response({"status": "duplicate"})
         metrics.webhooks.labels(vendor, "accepted").inc()
+        # Vendors give a webhook a few seconds (then count it failed, and may retry: a
+        # duplicate now); a processor that is restarting can take longer. So the answer
+        # waits for the forward only that long, and the forward goes on without it.
+        forward = asyncio.get_running_loop().create_task(self._forward_webhook(vendor, event))
+        self._background.add(forward)
+        forward.add_done_callback(self._background.discard)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(forward), WEBHOOK_ANSWER_WITHIN)
+        return web.json_response({"status": "accepted"})
+
+    async def _forward_webhook(self, vendor: str, event: WebhookEvent) -> None:
         try:
             await asyncio.wait_for(self._processor(vendor).webhooks.call(event), PROCESSOR_TIMEOUT)
         except Exception as exc:  # recorded already: polling finds the task's end instead
@@ -793,7 +805,6 @@ class Api:
                 "webhook not forwarded; polling will catch up",
                 extra={"vendor": vendor, "task_id": event.task_id, "error": repr(exc)},
             )
-        return web.json_response({"status": "accepted"})
 
     # --- admin: dead letters --------------------------------------------------------------
 

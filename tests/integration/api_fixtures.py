@@ -44,6 +44,7 @@ class FakeProcessor:
     canceled: list[str] = field(default_factory=list)
     dispatch_calls: int = 0
     broken: bool = False
+    webhooks_gate: asyncio.Event | None = None  # set: on_webhooks waits until it is set
 
     async def dispatch(self, jobs: Sequence[Job]) -> None:
         self.dispatch_calls += 1
@@ -52,6 +53,8 @@ class FakeProcessor:
         self.dispatched.extend(jobs)
 
     async def on_webhooks(self, events: Sequence[WebhookEvent]) -> None:
+        if self.webhooks_gate is not None:
+            await self.webhooks_gate.wait()
         self.webhooks.extend(events)
 
     async def cancel_tasks(self, job_ids: Sequence[str]) -> None:

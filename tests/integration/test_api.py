@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from actors.gateway import Gateway
-from runtime.api import GATEWAY_API
+from runtime.api import GATEWAY_API, WEBHOOK_ANSWER_WITHIN
 from runtime.models import Fail, ScheduleRetry
 from runtime.states import JobStatus
 from runtime.webhooks import signed_headers
@@ -457,6 +457,26 @@ async def test_a_webhook_carries_the_job_and_attempt_its_url_names(api: ApiHarne
         assert response.status == 200, await response.text()
     received = api.router.processors["replicate"].webhooks
     assert [(e.job_id, e.attempt) for e in received] == [hint for _, hint in sent]
+
+
+async def test_a_webhook_is_answered_while_a_slow_processor_still_takes_it(
+    api: ApiHarness,
+) -> None:
+    processor = api.router.processors["replicate"]
+    processor.webhooks_gate = asyncio.Event()  # the processor is restarting, say
+    body = _prediction("task-slow")
+    headers = signed_headers(WEBHOOK_SECRET, "msg_slow", int(time.time()), body)
+    started = time.monotonic()
+    response = await api.client.post("/v1/webhooks/replicate", data=body, headers=headers)
+    assert (response.status, await response.json()) == (200, {"status": "accepted"})
+    assert time.monotonic() - started < WEBHOOK_ANSWER_WITHIN + 1.0
+    assert processor.webhooks == []
+    processor.webhooks_gate.set()
+    for _ in range(100):
+        if processor.webhooks:
+            break
+        await asyncio.sleep(0.01)
+    assert [e.task_id for e in processor.webhooks] == ["task-slow"]
 
 
 async def test_forged_stale_and_malformed_webhooks_change_nothing(api: ApiHarness) -> None:
