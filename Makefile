@@ -23,7 +23,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check runtime actors vendors_fake tests loadtests
 	$(BIN)/ruff format --check runtime actors vendors_fake tests loadtests
-	$(BIN)/mypy --strict runtime actors vendors_fake
+	$(BIN)/mypy --strict runtime actors vendors_fake loadtests
 
 # The real Prometheus (and promtool) for tests/integration/test_prometheus.py: Debian's package.
 prometheus:

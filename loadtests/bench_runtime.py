@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import sqlite3
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.bench_fake import get_requests, run_requests
-from runtime.testbed import TERMINAL, Testbed
+from loadtests.testbed import TERMINAL, Testbed
 from runtime.vendors import make_client
 from vendors_fake.profile import FaultProfile, merge_profile, preset
 
@@ -105,7 +106,7 @@ async def utilization(tb: Testbed, latency: float, warm: float, window: float) -
     calls: list[Callable[[], Awaitable[str]]] = []
     for vendor, model in FIRST_MODEL.items():
         n = math.ceil(tb.config.vendors[vendor].concurrency * span / latency)
-        calls += [lambda m=model, v=vendor, i=i: _submit(tb, m, f"{v}{i}") for i in range(n)]
+        calls += [functools.partial(_submit, tb, model, f"{vendor}{i}") for i in range(n)]
     started = time.time()
     ids = await _gather_limited(calls, 32)
     submitted_in = time.time() - started

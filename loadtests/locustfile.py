@@ -85,7 +85,7 @@ def target() -> Target:
     return _target
 
 
-@events.init_command_line_parser.add_listener
+@events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]
 def _add_options(parser: Any) -> None:
     parser.add_argument(
         "--load-shape",
@@ -122,8 +122,9 @@ class JoblineShape(LoadTestShape):
     def tick(self) -> tuple[int, float] | None:
         assert self.runner is not None
         options = self.runner.environment.parsed_options
+        assert options is not None
         duration = float(options.run_time or 60)
-        elapsed = self.get_run_time()
+        elapsed: float = self.get_run_time()  # type: ignore[no-untyped-call]
         if elapsed >= duration:
             return None
         peak = int(options.num_users or 10)
@@ -383,7 +384,7 @@ class WebhookForger(FastHttpUser):
         """POST a webhook; a failure unless the answer is ``status -> error code`` of expect."""
         with self.client.post(
             f"/v1/webhooks/{vendor}",
-            data=body,
+            data=body,  # type: ignore[arg-type]  # bytes go out as they are
             headers={"Content-Type": "application/json", **headers},
             name=f"webhooks: {what}",
             catch_response=True,

@@ -1,7 +1,7 @@
 """``make loadtest``: jobline under Locust, then the invariants.
 
 Starts fake vendors (enforcing each vendor's concurrency limit) and the runtime on a
-local Ray with a funded account (``runtime.testbed.Testbed``), runs the scenarios of
+local Ray with a funded account (``loadtests.testbed.Testbed``), runs the scenarios of
 ``loadtests/locustfile.py`` headless in a subprocess (Locust patches the process with
 gevent) for the given time and load shape, waits until everything is quiet (no job
 queued or processing, no webhook in the air), checks the ledger's invariants, and
@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from loadtests.testbed import TERMINAL, Testbed
 from runtime.invariants import check_invariants
-from runtime.testbed import TERMINAL, Testbed
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -256,7 +256,7 @@ def read_stats(out: Path) -> tuple[list[LocustRow], list[dict[str, Any]]]:
                         "occurrences": int(record["Occurrences"]),
                     }
                 )
-    failures.sort(key=lambda f: -f["occurrences"])
+    failures.sort(key=lambda f: -int(f["occurrences"]))
     return rows, failures
 
 

@@ -1,4 +1,9 @@
-"""Session-wide fixtures: one local Ray for the whole test session (it takes ~5 s to start)."""
+"""Session-wide set-up: the development secrets, and one local Ray for the whole session.
+
+Nothing runs at import: the secrets go into the environment in ``pytest_configure``
+(before any test, and before Ray starts its workers, which copy the environment), and
+Ray starts on the first test that asks for ``ray_session`` (it takes ~5 s).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from runtime.config import load_config
-from runtime.testbed import ROOT_CONFIG, ensure_dev_secrets
 
-# Secrets must be in the environment before Ray starts its workers.
-ensure_dev_secrets(load_config(ROOT_CONFIG))
+def pytest_configure(config: pytest.Config) -> None:
+    from loadtests.testbed import ROOT_CONFIG, ensure_dev_secrets
+    from runtime.config import load_config
+
+    ensure_dev_secrets(load_config(ROOT_CONFIG))
 
 
 @pytest.fixture(scope="session")

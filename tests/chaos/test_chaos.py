@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from runtime.chaos.checks import LedgerJob, backoff_honoured, clients_against_ledger
-from runtime.chaos.harness import run_scenario
-from runtime.chaos.load import ClientJob, Load, LoadSpec
-from runtime.chaos.scenarios import QUICK
+from loadtests.chaos.checks import LedgerJob, backoff_honoured, clients_against_ledger
+from loadtests.chaos.harness import run_scenario
+from loadtests.chaos.load import ClientJob, Load, LoadSpec
+from loadtests.chaos.scenarios import QUICK
 
 pytestmark = pytest.mark.ray
 

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from runtime.chaos.fuzz import CATEGORIES, Known, all_requests, fuzz_api, plan_requests
+from loadtests.chaos.fuzz import CATEGORIES, Known, all_requests, fuzz_api, plan_requests
+from loadtests.testbed import ROOT_CONFIG, TERMINAL, Testbed
 from runtime.config import load_config
 from runtime.invariants import check_invariants
 from runtime.openapi import openapi_document
-from runtime.testbed import ROOT_CONFIG, TERMINAL, Testbed
 
 SEED = 5
 EXAMPLES = 25
@@ -106,7 +106,8 @@ async def test_the_gateway_survives_hostile_input_with_its_money_intact(tmp_path
 def test_the_fuzzer_does_not_import_ray() -> None:
     # A fresh interpreter: this one has Ray loaded already (the testbed's hosting does).
     code = (
-        "import sys, runtime.chaos.fuzz, runtime.chaos.fuzz_schema; sys.exit('ray' in sys.modules)"
+        "import sys, loadtests.chaos.fuzz, loadtests.chaos.fuzz_schema; "
+        "sys.exit('ray' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 

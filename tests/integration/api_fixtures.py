@@ -20,13 +20,13 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
+from loadtests.testbed import ROOT_CONFIG
 from runtime.api import GatewayContext, build_app
 from runtime.config import JoblineConfig, load_config
 from runtime.ledger import Ledger
 from runtime.models import Complete, Job, MarkProcessing, StartAttempt
 from runtime.results import LocalResultStore, result_key_for
 from runtime.telemetry import Family, Metrics
-from runtime.testbed import ROOT_CONFIG
 from runtime.vendors import VendorClient, WebhookEvent, make_client
 
 ADMIN_TOKEN = "test-admin-token"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from loadtests.run import loadtest
-from runtime.testbed import Testbed
+from loadtests.testbed import Testbed
 
 pytestmark = pytest.mark.ray
 

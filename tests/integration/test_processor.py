@@ -16,6 +16,7 @@ import pytest
 
 from actors.processor import VendorProcessor
 from actors.sweeper import Sweeper
+from loadtests.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
 from runtime.config import JoblineConfig, load_config
 from runtime.errors import LedgerUnavailable
 from runtime.invariants import check_invariants
@@ -24,7 +25,6 @@ from runtime.models import Job, LedgerOp, MarkProcessing, Outcome
 from runtime.ports import LedgerPort, ProcessorPort
 from runtime.results import LocalResultStore, result_key_for
 from runtime.states import JobStatus
-from runtime.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
 from runtime.vendors import TaskState, TaskStatus, WebhookEvent, make_client
 from vendors_fake.png import expected_png
 from vendors_fake.profile import merge_profile, preset

@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 import yaml
 
-from runtime.testbed import Testbed, free_port
+from loadtests.testbed import Testbed, free_port
 from runtime.webhooks import signed_headers
 from tests.unit.test_dashboards import (
     BOARDS,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from loadtests.testbed import Testbed
 from runtime.invariants import check_invariants
-from runtime.testbed import Testbed
 from runtime.webhooks import signed_headers
 from vendors_fake.png import expected_png
 from vendors_fake.profile import merge_profile, preset

@@ -14,9 +14,9 @@ from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from loadtests.testbed import ROOT_CONFIG, Testbed
 from runtime.config import load_config
 from runtime.telemetry import new_trace_id
-from runtime.testbed import ROOT_CONFIG, Testbed
 from runtime.tracing import (
     JobTracer,
     JsonLinesExporter,

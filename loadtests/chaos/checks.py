@@ -2,7 +2,7 @@
 
 - the ledger database (``runtime.invariants.check_invariants``: I1 conservation, I2
   exactly-once settlement, I5 idempotency keys, webhook receipts, terminal history);
-- what the clients saw (``runtime.chaos.load``): every ``202`` job is in the ledger and
+- what the clients saw (``loadtests.chaos.load``): every ``202`` job is in the ledger and
   terminal (I3), a key never named two jobs (I5), no status a client saw after a
   terminal one differs from it, and the terminal status of the event stream is the
   ledger's (I5: terminal states absorb);
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from runtime.chaos.load import TERMINAL, Load
+from loadtests.chaos.load import TERMINAL, Load
 from runtime.config import JoblineConfig
 from runtime.invariants import check_invariants
 from runtime.models import Violation

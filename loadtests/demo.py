@@ -22,9 +22,9 @@ from typing import Any
 
 import aiohttp
 
+from loadtests.testbed import ensure_dev_secrets, local_config
 from runtime.config import JoblineConfig, load_config
 from runtime.invariants import check_invariants
-from runtime.testbed import ensure_dev_secrets, local_config
 
 TERMINAL = {"completed", "failed", "canceled"}
 PROMPTS = ["a red fox", "a lighthouse at dusk", "a bowl of ramen", "a paper crane", "rain"]

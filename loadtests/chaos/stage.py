@@ -2,7 +2,7 @@
 
 - ``SharedRay``: on the Ray of the harness process (one Ray for many scenarios, like the
   test session's); actors are killed through ``actors.hosting``.
-- ``ChildRuntime``: in a child process (``runtime.chaos.child``) with a Ray of its own,
+- ``ChildRuntime``: in a child process (``loadtests.chaos.child``) with a Ray of its own,
   a local one or a three-node cluster, for the scenarios that kill everything at once
   or lose a node. The child runs in its own session with a private ``RAY_TMPDIR``, so
   a SIGKILL of its process group takes every Ray process it started and nothing else,
@@ -94,7 +94,7 @@ class ChildRuntime:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "runtime.chaos.child",
+                "loadtests.chaos.child",
                 self.mode,
                 str(self._config_file),
                 str(self.seed),

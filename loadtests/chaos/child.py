@@ -1,7 +1,7 @@
 """A jobline runtime in a child process of the chaos harness, driven over stdin/stdout.
 
-    python -m runtime.chaos.child serve CONFIG_JSON [SEED]     a local Ray of its own
-    python -m runtime.chaos.child cluster CONFIG_JSON [SEED]   a head and two worker nodes
+    python -m loadtests.chaos.child serve CONFIG_JSON [SEED]     a local Ray of its own
+    python -m loadtests.chaos.child cluster CONFIG_JSON [SEED]   a head and two worker nodes
 
 The harness keeps the fake vendors and the load in its own process and runs the runtime
 here, so it can SIGKILL the whole thing (this process and every Ray process it started)

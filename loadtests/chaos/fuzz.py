@@ -9,7 +9,7 @@ describes, over real HTTP, in four steps:
    entries they already have, and open one job per model for each account, so that
    real job ids of both accounts exist to aim at.
 2. **Plan.** Every request is made up front by ``plan_requests``: Hypothesis strategies
-   drawn from the document's JSON Schemas (``runtime.chaos.fuzz_schema``: requests that
+   drawn from the document's JSON Schemas (``loadtests.chaos.fuzz_schema``: requests that
    follow the schema, and requests with one part of the wrong type), and one
    ``random.Random(seed)`` for the hand-written hostile cases. The plan depends only on
    the document, the ids of step 1, the seed and the budget; secrets appear in it as
@@ -52,7 +52,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 if TYPE_CHECKING:
-    from runtime.chaos import fuzz_schema
+    from loadtests.chaos import fuzz_schema
 
 SCHEMA = "schema"
 WRONG_TYPES = "wrong_types"
@@ -402,7 +402,7 @@ class _Planner:
     known: Known
     seed: int
     examples: int
-    schema: Any  # the runtime.chaos.fuzz_schema module
+    schema: Any  # the loadtests.chaos.fuzz_schema module
     rng: random.Random = field(init=False)
     groups: int = 0
 
@@ -788,7 +788,7 @@ def plan_requests(
 
 def _fuzz_schema() -> Any:
     try:
-        from runtime.chaos import fuzz_schema
+        from loadtests.chaos import fuzz_schema
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise RuntimeError(
             "the API fuzzer needs Hypothesis: pip install 'hypothesis>=6.100' "

@@ -1,14 +1,14 @@
-"""The ``jobline`` command.
+"""The ``jobline`` command's product half: run the runtime and operate it.
 
     jobline serve          run the runtime on Ray until stopped
-    jobline demo           the main job on the embedded defaults, with a report
-    jobline fake-vendors   serve the fake vendors of jobline.toml
     jobline accounts create --name N --credits C
     jobline dead-letters list | redrive JOB_ID
     jobline check          run the invariant checker on a ledger file
-    jobline chaos          chaos scenarios with the full invariant check, and a report
 
-Subcommands import what they need when they run, so ``jobline --help`` is fast.
+The console script ``jobline`` is ``loadtests.cli:main``: it builds this parser and adds
+the harness's commands (demo, chaos, fake-vendors). ``python -m actors.cli`` offers the
+product's commands alone. Commands import what they need when they run, so
+``jobline --help`` is fast.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +30,39 @@ from runtime.config import DEFAULT_CONFIG_PATH, JoblineConfig, load_config
 from runtime.errors import ConfigError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "run"):
-        parser.print_help()
-        return 2
-    try:
-        code: int = args.run(args)
-    except ConfigError as exc:
-        print(f"jobline: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return code
+@dataclass
+class Cli:
+    """The argument parser and its commands; the harness adds commands of its own."""
+
+    parser: argparse.ArgumentParser
+    common: argparse.ArgumentParser  # --config, accepted after the command too
+    _commands: argparse._SubParsersAction[argparse.ArgumentParser]
+    _by_name: dict[str, argparse.ArgumentParser]
+
+    def add(self, name: str, help: str) -> argparse.ArgumentParser:
+        command = self._commands.add_parser(name, parents=[self.common], help=help)
+        self._by_name[name] = command
+        return command
+
+    def command(self, name: str) -> argparse.ArgumentParser:
+        return self._by_name[name]
+
+    def run(self, argv: list[str] | None = None) -> int:
+        args = self.parser.parse_args(argv)
+        if not hasattr(args, "run"):
+            self.parser.print_help()
+            return 2
+        try:
+            code: int = args.run(args)
+        except ConfigError as exc:
+            print(f"jobline: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+        return code
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_cli() -> Cli:
     parser = argparse.ArgumentParser(
         prog="jobline",
         description="A runtime for asynchronous AI-generation jobs on Ray.",
@@ -52,39 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="path to jobline.toml"
     )
-    # --config is accepted before or after the command.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config", type=Path, default=argparse.SUPPRESS, help="path to jobline.toml"
     )
-    sub = parser.add_subparsers(metavar="COMMAND")
+    cli = Cli(parser, common, parser.add_subparsers(metavar="COMMAND"), {})
 
-    serve = sub.add_parser("serve", parents=[common], help="run the runtime on Ray until stopped")
+    serve = cli.add("serve", help="run the runtime on Ray until stopped")
     serve.add_argument("--address", help="join a running Ray cluster (host:port or 'auto')")
-    serve.add_argument(
-        "--dev",
-        action="store_true",
-        help="use the fake vendors' development keys and secrets where the environment has none",
-    )
-    serve.set_defaults(run=_serve)
+    serve.set_defaults(run=serve_command)
 
-    demo = sub.add_parser(
-        "demo", parents=[common], help="run the main job on the embedded defaults"
-    )
-    demo.add_argument("--jobs", type=int, default=300, help="how many jobs to submit")
-    demo.add_argument("--profile", default="flaky", help="fake vendor preset or profile file")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--data", type=Path, default=Path("data/demo"), help="working directory")
-    demo.set_defaults(run=_demo)
-
-    fakes = sub.add_parser(
-        "fake-vendors", parents=[common], help="serve the fake vendors named in the config"
-    )
-    fakes.add_argument("--profile", default="calm", help="preset name or profile file")
-    fakes.add_argument("--seed", type=int, default=0)
-    fakes.set_defaults(run=_fake_vendors)
-
-    accounts = sub.add_parser("accounts", parents=[common], help="manage accounts (admin)")
+    accounts = cli.add("accounts", help="manage accounts (admin)")
     accounts_sub = accounts.add_subparsers(metavar="ACTION")
     create = accounts_sub.add_parser(
         "create", parents=[common], help="create an account; prints its API key"
@@ -94,9 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_gateway_args(create)
     create.set_defaults(run=_accounts_create)
 
-    dead = sub.add_parser(
-        "dead-letters", parents=[common], help="list or re-drive dead letters (admin)"
-    )
+    dead = cli.add("dead-letters", help="list or re-drive dead letters (admin)")
     dead_sub = dead.add_subparsers(metavar="ACTION")
     dead_list = dead_sub.add_parser("list", parents=[common], help="list dead letters")
     _add_gateway_args(dead_list)
@@ -108,35 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_gateway_args(redrive)
     redrive.set_defaults(run=_dead_letters_redrive)
 
-    check = sub.add_parser(
-        "check", parents=[common], help="check the ledger's invariants (I1, I2, I5)"
-    )
+    check = cli.add("check", help="check the ledger's invariants (I1, I2, I5)")
     check.add_argument("--database", type=Path, help="ledger file (default: from the config)")
     check.set_defaults(run=_check)
+    return cli
 
-    chaos = sub.add_parser(
-        "chaos",
-        parents=[common],
-        help="break jobline on purpose (scenarios x seeds) and check every invariant",
-    )
-    chaos.add_argument(
-        "--scenario", action="append", help="run only this scenario (repeatable; default: all)"
-    )
-    chaos.add_argument(
-        "--seed", type=int, action="append", help="run with this seed (repeatable; default 1 2 3)"
-    )
-    chaos.add_argument("--json", action="store_true", help="print the reports as JSON")
-    chaos.add_argument("--quick", action="store_true", help="the short subset, one seed")
-    chaos.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    chaos.add_argument(
-        "--broken",
-        action="append",
-        default=[],
-        help="run a deliberately broken build (ignore-slot-limit, double-submit) "
-        "to see the checks fail",
-    )
-    chaos.set_defaults(run=_chaos)
-    return parser
+
+def main(argv: list[str] | None = None) -> int:
+    return build_cli().run(argv)
 
 
 def _add_gateway_args(parser: argparse.ArgumentParser) -> None:
@@ -146,14 +119,15 @@ def _add_gateway_args(parser: argparse.ArgumentParser) -> None:
 # --- commands -----------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace) -> int:
+def serve_command(
+    args: argparse.Namespace, prepare: Callable[[JoblineConfig], None] | None = None
+) -> int:
+    """Run the runtime on Ray until SIGINT or SIGTERM; ``prepare`` sees the config first."""
     from actors.hosting import RayRuntime
 
     config = load_config(args.config)
-    if args.dev:
-        from runtime.testbed import ensure_dev_secrets
-
-        ensure_dev_secrets(config)
+    if prepare is not None:
+        prepare(config)
     runtime = RayRuntime.start(config, address=args.address)
     print(f"jobline serving on {config.gateway.public_url} (Ctrl-C to stop)", flush=True)
     stop = asyncio.Event()
@@ -169,21 +143,6 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         runtime.stop()
     return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from runtime.demo import run_demo
-
-    return asyncio.run(
-        run_demo(args.config, jobs=args.jobs, profile=args.profile, seed=args.seed, data=args.data)
-    )
-
-
-def _fake_vendors(args: argparse.Namespace) -> int:
-    from vendors_fake.runner import main as fake_main
-
-    argv = ["--config", str(args.config), "--profile", args.profile, "--seed", str(args.seed)]
-    return fake_main(argv)
 
 
 def _accounts_create(args: argparse.Namespace) -> int:
@@ -218,19 +177,6 @@ def _check(args: argparse.Namespace) -> int:
         print(violation)
     print(f"{len(violations)} violation(s)")
     return 1 if violations else 0
-
-
-def _chaos(args: argparse.Namespace) -> int:
-    from runtime.chaos.harness import main as chaos_main
-    from runtime.chaos.scenarios import SCENARIOS
-
-    if args.list:
-        for scenario in SCENARIOS.values():
-            print(f"{scenario.name:<18} {scenario.description}")
-        return 0
-    return chaos_main(
-        args.scenario, args.seed, as_json=args.json, broken=args.broken, quick=args.quick
-    )
 
 
 def _admin_request(

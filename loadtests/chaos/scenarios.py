@@ -20,10 +20,10 @@ from typing import Any
 
 import aiohttp
 
-from runtime.chaos.checks import Expectations
-from runtime.chaos.load import TERMINAL, Load, LoadSpec
-from runtime.chaos.report import ScenarioReport
-from runtime.chaos.stage import Hosting, Stage
+from loadtests.chaos.checks import Expectations
+from loadtests.chaos.load import TERMINAL, Load, LoadSpec
+from loadtests.chaos.report import ScenarioReport
+from loadtests.chaos.stage import Hosting, Stage
 from runtime.config import JoblineConfig
 from runtime.models import Violation
 from runtime.webhooks import signed_headers
@@ -217,7 +217,7 @@ async def cancel_storm(ctx: ChaosContext) -> None:
 
 
 async def whole_runtime_sigkill(ctx: ChaosContext) -> None:
-    from runtime.chaos.stage import ChildRuntime
+    from loadtests.chaos.stage import ChildRuntime
 
     stage = ctx.stage
     assert isinstance(stage, ChildRuntime)
@@ -232,7 +232,7 @@ async def whole_runtime_sigkill(ctx: ChaosContext) -> None:
 
 
 async def lose_processor_node(ctx: ChaosContext) -> None:
-    from runtime.chaos.stage import ChildRuntime
+    from loadtests.chaos.stage import ChildRuntime
 
     stage = ctx.stage
     assert isinstance(stage, ChildRuntime)
@@ -243,9 +243,9 @@ async def lose_processor_node(ctx: ChaosContext) -> None:
 
 
 async def hostile_input(ctx: ChaosContext) -> None:
-    """The API fuzzer (``runtime.chaos.fuzz``) against the gateway while the load runs."""
+    """The API fuzzer (``loadtests.chaos.fuzz``) against the gateway while the load runs."""
     try:
-        from runtime.chaos.fuzz import fuzz_api
+        from loadtests.chaos.fuzz import fuzz_api
     except ImportError as exc:  # the fuzzer is optional (it needs Hypothesis)
         ctx.findings.append(Violation("fuzz", "set-up", f"the fuzzer cannot run: {exc}"))
         return

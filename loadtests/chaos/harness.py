@@ -9,7 +9,7 @@ each vendor's limit, so the highest in-flight count is jobline's own restraint),
 runtime (on the harness's Ray, or in a child process), a funded account, the load and
 the fault schedule side by side, then a wait until everything is quiet (no open job in
 the ledger, no vendor task or webhook in the air, no processor slot taken), then the full
-check of ``runtime.chaos.checks``. A failing run prints its seed and the command that
+check of ``loadtests.chaos.checks``. A failing run prints its seed and the command that
 replays it. Every random choice comes from a ``random.Random`` seeded by name and seed.
 """
 
@@ -31,14 +31,14 @@ from typing import Any
 
 import aiohttp
 
-from runtime.chaos.checks import full_check, open_jobs, read_entries, read_history, read_jobs
-from runtime.chaos.load import Load
-from runtime.chaos.report import ScenarioReport, VendorLoad, render_summary, to_json
-from runtime.chaos.scenarios import FAST, QUICK, SCENARIOS, ChaosContext, Scenario
-from runtime.chaos.stage import ChildRuntime, SharedRay, Stage
+from loadtests.chaos.checks import full_check, open_jobs, read_entries, read_history, read_jobs
+from loadtests.chaos.load import Load
+from loadtests.chaos.report import ScenarioReport, VendorLoad, render_summary, to_json
+from loadtests.chaos.scenarios import FAST, QUICK, SCENARIOS, ChaosContext, Scenario
+from loadtests.chaos.stage import ChildRuntime, SharedRay, Stage
+from loadtests.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
 from runtime.config import JoblineConfig, load_config
 from runtime.models import Violation
-from runtime.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
 
 DEFAULT_SEEDS = (1, 2, 3)
 FAKE_LIMIT = 10_000  # the fakes count in-flight tasks but never refuse one
