@@ -35,12 +35,13 @@ from actors.ledger import CreditLedger
 from actors.processor import VendorProcessor
 from actors.sweeper import Sweeper
 from runtime.api import GatewayContext
+from runtime.clock import SYSTEM_CLOCK
 from runtime.config import JoblineConfig, VendorConfig
 from runtime.errors import ConfigError
 from runtime.ports import LedgerPort, ProcessorPort
 from runtime.results import LocalResultStore, ResultStore
 from runtime.telemetry import Family, Metrics, configure_logging, get_logger
-from runtime.tracing import TRACING_ENV
+from runtime.tracing import TRACING_ENV, tracer_for
 from runtime.vendors import VendorClient, make_client
 
 log = get_logger("hosting")
@@ -177,8 +178,10 @@ def _build(
             results=build_results(config),
             webhook_parsers={name: build_client(v) for name, v in config.vendors.items()},
             metrics=metrics,
+            tracer=tracer_for(role, config),
             collect_all_metrics=collect_all,
-            clock=clock,
+            clock=SYSTEM_CLOCK,
+            rng=random.Random(seed),
             admin_token=config.gateway.admin_token(),
             is_ready=is_ready,
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -33,6 +34,9 @@ INPUT = {"prompt": "a lighthouse at dusk, oil on canvas", "width": 1024, "height
 RAW_BATCH = 10_000
 
 
+IDS = random.Random(0)
+
+
 def raw_rows_per_s(path: Path, rows: int) -> float:
     """Job rows inserted per second, ``RAW_BATCH`` rows per transaction."""
     conn = connect(path)
@@ -41,7 +45,7 @@ def raw_rows_per_s(path: Path, rows: int) -> float:
     now = time.time()
     data = json.dumps(INPUT, separators=(",", ":"))
     values = [
-        (new_job_id(), "a", "m", data, 5, new_job_id(), 0, "v", now, now + 600,
+        (new_job_id(now, IDS), "a", "m", data, 5, new_job_id(now, IDS), 0, "v", now, now + 600,
          None, None, now, now)
         for _ in range(rows)
     ]  # fmt: skip
@@ -61,7 +65,7 @@ def raw_narrow_rows_per_s(path: Path, rows: int) -> float:
     conn.execute(
         "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, kind TEXT, amount INT, j TEXT, at REAL)"
     )
-    values = [("a", "hold", 5, new_job_id(), 0.0) for _ in range(rows)]
+    values = [("a", "hold", 5, new_job_id(time.time(), IDS), 0.0) for _ in range(rows)]
     started = time.perf_counter()
     for first in range(0, rows, RAW_BATCH):
         conn.execute("BEGIN IMMEDIATE")
@@ -80,7 +84,7 @@ async def ledger_ops_per_s(path: Path, jobs: int, concurrency: int) -> tuple[flo
     ledger = await Ledger.open(path)
     await ledger.create_account("a", "h")
     await ledger.grant("a", 10 * jobs, "bench")
-    ids = [new_job_id() for _ in range(jobs)]
+    ids = [new_job_id(time.time(), IDS) for _ in range(jobs)]
     deadline = time.time() + 3600
 
     async def carry(first: int) -> None:

@@ -21,9 +21,9 @@ from aiohttp import web
 
 from loadtests.chaos.fuzz import CATEGORIES, Known, all_requests, fuzz_api, plan_requests
 from loadtests.testbed import ROOT_CONFIG, TERMINAL, Testbed
+from runtime.api.openapi import openapi_document
 from runtime.config import load_config
 from runtime.invariants import check_invariants
-from runtime.openapi import openapi_document
 
 SEED = 5
 EXAMPLES = 25

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,11 +23,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from loadtests.testbed import ROOT_CONFIG
 from runtime.api import GatewayContext, build_app
+from runtime.clock import SYSTEM_CLOCK
 from runtime.config import JoblineConfig, load_config
 from runtime.ledger import Ledger
 from runtime.models import Complete, Job, MarkProcessing, StartAttempt
 from runtime.results import LocalResultStore, result_key_for
 from runtime.telemetry import Family, Metrics
+from runtime.tracing import tracer_for
 from runtime.vendors import VendorClient, WebhookEvent, make_client
 
 ADMIN_TOKEN = "test-admin-token"
@@ -196,8 +199,10 @@ async def make_api_fixture(tmp_path: Path) -> AsyncIterator[MakeApi]:
             results=results,
             webhook_parsers=parsers,
             metrics=metrics,
+            tracer=tracer_for("gateway-test", config),
             collect_all_metrics=collect_all,
-            clock=time.time,
+            clock=SYSTEM_CLOCK,
+            rng=random.Random(0),
             admin_token=admin_token,
             is_ready=is_ready,
         )

@@ -30,6 +30,7 @@ from vendors_fake.png import expected_png
 from vendors_fake.profile import merge_profile, preset
 from vendors_fake.runner import FakeVendorSet, start_fake_vendors, vendor_credentials
 
+IDS = random.Random(5)
 FAST = {
     "retry": {"base": 0.02, "cap": 0.2},
     "circuit": {"cooldown": 1.0},
@@ -73,7 +74,7 @@ class Rig:
         for i in range(n):
             route = self.config.models[model].route
             job, _ = await self.ledger.open_job(
-                new_job_id(),
+                new_job_id(time.time(), IDS),
                 "acct",
                 model,
                 {"prompt": f"p{i}", **input},
@@ -216,7 +217,7 @@ async def test_cancel_releases_and_cancels_the_vendor_task(rig: Rig) -> None:
 
 async def test_a_queued_job_past_its_deadline_fails_and_refunds(rig: Rig) -> None:
     job, _ = await rig.ledger.open_job(
-        new_job_id(),
+        new_job_id(time.time(), IDS),
         "acct",
         "flux-schnell",
         {"prompt": "late"},
@@ -407,7 +408,7 @@ async def test_an_expired_job_whose_cancel_failed_has_its_task_canceled_later(
     # never loaded the job, cancels it until the vendor confirms.
     fal = rig.fakes["fal"]
     job, _ = await rig.ledger.open_job(
-        new_job_id(),
+        new_job_id(time.time(), IDS),
         "acct",
         "flux-schnell",
         {"prompt": "late"},

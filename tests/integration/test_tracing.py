@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from runtime.tracing import (
     tracer_for,
 )
 
+RNG = random.Random(11)
 JOB_SPANS = {"submit", "dispatch", "vendor.submit", "vendor.wait", "download", "settle"}
 
 
@@ -53,7 +55,7 @@ def test_spans_of_separate_processes_join_on_the_trace_id(tmp_path: Path) -> Non
     processor = JobTracer(
         "processor-fal", make_provider(SimpleSpanProcessor(JsonLinesExporter(path)))
     )
-    trace_id = new_trace_id()
+    trace_id = new_trace_id(RNG)
     with gateway.root("submit", trace_id, model="flux-schnell"):
         pass
     with gateway.span("dispatch", trace_id, vendor="fal"):
@@ -61,7 +63,7 @@ def test_spans_of_separate_processes_join_on_the_trace_id(tmp_path: Path) -> Non
     # The second nests under the first: the current span is of the same job.
     with processor.span("vendor.submit", trace_id, attempt=1), processor.span("inner", trace_id):
         pass
-    with processor.span("unrelated", new_trace_id()):
+    with processor.span("unrelated", new_trace_id(RNG)):
         pass
 
     spans = read_spans(path, trace_id)
@@ -83,7 +85,7 @@ def test_spans_of_separate_processes_join_on_the_trace_id(tmp_path: Path) -> Non
 def test_a_failing_step_marks_its_span(tmp_path: Path) -> None:
     path = tmp_path / "traces.jsonl"
     tracer = JobTracer("processor-fal", make_provider(SimpleSpanProcessor(JsonLinesExporter(path))))
-    trace_id = new_trace_id()
+    trace_id = new_trace_id(RNG)
     with pytest.raises(RuntimeError), tracer.span("download", trace_id):
         raise RuntimeError("vendor gone")
     (span,) = read_spans(path, trace_id)
@@ -122,7 +124,7 @@ async def test_spans_go_over_otlp_when_an_endpoint_is_set(
     config = load_config(ROOT_CONFIG)
     try:
         tracer = tracer_for("gateway-0", config)
-        trace_id = new_trace_id()
+        trace_id = new_trace_id(RNG)
         with tracer.root("submit", trace_id):
             pass
         # The batch exporter posts from its own thread, to the server on this loop.

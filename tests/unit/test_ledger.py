@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator
@@ -700,7 +701,8 @@ async def test_operational_reads(ledger: Ledger, clock: Clock) -> None:
 
 
 def test_ids_are_time_ordered_uuids() -> None:
-    ids = [new_job_id() for _ in range(1000)]
+    rng = random.Random(3)
+    ids = [new_job_id(1_700_000_000 + i / 100, rng) for i in range(1000)]
     assert len(set(ids)) == 1000
     assert all(len(i) == 36 and i[14] == "7" for i in ids)
     assert [i[:13] for i in ids] == sorted(i[:13] for i in ids)

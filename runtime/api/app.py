@@ -1,0 +1,134 @@
+"""The gateway's aiohttp application: the route modules on one ``Api`` core.
+
+``build_app`` registers every module of ``ROUTE_MODULES``: each is a class built from
+the ``Api`` core, whose ``routes()`` lists its routes (``/openapi.json`` documents each;
+a test holds the two together). A new resource is a new module added there. Two
+middlewares wrap every handler: one turns every exception into ``{"error": {"code",
+"message"}}`` with a fitting status (``runtime.api.errors``), the other counts requests
+by route template and status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from runtime.api.accounts import AccountRoutes
+from runtime.api.admin import AdminRoutes
+from runtime.api.context import (
+    SSE_HEARTBEAT_INTERVAL,
+    SSE_POLL_INTERVAL,
+    Api,
+    GatewayContext,
+    log,
+)
+from runtime.api.errors import HTTP_CODES, error_response, refusal_for
+from runtime.api.events import EventRoutes
+from runtime.api.jobs import JobRoutes
+from runtime.api.operations import OperationRoutes
+from runtime.api.webhooks import WebhookRoutes
+from runtime.errors import JoblineError
+from runtime.telemetry import Stopwatch
+
+UNMATCHED_ROUTE = "unmatched"  # the metrics label of requests no route matched
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RouteModule(Protocol):
+    def routes(self) -> list[web.RouteDef]: ...
+
+
+ROUTE_MODULES: tuple[Callable[[Api], RouteModule], ...] = (
+    AccountRoutes,
+    JobRoutes,
+    EventRoutes,
+    WebhookRoutes,
+    AdminRoutes,
+    OperationRoutes,
+)
+
+GATEWAY_API: web.AppKey[Api] = web.AppKey("jobline_api", Api)
+
+
+def build_app(
+    ctx: GatewayContext,
+    *,
+    sse_poll_interval: float = SSE_POLL_INTERVAL,
+    sse_heartbeat_interval: float = SSE_HEARTBEAT_INTERVAL,
+) -> web.Application:
+    """The gateway's aiohttp application (DESIGN §5)."""
+    api = Api(
+        ctx, sse_poll_interval=sse_poll_interval, sse_heartbeat_interval=sse_heartbeat_interval
+    )
+    app = web.Application(
+        middlewares=[_count_requests(api), _render_errors],
+        client_max_size=ctx.config.gateway.max_body_bytes,
+    )
+    for module in ROUTE_MODULES:
+        app.add_routes(module(api).routes())
+    app.on_shutdown.append(api.on_shutdown)
+    app.on_cleanup.append(api.on_cleanup)
+    app[GATEWAY_API] = api
+    return app
+
+
+def _count_requests(api: Api) -> Middleware:
+    @web.middleware
+    async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+        stopwatch = Stopwatch()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            route = _route_label(request)
+            metrics = api.ctx.metrics
+            metrics.http_requests.labels(route, str(status)).inc()
+            metrics.http_duration.labels(route).observe(stopwatch.elapsed())
+
+    return count_requests
+
+
+@web.middleware
+async def _render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except JoblineError as exc:
+        refusal = refusal_for(exc)
+        if refusal is None:
+            return _internal_error(request, exc)
+        if refusal.status >= 500:
+            log.warning("%s %s: %s", request.method, request.path, exc)
+        response = error_response(refusal.status, refusal.code, str(refusal), refusal.headers)
+        if refusal.headers.get("Connection") == "close":
+            response.force_close()
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = HTTP_CODES.get(exc.status, "bad_request" if exc.status < 500 else "error")
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        message = exc.text if exc.status != 404 else f"no route {request.method} {request.path}"
+        return error_response(exc.status, code, message or exc.reason, headers)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:
+        return _internal_error(request, exc)
+
+
+def _internal_error(request: web.Request, exc: BaseException) -> web.Response:
+    log.error(
+        "%s %s failed", request.method, request.path, exc_info=exc, extra={"error": repr(exc)}
+    )
+    return error_response(500, "internal_error", "internal error; the gateway logged it")
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED_ROUTE

@@ -1,0 +1,317 @@
+"""What every route module shares: the injected ``GatewayContext`` and the ``Api`` core.
+
+``Api`` owns the gateway's few pieces of memory, none of which another replica or a
+restart needs: the coalesced ledger calls (many concurrent requests share one actor
+call), the coalesced calls to each vendor's processor, the API key cache, and the
+background tasks that send work on after the client has its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import random
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from runtime.api.bodies import IDEMPOTENCY_KEY_PATTERN
+from runtime.api.errors import (
+    HttpRefusal,
+    bad_request,
+    check_json,
+    describe_validation,
+    ledger_failure,
+    read_body,
+)
+from runtime.batching import Coalescer
+from runtime.clock import Clock
+from runtime.config import JoblineConfig
+from runtime.errors import JoblineError, JobNotFound, LedgerUnavailable, Unauthorized
+from runtime.models import Job, LedgerOp, Outcome
+from runtime.ports import LedgerPort, Router
+from runtime.results import ResultStore
+from runtime.telemetry import Family, Metrics, get_logger
+from runtime.tracing import JobTracer
+from runtime.vendors import VendorClient, WebhookEvent
+
+log = get_logger("gateway")
+
+LEDGER_TIMEOUT = 30.0  # a ledger call slower than this answers 503 (retry with the same key)
+PROCESSOR_TIMEOUT = 30.0  # background calls to processors give up after this
+KEY_CACHE_SIZE = 100_000
+SSE_POLL_INTERVAL = 0.3  # seconds between reads of a job an event stream follows
+SSE_HEARTBEAT_INTERVAL = 15.0
+
+B = TypeVar("B", bound=BaseModel)
+T = TypeVar("T")
+
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+@dataclass(frozen=True)
+class GatewayContext:
+    """Everything the HTTP API needs, injected (Ray handles or plain objects)."""
+
+    config: JoblineConfig
+    ledger: LedgerPort
+    router: Router
+    results: ResultStore
+    webhook_parsers: Mapping[str, VendorClient]  # by vendor name
+    metrics: Metrics
+    tracer: JobTracer
+    collect_all_metrics: Callable[[], Awaitable[list[Family]]]
+    clock: Clock
+    rng: random.Random  # job ids, trace ids, grant ids (never API keys: those use secrets)
+    admin_token: str | None
+    is_ready: Callable[[], Awaitable[bool]]
+
+
+class _ProcessorCalls:
+    """The coalesced calls to one vendor's processor."""
+
+    def __init__(self, router: Router, vendor: str) -> None:
+        self._router = router
+        self.vendor = vendor
+        self.dispatch: Coalescer[Job, None] = Coalescer(self._dispatch)
+        self.webhooks: Coalescer[WebhookEvent, None] = Coalescer(self._webhooks)
+        self.cancels: Coalescer[str, None] = Coalescer(self._cancel)
+
+    async def _dispatch(self, jobs: list[Job]) -> list[None]:
+        await self._router.processor(self.vendor).dispatch(jobs)
+        return [None] * len(jobs)
+
+    async def _webhooks(self, events: list[WebhookEvent]) -> list[None]:
+        await self._router.processor(self.vendor).on_webhooks(events)
+        return [None] * len(events)
+
+    async def _cancel(self, job_ids: list[str]) -> list[None]:
+        await self._router.processor(self.vendor).cancel_tasks(job_ids)
+        return [None] * len(job_ids)
+
+
+class _KeyCache:
+    """API key hash -> account id, positive answers only (an account's key never changes)."""
+
+    def __init__(self, capacity: int = KEY_CACHE_SIZE) -> None:
+        self._capacity = capacity
+        self._accounts: dict[str, str] = {}
+
+    def get(self, hashed: str) -> str | None:
+        return self._accounts.get(hashed)
+
+    def put(self, hashed: str, account_id: str) -> None:
+        if len(self._accounts) >= self._capacity:
+            self._accounts.pop(next(iter(self._accounts)))  # the oldest entry
+        self._accounts[hashed] = account_id
+
+
+class Api:
+    """The core the route modules share, bound to one GatewayContext."""
+
+    def __init__(
+        self,
+        ctx: GatewayContext,
+        *,
+        sse_poll_interval: float = SSE_POLL_INTERVAL,
+        sse_heartbeat_interval: float = SSE_HEARTBEAT_INTERVAL,
+    ) -> None:
+        self.ctx = ctx
+        self.sse_poll_interval = sse_poll_interval
+        self.sse_heartbeat_interval = sse_heartbeat_interval
+        self.tracer = ctx.tracer
+        self.closing = asyncio.Event()  # set on shutdown: long requests (event streams) end
+        self._ops: Coalescer[LedgerOp, Outcome] = Coalescer(self._execute_many)
+        self._job_reads: Coalescer[str, Job | None] = Coalescer(self.get_jobs)
+        self._processors: dict[str, _ProcessorCalls] = {}
+        self._keys = _KeyCache()
+        self._key_lookups: dict[str, asyncio.Future[str | None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- ledger access --------------------------------------------------------------------
+
+    async def _execute_many(self, ops: list[LedgerOp]) -> list[Outcome]:
+        try:
+            return await self.ctx.ledger.execute_many(ops)
+        except JoblineError:
+            raise
+        except Exception as exc:  # the ledger actor is gone or restarting
+            raise ledger_failure(exc) from exc
+
+    async def get_jobs(self, job_ids: list[str]) -> list[Job | None]:
+        return await self.read(self.ctx.ledger.get_jobs(job_ids))
+
+    async def read(self, call: Awaitable[T]) -> T:
+        """A ledger call's answer; a ledger that fails or takes too long is a 503."""
+        try:
+            return await asyncio.wait_for(call, LEDGER_TIMEOUT)
+        except JoblineError:
+            raise
+        except TimeoutError as exc:
+            raise LedgerUnavailable(f"no answer within {LEDGER_TIMEOUT:.0f}s") from exc
+        except Exception as exc:
+            raise ledger_failure(exc) from exc
+
+    async def execute(self, op: LedgerOp) -> Outcome:
+        """One ledger operation, coalesced with every other request's."""
+        return await self.read(self._ops.call(op))
+
+    async def job(self, job_id: str) -> Job | None:
+        """The job (coalesced with every other request's read), or None."""
+        return await self.read(self._job_reads.call(job_id))
+
+    async def owned_job(self, job_id: str, account_id: str) -> Job:
+        job = await self.job(job_id)
+        if job is None or job.account_id != account_id:
+            raise JobNotFound(job_id)
+        return job
+
+    # --- processors (fire and forget) -----------------------------------------------------
+
+    def processor(self, vendor: str) -> _ProcessorCalls:
+        calls = self._processors.get(vendor)
+        if calls is None:
+            calls = self._processors[vendor] = _ProcessorCalls(self.ctx.router, vendor)
+        return calls
+
+    def in_background(self, call: Awaitable[None], what: str, job: Job | None = None) -> None:
+        """Run ``call`` without making the client wait; a failure is logged, not raised."""
+
+        async def run() -> None:
+            try:
+                await asyncio.wait_for(call, PROCESSOR_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                extra = {"error": repr(exc)}
+                if job is not None:
+                    extra |= {"job_id": job.id, "trace_id": job.trace_id, "vendor": job.vendor}
+                log.warning(
+                    "%s failed; the ledger keeps the job for the sweeper", what, extra=extra
+                )
+
+        self.spawn(run())
+
+    def spawn(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A background task the gateway waits for (briefly) when it shuts down."""
+        task = asyncio.get_running_loop().create_task(call)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def dispatch(self, job: Job) -> None:
+        """Hand a new job to its processor, in the background."""
+        self.in_background(self._traced_dispatch(job), "dispatch", job)
+
+    async def _traced_dispatch(self, job: Job) -> None:
+        with self.tracer.span("dispatch", job.trace_id, job_id=job.id, vendor=job.vendor):
+            await self.processor(job.vendor).dispatch.call(job)
+
+    # --- request parts --------------------------------------------------------------------
+
+    async def account(self, request: web.Request) -> str:
+        """The account of the request's API key; 401 without a known one."""
+        api_key = bearer(request)
+        if api_key is None:
+            raise Unauthorized("send the API key as Authorization: Bearer <key>")
+        hashed = key_hash(api_key)
+        account_id = self._keys.get(hashed)
+        if account_id is None:
+            account_id = await self._lookup_key(hashed)
+            if account_id is None:
+                raise Unauthorized("unknown API key")
+        return account_id
+
+    async def _lookup_key(self, hashed: str) -> str | None:
+        """One ledger read per key however many requests ask for it at once."""
+        pending = self._key_lookups.get(hashed)
+        if pending is None:
+            pending = asyncio.ensure_future(self.read(self.ctx.ledger.account_for_key(hashed)))
+            self._key_lookups[hashed] = pending
+            pending.add_done_callback(lambda _: self._key_lookups.pop(hashed, None))
+        account_id = await asyncio.shield(pending)
+        if account_id is not None:
+            self._keys.put(hashed, account_id)
+        return account_id
+
+    def require_admin(self, request: web.Request) -> None:
+        token = self.ctx.admin_token
+        if not token:
+            env = self.ctx.config.gateway.admin_token_env
+            raise HttpRefusal(
+                503, "admin_disabled", f"admin routes are off: no admin token is set ({env})"
+            )
+        given = bearer(request)
+        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized("admin routes need the admin token as Authorization: Bearer")
+
+    async def json_body(self, request: web.Request, model: type[B]) -> tuple[B, dict[str, Any]]:
+        """The body validated as ``model``, and as the plain JSON object it was."""
+        ctype = request.content_type
+        if ctype != "application/json" and not (
+            ctype.startswith("application/") and ctype.endswith("+json")
+        ):
+            raise HttpRefusal(
+                415, "unsupported_media_type", f"send application/json, not {ctype or 'nothing'}"
+            )
+        raw = await read_body(request)
+        if not raw:
+            raise bad_request("the request body is empty")
+        data = check_json(raw)
+        if not isinstance(data, dict):
+            raise bad_request("the body must be a JSON object")
+        try:
+            return model.model_validate(data), data
+        except ValidationError as exc:
+            raise bad_request(describe_validation(exc)) from None
+
+    def idempotency_key(self, request: web.Request) -> str | None:
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return None
+        if not _IDEMPOTENCY_KEY.fullmatch(key):
+            raise bad_request(
+                "Idempotency-Key must be 1 to 255 printable ASCII characters "
+                "(no leading or trailing space)"
+            )
+        return key
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        self.closing.set()  # event streams end, so shutdown does not wait for them
+
+    async def on_cleanup(self, app: web.Application) -> None:
+        if self._background:
+            _, pending = await asyncio.wait(list(self._background), timeout=2.0)
+            for task in pending:  # the jobs are in the ledger; the sweeper has them
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def bearer(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value or not value.isascii():
+        return None
+    return value
+
+
+def key_hash(api_key: str) -> str:
+    """What the ledger stores of an API key: its SHA-256, hex."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def job_fields(job: Job) -> dict[str, Any]:
+    """A job's log fields."""
+    return {
+        "job_id": job.id,
+        "trace_id": job.trace_id,
+        "vendor": job.vendor,
+        "account_id": job.account_id,
+    }

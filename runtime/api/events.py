@@ -1,0 +1,116 @@
+"""Server-sent events: every status change of a job until it ends (``GET
+/v1/jobs/{id}/events``), resumable with ``Last-Event-ID``.
+
+A stream polls the job row through the coalesced reader (shared by every stream on this
+gateway) and reads the job's history only when the row changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from aiohttp import web
+
+from runtime.api.context import Api, job_fields, log
+from runtime.errors import LedgerUnavailable
+from runtime.models import Job, JobHistoryEntry
+from runtime.telemetry import TRACE_HEADER
+
+SSE_GRACE_AFTER_DEADLINE = 60.0  # a stream outlives its job's deadline by at most this
+
+
+class EventRoutes:
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/v1/jobs/{id}/events", self.job_events, allow_head=False)]
+
+    async def job_events(self, request: web.Request) -> web.StreamResponse:
+        account_id = await self.api.account(request)
+        job = await self.api.owned_job(request.match_info["id"], account_id)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                TRACE_HEADER: job.trace_id,
+            }
+        )
+        await response.prepare(request)
+        try:
+            await self._stream_events(request, response, job, _last_event_id(request))
+        except ConnectionError:
+            pass  # the client went away
+        except LedgerUnavailable as exc:
+            log.warning("event stream ended: %s", exc, extra=job_fields(job))
+        return response
+
+    async def _stream_events(
+        self, request: web.Request, response: web.StreamResponse, job: Job, after_seq: int
+    ) -> None:
+        """Write every history entry after ``after_seq``; return after the terminal one."""
+        api = self.api
+        loop = asyncio.get_running_loop()
+        next_heartbeat = loop.time() + api.sse_heartbeat_interval
+        seen: tuple[Any, ...] | None = None
+        while True:
+            if _change_marker(job) != seen:
+                seen = _change_marker(job)
+                entries = await api.read(api.ctx.ledger.history(job.id, after_seq))
+                for entry in entries:
+                    if entry.status.terminal:
+                        latest = await api.job(job.id)
+                        await _send_event(response, entry, latest or job)
+                        return
+                    await _send_event(response, entry, None)
+                    after_seq = entry.seq
+                if job.terminal:  # resumed after the terminal event: nothing more to come
+                    return
+            if api.closing.is_set() or _gone(request):
+                return
+            if api.ctx.clock.time() > job.deadline + SSE_GRACE_AFTER_DEADLINE:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(api.closing.wait(), api.sse_poll_interval)
+            if loop.time() >= next_heartbeat:
+                await response.write(b": heartbeat\n\n")
+                next_heartbeat = loop.time() + api.sse_heartbeat_interval
+            latest = await api.job(job.id)
+            if latest is None:
+                return
+            job = latest
+
+
+def _last_event_id(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID", "")
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else 0
+
+
+def _change_marker(job: Job) -> tuple[Any, ...]:
+    """Differs whenever the job's row changed (and so maybe its history)."""
+    return (job.updated_at, job.status, job.attempts, job.vendor_task_id)
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _send_event(
+    response: web.StreamResponse, entry: JobHistoryEntry, terminal_job: Job | None
+) -> None:
+    data: dict[str, Any] = {
+        "job_id": entry.job_id,
+        "seq": entry.seq,
+        "status": entry.status.value,
+        "at": entry.at,
+        "detail": entry.detail,
+    }
+    if terminal_job is not None:
+        data["job"] = terminal_job.to_api()
+    payload = json.dumps(data, separators=(",", ":"))
+    await response.write(f"id: {entry.seq}\nevent: status\ndata: {payload}\n\n".encode())

@@ -1,0 +1,95 @@
+"""Vendor callbacks (``POST /v1/webhooks/{vendor}``): verified, recorded, forwarded.
+
+A webhook is verified by its vendor's client, then recorded (``RecordWebhook``) before
+it is forwarded to the vendor's processor, so a webhook id is applied at most once; a
+repeat is acknowledged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import replace
+
+from aiohttp import web
+
+from runtime.api.context import PROCESSOR_TIMEOUT, Api, log
+from runtime.api.errors import HttpRefusal, read_body
+from runtime.errors import WebhookRejected, WebhookSignatureInvalid, WebhookTimestampStale
+from runtime.models import RecordWebhook
+from runtime.vendors import WebhookEvent
+from runtime.webhooks import ATTEMPT_PARAM, JOB_PARAM
+
+WEBHOOK_ANSWER_WITHIN = 2.0  # a vendor's webhook is answered by then, forwarded or not
+MAX_REFERENCE_LENGTH = 128  # a job id in a webhook URL; longer is not one of ours
+WEBHOOK_REASONS = (
+    (WebhookSignatureInvalid, "signature"),
+    (WebhookTimestampStale, "stale"),
+    (WebhookRejected, "malformed"),
+)
+
+
+class WebhookRoutes:
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        for vendor in api.ctx.webhook_parsers:  # exported at 0 before the first rejection
+            for _, reason in WEBHOOK_REASONS:
+                api.ctx.metrics.webhook_rejections.labels(vendor, reason)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/v1/webhooks/{vendor}", self.webhook)]
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        api = self.api
+        vendor = request.match_info["vendor"]
+        parser = api.ctx.webhook_parsers.get(vendor)
+        if parser is None:
+            raise HttpRefusal(404, "unknown_vendor", f"no vendor named {vendor!r}")
+        body = await read_body(request)
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        metrics = api.ctx.metrics
+        try:
+            event = parser.parse_webhook(
+                headers, body, api.ctx.clock.time(), api.ctx.config.gateway.webhook_tolerance
+            )
+        except WebhookRejected as exc:
+            reason = next(r for kind, r in WEBHOOK_REASONS if isinstance(exc, kind))
+            metrics.webhook_rejections.labels(vendor, reason).inc()
+            metrics.webhooks.labels(vendor, "rejected").inc()
+            log.warning("webhook rejected (%s): %s", reason, exc, extra={"vendor": vendor})
+            raise
+        event = _with_reference(event, request.query)
+        outcome = await api.execute(RecordWebhook(vendor, event.webhook_id))
+        if not outcome.unwrap():
+            metrics.webhooks.labels(vendor, "duplicate").inc()
+            return web.json_response({"status": "duplicate"})
+        metrics.webhooks.labels(vendor, "accepted").inc()
+        # Vendors give a webhook a few seconds (then count it failed, and may retry: a
+        # duplicate now); a processor that is restarting can take longer. So the answer
+        # waits for the forward only that long, and the forward goes on without it.
+        forward = api.spawn(self._forward_webhook(vendor, event))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(forward), WEBHOOK_ANSWER_WITHIN)
+        return web.json_response({"status": "accepted"})
+
+    async def _forward_webhook(self, vendor: str, event: WebhookEvent) -> None:
+        try:
+            forward = self.api.processor(vendor).webhooks.call(event)
+            await asyncio.wait_for(forward, PROCESSOR_TIMEOUT)
+        except Exception as exc:  # recorded already: polling finds the task's end instead
+            log.warning(
+                "webhook not forwarded; polling will catch up",
+                extra={"vendor": vendor, "task_id": event.task_id, "error": repr(exc)},
+            )
+
+
+def _with_reference(event: WebhookEvent, query: Mapping[str, str]) -> WebhookEvent:
+    """The event with the job and attempt its URL names; a malformed hint is dropped."""
+    job_id = query.get(JOB_PARAM)
+    attempt = query.get(ATTEMPT_PARAM, "")
+    if not (0 < len(job_id or "") <= MAX_REFERENCE_LENGTH) or not (
+        attempt.isascii() and attempt.isdigit() and len(attempt) <= 6
+    ):
+        return event
+    return replace(event, job_id=job_id, attempt=int(attempt))
