@@ -138,7 +138,7 @@ def _build(
 ) -> Any:
     clock = time.time
     if role == LEDGER:
-        return CreditLedger(Path(config.storage.database), clock)
+        return CreditLedger(Path(config.storage.database), SYSTEM_CLOCK, Metrics(role))
     if role == SWEEPER:
         clients = {name: build_client(v) for name, v in config.vendors.items()}
         return Sweeper(config, ports.ledger(), ports, clients, build_results(config), clock=clock)

@@ -29,6 +29,7 @@ from typing import Any
 
 from runtime.ledger import INSERT_JOB, Ledger, new_job_id
 from runtime.ledger_schema import connect, migrate
+from runtime.models import Complete, CreateAccount, Grant, MarkProcessing, OpenJob, StartAttempt
 
 INPUT = {"prompt": "a lighthouse at dusk, oil on canvas", "width": 1024, "height": 1024}
 RAW_BATCH = 10_000
@@ -82,18 +83,18 @@ def raw_narrow_rows_per_s(path: Path, rows: int) -> float:
 async def ledger_ops_per_s(path: Path, jobs: int, concurrency: int) -> tuple[float, float]:
     """(durable operations per second, grouping: operations per transaction)."""
     ledger = await Ledger.open(path)
-    await ledger.create_account("a", "h")
-    await ledger.grant("a", 10 * jobs, "bench")
+    await ledger.execute(CreateAccount("a", "h"))
+    await ledger.execute(Grant("a", 10 * jobs, "bench"))
     ids = [new_job_id(time.time(), IDS) for _ in range(jobs)]
     deadline = time.time() + 3600
 
     async def carry(first: int) -> None:
         for i in range(first, jobs, concurrency):
             job_id = ids[i]
-            await ledger.open_job(job_id, "a", "m", INPUT, 5, job_id, "v", deadline)
-            await ledger.start_attempt(job_id, 1, "v", 0)
-            await ledger.mark_processing(job_id, 1, "task-" + job_id)
-            await ledger.complete(job_id, "results/" + job_id)
+            await ledger.execute(OpenJob(job_id, "a", "m", INPUT, 5, job_id, "v", deadline))
+            await ledger.execute(StartAttempt(job_id, 1, "v", 0))
+            await ledger.execute(MarkProcessing(job_id, 1, "task-" + job_id))
+            await ledger.execute(Complete(job_id, "results/" + job_id))
 
     before = ledger.stats.batches, ledger.stats.ops
     started = time.perf_counter()

@@ -84,9 +84,10 @@ from runtime.ledger_schema import (
     JOB_COLUMNS,
     MUTABLE_COLUMNS,
     SELECT_JOB,
-    STATUS_BY_VALUE,
     connect,
+    fixed_fields,
     job_from_row,
+    job_from_update,
     migrate,
     sql_set,
 )
@@ -263,49 +264,13 @@ class _FixedColumns:
 
     def __init__(self, capacity: int = 65_536) -> None:
         self.capacity = capacity
-        self.rows: dict[str, tuple[Any, ...]] = {}
+        self.rows: dict[str, dict[str, Any]] = {}
 
     def remember(self, job: Job) -> None:
         rows = self.rows
         if len(rows) >= self.capacity:
             del rows[next(iter(rows))]
-        rows[job.id] = (
-            job.account_id,
-            job.model,
-            job.input,
-            job.cost,
-            job.trace_id,
-            job.deadline,
-            job.idempotency_key,
-            job.redriven_from,
-            job.created_at,
-        )
-
-
-def _job_from(job_id: str, f: tuple[Any, ...], m: Any) -> Job:
-    """A Job from its fixed columns and a row of ``MUTABLE_COLUMNS``."""
-    return Job(
-        job_id,
-        f[0],
-        f[1],
-        f[2],
-        STATUS_BY_VALUE[m[0]],
-        f[3],
-        f[4],
-        m[1],
-        m[2],
-        m[3],
-        m[4],
-        m[5],
-        m[6],
-        f[5],
-        m[7],
-        m[8],
-        f[6],
-        f[7],
-        f[8],
-        m[9],
-    )
+        rows[job.id] = fixed_fields(job)
 
 
 class _Batch:
@@ -386,7 +351,7 @@ class _Batch:
             if row is None:
                 outcomes.append(self.apply(op))
                 continue
-            job = _job_from(job_id, self.fixed.rows[job_id], row)
+            job = job_from_update(self.fixed.rows[job_id], row)
             try:
                 outcomes.append(Outcome(run.updated(self, op, job), None, True))
             except JoblineError as exc:
@@ -440,7 +405,7 @@ class _Batch:
         fixed = self.fixed.rows.get(job_id)
         if fixed is not None:
             row = self.conn.execute(update.short, params).fetchone()
-            return None if row is None else _job_from(job_id, fixed, row)
+            return None if row is None else job_from_update(fixed, row)
         row = self.conn.execute(update.full, params).fetchone()
         if row is None:
             return None
@@ -575,26 +540,26 @@ class _Batch:
                 (op.account_id, op.idempotency_key, op.job_id, op.request_hash, now),
             )
         job = Job(
-            op.job_id,
-            op.account_id,
-            op.model,
-            op.input,
-            JobStatus.QUEUED,
-            op.price,
-            op.trace_id,
-            0,
-            op.vendor,
-            None,
-            0,
-            0,
-            now,
-            op.deadline,
-            None,
-            None,
-            op.idempotency_key,
-            op.redriven_from,
-            now,
-            now,
+            id=op.job_id,
+            account_id=op.account_id,
+            model=op.model,
+            input=op.input,
+            status=JobStatus.QUEUED,
+            cost=op.price,
+            trace_id=op.trace_id,
+            route_position=0,
+            vendor=op.vendor,
+            vendor_task_id=None,
+            attempts=0,
+            vendor_attempts=0,
+            not_before=now,
+            deadline=op.deadline,
+            result_key=None,
+            error=None,
+            idempotency_key=op.idempotency_key,
+            redriven_from=op.redriven_from,
+            created_at=now,
+            updated_at=now,
         )
         self.hold(job, "opened" if op.redriven_from is None else f"redrive of {op.redriven_from}")
         return job, True
@@ -999,99 +964,6 @@ class Ledger:
                 future.set_result(result)
             else:
                 future.set_exception(result)
-
-    async def _do(self, op: LedgerOp) -> Any:
-        return (await self._submit(op)).unwrap()
-
-    async def create_account(self, account_id: str, api_key_hash: str, name: str = "") -> bool:
-        """True when the account was created, False when it existed."""
-        outcome = await self._submit(CreateAccount(account_id, api_key_hash, name))
-        outcome.unwrap()
-        return outcome.changed
-
-    async def grant(self, account_id: str, amount: int, grant_id: str) -> Balance:
-        """Add credits once per ``grant_id``; returns the balance after."""
-        balance: Balance = await self._do(Grant(account_id, amount, grant_id))
-        return balance
-
-    async def open_job(
-        self,
-        job_id: str,
-        account_id: str,
-        model: str,
-        input: dict[str, Any],
-        price: int,
-        trace_id: str,
-        vendor: str,
-        deadline: float,
-        idempotency_key: str | None = None,
-        request_hash: str | None = None,
-        max_in_flight: int | None = None,
-        redriven_from: str | None = None,
-    ) -> tuple[Job, bool]:
-        """The job queued with its hold; ``created`` is False for an idempotent replay."""
-        op = OpenJob(
-            job_id,
-            account_id,
-            model,
-            input,
-            price,
-            trace_id,
-            vendor,
-            deadline,
-            idempotency_key,
-            request_hash,
-            max_in_flight,
-            redriven_from,
-        )
-        outcome = await self._submit(op)
-        job: Job = outcome.unwrap()
-        return job, outcome.changed
-
-    async def start_attempt(
-        self, job_id: str, attempt: int, vendor: str, route_position: int
-    ) -> Job:
-        job: Job = await self._do(StartAttempt(job_id, attempt, vendor, route_position))
-        return job
-
-    async def mark_processing(self, job_id: str, attempt: int, vendor_task_id: str) -> Job:
-        job: Job = await self._do(MarkProcessing(job_id, attempt, vendor_task_id))
-        return job
-
-    async def schedule_retry(
-        self,
-        job_id: str,
-        attempt: int,
-        not_before: float,
-        error: str,
-        route_position: int,
-        vendor: str,
-    ) -> Job:
-        op = ScheduleRetry(job_id, attempt, not_before, error, route_position, vendor)
-        job: Job = await self._do(op)
-        return job
-
-    async def complete(self, job_id: str, result_key: str) -> Job:
-        job: Job = await self._do(Complete(job_id, result_key))
-        return job
-
-    async def fail(self, job_id: str, error: str, expired: bool = False) -> Job:
-        job: Job = await self._do(Fail(job_id, error, expired))
-        return job
-
-    async def cancel(self, job_id: str, account_id: str | None = None) -> Job:
-        job: Job = await self._do(Cancel(job_id, account_id))
-        return job
-
-    async def record_webhook(self, vendor: str, webhook_id: str) -> bool:
-        """True the first time this webhook id is seen."""
-        new: bool = await self._do(RecordWebhook(vendor, webhook_id))
-        return new
-
-    async def redrive(self, job_id: str, new_job_id: str, trace_id: str, deadline: float) -> Job:
-        """The new job opened from a dead letter (the same one when redriven before)."""
-        job: Job = await self._do(Redrive(job_id, new_job_id, trace_id, deadline))
-        return job
 
     # --- reads ---
 

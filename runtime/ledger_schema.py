@@ -216,42 +216,70 @@ def _user_version(conn: sqlite3.Connection) -> int:
 
 # --- rows -> values -------------------------------------------------------------------
 
-JOB_COLUMNS = (
-    "id, account_id, model, input, status, cost, trace_id, route_position, vendor, "
-    "vendor_task_id, attempts, vendor_attempts, not_before, deadline, result_key, error, "
-    "idempotency_key, redriven_from, created_at, updated_at"
-)
-MUTABLE_COLUMNS = (
-    "status, route_position, vendor, vendor_task_id, attempts, vendor_attempts, not_before, "
-    "result_key, error, updated_at"
-)
+# The jobs table's columns that make a Job, in the dataclass's field order (a unit test
+# holds the two and the schema together). ``seq`` and ``submit_in_doubt`` stay in SQL.
+JOB_FIELDS = (
+    "id", "account_id", "model", "input", "status", "cost", "trace_id", "route_position",
+    "vendor", "vendor_task_id", "attempts", "vendor_attempts", "not_before", "deadline",
+    "result_key", "error", "idempotency_key", "redriven_from", "created_at", "updated_at",
+)  # fmt: skip
+# The columns an update can change; every other one is fixed when the job is opened.
+MUTABLE_FIELDS = (
+    "status", "route_position", "vendor", "vendor_task_id", "attempts", "vendor_attempts",
+    "not_before", "result_key", "error", "updated_at",
+)  # fmt: skip
+FIXED_FIELDS = tuple(name for name in JOB_FIELDS if name not in MUTABLE_FIELDS)
+JOB_COLUMNS = ", ".join(JOB_FIELDS)
+MUTABLE_COLUMNS = ", ".join(MUTABLE_FIELDS)
 STATUS_BY_VALUE = {s.value: s for s in JobStatus}
 KIND_BY_VALUE = {k.value: k for k in EntryKind}
 
 
 def job_from_row(row: Any) -> Job:
-    """A Job from a row selected as ``JOB_COLUMNS`` (the dataclass's field order)."""
+    """A Job from a row selected as ``JOB_COLUMNS``."""
     return Job(
-        row[0],
-        row[1],
-        row[2],
-        json.loads(row[3]),
-        STATUS_BY_VALUE[row[4]],
-        row[5],
-        row[6],
-        row[7],
-        row[8],
-        row[9],
-        row[10],
-        row[11],
-        row[12],
-        row[13],
-        row[14],
-        row[15],
-        row[16],
-        row[17],
-        row[18],
-        row[19],
+        id=row[0],
+        account_id=row[1],
+        model=row[2],
+        input=json.loads(row[3]),
+        status=STATUS_BY_VALUE[row[4]],
+        cost=row[5],
+        trace_id=row[6],
+        route_position=row[7],
+        vendor=row[8],
+        vendor_task_id=row[9],
+        attempts=row[10],
+        vendor_attempts=row[11],
+        not_before=row[12],
+        deadline=row[13],
+        result_key=row[14],
+        error=row[15],
+        idempotency_key=row[16],
+        redriven_from=row[17],
+        created_at=row[18],
+        updated_at=row[19],
+    )
+
+
+def fixed_fields(job: Job) -> dict[str, Any]:
+    """The job's ``FIXED_FIELDS``, by name: what ``job_from_update`` needs besides a row."""
+    return {name: getattr(job, name) for name in FIXED_FIELDS}
+
+
+def job_from_update(fixed: dict[str, Any], row: Any) -> Job:
+    """A Job from its ``fixed_fields`` and a row selected as ``MUTABLE_COLUMNS``."""
+    return Job(
+        **fixed,
+        status=STATUS_BY_VALUE[row[0]],
+        route_position=row[1],
+        vendor=row[2],
+        vendor_task_id=row[3],
+        attempts=row[4],
+        vendor_attempts=row[5],
+        not_before=row[6],
+        result_key=row[7],
+        error=row[8],
+        updated_at=row[9],
     )
 
 

@@ -21,11 +21,21 @@ from runtime.config import JoblineConfig, load_config
 from runtime.errors import LedgerUnavailable
 from runtime.invariants import check_invariants
 from runtime.ledger import Ledger, new_job_id
-from runtime.models import Job, LedgerOp, MarkProcessing, Outcome
+from runtime.models import (
+    Cancel,
+    CreateAccount,
+    Grant,
+    Job,
+    LedgerOp,
+    MarkProcessing,
+    OpenJob,
+    Outcome,
+)
 from runtime.ports import LedgerPort, ProcessorPort
 from runtime.results import LocalResultStore, result_key_for
 from runtime.states import JobStatus
 from runtime.vendors import TaskState, TaskStatus, WebhookEvent, make_client
+from tests.ledger_ops import apply_op
 from vendors_fake.png import expected_png
 from vendors_fake.profile import merge_profile, preset
 from vendors_fake.runner import FakeVendorSet, start_fake_vendors, vendor_credentials
@@ -73,15 +83,18 @@ class Rig:
         jobs = []
         for i in range(n):
             route = self.config.models[model].route
-            job, _ = await self.ledger.open_job(
-                new_job_id(time.time(), IDS),
-                "acct",
-                model,
-                {"prompt": f"p{i}", **input},
-                self.config.models[model].price,
-                f"trace{i:028d}",
-                route[0].vendor,
-                time.time() + 60,
+            job = await apply_op(
+                self.ledger,
+                OpenJob(
+                    new_job_id(time.time(), IDS),
+                    "acct",
+                    model,
+                    {"prompt": f"p{i}", **input},
+                    self.config.models[model].price,
+                    f"trace{i:028d}",
+                    route[0].vendor,
+                    time.time() + 60,
+                ),
             )
             jobs.append(job)
         return jobs
@@ -115,8 +128,8 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
         base, tmp_path, fakes.urls, overrides={**FAST, **(overrides.args[0] if overrides else {})}
     )
     ledger = await Ledger.open(tmp_path / "ledger.db")
-    await ledger.create_account("acct", "hash")
-    await ledger.grant("acct", 10_000, "g")
+    await apply_op(ledger, CreateAccount("acct", "hash"))
+    await apply_op(ledger, Grant("acct", 10_000, "g"))
     rig = Rig(config, ledger, fakes, {}, LocalResultStore(tmp_path / "results"))
     for vendor in config.vendors:
         rig.processors[vendor] = rig.make_processor(vendor)
@@ -202,7 +215,7 @@ async def test_cancel_releases_and_cancels_the_vendor_task(rig: Rig) -> None:
     await rig.dispatch([job])
     while (await rig.ledger.get_job(job.id)).status is not JobStatus.PROCESSING:
         await asyncio.sleep(0.02)
-    await rig.ledger.cancel(job.id)
+    await apply_op(rig.ledger, Cancel(job.id))
     await rig.processors["fal"].cancel_tasks([job.id])
     [done] = await rig.wait([job])
     assert done.status is JobStatus.CANCELED
@@ -216,15 +229,18 @@ async def test_cancel_releases_and_cancels_the_vendor_task(rig: Rig) -> None:
 
 
 async def test_a_queued_job_past_its_deadline_fails_and_refunds(rig: Rig) -> None:
-    job, _ = await rig.ledger.open_job(
-        new_job_id(time.time(), IDS),
-        "acct",
-        "flux-schnell",
-        {"prompt": "late"},
-        3,
-        "t" * 32,
-        "fal",
-        time.time() - 1,
+    job = await apply_op(
+        rig.ledger,
+        OpenJob(
+            new_job_id(time.time(), IDS),
+            "acct",
+            "flux-schnell",
+            {"prompt": "late"},
+            3,
+            "t" * 32,
+            "fal",
+            time.time() - 1,
+        ),
     )
     await rig.dispatch([job])
     [done] = await rig.wait([job])
@@ -284,7 +300,7 @@ async def test_a_cancel_reaching_a_restarted_processor_still_cancels_the_vendor_
     while (await rig.ledger.get_job(job.id)).status is not JobStatus.PROCESSING:
         await asyncio.sleep(0.02)
     await rig.processors["fal"].stop()  # the processor dies ...
-    await rig.ledger.cancel(job.id)  # ... the client cancels meanwhile ...
+    await apply_op(rig.ledger, Cancel(job.id))  # ... the client cancels meanwhile ...
     rig.processors["fal"] = rig.make_processor("fal", seed=1)
     await rig.processors["fal"].start()  # ... it restarts without the job ...
     await rig.processors["fal"].cancel_tasks([job.id])  # ... and the cancel arrives
@@ -407,15 +423,18 @@ async def test_an_expired_job_whose_cancel_failed_has_its_task_canceled_later(
     # cancel fails, so the task would run on, uncounted. The restarted processor, which
     # never loaded the job, cancels it until the vendor confirms.
     fal = rig.fakes["fal"]
-    job, _ = await rig.ledger.open_job(
-        new_job_id(time.time(), IDS),
-        "acct",
-        "flux-schnell",
-        {"prompt": "late"},
-        3,
-        "t" * 32,
-        "fal",
-        time.time() + 1,
+    job = await apply_op(
+        rig.ledger,
+        OpenJob(
+            new_job_id(time.time(), IDS),
+            "acct",
+            "flux-schnell",
+            {"prompt": "late"},
+            3,
+            "t" * 32,
+            "fal",
+            time.time() + 1,
+        ),
     )
     await rig.dispatch([job])
     while (await rig.ledger.get_job(job.id)).status is not JobStatus.PROCESSING:

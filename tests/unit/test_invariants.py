@@ -11,7 +11,20 @@ import pytest
 
 from runtime.invariants import check_invariants, main
 from runtime.ledger import Ledger
-from runtime.models import Violation
+from runtime.models import (
+    Cancel,
+    Complete,
+    CreateAccount,
+    Fail,
+    Grant,
+    MarkProcessing,
+    OpenJob,
+    RecordWebhook,
+    Redrive,
+    StartAttempt,
+    Violation,
+)
+from tests.ledger_ops import apply_op
 
 DEADLINE = 10_000.0
 
@@ -20,30 +33,42 @@ async def _build(path: Path) -> None:
     """A healthy ledger with a job in every state, keys, webhooks and a redrive."""
     ledger = await Ledger.open(path, lambda: 1_000.0)
     try:
-        await ledger.create_account("acct", "hash-acct")
-        await ledger.grant("acct", 100, "initial")
-        await ledger.create_account("poor", "hash-poor")
-        await ledger.grant("poor", 10, "initial-poor")
+        await apply_op(ledger, CreateAccount("acct", "hash-acct"))
+        await apply_op(ledger, Grant("acct", 100, "initial"))
+        await apply_op(ledger, CreateAccount("poor", "hash-poor"))
+        await apply_op(ledger, Grant("poor", 10, "initial-poor"))
 
         async def open_job(job_id: str, account: str = "acct", key: str | None = None) -> None:
-            await ledger.open_job(
-                job_id, account, "flux", {"p": job_id}, 5, "t-" + job_id, "fal", DEADLINE, key, "h"
+            await apply_op(
+                ledger,
+                OpenJob(
+                    job_id,
+                    account,
+                    "flux",
+                    {"p": job_id},
+                    5,
+                    "t-" + job_id,
+                    "fal",
+                    DEADLINE,
+                    key,
+                    "h",
+                ),
             )
 
         for job_id in ("done", "failed", "canceled", "busy", "waiting"):
             await open_job(job_id, key="key-" + job_id)
         for job_id in ("done", "failed", "busy"):
-            await ledger.start_attempt(job_id, 1, "fal", 0)
-            await ledger.mark_processing(job_id, 1, "task-" + job_id)
-        await ledger.complete("done", "results/done")
-        await ledger.fail("failed", "rejected")
-        await ledger.cancel("canceled")
+            await apply_op(ledger, StartAttempt(job_id, 1, "fal", 0))
+            await apply_op(ledger, MarkProcessing(job_id, 1, "task-" + job_id))
+        await apply_op(ledger, Complete("done", "results/done"))
+        await apply_op(ledger, Fail("failed", "rejected"))
+        await apply_op(ledger, Cancel("canceled"))
         await open_job("poor-done", account="poor")
-        await ledger.start_attempt("poor-done", 1, "fal", 0)
-        await ledger.mark_processing("poor-done", 1, "task-poor")
-        await ledger.complete("poor-done", "results/poor")
-        await ledger.redrive("failed", "failed-again", "t-again", DEADLINE)
-        await ledger.record_webhook("fal", "wh-1")
+        await apply_op(ledger, StartAttempt("poor-done", 1, "fal", 0))
+        await apply_op(ledger, MarkProcessing("poor-done", 1, "task-poor"))
+        await apply_op(ledger, Complete("poor-done", "results/poor"))
+        await apply_op(ledger, Redrive("failed", "failed-again", "t-again", DEADLINE))
+        await apply_op(ledger, RecordWebhook("fal", "wh-1"))
     finally:
         await ledger.close()
 

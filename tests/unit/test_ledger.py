@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import sqlite3
 import tempfile
@@ -27,7 +28,17 @@ from runtime.errors import (
 )
 from runtime.invariants import check_invariants
 from runtime.ledger import Ledger, new_job_id
-from runtime.ledger_schema import SCHEMA_VERSION, migrate
+from runtime.ledger_schema import (
+    JOB_COLUMNS,
+    JOB_FIELDS,
+    MUTABLE_COLUMNS,
+    SCHEMA_VERSION,
+    connect,
+    fixed_fields,
+    job_from_row,
+    job_from_update,
+    migrate,
+)
 from runtime.models import (
     Cancel,
     Complete,
@@ -45,6 +56,7 @@ from runtime.models import (
     StartAttempt,
 )
 from runtime.states import JobStatus
+from tests.ledger_ops import apply_op
 
 DEADLINE = 10_000.0
 
@@ -70,8 +82,8 @@ def clock() -> Clock:
 @pytest.fixture
 async def ledger(tmp_path: Path, clock: Clock) -> AsyncIterator[Ledger]:
     ledger = await Ledger.open(tmp_path / "ledger.db", clock)
-    await ledger.create_account("acct", "hash-acct")
-    await ledger.grant("acct", 100, "initial")
+    await apply_op(ledger, CreateAccount("acct", "hash-acct"))
+    await apply_op(ledger, Grant("acct", 100, "initial"))
     yield ledger
     await ledger.close()
 
@@ -88,8 +100,8 @@ async def open_job(ledger: Ledger, job_id: str, price: int = 10, **kw: Any) -> N
 
 async def to_processing(ledger: Ledger, job_id: str, price: int = 10) -> None:
     await open_job(ledger, job_id, price)
-    await ledger.start_attempt(job_id, 1, "fal", 0)
-    await ledger.mark_processing(job_id, 1, "task-" + job_id)
+    await apply_op(ledger, StartAttempt(job_id, 1, "fal", 0))
+    await apply_op(ledger, MarkProcessing(job_id, 1, "task-" + job_id))
 
 
 def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -137,12 +149,12 @@ async def test_same_key_with_another_body_is_a_conflict(ledger: Ledger) -> None:
     assert outcome.error.job_id == "job-1"
     assert dump(ledger.path) == before
     # The same key on another account is another key.
-    await ledger.create_account("other", "hash-other")
-    await ledger.grant("other", 10, "g-other")
-    job, created = await ledger.open_job(
-        "job-3", "other", "flux", {}, 10, "t", "fal", DEADLINE, "key-1", "body-2"
+    await apply_op(ledger, CreateAccount("other", "hash-other"))
+    await apply_op(ledger, Grant("other", 10, "g-other"))
+    outcome = await ledger.execute(
+        OpenJob("job-3", "other", "flux", {}, 10, "t", "fal", DEADLINE, "key-1", "body-2")
     )
-    assert created and job.account_id == "other"
+    assert outcome.changed and outcome.value.account_id == "other"
 
 
 async def test_open_beyond_available_credits_writes_nothing(ledger: Ledger) -> None:
@@ -170,7 +182,7 @@ async def test_in_flight_cap(ledger: Ledger) -> None:
         await open_job(ledger, f"job-{i}", price=1, max_in_flight=3)
     with pytest.raises(TooManyJobsInFlight):
         await open_job(ledger, "job-3", price=1, max_in_flight=3)
-    await ledger.cancel("job-0")  # a terminal job frees its place
+    await apply_op(ledger, Cancel("job-0"))  # a terminal job frees its place
     await open_job(ledger, "job-3", price=1, max_in_flight=3)
     assert check_invariants(ledger.path) == []
 
@@ -179,17 +191,17 @@ async def test_unknown_account(ledger: Ledger) -> None:
     with pytest.raises(AccountNotFound):
         await open_job(ledger, "job-1", account="nobody")
     with pytest.raises(AccountNotFound):
-        await ledger.grant("nobody", 5, "g")
+        await apply_op(ledger, Grant("nobody", 5, "g"))
     with pytest.raises(AccountNotFound):
         await ledger.balance("nobody")
 
 
 async def test_grants_are_idempotent_by_grant_id(ledger: Ledger) -> None:
-    assert (await ledger.grant("acct", 50, "topup-1")).balance == 150
-    assert (await ledger.grant("acct", 50, "topup-1")).balance == 150
+    assert (await apply_op(ledger, Grant("acct", 50, "topup-1"))).balance == 150
+    assert (await apply_op(ledger, Grant("acct", 50, "topup-1"))).balance == 150
     assert await ledger.account_for_key("hash-acct") == "acct"
     assert await ledger.account_for_key("nope") is None
-    assert not await ledger.create_account("acct", "hash-acct")
+    assert not (await ledger.execute(CreateAccount("acct", "hash-acct"))).changed
 
 
 # --- the life of a job -------------------------------------------------------------------
@@ -197,12 +209,12 @@ async def test_grants_are_idempotent_by_grant_id(ledger: Ledger) -> None:
 
 async def test_a_job_from_open_to_complete_captures_its_hold(ledger: Ledger, clock: Clock) -> None:
     await open_job(ledger, "job-1")
-    job = await ledger.start_attempt("job-1", 1, "fal", 0)
+    job = await apply_op(ledger, StartAttempt("job-1", 1, "fal", 0))
     assert (job.attempts, job.vendor_attempts, job.status) == (1, 1, JobStatus.QUEUED)
-    job = await ledger.mark_processing("job-1", 1, "task-1")
+    job = await apply_op(ledger, MarkProcessing("job-1", 1, "task-1"))
     assert (job.status, job.vendor_task_id) == (JobStatus.PROCESSING, "task-1")
     clock.advance()
-    job = await ledger.complete("job-1", "results/job-1.png")
+    job = await apply_op(ledger, Complete("job-1", "results/job-1.png"))
     assert (job.status, job.result_key, job.updated_at) == (
         JobStatus.COMPLETED,
         "results/job-1.png",
@@ -231,7 +243,7 @@ async def test_start_attempt_is_a_compare_and_set(ledger: Ledger) -> None:
     assert not again.changed and again.value.attempts == 1
     skipped = await ledger.execute(StartAttempt("job-1", 3, "fal", 0))
     assert not skipped.changed and skipped.value.attempts == 1
-    await ledger.mark_processing("job-1", 1, "task-1")
+    await apply_op(ledger, MarkProcessing("job-1", 1, "task-1"))
     busy = await ledger.execute(StartAttempt("job-1", 2, "fal", 0))  # not queued
     assert not busy.changed and busy.value.status is JobStatus.PROCESSING
 
@@ -244,21 +256,21 @@ async def test_a_submit_is_in_doubt_until_its_task_id_or_retry_is_recorded(
 
     for job_id in ("marked", "retried", "canceled", "open"):
         await open_job(ledger, job_id)
-        await ledger.start_attempt(job_id, 1, "fal", 0)
+        await apply_op(ledger, StartAttempt(job_id, 1, "fal", 0))
     assert await in_doubt() == [("marked", 1), ("retried", 1), ("canceled", 1), ("open", 1)]
-    await ledger.mark_processing("marked", 1, "task-1")
-    await ledger.schedule_retry("retried", 1, clock() + 5, "vendor 503", 0, "fal")
-    await ledger.cancel("canceled")  # canceled mid-submit: its task may still exist
+    await apply_op(ledger, MarkProcessing("marked", 1, "task-1"))
+    await apply_op(ledger, ScheduleRetry("retried", 1, clock() + 5, "vendor 503", 0, "fal"))
+    await apply_op(ledger, Cancel("canceled"))  # canceled mid-submit: its task may still exist
     assert await in_doubt() == [("canceled", 1), ("open", 1)]
     assert await in_doubt("replicate") == []
     clock.advance(10)
-    await ledger.start_attempt("retried", 2, "fal", 0)
+    await apply_op(ledger, StartAttempt("retried", 2, "fal", 0))
     assert await in_doubt(after=clock() - 1) == [("retried", 2)]
 
 
 async def test_retry_failover_and_vendor_attempts(ledger: Ledger) -> None:
     await to_processing(ledger, "job-1")
-    job = await ledger.schedule_retry("job-1", 1, 1_005.0, "vendor 503", 0, "fal")
+    job = await apply_op(ledger, ScheduleRetry("job-1", 1, 1_005.0, "vendor 503", 0, "fal"))
     assert (job.status, job.not_before, job.error, job.vendor_task_id) == (
         JobStatus.QUEUED,
         1_005.0,
@@ -267,11 +279,11 @@ async def test_retry_failover_and_vendor_attempts(ledger: Ledger) -> None:
     )
     stale = await ledger.execute(ScheduleRetry("job-1", 0, 1_009.0, "old", 0, "fal"))
     assert not stale.changed
-    job = await ledger.start_attempt("job-1", 2, "fal", 0)
+    job = await apply_op(ledger, StartAttempt("job-1", 2, "fal", 0))
     assert (job.attempts, job.vendor_attempts) == (2, 2)
-    job = await ledger.schedule_retry("job-1", 2, 1_006.0, "failover", 1, "replicate")
+    job = await apply_op(ledger, ScheduleRetry("job-1", 2, 1_006.0, "failover", 1, "replicate"))
     assert (job.route_position, job.vendor, job.vendor_attempts) == (1, "replicate", 0)
-    job = await ledger.start_attempt("job-1", 3, "replicate", 1)
+    job = await apply_op(ledger, StartAttempt("job-1", 3, "replicate", 1))
     assert (job.attempts, job.vendor_attempts, job.vendor) == (3, 1, "replicate")
     assert await ledger.jobs_for_vendor("replicate") == [job]
     assert await ledger.jobs_for_vendor("fal") == []
@@ -280,31 +292,33 @@ async def test_retry_failover_and_vendor_attempts(ledger: Ledger) -> None:
 async def test_failover_of_a_queued_job_moves_it(ledger: Ledger) -> None:
     """A processor fails a queued job over (circuit open) with the attempt it already had."""
     await to_processing(ledger, "job-1")
-    await ledger.schedule_retry("job-1", 1, 1_005.0, "503", 0, "fal")
-    job = await ledger.schedule_retry("job-1", 1, 1_005.0, "circuit open", 1, "replicate")
+    await apply_op(ledger, ScheduleRetry("job-1", 1, 1_005.0, "503", 0, "fal"))
+    job = await apply_op(ledger, ScheduleRetry("job-1", 1, 1_005.0, "circuit open", 1, "replicate"))
     assert (job.vendor, job.route_position, job.vendor_attempts) == ("replicate", 1, 0)
 
 
 async def test_mark_processing_replay_and_conflict(ledger: Ledger) -> None:
     await open_job(ledger, "job-1")
-    await ledger.start_attempt("job-1", 1, "fal", 0)
+    await apply_op(ledger, StartAttempt("job-1", 1, "fal", 0))
     assert (await ledger.execute(MarkProcessing("job-1", 1, "task-1"))).changed
     assert not (await ledger.execute(MarkProcessing("job-1", 1, "task-1"))).changed
     with pytest.raises(IllegalTransition):
-        await ledger.mark_processing("job-1", 1, "task-2")  # a second task for one attempt
+        await apply_op(
+            ledger, MarkProcessing("job-1", 1, "task-2")
+        )  # a second task for one attempt
 
 
 async def test_complete_of_a_queued_job_is_illegal(ledger: Ledger) -> None:
     await open_job(ledger, "job-1")
     before = dump(ledger.path)
     with pytest.raises(IllegalTransition):
-        await ledger.complete("job-1", "r")
+        await apply_op(ledger, Complete("job-1", "r"))
     assert dump(ledger.path) == before
 
 
 async def test_fail_releases_and_dead_letters(ledger: Ledger) -> None:
     await to_processing(ledger, "job-1")
-    job = await ledger.fail("job-1", "content rejected")
+    job = await apply_op(ledger, Fail("job-1", "content rejected"))
     assert (job.status, job.error) == (JobStatus.FAILED, "content rejected")
     assert entries(ledger.path, "job-1") == ["hold", "release"]
     assert (await ledger.balance("acct")).available == 100
@@ -316,27 +330,27 @@ async def test_fail_releases_and_dead_letters(ledger: Ledger) -> None:
         "trace-job-1",
     )
     await open_job(ledger, "job-2")
-    expired = await ledger.fail("job-2", "deadline passed", expired=True)
+    expired = await apply_op(ledger, Fail("job-2", "deadline passed", expired=True))
     assert expired.status is JobStatus.FAILED
 
 
 async def test_cancel_is_scoped_to_the_account(ledger: Ledger) -> None:
     await open_job(ledger, "job-1")
-    await ledger.create_account("other", "hash-other")
+    await apply_op(ledger, CreateAccount("other", "hash-other"))
     with pytest.raises(JobNotFound):
-        await ledger.cancel("job-1", account_id="other")
+        await apply_op(ledger, Cancel("job-1", account_id="other"))
     with pytest.raises(JobNotFound):
         await ledger.get_job("job-1", account_id="other")
-    job = await ledger.cancel("job-1", account_id="acct")
+    job = await apply_op(ledger, Cancel("job-1", account_id="acct"))
     assert job.status is JobStatus.CANCELED
     assert entries(ledger.path, "job-1") == ["hold", "release"]
     with pytest.raises(JobNotFound):
-        await ledger.cancel("nope")
+        await apply_op(ledger, Cancel("nope"))
 
 
 async def test_terminal_jobs_absorb_everything(ledger: Ledger) -> None:
     await to_processing(ledger, "job-1")
-    await ledger.complete("job-1", "r")
+    await apply_op(ledger, Complete("job-1", "r"))
     before = dump(ledger.path)
     late: list[LedgerOp] = [
         Fail("job-1", "late"),
@@ -353,9 +367,9 @@ async def test_terminal_jobs_absorb_everything(ledger: Ledger) -> None:
 
 
 async def test_record_webhook(ledger: Ledger) -> None:
-    assert await ledger.record_webhook("fal", "wh-1")
-    assert not await ledger.record_webhook("fal", "wh-1")
-    assert await ledger.record_webhook("replicate", "wh-1")
+    assert await apply_op(ledger, RecordWebhook("fal", "wh-1"))
+    assert not await apply_op(ledger, RecordWebhook("fal", "wh-1"))
+    assert await apply_op(ledger, RecordWebhook("replicate", "wh-1"))
 
 
 # --- races -----------------------------------------------------------------------------
@@ -380,8 +394,8 @@ async def test_two_ledgers_on_one_file_settle_each_job_once(tmp_path: Path) -> N
     first = await Ledger.open(path)
     second = await Ledger.open(path)
     try:
-        await first.create_account("acct", "h")
-        await first.grant("acct", 1_000, "g")
+        await apply_op(first, CreateAccount("acct", "h"))
+        await apply_op(first, Grant("acct", 1_000, "g"))
         ids = [f"job-{i}" for i in range(40)]
         for job_id in ids:
             await to_processing(first, job_id, price=1)
@@ -403,7 +417,7 @@ async def test_two_ledgers_on_one_file_settle_each_job_once(tmp_path: Path) -> N
 
 async def test_sql_refuses_a_second_settlement(ledger: Ledger) -> None:
     await to_processing(ledger, "job-1")
-    await ledger.complete("job-1", "r")
+    await apply_op(ledger, Complete("job-1", "r"))
     conn = sqlite3.connect(ledger.path)
     try:
         with pytest.raises(sqlite3.IntegrityError):
@@ -516,7 +530,7 @@ async def test_an_unexpected_error_fails_only_its_own_operation(ledger: Ledger) 
 
 async def test_a_bug_in_an_operation_reaches_only_its_caller(ledger: Ledger) -> None:
     with pytest.raises(ValueError):
-        await ledger.grant("acct", -5, "negative")
+        await apply_op(ledger, Grant("acct", -5, "negative"))
     results = await asyncio.gather(
         ledger.execute(open_op("job-1")),
         ledger.execute(open_op("job-2", price=0)),
@@ -558,8 +572,8 @@ def test_a_batch_has_the_effect_of_its_operations_one_by_one(
     async def run(path: Path, together: bool) -> list[tuple[Any, ...]]:
         ledger = await Ledger.open(path, Clock())
         try:
-            await ledger.create_account("acct", "h")
-            await ledger.grant("acct", 1_000, "g")
+            await apply_op(ledger, CreateAccount("acct", "h"))
+            await apply_op(ledger, Grant("acct", 1_000, "g"))
             for i in range(5):
                 await open_job(ledger, f"j{i}", price=7)
             ops = [_run_op(*step) for step in script]
@@ -583,17 +597,17 @@ async def test_a_closed_ledger_is_unavailable(tmp_path: Path) -> None:
     ledger = await Ledger.open(tmp_path / "l.db")
     await ledger.close()
     with pytest.raises(LedgerUnavailable):
-        await ledger.create_account("a", "h")
+        await apply_op(ledger, CreateAccount("a", "h"))
     with pytest.raises(LedgerUnavailable):
         await ledger.balance("a")
 
 
 async def test_close_finishes_what_was_submitted(tmp_path: Path) -> None:
     ledger = await Ledger.open(tmp_path / "l.db")
-    pending = asyncio.ensure_future(ledger.create_account("a", "h"))
+    pending = asyncio.ensure_future(ledger.execute(CreateAccount("a", "h")))
     await asyncio.sleep(0)
     await ledger.close()
-    assert await pending
+    assert (await pending).changed
 
 
 # --- redrive ----------------------------------------------------------------------------
@@ -601,10 +615,10 @@ async def test_close_finishes_what_was_submitted(tmp_path: Path) -> None:
 
 async def test_redrive_opens_a_new_job_once(ledger: Ledger) -> None:
     await to_processing(ledger, "job-1", price=30)
-    await ledger.fail("job-1", "vendor down")
+    await apply_op(ledger, Fail("job-1", "vendor down"))
     with pytest.raises(DeadLetterNotFound):
-        await ledger.redrive("job-404", "x", "t", DEADLINE)
-    new = await ledger.redrive("job-1", "job-1b", "trace-b", DEADLINE)
+        await apply_op(ledger, Redrive("job-404", "x", "t", DEADLINE))
+    new = await apply_op(ledger, Redrive("job-1", "job-1b", "trace-b", DEADLINE))
     assert (new.status, new.cost, new.redriven_from, new.input, new.attempts) == (
         JobStatus.QUEUED,
         30,
@@ -612,7 +626,7 @@ async def test_redrive_opens_a_new_job_once(ledger: Ledger) -> None:
         {"prompt": "job-1"},
         0,
     )
-    assert await ledger.redrive("job-1", "job-1c", "trace-c", DEADLINE) == new
+    assert await apply_op(ledger, Redrive("job-1", "job-1c", "trace-c", DEADLINE)) == new
     assert (await ledger.get_job("job-1")).status is JobStatus.FAILED  # never moved again
     assert entries(ledger.path, "job-1b") == ["hold"]
     assert await ledger.dead_letters() == []
@@ -623,8 +637,8 @@ async def test_redrive_opens_a_new_job_once(ledger: Ledger) -> None:
 
 async def test_redrive_can_start_the_route_over(ledger: Ledger) -> None:
     await to_processing(ledger, "job-1", price=30)
-    await ledger.schedule_retry("job-1", 1, 0.0, "down", 1, "backup")
-    await ledger.fail("job-1", "route spent")
+    await apply_op(ledger, ScheduleRetry("job-1", 1, 0.0, "down", 1, "backup"))
+    await apply_op(ledger, Fail("job-1", "route spent"))
     outcome = await ledger.execute(Redrive("job-1", "job-1b", "trace-b", DEADLINE, vendor="first"))
     new = outcome.unwrap()
     assert (new.route_position, new.vendor) == (0, "first")
@@ -633,11 +647,11 @@ async def test_redrive_can_start_the_route_over(ledger: Ledger) -> None:
 
 async def test_redrive_needs_credits(ledger: Ledger) -> None:
     await open_job(ledger, "job-1", price=60)
-    await ledger.fail("job-1", "x")
+    await apply_op(ledger, Fail("job-1", "x"))
     await open_job(ledger, "job-2", price=50)
     before = dump(ledger.path)
     with pytest.raises(InsufficientCredits):
-        await ledger.redrive("job-1", "job-1b", "t", DEADLINE)
+        await apply_op(ledger, Redrive("job-1", "job-1b", "t", DEADLINE))
     assert dump(ledger.path) == before
 
 
@@ -645,10 +659,10 @@ async def test_redrive_needs_credits(ledger: Ledger) -> None:
 
 
 async def test_pages_are_stable_and_newest_first(ledger: Ledger, clock: Clock) -> None:
-    await ledger.grant("acct", 1_000, "more")
+    await apply_op(ledger, Grant("acct", 1_000, "more"))
     for i in range(25):
         await open_job(ledger, f"job-{i:02d}", price=1)
-    await ledger.cancel("job-03")
+    await apply_op(ledger, Cancel("job-03"))
     seen: list[str] = []
     page = await ledger.list_jobs("acct", limit=10)
     await open_job(ledger, "job-late", price=1)  # arrives between pages: not in this walk
@@ -671,7 +685,7 @@ async def test_operational_reads(ledger: Ledger, clock: Clock) -> None:
     await open_job(ledger, "queued-1", price=1)
     await to_processing(ledger, "busy-1", price=1)
     await to_processing(ledger, "done-1", price=1)
-    await ledger.complete("done-1", "r")
+    await apply_op(ledger, Complete("done-1", "r"))
     assert [j.id if j else None for j in await ledger.get_jobs(["busy-1", "nope", "queued-1"])] == [
         "busy-1",
         None,
@@ -708,6 +722,44 @@ def test_ids_are_time_ordered_uuids() -> None:
     assert [i[:13] for i in ids] == sorted(i[:13] for i in ids)
 
 
+def test_a_seeded_rng_names_jobs_the_same_way_every_time() -> None:
+    first = [new_job_id(1_700_000_000.0, random.Random(9)) for _ in range(2)]
+    assert first == [new_job_id(1_700_000_000.0, random.Random(9)) for _ in range(2)]
+    assert new_job_id(1_700_000_000.0, random.Random(10)) != first[0]
+
+
+def test_a_job_is_read_from_exactly_the_columns_of_the_jobs_table(tmp_path: Path) -> None:
+    """Job's fields, JOB_COLUMNS and the schema name the same columns in the same order,
+    so building a Job from a row cannot silently shift a value into the wrong field."""
+    assert tuple(field.name for field in dataclasses.fields(Job)) == JOB_FIELDS
+    conn = connect(tmp_path / "schema.db")
+    try:
+        migrate(conn)
+        table = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
+    finally:
+        conn.close()
+    assert [c for c in table if c in JOB_FIELDS] == list(JOB_FIELDS)
+    assert set(table) - set(JOB_FIELDS) == {"seq", "submit_in_doubt"}  # kept in SQL only
+    # Each column lands in the field of its name.
+    row = {name: f"<{name}>" for name in JOB_FIELDS} | {"input": '{"k": 1}', "status": "queued"}
+    job = job_from_row(tuple(row[name] for name in JOB_FIELDS))
+    expected = row | {"input": {"k": 1}, "status": JobStatus.QUEUED}
+    assert {name: getattr(job, name) for name in JOB_FIELDS} == expected
+
+
+async def test_a_job_from_a_full_row_equals_one_from_an_update_row(ledger: Ledger) -> None:
+    await to_processing(ledger, "job-1")
+    conn = sqlite3.connect(ledger.path)
+    try:
+        full = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = 'job-1'").fetchone()
+        short = conn.execute(f"SELECT {MUTABLE_COLUMNS} FROM jobs WHERE id = 'job-1'").fetchone()
+    finally:
+        conn.close()
+    job = job_from_row(full)
+    assert job.vendor_task_id == "task-job-1" and job.status is JobStatus.PROCESSING
+    assert job_from_update(fixed_fields(job), short) == job
+
+
 async def test_opening_an_old_database_upgrades_it(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
@@ -730,7 +782,7 @@ async def test_opening_an_old_database_upgrades_it(tmp_path: Path) -> None:
     ledger = await Ledger.open(path)
     try:
         assert [h.status for h in await ledger.history("job-1")] == [JobStatus.PROCESSING]
-        job = await ledger.complete("job-1", "r")  # in_flight was backfilled: 1 -> 0
+        job = await apply_op(ledger, Complete("job-1", "r"))  # in_flight was backfilled: 1 -> 0
         assert job.status is JobStatus.COMPLETED
     finally:
         await ledger.close()
@@ -782,8 +834,8 @@ def test_returned_jobs_match_the_database(script: list[tuple[str, str, int]]) ->
     async def run(path: Path) -> None:
         ledger = await Ledger.open(path, Clock())
         try:
-            await ledger.create_account("acct", "h")
-            await ledger.grant("acct", 1_000, "g")
+            await apply_op(ledger, CreateAccount("acct", "h"))
+            await apply_op(ledger, Grant("acct", 1_000, "g"))
             # Half the operations go in one batch, to mix jobs within a transaction.
             half = len(script) // 2
             outcomes = await ledger.execute_many([_op(*step) for step in script[:half]])

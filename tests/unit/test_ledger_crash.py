@@ -16,7 +16,9 @@ import pytest
 
 from runtime.invariants import check_invariants
 from runtime.ledger import Ledger
+from runtime.models import Cancel, Complete, OpenJob
 from runtime.states import JobStatus
+from tests.ledger_ops import apply_op
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,30 +27,38 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = """
 import asyncio, sys
 from runtime.ledger import Ledger
+from runtime.models import (
+    Cancel, Complete, CreateAccount, Fail, Grant, MarkProcessing, OpenJob, ScheduleRetry,
+    StartAttempt,
+)
 
 async def main(path):
     ledger = await Ledger.open(path)
-    await ledger.create_account("acct", "hash")
-    await ledger.grant("acct", 10**12, "initial")
+
+    async def do(op):
+        (await ledger.execute(op)).unwrap()
+
+    await do(CreateAccount("acct", "hash"))
+    await do(Grant("acct", 10**12, "initial"))
     print("ready", flush=True)
 
     async def carry(worker):
         for i in range(10**9):
             job_id = f"w{worker}-{i}"
-            await ledger.open_job(job_id, "acct", "flux", {"i": i}, 3, "t", "fal", 1e12,
-                                  idempotency_key=job_id, request_hash="h")
+            await do(OpenJob(job_id, "acct", "flux", {"i": i}, 3, "t", "fal", 1e12,
+                             idempotency_key=job_id, request_hash="h"))
             print(job_id, flush=True)
-            await ledger.start_attempt(job_id, 1, "fal", 0)
+            await do(StartAttempt(job_id, 1, "fal", 0))
             if i % 5 == 0:
-                await ledger.cancel(job_id)
+                await do(Cancel(job_id))
                 continue
-            await ledger.mark_processing(job_id, 1, "task-" + job_id)
+            await do(MarkProcessing(job_id, 1, "task-" + job_id))
             if i % 4 == 1:
-                await ledger.schedule_retry(job_id, 1, 0.0, "503", 1, "replicate")
+                await do(ScheduleRetry(job_id, 1, 0.0, "503", 1, "replicate"))
             elif i % 2:
-                await ledger.complete(job_id, "results/" + job_id)
+                await do(Complete(job_id, "results/" + job_id))
             else:
-                await ledger.fail(job_id, "rejected")
+                await do(Fail(job_id, "rejected"))
 
     await asyncio.gather(*[carry(w) for w in range(64)])
 
@@ -112,9 +122,9 @@ async def _reopen_and_go_on(path: Path) -> None:
     ledger = await Ledger.open(path)
     try:
         for job in await ledger.jobs_by_status(JobStatus.PROCESSING, limit=50):
-            await ledger.complete(job.id, "results/" + job.id)
+            await apply_op(ledger, Complete(job.id, "results/" + job.id))
         for job in await ledger.jobs_by_status(JobStatus.QUEUED, limit=50):
-            await ledger.cancel(job.id)
-        await ledger.open_job("after-crash", "acct", "flux", {}, 3, "t", "fal", 1e12)
+            await apply_op(ledger, Cancel(job.id))
+        await apply_op(ledger, OpenJob("after-crash", "acct", "flux", {}, 3, "t", "fal", 1e12))
     finally:
         await ledger.close()
