@@ -1,18 +1,21 @@
 """Where jobline's plain actor classes meet Ray. All Ray API calls are made here.
 
-Every actor (the CreditLedger, one VendorProcessor per vendor, N Gateways, the
-Sweeper) is a plain class with async methods and injected dependencies. This module
-builds them in one of two ways:
+``actors.wiring`` builds every role (the CreditLedger, one VendorProcessor per vendor,
+N Gateways, the Sweeper) as a plain object with its dependencies injected; this module
+only hosts those objects in Ray actors:
 
-- ``RayRuntime``: each object lives in its own named Ray actor (``_ActorHost``), which
-  builds and starts it in ``__init__`` — so a restarted actor (``max_restarts``)
-  reopens the database, reloads its jobs and re-binds its port by itself. Other
-  actors reach it through ``RemoteProxy``: ``await proxy.method(*args)`` becomes
-  ``host.call.remote("method", *args)``. Calls are retried across restarts
-  (``max_task_retries``), which is safe because every ledger operation and every
-  processor call is idempotent.
-- ``InProcessRuntime``: the same objects wired together in one event loop, for fast
-  tests and a deterministic simulation.
+- ``RayRuntime`` creates each role as a named Ray actor (``_ActorHost``) with its remote
+  options (name, namespace, restarts, retries, resources), which builds and starts its
+  object in ``__init__``, so a restarted actor (``max_restarts``) reopens the database,
+  reloads its jobs and re-binds its port by itself. Other actors reach it through
+  ``RemoteProxy``: ``await proxy.method(*args)`` becomes ``host.call.remote("method",
+  *args)``. Calls are retried across restarts (``max_task_retries``), which is safe
+  because every ledger operation and every processor call is idempotent.
+- ``start_local_ray`` / ``LocalCluster``: a private local Ray, or a multi-node cluster on
+  this machine (the chaos suite's node loss).
+
+A harness's ``Customization`` (``actors.wiring``) travels to every actor as it is: Ray
+pickles it, this module never names it.
 """
 
 from __future__ import annotations
@@ -21,183 +24,31 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 import ray
 
-from actors.gateway import Gateway
-from actors.ledger import CreditLedger
-from actors.processor import VendorProcessor
-from actors.sweeper import Sweeper
-from runtime.api import GatewayContext
-from runtime.clock import SYSTEM_CLOCK
-from runtime.config import JoblineConfig, VendorConfig
-from runtime.errors import ConfigError
+from actors.wiring import (
+    LEDGER,
+    SWEEPER,
+    Customization,
+    MetricSource,
+    Ports,
+    Role,
+    Wiring,
+    all_roles,
+    build_role,
+    processor_role,
+    secret_env_names,
+)
+from runtime.config import JoblineConfig
 from runtime.ports import LedgerPort, ProcessorPort
-from runtime.results import LocalResultStore, ResultStore
-from runtime.telemetry import Family, Metrics, configure_logging, get_logger
-from runtime.tracing import TRACING_ENV, tracer_for
-from runtime.vendors import VendorClient, make_client
+from runtime.telemetry import Family, configure_logging, get_logger
+from runtime.tracing import TRACING_ENV
 
 log = get_logger("hosting")
-
-LEDGER = "ledger"
-SWEEPER = "sweeper"
-METRICS_TIMEOUT = 3.0
-
-
-def processor_role(vendor: str) -> str:
-    return f"processor-{vendor}"
-
-
-def gateway_role(index: int) -> str:
-    return f"gateway-{index}"
-
-
-def secret_env_names(config: JoblineConfig) -> list[str]:
-    names = [config.gateway.admin_token_env]
-    for vendor in config.vendors.values():
-        names += [vendor.api_key_env, vendor.webhook_secret_env]
-    return names
-
-
-def vendor_secrets(vendor: VendorConfig) -> tuple[str, str]:
-    """The vendor's API key and webhook secret, from the environment variables it names."""
-    key, secret = vendor.api_key(), vendor.webhook_secret()
-    for value, env in ((key, vendor.api_key_env), (secret, vendor.webhook_secret_env)):
-        if not value:
-            raise ConfigError("environment", env, f"not set (vendors.{vendor.name} needs it)")
-    assert key is not None and secret is not None
-    return key, secret
-
-
-def build_client(vendor: VendorConfig) -> VendorClient:
-    key, secret = vendor_secrets(vendor)
-    return make_client(vendor, key, secret)
-
-
-def build_results(config: JoblineConfig) -> ResultStore:
-    return LocalResultStore(Path(config.storage.results))
-
-
-# --- building each role ------------------------------------------------------------------
-
-
-class _Ports:
-    """How a role reaches the others: Ray proxies or plain objects."""
-
-    def __init__(
-        self,
-        ledger: Callable[[], LedgerPort],
-        processor: Callable[[str], ProcessorPort],
-        metric_sources: Callable[[], list[Callable[[], Awaitable[list[Family]]]]],
-        vendors: list[str],
-    ) -> None:
-        self.ledger = ledger
-        self._processor = processor
-        self.metric_sources = metric_sources
-        self._vendors = vendors
-
-    def processor(self, vendor: str) -> ProcessorPort:
-        return self._processor(vendor)
-
-    def vendors(self) -> list[str]:
-        return list(self._vendors)
-
-
-# Deliberately broken builds, for the chaos suite's test that its checks can fail:
-# processors that ignore their vendor's concurrency limit, or start every task twice.
-BROKEN_BUILDS = frozenset({"ignore-slot-limit", "double-submit"})
-
-
-class _DoubleSubmit:
-    """A vendor client that starts every task twice (the ``double-submit`` broken build)."""
-
-    def __init__(self, client: VendorClient) -> None:
-        self._client = client
-
-    async def submit(self, model: str, input: dict[str, Any], **kwargs: Any) -> str:
-        await self._client.submit(model, input, **kwargs)
-        return await self._client.submit(model, input, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-
-def _build(
-    role: str,
-    config: JoblineConfig,
-    ports: _Ports,
-    seed: int | None,
-    broken: frozenset[str] = frozenset(),
-) -> Any:
-    clock = time.time
-    if role == LEDGER:
-        return CreditLedger(Path(config.storage.database), SYSTEM_CLOCK, Metrics(role))
-    if role == SWEEPER:
-        clients = {name: build_client(v) for name, v in config.vendors.items()}
-        return Sweeper(config, ports.ledger(), ports, clients, build_results(config), clock=clock)
-    if role.startswith("processor-"):
-        vendor = config.vendors[role.removeprefix("processor-")]
-        client = build_client(vendor)
-        if "double-submit" in broken:
-            client = cast(VendorClient, _DoubleSubmit(client))
-        return VendorProcessor(
-            vendor,
-            config,
-            ports.ledger(),
-            client,
-            build_results(config),
-            ports,
-            clock=clock,
-            rng=random.Random(seed),
-            enforce_slots="ignore-slot-limit" not in broken,
-        )
-    if role.startswith("gateway-"):
-        metrics = Metrics(role)
-
-        async def collect_all() -> list[Family]:
-            return await _collect(ports.metric_sources())
-
-        async def is_ready() -> bool:
-            try:
-                await asyncio.wait_for(ports.ledger().counts(), timeout=2.0)
-            except Exception:
-                return False
-            return True
-
-        context = GatewayContext(
-            config=config,
-            ledger=ports.ledger(),
-            router=ports,
-            results=build_results(config),
-            webhook_parsers={name: build_client(v) for name, v in config.vendors.items()},
-            metrics=metrics,
-            tracer=tracer_for(role, config),
-            collect_all_metrics=collect_all,
-            clock=SYSTEM_CLOCK,
-            rng=random.Random(seed),
-            admin_token=config.gateway.admin_token(),
-            is_ready=is_ready,
-        )
-        return Gateway(context, config.gateway.host, config.gateway.port)
-    raise ValueError(f"unknown role {role!r}")
-
-
-async def _collect(sources: Sequence[Callable[[], Awaitable[list[Family]]]]) -> list[Family]:
-    async def one(source: Callable[[], Awaitable[list[Family]]]) -> list[Family]:
-        try:
-            return await asyncio.wait_for(source(), timeout=METRICS_TIMEOUT)
-        except Exception:  # a restarting actor misses one scrape
-            return []
-
-    results = await asyncio.gather(*(one(s) for s in sources))
-    return [family for families in results for family in families]
 
 
 # --- Ray ---------------------------------------------------------------------------------
@@ -228,7 +79,7 @@ class _ActorHost:
         role: str,
         config: JoblineConfig,
         seed: int | None,
-        broken: frozenset[str] = frozenset(),
+        customization: Customization,
     ) -> None:
         configure_logging()
         self._role = role
@@ -242,25 +93,29 @@ class _ActorHost:
                 )
             return handles[target]
 
-        def sources() -> list[Callable[[], Awaitable[list[Family]]]]:
-            roles = _all_roles(config)
+        def sources() -> list[MetricSource]:
+            roles = all_roles(config)
             return [(self._own_metrics if r == role else proxy(r).collect_metrics) for r in roles]
 
-        ports = _Ports(
+        ports = Ports(
             ledger=lambda: cast(LedgerPort, proxy(LEDGER)),
             processor=lambda vendor: cast(ProcessorPort, proxy(processor_role(vendor))),
             metric_sources=sources,
             vendors=list(config.vendors),
         )
-        self._object = _build(role, config, ports, seed, broken)
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            # A restarted actor must not replay the ids and draws it made before its
+            # crash (the same seed would hand out the same job ids again).
+            seed = None
+        wiring = Wiring(seed=seed, customization=customization)
+        self._object: Role = build_role(role, config, wiring, ports)
         self._started = asyncio.get_running_loop().create_task(self._start())
 
     async def _start(self) -> None:
         await self._object.start()
 
     async def _own_metrics(self) -> list[Family]:
-        families: list[Family] = await self._object.collect_metrics()
-        return families
+        return await self._object.collect_metrics()
 
     async def ready(self) -> Any:
         await asyncio.shield(self._started)
@@ -281,15 +136,6 @@ def actor_name(role: str) -> str:
     return f"jobline-{role}"
 
 
-def _all_roles(config: JoblineConfig) -> list[str]:
-    return [
-        LEDGER,
-        SWEEPER,
-        *(processor_role(v) for v in config.vendors),
-        *(gateway_role(i) for i in range(config.gateway.replicas)),
-    ]
-
-
 @dataclass
 class RayRuntime:
     """The runtime on a Ray cluster (local, or joined with ``address``)."""
@@ -297,7 +143,7 @@ class RayRuntime:
     config: JoblineConfig
     handles: dict[str, Any] = field(default_factory=dict)
     started_ray: bool = False
-    broken: frozenset[str] = frozenset()
+    customization: Customization = field(default_factory=Customization)
 
     @classmethod
     def start(
@@ -307,13 +153,11 @@ class RayRuntime:
         address: str | None = None,
         seed: int | None = None,
         ready_timeout: float = 60.0,
-        broken: frozenset[str] = frozenset(),
+        customization: Customization | None = None,
     ) -> RayRuntime:
-        """Start every actor; ``broken`` names deliberately broken parts (chaos tests only)."""
-        unknown = broken - BROKEN_BUILDS
-        if unknown:
-            raise ValueError(f"unknown broken builds {sorted(unknown)}")
-        runtime = cls(config, broken=broken)
+        """Start every actor, each built by ``actors.wiring`` with ``customization`` (a
+        harness's; the product's changes nothing)."""
+        runtime = cls(config, customization=customization or Customization())
         if not ray.is_initialized():
             runtime.started_ray = True
             # "" in the config means a Ray of our own: "local" never joins a cluster that
@@ -327,7 +171,7 @@ class RayRuntime:
                 log_to_driver=False,
                 runtime_env={"env_vars": _secret_env(config)},
             )
-        for role in _all_roles(config):
+        for role in all_roles(config):
             runtime._create(role, seed)
         runtime.wait_ready(ready_timeout)
         return runtime
@@ -345,8 +189,7 @@ class RayRuntime:
         if role.startswith("processor-") and self.config.ray.processor_resources:
             options["resources"] = dict(self.config.ray.processor_resources)
         host = ray.remote(_ActorHost).options(**options)
-        role_seed = None if seed is None else hash((seed, role)) & 0xFFFFFFFF
-        self.handles[role] = host.remote(role, self.config, role_seed, self.broken)
+        self.handles[role] = host.remote(role, self.config, seed, self.customization)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         ray.get([h.ready.remote() for h in self.handles.values()], timeout=timeout)
@@ -446,40 +289,3 @@ def _secret_env(config: JoblineConfig) -> dict[str, str]:
     """The environment every actor needs from the driver: secrets, and where spans go."""
     names = [*secret_env_names(config), *TRACING_ENV]
     return {name: os.environ[name] for name in names if name in os.environ}
-
-
-# --- one process -------------------------------------------------------------------------
-
-
-@dataclass
-class InProcessRuntime:
-    """Every actor object in this event loop (tests, simulation). Same classes as on Ray."""
-
-    config: JoblineConfig
-    objects: dict[str, Any]
-
-    @classmethod
-    async def start(
-        cls, config: JoblineConfig, *, seed: int = 0, start_sweeper: bool = True
-    ) -> InProcessRuntime:
-        objects: dict[str, Any] = {}
-        ports = _Ports(
-            ledger=lambda: cast(LedgerPort, objects[LEDGER]),
-            processor=lambda vendor: cast(ProcessorPort, objects[processor_role(vendor)]),
-            metric_sources=lambda: [o.collect_metrics for o in objects.values()],
-            vendors=list(config.vendors),
-        )
-        roles = [LEDGER, SWEEPER, *(processor_role(v) for v in config.vendors), gateway_role(0)]
-        for role in roles:
-            objects[role] = _build(role, config, ports, seed)
-        for role in roles:
-            if role != SWEEPER or start_sweeper:
-                await objects[role].start()
-        return cls(config, objects)
-
-    def object(self, role: str) -> Any:
-        return self.objects[role]
-
-    async def stop(self) -> None:
-        for role in reversed(list(self.objects)):
-            await self.objects[role].stop()

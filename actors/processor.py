@@ -14,6 +14,11 @@ our cancel confirmed), so the vendor never sees more tasks from jobline than its
                        circuit is open
     permanent error or route spent ─▶ Fail (release + dead letter)
 
+What happens after a failure is decided by a pure function of values
+(``runtime.policies.after_failure``), applied here. Slots are ``actors.slots.Slot``
+objects, whose release is idempotent; a download and the Complete go through
+``actors.finishing.JobFinisher``, which the sweeper shares.
+
 Every step is one ledger operation; the ledger's compare-and-set on ``attempt`` and its
 terminal guard make a stale or duplicate step a no-op, so a restarted processor, the
 sweeper and a late webhook can all touch one job without settling it twice. Ledger
@@ -39,22 +44,24 @@ import contextlib
 import heapq
 import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from actors.finishing import JobFinisher, vendor_model
+from actors.slots import Slot, Slots
 from runtime.batching import Coalescer
+from runtime.clock import Clock
 from runtime.config import JoblineConfig, VendorConfig
 from runtime.errors import (
-    JoblineError,
     VendorError,
     VendorPermanentError,
+    VendorTaskFailed,
     VendorTimeout,
     VendorTransientError,
 )
 from runtime.models import (
-    Complete,
     Fail,
     Job,
     LedgerOp,
@@ -63,12 +70,21 @@ from runtime.models import (
     ScheduleRetry,
     StartAttempt,
 )
-from runtime.policies import CircuitBreaker, CircuitState, ErrorClass, TokenBucket, classify
+from runtime.policies import (
+    CircuitBreaker,
+    CircuitState,
+    Failure,
+    Next,
+    TokenBucket,
+    after_failure,
+    classify,
+    when_circuit_refuses,
+)
 from runtime.ports import LedgerPort, Router
-from runtime.results import ResultStore, result_key_for
+from runtime.results import ResultStore
 from runtime.states import JobStatus
 from runtime.telemetry import Family, Metrics, get_logger
-from runtime.tracing import JobTracer, Span, tracer_for
+from runtime.tracing import JobTracer, Span
 from runtime.vendors import TaskState, TaskStatus, VendorClient, WebhookEvent
 from runtime.webhooks import ATTEMPT_PARAM, JOB_PARAM
 
@@ -100,27 +116,30 @@ class VendorProcessor:
         results: ResultStore,
         router: Router,
         *,
-        clock: Callable[[], float],
+        clock: Clock,
         rng: random.Random,
-        metrics: Metrics | None = None,
-        tracer: JobTracer | None = None,
-        enforce_slots: bool = True,
+        slots: Slots,
+        metrics: Metrics,
+        tracer: JobTracer,
     ) -> None:
         self.vendor = vendor
         self.config = config
         self._ledger = ledger
         self._ops: Coalescer[LedgerOp, Outcome] = Coalescer(ledger.execute_many)
         self._client = client
-        self._results = results
         self._router = router
         self._clock = clock
         self._rng = rng
         self._retry = config.retry.policy()
         self._breaker = CircuitBreaker(config.circuit.policy())
         self._bucket = TokenBucket(vendor.requests_per_second or None)
-        self.metrics = metrics or Metrics(f"processor-{vendor.name}")
-        self._tracer = tracer or tracer_for(self.metrics.actor, config)
-        self._enforce_slots = enforce_slots  # False only in the chaos suite's broken build
+        self.metrics = metrics
+        self._tracer = tracer
+        self._finisher = JobFinisher(
+            config, self._op, {vendor.name: client}, results, metrics, tracer
+        )
+        self._slots = slots
+        slots.on_release(self._slot_freed)
         self._queue: list[tuple[float, int, str]] = []  # (not_before, seq, job id)
         self._seq = itertools.count()
         self._held: dict[str, _Held] = {}
@@ -131,7 +150,6 @@ class VendorProcessor:
         # How long after its attempt was recorded such a task may still run: it was created
         # within submit_timeout, and the vendor ends it task_lifetime after its creation.
         self._unrecorded_lifetime = vendor.submit_timeout + vendor.task_lifetime
-        self._slots_taken = 0
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pump_task: asyncio.Task[None] | None = None
@@ -151,7 +169,7 @@ class VendorProcessor:
             self.vendor.name, [JobStatus.QUEUED, JobStatus.PROCESSING]
         )
         in_doubt = await self._ledger.submits_in_doubt(
-            self.vendor.name, self._clock() - self._unrecorded_lifetime
+            self.vendor.name, self._clock.time() - self._unrecorded_lifetime
         )
         for job in in_doubt:
             self._hold_for_unrecorded(job)
@@ -185,7 +203,7 @@ class VendorProcessor:
         return sum(1 for job in jobs if self._take(job))
 
     async def on_webhooks(self, events: Sequence[WebhookEvent]) -> None:
-        now = self._clock()
+        now = self._clock.time()
         for event in events:
             job_id = self._by_task.get(event.task_id)
             held = self._held.get(job_id) if job_id else None
@@ -211,7 +229,7 @@ class VendorProcessor:
             if held.task_id is None:
                 self._wakeup.set()  # a queued job: the pump drops it
             else:
-                self._spawn(self._cancel_at_vendor(held.job, held.task_id))
+                self._spawn(self._finisher.cancel_at_vendor(held.job, held.task_id))
         if not_held:
             # Not followed here (this processor restarted after the ledger ended the job,
             # so it never loaded it): its vendor task may still run, and nobody else would
@@ -223,14 +241,15 @@ class VendorProcessor:
                     and job.vendor == self.vendor.name
                     and job.vendor_task_id is not None
                 ):
-                    self._spawn(self._cancel_unfollowed(job, job.vendor_task_id))
+                    slot = self._slots.take()
+                    self._spawn(self._cancel_unfollowed(job, job.vendor_task_id, slot))
 
     async def stats(self) -> dict[str, Any]:
-        now = self._clock()
+        now = self._clock.time()
         return {
             "vendor": self.vendor.name,
             "limit": self.vendor.concurrency,
-            "inflight": self._slots_taken,
+            "inflight": self._slots.taken,
             "queued": len(self._queue),
             "held": len(self._held),
             "unrecorded": len(self._unrecorded),
@@ -251,9 +270,9 @@ class VendorProcessor:
         held = _Held(job, task_id=job.vendor_task_id)
         self._held[job.id] = held
         if job.status is JobStatus.PROCESSING and job.vendor_task_id:
-            self._slots_taken += 1  # the vendor is running it: it holds a slot already
+            slot = self._slots.take()  # the vendor is running it: it holds a slot already
             self._by_task[job.vendor_task_id] = job.id
-            self._spawn(self._resume(held))
+            self._spawn(self._resume(held, slot))
         else:
             self._enqueue(held)
         self._publish_gauges()
@@ -273,12 +292,12 @@ class VendorProcessor:
 
     def _start_ready_jobs(self) -> float | None:
         """Start what can start now; return how long until something might, or None."""
-        if self._breaker.state(self._clock()) is CircuitState.OPEN:
+        if self._breaker.state(self._clock.time()) is CircuitState.OPEN:
             self._fail_over_queue("circuit open")
         while self._queue:
-            if self._enforce_slots and self._slots_taken >= self.vendor.concurrency:
+            if not self._slots.has_room():
                 return None  # a slot freed wakes us
-            now = self._clock()
+            now = self._clock.time()
             not_before, _, job_id = self._queue[0]
             held = self._held.get(job_id)
             if held is None or not held.queued:
@@ -292,17 +311,16 @@ class VendorProcessor:
             if not_before > now:
                 return not_before - now
             if not self._breaker.allow(now):
-                if self._has_next_vendor(held.job):
+                if when_circuit_refuses(self._has_next_vendor(held.job)) is Next.FAIL_OVER:
                     heapq.heappop(self._queue)
                     held.queued = False
                     self._spawn(self._fail_over(held, "circuit open"))
                     continue
-                return max(self._breaker.delay_until_allowed(now), 0.05)
+                return max(self._breaker.delay_until_allowed(now), 0.05)  # Next.WAIT
             wait = self._bucket.reserve(now)
             heapq.heappop(self._queue)
             held.queued = False
-            self._slots_taken += 1
-            self._spawn(self._attempt(held, wait))
+            self._spawn(self._attempt(held, wait, self._slots.take()))
         return None
 
     def _fail_over_queue(self, reason: str) -> None:
@@ -322,45 +340,44 @@ class VendorProcessor:
 
     # --- one attempt --------------------------------------------------------------------
 
-    async def _attempt(self, held: _Held, rate_wait: float) -> None:
+    async def _attempt(self, held: _Held, rate_wait: float, slot: Slot) -> None:
         job = held.job
-        slot = True
         marked = False
         try:
-            if rate_wait > 0:
-                await asyncio.sleep(rate_wait)
-            attempt = job.attempts + 1
-            start = await self._op(
-                StartAttempt(job.id, attempt, self.vendor.name, job.route_position)
-            )
-            job = held.job = start.value
-            if job.terminal or job.attempts != attempt or job.status is not JobStatus.QUEUED:
-                return  # canceled, expired or taken over meanwhile
-            step = self._config_step(job)
-            try:
-                with self._span("vendor.submit", job, attempt=attempt):
-                    task_id = await self._client.submit(
-                        step,
-                        job.input,
-                        job_id=job.id,
-                        attempt=attempt,
-                        trace_id=job.trace_id,
-                        webhook_url=self._webhook_url(job.id, attempt),
-                    )
-            except VendorError as exc:
-                self._record_vendor_result(exc)
-                slot = self._free_slot()
-                await self._after_failure(held, attempt, exc)
-                return
-            held.task_id = task_id
-            self._by_task[task_id] = job.id
-            job = held.job = (await self._op(MarkProcessing(job.id, attempt, task_id))).value
-            marked = True
-            if job.terminal or held.cancel_requested:
-                await self._cancel_at_vendor(job, task_id)
-            status = await self._traced_wait(held, task_id, attempt)
-            slot = self._free_slot()
-            await self._finish(held, attempt, status)
+            with slot:
+                if rate_wait > 0:
+                    await self._clock.sleep(rate_wait)
+                attempt = job.attempts + 1
+                start = await self._op(
+                    StartAttempt(job.id, attempt, self.vendor.name, job.route_position)
+                )
+                job = held.job = start.value
+                if job.terminal or job.attempts != attempt or job.status is not JobStatus.QUEUED:
+                    return  # canceled, expired or taken over meanwhile
+                try:
+                    with self._span("vendor.submit", job, attempt=attempt):
+                        task_id = await self._client.submit(
+                            vendor_model(self.config, job),
+                            job.input,
+                            job_id=job.id,
+                            attempt=attempt,
+                            trace_id=job.trace_id,
+                            webhook_url=self._webhook_url(job.id, attempt),
+                        )
+                except VendorError as exc:
+                    self._record_vendor_result(exc)
+                    slot.release()
+                    await self._after_failure(held, attempt, exc)
+                    return
+                held.task_id = task_id
+                self._by_task[task_id] = job.id
+                job = held.job = (await self._op(MarkProcessing(job.id, attempt, task_id))).value
+                marked = True
+                if job.terminal or held.cancel_requested:
+                    await self._finisher.cancel_at_vendor(job, task_id)
+                status = await self._traced_wait(held, task_id, attempt)
+                slot.release()
+                await self._finish(held, attempt, status)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug or the ledger gone: the sweeper will recover the job
@@ -368,45 +385,45 @@ class VendorProcessor:
             if held.task_id is not None and not marked:
                 # The task runs with no record of its id: the job will get a new attempt,
                 # so nobody else would ever end this one.
-                self._spawn(self._cancel_unfollowed(job, held.task_id))
+                self._spawn(self._cancel_unfollowed(job, held.task_id, self._slots.take()))
         finally:
-            if slot:
-                self._free_slot()
             self._drop_unless_queued(held)
 
-    async def _resume(self, held: _Held) -> None:
+    async def _resume(self, held: _Held, slot: Slot) -> None:
         """A processing job found at start-up: poll its task, never submit it again."""
         job = held.job
         assert held.task_id is not None
-        slot = True
         try:
-            status = await self._traced_wait(held, held.task_id, job.attempts)
-            slot = self._free_slot()
-            await self._finish(held, job.attempts, status)
+            with slot:
+                status = await self._traced_wait(held, held.task_id, job.attempts)
+                slot.release()
+                await self._finish(held, job.attempts, status)
         except asyncio.CancelledError:
             raise
         except Exception:  # the sweeper will recover the job
             log.exception("resume crashed", extra={"job_id": job.id, "trace_id": job.trace_id})
         finally:
-            if slot:
-                self._free_slot()
             self._drop_unless_queued(held)
 
-    async def _traced_wait(self, held: _Held, task_id: str, attempt: int) -> TaskStatus:
+    async def _traced_wait(self, held: _Held, task_id: str, attempt: int) -> TaskStatus | None:
         with self._span("vendor.wait", held.job, attempt=attempt, task_id=task_id) as span:
             status = await self._wait(held, task_id)
-            span.set_attribute("jobline.outcome", status.state.value)
+            ended = TaskState.FAILED if status is None else status.state
+            span.set_attribute("jobline.outcome", ended.value)
             return status
 
-    async def _wait(self, held: _Held, task_id: str) -> TaskStatus:
-        """Until the vendor task ends: a webhook, or polling with backoff as the fallback."""
+    async def _wait(self, held: _Held, task_id: str) -> TaskStatus | None:
+        """Until the vendor task ends: a webhook, or polling with backoff as the fallback.
+
+        None: no end within ``stuck_after``; the task was canceled (until the vendor
+        confirmed) and is given up on."""
         early = self._early.pop(task_id, None)
         if early is not None:
             return early[1]
         loop = asyncio.get_running_loop()
         held.waiter = loop.create_future()
-        step = self._config_step(held.job)
-        give_up_at = self._clock() + self.vendor.stuck_after
+        step = vendor_model(self.config, held.job)
+        give_up_at = self._clock.time() + self.vendor.stuck_after
         interval = self.vendor.poll_interval
         while True:
             try:
@@ -419,30 +436,29 @@ class VendorProcessor:
                 status = None
             if status is not None and status.state.ended:
                 return status
-            if self._clock() >= give_up_at:
+            if self._clock.time() >= give_up_at:
                 await self._cancel_until_confirmed(held.job, task_id)
-                return TaskStatus(
-                    TaskState.FAILED,
-                    output_url=None,
-                    error=f"no result after {self.vendor.stuck_after:.0f}s",
-                    permanent=False,
-                    queue_position=None,
-                )
+                return None
             interval = min(interval * 1.5, MAX_POLL_INTERVAL)
 
-    async def _finish(self, held: _Held, attempt: int, status: TaskStatus) -> None:
+    async def _finish(self, held: _Held, attempt: int, status: TaskStatus | None) -> None:
+        """The vendor task ended (None: we gave up on it): complete, retry or fail."""
         job = held.job
-        if status.state is TaskState.SUCCEEDED:
-            self._breaker.record_success(self._clock())
+        if status is None:
+            self._breaker.record_failure(self._clock.time())
+            reason = f"no result after {self.vendor.stuck_after:.0f}s"
+            await self._after_failure(held, attempt, VendorTimeout(self.vendor.name, reason))
+        elif status.state is TaskState.SUCCEEDED:
+            self._breaker.record_success(self._clock.time())
             await self._store_and_complete(held, attempt, status)
         elif status.state is TaskState.CANCELED and (held.cancel_requested or job.terminal):
             pass  # canceled by the client: the ledger released the hold already
         elif status.state is TaskState.FAILED and status.permanent:
             await self._fail(job, f"{self.vendor.name}: {status.error or 'failed'}")
-        else:
-            self._breaker.record_failure(self._clock())
+        else:  # the vendor ran the task and it failed (or the vendor canceled it)
+            self._breaker.record_failure(self._clock.time())
             reason = status.error or f"vendor task {status.state.value}"
-            await self._after_failure(held, attempt, VendorTimeout(self.vendor.name, reason))
+            await self._after_failure(held, attempt, VendorTaskFailed(self.vendor.name, reason))
 
     async def _store_and_complete(self, held: _Held, attempt: int, status: TaskStatus) -> None:
         job = held.job
@@ -452,49 +468,43 @@ class VendorProcessor:
             )
             return
         try:
-            with self._span("download", job, attempt=attempt):
-                data = await self._client.fetch_output(status.output_url)
-                key = result_key_for(job.id, "image/png")
-                await self._results.put(key, data, "image/png")
+            outcome = await self._finisher.complete(job, status.output_url, attempt=attempt)
         except VendorTransientError as exc:
             await self._after_failure(held, attempt, exc)
             return
         except VendorPermanentError as exc:
             await self._fail(job, str(exc))
             return
-        with self._span("settle", job, outcome="completed"):
-            outcome = await self._op(Complete(job.id, key))
         if outcome.changed:
             self._counters["completed"] += 1
-            self._count_terminal(outcome.value)
-            self.metrics.credits.labels("captured").inc(job.cost)
 
     # --- failure paths ------------------------------------------------------------------
 
     async def _after_failure(self, held: _Held, attempt: int, exc: BaseException) -> None:
-        """Retry here with backoff, fail over, or fail: the route decides."""
+        """Retry here with backoff, fail over, or fail: ``runtime.policies.after_failure``."""
         job = held.job
-        if classify(exc) is ErrorClass.PERMANENT:
-            await self._fail(job, str(exc))
-            return
-        now = self._clock()
-        circuit_open = self._breaker.state(now) is CircuitState.OPEN
-        too_late = False
-        if not circuit_open and not self._retry.exhausted(job.vendor_attempts):
-            retry_after = exc.retry_after if isinstance(exc, VendorTransientError) else None
-            delay = self._retry.next_delay(job.vendor_attempts, self._rng, retry_after)
-            # A vendor asking for a wait beyond our cap is down for a while: prefer the next.
-            long_wait = retry_after is not None and retry_after > self._retry.cap
-            if now + delay < job.deadline and not (long_wait and self._has_next_vendor(job)):
-                await self._retry_here(held, attempt, now + delay, exc)
-                return
-            too_late = now + delay >= job.deadline
-        if self._has_next_vendor(job):
+        now = self._clock.time()
+        failure = Failure(
+            error_class=classify(exc),
+            retry_after=exc.retry_after if isinstance(exc, VendorTransientError) else None,
+            vendor_attempts=job.vendor_attempts,
+            circuit_open=self._breaker.state(now) is CircuitState.OPEN,
+            has_next_vendor=self._has_next_vendor(job),
+            now=now,
+            deadline=job.deadline,
+        )
+        decision = after_failure(failure, self._retry, self._rng)
+        if decision.next is Next.RETRY:
+            assert decision.not_before is not None
+            await self._retry_here(held, attempt, decision.not_before, exc)
+        elif decision.next is Next.FAIL_OVER:
             await self._fail_over(held, str(exc), attempt)
-        elif too_late:
+        elif decision.next is Next.EXPIRE:
             await self._fail(job, f"the deadline comes before the next retry: {exc}", expired=True)
-        else:
+        elif decision.next is Next.ROUTE_SPENT:
             await self._fail(job, f"every vendor of the route failed; last: {exc}")
+        else:  # Next.FAIL: permanent for this job
+            await self._fail(job, str(exc))
 
     async def _retry_here(
         self, held: _Held, attempt: int, not_before: float, exc: BaseException
@@ -519,7 +529,7 @@ class VendorProcessor:
             ScheduleRetry(
                 job.id,
                 job.attempts if attempt is None else attempt,
-                self._clock(),
+                self._clock.time(),
                 f"failover from {self.vendor.name}: {reason}",
                 position,
                 target,
@@ -546,7 +556,7 @@ class VendorProcessor:
         self._drop(job.id)
         if outcome.changed:
             self._counters["failed"] += 1
-            self._count_terminal(outcome.value)
+            self._finisher.count_terminal(outcome.value)
             self.metrics.dead_letters.labels(job.model).inc()
             self.metrics.credits.labels("released").inc(job.cost)
             log.warning(
@@ -555,28 +565,16 @@ class VendorProcessor:
 
     async def _drop_queued(self, held: _Held) -> None:
         job = held.job
-        if not held.cancel_requested and self._clock() >= job.deadline:
+        if not held.cancel_requested and self._clock.time() >= job.deadline:
             await self._fail(job, "deadline passed before a vendor took the job", expired=True)
         self._drop(job.id)
 
-    async def _cancel_at_vendor(self, job: Job, task_id: str) -> bool:
-        """Ask the vendor to cancel a task (one that ended already is fine); True if it did."""
-        try:
-            await self._client.cancel(self._config_step(job), task_id)
-        except JoblineError as exc:
-            log.warning("vendor cancel failed", extra={"job_id": job.id, "error": str(exc)})
-            return isinstance(exc, VendorPermanentError)  # the vendor will never take it
-        return True
-
-    async def _cancel_unfollowed(self, job: Job, task_id: str) -> None:
+    async def _cancel_unfollowed(self, job: Job, task_id: str, slot: Slot) -> None:
         """Cancel a task no attempt follows (its job was canceled while this processor was
         away, or its id never reached the ledger). The task counts against the vendor's
-        limit until the vendor confirms, so it takes a slot."""
-        self._slots_taken += 1
-        try:
+        limit until the vendor confirms: the caller took a slot for it when it found it."""
+        with slot:
             await self._cancel_until_confirmed(job, task_id)
-        finally:
-            self._free_slot()
 
     def _hold_for_unrecorded(self, job: Job) -> None:
         """Hold a slot for the task a submit in doubt may have started (module docstring)."""
@@ -584,16 +582,18 @@ class VendorProcessor:
         if key in self._unrecorded:
             return
         self._unrecorded[key] = asyncio.get_running_loop().create_future()
-        self._slots_taken += 1
-        self._spawn(self._release_unrecorded(key, job.updated_at + self._unrecorded_lifetime))
+        slot = self._slots.take()
+        until = job.updated_at + self._unrecorded_lifetime
+        self._spawn(self._release_unrecorded(key, until, slot))
 
-    async def _release_unrecorded(self, key: tuple[str, int], until: float) -> None:
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._unrecorded[key], max(until - self._clock(), 0))
-        finally:
-            del self._unrecorded[key]
-            self._free_slot()
+    async def _release_unrecorded(self, key: tuple[str, int], until: float, slot: Slot) -> None:
+        with slot:
+            try:
+                with contextlib.suppress(TimeoutError):
+                    timeout = max(until - self._clock.time(), 0)
+                    await asyncio.wait_for(self._unrecorded[key], timeout)
+            finally:
+                del self._unrecorded[key]
 
     async def _cancel_until_confirmed(self, job: Job, task_id: str) -> None:
         """Cancel a task we give up on, retrying until the vendor confirms.
@@ -605,15 +605,15 @@ class VendorProcessor:
         from now: an expired job's deadline has passed already).
         """
         interval = self.vendor.poll_interval
-        give_up_at = max(job.deadline, self._clock() + self.vendor.task_lifetime)
-        while not await self._cancel_at_vendor(job, task_id):
-            if self._clock() >= give_up_at:
+        give_up_at = max(job.deadline, self._clock.time() + self.vendor.task_lifetime)
+        while not await self._finisher.cancel_at_vendor(job, task_id):
+            if self._clock.time() >= give_up_at:
                 log.error(
                     "vendor never confirmed the cancel; giving the slot back",
                     extra={"job_id": job.id, "trace_id": job.trace_id, "vendor": self.vendor.name},
                 )
                 return
-            await asyncio.sleep(interval)
+            await self._clock.sleep(interval)
             interval = min(interval * 1.5, MAX_POLL_INTERVAL)
 
     # --- small parts --------------------------------------------------------------------
@@ -653,32 +653,20 @@ class VendorProcessor:
         if self._held.get(held.job.id) is held and not held.queued:
             self._drop(held.job.id)
 
-    def _free_slot(self) -> bool:
-        """Give the slot back (once per attempt: returns False for the caller's flag)."""
-        self._slots_taken -= 1
+    def _slot_freed(self) -> None:
         self._wakeup.set()
         self._publish_gauges()
-        return False
 
     def _record_vendor_result(self, exc: VendorError) -> None:
         if isinstance(exc, VendorTransientError):
-            self._breaker.record_failure(self._clock())
+            self._breaker.record_failure(self._clock.time())
 
     def _has_next_vendor(self, job: Job) -> bool:
         return job.route_position + 1 < len(self.config.models[job.model].route)
 
-    def _config_step(self, job: Job) -> str:
-        return self.config.models[job.model].route[job.route_position].model
-
     def _webhook_url(self, job_id: str, attempt: int) -> str:
         reference = urlencode({JOB_PARAM: job_id, ATTEMPT_PARAM: attempt})
         return f"{self.config.gateway.public_url}/v1/webhooks/{self.vendor.name}?{reference}"
-
-    def _count_terminal(self, job: Job) -> None:
-        self.metrics.jobs.labels(job.model, job.vendor, job.status.value).inc()
-        self.metrics.job_duration.labels(job.model, job.status.value).observe(
-            max(0.0, job.updated_at - job.created_at)
-        )
 
     def _forget_old_early_events(self, now: float) -> None:
         if len(self._early) > 1000:
@@ -688,10 +676,10 @@ class VendorProcessor:
 
     def _publish_gauges(self) -> None:
         name = self.vendor.name
-        self.metrics.vendor_inflight.labels(name).set(self._slots_taken)
+        self.metrics.vendor_inflight.labels(name).set(self._slots.taken)
         self.metrics.queue_depth.labels(name).set(len(self._queue))
         self.metrics.circuit_state.labels(name).set(
-            CIRCUIT_GAUGE[self._breaker.state(self._clock())]
+            CIRCUIT_GAUGE[self._breaker.state(self._clock.time())]
         )
 
     def _spawn(self, coro: Any) -> None:

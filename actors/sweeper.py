@@ -14,7 +14,9 @@ Every ``sweeper.interval`` seconds:
   otherwise, or is still running, is handed back to the processor, which polls it and
   applies the retry rules.
 
-The sweeper only ever asks the ledger for moves the ledger's rules allow; racing the
+Downloading, storing and completing a zombie, and canceling a task, go through
+``actors.finishing.JobFinisher``, as in the processor. The sweeper only ever asks the
+ledger for moves the ledger's rules allow; racing the
 processor or a late webhook is safe because a settled job absorbs every later move.
 """
 
@@ -23,17 +25,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from actors.finishing import JobFinisher, vendor_model
+from runtime.clock import Clock
 from runtime.config import JoblineConfig
-from runtime.errors import JoblineError, VendorError, VendorPermanentError
-from runtime.models import Complete, Fail, Job
+from runtime.errors import VendorError
+from runtime.models import Fail, Job, LedgerOp, Outcome
 from runtime.ports import LedgerPort, Router
-from runtime.results import ResultStore, result_key_for
+from runtime.results import ResultStore
 from runtime.states import JobStatus
 from runtime.telemetry import Family, Metrics, get_logger
-from runtime.tracing import JobTracer, tracer_for
+from runtime.tracing import JobTracer
 from runtime.vendors import TaskState, VendorClient
 
 log = get_logger("sweeper")
@@ -60,18 +64,18 @@ class Sweeper:
         clients: Mapping[str, VendorClient],
         results: ResultStore,
         *,
-        clock: Callable[[], float],
-        metrics: Metrics | None = None,
-        tracer: JobTracer | None = None,
+        clock: Clock,
+        metrics: Metrics,
+        tracer: JobTracer,
     ) -> None:
         self.config = config
         self._ledger = ledger
         self._router = router
         self._clients = clients
-        self._results = results
         self._clock = clock
-        self.metrics = metrics or Metrics("sweeper")
-        self._tracer = tracer or tracer_for(self.metrics.actor, config)
+        self.metrics = metrics
+        self._tracer = tracer
+        self._finisher = JobFinisher(config, self._execute, clients, results, metrics, tracer)
         for kind in RECOVERY_KINDS:  # exported at 0 before the first recovery
             self.metrics.sweeper_recoveries.labels(kind)
         self._invariants_checked_at: float | None = None
@@ -100,7 +104,7 @@ class Sweeper:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.config.sweeper.interval)
+            await self._clock.sleep(self.config.sweeper.interval)
             try:
                 await self.sweep_once()
             except Exception:  # keep sweeping: the next round may find the ledger back
@@ -108,7 +112,7 @@ class Sweeper:
 
     async def sweep_once(self) -> SweepReport:
         report = SweepReport()
-        now = self._clock()
+        now = self._clock.time()
         await self._expire(now, report)
         await self._redispatch_queued(now, report)
         await self._check_stuck(now, report)
@@ -138,12 +142,12 @@ class Sweeper:
             if (
                 job.status is JobStatus.PROCESSING
                 and job.vendor_task_id
-                and not await self._cancel_at_vendor(job)
+                and not await self._finisher.cancel_at_vendor(job, job.vendor_task_id)
             ):
                 not_canceled.append(job)
             with self._tracer.span("settle", job.trace_id, job_id=job.id, outcome="expired"):
                 fail = Fail(job.id, "deadline passed", True)
-                outcome = (await self._ledger.execute_many([fail]))[0]
+                outcome = await self._execute(fail)
             if outcome.error is None and outcome.changed:
                 report.expired += 1
                 self.metrics.sweeper_recoveries.labels("expired").inc()
@@ -196,43 +200,28 @@ class Sweeper:
                 self.metrics.sweeper_recoveries.labels("handed_back").inc(taken)
 
     async def _settle_if_succeeded(self, job: Job) -> bool:
+        """A zombie: the vendor task succeeded and nobody settled the job; complete it."""
         client = self._clients[job.vendor]
-        step = self.config.models[job.model].route[job.route_position].model
         assert job.vendor_task_id is not None
         try:
-            status = await client.status(step, job.vendor_task_id, trace_id=job.trace_id)
+            status = await client.status(
+                vendor_model(self.config, job), job.vendor_task_id, trace_id=job.trace_id
+            )
             if status.state is not TaskState.SUCCEEDED or status.output_url is None:
                 return False
-            with self._tracer.span("download", job.trace_id, job_id=job.id, vendor=job.vendor):
-                data = await client.fetch_output(status.output_url)
+            outcome = await self._finisher.complete(
+                job, status.output_url, outcome="zombie_completed"
+            )
         except VendorError as exc:
             log.warning("zombie check failed", extra={"job_id": job.id, "error": str(exc)})
             return False
-        key = result_key_for(job.id, "image/png")
-        await self._results.put(key, data, "image/png")
-        with self._tracer.span("settle", job.trace_id, job_id=job.id, outcome="zombie_completed"):
-            outcome = (await self._ledger.execute_many([Complete(job.id, key)]))[0]
         if outcome.error is None and outcome.changed:
-            self.metrics.credits.labels("captured").inc(job.cost)
-            self.metrics.jobs.labels(job.model, job.vendor, "completed").inc()
-            done = outcome.value
-            self.metrics.job_duration.labels(job.model, "completed").observe(
-                max(0.0, done.updated_at - done.created_at)
-            )
             log.info("zombie completed", extra={"job_id": job.id, "trace_id": job.trace_id})
             return True
         return False
 
-    async def _cancel_at_vendor(self, job: Job) -> bool:
-        """One try at canceling the job's vendor task; True if the vendor took it."""
-        assert job.vendor_task_id is not None
-        step = self.config.models[job.model].route[job.route_position].model
-        try:
-            await self._clients[job.vendor].cancel(step, job.vendor_task_id)
-        except JoblineError as exc:
-            log.warning("vendor cancel failed", extra={"job_id": job.id, "error": str(exc)})
-            return isinstance(exc, VendorPermanentError)  # the vendor will never take it
-        return True
+    async def _execute(self, op: LedgerOp) -> Outcome:
+        return (await self._ledger.execute_many([op]))[0]
 
 
 def _by_vendor(jobs: list[Job]) -> dict[str, list[Job]]:

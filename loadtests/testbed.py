@@ -223,9 +223,9 @@ class Testbed:
 
             self.runtime = await asyncio.to_thread(RayRuntime.start, self.config, seed=self.seed)
         else:
-            from actors.hosting import InProcessRuntime
+            from actors.wiring import InProcessRuntime, Wiring
 
-            self.runtime = await InProcessRuntime.start(self.config, seed=self.seed)
+            self.runtime = await InProcessRuntime.start(self.config, Wiring(seed=self.seed))
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._http.close()

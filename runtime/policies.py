@@ -1,4 +1,5 @@
-"""Retry, circuit breaker, rate limit and error classification: pure policies.
+"""Retry, circuit breaker, rate limit, error classification and the decision after a
+failed attempt: pure policies.
 
 Theory of operation
 -------------------
@@ -20,6 +21,10 @@ never sleep. The caller (a ``VendorProcessor``) owns the sleeping and the callin
         not_before = clock() + policy.next_delay(attempt, rng, getattr(exc, "retry_after", None))
     else:
         breaker.record_success(clock())
+
+What then happens to the job is one pure function of values, ``after_failure``: retry
+here after a backoff, fail over to the next vendor of the route, wait for the circuit,
+fail, or expire (its table is in the function's docstring and in the unit tests).
 
 ``RetryPolicy`` and ``CircuitPolicy`` are frozen values. ``CircuitBreaker`` and
 ``TokenBucket`` are small mutable objects, one per vendor, owned by one actor (they
@@ -43,11 +48,16 @@ __all__ = [
     "CircuitEvent",
     "CircuitPolicy",
     "CircuitState",
+    "Decision",
     "ErrorClass",
+    "Failure",
+    "Next",
     "RetryPolicy",
     "TokenBucket",
+    "after_failure",
     "classify",
     "classify_http_status",
+    "when_circuit_refuses",
 ]
 
 
@@ -477,3 +487,74 @@ def classify_http_status(status: int) -> ErrorClass:
     if status >= 500 or status in _TRANSIENT_4XX:
         return ErrorClass.TRANSIENT
     return ErrorClass.PERMANENT
+
+
+# --- what happens to a job next -------------------------------------------------------
+
+
+class Next(enum.StrEnum):
+    RETRY = "retry"  # on this vendor again, not before ``Decision.not_before``
+    FAIL_OVER = "fail_over"  # to the next vendor of the route, now
+    WAIT = "wait"  # queued on this vendor until its circuit lets a call through
+    FAIL = "fail"  # the error is permanent for this job: refund, dead letter
+    ROUTE_SPENT = "route_spent"  # no vendor of the route is left to try: refund, dead letter
+    EXPIRE = "expire"  # the deadline comes before the next retry: refund, dead letter
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What is known when an attempt failed, as plain values."""
+
+    error_class: ErrorClass
+    retry_after: float | None  # seconds the vendor asked to wait (Retry-After), if it did
+    vendor_attempts: int  # attempts made on this vendor, the failed one included
+    circuit_open: bool  # the vendor's circuit, after this failure was recorded
+    has_next_vendor: bool  # the route has a vendor after this one
+    now: float
+    deadline: float  # the job's whole deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    next: Next
+    not_before: float | None = None  # RETRY: the earliest time of the next attempt
+
+
+def after_failure(failure: Failure, policy: RetryPolicy, rng: random.Random) -> Decision:
+    """What happens to a job whose attempt failed, first matching row wins:
+
+    ==========================================================  ===========
+    the error is permanent                                      FAIL
+    circuit closed, attempts left here, the backoff ends
+    before the deadline, and not (Retry-After > cap and a
+    next vendor exists)                                         RETRY
+    a next vendor exists                                        FAIL_OVER
+    the backoff would end at or after the deadline              EXPIRE
+    otherwise (circuit open or attempts spent, no vendor left)  ROUTE_SPENT
+    ==========================================================  ===========
+
+    The backoff is ``policy.next_delay`` (one draw from ``rng``, made only when the
+    circuit is closed and attempts are left, so a seeded run replays exactly). A vendor
+    asking for a wait beyond ``policy.cap`` is down for a while: the next vendor is
+    preferred.
+    """
+    if failure.error_class is ErrorClass.PERMANENT:
+        return Decision(Next.FAIL)
+    retry_at: float | None = None
+    if not failure.circuit_open and not policy.exhausted(failure.vendor_attempts):
+        delay = policy.next_delay(failure.vendor_attempts, rng, failure.retry_after)
+        retry_at = failure.now + delay
+        long_wait = failure.retry_after is not None and failure.retry_after > policy.cap
+        if retry_at < failure.deadline and not (long_wait and failure.has_next_vendor):
+            return Decision(Next.RETRY, retry_at)
+    if failure.has_next_vendor:
+        return Decision(Next.FAIL_OVER)
+    if retry_at is not None:  # the backoff ends too late
+        return Decision(Next.EXPIRE)
+    return Decision(Next.ROUTE_SPENT)
+
+
+def when_circuit_refuses(has_next_vendor: bool) -> Next:
+    """A queued job whose vendor's circuit refuses a call: FAIL_OVER if the route has a
+    next vendor, else WAIT on this one until the circuit lets a probe through."""
+    return Next.FAIL_OVER if has_next_vendor else Next.WAIT

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import mimetypes
 import os
 import re
@@ -37,11 +38,13 @@ _EXTENSIONS = {
     "image/webp": ".webp",
     "image/gif": ".gif",
     "video/mp4": ".mp4",
+    "video/webm": ".webm",
     "audio/mpeg": ".mp3",
     "audio/wav": ".wav",
     "application/json": ".json",
     "application/octet-stream": ".bin",
 }
+OCTET_STREAM = "application/octet-stream"
 _CONTENT_TYPES = {ext: content_type for content_type, ext in _EXTENSIONS.items()}
 
 
@@ -70,6 +73,56 @@ def content_type_of(key: str) -> str:
     """The content type a key's extension names (``application/octet-stream`` if unknown)."""
     ext = os.path.splitext(key)[1].lower()
     return _CONTENT_TYPES.get(ext) or mimetypes.types_map.get(ext) or "application/octet-stream"
+
+
+def sniff_content_type(data: bytes, declared: str | None = None) -> str:
+    """The content type of an output, from its first bytes (its "magic number").
+
+    PNG, JPEG, GIF, WebP, MP4 (an ISO media ``ftyp`` box), WebM, MP3 (an ID3 tag or an
+    MPEG audio frame), WAV and JSON are recognised; anything else is ``declared`` (what
+    the vendor said, if it said), or ``application/octet-stream``.
+    """
+    head = data[:64]
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+        return "audio/wav"
+    if head[4:8] == b"ftyp":
+        return "video/mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3") and b"webm" in head:
+        return "video/webm"
+    if head.startswith(b"ID3") or _mp3_frame(head):
+        return "audio/mpeg"
+    if _is_json(data):
+        return "application/json"
+    return declared or OCTET_STREAM
+
+
+def _mp3_frame(head: bytes) -> bool:
+    """An MPEG audio layer III frame header: 11 sync bits, a version that is not the
+    reserved one, layer III (so a UTF-16 byte order mark, FF FE, is not one)."""
+    return (
+        len(head) >= 2
+        and head[0] == 0xFF
+        and head[1] & 0xE6 == 0xE2  # sync bits, layer III
+        and (head[1] >> 3) & 0x3 != 0x1  # version 01 is reserved
+    )
+
+
+def _is_json(data: bytes) -> bool:
+    if data.lstrip()[:1] not in (b"{", b"["):
+        return False
+    try:
+        json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def check_key(key: str) -> str:

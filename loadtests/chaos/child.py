@@ -30,7 +30,8 @@ def main(argv: list[str]) -> int:
     mode, config_path = argv[0], Path(argv[1])
     seed = int(argv[2]) if len(argv) > 2 else 0
     config = JoblineConfig.model_validate_json(config_path.read_text(encoding="utf-8"))
-    from actors.hosting import LocalCluster, RayRuntime, processor_role
+    from actors.hosting import LocalCluster, RayRuntime
+    from actors.wiring import processor_role
 
     cluster: LocalCluster | None = None
     if mode == "cluster":

@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 
+from loadtests.chaos.broken import broken_build
 from loadtests.chaos.checks import full_check, open_jobs, read_entries, read_history, read_jobs
 from loadtests.chaos.load import Load
 from loadtests.chaos.report import ScenarioReport, VendorLoad, render_summary, to_json
@@ -297,6 +298,11 @@ def main(
             f"jobline chaos: unknown scenario {', '.join(unknown)} (known: {', '.join(SCENARIOS)})",
             file=sys.stderr,
         )
+        return 2
+    try:
+        broken_build(broken)
+    except ValueError as exc:
+        print(f"jobline chaos: {exc}", file=sys.stderr)
         return 2
     run_seeds = list(seeds or ((DEFAULT_SEEDS[0],) if quick else DEFAULT_SEEDS))
     from actors.hosting import start_local_ray, stop_local_ray

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from loadtests.chaos.broken import broken_build
 from runtime.config import JoblineConfig
 
 Hosting = Literal["shared", "child", "cluster"]
@@ -41,14 +42,14 @@ class SharedRay:
     def __init__(self, config: JoblineConfig, seed: int, broken: frozenset[str]) -> None:
         self.config = config
         self.seed = seed
-        self.broken = broken
+        self.customization = broken_build(broken)
         self.runtime: Any = None
 
     async def start(self) -> None:
         from actors.hosting import RayRuntime
 
         self.runtime = await asyncio.to_thread(
-            RayRuntime.start, self.config, seed=self.seed, broken=self.broken
+            RayRuntime.start, self.config, seed=self.seed, customization=self.customization
         )
 
     async def stop(self) -> None:

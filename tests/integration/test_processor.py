@@ -10,12 +10,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from actors.processor import VendorProcessor
 from actors.sweeper import Sweeper
+from actors.wiring import SWEEPER, Ports, Wiring, build_role, processor_role
 from loadtests.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
 from runtime.config import JoblineConfig, load_config
 from runtime.errors import LedgerUnavailable
@@ -63,21 +64,26 @@ class Rig:
     def vendors(self) -> list[str]:
         return list(self.processors)
 
+    def build(self, role: str, seed: int = 0, ledger: LedgerPort | None = None) -> Any:
+        """The role as the wiring builds it, on this rig's ledger, fakes and store."""
+        wiring = Wiring(
+            seed=seed,
+            vendor_clients=lambda v: make_client(v, *vendor_credentials(v)),
+            result_stores=lambda _: self.results,
+        )
+        ports = Ports(
+            ledger=lambda: ledger or cast(LedgerPort, self.ledger),
+            processor=self.processor,
+            metric_sources=list,
+            vendors=self.vendors(),
+        )
+        return build_role(role, self.config, wiring, ports)
+
     def make_processor(
         self, vendor: str, seed: int = 0, ledger: LedgerPort | None = None
     ) -> VendorProcessor:
-        v = self.config.vendors[vendor]
-        key, secret = vendor_credentials(v)
-        return VendorProcessor(
-            v,
-            self.config,
-            ledger or self.ledger,
-            make_client(v, key, secret),
-            self.results,
-            self,
-            clock=time.time,
-            rng=random.Random(seed),
-        )
+        processor: VendorProcessor = self.build(processor_role(vendor), seed, ledger)
+        return processor
 
     async def open(self, model: str, n: int = 1, **input: Any) -> list[Job]:
         jobs = []
@@ -168,6 +174,42 @@ async def test_outage_fails_over_to_the_next_vendor(rig: Rig) -> None:
     done = await rig.wait(jobs)
     assert {(j.status, j.vendor) for j in done} == {(JobStatus.COMPLETED, "replicate")}
     assert (await rig.processors["fal"].stats())["failovers"] == 5
+
+
+def retries_by_reason(processor: VendorProcessor) -> dict[str, float]:
+    """``jobline_retries_total{reason}`` of one processor, by reason."""
+    return {
+        dict(sample.labels)["reason"]: sample.value
+        for family in processor.metrics.collect()
+        for sample in family.samples
+        if sample.name == "jobline_retries_total"
+    }
+
+
+@pytest.mark.profile({"failure": 1.0})
+async def test_a_retry_after_a_failed_vendor_task_counts_the_task_failure(rig: Rig) -> None:
+    # Field case: every transiently failed vendor task was counted as a VendorTimeout.
+    replicate = rig.processors["replicate"]
+    [job] = await rig.open("video-short")
+    await rig.dispatch([job])
+    await _until(lambda: retries_by_reason(replicate).get("VendorTaskFailed", 0) >= 1)
+    rig.fakes["replicate"].update_profile({"failure": 0.0})  # the next attempt succeeds
+    [done] = await rig.wait([job])
+    assert done.status is JobStatus.COMPLETED and done.attempts >= 2
+    assert set(retries_by_reason(replicate)) == {"VendorTaskFailed"}
+
+
+@pytest.mark.profile({"never_finish": 1.0})
+@pytest.mark.overrides({"vendors.replicate": {"stuck_after": 0.5, "poll_interval": 0.1}})
+async def test_a_retry_after_giving_up_on_a_task_counts_a_timeout(rig: Rig) -> None:
+    replicate = rig.processors["replicate"]
+    [job] = await rig.open("video-short")
+    await rig.dispatch([job])
+    await _until(lambda: retries_by_reason(replicate).get("VendorTimeout", 0) >= 1)
+    rig.fakes["replicate"].update_profile({"never_finish": 0.0})
+    [done] = await rig.wait([job])
+    assert done.status is JobStatus.COMPLETED
+    assert set(retries_by_reason(replicate)) == {"VendorTimeout"}
 
 
 @pytest.mark.profile({"rejection": 1.0})
@@ -441,9 +483,7 @@ async def test_an_expired_job_whose_cancel_failed_has_its_task_canceled_later(
         await asyncio.sleep(0.02)
     await rig.processors["fal"].stop()  # the processor dies; it restarts below
     rig.processors["fal"] = rig.make_processor("fal", seed=1)
-    v = rig.config.vendors["fal"]
-    clients = {"fal": make_client(v, *vendor_credentials(v))}
-    sweeper = Sweeper(rig.config, rig.ledger, rig, clients, rig.results, clock=time.time)
+    sweeper: Sweeper = rig.build(SWEEPER)
     await asyncio.sleep(max(0.0, job.deadline - time.time()))
     report = await sweeper.sweep_once()
     assert report.expired == 1 and report.errors == []

@@ -20,7 +20,9 @@ from runtime.results import (
     LocalResultStore,
     ResultNotFound,
     content_type_of,
+    extension_for,
     result_key_for,
+    sniff_content_type,
 )
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 10
@@ -174,3 +176,38 @@ async def test_a_temp_file_left_by_a_crash_is_never_a_result(store: LocalResultS
     assert not await store.exists("job_3.png")
     await store.put("job_3.png", PNG, "image/png")
     assert await store.get("job_3.png") == PNG
+
+
+# --- what an output is, from its bytes ----------------------------------------------------
+
+SAMPLES = {
+    "image/png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    "image/jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
+    "image/gif": b"GIF89a\x01\x00\x01\x00",
+    "image/webp": b"RIFF\x24\x00\x00\x00WEBPVP8 ",
+    "audio/wav": b"RIFF\x24\x00\x00\x00WAVEfmt ",
+    "video/mp4": b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00",
+    "video/webm": b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\xf7\x81\x01\x42\x82\x84webm",
+    "audio/mpeg": b"ID3\x04\x00\x00\x00\x00\x00\x00",
+    "application/json": b' {"images": [{"url": "https://x/y.png"}]}',
+}
+
+
+@pytest.mark.parametrize(("content_type", "data"), SAMPLES.items())
+def test_an_outputs_content_type_comes_from_its_bytes(content_type: str, data: bytes) -> None:
+    assert sniff_content_type(data) == content_type
+    assert sniff_content_type(data, declared="image/png") == content_type  # bytes win
+    assert result_key_for("job_1", content_type).endswith(extension_for(content_type))
+    assert content_type_of(result_key_for("job_1", content_type)) == content_type
+
+
+def test_an_mp3_frame_without_a_tag_is_audio_but_a_utf16_text_is_not() -> None:
+    assert sniff_content_type(b"\xff\xfb\x90\x64\x00") == "audio/mpeg"  # MPEG-1 layer III
+    assert sniff_content_type(b"\xff\xfeh\x00i\x00") == "application/octet-stream"
+
+
+def test_unknown_bytes_are_what_the_vendor_declared_or_octet_stream() -> None:
+    assert sniff_content_type(b"plain words") == "application/octet-stream"
+    assert sniff_content_type(b"plain words", declared="text/plain") == "text/plain"
+    assert sniff_content_type(b"{not json") == "application/octet-stream"
+    assert sniff_content_type(b"") == "application/octet-stream"

@@ -1,0 +1,77 @@
+"""A vendor's concurrency slots: taken and given back by one construct (I4).
+
+A ``Slot`` is held from ``Slots.take()`` until its ``release()``, which is idempotent, so
+a path that releases early (the vendor task ended: free the slot before the download)
+and a ``with slot:`` around the whole attempt cannot give one slot back twice, and an
+exception cannot skip the release. Every hold goes through it: an attempt, a resumed
+task, a submit in doubt, a task canceled until the vendor confirms.
+
+``take()`` never refuses: a task the vendor is running holds a slot whether or not
+there was room (a resumed task, a submit in doubt). ``has_room()`` is what decides
+whether a new attempt may start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+
+
+class Slots:
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a slot limit must be at least 1, not {limit}")
+        self.limit = limit
+        self.taken = 0
+        self._released: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return f"Slots(taken={self.taken}, limit={self.limit})"
+
+    def has_room(self) -> bool:
+        """May one more attempt start now?"""
+        return self.taken < self.limit
+
+    def take(self) -> Slot:
+        self.taken += 1
+        return Slot(self)
+
+    def on_release(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` every time a slot is given back (the processor wakes up)."""
+        self._released.append(callback)
+
+    def _give_back(self) -> None:
+        self.taken -= 1
+        for callback in self._released:
+            callback()
+
+
+class Slot:
+    """One slot, held until ``release()`` (or the end of a ``with`` block)."""
+
+    __slots__ = ("_held", "_slots")
+
+    def __init__(self, slots: Slots) -> None:
+        self._slots = slots
+        self._held = True
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def release(self) -> None:
+        """Give the slot back; a second call does nothing."""
+        if self._held:
+            self._held = False
+            self._slots._give_back()
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
