@@ -521,7 +521,7 @@ class _Batch:
                 _to_json(op.input),
                 op.price,
                 op.trace_id,
-                0,
+                op.route_position,
                 op.vendor,
                 now,
                 op.deadline,
@@ -547,7 +547,7 @@ class _Batch:
             status=JobStatus.QUEUED,
             cost=op.price,
             trace_id=op.trace_id,
-            route_position=0,
+            route_position=op.route_position,
             vendor=op.vendor,
             vendor_task_id=None,
             attempts=0,
@@ -671,9 +671,12 @@ class _Batch:
         if available < dead.cost:
             raise InsufficientCredits(dead.account_id, dead.cost, available)
         now = self.now
-        # The gateway names the route's first vendor: a redrive starts the route over.
-        # Without one, the dead job's vendor and route position carry over.
-        position, vendor = (0, op.vendor) if op.vendor else (dead.route_position, dead.vendor)
+        # The gateway names where on the route the new job starts: a redrive starts the
+        # route over. Without a vendor, the dead job's vendor and route position carry over.
+        if op.vendor:
+            position, vendor = op.route_position, op.vendor
+        else:
+            position, vendor = dead.route_position, dead.vendor
         conn.execute(
             INSERT_JOB,
             (

@@ -179,12 +179,13 @@ class OpenJob:
     input: JSON
     price: int
     trace_id: str
-    vendor: str  # the first vendor of the route
+    vendor: str  # the vendor at route_position, where the job starts
     deadline: float
     idempotency_key: str | None = None
     request_hash: str | None = None  # hash of the request body, for key reuse checks
     max_in_flight: int | None = None  # the account's cap on non-terminal jobs
     redriven_from: str | None = None
+    route_position: int = 0  # the first vendor of the route whose circuit is not open
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +244,8 @@ class Redrive:
     new_job_id: str
     trace_id: str
     deadline: float
-    vendor: str | None = None  # start over on this vendor at route position 0; None: keep
+    vendor: str | None = None  # start over on this vendor at route_position; None: keep
+    route_position: int = 0
 
 
 LedgerOp = (

@@ -42,12 +42,15 @@ class AdminRoutes:
         model = ctx.config.models.get(dead.model)
         now = ctx.clock.time()
         trace_id = new_trace_id(ctx.rng)
+        # The route starts over, at its first vendor whose circuit is not open.
+        position = api.circuits.route_position(model.route) if model else 0
         op = Redrive(
             job_id=dead_job_id,
             new_job_id="job_" + new_job_id(now, ctx.rng).replace("-", ""),
             trace_id=trace_id,
             deadline=now + ctx.config.sweeper.job_deadline,
-            vendor=model.route[0].vendor if model else None,  # the route starts over
+            vendor=model.route[position].vendor if model else None,
+            route_position=position,
         )
         with api.tracer.root("redrive", trace_id, dead_job_id=dead_job_id) as span:
             outcome = await api.execute(op)

@@ -21,6 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from runtime.api.bodies import IDEMPOTENCY_KEY_PATTERN
+from runtime.api.circuits import CircuitView
 from runtime.api.errors import (
     HttpRefusal,
     bad_request,
@@ -132,6 +133,7 @@ class Api:
         self._keys = _KeyCache()
         self._key_lookups: dict[str, asyncio.Future[str | None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.circuits = CircuitView(ctx.router, ctx.clock, self.spawn)
 
     # --- ledger access --------------------------------------------------------------------
 

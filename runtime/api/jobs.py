@@ -70,6 +70,7 @@ class JobRoutes:
         ctx = api.ctx
         now = ctx.clock.time()
         trace_id = new_trace_id(ctx.rng)
+        position = api.circuits.route_position(model.route)
         op = OpenJob(
             job_id="job_" + new_job_id(now, ctx.rng).replace("-", ""),
             account_id=account_id,
@@ -77,7 +78,8 @@ class JobRoutes:
             input=body.input,
             price=model.price,
             trace_id=trace_id,
-            vendor=model.route[0].vendor,
+            vendor=model.route[position].vendor,
+            route_position=position,
             deadline=now + ctx.config.sweeper.job_deadline,
             idempotency_key=idempotency_key,
             request_hash=request_hash(raw),

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from loadtests.testbed import ROOT_CONFIG
 from runtime.api import GatewayContext, build_app
-from runtime.clock import SYSTEM_CLOCK
+from runtime.clock import SYSTEM_CLOCK, Clock
 from runtime.config import JoblineConfig, load_config
 from runtime.ledger import Ledger
 from runtime.models import Complete, Job, MarkProcessing, StartAttempt
@@ -46,6 +46,8 @@ class FakeProcessor:
     webhooks: list[WebhookEvent] = field(default_factory=list)
     canceled: list[str] = field(default_factory=list)
     dispatch_calls: int = 0
+    stats_calls: int = 0
+    circuit: str = "closed"
     broken: bool = False
     webhooks_gate: asyncio.Event | None = None  # set: on_webhooks waits until it is set
 
@@ -68,7 +70,8 @@ class FakeProcessor:
         return len(jobs)
 
     async def stats(self) -> dict[str, Any]:
-        return {"vendor": self.vendor, "dispatched": len(self.dispatched)}
+        self.stats_calls += 1
+        return {"vendor": self.vendor, "dispatched": len(self.dispatched), "circuit": self.circuit}
 
     async def collect_metrics(self) -> list[Family]:
         return []
@@ -171,7 +174,9 @@ async def make_api_fixture(tmp_path: Path) -> AsyncIterator[MakeApi]:
     """``await make_api(admin_token=..., **gateway_overrides)``: a served API, torn down after."""
     opened: list[tuple[TestClient[Any, Any], Ledger, list[VendorClient]]] = []
 
-    async def make(admin_token: str | None = ADMIN_TOKEN, **overrides: Any) -> ApiHarness:
+    async def make(
+        admin_token: str | None = ADMIN_TOKEN, clock: Clock = SYSTEM_CLOCK, **overrides: Any
+    ) -> ApiHarness:
         config = _config(overrides)
         data = tmp_path / f"api-{len(opened)}"
         ledger = await Ledger.open(data / "jobline.db", clock=time.time)
@@ -201,7 +206,7 @@ async def make_api_fixture(tmp_path: Path) -> AsyncIterator[MakeApi]:
             metrics=metrics,
             tracer=tracer_for("gateway-test", config),
             collect_all_metrics=collect_all,
-            clock=SYSTEM_CLOCK,
+            clock=clock,
             rng=random.Random(0),
             admin_token=admin_token,
             is_ready=is_ready,

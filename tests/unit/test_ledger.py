@@ -610,6 +610,15 @@ async def test_close_finishes_what_was_submitted(tmp_path: Path) -> None:
     assert (await pending).changed
 
 
+async def test_a_job_opened_further_down_its_route_starts_there(ledger: Ledger) -> None:
+    op = OpenJob("job-1", "acct", "flux", {}, 10, "t", "replicate", DEADLINE, route_position=1)
+    job = await apply_op(ledger, op)
+    assert (job.vendor, job.route_position) == ("replicate", 1)
+    assert await ledger.get_job("job-1") == job
+    started = await apply_op(ledger, StartAttempt("job-1", 1, "replicate", 1))
+    assert (started.attempts, started.vendor_attempts) == (1, 1)
+
+
 # --- redrive ----------------------------------------------------------------------------
 
 
