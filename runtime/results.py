@@ -75,29 +75,34 @@ def content_type_of(key: str) -> str:
     return _CONTENT_TYPES.get(ext) or mimetypes.types_map.get(ext) or "application/octet-stream"
 
 
+# (content type, the bytes it starts with: (offset, bytes) pairs that must all match)
+_SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
+    ("image/png", ((0, b"\x89PNG\r\n\x1a\n"),)),
+    ("image/jpeg", ((0, b"\xff\xd8\xff"),)),
+    ("image/gif", ((0, b"GIF87a"),)),
+    ("image/gif", ((0, b"GIF89a"),)),
+    ("image/webp", ((0, b"RIFF"), (8, b"WEBP"))),
+    ("audio/wav", ((0, b"RIFF"), (8, b"WAVE"))),
+    ("video/mp4", ((4, b"ftyp"),)),  # an ISO base media file: its ftyp box
+    ("audio/mpeg", ((0, b"ID3"),)),  # an ID3v2 tag before the first frame
+)
+_EBML = b"\x1a\x45\xdf\xa3"  # Matroska and WebM; the doctype says which
+
+
 def sniff_content_type(data: bytes, declared: str | None = None) -> str:
     """The content type of an output, from its first bytes (its "magic number").
 
-    PNG, JPEG, GIF, WebP, MP4 (an ISO media ``ftyp`` box), WebM, MP3 (an ID3 tag or an
-    MPEG audio frame), WAV and JSON are recognised; anything else is ``declared`` (what
-    the vendor said, if it said), or ``application/octet-stream``.
+    PNG, JPEG, GIF, WebP, MP4, WebM, MP3 (an ID3 tag or an MPEG audio frame), WAV and
+    JSON are recognised; anything else is ``declared`` (what the vendor said, if it
+    said), or ``application/octet-stream``.
     """
     head = data[:64]
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "image/webp"
-    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
-        return "audio/wav"
-    if head[4:8] == b"ftyp":
-        return "video/mp4"
-    if head.startswith(b"\x1a\x45\xdf\xa3") and b"webm" in head:
+    for content_type, marks in _SIGNATURES:
+        if all(head[at : at + len(mark)] == mark for at, mark in marks):
+            return content_type
+    if head.startswith(_EBML) and b"webm" in head:
         return "video/webm"
-    if head.startswith(b"ID3") or _mp3_frame(head):
+    if _mp3_frame(head):
         return "audio/mpeg"
     if _is_json(data):
         return "application/json"

@@ -100,26 +100,35 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except JoblineError as exc:
-        refusal = refusal_for(exc)
-        if refusal is None:
-            return _internal_error(request, exc)
-        if refusal.status >= 500:
-            log.warning("%s %s: %s", request.method, request.path, exc)
-        response = error_response(refusal.status, refusal.code, str(refusal), refusal.headers)
-        if refusal.headers.get("Connection") == "close":
-            response.force_close()
-        return response
+        return _refusal(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = HTTP_CODES.get(exc.status, "bad_request" if exc.status < 500 else "error")
-        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
-        message = exc.text if exc.status != 404 else f"no route {request.method} {request.path}"
-        return error_response(exc.status, code, message or exc.reason, headers)
+        return _http_error(request, exc)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as exc:
         return _internal_error(request, exc)
+
+
+def _refusal(request: web.Request, exc: JoblineError) -> web.Response:
+    refusal = refusal_for(exc)
+    if refusal is None:
+        return _internal_error(request, exc)
+    if refusal.status >= 500:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+    response = error_response(refusal.status, refusal.code, str(refusal), refusal.headers)
+    if refusal.headers.get("Connection") == "close":
+        response.force_close()
+    return response
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own refusals (no route, wrong method, body too large) in our shape."""
+    code = HTTP_CODES.get(exc.status, "bad_request" if exc.status < 500 else "error")
+    headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+    message = exc.text if exc.status != 404 else f"no route {request.method} {request.path}"
+    return error_response(exc.status, code, message or exc.reason, headers)
 
 
 def _internal_error(request: web.Request, exc: BaseException) -> web.Response:
