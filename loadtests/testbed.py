@@ -181,6 +181,7 @@ class Testbed:
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     fake_limit: int | None = 10_000  # None: the fakes enforce each vendor's limit (429)
     base_config: Path = ROOT_CONFIG
+    clock: Any = None  # in-process mode: the runtime's clock (None: the system's)
     config: JoblineConfig = field(init=False)
     fakes: Any = field(init=False)
     runtime: Any = field(init=False)
@@ -225,7 +226,10 @@ class Testbed:
         else:
             from actors.wiring import InProcessRuntime, Wiring
 
-            self.runtime = await InProcessRuntime.start(self.config, Wiring(seed=self.seed))
+            wiring = Wiring(seed=self.seed)
+            if self.clock is not None:
+                wiring = Wiring(seed=self.seed, clock=self.clock)
+            self.runtime = await InProcessRuntime.start(self.config, wiring)
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._http.close()
