@@ -50,6 +50,7 @@ from runtime.errors import (
     JoblineError,
     VendorError,
     VendorPermanentError,
+    VendorRefused,
     VendorTimeout,
     VendorTransientError,
 )
@@ -401,16 +402,22 @@ class VendorProcessor:
     async def _wait(self, held: _Held, task_id: str) -> TaskStatus:
         """Until the vendor task ends: a webhook, or polling with backoff as the fallback."""
         early = self._early.pop(task_id, None)
-        if early is not None:
+        if early is not None and not early[1].result_pending:
             return early[1]
         loop = asyncio.get_running_loop()
         held.waiter = loop.create_future()
         step = self._config_step(held.job)
         give_up_at = self._clock() + self.vendor.stuck_after
         interval = self.vendor.poll_interval
+        if early is not None:  # it succeeded, but its webhook had no outputs: read them now
+            interval = 0.0
         while True:
             try:
-                return await asyncio.wait_for(asyncio.shield(held.waiter), timeout=interval)
+                pushed = await asyncio.wait_for(asyncio.shield(held.waiter), timeout=interval)
+                if not pushed.result_pending:
+                    return pushed
+                held.waiter = loop.create_future()  # the outputs are at the vendor: poll
+                interval = 0.0
             except TimeoutError:
                 pass
             try:
@@ -422,13 +429,9 @@ class VendorProcessor:
             if self._clock() >= give_up_at:
                 await self._cancel_until_confirmed(held.job, task_id)
                 return TaskStatus(
-                    TaskState.FAILED,
-                    output_url=None,
-                    error=f"no result after {self.vendor.stuck_after:.0f}s",
-                    permanent=False,
-                    queue_position=None,
+                    TaskState.FAILED, error=f"no result after {self.vendor.stuck_after:.0f}s"
                 )
-            interval = min(interval * 1.5, MAX_POLL_INTERVAL)
+            interval = min(max(interval * 1.5, self.vendor.poll_interval), MAX_POLL_INTERVAL)
 
     async def _finish(self, held: _Held, attempt: int, status: TaskStatus) -> None:
         job = held.job
@@ -474,8 +477,14 @@ class VendorProcessor:
     async def _after_failure(self, held: _Held, attempt: int, exc: BaseException) -> None:
         """Retry here with backoff, fail over, or fail: the route decides."""
         job = held.job
-        if classify(exc) is ErrorClass.PERMANENT:
+        error_class = classify(exc)
+        if error_class is ErrorClass.PERMANENT:
             await self._fail(job, str(exc))
+            return
+        if error_class is ErrorClass.VENDOR_WIDE and self._has_next_vendor(job):
+            # The vendor refuses everyone (account locked, model gone): the next vendor of
+            # the route may serve the job at once. (Its own circuit cooldown: issue 12.)
+            await self._fail_over(held, str(exc), attempt)
             return
         now = self._clock()
         circuit_open = self._breaker.state(now) is CircuitState.OPEN
@@ -661,7 +670,7 @@ class VendorProcessor:
         return False
 
     def _record_vendor_result(self, exc: VendorError) -> None:
-        if isinstance(exc, VendorTransientError):
+        if isinstance(exc, VendorTransientError | VendorRefused):
             self._breaker.record_failure(self._clock())
 
     def _has_next_vendor(self, job: Job) -> bool:

@@ -52,6 +52,7 @@ from runtime.errors import (
     TooManyJobsInFlight,
     Unauthorized,
     UnknownModel,
+    WebhookKeysUnavailable,
     WebhookRejected,
     WebhookSignatureInvalid,
     WebhookTimestampStale,
@@ -161,6 +162,7 @@ _ERRORS: tuple[tuple[type[JoblineError], int, str], ...] = (
     (LedgerUnavailable, 503, "ledger_unavailable"),
     (WebhookSignatureInvalid, 401, "webhook_signature_invalid"),
     (WebhookTimestampStale, 401, "webhook_timestamp_stale"),
+    (WebhookKeysUnavailable, 503, "webhook_keys_unavailable"),  # the vendor delivers again
     (WebhookRejected, 400, "webhook_malformed"),
     (IllegalTransition, 409, "illegal_transition"),
 )
@@ -177,6 +179,7 @@ _HTTP_CODES = {
 _WEBHOOK_REASONS = (
     (WebhookSignatureInvalid, "signature"),
     (WebhookTimestampStale, "stale"),
+    (WebhookKeysUnavailable, "keys_unavailable"),
     (WebhookRejected, "malformed"),
 )
 
@@ -772,7 +775,7 @@ class Api:
         headers = {name.lower(): value for name, value in request.headers.items()}
         metrics = self.ctx.metrics
         try:
-            event = parser.parse_webhook(
+            event = await parser.parse_webhook(
                 headers, body, self.ctx.clock(), self.ctx.config.gateway.webhook_tolerance
             )
         except WebhookRejected as exc:

@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 import replicate
 from replicate.exceptions import ReplicateError
-
 from standardwebhooks import Webhook
 
 from tests.integration.conftest import (
