@@ -57,6 +57,7 @@ from runtime.config import JoblineConfig, VendorConfig
 from runtime.errors import (
     VendorError,
     VendorPermanentError,
+    VendorRefused,
     VendorTaskFailed,
     VendorTimeout,
     VendorTransientError,
@@ -418,16 +419,22 @@ class VendorProcessor:
         None: no end within ``stuck_after``; the task was canceled (until the vendor
         confirmed) and is given up on."""
         early = self._early.pop(task_id, None)
-        if early is not None:
+        if early is not None and not early[1].result_pending:
             return early[1]
         loop = asyncio.get_running_loop()
         held.waiter = loop.create_future()
         step = vendor_model(self.config, held.job)
         give_up_at = self._clock.time() + self.vendor.stuck_after
         interval = self.vendor.poll_interval
+        if early is not None:  # it succeeded, but its webhook had no outputs: read them now
+            interval = 0.0
         while True:
             try:
-                return await asyncio.wait_for(asyncio.shield(held.waiter), timeout=interval)
+                pushed = await asyncio.wait_for(asyncio.shield(held.waiter), timeout=interval)
+                if not pushed.result_pending:
+                    return pushed
+                held.waiter = loop.create_future()  # the outputs are at the vendor: poll
+                interval = 0.0
             except TimeoutError:
                 pass
             try:
@@ -439,7 +446,7 @@ class VendorProcessor:
             if self._clock.time() >= give_up_at:
                 await self._cancel_until_confirmed(held.job, task_id)
                 return None
-            interval = min(interval * 1.5, MAX_POLL_INTERVAL)
+            interval = min(max(interval * 1.5, self.vendor.poll_interval), MAX_POLL_INTERVAL)
 
     async def _finish(self, held: _Held, attempt: int, status: TaskStatus | None) -> None:
         """The vendor task ended (None: we gave up on it): complete, retry or fail."""
@@ -658,7 +665,7 @@ class VendorProcessor:
         self._publish_gauges()
 
     def _record_vendor_result(self, exc: VendorError) -> None:
-        if isinstance(exc, VendorTransientError):
+        if isinstance(exc, VendorTransientError | VendorRefused):
             self._breaker.record_failure(self._clock.time())
 
     def _has_next_vendor(self, job: Job) -> bool:

@@ -77,17 +77,23 @@ def all_roles(config: JoblineConfig, gateways: int | None = None) -> list[str]:
 def secret_env_names(config: JoblineConfig) -> list[str]:
     names = [config.gateway.admin_token_env]
     for vendor in config.vendors.values():
-        names += [vendor.api_key_env, vendor.webhook_secret_env]
+        names.append(vendor.api_key_env)
+        if vendor.webhook_secret_env:  # replicate-shaped; fal publishes public keys
+            names.append(vendor.webhook_secret_env)
     return names
 
 
-def vendor_secrets(vendor: VendorConfig) -> tuple[str, str]:
-    """The vendor's API key and webhook secret, from the environment variables it names."""
+def vendor_secrets(vendor: VendorConfig) -> tuple[str, str | None]:
+    """The vendor's API key and (replicate-shaped) webhook secret, from the environment
+    variables it names; a fal-shaped vendor has no secret (its keys are public)."""
     key, secret = vendor.api_key(), vendor.webhook_secret()
-    for value, env in ((key, vendor.api_key_env), (secret, vendor.webhook_secret_env)):
+    needed = [(key, vendor.api_key_env)]
+    if vendor.webhook_secret_env:
+        needed.append((secret, vendor.webhook_secret_env))
+    for value, env in needed:
         if not value:
             raise ConfigError("environment", env, f"not set (vendors.{vendor.name} needs it)")
-    assert key is not None and secret is not None
+    assert key is not None
     return key, secret
 
 

@@ -403,7 +403,7 @@ class WebhookForger(FastHttpUser):
         self._post("forged signature", vendor, body, headers, {401: "webhook_signature_invalid"})
 
     def stale_timestamp(self) -> None:
-        vendor, info = self._vendor()
+        vendor, info = self._vendor("replicate")  # the harness holds only replicate's secret
         body, msg_id = _event_body(info["api"])
         headers = signed_headers(info["webhook_secret"], msg_id, int(time.time()) - STALE_BY, body)
         self._post("stale timestamp", vendor, body, headers, {401: "webhook_timestamp_stale"})
@@ -414,7 +414,7 @@ class WebhookForger(FastHttpUser):
         self._post("unsigned", vendor, body, {}, {401: "webhook_signature_invalid"})
 
     def malformed_body(self) -> None:
-        vendor, info = self._vendor()
+        vendor, info = self._vendor("replicate")
         body, msg_id = b'{"not": "an event"}', f"msg_lt_{uuid.uuid4().hex}"
         headers = signed_headers(info["webhook_secret"], msg_id, int(time.time()), body)
         self._post("malformed body", vendor, body, headers, {400: "webhook_malformed"})

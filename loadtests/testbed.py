@@ -40,8 +40,18 @@ def ensure_dev_secrets(config: JoblineConfig) -> None:
     for vendor in config.vendors.values():
         key, secret = vendor_credentials(vendor)
         os.environ.setdefault(vendor.api_key_env, key)
-        os.environ.setdefault(vendor.webhook_secret_env, secret)
+        if vendor.webhook_secret_env and secret:  # fal-shaped fakes publish their keys
+            os.environ.setdefault(vendor.webhook_secret_env, secret)
     os.environ.setdefault(config.gateway.admin_token_env, secrets.token_urlsafe(24))
+
+
+def _pointed_at(vendor: Any, url: str) -> dict[str, Any]:
+    """A vendor config's changes to talk to the fake at ``url``: its base URL and, for a
+    fal-shaped fake, the key set it publishes (``/.well-known/jwks.json``)."""
+    update: dict[str, Any] = {"base_url": url}
+    if vendor.api == "fal":
+        update["webhook_jwks_url"] = f"{url}/.well-known/jwks.json"
+    return update
 
 
 def local_config(
@@ -59,7 +69,7 @@ def local_config(
     port = free_port()
     sections: dict[str, Any] = {
         "vendors": {
-            name: vendor.model_copy(update={"base_url": vendor_urls[name]})
+            name: vendor.model_copy(update=_pointed_at(vendor, vendor_urls[name]))
             for name, vendor in base.vendors.items()
         },
         "gateway": base.gateway.model_copy(

@@ -16,12 +16,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from runtime.errors import ConfigError
 from runtime.policies import CircuitPolicy, RetryPolicy
 
 DEFAULT_CONFIG_PATH = Path("jobline.toml")
+# fal publishes the public keys of its webhook signatures here (fal's "Webhooks" page,
+# "Verifying your webhook"; fal-client's REST_URL is https://rest.alpha.fal.ai).
+FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 
 
 class _Section(BaseModel):
@@ -33,7 +43,12 @@ class VendorConfig(_Section):
     api: Literal["replicate", "fal"]
     base_url: str
     api_key_env: str
-    webhook_secret_env: str
+    # How its webhooks are verified. replicate-shaped: Standard Webhooks with the
+    # ``whsec_`` secret in this environment variable (required). fal-shaped: ED25519
+    # signatures checked against the public keys at ``webhook_jwks_url`` (default: fal's
+    # own, FAL_JWKS_URL); a fal vendor names no secret.
+    webhook_secret_env: str | None = Field(default=None, validate_default=True)
+    webhook_jwks_url: str | None = Field(default=None, validate_default=True)
     concurrency: int = Field(ge=1)
     requests_per_second: float = Field(default=0.0, ge=0)  # 0 = no rate limit
     submit_timeout: float = Field(default=10.0, gt=0)
@@ -54,6 +69,34 @@ class VendorConfig(_Section):
             raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
         return value.rstrip("/")
 
+    @field_validator("webhook_secret_env")
+    @classmethod
+    def _secret_for_replicate_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        api = info.data.get("api")
+        if api == "replicate" and not value:
+            raise ValueError(
+                "required for a replicate-shaped vendor: the environment variable holding "
+                "its Standard Webhooks secret (whsec_...)"
+            )
+        if api == "fal" and value is not None:
+            raise ValueError(
+                "fal signs webhooks with ED25519, not a shared secret: name webhook_jwks_url "
+                f"instead (default {FAL_JWKS_URL})"
+            )
+        return value
+
+    @field_validator("webhook_jwks_url")
+    @classmethod
+    def _keys_for_fal_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        api = info.data.get("api")
+        if api == "replicate" and value is not None:
+            raise ValueError("replicate signs webhooks with a secret: name webhook_secret_env")
+        if api == "fal":
+            value = value or FAL_JWKS_URL
+            if not value.startswith(("http://", "https://")):
+                raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
     @property
     def task_lifetime(self) -> int:
         """``max_task_time`` (or ``stuck_after``) in whole seconds, as vendors are told it."""
@@ -63,7 +106,8 @@ class VendorConfig(_Section):
         return os.environ.get(self.api_key_env)
 
     def webhook_secret(self) -> str | None:
-        return os.environ.get(self.webhook_secret_env)
+        """replicate-shaped: the webhook secret from its environment variable."""
+        return os.environ.get(self.webhook_secret_env) if self.webhook_secret_env else None
 
 
 class RouteStep(_Section):

@@ -23,22 +23,38 @@ equal exception back; a test checks every class below).
     ├── InvalidResultKey             a key that is not one plain file name (also a ValueError)
     ├── WebhookRejected              a vendor callback that changes nothing
     │   ├── WebhookSignatureInvalid
-    │   └── WebhookTimestampStale
+    │   ├── WebhookTimestampStale
+    │   └── WebhookKeysUnavailable   the vendor's key set cannot be fetched: ask again later
     └── VendorError                  anything a vendor call did wrong
         ├── VendorTransientError     worth retrying (backoff, maybe failover)
         │   ├── VendorTimeout
         │   ├── VendorRateLimited    429, may carry retry_after
         │   ├── VendorUnavailable    5xx, connection refused or reset
         │   └── VendorTaskFailed     the vendor ran the task and it failed transiently
-        └── VendorPermanentError     retrying cannot help: fail the job, refund
-            ├── VendorInputRejected  invalid input, content rejected
-            └── VendorAuthError      bad API key (401/403)
+        ├── VendorRefused            vendor-wide: this vendor serves nobody now (fail over,
+        │   │                        open its circuit), though another vendor may
+        │   ├── VendorAuthError      the API key is refused (401, 403)
+        │   ├── VendorBillingError   billing required, the account locked or out of balance
+        │   │                        (402; 403 saying locked / balance / billing)
+        │   └── VendorModelGone      the model is not there (404 / 410 on submit)
+        └── VendorPermanentError     permanent for the job: fail it, refund
+            └── VendorInputRejected  invalid input, content rejected
+
+Three classes, three reactions (DESIGN §3.5): a transient error is retried here with
+backoff; a vendor-wide refusal is the vendor's, not the job's (the same job succeeds
+elsewhere); a permanent error is the job's own (the same input fails everywhere).
+``retry_after`` is always a finite number of seconds in ``[0, MAX_RETRY_AFTER]`` or None,
+whatever the vendor sent.
 
 Lower-layer errors (aiohttp, sqlite3) are translated into these in one place per
 adapter: ``runtime.vendors`` for HTTP, ``runtime.ledger`` for SQLite.
 """
 
 from __future__ import annotations
+
+import math
+
+MAX_RETRY_AFTER = 3600.0  # seconds; a vendor asking for longer is down for a while
 
 
 class JoblineError(Exception):
@@ -227,6 +243,11 @@ class WebhookTimestampStale(WebhookRejected):
     pass
 
 
+class WebhookKeysUnavailable(WebhookRejected):
+    """The vendor's public keys could not be fetched, so nothing can be verified now; the
+    vendor should deliver again later (it retries)."""
+
+
 # --- vendors --------------------------------------------------------------------------
 
 
@@ -247,9 +268,21 @@ class VendorTransientError(VendorError):
 
     def __init__(self, vendor: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(vendor, message)
+        retry_after = sane_retry_after(retry_after)
         # VendorError.__init__ set args to (vendor, message); keep retry_after in args too.
         self.args = (vendor, message, retry_after)
         self.retry_after = retry_after
+
+
+def sane_retry_after(seconds: float | None) -> float | None:
+    """``seconds`` clamped to ``[0, MAX_RETRY_AFTER]``; None for None or NaN.
+
+    Field case: ``Retry-After: inf`` reached the retry policy as ``inf`` and crashed the
+    attempt; a number this class holds is always one the policies can use.
+    """
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 class VendorTimeout(VendorTransientError):
@@ -268,13 +301,30 @@ class VendorTaskFailed(VendorTransientError):
     pass
 
 
+class VendorRefused(VendorError):
+    """Vendor-wide: the vendor refuses the operator's account or the model, for every job.
+
+    Not the job's fault: the job fails over to the next vendor of its route, and this
+    vendor's circuit opens (a locked account or a missing model does not come back in
+    seconds)."""
+
+
+class VendorAuthError(VendorRefused):
+    """The API key is refused (401; 403 without a billing reason)."""
+
+
+class VendorBillingError(VendorRefused):
+    """Billing required (402), or the account is locked or out of balance (fal: 403 "User
+    is locked. Reason: Exhausted balance"): such locks last hours."""
+
+
+class VendorModelGone(VendorRefused):
+    """The model (or deployment, or app) is not there: 404 or 410 on a submit."""
+
+
 class VendorPermanentError(VendorError):
-    """Retrying cannot help: the job fails and its hold is released."""
+    """Permanent for the job: retrying cannot help, the job fails and its hold is released."""
 
 
 class VendorInputRejected(VendorPermanentError):
-    pass
-
-
-class VendorAuthError(VendorPermanentError):
     pass

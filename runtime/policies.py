@@ -40,7 +40,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
-from runtime.errors import VendorPermanentError, VendorTransientError
+from runtime.errors import VendorPermanentError, VendorRefused, VendorTransientError
 
 __all__ = [
     "CIRCUIT_TRANSITIONS",
@@ -430,6 +430,7 @@ class TokenBucket:
 
 class ErrorClass(enum.StrEnum):
     TRANSIENT = "transient"  # retry with backoff on this vendor, then fail over
+    VENDOR_WIDE = "vendor_wide"  # this vendor serves nobody now: fail over, open its circuit
     PERMANENT = "permanent"  # retrying cannot help: fail the job and refund
 
 
@@ -439,28 +440,35 @@ _TRANSIENT_LOW_LEVEL: tuple[type[BaseException], ...] = (TimeoutError, Connectio
 
 
 def classify(exc: BaseException) -> ErrorClass:
-    """Is ``exc`` worth retrying?
+    """Is ``exc`` worth retrying, and where?
 
     Transient: ``VendorTransientError`` and the network-shaped built-ins
     (``TimeoutError``/``asyncio.TimeoutError``, ``ConnectionError``, ``OSError``).
-    Permanent: ``VendorPermanentError`` and **everything else**. An exception jobline
+    Vendor-wide: ``VendorRefused`` (the account is refused, locked or out of balance, the
+    model is gone): permanent for that vendor, not for the job, which another vendor may
+    serve. Permanent: ``VendorPermanentError`` and **everything else**. An exception jobline
     did not anticipate is most likely a bug (a ``KeyError`` in an adapter, a
     changed response shape); retrying it would burn five attempts per vendor on
     every route and delay the refund, and it would never succeed. Failing it at once
     refunds the client and puts the error in the dead-letter queue, where it can be
     fixed and re-driven.
 
-    An exception group is transient only if every exception in it is. Callers must
+    An exception group is transient only if every exception in it is (and vendor-wide
+    if every one is vendor-wide or transient, one at least vendor-wide). Callers must
     not classify ``asyncio.CancelledError``: cancellation is not a vendor failure
     (here it would come out permanent) and must be re-raised.
     """
     if isinstance(exc, BaseExceptionGroup):
-        leaves = exc.exceptions
-        if all(classify(leaf) is ErrorClass.TRANSIENT for leaf in leaves):
+        classes = {classify(leaf) for leaf in exc.exceptions}
+        if classes == {ErrorClass.TRANSIENT}:
             return ErrorClass.TRANSIENT
+        if ErrorClass.PERMANENT not in classes:
+            return ErrorClass.VENDOR_WIDE
         return ErrorClass.PERMANENT
     if isinstance(exc, VendorTransientError):
         return ErrorClass.TRANSIENT
+    if isinstance(exc, VendorRefused):
+        return ErrorClass.VENDOR_WIDE
     if isinstance(exc, VendorPermanentError):
         return ErrorClass.PERMANENT
     if isinstance(exc, _TRANSIENT_LOW_LEVEL):
@@ -525,6 +533,7 @@ def after_failure(failure: Failure, policy: RetryPolicy, rng: random.Random) -> 
 
     ==========================================================  ===========
     the error is permanent                                      FAIL
+    the error is vendor-wide and a next vendor exists           FAIL_OVER
     circuit closed, attempts left here, the backoff ends
     before the deadline, and not (Retry-After > cap and a
     next vendor exists)                                         RETRY
@@ -540,6 +549,10 @@ def after_failure(failure: Failure, policy: RetryPolicy, rng: random.Random) -> 
     """
     if failure.error_class is ErrorClass.PERMANENT:
         return Decision(Next.FAIL)
+    if failure.error_class is ErrorClass.VENDOR_WIDE and failure.has_next_vendor:
+        # The vendor refuses everyone (account locked, model gone): the next vendor of
+        # the route may serve the job at once.
+        return Decision(Next.FAIL_OVER)
     retry_at: float | None = None
     if not failure.circuit_open and not policy.exhausted(failure.vendor_attempts):
         delay = policy.next_delay(failure.vendor_attempts, rng, failure.retry_after)

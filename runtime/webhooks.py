@@ -1,5 +1,7 @@
-"""Standard Webhooks signing and verification (https://www.standardwebhooks.com).
+"""Webhook signature schemes: Standard Webhooks (replicate) and fal's ED25519.
 
+Standard Webhooks (https://www.standardwebhooks.com)
+----------------------------------------------------
 A signed webhook carries three headers::
 
     webhook-id:        msg_2Lh...            unique per event; redeliveries reuse it
@@ -7,10 +9,27 @@ A signed webhook carries three headers::
     webhook-signature: v1,<base64 sig> ...   space-separated; any one may match
 
 where ``sig = HMAC-SHA256(key, f"{id}.{timestamp}.".encode() + body)`` and ``key`` is the
-base64 part of the ``whsec_...`` secret. Replicate signs this way; jobline's fake vendors
-sign both API shapes this way, so the gateway verifies every vendor with :func:`verify`.
+base64 part of the ``whsec_...`` secret. Replicate signs this way (its "Verify webhooks"
+guide): :func:`verify`.
 
-Pure functions: the caller passes ``now``; nothing here reads a clock.
+fal (its "Webhooks" page, "Verifying your webhook")
+---------------------------------------------------
+Four headers::
+
+    X-Fal-Webhook-Request-Id   the request id
+    X-Fal-Webhook-User-Id      the account's user id
+    X-Fal-Webhook-Timestamp    seconds since the epoch
+    X-Fal-Webhook-Signature    hex of an ED25519 signature
+
+over ``f"{request_id}\n{user_id}\n{timestamp}\n{sha256_hex(body)}"``, by one of the keys
+fal publishes as a JSON Web Key Set (``kty: OKP``, ``crv: Ed25519``, ``x``: base64url of
+the raw key). fal sends no key id: every published key is tried. The timestamp must be
+within five minutes of now. :func:`parse_jwks` reads the key set, :func:`fal_signed`
+the headers, :func:`fal_signature_valid` checks one; fetching and caching the key set is
+the fal adapter's (``runtime.vendors.fal``).
+
+Pure functions: the caller passes ``now`` and the keys; nothing here reads a clock or
+the network.
 """
 
 from __future__ import annotations
@@ -19,7 +38,12 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from runtime.errors import WebhookSignatureInvalid, WebhookTimestampStale
 
@@ -29,6 +53,10 @@ DEFAULT_TOLERANCE = 300.0  # seconds either side of now
 ID_HEADER = "webhook-id"
 TIMESTAMP_HEADER = "webhook-timestamp"
 SIGNATURE_HEADER = "webhook-signature"
+FAL_REQUEST_ID_HEADER = "x-fal-webhook-request-id"
+FAL_USER_ID_HEADER = "x-fal-webhook-user-id"
+FAL_TIMESTAMP_HEADER = "x-fal-webhook-timestamp"
+FAL_SIGNATURE_HEADER = "x-fal-webhook-signature"
 # The webhook URL of a submit names the job and attempt (``?jobline_job_id=…&
 # jobline_attempt=…``); vendors call it as given, so a webhook says whose task it is.
 JOB_PARAM = "jobline_job_id"
@@ -95,11 +123,7 @@ def verify(
     expected = _digest(secret_key(secret), msg_id, timestamp, body)
     if not any(hmac.compare_digest(expected, sig) for sig in _v1_signatures(signatures)):
         raise WebhookSignatureInvalid("no webhook-signature matches")
-    if abs(now - timestamp) > tolerance:
-        raise WebhookTimestampStale(
-            f"webhook-timestamp {timestamp} is {now - timestamp:+.0f}s from now "
-            f"(tolerance {tolerance:.0f}s)"
-        )
+    check_timestamp(timestamp, now, tolerance)
 
 
 def _v1_signatures(header: str) -> list[bytes]:
@@ -113,4 +137,88 @@ def _v1_signatures(header: str) -> list[bytes]:
             found.append(base64.b64decode(encoded, validate=True))
         except binascii.Error:
             continue
+    return found
+
+
+def check_timestamp(timestamp: int, now: float, tolerance: float) -> None:
+    """Raise ``WebhookTimestampStale`` if ``timestamp`` is more than ``tolerance`` seconds
+    away from ``now`` (a replay)."""
+    if abs(now - timestamp) > tolerance:
+        raise WebhookTimestampStale(
+            f"webhook timestamp {timestamp} is {now - timestamp:+.0f}s from now "
+            f"(tolerance {tolerance:.0f}s)"
+        )
+
+
+# --- fal: ED25519 ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FalSigned:
+    """What a fal webhook's headers say, and the message its signature covers."""
+
+    request_id: str
+    user_id: str
+    timestamp: int
+    signature: bytes
+    message: bytes
+
+
+def fal_signed(headers: Mapping[str, str], body: bytes) -> FalSigned:
+    """Read fal's four headers; ``WebhookSignatureInvalid`` if one is missing or malformed."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    request_id = lowered.get(FAL_REQUEST_ID_HEADER)
+    user_id = lowered.get(FAL_USER_ID_HEADER)
+    raw_timestamp = lowered.get(FAL_TIMESTAMP_HEADER)
+    raw_signature = lowered.get(FAL_SIGNATURE_HEADER)
+    if not request_id or not user_id or not raw_timestamp or not raw_signature:
+        raise WebhookSignatureInvalid(
+            "missing X-Fal-Webhook-Request-Id, -User-Id, -Timestamp or -Signature"
+        )
+    try:
+        timestamp = int(raw_timestamp)
+    except ValueError:
+        raise WebhookSignatureInvalid(
+            f"malformed X-Fal-Webhook-Timestamp {raw_timestamp!r}"
+        ) from None
+    try:
+        signature = bytes.fromhex(raw_signature)
+    except ValueError:
+        raise WebhookSignatureInvalid("X-Fal-Webhook-Signature is not hex") from None
+    digest = hashlib.sha256(body).hexdigest()
+    message = f"{request_id}\n{user_id}\n{timestamp}\n{digest}".encode()
+    return FalSigned(request_id, user_id, timestamp, signature, message)
+
+
+def fal_signature_valid(keys: Sequence[Ed25519PublicKey], signed: FalSigned) -> bool:
+    """True if any of ``keys`` made ``signed``'s signature."""
+    for key in keys:
+        try:
+            key.verify(signed.signature, signed.message)
+        except InvalidSignature:
+            continue
+        return True
+    return False
+
+
+def parse_jwks(document: Any) -> list[Ed25519PublicKey]:
+    """The Ed25519 keys of a JSON Web Key Set (RFC 7517; OKP keys of RFC 8037); other
+    keys are skipped. ``ValueError`` if it is no key set or holds no Ed25519 key."""
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list):
+        raise ValueError('not a JSON Web Key Set: no "keys" list')
+    found = []
+    for jwk in keys:
+        if not isinstance(jwk, dict) or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+            continue
+        x = jwk.get("x")
+        if not isinstance(x, str):
+            continue
+        try:
+            raw = base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))
+            found.append(Ed25519PublicKey.from_public_bytes(raw))
+        except (binascii.Error, ValueError):
+            continue
+    if not found:
+        raise ValueError("the key set holds no Ed25519 key")
     return found

@@ -6,11 +6,13 @@ read from TOML or JSON, taken from the presets in ``profiles.toml`` (``calm``, `
 ``POST /_control/profile`` with a full or partial document (:func:`merge_profile`).
 
 Every probability is per event and independent: per request for the route faults, per
-task for the task outcome, per delivered webhook for the webhook faults.
+task for the task's fate (outcome, cold start, data URIs, payload error, lost answer),
+per delivered webhook for the webhook faults.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import tomllib
@@ -26,14 +28,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Latency(_Strict):
-    """A duration distribution in seconds.
-
-    ``fixed``: always ``seconds``. ``uniform``: between ``low`` and ``high``.
-    ``lognormal``: median ``p50`` and 99th percentile ``p99`` (``p99 >= p50 > 0``).
-    Every draw is capped at ``cap`` seconds.
-    """
-
+class Distribution(_Strict):
     kind: Literal["fixed", "uniform", "lognormal"] = "fixed"
     seconds: float = Field(default=0.0, ge=0)
     low: float = Field(default=0.0, ge=0)
@@ -43,17 +38,33 @@ class Latency(_Strict):
     cap: float = Field(default=3600.0, gt=0)
 
     @model_validator(mode="after")
-    def _consistent(self) -> Latency:
+    def _consistent(self) -> Distribution:
         if self.kind == "uniform" and self.high < self.low:
-            raise ValueError(f"uniform latency needs high >= low, got {self.low}..{self.high}")
+            raise ValueError(f"uniform needs high >= low, got {self.low}..{self.high}")
         if self.kind == "lognormal" and not (self.p99 >= self.p50 > 0):
-            raise ValueError(f"lognormal latency needs p99 >= p50 > 0, got {self.p50}/{self.p99}")
+            raise ValueError(f"lognormal needs p99 >= p50 > 0, got {self.p50}/{self.p99}")
         return self
 
     @property
     def sigma(self) -> float:
         """The lognormal shape: ln(p99 / p50) / z(0.99)."""
         return math.log(self.p99 / self.p50) / 2.3263478740408408
+
+
+class Latency(Distribution):
+    """A duration distribution in seconds.
+
+    ``fixed``: always ``seconds``. ``uniform``: between ``low`` and ``high``.
+    ``lognormal``: median ``p50`` and 99th percentile ``p99`` (``p99 >= p50 > 0``).
+    Every draw is capped at ``cap`` seconds.
+    """
+
+
+class Size(Distribution):
+    """A size distribution in bytes, drawn like :class:`Latency` (``seconds`` is the fixed
+    size in bytes; ``cap`` defaults to 256 MiB)."""
+
+    cap: float = Field(default=256 * 1024 * 1024, gt=0)
 
 
 class RouteFaults(_Strict):
@@ -83,16 +94,89 @@ class RouteFaults(_Strict):
         return bool(self.hang or self.reset or self.rate_limited or self.server_error)
 
 
+class LostAnswers(_Strict):
+    """Submits whose answer is lost **after** the vendor created the task, drawn once per
+    created task (at most one): ``hang`` (the answer never comes: the client times out,
+    the connection is dropped after ``hang_for``), ``server_error`` (a 5xx, one of
+    ``server_error_codes``, though the task runs), ``cut_off`` (the status line and half
+    the body are sent, then the connection is aborted). The task runs on, billed, with
+    nobody knowing its id: the case a client must treat as *in doubt*."""
+
+    hang: float = Field(default=0.0, ge=0, le=1)
+    server_error: float = Field(default=0.0, ge=0, le=1)
+    cut_off: float = Field(default=0.0, ge=0, le=1)
+    server_error_codes: tuple[int, ...] = Field(default=(500, 502, 503, 504), min_length=1)
+
+    @model_validator(mode="after")
+    def _rates_fit(self) -> LostAnswers:
+        total = self.hang + self.server_error + self.cut_off
+        if total > 1:
+            raise ValueError(f"hang + server_error + cut_off must be <= 1, got {total}")
+        return self
+
+    @property
+    def any(self) -> bool:
+        return bool(self.hang or self.server_error or self.cut_off)
+
+
+class Refusal(_Strict):
+    """An account-level refusal: while set, every submit (for ``models``, glob patterns;
+    empty: every model) is refused with ``status`` and the vendor's own body:
+
+    - 401: the key is no longer valid (every route refuses, like a revoked key);
+    - 402: billing required (replicate: "Billing required");
+    - 403: the account is locked (fal: "User is locked. Reason: Exhausted balance. ...");
+      status reads, results and cancels still work, as they do at fal;
+    - 404: the model is gone (removed or renamed).
+    """
+
+    status: Literal[401, 402, 403, 404]
+    models: tuple[str, ...] = ()
+
+
+class OutputSpec(_Strict):
+    """What a task of a model produces, as real bytes served by the fake.
+
+    ``kind``: ``image`` (PNG), ``video`` (MP4), ``audio`` (WAV), ``json`` (a JSON result
+    with no files), ``text`` (plain text, as language models answer). ``count`` outputs
+    (a uniform integer in ``count..count_max`` when that is set; images only). ``size``:
+    the bytes of a video or audio file (images are small PNGs whatever it says).
+    ``key``: fal's result key for the file (default by kind: ``images``, ``video``,
+    ``audio``); any other name gives a ``{url, content_type, file_name, file_size}``
+    object under that key. ``as_list``: replicate's ``output`` as a list of URLs (default:
+    a list for images, one string for other kinds).
+    """
+
+    kind: Literal["image", "video", "audio", "json", "text"] = "image"
+    count: int = Field(default=1, ge=1, le=16)
+    count_max: int | None = Field(default=None, ge=1, le=16)
+    size: Size = Size(kind="fixed", seconds=256 * 1024)
+    key: str | None = None
+    as_list: bool | None = None
+
+    @model_validator(mode="after")
+    def _count_range(self) -> OutputSpec:
+        if self.count_max is not None and self.count_max < self.count:
+            raise ValueError(f"count_max must be >= count, got {self.count}..{self.count_max}")
+        return self
+
+
 class WebhookFaults(_Strict):
     """Faults drawn for every webhook event the fake delivers.
 
-    ``lost``: never sent. ``duplicated``: sent twice (same ``webhook-id``).
-    ``delayed``: sent after an extra ``delay``. ``bad_signature``: signed with a wrong
-    secret (a forgery). ``stale``: correctly signed with a timestamp ``stale_by``
-    seconds in the past (a replay). ``out_of_order`` is drawn once per task: its progress
-    event (replicate's ``start``, a ``processing`` prediction, or ``starting`` if it never
-    ran) is held back and sent after the final one, subscribed or not. fal sends no
-    progress event, so ``out_of_order`` does not apply to it.
+    ``lost``: never sent. ``duplicated``: sent twice (same id, same body).
+    ``delayed``: sent after an extra ``delay``. ``bad_signature``: signed with a key that
+    is not the vendor's (a forgery). ``stale``: correctly signed with a timestamp
+    ``stale_by`` seconds in the past (a replay). ``out_of_order`` is drawn once per task:
+    its progress event (replicate's ``start``, a ``processing`` prediction, or
+    ``starting`` if it never ran) is held back and sent after the final one, subscribed or
+    not. fal sends no progress event, so ``out_of_order`` does not apply to it.
+
+    A final event that is not delivered (an error status, no answer within ``timeout``) is
+    sent again up to ``retries`` times, ``retry_backoff`` seconds after the first failure,
+    doubling up to ``retry_backoff_cap``; each attempt is signed afresh. fal retries a
+    webhook 10 times over about 2 hours, replicate a terminal one for about a minute
+    (progress events are not retried): the defaults are bounded for tests.
     """
 
     lost: float = Field(default=0.0, ge=0, le=1)
@@ -105,7 +189,8 @@ class WebhookFaults(_Strict):
     stale_by: float = Field(default=900.0, ge=0)
     timeout: float = Field(default=5.0, gt=0)  # per delivery attempt
     retries: int = Field(default=0, ge=0)  # further attempts after a failed delivery
-    retry_backoff: float = Field(default=0.5, ge=0)  # doubles per retry, capped at 10 s
+    retry_backoff: float = Field(default=0.5, ge=0)
+    retry_backoff_cap: float = Field(default=10.0, ge=0)
 
 
 class Outage(_Strict):
@@ -133,12 +218,16 @@ class Outage(_Strict):
 
 class FaultProfile(_Strict):
     """Everything that makes a fake vendor slow or wrong. The defaults are a perfect
-    vendor with zero latency."""
+    vendor with zero latency, one small PNG per task."""
 
     description: str = ""
     # task timeline: queued (starting / IN_QUEUE) -> running (processing / IN_PROGRESS) -> end
     queue_delay: Latency = Latency()
     run_time: Latency = Latency()
+    # a cold start (a new worker boots: replicate's long "starting", fal's long IN_QUEUE)
+    # adds cold_start_time to the queue time of that share of tasks
+    cold_start: float = Field(default=0.0, ge=0, le=1)
+    cold_start_time: Latency = Latency(kind="uniform", low=5.0, high=30.0)
     # task outcomes, drawn once per task at creation
     failure: float = Field(default=0.0, ge=0, le=1)  # vendor-side failure, worth a retry
     rejection: float = Field(default=0.0, ge=0, le=1)  # permanent: content rejected
@@ -149,11 +238,26 @@ class FaultProfile(_Strict):
     # in-flight tasks = created and not ended; past the limit a submit gets 429
     concurrency_limit: int | None = Field(default=None, ge=1)
     concurrency_retry_after: float = Field(default=1.0, ge=0)
+    # outputs: by model name, glob patterns, the most specific match wins ("*": the rest)
+    outputs: dict[str, OutputSpec] = Field(default_factory=lambda: {"*": OutputSpec()})
+    # a share of successful tasks answers with data: URIs instead of file URLs (fal's
+    # sync_mode, replicate's sync API); fal's sync_mode input asks for them always
+    data_uri: float = Field(default=0.0, ge=0, le=1)
+    # fal: a share of successful webhooks carries payload null + payload_error (fal
+    # could not serialize the result; it exists at response_url)
+    payload_error: float = Field(default=0.0, ge=0, le=1)
+    # replicate: the size of a prediction's logs (they travel in every webhook body)
+    logs: Size = Size(kind="fixed", seconds=200)
+    # account-level: every submit refused (see Refusal); None: the account is fine
+    refusal: Refusal | None = None
+    # submits whose answer is lost after the task was created
+    lost_answers: LostAnswers = LostAnswers()
     # per-request faults, by route group
     submit: RouteFaults = RouteFaults()  # create a task
     status: RouteFaults = RouteFaults()  # read a task: replicate GET, fal status and result
     cancel: RouteFaults = RouteFaults()
     download: RouteFaults = RouteFaults()  # output files
+    jwks: RouteFaults = RouteFaults()  # fal's public key set
     webhooks: WebhookFaults = WebhookFaults()
     outage: Outage = Outage()
     hang_for: float = Field(default=600.0, gt=0)  # a hung request is dropped after this
@@ -163,7 +267,26 @@ class FaultProfile(_Strict):
         total = self.failure + self.rejection + self.never_finish
         if total > 1:
             raise ValueError(f"failure + rejection + never_finish must be <= 1, got {total}")
+        if not self.outputs:
+            raise ValueError('outputs needs at least one pattern (e.g. "*")')
         return self
+
+    def output_spec(self, model: str) -> OutputSpec:
+        """The output spec of the most specific pattern matching ``model`` (the one with
+        the most characters that are not wildcards); the default image if none does."""
+        matches = [p for p in self.outputs if fnmatch.fnmatchcase(model, p)]
+        if not matches:
+            return OutputSpec()
+        best = max(matches, key=lambda p: (len(p.replace("*", "").replace("?", "")), p))
+        return self.outputs[best]
+
+    def refuses(self, model: str) -> Refusal | None:
+        refusal = self.refusal
+        if refusal is None:
+            return None
+        if refusal.models and not any(fnmatch.fnmatchcase(model, p) for p in refusal.models):
+            return None
+        return refusal
 
 
 def merge_profile(base: FaultProfile, patch: Mapping[str, Any]) -> FaultProfile:

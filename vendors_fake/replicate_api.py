@@ -1,4 +1,4 @@
-"""The replicate-shaped API (enough of it for the official ``replicate`` client).
+"""The replicate-shaped HTTP routes (enough of them for the official ``replicate`` client).
 
 Routes::
 
@@ -6,65 +6,39 @@ Routes::
                                                  "webhook": url, "webhook_events_filter": [...]}
     POST /v1/models/{owner}/{name}/predictions  {"input": {...}, "webhook": ...}
     POST /v1/deployments/{owner}/{name}/predictions
+    GET  /v1/predictions                        the account's predictions, newest first
+                                                (``{"next", "previous", "results"}``, 100 a page)
     GET  /v1/predictions/{id}
     POST /v1/predictions/{id}/cancel
 
 ``Authorization: Bearer <key>``. Creates answer 201 with the prediction; ``Prefer: wait``
-(or ``wait=N``, at most 60 s) holds the answer until the prediction ends or N seconds pass.
-``Cancel-After: 5m`` (ms, s, m, h; ``1h30m``) cancels a prediction that has not ended
-that long after its creation.
-
-A prediction is ``starting`` while queued, ``processing`` while it runs, then
-``succeeded`` (``output`` is the URL of a PNG served by the fake), ``failed`` (``error``
-is ``TRANSIENT_ERROR``, or ``REJECTED_ERROR`` which contains "(E005)" for content
-rejected: permanent) or ``canceled``. Webhook events: ``start`` (when it starts
-processing) and ``completed``; ``output`` and ``logs`` are accepted in the filter and
-never sent. Errors are problem JSON: ``{"title", "detail", "status"}``.
+(or ``wait=N``, at most 60 s) holds the answer until the prediction ends or N seconds
+pass. ``Cancel-After: 5m`` (ms, s, m, h; ``1h30m``) ends a prediction that has not ended
+that long after its creation: ``canceled`` if it ran (billed), ``aborted`` if it had not
+started. The JSON itself is :mod:`vendors_fake.replicate_shape`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from vendors_fake.server import FakeVendor, Handler, RouteGroup, dumps, json_response
-from vendors_fake.tasks import Phase, Task
+from vendors_fake.core import RouteGroup
+from vendors_fake.replicate_shape import EVENTS, ReplicateShape, dumps, parse_duration
+from vendors_fake.server import FakeVendor, Handler, json_response
 
-EVENTS = frozenset({"start", "output", "logs", "completed"})
-_STATUS = {
-    Phase.QUEUED: "starting",
-    Phase.RUNNING: "processing",
-    Phase.SUCCEEDED: "succeeded",
-    Phase.FAILED: "failed",
-    Phase.CANCELED: "canceled",
-}
-_TITLES = {
-    400: "Bad request",
-    401: "Unauthenticated",
-    404: "Not found",
-    422: "Input validation failed",
-    429: "Request was throttled",
-    500: "Internal server error",
-    502: "Bad gateway",
-    503: "Service unavailable",
-}
 MAX_WAIT = 60.0
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+PAGE = 100
 
 
-class ReplicateApi:
-    name = "replicate"
-    emitted_events = frozenset({"start", "completed"})
-    progress_event: str | None = "start"
-
+class ReplicateRoutes:
     def __init__(self, vendor: FakeVendor) -> None:
         self.vendor = vendor
+        self.core = vendor.core
+        assert isinstance(vendor.core.shape, ReplicateShape)
+        self.shape = vendor.core.shape
 
     def routes(self) -> list[tuple[str, str, str, RouteGroup, Handler]]:
         return [
@@ -83,11 +57,10 @@ class ReplicateApi:
                 "submit",
                 self.create_for_model,
             ),
+            ("GET", "/v1/predictions", "predictions.list", "status", self.list),
             ("GET", "/v1/predictions/{id}", "predictions.get", "status", self.get),
             ("POST", "/v1/predictions/{id}/cancel", "predictions.cancel", "cancel", self.cancel),
         ]
-
-    # --- handlers ------------------------------------------------------------------------
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
@@ -105,12 +78,27 @@ class ReplicateApi:
         version_id = hashlib.sha256(model.encode()).hexdigest()
         return await self._create(request, body, model, version_id)
 
+    async def list(self, request: web.Request) -> web.StreamResponse:
+        tasks = list(self.core.tasks.values())[::-1]
+        start = _int(request.query.get("cursor"), 0)
+        page = tasks[start : start + PAGE]
+        more = start + PAGE < len(tasks)
+        url = f"{self.core.base_url}/v1/predictions"
+        answer = {
+            "previous": None,
+            "next": f"{url}?cursor={start + PAGE}" if more else None,
+            "results": [self.shape.prediction(task) for task in page],
+        }
+        return json_response(dumps(answer))
+
     async def get(self, request: web.Request) -> web.StreamResponse:
-        return json_response(self.vendor.task(request.match_info["id"]).body)
+        task = self.core.task(request.match_info["id"])
+        self.core.result_read(task)
+        return json_response(task.body)
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
-        task = self.vendor.task(request.match_info["id"])
-        self.vendor.cancel(task)
+        task = self.core.task(request.match_info["id"])
+        self.core.cancel(task)
         return json_response(task.body)
 
     async def _create(
@@ -129,76 +117,41 @@ class ReplicateApi:
             subscribed = frozenset(events)
         else:
             raise self.vendor.reply(422, f"webhook_events_filter must be a subset of {EVENTS}")
-        cancel_after = request.headers.get("Cancel-After")
-        task = self.vendor.new_task(
-            request,
+        cancel_after = None
+        if "Cancel-After" in request.headers:
+            text = request.headers["Cancel-After"]
+            cancel_after = parse_duration(text)
+            if cancel_after is None:
+                message = f"Cancel-After must be a duration like 5m, not {text!r}"
+                raise self.vendor.reply(400, message)
+        task = self.core.create_task(
             model,
             version,
             input,
-            webhook,
-            subscribed,
-            cancel_after=None if cancel_after is None else self._duration(cancel_after),
+            webhook_url=webhook,
+            webhook_events=subscribed,
+            cancel_after=cancel_after,
+            origin=self.vendor.identify(request, webhook),
         )
         wait = _prefer_wait(request.headers.get("Prefer"))
         if wait:
-            await self.vendor.wait(task, wait)
-        return json_response(task.body, 201)
-
-    def _duration(self, text: str) -> float:
-        """``Cancel-After``: a duration such as ``90s``, ``5m`` or ``1h30m`` (ms, s, m, h)."""
-        if not _DURATION.fullmatch(text):
-            raise self.vendor.reply(400, f"Cancel-After must be a duration like 5m, not {text!r}")
-        return sum(
-            float(amount) * _UNIT_SECONDS[unit] for amount, unit in _DURATION_PART.findall(text)
-        )
+            await self.core.wait(task, wait)
+            if task.fate.lost_answer is None:
+                self.core.result_read(task)
+        return await self.vendor.answer_created(request, task, task.body, 201)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise self.vendor.reply(400, "The request body is not valid JSON") from None
+        body = await self.vendor.json_body(request)
         if not isinstance(body, dict):
             raise self.vendor.reply(400, "The request body must be a JSON object")
         return body
 
-    # --- JSON ----------------------------------------------------------------------------
 
-    def render(self, task: Task) -> bytes:
-        url = f"{self.vendor.url}/v1/predictions/{task.id}"
-        prediction: dict[str, Any] = {
-            "id": task.id,
-            "model": task.model,
-            "version": task.version,
-            "input": task.input,
-            "logs": "",
-            "output": self.vendor.output_url(task) if task.phase is Phase.SUCCEEDED else None,
-            "data_removed": False,
-            "error": task.error,
-            "status": _STATUS[task.phase],
-            "created_at": _iso(task.created_at),
-            "started_at": _iso(task.started_at),
-            "completed_at": _iso(task.completed_at),
-            "urls": {"get": url, "cancel": f"{url}/cancel"},
-            "metrics": (
-                {"predict_time": round(task.run_time, 6)} if task.phase is Phase.SUCCEEDED else {}
-            ),
-        }
-        if task.webhook_url is not None:
-            prediction["webhook"] = task.webhook_url
-            prediction["webhook_events_filter"] = sorted(task.webhook_events)
-        return dumps(prediction)
-
-    def webhook_body(self, task: Task, event: str) -> bytes:
-        return task.body  # replicate posts the prediction as it is at the event
-
-    def error_body(self, status: int, message: str) -> bytes:
-        return dumps({"title": _TITLES.get(status, "Error"), "detail": message, "status": status})
-
-
-def _iso(wall: float | None) -> str | None:
-    if wall is None:
-        return None
-    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _int(text: str | None, default: int) -> int:
+    try:
+        return max(int(text or default), 0)
+    except ValueError:
+        return default
 
 
 def _prefer_wait(prefer: str | None) -> float:

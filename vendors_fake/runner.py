@@ -1,14 +1,20 @@
 """Start one fake vendor per vendor of a jobline config: ``jobline fake-vendors``.
 
 Each fake listens on the port of its vendor's ``base_url`` (or a free port), speaks the
-vendor's ``api`` shape, accepts the API key and signs webhooks with the secret found in
-the environment variables the vendor config names, so jobline and the fakes agree.
-When a variable is unset both sides fall back to the dev defaults of
-:func:`vendor_credentials`: key ``dev-key-<vendor>``, secret ``dev_webhook_secret(vendor)``
-(``whsec_`` + base64 of ``jobline-dev-webhook-secret-<vendor>``).
+vendor's ``api`` shape, and accepts the API key found in the environment variable the
+vendor config names; a replicate-shaped fake signs webhooks with the secret its
+``webhook_secret_env`` names, so jobline and the fakes agree. (A fal-shaped fake signs
+with its own ED25519 keys and publishes them at ``<its URL>/.well-known/jwks.json``,
+which a jobline config names as that vendor's ``webhook_jwks_url``.) When a variable is
+unset both sides fall back to the dev defaults of :func:`vendor_credentials`: key
+``dev-key-<vendor>``, secret ``dev_webhook_secret(vendor)`` (``whsec_`` + base64 of
+``jobline-dev-webhook-secret-<vendor>``).
 
-A profile without ``concurrency_limit`` takes each vendor's configured ``concurrency``,
-so a jobline that overruns its own limit gets 429s and the fake's stats show it.
+The runner reads the config file itself (only each vendor's ``api``, ``base_url``,
+``api_key_env``, ``webhook_secret_env`` and ``concurrency``): the fakes import nothing of
+jobline. A profile without ``concurrency_limit`` takes each vendor's configured
+``concurrency``, so a jobline that overruns its own limit gets 429s and the fake's stats
+show it.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import base64
 import contextlib
 import os
 import sys
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from yarl import URL
 
@@ -31,7 +38,7 @@ from vendors_fake.server import FakeVendor
 
 
 class VendorLike(Protocol):
-    """What the runner reads of a ``runtime.config.VendorConfig``."""
+    """What the runner reads of a vendor's config (a ``[vendors.<name>]`` table)."""
 
     @property
     def name(self) -> str: ...
@@ -42,7 +49,7 @@ class VendorLike(Protocol):
     @property
     def api_key_env(self) -> str: ...
     @property
-    def webhook_secret_env(self) -> str: ...
+    def webhook_secret_env(self) -> str | None: ...
     @property
     def concurrency(self) -> int: ...
 
@@ -52,6 +59,63 @@ class ConfigLike(Protocol):
     def vendors(self) -> Mapping[str, VendorLike]: ...
 
 
+@dataclass(frozen=True)
+class VendorTable:
+    """One ``[vendors.<name>]`` table of a jobline config, as the runner reads it."""
+
+    name: str
+    api: Literal["replicate", "fal"]
+    base_url: str
+    api_key_env: str
+    webhook_secret_env: str | None
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    vendors: Mapping[str, VendorTable]
+
+
+def read_config(path: str | Path) -> ConfigFile:
+    """The vendors of a jobline config file; ``ValueError`` naming the file and key."""
+    path = Path(path)
+    try:
+        raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    tables = raw.get("vendors")
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError(f"{path}: vendors: at least one [vendors.<name>] table is needed")
+    vendors = {}
+    for name, table in tables.items():
+        where = f"{path}: vendors.{name}"
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: must be a table")
+        api = table.get("api")
+        if api not in ("replicate", "fal"):
+            raise ValueError(f"{where}.api: must be 'replicate' or 'fal', got {api!r}")
+        fields = {}
+        for key in ("base_url", "api_key_env"):
+            if not isinstance(table.get(key), str):
+                raise ValueError(f"{where}.{key}: a string is required")
+            fields[key] = table[key]
+        concurrency = table.get("concurrency")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"{where}.concurrency: must be an integer >= 1")
+        secret_env = table.get("webhook_secret_env")
+        vendors[name] = VendorTable(
+            name,
+            api,
+            fields["base_url"],
+            fields["api_key_env"],
+            secret_env if isinstance(secret_env, str) else None,
+            concurrency,
+        )
+    return ConfigFile(vendors)
+
+
 def dev_webhook_secret(vendor_name: str) -> str:
     raw = f"jobline-dev-webhook-secret-{vendor_name}".encode()
     return "whsec_" + base64.b64encode(raw).decode("ascii")
@@ -59,13 +123,17 @@ def dev_webhook_secret(vendor_name: str) -> str:
 
 def vendor_credentials(
     vendor: VendorLike, environ: Mapping[str, str] | None = None
-) -> tuple[str, str]:
+) -> tuple[str, str | None]:
     """(API key, webhook secret) for a vendor: its environment variables, else dev defaults.
 
-    jobline uses the same fallback when it talks to a fake, so both sides agree.
+    The secret is None for a vendor that names no ``webhook_secret_env`` (fal-shaped:
+    it signs with its ED25519 keys). jobline uses the same fallback when it talks to a
+    fake, so both sides agree.
     """
     env = os.environ if environ is None else environ
     key = env.get(vendor.api_key_env) or f"dev-key-{vendor.name}"
+    if vendor.webhook_secret_env is None:
+        return key, None
     secret = env.get(vendor.webhook_secret_env) or dev_webhook_secret(vendor.name)
     return key, secret
 
@@ -119,7 +187,14 @@ async def start_fake_vendors(
                     update={"concurrency_limit": vendor.concurrency}
                 )
             key, secret = vendor_credentials(vendor)
-            fake = FakeVendor(vendor.api, vendor_profile, key, secret, seed, name=name)
+            fake = FakeVendor(
+                vendor.api,
+                vendor_profile,
+                key,
+                secret or dev_webhook_secret(name),
+                seed,
+                name=name,
+            )
             await fake.start(host, _port_for(name, vendor.base_url, ports))
             running.vendors[name] = fake
     except BaseException:
@@ -157,13 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from runtime.config import load_config
-    from runtime.errors import ConfigError
-
     try:
-        config = load_config(args.config)
+        config = read_config(args.config)
         profile = load_profile(args.profile)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"jobline fake-vendors: {exc}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
@@ -187,6 +259,8 @@ async def _serve(
             print(f"  {profile.description}")
         for name, fake in fakes.vendors.items():
             print(f"  {name:<16} {fake.shape_name:<10} {fake.url}")
+            if fake.shape_name == "fal":
+                print(f"  {'':<16} {'':<10} webhook keys at {fake.jwks_url}")
         print("each fake's stats: GET <url>/_control/stats")
         print("Ctrl-C to stop.")
         sys.stdout.flush()

@@ -7,18 +7,27 @@ Shape of :meth:`FakeStats.snapshot` (all counts are integers)::
       "requests_total": n,
       "trace_id_missing": {"<route>": n},          # vendor requests without X-Jobline-Trace-Id
       "faults": {"<kind>": n},    # injected: outage, hang, reset, rate_limited,
-                                  # server_error, concurrency_limited
-      "tasks": {"created", "succeeded", "failed", "rejected", "canceled",
-                "never_finish", "expired", "in_flight", "max_in_flight"},
+                                  # server_error, concurrency_limited, refused_<status>,
+                                  # lost_answer_<hang|server_error|cut_off>
+      "tasks": {"created", "succeeded", "failed", "rejected", "canceled", "aborted",
+                "never_finish", "expired", "cold_starts", "in_flight", "max_in_flight",
+                "billable",      # tasks that started running: the vendor bills them,
+                                 # whether they succeeded, failed or were canceled
+                "delivered"},    # succeeded tasks whose outputs reached the client:
+                                 # every file downloaded in full, or (no files) the
+                                 # result read or its webhook delivered
       "concurrency_limit": n | null,
       "webhooks": {"events",                        # events due to subscribers
                    "pending",                       # deliveries not finished yet
                    "sent", "delivered", "failed",   # HTTP deliveries (with duplicates, retries)
+                   "retried",                       # deliveries that were a retry
+                   "payload_errors",                # fal: payload null + payload_error
                    "by_fault": {"lost", "duplicated", "delayed", "out_of_order",
                                 "bad_signature", "stale"}},
       "task_ids": ["<id>", ...],                    # in creation order
       "task_info": {"<id>": {"index", "model", "status", "outcome", "trace_id",
-                             "job_id", "attempt", "webhook_url"}},
+                             "job_id", "attempt", "webhook_url", "billable",
+                             "delivered", "answer_lost", "files"}},
       "attempts": {"<job_id>#<attempt>": tasks started for it},
       "duplicate_attempts": ["<job_id>#<attempt>", ...],   # started more than once
       "outage": {"active": bool, "remaining": seconds},
@@ -83,6 +92,9 @@ class FakeStats:
         if rejected:
             self.tasks["rejected"] += 1
 
+    def task_started(self) -> None:
+        self.tasks["billable"] += 1
+
     def snapshot(self, tasks: dict[str, Task]) -> dict[str, Any]:
         return {
             "requests": {
@@ -97,16 +109,22 @@ class FakeStats:
                 "failed": self.tasks[Phase.FAILED.value],
                 "rejected": self.tasks["rejected"],
                 "canceled": self.tasks[Phase.CANCELED.value],
+                "aborted": self.tasks[Phase.ABORTED.value],
                 "never_finish": self.tasks["never_finish"],
                 "expired": self.tasks["expired"],
+                "cold_starts": self.tasks["cold_starts"],
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
+                "billable": self.tasks["billable"],
+                "delivered": sum(1 for task in tasks.values() if task.delivered),
             },
             "webhooks": {
                 "events": self.webhooks["events"],
                 "sent": self.webhooks["sent"],
                 "delivered": self.webhooks["delivered"],
                 "failed": self.webhooks["failed"],
+                "retried": self.webhooks["retried"],
+                "payload_errors": self.webhooks["payload_errors"],
                 "by_fault": {name: self.webhook_faults[name] for name in WEBHOOK_FAULTS},
             },
             "task_ids": list(tasks),
@@ -120,6 +138,15 @@ class FakeStats:
                     "job_id": task.job_id,
                     "attempt": task.attempt,
                     "webhook_url": task.webhook_url,
+                    "billable": task.billable,
+                    "delivered": task.delivered,
+                    "answer_lost": (
+                        task.fate.lost_answer[0].value if task.fate.lost_answer else None
+                    ),
+                    "files": {
+                        name: {"size": file.size, "content_type": file.content_type}
+                        for name, file in task.files.items()
+                    },
                 }
                 for task in tasks.values()
             },

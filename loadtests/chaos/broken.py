@@ -11,12 +11,13 @@ hands it to every actor without the product importing this module.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from actors.wiring import Customization
 from runtime.config import VendorConfig
-from runtime.vendors import TaskStatus, VendorClient, WebhookEvent
+from runtime.vendors import Download, Output, TaskStatus, VendorClient, WebhookEvent
 
 BROKEN_BUILDS = ("ignore-slot-limit", "double-submit")
 NO_LIMIT = 1_000_000  # slots: as good as none
@@ -27,7 +28,9 @@ class BrokenBuild(Customization):
     broken: frozenset[str]
 
     def vendor_client(self, client: VendorClient) -> VendorClient:
-        return DoubleSubmit(client) if "double-submit" in self.broken else client
+        if "double-submit" in self.broken:
+            return DoubleSubmit(client)
+        return client
 
     def slot_limit(self, vendor: VendorConfig) -> int:
         return NO_LIMIT if "ignore-slot-limit" in self.broken else vendor.concurrency
@@ -61,12 +64,14 @@ class DoubleSubmit:
         attempt: int,
         trace_id: str,
         webhook_url: str | None,
+        cancel_after: float | None = None,
     ) -> str:
         fields: dict[str, Any] = {
             "job_id": job_id,
             "attempt": attempt,
             "trace_id": trace_id,
             "webhook_url": webhook_url,
+            "cancel_after": cancel_after,
         }
         await self._client.submit(model, input, **fields)
         return await self._client.submit(model, input, **fields)
@@ -80,10 +85,15 @@ class DoubleSubmit:
     async def fetch_output(self, url: str, *, trace_id: str | None = None) -> bytes:
         return await self._client.fetch_output(url, trace_id=trace_id)
 
-    def parse_webhook(
+    def download(
+        self, output: Output, *, trace_id: str | None = None, max_bytes: int | None = None
+    ) -> AbstractAsyncContextManager[Download]:
+        return self._client.download(output, trace_id=trace_id, max_bytes=max_bytes)
+
+    async def parse_webhook(
         self, headers: Mapping[str, str], body: bytes, now: float, tolerance: float
     ) -> WebhookEvent:
-        return self._client.parse_webhook(headers, body, now, tolerance)
+        return await self._client.parse_webhook(headers, body, now, tolerance)
 
     async def close(self) -> None:
         await self._client.close()

@@ -26,7 +26,6 @@ from loadtests.chaos.report import ScenarioReport
 from loadtests.chaos.stage import Hosting, Stage
 from runtime.config import JoblineConfig
 from runtime.models import Violation
-from runtime.webhooks import signed_headers
 
 FAST: dict[str, dict[str, Any]] = {
     "retry": {"base": 0.05, "cap": 0.4},
@@ -35,7 +34,6 @@ FAST: dict[str, dict[str, Any]] = {
     "vendors.fal": {"poll_interval": 0.3, "stuck_after": 8.0},
     "vendors.replicate": {"poll_interval": 0.3, "stuck_after": 8.0},
 }
-FORGED_SECRET = "whsec_Y2hhb3MtaGFybmVzcy1mb3JnZXJ5LWtleSEhIQ=="
 
 
 @dataclass
@@ -171,25 +169,30 @@ async def _inject_webhooks(ctx: ChaosContext, *, after_end: bool) -> int:
         tasks = [t for t in fake.tasks.values() if t.phase.ended and t.webhook_url]
         if not tasks:
             continue
-        secret = fake.webhook_secret
         for task in ctx.rng.sample(tasks, min(len(tasks), 6)):
-            body = fake.shape.webhook_body(task, "completed")
+            # Signed in the vendor's own scheme by the fake itself (Standard Webhooks for
+            # replicate, ED25519 for fal), or by a forger's key.
             now = int(time.time())
-            real_id = f"msg_{task.id}_completed"
+            real = fake.signed_webhook(task)
             deliveries = [
-                (FORGED_SECRET, f"msg_forged_{ctx.rng.getrandbits(48):x}", now, body),
-                (secret, real_id, now, body),  # a replay of the real one
-                (secret, f"msg_stale_{ctx.rng.getrandbits(48):x}", now - 3600, body),
+                fake.signed_webhook(
+                    task, msg_id=f"msg_forged_{ctx.rng.getrandbits(48):x}", forged=True
+                ),
+                real,  # a replay of the real one
+                fake.signed_webhook(
+                    task, msg_id=f"msg_stale_{ctx.rng.getrandbits(48):x}", timestamp=now - 3600
+                ),
             ]
             if after_end:  # the vendor changing its mind about a task that ended: ignored
                 deliveries.append(
-                    (secret, f"msg_late_{ctx.rng.getrandbits(48):x}", now, _contradict(name, body))
+                    fake.signed_webhook(
+                        task,
+                        msg_id=f"msg_late_{ctx.rng.getrandbits(48):x}",
+                        body=_contradict(name, real[1]),
+                    )
                 )
-            for key, msg_id, ts, payload in deliveries:
-                headers = signed_headers(key, msg_id, ts, payload)
-                headers["Content-Type"] = "application/json"
-                if fake.shape_name == "fal":
-                    headers["X-Fal-Webhook-Request-Id"] = task.id
+            for signed, payload in deliveries:
+                headers = {**signed, "Content-Type": "application/json"}
                 try:
                     async with ctx.http.post(
                         str(task.webhook_url), data=payload, headers=headers

@@ -29,6 +29,7 @@ from runtime.errors import (
     TooManyJobsInFlight,
     Unauthorized,
     UnknownModel,
+    WebhookKeysUnavailable,
     WebhookRejected,
     WebhookSignatureInvalid,
     WebhookTimestampStale,
@@ -66,6 +67,7 @@ ERRORS: tuple[tuple[type[JoblineError], int, str], ...] = (
     (LedgerUnavailable, 503, "ledger_unavailable"),
     (WebhookSignatureInvalid, 401, "webhook_signature_invalid"),
     (WebhookTimestampStale, 401, "webhook_timestamp_stale"),
+    (WebhookKeysUnavailable, 503, "webhook_keys_unavailable"),  # the vendor delivers again
     (WebhookRejected, 400, "webhook_malformed"),
     (IllegalTransition, 409, "illegal_transition"),
 )

@@ -16,7 +16,12 @@ from aiohttp import web
 
 from runtime.api.context import PROCESSOR_TIMEOUT, Api, log
 from runtime.api.errors import HttpRefusal, read_body
-from runtime.errors import WebhookRejected, WebhookSignatureInvalid, WebhookTimestampStale
+from runtime.errors import (
+    WebhookKeysUnavailable,
+    WebhookRejected,
+    WebhookSignatureInvalid,
+    WebhookTimestampStale,
+)
 from runtime.models import RecordWebhook
 from runtime.vendors import WebhookEvent
 from runtime.webhooks import ATTEMPT_PARAM, JOB_PARAM
@@ -26,6 +31,7 @@ MAX_REFERENCE_LENGTH = 128  # a job id in a webhook URL; longer is not one of ou
 WEBHOOK_REASONS = (
     (WebhookSignatureInvalid, "signature"),
     (WebhookTimestampStale, "stale"),
+    (WebhookKeysUnavailable, "keys_unavailable"),
     (WebhookRejected, "malformed"),
 )
 
@@ -50,7 +56,7 @@ class WebhookRoutes:
         headers = {name.lower(): value for name, value in request.headers.items()}
         metrics = api.ctx.metrics
         try:
-            event = parser.parse_webhook(
+            event = await parser.parse_webhook(
                 headers, body, api.ctx.clock.time(), api.ctx.config.gateway.webhook_tolerance
             )
         except WebhookRejected as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import math
 import time
@@ -14,6 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vendors_fake import FakeVendor, FaultProfile
 from vendors_fake.server import Shape
@@ -26,6 +29,33 @@ StartFake = Callable[..., Awaitable[FakeVendor]]
 
 def auth(shape: Shape, key: str = FAKE_KEY) -> dict[str, str]:
     return {"Authorization": ("Key " if shape == "fal" else "Bearer ") + key}
+
+
+def fal_signature_valid(
+    jwks: dict[str, Any], headers: dict[str, str], body: bytes, now: float, tolerance: float = 300
+) -> bool:
+    """fal's webhook check as its "Webhooks" page spells it out, independent of jobline:
+    the timestamp within ``tolerance``, then an ED25519 signature (hex) by any key of the
+    JWKS over "request id, user id, timestamp, sha256 hex of the body", joined by newlines.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    names = ("request-id", "user-id", "timestamp", "signature")
+    values = [lowered.get(f"x-fal-webhook-{name}") for name in names]
+    if not all(values):
+        return False
+    request_id, user_id, timestamp, signature = (str(v) for v in values)
+    if abs(now - int(timestamp)) > tolerance:
+        return False
+    digest = hashlib.sha256(body).hexdigest()
+    message = f"{request_id}\n{user_id}\n{timestamp}\n{digest}".encode()
+    for key in jwks["keys"]:
+        raw = base64.urlsafe_b64decode(key["x"] + "=" * (-len(key["x"]) % 4))
+        try:
+            Ed25519PublicKey.from_public_bytes(raw).verify(bytes.fromhex(signature), message)
+            return True
+        except (InvalidSignature, ValueError):
+            continue
+    return False
 
 
 def assert_rate(observed: int, n: int, p: float, sigmas: float = 4.0) -> None:

@@ -77,7 +77,7 @@ async def test_faults_hit_only_their_route_group(
         assert r.status in (500, 502, 503)
     fake.set_profile(FaultProfile(download=RouteFaults(rate_limited=1.0)))
     async with http.get(task["urls"]["get"], headers=auth("replicate")) as r:
-        output = (await r.json())["output"]
+        output = (await r.json())["output"][0]
     async with http.get(output) as r:
         assert r.status == 429
 
@@ -277,3 +277,141 @@ async def test_control_endpoints_change_the_profile(
         assert r.status == 422
     async with http.post(f"{fake.url}/_control/reset", json={"seed": "x"}) as r:
         assert r.status == 422
+
+
+# --- account refusals, lost answers, reset, billable and delivered work ------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "status", "says"),
+    [
+        ("fal", 403, "User is locked. Reason: Exhausted balance"),
+        ("fal", 401, "Authentication is required"),
+        ("fal", 404, "not found"),
+        ("replicate", 402, "You need to set up billing"),
+        ("replicate", 401, "valid authentication token"),
+        ("replicate", 404, "could not be found"),
+    ],
+)
+async def test_account_refusals_answer_in_the_vendors_words(
+    start_fake: StartFake, http: aiohttp.ClientSession, shape: str, status: int, says: str
+) -> None:
+    fake = await start_fake(shape)
+    url, body = (
+        (f"{fake.url}/fal-ai/flux/dev", {"prompt": "p"})
+        if shape == "fal"
+        else (f"{fake.url}/v1/models/acme/painter/predictions", {"input": {}})
+    )
+    async with http.post(url, json=body, headers=auth(shape)) as r:
+        assert r.status in (200, 201)
+        created = await r.json()
+    fake.update_profile({"refusal": {"status": status}})
+    async with http.post(url, json=body, headers=auth(shape)) as r:
+        answer = await r.json()
+        assert r.status == status
+    assert says in (answer["detail"])
+    # a locked account still reads its requests (fal lets status reads through); a revoked
+    # key reads nothing
+    read = created.get("status_url") or created["urls"]["get"]
+    async with http.get(read, headers=auth(shape)) as r:
+        assert r.status == (401 if status == 401 else 200)
+    stats = fake.snapshot()
+    assert stats["tasks"]["created"] == 1
+    assert stats["faults"][f"refused_{status}"] >= 1
+
+
+async def test_a_refusal_can_name_the_models_that_are_gone(
+    start_fake: StartFake, http: aiohttp.ClientSession
+) -> None:
+    fake = await start_fake(
+        "fal", FaultProfile(refusal={"status": 404, "models": ["fal-ai/old-*"]})
+    )
+    for model, expected in (("fal-ai/old-model", 404), ("fal-ai/new-model", 200)):
+        async with http.post(f"{fake.url}/{model}", json={}, headers=auth("fal")) as r:
+            assert r.status == expected
+
+
+@pytest.mark.parametrize("kind", ["hang", "server_error", "cut_off"])
+async def test_a_lost_answer_leaves_the_task_running_and_billed(
+    start_fake: StartFake, kind: str
+) -> None:
+    profile = FaultProfile(
+        lost_answers={kind: 1.0},
+        hang_for=0.5,
+        run_time=Latency(kind="fixed", seconds=0.05),
+    )
+    fake = await start_fake("replicate", profile)
+    timeout = aiohttp.ClientTimeout(total=0.3)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        with pytest.raises((aiohttp.ClientError, TimeoutError)) as caught:
+            async with http.post(
+                f"{fake.url}/v1/predictions",
+                json={**VERSION, "input": {"n": 1}},
+                headers={
+                    **auth("replicate"),
+                    "X-Jobline-Job-Id": "job-1",
+                    "X-Jobline-Attempt": "1",
+                },
+            ) as r:
+                if r.status >= 500:
+                    raise aiohttp.ClientResponseError(r.request_info, (), status=r.status)
+                await r.json()
+    if kind == "server_error":
+        assert isinstance(caught.value, aiohttp.ClientResponseError)
+    await eventually(lambda: fake.snapshot()["tasks"]["succeeded"] == 1)
+    stats = fake.snapshot()
+    (info,) = stats["task_info"].values()
+    assert (info["job_id"], info["answer_lost"], info["billable"]) == ("job-1", kind, True)
+    assert stats["faults"][f"lost_answer_{kind}"] == 1
+    assert stats["tasks"]["delivered"] == 0  # nobody knows the task: its work is wasted
+
+
+async def test_a_reset_stops_every_timer_of_the_old_tasks(
+    start_fake: StartFake, http: aiohttp.ClientSession
+) -> None:
+    """Field case: /_control/reset left older tasks' deadline timers running, so they ended
+    after the reset and drove in_flight negative (loosening the enforced limit)."""
+    profile = FaultProfile(never_finish=1.0, max_task_time=0.3, concurrency_limit=2)
+    fake = await start_fake("replicate", profile)
+    for _ in range(2):
+        assert (await submit(http, fake, **{"Cancel-After": "200ms"}))[0] == 201
+    async with http.post(f"{fake.url}/_control/reset", json={}) as r:
+        assert r.status == 200
+    await asyncio.sleep(0.5)  # past both deadlines of the forgotten tasks
+    tasks = fake.snapshot()["tasks"]
+    assert (tasks["in_flight"], tasks["expired"], tasks["canceled"]) == (0, 0, 0)
+    codes = [(await submit(http, fake))[0] for _ in range(3)]
+    assert codes == [201, 201, 429]  # the limit still holds at 2
+
+
+async def test_billable_and_delivered_work_are_counted(
+    start_fake: StartFake, http: aiohttp.ClientSession
+) -> None:
+    quick = Latency(kind="fixed", seconds=0.05)
+    fake = await start_fake("replicate", FaultProfile(queue_delay=quick, run_time=quick))
+    made = [(await submit(http, fake))[2] for _ in range(4)]
+    canceled = (await submit(http, fake))[2]
+    async with http.post(canceled["urls"]["cancel"], headers=auth("replicate")):
+        pass  # canceled while queued: never ran, not billed
+    await eventually(lambda: fake.snapshot()["tasks"]["succeeded"] == 4)
+    for prediction in made[:2]:  # two clients download their output, two do not
+        async with http.get(prediction["urls"]["get"], headers=auth("replicate")) as r:
+            (url,) = (await r.json())["output"]
+        async with http.get(url) as r:
+            await r.read()
+    tasks = fake.snapshot()["tasks"]
+    assert (tasks["billable"], tasks["delivered"], tasks["canceled"]) == (4, 2, 1)
+
+
+async def test_cold_starts_happen_at_their_rate(
+    start_fake: StartFake, http: aiohttp.ClientSession
+) -> None:
+    profile = FaultProfile(cold_start=0.2, cold_start_time=Latency(kind="fixed", seconds=30))
+    fake = await start_fake("replicate", profile, seed=5)
+    n = 200
+    for _ in range(n):
+        await submit(http, fake)
+    stats = fake.snapshot()
+    assert_rate(stats["tasks"]["cold_starts"], n, 0.2)
+    starting = sum(1 for t in fake.tasks.values() if t.phase.value == "queued")
+    assert starting == stats["tasks"]["cold_starts"]  # the rest ran at once

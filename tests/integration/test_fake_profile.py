@@ -27,6 +27,16 @@ def test_the_presets() -> None:
     assert flaky.failure + flaky.rejection == pytest.approx(0.1)
     assert flaky.run_time.p99 == 10 * flaky.run_time.p50
     assert flaky.submit.rate_limited > 0
+    # a bad day has cold starts, lost answers, retried webhooks, several images, videos,
+    # data URIs, payload errors and big webhook bodies, at low rates
+    assert 0 < flaky.cold_start <= 0.1 and 0 < flaky.data_uri <= 0.1
+    assert 0 < flaky.payload_error <= 0.05 and flaky.webhooks.retries > 0
+    lost = flaky.lost_answers
+    assert 0 < lost.hang + lost.server_error + lost.cut_off <= 0.02
+    assert flaky.output_spec("minimax/video-01").kind == "video"
+    assert (flaky.output_spec("fal-ai/flux/schnell").count_max or 1) > 1
+    assert flaky.logs.p99 > 64 * 1024 > flaky.logs.p50
+    assert preset("calm").lost_answers == preset("zero").lost_answers  # calm stays calm
     assert preset("outage").outage.duration == 30
     hooks = preset("hostile").webhooks
     assert min(hooks.duplicated, hooks.delayed, hooks.out_of_order, hooks.bad_signature) > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import struct
 import time
 import zlib
@@ -12,9 +13,17 @@ import aiohttp
 import pytest
 import replicate
 from replicate.exceptions import ReplicateError
+from standardwebhooks import Webhook
 
-from tests.integration.conftest import FAKE_KEY, StartFake, auth, eventually
-from vendors_fake import FaultProfile, Latency, expected_png
+from tests.integration.conftest import (
+    FAKE_KEY,
+    FAKE_SECRET,
+    StartFake,
+    WebhookSink,
+    auth,
+    eventually,
+)
+from vendors_fake import FaultProfile, Latency, OutputSpec, Size, expected_file, expected_png
 
 FAST = FaultProfile(
     queue_delay=Latency(kind="fixed", seconds=0.05),
@@ -75,7 +84,8 @@ async def test_the_official_client_creates_waits_and_reads_the_output(
     assert prediction.status == "succeeded"
     assert prediction.error is None
     assert prediction.metrics == {"predict_time": 0.1}
-    response = await client._async_client.get(prediction.output)
+    (url,) = prediction.output  # an image model answers a list of URLs
+    response = await client._async_client.get(url)
     assert response.content == expected_png(prompt)
 
     by_model = await client.models.predictions.async_create(
@@ -96,7 +106,7 @@ async def test_the_sync_client_and_prefer_wait(start_fake: StartFake) -> None:
         return client.run("owner/model", input={"prompt": "sync"}, use_file_output=False)
 
     output = await asyncio.to_thread(run)
-    assert output.startswith(f"{fake.url}/files/")
+    assert output[0].startswith(f"{fake.url}/files/")
 
 
 async def test_a_bad_key_is_401_problem_json(
@@ -205,7 +215,7 @@ async def test_the_output_is_a_png_of_the_input(
             http, fake.url, {"version": "v", "input": {"prompt": prompt}}, Prefer="wait=5"
         )
         assert prediction["status"] == "succeeded"
-        async with http.get(prediction["output"]) as response:
+        async with http.get(prediction["output"][0]) as response:
             assert response.content_type == "image/png"
             images[prompt] = await response.read()
         assert images[prompt] == expected_png({"prompt": prompt})
@@ -256,3 +266,110 @@ async def test_trace_ids_and_job_references_are_recorded(
     assert stats["duplicate_attempts"] == ["job-1#1"]
     assert stats["trace_id_missing"] == {"predictions.create": 1, "predictions.get": 1}
     assert stats["requests"]["predictions.create"] == {"201": 3}
+
+
+# --- outputs, deadlines, webhooks of whole predictions ----------------------------------------
+
+
+async def test_outputs_are_a_string_a_list_data_uris_json_or_text(
+    start_fake: StartFake, http: aiohttp.ClientSession
+) -> None:
+    outputs = {
+        "*": OutputSpec(kind="image", count=2),
+        "minimax/*": OutputSpec(kind="video", size={"kind": "fixed", "seconds": 4096}),
+        "meta/*": OutputSpec(kind="text"),
+        "acme/json-*": OutputSpec(kind="json"),
+    }
+    fake = await start_fake("replicate", FaultProfile(outputs=outputs))
+
+    async def run(model: str, **headers: str) -> Any:
+        async with http.post(
+            f"{fake.url}/v1/models/{model}/predictions",
+            json={"input": {"prompt": "p"}},
+            headers={**auth("replicate"), "Prefer": "wait=5", **headers},
+        ) as response:
+            prediction = await response.json()
+            assert prediction["status"] == "succeeded"
+            return prediction["output"]
+
+    images = await run("black-forest-labs/flux-schnell")
+    assert isinstance(images, list) and len(images) == 2
+    assert all(url.startswith(f"{fake.url}/files/") for url in images)
+    video = await run("minimax/video-01")
+    assert isinstance(video, str) and video.endswith("video.mp4")
+    async with http.get(video) as response:
+        assert response.content_type == "video/mp4"
+        assert await response.read() == expected_file({"prompt": "p"}, "video", 0, 4096)
+    tokens = await run("meta/llama")
+    assert isinstance(tokens, list) and "".join(tokens).startswith("A fake answer")
+    assert set(await run("acme/json-tagger")) == {"answer", "prompt", "scores"}
+
+    fake.update_profile({"data_uri": 1.0})
+    inline = await run("black-forest-labs/flux-schnell")
+    assert all(uri.startswith("data:image/png;base64,") for uri in inline)
+    assert base64.b64decode(inline[1].split(",")[1]) == expected_file({"prompt": "p"}, "image", 1)
+
+
+async def test_the_official_client_reads_data_uri_outputs(start_fake: StartFake) -> None:
+    fake = await start_fake("replicate", FaultProfile(data_uri=1.0, run_time=FAST.run_time))
+
+    def run() -> Any:
+        client = replicate.Client(api_token=FAKE_KEY, base_url=fake.url)
+        return client.run("owner/model", input={"prompt": "sync"})  # FileOutput objects
+
+    (output,) = await asyncio.to_thread(run)
+    assert output.read() == expected_png({"prompt": "sync"})
+
+
+async def test_a_cold_start_stays_starting_and_a_deadline_aborts_it_unbilled(
+    start_fake: StartFake, http: aiohttp.ClientSession
+) -> None:
+    profile = FaultProfile(
+        cold_start=1.0,
+        cold_start_time=Latency(kind="fixed", seconds=1.0),
+        run_time=Latency(kind="fixed", seconds=5.0),
+    )
+    fake = await start_fake("replicate", profile)
+    body = {"version": "v", "input": {}}
+    _, aborted = await create(http, fake.url, body, **{"Cancel-After": "200ms"})
+    _, canceled = await create(http, fake.url, body, **{"Cancel-After": "1500ms"})
+    await asyncio.sleep(0.3)
+    assert (await get(http, aborted["urls"]["get"]))["status"] == "aborted"
+    assert (await get(http, canceled["urls"]["get"]))["status"] == "starting"  # cold boot
+    await eventually(lambda: fake.snapshot()["tasks"]["expired"] == 2, timeout=3)
+    assert (await get(http, canceled["urls"]["get"]))["status"] == "canceled"
+    tasks = fake.snapshot()["tasks"]
+    assert (tasks["aborted"], tasks["canceled"], tasks["cold_starts"]) == (1, 1, 2)
+    assert tasks["billable"] == 1  # the one that ran before its deadline canceled it
+    info = fake.snapshot()["task_info"]
+    assert (info[aborted["id"]]["billable"], info[canceled["id"]]["billable"]) == (False, True)
+
+
+async def test_webhooks_carry_the_whole_prediction_logs_included(
+    start_fake: StartFake, http: aiohttp.ClientSession, webhook_sink: WebhookSink
+) -> None:
+    profile = FaultProfile(run_time=FAST.run_time, logs=Size(kind="fixed", seconds=200_000))
+    fake = await start_fake("replicate", profile)
+    big_input = {"prompt": "x" * 10_000}
+    body = {"version": "v", "input": big_input, "webhook": webhook_sink.url}
+    _, prediction = await create(http, fake.url, body)
+    hooks = await webhook_sink.wait_for(2)
+    reference = Webhook(FAKE_SECRET)
+    final = reference.verify(hooks[-1].body, hooks[-1].headers)
+    assert final["id"] == prediction["id"] and final["status"] == "succeeded"
+    assert final["input"] == big_input and len(final["logs"]) == 200_000
+    assert len(hooks[-1].body) > 64 * 1024
+
+
+async def test_predictions_can_be_listed(
+    start_fake: StartFake, http: aiohttp.ClientSession
+) -> None:
+    fake = await start_fake("replicate")
+    ids = [
+        (await create(http, fake.url, {"version": "v", "input": {"i": i}}))[1]["id"]
+        for i in range(3)
+    ]
+    client = replicate.Client(api_token=FAKE_KEY, base_url=fake.url)
+    page = await client.predictions.async_list()
+    assert [p.id for p in page.results] == ids[::-1]
+    assert page.next is None

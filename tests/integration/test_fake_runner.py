@@ -16,7 +16,13 @@ import pytest
 
 from runtime.config import load_config, parse_config
 from vendors_fake import FaultProfile, preset
-from vendors_fake.runner import dev_webhook_secret, main, start_fake_vendors, vendor_credentials
+from vendors_fake.runner import (
+    dev_webhook_secret,
+    main,
+    read_config,
+    start_fake_vendors,
+    vendor_credentials,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,15 +35,19 @@ def free_port() -> int:
 
 
 def two_vendor_config(fal_port: int, replicate_port: int) -> dict[str, object]:
-    vendor = {"api_key_env": "T_KEY", "webhook_secret_env": "T_SECRET", "concurrency": 3}
     return {
         "vendors": {
-            "fal": {**vendor, "api": "fal", "base_url": f"http://127.0.0.1:{fal_port}"},
+            "fal": {
+                "api": "fal",
+                "base_url": f"http://127.0.0.1:{fal_port}",
+                "api_key_env": "T_KEY",
+                "concurrency": 3,
+            },
             "rep": {
-                **vendor,
                 "api": "replicate",
                 "base_url": f"http://127.0.0.1:{replicate_port}",
                 "api_key_env": "T_REP_KEY",
+                "webhook_secret_env": "T_SECRET",
                 "concurrency": 2,
             },
         },
@@ -47,12 +57,36 @@ def two_vendor_config(fal_port: int, replicate_port: int) -> dict[str, object]:
 
 def test_credentials_come_from_the_environment_or_dev_defaults() -> None:
     config = parse_config(two_vendor_config(1, 2))
-    fal = config.vendors["fal"]
-    assert vendor_credentials(fal, {}) == ("dev-key-fal", dev_webhook_secret("fal"))
+    fal, rep = config.vendors["fal"], config.vendors["rep"]
+    assert vendor_credentials(fal, {}) == ("dev-key-fal", None)  # fal publishes its keys
+    assert vendor_credentials(rep, {}) == ("dev-key-rep", dev_webhook_secret("rep"))
     assert dev_webhook_secret("fal").startswith("whsec_")
     assert dev_webhook_secret("fal") != dev_webhook_secret("rep")
-    env = {"T_KEY": "k", "T_SECRET": "whsec_c2VjcmV0"}
-    assert vendor_credentials(fal, env) == ("k", "whsec_c2VjcmV0")
+    env = {"T_KEY": "k", "T_REP_KEY": "r", "T_SECRET": "whsec_c2VjcmV0"}
+    assert vendor_credentials(fal, env) == ("k", None)
+    assert vendor_credentials(rep, env) == ("r", "whsec_c2VjcmV0")
+
+
+def test_the_runner_reads_the_config_file_itself(tmp_path: Path) -> None:
+    """The fakes import nothing of jobline: the runner reads the vendors of a jobline.toml
+    with tomllib, and says which key is wrong."""
+    config = read_config(ROOT / "jobline.toml")
+    assert {name: v.api for name, v in config.vendors.items()} == {
+        "fal": "fal",
+        "replicate": "replicate",
+    }
+    assert config.vendors["replicate"].webhook_secret_env == "REPLICATE_WEBHOOK_SECRET"
+    assert config.vendors["fal"].webhook_secret_env is None
+    bad = tmp_path / "bad.toml"
+    for text, says in (
+        ("[vendors.x]\napi = 'other'", "vendors.x.api"),
+        ("[vendors.x]\napi = 'fal'\nbase_url = 'http://h'\napi_key_env = 'K'", "concurrency"),
+        ("[gateway]\nport = 1", "vendors"),
+        ("not toml [", "not valid TOML"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=says):
+            read_config(bad)
 
 
 async def test_one_fake_per_vendor_on_the_configured_ports(
@@ -73,7 +107,7 @@ async def test_one_fake_per_vendor_on_the_configured_ports(
         assert fakes["rep"].profile.concurrency_limit == 2
         assert fakes["fal"].profile.run_time == preset("calm").run_time
         assert (fakes["rep"].api_key, fakes["fal"].api_key) == ("rep-secret-key", "dev-key-fal")
-        assert fakes["fal"].webhook_secret == dev_webhook_secret("fal")
+        assert fakes["rep"].webhook_secret == dev_webhook_secret("rep")
         async with http.post(
             f"{fakes.urls['rep']}/v1/models/a/b/predictions",
             json={"input": {}},

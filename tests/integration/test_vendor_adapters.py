@@ -55,15 +55,23 @@ MakeClient = Callable[..., VendorClient]
 def vendor_config(
     fake: FakeVendor, *, submit_timeout: float = 2.0, poll_timeout: float = 2.0
 ) -> VendorConfig:
-    return VendorConfig(
-        name=f"{fake.shape_name}-test",
-        api=fake.shape_name,
-        base_url=fake.url,
-        api_key_env="UNUSED_KEY_ENV",
-        webhook_secret_env="UNUSED_SECRET_ENV",
-        concurrency=4,
-        submit_timeout=submit_timeout,
-        poll_timeout=poll_timeout,
+    """A vendor config pointing at ``fake`` (for fal: at the key set the fake publishes)."""
+    webhooks: dict[str, str] = (
+        {"webhook_jwks_url": fake.jwks_url}
+        if fake.shape_name == "fal"
+        else {"webhook_secret_env": "UNUSED_SECRET_ENV"}
+    )
+    return VendorConfig.model_validate(
+        {
+            "name": f"{fake.shape_name}-test",
+            "api": fake.shape_name,
+            "base_url": fake.url,
+            "api_key_env": "UNUSED_KEY_ENV",
+            "concurrency": 4,
+            "submit_timeout": submit_timeout,
+            "poll_timeout": poll_timeout,
+            **webhooks,
+        }
     )
 
 
@@ -74,8 +82,13 @@ async def client_for() -> AsyncIterator[MakeClient]:
 
     def make(fake: FakeVendor, *, key: str = FAKE_KEY, **config: Any) -> VendorClient:
         max_output_bytes = config.pop("max_output_bytes", 50 * 1024 * 1024)
+        jwks_min_refetch = config.pop("jwks_min_refetch", 0.0)
         client = make_client(
-            vendor_config(fake, **config), key, FAKE_SECRET, max_output_bytes=max_output_bytes
+            vendor_config(fake, **config),
+            key,
+            FAKE_SECRET,
+            max_output_bytes=max_output_bytes,
+            jwks_min_refetch=jwks_min_refetch,
         )
         made.append(client)
         return client
@@ -262,7 +275,7 @@ async def test_connection_refused_is_unavailable(
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-async def test_wrong_key_is_an_auth_error(
+async def test_wrong_key_is_a_vendor_wide_auth_error(
     start_fake: StartFake, client_for: MakeClient, shape: Shape
 ) -> None:
     fake = await start_fake(shape)
@@ -431,10 +444,11 @@ async def test_a_real_webhook_parses_into_the_event_status_would_give(
     task_id = await submit(client, shape, webhook_url=webhook_sink.url)
     [(headers, body)] = await delivered(webhook_sink)
 
-    event = client.parse_webhook(headers, body, now=time.time(), tolerance=300)
+    event = await client.parse_webhook(headers, body, now=time.time(), tolerance=300)
 
     polled = await client.status(MODEL[shape], task_id, trace_id="t")
-    assert event == WebhookEvent(f"{shape}-test", headers["webhook-id"], task_id, polled)
+    webhook_id = headers["webhook-id"] if shape == "replicate" else task_id
+    assert event == WebhookEvent(f"{shape}-test", webhook_id, task_id, polled)
     assert event.status.state.ended
     if event.status.state is TaskState.SUCCEEDED:
         assert event.status.output_url is not None
@@ -449,7 +463,7 @@ async def test_a_fal_cancel_webhook_is_canceled(
     task_id = await submit(client, "fal", webhook_url=webhook_sink.url)
     await client.cancel(MODEL["fal"], task_id)
     [(headers, body)] = await delivered(webhook_sink)
-    event = client.parse_webhook(headers, body, now=time.time(), tolerance=300)
+    event = await client.parse_webhook(headers, body, now=time.time(), tolerance=300)
     assert (event.task_id, event.status) == (task_id, TaskStatus(TaskState.CANCELED))
 
 
@@ -475,7 +489,7 @@ async def test_forged_and_stale_webhooks_raise(
     await submit(client, shape, webhook_url=webhook_sink.url)
     [(headers, body)] = await delivered(webhook_sink)
     with pytest.raises(error):
-        client.parse_webhook(headers, body, now=time.time(), tolerance=300)
+        await client.parse_webhook(headers, body, now=time.time(), tolerance=300)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -492,12 +506,15 @@ async def test_tampered_and_unreadable_webhooks_raise(
     tampered = tampered.replace(b"succeeded", b"failed")
     assert tampered != body
     with pytest.raises(WebhookSignatureInvalid):
-        client.parse_webhook(headers, tampered, now=now, tolerance=300)
+        await client.parse_webhook(headers, tampered, now=now, tolerance=300)
     with pytest.raises(WebhookTimestampStale):  # an authentic one, replayed later
-        client.parse_webhook(headers, body, now=now + 3600, tolerance=300)
+        await client.parse_webhook(headers, body, now=now + 3600, tolerance=300)
 
     for junk in (b"not json", b"[1, 2]", json.dumps({"status": "OK"}).encode()):
-        signed = signed_headers(FAKE_SECRET, "msg_junk", int(now), junk)
+        if shape == "replicate":
+            signed = signed_headers(FAKE_SECRET, "msg_junk", int(now), junk)
+        else:  # signed by the fake's own key: authentic, but no fal event
+            signed = fake.core.fal_signer.headers("req-junk", int(now), junk)
         with pytest.raises(WebhookRejected) as caught:
-            client.parse_webhook(signed, junk, now=now, tolerance=300)
+            await client.parse_webhook(signed, junk, now=now, tolerance=300)
         assert type(caught.value) is WebhookRejected  # authentic, but not a shape's body

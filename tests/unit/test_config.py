@@ -151,3 +151,29 @@ def test_config_is_frozen() -> None:
     config = parse_config(default_raw())
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError
         config.vendors["fal"].concurrency = 99  # type: ignore[misc]
+
+
+def test_fal_vendors_name_a_key_set_and_replicate_vendors_a_secret() -> None:
+    """fal signs webhooks with ED25519 (its keys are public, at a JWKS URL); replicate with
+    a Standard Webhooks secret. Each names its own, and only its own."""
+    raw = default_raw()
+    del raw["vendors"]["fal"]["webhook_jwks_url"]
+    fal = parse_config(raw).vendors["fal"]
+    assert fal.webhook_jwks_url == "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    assert fal.webhook_secret_env is None and fal.webhook_secret() is None
+    for vendor, key, value, says in (
+        ("fal", "webhook_secret_env", "FAL_WEBHOOK_SECRET", "ED25519"),
+        ("fal", "webhook_jwks_url", "ftp://keys", "http"),
+        ("replicate", "webhook_jwks_url", "https://keys", "webhook_secret_env"),
+    ):
+        raw = default_raw()
+        raw["vendors"][vendor][key] = value
+        with pytest.raises(ConfigError) as info:
+            parse_config(raw)
+        assert info.value.key == f"vendors.{vendor}.{key}" and says in info.value.reason
+    raw = default_raw()
+    del raw["vendors"]["replicate"]["webhook_secret_env"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "vendors.replicate.webhook_secret_env"
+    assert "required" in info.value.reason

@@ -28,6 +28,7 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "WebhookRejected": ("bad",),
     "WebhookSignatureInvalid": ("no matching signature",),
     "WebhookTimestampStale": ("timestamp too old",),
+    "WebhookKeysUnavailable": ("the key set cannot be fetched",),
     "VendorError": ("fal", "boom"),
     "VendorTransientError": ("fal", "boom", 2.5),
     "VendorTimeout": ("fal", "timed out"),
@@ -36,7 +37,10 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "VendorTaskFailed": ("fal", "CUDA out of memory"),
     "VendorPermanentError": ("fal", "bad"),
     "VendorInputRejected": ("fal", "content rejected"),
+    "VendorRefused": ("fal", "refused"),
     "VendorAuthError": ("fal", "401"),
+    "VendorBillingError": ("fal", "403: User is locked. Reason: Exhausted balance"),
+    "VendorModelGone": ("replicate", "404: model not found"),
 }
 
 CLASSES = [
@@ -60,10 +64,36 @@ def test_pickle_round_trip(cls: type[errors.JoblineError]) -> None:
     assert vars(copy) == vars(original)
 
 
-def test_transient_and_permanent_are_disjoint() -> None:
+def test_transient_vendor_wide_and_permanent_are_disjoint() -> None:
     assert issubclass(errors.VendorRateLimited, errors.VendorTransientError)
     assert not issubclass(errors.VendorInputRejected, errors.VendorTransientError)
+    kinds = (errors.VendorTransientError, errors.VendorRefused, errors.VendorPermanentError)
+    for a in kinds:
+        for b in kinds:
+            assert a is b or not (issubclass(a, b) or issubclass(b, a))
+    for refusal in (errors.VendorAuthError, errors.VendorBillingError, errors.VendorModelGone):
+        assert issubclass(refusal, errors.VendorRefused)
     assert errors.VendorRateLimited("fal", "429", 3.0).retry_after == 3.0
+
+
+@pytest.mark.parametrize(
+    ("given", "held"),
+    [
+        (None, None),
+        (float("nan"), None),
+        (float("inf"), errors.MAX_RETRY_AFTER),
+        (1e300, errors.MAX_RETRY_AFTER),
+        (-5.0, 0.0),
+        (2.5, 2.5),
+    ],
+)
+def test_a_transient_error_holds_only_a_usable_retry_after(
+    given: float | None, held: float | None
+) -> None:
+    """Field case: ``Retry-After: inf`` reached the retry policy and crashed the attempt."""
+    exc = errors.VendorRateLimited("fal", "429", given)
+    assert exc.retry_after == held and exc.args[2] == held
+    assert pickle.loads(pickle.dumps(exc)).retry_after == held
 
 
 def test_config_error_names_file_key_and_reason() -> None:

@@ -74,11 +74,6 @@ def test_only_hosting_imports_ray_and_the_actors_never_import_the_harness() -> N
     assert offences("actors", {"loadtests", "vendors_fake", "ray"}, allowed) == []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="vendors_fake still signs its webhooks with runtime.webhooks; "
-    "the vendors branch gives the fakes their own signing",
-)
 def test_the_fakes_import_nothing_of_jobline() -> None:
     assert offences("vendors_fake", {"runtime", "actors", "loadtests"}, {}) == []
 

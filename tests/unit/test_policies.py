@@ -14,10 +14,13 @@ from runtime.errors import (
     JoblineError,
     LedgerUnavailable,
     VendorAuthError,
+    VendorBillingError,
     VendorError,
     VendorInputRejected,
+    VendorModelGone,
     VendorPermanentError,
     VendorRateLimited,
+    VendorRefused,
     VendorTaskFailed,
     VendorTimeout,
     VendorTransientError,
@@ -583,7 +586,6 @@ def test_transient_errors(exc: BaseException) -> None:
     [
         VendorPermanentError("v", "no"),
         VendorInputRejected("v", "nsfw"),
-        VendorAuthError("v", "401"),
         VendorError("v", "unspecified vendor trouble"),
         JoblineError("ours"),
         LedgerUnavailable("down"),
@@ -598,6 +600,22 @@ def test_transient_errors(exc: BaseException) -> None:
 )
 def test_permanent_errors(exc: BaseException) -> None:
     assert classify(exc) is ErrorClass.PERMANENT
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        VendorRefused("v", "refused"),
+        VendorAuthError("v", "401"),
+        VendorBillingError("v", "403: User is locked. Reason: Exhausted balance"),
+        VendorModelGone("v", "404"),
+        ExceptionGroup("locked and slow", [VendorBillingError("v", "402"), TimeoutError()]),
+    ],
+    ids=repr,
+)
+def test_vendor_wide_errors(exc: BaseException) -> None:
+    """Account-level refusals are the vendor's, not the job's (DESIGN §3.5): fail over."""
+    assert classify(exc) is ErrorClass.VENDOR_WIDE
 
 
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 501, 502, 503, 504, 520, 599])

@@ -1,4 +1,5 @@
-"""runtime.webhooks against the Standard Webhooks reference library, both ways."""
+"""runtime.webhooks: Standard Webhooks against its reference library, both ways; fal's
+ED25519 scheme against signatures made here as fal's documentation describes them."""
 
 from __future__ import annotations
 
@@ -6,12 +7,23 @@ import base64
 from datetime import UTC, datetime
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from runtime.errors import WebhookRejected, WebhookSignatureInvalid, WebhookTimestampStale
-from runtime.webhooks import secret_key, sign, signed_headers, verify
+from runtime.webhooks import (
+    check_timestamp,
+    fal_signature_valid,
+    fal_signed,
+    parse_jwks,
+    secret_key,
+    sign,
+    signed_headers,
+    verify,
+)
 
 SECRET = "whsec_" + base64.b64encode(b"a-secret-of-32-bytes-for-testing").decode()
 OTHER = "whsec_" + base64.b64encode(b"another-secret-nobody-should-use").decode()
@@ -156,3 +168,99 @@ def test_the_secret_prefix_and_padding_are_optional() -> None:
 def test_an_unusable_secret_is_a_value_error(secret: str) -> None:
     with pytest.raises(ValueError):
         secret_key(secret)
+
+
+# --- fal: ED25519 over "request id, user id, timestamp, sha256 of the body" -----------------
+
+FAL_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+FORGER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+
+
+def jwk(key: Ed25519PrivateKey, kid: str = "k1") -> dict[str, str]:
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid}
+
+
+def fal_headers(
+    key: Ed25519PrivateKey, body: bytes, timestamp: int = NOW, request_id: str = "req-1"
+) -> dict[str, str]:
+    import hashlib
+
+    message = f"{request_id}\nuser-9\n{timestamp}\n{hashlib.sha256(body).hexdigest()}"
+    return {
+        "X-Fal-Webhook-Request-Id": request_id,
+        "X-Fal-Webhook-User-Id": "user-9",
+        "X-Fal-Webhook-Timestamp": str(timestamp),
+        "X-Fal-Webhook-Signature": key.sign(message.encode()).hex(),
+    }
+
+
+BODY = b'{"request_id":"req-1","status":"OK","payload":{"images":[]}}'
+
+
+def test_a_fal_signature_by_a_published_key_verifies() -> None:
+    keys = parse_jwks({"keys": [jwk(FORGER, "other"), jwk(FAL_KEY)]})
+    signed = fal_signed(fal_headers(FAL_KEY, BODY), BODY)
+    assert (signed.request_id, signed.user_id, signed.timestamp) == ("req-1", "user-9", NOW)
+    assert fal_signature_valid(keys, signed)
+    lowered = {k.lower(): v for k, v in fal_headers(FAL_KEY, BODY).items()}
+    assert fal_signature_valid(keys, fal_signed(lowered, BODY))
+
+
+@pytest.mark.parametrize(
+    "case", ["forged-key", "tampered-body", "other-request", "other-timestamp", "other-user"]
+)
+def test_a_fal_signature_that_does_not_cover_what_came_is_refused(case: str) -> None:
+    keys = parse_jwks({"keys": [jwk(FAL_KEY)]})
+    headers = fal_headers(FORGER if case == "forged-key" else FAL_KEY, BODY)
+    body = BODY + b" " if case == "tampered-body" else BODY
+    if case == "other-request":
+        headers["X-Fal-Webhook-Request-Id"] = "req-2"
+    if case == "other-timestamp":
+        headers["X-Fal-Webhook-Timestamp"] = str(NOW + 1)
+    if case == "other-user":
+        headers["X-Fal-Webhook-User-Id"] = "user-10"
+    assert not fal_signature_valid(keys, fal_signed(headers, body))
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"X-Fal-Webhook-Signature": None},
+        {"X-Fal-Webhook-Request-Id": None},
+        {"X-Fal-Webhook-Timestamp": "yesterday"},
+        {"X-Fal-Webhook-Signature": "not-hex"},
+    ],
+)
+def test_missing_or_malformed_fal_headers_are_signature_errors(
+    broken: dict[str, str | None],
+) -> None:
+    headers: dict[str, str] = fal_headers(FAL_KEY, BODY)
+    for name, value in broken.items():
+        if value is None:
+            del headers[name]
+        else:
+            headers[name] = value
+    with pytest.raises(WebhookSignatureInvalid):
+        fal_signed(headers, BODY)
+
+
+def test_timestamps_outside_the_tolerance_are_stale() -> None:
+    check_timestamp(NOW, NOW + 300, 300)
+    check_timestamp(NOW, NOW - 300, 300)
+    for now in (NOW + 301, NOW - 301):
+        with pytest.raises(WebhookTimestampStale):
+            check_timestamp(NOW, now, 300)
+
+
+def test_a_key_set_keeps_only_ed25519_keys() -> None:
+    rsa = {"kty": "RSA", "n": "xx", "e": "AQAB", "kid": "rsa"}
+    broken = {"kty": "OKP", "crv": "Ed25519", "x": "@@@", "kid": "broken"}
+    (key,) = parse_jwks({"keys": [rsa, broken, jwk(FAL_KEY)]})
+    assert key.public_bytes(Encoding.Raw, PublicFormat.Raw) == FAL_KEY.public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw
+    )
+    for document in ({}, {"keys": "no"}, {"keys": [rsa]}, [1, 2], None):
+        with pytest.raises(ValueError):
+            parse_jwks(document)

@@ -1,0 +1,222 @@
+"""The fake vendor's core without HTTP, on a hand-driven clock: the behaviour a simulation
+on virtual time gets (DESIGN §10), with no socket and no wall clock."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+
+from tests.integration.conftest import fal_signature_valid
+from vendors_fake import FaultProfile, Latency, Refused, VendorCore
+from vendors_fake.core import Shape
+from vendors_fake.signing import DEV_WEBHOOK_SECRET
+from vendors_fake.tasks import Phase
+
+
+class Handle:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualClock:
+    """A scheduler whose time moves only when a test says so."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+        self._timers: list[tuple[float, int, Handle, Callable[..., object], tuple[Any, ...]]] = []
+        self._seq = itertools.count()
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Handle:
+        handle = Handle()
+        heapq.heappush(self._timers, (self.now + delay, next(self._seq), handle, callback, args))
+        return handle
+
+    def advance(self, seconds: float) -> None:
+        until = self.now + seconds
+        while self._timers and self._timers[0][0] <= until:
+            when, _, handle, callback, args = heapq.heappop(self._timers)
+            self.now = max(self.now, when)
+            if not handle.cancelled:
+                callback(*args)
+        self.now = until
+
+
+def core(
+    shape: Shape = "replicate", seed: int = 0, start: float = 1_700_000_000.0, **profile: Any
+) -> tuple[VendorCore, ManualClock]:
+    clock = ManualClock(start)
+    vendor = VendorCore(
+        shape,
+        FaultProfile.model_validate(profile),
+        seed=seed,
+        api_key="k",
+        scheduler=clock,
+        wall_clock=clock.time,
+    )
+    vendor.base_url = "mem://vendor"
+    return vendor, clock
+
+
+def test_phases_follow_the_clock_and_running_is_billable() -> None:
+    vendor, clock = core(
+        queue_delay={"kind": "fixed", "seconds": 2.0}, run_time={"kind": "fixed", "seconds": 3.0}
+    )
+    task = vendor.create_task("acme/painter", "v1", {"prompt": "p"})
+    assert task.phase is Phase.QUEUED and not task.billable
+    clock.advance(1.9)
+    assert task.phase is Phase.QUEUED
+    clock.advance(0.2)
+    assert task.phase is Phase.RUNNING and task.billable
+    clock.advance(3.0)
+    assert task.phase is Phase.SUCCEEDED
+    assert list(task.files) == ["image-0.png"]
+    assert vendor.shape.output(task) == ["mem://vendor/files/" + task.id + "/image-0.png"]  # type: ignore[union-attr]
+    assert not task.delivered
+    vendor.file_downloaded(task, "image-0.png")
+    stats = vendor.snapshot()["tasks"]
+    assert (stats["billable"], stats["delivered"], stats["in_flight"]) == (1, 1, 0)
+
+
+def test_the_same_seed_draws_the_same_fates_whatever_the_host() -> None:
+    profile = {
+        "failure": 0.2,
+        "rejection": 0.1,
+        "cold_start": 0.3,
+        "run_time": {"kind": "lognormal", "p50": 1.0, "p99": 10.0},
+        "lost_answers": {"hang": 0.05, "server_error": 0.05},
+        "data_uri": 0.2,
+    }
+
+    def fates(seed: int) -> list[Any]:
+        vendor, _ = core(seed=seed, **profile)
+        tasks = [vendor.create_task("m/n", "v", {"i": i}) for i in range(50)]
+        return [(t.id, t.fate) for t in tasks]
+
+    assert fates(3) == fates(3)
+    assert fates(3) != fates(4)
+    drawn = [fate for _, fate in fates(3)]
+    assert {f.outcome.value for f in drawn} >= {"succeed", "fail", "reject"}
+    assert any(f.cold_start for f in drawn) and any(f.lost_answer for f in drawn)
+
+
+def test_a_deadline_before_the_start_aborts_and_after_it_cancels() -> None:
+    vendor, clock = core(
+        queue_delay={"kind": "fixed", "seconds": 5.0}, run_time={"kind": "fixed", "seconds": 60.0}
+    )
+    early = vendor.create_task("m/n", "v", {}, cancel_after=1.0)
+    late = vendor.create_task("m/n", "v", {}, cancel_after=10.0)
+    clock.advance(20)
+    assert (early.phase, early.billable) == (Phase.ABORTED, False)
+    assert (late.phase, late.billable) == (Phase.CANCELED, True)
+    assert vendor.shape.prediction(early)["status"] == "aborted"  # type: ignore[union-attr]
+
+
+def test_the_limit_and_the_account_refusals() -> None:
+    vendor, _ = core("fal", never_finish=1.0, concurrency_limit=1)
+    vendor.create_task("fal-ai/flux/dev", "", {})
+    with pytest.raises(Refused) as caught:
+        vendor.create_task("fal-ai/flux/dev", "", {})
+    assert (caught.value.status, caught.value.retry_after) == (429, 1.0)
+    vendor.update_profile({"refusal": {"status": 403}})
+    with pytest.raises(Refused) as caught:
+        vendor.create_task("fal-ai/flux/dev", "", {})
+    assert caught.value.status == 403 and "Exhausted balance" in caught.value.message
+    assert vendor.admit("status", authorized=True) is None  # reads still pass
+    vendor.update_profile({"refusal": {"status": 401}})
+    with pytest.raises(Refused):
+        vendor.admit("status", authorized=True)
+
+
+def test_a_reset_forgets_the_old_timers() -> None:
+    vendor, clock = core(never_finish=1.0, max_task_time=1.0)
+    vendor.create_task("m/n", "v", {}, cancel_after=0.5)
+    vendor.reset()
+    clock.advance(5)
+    tasks = vendor.snapshot()["tasks"]
+    assert (tasks["in_flight"], tasks["expired"], tasks["created"]) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("shape", ["replicate", "fal"])
+async def test_webhooks_go_through_the_hosts_post(shape: Shape) -> None:
+    """Deliveries use whatever posts them (here: a list), signed in the vendor's scheme."""
+    posted: list[tuple[str, Mapping[str, str], bytes]] = []
+
+    async def post(url: str, headers: Mapping[str, str], body: bytes, timeout: float) -> int:
+        posted.append((url, headers, body))
+        return 200
+
+    # (started at the real time only because the reference library checks it)
+    vendor, clock = core(shape, start=time.time(), run_time={"kind": "fixed", "seconds": 1.0})
+    vendor.post_webhook = post
+    task = vendor.create_task(
+        "acme/painter",
+        "v",
+        {"prompt": "p"},
+        webhook_url="mem://hook",
+        webhook_events=frozenset({"start", "completed"}),
+    )
+    clock.advance(0)
+    clock.advance(1.0)
+    for delivery in list(vendor.webhooks._deliveries):
+        await delivery
+    final = posted[-1]
+    if shape == "replicate":
+        assert [Webhook(DEV_WEBHOOK_SECRET).verify(b, dict(h))["status"] for _, h, b in posted] == [
+            "processing",
+            "succeeded",
+        ]
+    else:
+        jwks = vendor.fal_signer.jwks()
+        assert fal_signature_valid(jwks, dict(final[1]), final[2], now=clock.time())
+    assert task.result_read and not task.delivered  # its file is not downloaded yet
+    assert vendor.snapshot()["webhooks"]["delivered"] == len(posted)
+
+
+def test_an_outage_window_runs_on_the_given_clock() -> None:
+    vendor, clock = core(outage={"every": 10.0, "duration": 2.0, "first_at": 5.0})
+    assert vendor.admit("submit", authorized=True) is None
+    clock.advance(5.5)
+    with pytest.raises(Refused) as caught:
+        vendor.admit("submit", authorized=True)
+    assert caught.value.status == 503 and caught.value.retry_after == pytest.approx(1.5)
+    clock.advance(2)
+    assert vendor.admit("submit", authorized=True) is None
+    assert Latency().kind == "fixed"
+
+
+def test_the_flaky_presets_new_behaviours_come_at_their_rates() -> None:
+    from vendors_fake import preset
+
+    clock = ManualClock()
+    vendor = VendorCore(
+        "fal", preset("flaky"), seed=9, api_key="k", scheduler=clock, wall_clock=clock.time
+    )
+    n = 4000
+    fates = [vendor.create_task("fal-ai/flux/schnell", "", {"i": i}).fate for i in range(n)]
+    flaky = preset("flaky")
+
+    def share(count: int, p: float) -> None:
+        sd = (n * p * (1 - p)) ** 0.5
+        assert abs(count - n * p) <= 4 * sd + 1, (count, n, p)
+
+    share(sum(f.cold_start for f in fates), flaky.cold_start)
+    share(sum(f.data_uri for f in fates), flaky.data_uri)
+    share(sum(f.payload_error for f in fates), flaky.payload_error)
+    lost = flaky.lost_answers
+    share(
+        sum(f.lost_answer is not None for f in fates), lost.hang + lost.server_error + lost.cut_off
+    )
+    assert {f.output_count for f in fates} == {1, 2, 3, 4}
+    assert sum(f.logs_bytes > 64 * 1024 for f in fates) > 0

@@ -1,0 +1,167 @@
+"""The replicate shape without HTTP: predictions as JSON, webhooks, errors.
+
+Written from replicate's HTTP API reference ("Create a prediction", "Get a prediction",
+"Prediction lifecycle", "Webhooks") and the official ``replicate`` Python client:
+
+- statuses ``starting`` (queued; a cold boot makes it last minutes), ``processing``,
+  ``succeeded``, ``failed``, ``canceled`` (by the user, or its ``Cancel-After`` deadline
+  passed while it ran: billed) and ``aborted`` (the deadline passed before it started:
+  not billed);
+- ``output``: a URL string (one video or audio file), a list of URLs (images), data URIs
+  instead of URLs (the sync API), a JSON object, or a list of strings for a language
+  model (the client joins them);
+- webhooks (``start`` when it starts processing, ``completed`` at the end; ``output`` and
+  ``logs`` are accepted in the filter and never sent) post the whole prediction, input
+  and logs included, signed with Standard Webhooks;
+- errors are problem JSON: ``{"title", "detail", "status"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from vendors_fake.outputs import inline_result
+from vendors_fake.tasks import Phase, Task
+
+if TYPE_CHECKING:
+    from vendors_fake.core import VendorCore
+
+EVENTS = frozenset({"start", "output", "logs", "completed"})
+STATUS = {
+    Phase.QUEUED: "starting",
+    Phase.RUNNING: "processing",
+    Phase.SUCCEEDED: "succeeded",
+    Phase.FAILED: "failed",
+    Phase.CANCELED: "canceled",
+    Phase.ABORTED: "aborted",
+}
+TITLES = {
+    400: "Bad request",
+    401: "Unauthenticated",
+    402: "Billing required",
+    403: "Forbidden",
+    404: "Not found",
+    422: "Input validation failed",
+    429: "Request was throttled",
+    500: "Internal server error",
+    502: "Bad gateway",
+    503: "Service unavailable",
+    504: "Gateway timeout",
+}
+REFUSALS = {
+    401: "You did not pass a valid authentication token",
+    402: (
+        "You need to set up billing to run this model. Go to "
+        "https://replicate.com/account/billing#billing to set it up. If you have recently "
+        "set up billing, please wait a few minutes before trying again."
+    ),
+    403: "You do not have permission to run this model: your account is disabled.",
+    404: "The requested resource could not be found.",
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # replicate ids: 26 chars of base32
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def parse_duration(text: str) -> float | None:
+    """``Cancel-After``: a duration such as ``90s``, ``5m`` or ``1h30m`` (ms, s, m, h)."""
+    if not _DURATION.fullmatch(text):
+        return None
+    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+class ReplicateShape:
+    name = "replicate"
+    emitted_events = frozenset({"start", "completed"})
+    progress_event: str | None = "start"
+    final_event = "completed"
+
+    def __init__(self, core: VendorCore) -> None:
+        self.core = core
+
+    def new_id(self, bits: int) -> str:
+        return "".join(_ALPHABET[(bits >> (5 * i)) & 31] for i in range(26))
+
+    def prediction(self, task: Task) -> dict[str, Any]:
+        url = f"{self.core.base_url}/v1/predictions/{task.id}"
+        prediction: dict[str, Any] = {
+            "id": task.id,
+            "model": task.model,
+            "version": task.version,
+            "input": task.input,
+            "logs": _logs(task),
+            "output": self.output(task),
+            "data_removed": False,
+            "error": task.error,
+            "status": STATUS[task.phase],
+            "created_at": _iso(task.created_at),
+            "started_at": _iso(task.started_at),
+            "completed_at": _iso(task.completed_at),
+            "urls": {"get": url, "cancel": f"{url}/cancel"},
+            "metrics": (
+                {"predict_time": round(task.fate.run_time, 6)}
+                if task.phase is Phase.SUCCEEDED
+                else {}
+            ),
+        }
+        if task.webhook_url is not None:
+            prediction["webhook"] = task.webhook_url
+            prediction["webhook_events_filter"] = sorted(task.webhook_events)
+        return prediction
+
+    def output(self, task: Task) -> Any:
+        if task.phase is not Phase.SUCCEEDED:
+            return None
+        spec = task.spec
+        if spec.kind == "json":
+            return inline_result(task.input, "json")
+        if spec.kind == "text":
+            text = inline_result(task.input, "text")
+            if spec.as_list is False:
+                return text
+            words = text.split(" ")
+            return [words[0], *(" " + word for word in words[1:])]
+        urls = [self.core.file_ref(task, file) for file in task.files.values()]
+        as_list = spec.as_list if spec.as_list is not None else spec.kind == "image"
+        return urls if as_list else urls[0]
+
+    def render(self, task: Task) -> bytes:
+        return dumps(self.prediction(task))
+
+    def webhook_body(self, task: Task, event: str) -> bytes:
+        return self.render(task)  # replicate posts the prediction as it is at the event
+
+    def error_body(self, status: int, message: str) -> bytes:
+        return dumps({"title": TITLES.get(status, "Error"), "detail": message, "status": status})
+
+    def refusal_message(self, status: int, model: str) -> str:
+        return REFUSALS[status]
+
+
+def _logs(task: Task) -> str:
+    """The prediction's logs so far: progress lines up to its drawn size once it runs."""
+    if task.phase is Phase.QUEUED or task.fate.logs_bytes <= 0:
+        return ""
+    lines = []
+    size = 0
+    step = 0
+    while size < task.fate.logs_bytes:
+        step += 1
+        line = f"{step:>6}it [00:{step % 60:02d}, 12.34it/s] denoising latents for {task.id}\n"
+        lines.append(line)
+        size += len(line)
+    return "".join(lines)[: task.fate.logs_bytes]
+
+
+def _iso(wall: float | None) -> str | None:
+    if wall is None:
+        return None
+    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
