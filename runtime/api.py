@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from runtime.batching import Coalescer
 from runtime.config import JoblineConfig, ModelConfig
+from runtime.console import console_routes
 from runtime.errors import (
     AccountNotFound,
     DeadLetterNotFound,
@@ -706,6 +707,11 @@ class Api:
     async def job_events(self, request: web.Request) -> web.StreamResponse:
         account_id = await self._account(request)
         job = await self._owned_job(request.match_info["id"], account_id)
+        after_seq = _last_event_id(request)
+        if job.terminal and not await self._read(self.ctx.ledger.history(job.id, after_seq)):
+            # Ended, and the client has every event: 204 is what makes a browser's
+            # EventSource stop reconnecting (an empty 200 has it back every few seconds).
+            return web.Response(status=204, headers={TRACE_HEADER: job.trace_id})
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -716,7 +722,7 @@ class Api:
         )
         await response.prepare(request)
         try:
-            await self._stream_events(request, response, job, _last_event_id(request))
+            await self._stream_events(request, response, job, after_seq)
         except ConnectionError:
             pass  # the client went away
         except LedgerUnavailable as exc:
@@ -900,8 +906,12 @@ def build_app(
         middlewares=[api.count_requests, api.render_errors],
         client_max_size=ctx.config.gateway.max_body_bytes,
     )
-    app.add_routes(api.routes())
+    from runtime.api_console import ConsoleApi  # it imports this module
+
+    console_api = ConsoleApi(api)
+    app.add_routes([*api.routes(), *console_api.routes(), *console_routes(ctx.config)])
     app.on_shutdown.append(api.on_shutdown)
+    app.on_shutdown.append(console_api.on_shutdown)
     app.on_cleanup.append(api.on_cleanup)
     app[GATEWAY_API] = api
     return app

@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from runtime.config import JoblineConfig
 from runtime.models import EntryKind
+from runtime.openapi_console import console_paths, console_schemas
 from runtime.states import JobStatus
 
 MAX_CREDITS = 10**12  # per account and per grant; keeps every sum far inside SQLite's int64
@@ -456,7 +457,9 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                     "Each status change is `event: status`, `id: <seq>` and `data:` a JSON "
                     "object `{job_id, seq, status, at, detail}`; the terminal event's data also "
                     "holds the whole job under `job`, and the stream then ends. Comment lines "
-                    "are heartbeats. Send `Last-Event-ID` to resume after an event."
+                    "are heartbeats. Send `Last-Event-ID` to resume after an event. A job that "
+                    "has ended with no event after `Last-Event-ID` answers 204 (so a "
+                    "browser's EventSource stops reconnecting)."
                 ),
                 "security": _API_KEY,
                 "parameters": [
@@ -474,6 +477,7 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                         "description": "An event stream",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
+                    "204": {"description": "The job has ended and every event was sent"},
                     **_errors("401", "404"),
                 },
             }
@@ -651,9 +655,9 @@ def openapi_document(config: JoblineConfig) -> dict[str, Any]:
         },
         "servers": [{"url": config.gateway.public_url}],
         "security": _API_KEY,
-        "paths": _paths(config),
+        "paths": {**_paths(config), **console_paths(config)},
         "components": {
-            "schemas": _schemas(config),
+            "schemas": {**_schemas(config), **console_schemas(config)},
             "securitySchemes": {
                 "apiKey": {
                     "type": "http",
