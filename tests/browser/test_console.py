@@ -10,6 +10,7 @@ import pytest
 
 from runtime.invariants import check_invariants
 from tests.browser.conftest import Console, slow_profile
+from vendors_fake.profile import merge_profile
 
 expect = pytest.importorskip("playwright.async_api").expect
 LIVE = 20_000  # ms: how long a page may take to show what the vendors did
@@ -148,6 +149,7 @@ async def test_a_second_account_never_sees_the_first_accounts_jobs(console: Cons
     await expect(history.locator("#live")).to_have_text("live")
     # The first account's jobs go on changing; nothing of them reaches the other's pages.
     status, second = await console.tb.client.submit("flux-schnell", {"prompt": "mine too"})
+    assert status == 202
     await console.tb.client.wait_all([first["id"], second["id"]])
     await asyncio.sleep(1.0)  # a few polls of the event stream
     for page in (history, studio):
@@ -186,7 +188,7 @@ async def test_the_operator_redrives_a_dead_letter_and_it_completes(console: Con
     new_id = (await outcome.text_content() or "").split()[2]
     assert (await tb.client.wait(new_id))["status"] == "completed"
     status, letters = await tb.client.request("GET", "/v1/admin/dead-letters", admin=True)
-    assert letters["dead_letters"] == []  # nothing left waiting
+    assert (status, letters["dead_letters"]) == (200, [])  # nothing left waiting
     assert check_invariants(tb.config.storage.database) == []
 
 
@@ -229,6 +231,4 @@ async def test_the_studio_is_usable_on_a_phone_and_by_keyboard(console: Console)
 
 
 def merge(patch: dict[str, Any]) -> Any:
-    from vendors_fake.profile import merge_profile
-
     return merge_profile(slow_profile(0.2), patch)
