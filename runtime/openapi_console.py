@@ -14,7 +14,7 @@ from runtime.states import JobStatus
 MAX_ACCOUNTS = 200  # GET /v1/admin/accounts?limit=
 DEFAULT_ACCOUNTS = 50
 # "<created_at>/<account id>", as next_cursor gives it.
-ACCOUNT_CURSOR_PATTERN = r"^[0-9][0-9.e+-]{0,31}/[\x21-\x7e]{1,128}$"
+ACCOUNT_CURSOR_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?(e[+-]?[0-9]{1,3})?/[\x21-\x7e]{1,128}$"
 PAGES = ("studio", "history", "operator")  # /console/<page>
 
 

@@ -97,15 +97,23 @@ async def browser() -> AsyncIterator[Any]:
         await chromium.close()
 
 
-@pytest.fixture
-async def console(
-    tmp_path: Path, browser: Any, request: pytest.FixtureRequest
-) -> AsyncIterator[Console]:
-    marker = request.node.get_closest_marker("profile_seconds")
-    seconds = marker.args[0] if marker else 2.0
+def _shots(tmp_path: Path) -> Path:
     shots = SCREENSHOTS if os.environ.get("JOBLINE_SCREENSHOTS") == "1" else tmp_path / "shots"
     shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+@pytest.fixture
+async def console(tmp_path: Path, browser: Any) -> AsyncIterator[Console]:
+    """jobline in this process (same classes as on Ray) with slow-ish fake vendors."""
     async with Testbed(
-        tmp_path / "jobline", profile=slow_profile(seconds), mode="in-process", overrides=FAST
+        tmp_path / "jobline", profile=slow_profile(), mode="in-process", overrides=FAST
     ) as tb:
-        yield Console(tb, browser, tb.config.gateway.public_url, shots)
+        yield Console(tb, browser, tb.config.gateway.public_url, _shots(tmp_path))
+
+
+@pytest.fixture
+async def console_on_ray(tmp_path: Path, browser: Any, ray_session: Any) -> AsyncIterator[Console]:
+    """jobline on the session's local Ray: named actors, two gateway replicas on one port."""
+    async with Testbed(tmp_path / "jobline", profile=slow_profile(), overrides=FAST) as tb:
+        yield Console(tb, browser, tb.config.gateway.public_url, _shots(tmp_path))
