@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from runtime.api import Api, HttpRefusal, _int_param
+from runtime.errors import LedgerUnavailable
 from runtime.models import Job, JobHistoryEntry
 from runtime.openapi_console import (
     ACCOUNT_CURSOR_PATTERN,
@@ -168,8 +169,12 @@ class ConsoleApi:
                 }
             )
             await response.prepare(request)
-            with contextlib.suppress(ConnectionError):  # the client went away
+            try:
                 await self._stream(request, response, account_id, after, wakeup)
+            except ConnectionError:
+                pass  # the client went away
+            except LedgerUnavailable as exc:  # the client reconnects with Last-Event-ID
+                log.warning("account event stream ended: %s", exc, extra={"account_id": account_id})
             return response
         finally:
             self.watch.unsubscribe(account_id, wakeup)

@@ -26,7 +26,13 @@ async def jobs_of(console: Console, api_key: str | None = None) -> list[dict[str
 async def test_studio_submits_once_and_shows_the_job_live_then_its_output(
     console: Console,
 ) -> None:
-    page = await console.signed_in("/console/studio", console.tb.client.api_key)
+    page = await console.page("/console/studio")
+    await page.get_by_label("API key").fill("jl_not-a-key")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert")).to_have_text("unknown API key")
+    await expect(page.get_by_label("API key")).to_be_focused()
+    await page.get_by_label("API key").fill(console.tb.client.api_key)
+    await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_label("Model")).to_have_value("flux-schnell")
     await page.get_by_label("Prompt").fill("a lighthouse at dusk")
     await page.get_by_label("Seed (optional)").fill("7")
