@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench loadtest clean prometheus chaos
+.PHONY: install test demo lint bench loadtest clean prometheus chaos browser-deps screenshots console-assets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,22 @@ prometheus:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
 	}
+
+# Debian's headless Chromium (and chromedriver) for tests/browser: never a downloaded browser.
+browser-deps:
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	}
+
+# The browser tests, saving the screenshots the README shows (tests/browser/screenshots/).
+screenshots: $(STAMP) browser-deps
+	JOBLINE_SCREENSHOTS=1 $(BIN)/pytest -q tests/browser
+
+# Re-vendor the console's CSS and JavaScript libraries at their pinned versions (npm pack).
+console-assets:
+	runtime/console/vendor.sh
 
 # Every chaos scenario with seeds 1 2 3 and the full invariant check; a report per run.
 chaos: $(STAMP)

@@ -18,6 +18,7 @@ from runtime.clock import Clock
 from runtime.invariants import check_invariants
 from runtime.ledger import Ledger
 from runtime.models import (
+    AccountPage,
     Balance,
     CreditEntry,
     DeadLetter,
@@ -110,6 +111,19 @@ class CreditLedger:
 
     async def history(self, job_id: str, after_seq: int = 0) -> list[JobHistoryEntry]:
         return await self.ledger.history(job_id, after_seq)
+
+    async def account_history(
+        self, account_id: str, after_seq: int, limit: int = 500
+    ) -> list[JobHistoryEntry]:
+        return await self.ledger.account_history(account_id, after_seq, limit)
+
+    async def accounts_changed(
+        self, after_seq: int | None, limit: int = 5000
+    ) -> tuple[int, list[str]]:
+        return await self.ledger.accounts_changed(after_seq, limit)
+
+    async def accounts(self, limit: int = 50, cursor: str | None = None) -> AccountPage:
+        return await self.ledger.accounts(limit, cursor)
 
     async def statement(self, account_id: str) -> list[CreditEntry]:
         return await self.ledger.statement(account_id)

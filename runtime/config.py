@@ -181,6 +181,19 @@ class GatewayConfig(_Section):
         return os.environ.get(self.admin_token_env)
 
 
+class ConsoleConfig(_Section):
+    # Where operators open Grafana (e.g. "https://grafana.example.com"): the console's
+    # operator view links each dashboard of dashboards/ there. Empty: no links.
+    grafana_url: str = ""
+
+    @field_validator("grafana_url")
+    @classmethod
+    def _http_url_or_empty(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be empty or an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+
 class StorageConfig(_Section):
     database: Path = Path("data/jobline.db")
     results: Path = Path("data/results")
@@ -200,6 +213,7 @@ class JoblineConfig(_Section):
     retry: RetryConfig = RetryConfig()
     circuit: CircuitConfig = CircuitConfig()
     sweeper: SweeperConfig = SweeperConfig()
+    console: ConsoleConfig = ConsoleConfig()
     vendors: dict[str, VendorConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
 

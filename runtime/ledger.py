@@ -92,6 +92,7 @@ from runtime.ledger_schema import (
     sql_set,
 )
 from runtime.models import (
+    AccountPage,
     Balance,
     Cancel,
     Complete,
@@ -288,7 +289,7 @@ class _Batch:
         self.accounts: dict[str, list[int]] = {}  # [balance, held, in_flight]
         self.dirty: set[str] = set()
         self.entries: list[tuple[str, str, int, str, float]] = []
-        self.history: list[tuple[str, str, float, str | None]] = []
+        self.history: list[tuple[str, str, str, float, str | None]] = []
 
     def apply_all(self, ops: Sequence[LedgerOp]) -> list[Outcome]:
         """Each op's Outcome, in order: runs of one kind together, the others one by one."""
@@ -368,7 +369,8 @@ class _Batch:
             )
         if self.history:
             conn.executemany(
-                "INSERT INTO job_history (job_id, status, at, detail) VALUES (?, ?, ?, ?)",
+                "INSERT INTO job_history (job_id, account_id, status, at, detail) "
+                "VALUES (?, ?, ?, ?, ?)",
                 self.history,
             )
         if self.dirty:
@@ -421,7 +423,7 @@ class _Batch:
         account[IN_FLIGHT] += 1
         self.dirty.add(job.account_id)
         self.entries.append((job.account_id, "hold", job.cost, job.id, self.now))
-        self.history.append((job.id, "queued", self.now, detail))
+        self.history.append((job.id, job.account_id, "queued", self.now, detail))
         self.fixed.remember(job)
 
     def settle(self, job: Job, kind: EntryKind, detail: str | None) -> Job:
@@ -433,7 +435,7 @@ class _Batch:
             account[BALANCE] -= job.cost
         self.dirty.add(job.account_id)
         self.entries.append((job.account_id, kind.value, job.cost, job.id, self.now))
-        self.history.append((job.id, job.status.value, self.now, detail))
+        self.history.append((job.id, job.account_id, job.status.value, self.now, detail))
         self.fixed.rows.pop(job.id, None)
         return job
 
@@ -443,7 +445,7 @@ class _Batch:
     def processing(self, op: MarkProcessing, job: Job) -> Job:
         """After MARK_PROCESSING matched: the history row."""
         detail = f"{job.vendor} task {op.vendor_task_id} (attempt {op.attempt})"
-        self.history.append((job.id, job.status.value, self.now, detail))
+        self.history.append((job.id, job.account_id, job.status.value, self.now, detail))
         return job
 
     def completed(self, op: Complete, job: Job) -> Job:
@@ -602,7 +604,9 @@ class _Batch:
         job = self.update(op.job_id, SCHEDULE_RETRY, params)
         if job is None:
             return self.job(op.job_id), False  # terminal, stale attempt, or a replay
-        self.history.append((job.id, job.status.value, self.now, f"retry: {op.error}"))
+        self.history.append(
+            (job.id, job.account_id, job.status.value, self.now, f"retry: {op.error}")
+        )
         return job, True
 
     def _op_complete(self, op: Complete) -> tuple[Job, bool]:
@@ -1024,6 +1028,33 @@ class Ledger:
     async def history(self, job_id: str, after_seq: int = 0) -> list[JobHistoryEntry]:
         """The job's status changes in order (those after ``after_seq``, to resume)."""
         return await self._reader.call(reads.history, job_id, after_seq)
+
+    async def account_history(
+        self, account_id: str, after_seq: int, limit: int = 500
+    ) -> list[JobHistoryEntry]:
+        """The status changes of the account's jobs after ``after_seq``, oldest first."""
+        return await self._reader.call(reads.account_history, account_id, after_seq, limit)
+
+    async def accounts_changed(
+        self, after_seq: int | None, limit: int = 5000
+    ) -> tuple[int, list[str]]:
+        """(last seq read, accounts with status changes after ``after_seq``); see reads."""
+        return await self._reader.call(reads.accounts_changed, after_seq, limit)
+
+    async def accounts(self, limit: int = 50, cursor: str | None = None) -> AccountPage:
+        """Accounts newest first with their grants; pass ``next_cursor`` back for more."""
+        if limit < 1:
+            raise InputInvalid(f"limit must be at least 1, not {limit}")
+        before: tuple[float, str] | None = None
+        if cursor is not None:
+            created, _, account_id = cursor.partition("/")
+            try:
+                before = (float(created), account_id)
+            except ValueError:
+                raise InputInvalid(f"invalid cursor {cursor!r}") from None
+            if not account_id or before[0] != before[0]:  # NaN compares unequal
+                raise InputInvalid(f"invalid cursor {cursor!r}")
+        return await self._reader.call(reads.accounts, limit, before)
 
     async def statement(self, account_id: str) -> list[CreditEntry]:
         return await self._reader.call(reads.statement, account_id)

@@ -15,7 +15,16 @@ from runtime.ledger_schema import (
     entry_from_row,
     job_from_row,
 )
-from runtime.models import Balance, CreditEntry, DeadLetter, Job, JobHistoryEntry, Page
+from runtime.models import (
+    AccountPage,
+    AccountSummary,
+    Balance,
+    CreditEntry,
+    DeadLetter,
+    Job,
+    JobHistoryEntry,
+    Page,
+)
 from runtime.states import TERMINAL, JobStatus
 
 
@@ -115,6 +124,69 @@ def history(conn: sqlite3.Connection, job_id: str, after_seq: int) -> list[JobHi
         (job_id, after_seq),
     ).fetchall()
     return [JobHistoryEntry(r[0], r[1], STATUS_BY_VALUE[r[2]], r[3], r[4]) for r in rows]
+
+
+def account_history(
+    conn: sqlite3.Connection, account_id: str, after_seq: int, limit: int
+) -> list[JobHistoryEntry]:
+    """The account's status changes after ``after_seq``, oldest first, at most ``limit``."""
+    rows = conn.execute(
+        "SELECT job_id, seq, status, at, detail FROM job_history INDEXED BY job_history_account "
+        "WHERE account_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (account_id, after_seq, limit),
+    ).fetchall()
+    return [JobHistoryEntry(r[0], r[1], STATUS_BY_VALUE[r[2]], r[3], r[4]) for r in rows]
+
+
+def accounts_changed(
+    conn: sqlite3.Connection, after_seq: int | None, limit: int
+) -> tuple[int, list[str]]:
+    """The history's last seq read, and the accounts with changes after ``after_seq``.
+
+    ``after_seq`` None: where the history ends now, and no accounts. At most ``limit``
+    rows are read (a range of the primary key); the seq returned is the last one read,
+    so a caller that got a full page asks again from there.
+    """
+    if after_seq is None:
+        row = conn.execute("SELECT coalesce(max(seq), 0) FROM job_history").fetchone()
+        return int(row[0]), []
+    rows = conn.execute(
+        "SELECT seq, account_id FROM job_history WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after_seq, limit),
+    ).fetchall()
+    if not rows:
+        return after_seq, []
+    return int(rows[-1][0]), sorted({str(r[1]) for r in rows})
+
+
+def accounts(conn: sqlite3.Connection, limit: int, before: tuple[float, str] | None) -> AccountPage:
+    """Accounts newest first, with their grants; ``before`` is the last (created_at, id) seen."""
+    where, params = ("", ()) if before is None else ("WHERE (created_at, id) < (?, ?) ", before)
+    rows = conn.execute(
+        "SELECT id, name, created_at, balance, held, in_flight FROM accounts "
+        f"INDEXED BY accounts_created {where}ORDER BY created_at DESC, id DESC LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    grants: dict[str, tuple[int, int, float | None]] = {}
+    if rows:
+        for account_id, count, total, last in conn.execute(
+            "SELECT account_id, count(*), sum(amount), max(created_at) "
+            "FROM credit_entries INDEXED BY credit_entries_grants "
+            "WHERE kind = 'grant' AND account_id IN (SELECT value FROM json_each(?)) "
+            "GROUP BY account_id",
+            (json.dumps([row[0] for row in rows]),),
+        ):
+            grants[account_id] = (count, total, last)
+    items = [
+        AccountSummary(
+            row[0], row[1], row[2], row[3], row[4], row[5], *grants.get(row[0], (0, 0, None))
+        )
+        for row in rows
+    ]
+    cursor = f"{rows[-1][2]!r}/{rows[-1][0]}" if more and rows else None
+    return AccountPage(items, cursor)
 
 
 def statement(conn: sqlite3.Connection, account_id: str) -> list[CreditEntry]:

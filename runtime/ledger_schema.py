@@ -163,6 +163,35 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE jobs ADD COLUMN submit_in_doubt INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX jobs_in_doubt ON jobs(vendor) WHERE submit_in_doubt = 1",
     ],
+    # 5: reads for the account-wide event stream and the operator's account list. The
+    # history carries its job's account (NOT NULL, so the table is rebuilt, backfilled
+    # from the jobs; seq values are kept, so a stream resumes across the migration):
+    # ``GET /v1/events`` reads (account_id, seq) ranges. Grants get a partial index (a
+    # few rows per account, next to millions of holds), accounts one by creation time.
+    [
+        """CREATE TABLE job_history_v5 (
+            seq INTEGER PRIMARY KEY,  -- global order; an SSE stream resumes after a seq
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            account_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            at REAL NOT NULL,
+            detail TEXT
+        )""",
+        """INSERT INTO job_history_v5 (seq, job_id, account_id, status, at, detail)
+            SELECT h.seq, h.job_id, j.account_id, h.status, h.at, h.detail
+            FROM job_history h JOIN jobs j ON j.id = h.job_id ORDER BY h.seq""",
+        "DROP TABLE job_history",  # and its index and triggers
+        "ALTER TABLE job_history_v5 RENAME TO job_history",
+        "CREATE INDEX job_history_job ON job_history(job_id)",
+        "CREATE INDEX job_history_account ON job_history(account_id, seq)",
+        """CREATE TRIGGER job_history_no_update BEFORE UPDATE ON job_history
+            BEGIN SELECT RAISE(ABORT, 'job_history is append-only'); END""",
+        """CREATE TRIGGER job_history_no_delete BEFORE DELETE ON job_history
+            BEGIN SELECT RAISE(ABORT, 'job_history is append-only'); END""",
+        """CREATE INDEX credit_entries_grants ON credit_entries(account_id, id)
+            WHERE kind = 'grant'""",
+        "CREATE INDEX accounts_created ON accounts(created_at, id)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

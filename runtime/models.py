@@ -129,6 +129,43 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountSummary:
+    """An account as the operator sees it: its credits and the grants that made them."""
+
+    account_id: str
+    name: str
+    created_at: float
+    balance: int  # grants - captures
+    held: int  # open holds
+    in_flight: int  # jobs not yet terminal
+    grants: int  # how many grants
+    granted: int  # their sum
+    last_grant_at: float | None
+
+    def to_api(self) -> JSON:
+        return {
+            "account_id": self.account_id,
+            "name": self.name,
+            "created_at": self.created_at,
+            "balance": self.balance,
+            "held": self.held,
+            "available": self.balance - self.held,
+            "in_flight": self.in_flight,
+            "grants": {
+                "count": self.grants,
+                "total": self.granted,
+                "last_at": self.last_grant_at,
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPage:
+    items: list[AccountSummary] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class JobHistoryEntry:
     """One row of the append-only history of a job's status changes (SSE reads it)."""
 

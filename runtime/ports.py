@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from runtime.models import (
+    AccountPage,
     Balance,
     CreditEntry,
     DeadLetter,
@@ -52,6 +53,16 @@ class LedgerPort(Protocol):
     async def expired_jobs(self, now: float, limit: int = 1000) -> list[Job]: ...
 
     async def history(self, job_id: str, after_seq: int = 0) -> list[JobHistoryEntry]: ...
+
+    async def account_history(
+        self, account_id: str, after_seq: int, limit: int = 500
+    ) -> list[JobHistoryEntry]: ...
+
+    async def accounts_changed(
+        self, after_seq: int | None, limit: int = 5000
+    ) -> tuple[int, list[str]]: ...
+
+    async def accounts(self, limit: int = 50, cursor: str | None = None) -> AccountPage: ...
 
     async def statement(self, account_id: str) -> list[CreditEntry]: ...
 

@@ -19,6 +19,7 @@ from aiohttp.typedefs import Middleware
 
 from runtime.api.accounts import AccountRoutes
 from runtime.api.admin import AdminRoutes
+from runtime.api.console_routes import ConsoleRoutes
 from runtime.api.context import (
     SSE_HEARTBEAT_INTERVAL,
     SSE_POLL_INTERVAL,
@@ -31,6 +32,7 @@ from runtime.api.events import EventRoutes
 from runtime.api.jobs import JobRoutes
 from runtime.api.operations import OperationRoutes
 from runtime.api.webhooks import WebhookRoutes
+from runtime.console import console_routes
 from runtime.errors import JoblineError
 from runtime.telemetry import Stopwatch
 
@@ -50,6 +52,7 @@ ROUTE_MODULES: tuple[Callable[[Api], RouteModule], ...] = (
     WebhookRoutes,
     AdminRoutes,
     OperationRoutes,
+    ConsoleRoutes,
 )
 
 GATEWAY_API: web.AppKey[Api] = web.AppKey("jobline_api", Api)
@@ -71,6 +74,7 @@ def build_app(
     )
     for module in ROUTE_MODULES:
         app.add_routes(module(api).routes())
+    app.add_routes(console_routes(ctx.config))  # the console's pages and assets, /docs
     app.on_shutdown.append(api.on_shutdown)
     app.on_cleanup.append(api.on_cleanup)
     app[GATEWAY_API] = api

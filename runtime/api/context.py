@@ -127,6 +127,7 @@ class Api:
         self.sse_heartbeat_interval = sse_heartbeat_interval
         self.tracer = ctx.tracer
         self.closing = asyncio.Event()  # set on shutdown: long requests (event streams) end
+        self.shutdown_hooks: list[Callable[[], None]] = []  # route modules' own, on shutdown
         self._ops: Coalescer[LedgerOp, Outcome] = Coalescer(self._execute_many)
         self._job_reads: Coalescer[str, Job | None] = Coalescer(self.get_jobs)
         self._processors: dict[str, _ProcessorCalls] = {}
@@ -287,6 +288,8 @@ class Api:
 
     async def on_shutdown(self, app: web.Application) -> None:
         self.closing.set()  # event streams end, so shutdown does not wait for them
+        for hook in self.shutdown_hooks:
+            hook()
 
     async def on_cleanup(self, app: web.Application) -> None:
         if self._background:

@@ -32,6 +32,11 @@ class EventRoutes:
     async def job_events(self, request: web.Request) -> web.StreamResponse:
         account_id = await self.api.account(request)
         job = await self.api.owned_job(request.match_info["id"], account_id)
+        after_seq = _last_event_id(request)
+        if job.terminal and not await self.api.read(self.api.ctx.ledger.history(job.id, after_seq)):
+            # Ended, and the client has every event: 204 is what makes a browser's
+            # EventSource stop reconnecting (an empty 200 has it back every few seconds).
+            return web.Response(status=204, headers={TRACE_HEADER: job.trace_id})
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -42,7 +47,7 @@ class EventRoutes:
         )
         await response.prepare(request)
         try:
-            await self._stream_events(request, response, job, _last_event_id(request))
+            await self._stream_events(request, response, job, after_seq)
         except ConnectionError:
             pass  # the client went away
         except LedgerUnavailable as exc:

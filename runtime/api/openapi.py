@@ -19,6 +19,7 @@ from runtime.api.bodies import (
     MAX_PAGE,
     REPLAYED_HEADER,
 )
+from runtime.api.openapi_console import console_paths, console_schemas
 from runtime.api.schemas import component_schemas, errors, internal_error, json_content, ref
 from runtime.config import JoblineConfig
 from runtime.states import JobStatus
@@ -199,7 +200,9 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                     "Each status change is `event: status`, `id: <seq>` and `data:` a JSON "
                     "object `{job_id, seq, status, at, detail}`; the terminal event's data also "
                     "holds the whole job under `job`, and the stream then ends. Comment lines "
-                    "are heartbeats. Send `Last-Event-ID` to resume after an event."
+                    "are heartbeats. Send `Last-Event-ID` to resume after an event. A job that "
+                    "has ended with no event after `Last-Event-ID` answers 204 (so a "
+                    "browser's EventSource stops reconnecting)."
                 ),
                 "security": _API_KEY,
                 "parameters": [
@@ -217,6 +220,7 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                         "description": "An event stream",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
+                    "204": {"description": "The job has ended and every event was sent"},
                     **errors("401", "404"),
                 },
             }
@@ -394,9 +398,9 @@ def openapi_document(config: JoblineConfig) -> dict[str, Any]:
         },
         "servers": [{"url": config.gateway.public_url}],
         "security": _API_KEY,
-        "paths": _paths(config),
+        "paths": {**_paths(config), **console_paths(config)},
         "components": {
-            "schemas": component_schemas(config),
+            "schemas": {**component_schemas(config), **console_schemas(config)},
             "securitySchemes": {
                 "apiKey": {
                     "type": "http",

@@ -216,8 +216,8 @@ CORRUPTIONS: dict[str, tuple[list[str], str, str, str]] = {
     ),
     "history changed after terminal": (
         [
-            "INSERT INTO job_history (job_id, status, at, detail) "
-            "VALUES ('canceled', 'processing', 2000, 'late')"
+            "INSERT INTO job_history (job_id, account_id, status, at, detail) "
+            "SELECT id, account_id, 'processing', 2000, 'late' FROM jobs WHERE id = 'canceled'"
         ],
         "I5",
         "canceled",
