@@ -49,6 +49,7 @@ from runtime.errors import (
     LedgerUnavailable,
     RequestError,
     ResultNotFound,
+    ResultStoreUnavailable,
     TooManyJobsInFlight,
     Unauthorized,
     UnknownModel,
@@ -83,7 +84,8 @@ from runtime.openapi import (
     openapi_document,
 )
 from runtime.ports import LedgerPort, Router
-from runtime.results import ResultStore, content_type_of
+from runtime.results import ResultStore
+from runtime.results_http import result_response
 from runtime.states import JobStatus
 from runtime.telemetry import (
     TRACE_HEADER,
@@ -155,6 +157,7 @@ _ERRORS: tuple[tuple[type[JoblineError], int, str], ...] = (
     (AccountNotFound, 404, "account_not_found"),
     (DeadLetterNotFound, 404, "dead_letter_not_found"),
     (ResultNotFound, 404, "result_not_found"),
+    (ResultStoreUnavailable, 503, "result_store_unavailable"),
     (InsufficientCredits, 402, "insufficient_credits"),
     (IdempotencyConflict, 422, "idempotency_conflict"),
     (TooManyJobsInFlight, 429, "too_many_jobs_in_flight"),
@@ -167,6 +170,7 @@ _ERRORS: tuple[tuple[type[JoblineError], int, str], ...] = (
 _RETRY_AFTER = {
     TooManyJobsInFlight: RETRY_AFTER_IN_FLIGHT,
     LedgerUnavailable: RETRY_AFTER_UNAVAILABLE,
+    ResultStoreUnavailable: RETRY_AFTER_UNAVAILABLE,
 }
 _HTTP_CODES = {
     404: "not_found",
@@ -667,7 +671,7 @@ class Api:
             {"jobs": [job.to_api() for job in page.items], "next_cursor": page.next_cursor}
         )
 
-    async def job_result(self, request: web.Request) -> web.Response:
+    async def job_result(self, request: web.Request) -> web.StreamResponse:
         account_id = await self._account(request)
         job = await self._owned_job(request.match_info["id"], account_id)
         if job.status is not JobStatus.COMPLETED or job.result_key is None:
@@ -675,15 +679,16 @@ class Api:
                 409, "job_not_completed", f"job {job.id} is {job.status.value}, not completed"
             )
         try:
-            data = await self.ctx.results.get(job.result_key)
+            return await result_response(
+                request,
+                self.ctx.results,
+                job.result_key,
+                redirect=self.ctx.config.storage.serve_by_redirect,
+                headers={TRACE_HEADER: job.trace_id},
+            )
         except ResultNotFound:
             log.error("result missing from the store", extra=_job_fields(job))
             raise
-        return web.Response(
-            body=data,
-            content_type=content_type_of(job.result_key),
-            headers={TRACE_HEADER: job.trace_id, "Cache-Control": "private, max-age=86400"},
-        )
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         account_id = await self._account(request)
