@@ -34,7 +34,8 @@ from runtime.clock import SYSTEM_CLOCK, Clock
 from runtime.config import JoblineConfig, VendorConfig
 from runtime.errors import ConfigError
 from runtime.ports import LedgerPort, ProcessorPort
-from runtime.results import LocalResultStore, ResultStore
+from runtime.results import ResultStore
+from runtime.results_s3 import build_result_store
 from runtime.telemetry import Family, Metrics
 from runtime.tracing import tracer_for
 from runtime.vendors import VendorClient, make_client
@@ -104,7 +105,8 @@ def build_client(vendor: VendorConfig) -> VendorClient:
 
 
 def build_results(config: JoblineConfig) -> ResultStore:
-    return LocalResultStore(Path(config.storage.results))
+    """The result store ``[storage]`` chooses: a directory, or an S3-compatible bucket."""
+    return build_result_store(config.storage)
 
 
 class Customization:

@@ -21,6 +21,8 @@ equal exception back; a test checks every class below).
     │   └── UnknownModel             (422)
     ├── ResultNotFound               no stored output under this key (also a KeyError)
     ├── InvalidResultKey             a key that is not one plain file name (also a ValueError)
+    ├── ResultTooLarge               a streamed result passed its byte cap; nothing was kept
+    ├── ResultStoreUnavailable       the result store cannot be reached or refused (retry)
     ├── WebhookRejected              a vendor callback that changes nothing
     │   ├── WebhookSignatureInvalid
     │   ├── WebhookTimestampStale
@@ -219,6 +221,29 @@ class InvalidResultKey(JoblineError, ValueError):
             f"invalid result key {self.key!r}: one file name of letters, digits, '.', '_' "
             "and '-' is expected"
         )
+
+
+class ResultTooLarge(JoblineError):
+    """A streamed result went past its byte cap; the store kept nothing of it."""
+
+    def __init__(self, key: str, max_bytes: int) -> None:
+        super().__init__(key, max_bytes)
+        self.key = key
+        self.max_bytes = max_bytes
+
+    def __str__(self) -> str:
+        return f"result {self.key!r} is larger than its cap of {self.max_bytes} bytes"
+
+
+class ResultStoreUnavailable(JoblineError):
+    """The result store cannot be reached, or refused the operation (worth retrying)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"result store unavailable: {self.reason}"
 
 
 # --- webhooks -------------------------------------------------------------------------

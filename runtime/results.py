@@ -14,22 +14,33 @@ the whole result or none; a crash mid-write leaves at most a hidden ``.*.tmp`` f
 is never taken for a result. Puts are idempotent: putting the same bytes again is a
 no-op, so a processor and the sweeper may both store one job's output. File I/O runs in
 a worker thread (``asyncio.to_thread``), never on the event loop.
+
+Besides whole-bytes ``put``/``get``, every store streams: ``put_stream`` takes an async
+iterable of chunks under a byte cap (past it: ``ResultTooLarge``, and nothing is kept),
+and ``open`` gives a :class:`StoredResult` (content type, size, chunks) without holding
+the whole result in memory. ``url_for`` is a short-lived URL that fetches a result
+without jobline in the way (S3's presigned URLs), or ``None`` where there is none (here).
+:mod:`runtime.results_s3` is the S3-compatible store for clusters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import filecmp
 import hashlib
 import json
 import mimetypes
 import os
 import re
 import tempfile
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from types import TracebackType
+from typing import IO, Protocol
 
-from runtime.errors import InvalidResultKey, ResultNotFound
+from runtime.errors import InvalidResultKey, ResultNotFound, ResultTooLarge
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _EXTENSIONS = {
@@ -48,15 +59,69 @@ OCTET_STREAM = "application/octet-stream"
 _CONTENT_TYPES = {ext: content_type for content_type, ext in _EXTENSIONS.items()}
 
 
+CHUNK_SIZE = 256 * 1024  # bytes per chunk read by ``open``
+
+
+@dataclass
+class StoredResult:
+    """An open result: its content type, its size in bytes, and its bytes as chunks.
+
+    Use it as ``async with await store.open(key) as result: async for chunk in
+    result.chunks: ...``; leaving the block (or ``aclose``) releases the file or
+    connection, also when the chunks were not read to the end.
+    """
+
+    content_type: str
+    size: int
+    chunks: AsyncIterator[bytes]
+    _close: Callable[[], Awaitable[None]]
+
+    async def aclose(self) -> None:
+        if isinstance(self.chunks, AsyncGenerator):
+            await self.chunks.aclose()
+        await self._close()
+
+    async def __aenter__(self) -> StoredResult:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
 class ResultStore(Protocol):
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store ``data`` under ``key``; storing the same bytes again changes nothing."""
+
+    async def put_stream(
+        self, key: str, chunks: AsyncIterable[bytes], content_type: str, max_bytes: int
+    ) -> int:
+        """Store the chunks under ``key`` as one result; return its size in bytes.
+
+        Readers see the old result or the whole new one, never a part. Past ``max_bytes``
+        raises ``ResultTooLarge`` and keeps nothing of the new bytes (an older result
+        under the key stays); so does any error raised by ``chunks``.
+        """
+        ...
 
     async def get(self, key: str) -> bytes:
         """The bytes under ``key``; raises ``ResultNotFound``."""
         ...
 
+    async def open(self, key: str) -> StoredResult:
+        """The result under ``key``, to read as chunks; raises ``ResultNotFound``."""
+        ...
+
     async def exists(self, key: str) -> bool: ...
+
+    async def url_for(self, key: str, expires: int | None = None) -> str | None:
+        """A URL that fetches the result for ``expires`` seconds (the store's default if
+        None) without jobline in the way, or None if the store has no such URLs."""
+        ...
 
 
 def result_key_for(job_id: str, content_type: str) -> str:
@@ -162,6 +227,53 @@ class LocalResultStore:
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.path_for(key).is_file)
 
+    async def put_stream(
+        self, key: str, chunks: AsyncIterable[bytes], content_type: str, max_bytes: int
+    ) -> int:
+        """Chunks go to a temporary file beside the target (in worker threads, a buffer of
+        ``CHUNK_SIZE`` at a time), which then replaces it as in ``put``."""
+        path = self.path_for(key)
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        file = os.fdopen(fd, "wb")
+        size = 0
+        try:
+            buffer = bytearray()
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ResultTooLarge(key, max_bytes)
+                buffer += chunk
+                if len(buffer) >= CHUNK_SIZE:
+                    await asyncio.to_thread(file.write, bytes(buffer))
+                    buffer.clear()
+            await asyncio.to_thread(_finish, file, bytes(buffer), Path(tmp), path)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(_discard, file, Path(tmp)))
+            raise
+        return size
+
+    async def open(self, key: str) -> StoredResult:
+        path = self.path_for(key)
+        try:
+            file, size = await asyncio.to_thread(_open_for_reading, path)
+        except FileNotFoundError:
+            raise ResultNotFound(key) from None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await asyncio.to_thread(file.read, CHUNK_SIZE):
+                yield chunk
+
+        async def close() -> None:
+            await asyncio.to_thread(file.close)
+
+        return StoredResult(content_type_of(key), size, chunks(), close)
+
+    async def url_for(self, key: str, expires: int | None = None) -> str | None:
+        """None: files in a directory have no URL of their own (the gateway streams them)."""
+        check_key(key)
+        return None
+
     @staticmethod
     def _put(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -180,6 +292,38 @@ class LocalResultStore:
                 os.unlink(tmp)
             raise
         _fsync_directory(path.parent)
+
+
+def _open_for_reading(path: Path) -> tuple[IO[bytes], int]:
+    file = path.open("rb")
+    return file, os.fstat(file.fileno()).st_size
+
+
+def _finish(file: IO[bytes], tail: bytes, tmp: Path, path: Path) -> None:
+    """Write the last bytes, make them durable, and move ``tmp`` into place, unless the
+    same bytes are there already (then ``tmp`` goes and the result stays untouched)."""
+    with file:
+        file.write(tail)
+        file.flush()
+        os.fsync(file.fileno())
+    if _same_file_contents(tmp, path):
+        tmp.unlink()
+        return
+    os.replace(tmp, path)
+    _fsync_directory(path.parent)
+
+
+def _discard(file: IO[bytes], tmp: Path) -> None:
+    file.close()
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+
+
+def _same_file_contents(a: Path, b: Path) -> bool:
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except FileNotFoundError:
+        return False
 
 
 def _fsync_directory(directory: Path) -> None:

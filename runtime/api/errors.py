@@ -26,6 +26,7 @@ from runtime.errors import (
     LedgerUnavailable,
     RequestError,
     ResultNotFound,
+    ResultStoreUnavailable,
     TooManyJobsInFlight,
     Unauthorized,
     UnknownModel,
@@ -61,6 +62,7 @@ ERRORS: tuple[tuple[type[JoblineError], int, str], ...] = (
     (AccountNotFound, 404, "account_not_found"),
     (DeadLetterNotFound, 404, "dead_letter_not_found"),
     (ResultNotFound, 404, "result_not_found"),
+    (ResultStoreUnavailable, 503, "result_store_unavailable"),
     (InsufficientCredits, 402, "insufficient_credits"),
     (IdempotencyConflict, 422, "idempotency_conflict"),
     (TooManyJobsInFlight, 429, "too_many_jobs_in_flight"),
@@ -74,6 +76,7 @@ ERRORS: tuple[tuple[type[JoblineError], int, str], ...] = (
 _RETRY_AFTER = {
     TooManyJobsInFlight: RETRY_AFTER_IN_FLIGHT,
     LedgerUnavailable: RETRY_AFTER_UNAVAILABLE,
+    ResultStoreUnavailable: RETRY_AFTER_UNAVAILABLE,
 }
 HTTP_CODES = {
     404: "not_found",

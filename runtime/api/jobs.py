@@ -31,7 +31,7 @@ from runtime.config import ModelConfig
 from runtime.errors import InputInvalid, ResultNotFound, UnknownModel
 from runtime.ledger import new_job_id
 from runtime.models import Cancel, Job, OpenJob
-from runtime.results import content_type_of
+from runtime.results_http import result_response
 from runtime.states import JobStatus
 from runtime.telemetry import TRACE_HEADER, new_trace_id
 
@@ -124,7 +124,7 @@ class JobRoutes:
             {"jobs": [job.to_api() for job in page.items], "next_cursor": page.next_cursor}
         )
 
-    async def job_result(self, request: web.Request) -> web.Response:
+    async def job_result(self, request: web.Request) -> web.StreamResponse:
         account_id = await self.api.account(request)
         job = await self.api.owned_job(request.match_info["id"], account_id)
         if job.status is not JobStatus.COMPLETED or job.result_key is None:
@@ -132,15 +132,16 @@ class JobRoutes:
                 409, "job_not_completed", f"job {job.id} is {job.status.value}, not completed"
             )
         try:
-            data = await self.api.ctx.results.get(job.result_key)
+            return await result_response(
+                request,
+                self.api.ctx.results,
+                job.result_key,
+                redirect=self.api.ctx.config.storage.serve_by_redirect,
+                headers={TRACE_HEADER: job.trace_id},
+            )
         except ResultNotFound:
             log.error("result missing from the store", extra=job_fields(job))
             raise
-        return web.Response(
-            body=data,
-            content_type=content_type_of(job.result_key),
-            headers={TRACE_HEADER: job.trace_id, "Cache-Control": "private, max-age=86400"},
-        )
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         api = self.api

@@ -229,6 +229,11 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
             "get": {
                 "operationId": "getJobResult",
                 "summary": "The stored output bytes of a completed job",
+                "description": (
+                    'Streamed by the gateway, or, with `[storage.s3] serve = "redirect"`, '
+                    "a 302 to a short-lived presigned URL of the bucket. 503 also when the "
+                    "result store cannot be reached."
+                ),
                 "security": _API_KEY,
                 "parameters": [_JOB_ID],
                 "responses": {
@@ -238,6 +243,12 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                             "image/png": {
                                 "schema": {"type": "string", "contentMediaType": "image/png"}
                             }
+                        },
+                    },
+                    "302": {
+                        "description": "The output at a presigned URL, valid presign_expiry s",
+                        "headers": {
+                            "Location": {"schema": {"type": "string", "format": "uri"}},
                         },
                     },
                     **errors("401", "404", "409"),

@@ -24,10 +24,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from loadtests.testbed import ROOT_CONFIG
 from runtime.api import GatewayContext, build_app
 from runtime.clock import SYSTEM_CLOCK, Clock
-from runtime.config import JoblineConfig, load_config
+from runtime.config import JoblineConfig, StorageConfig, load_config
 from runtime.ledger import Ledger
 from runtime.models import Complete, Job, MarkProcessing, StartAttempt
-from runtime.results import LocalResultStore, result_key_for
+from runtime.results import LocalResultStore, ResultStore, result_key_for
 from runtime.telemetry import Family, Metrics
 from runtime.tracing import tracer_for
 from runtime.vendors import VendorClient, WebhookEvent, make_client
@@ -102,7 +102,7 @@ class Account:
 class ApiHarness:
     config: JoblineConfig
     ledger: Ledger
-    results: LocalResultStore
+    results: ResultStore
     router: FakeRouter
     metrics: Metrics
     client: TestClient[Any, Any]
@@ -171,16 +171,24 @@ def _config(overrides: dict[str, Any]) -> JoblineConfig:
 
 @pytest.fixture(name="make_api")
 async def make_api_fixture(tmp_path: Path) -> AsyncIterator[MakeApi]:
-    """``await make_api(admin_token=..., **gateway_overrides)``: a served API, torn down after."""
+    """``await make_api(admin_token=..., results=..., storage=..., **gateway_overrides)``:
+    a served API, torn down after (``results``: a store instead of a fresh directory;
+    ``storage``: the ``[storage]`` the gateway is told about)."""
     opened: list[tuple[TestClient[Any, Any], Ledger, list[VendorClient]]] = []
 
     async def make(
-        admin_token: str | None = ADMIN_TOKEN, clock: Clock = SYSTEM_CLOCK, **overrides: Any
+        admin_token: str | None = ADMIN_TOKEN,
+        clock: Clock = SYSTEM_CLOCK,
+        results: ResultStore | None = None,
+        storage: StorageConfig | None = None,
+        **overrides: Any,
     ) -> ApiHarness:
         config = _config(overrides)
+        if storage is not None:
+            config = config.model_copy(update={"storage": storage})
         data = tmp_path / f"api-{len(opened)}"
         ledger = await Ledger.open(data / "jobline.db", clock=time.time)
-        results = LocalResultStore(data / "results")
+        results = results or LocalResultStore(data / "results")
         router = FakeRouter(list(config.vendors))
         metrics = Metrics("gateway-test")
         parsers = {

@@ -25,6 +25,8 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "UnknownModel": ("no model 'x'",),
     "ResultNotFound": ("job_1.png",),
     "InvalidResultKey": ("../x",),
+    "ResultTooLarge": ("job_1.png", 1024),
+    "ResultStoreUnavailable": ("endpoint unreachable",),
     "WebhookRejected": ("bad",),
     "WebhookSignatureInvalid": ("no matching signature",),
     "WebhookTimestampStale": ("timestamp too old",),
