@@ -224,7 +224,7 @@ async def _statement(
     entries: list[dict[str, Any]] = []
     cursor = ""
     while True:
-        page = await _get(http, f"{base_url}/v1/credits/entries?limit=1000{cursor}", headers)
+        page = await _get(http, f"{base_url}/v1/credits/entries?limit=200{cursor}", headers)
         entries += page["entries"]
         if not page.get("next_cursor"):
             return entries

@@ -174,7 +174,7 @@ class JoblineClient:
     async def entries(self, api_key: str | None = None) -> list[dict[str, Any]]:
         """The whole statement, oldest first, every page of it."""
         entries: list[dict[str, Any]] = []
-        path = "/v1/credits/entries?limit=1000"
+        path = "/v1/credits/entries?limit=200"
         while True:
             status, body = await self.request("GET", path, api_key=api_key)
             if status != 200:
@@ -182,7 +182,7 @@ class JoblineClient:
             entries += body["entries"]
             if not body.get("next_cursor"):
                 return entries
-            path = f"/v1/credits/entries?limit=1000&cursor={body['next_cursor']}"
+            path = f"/v1/credits/entries?limit=200&cursor={body['next_cursor']}"
 
 
 @dataclass

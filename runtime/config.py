@@ -186,7 +186,7 @@ class GatewayConfig(_Section):
     submit_burst_per_account: int = Field(default=20, ge=1)
     # Statements and job lists one account may read at once, per replica (more wait their
     # turn, up to four times as many; past that, 429).
-    reads_in_flight_per_account: int = Field(default=2, ge=1)
+    reads_in_flight_per_account: int = Field(default=1, ge=1)
     # Slow clients: a connection must send a request's headers within header_timeout of
     # their first byte, and its body within body_timeout; an idle keep-alive connection
     # (or one that sends nothing) is closed after idle_timeout. Seconds.

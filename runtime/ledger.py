@@ -56,8 +56,11 @@ awaits one statement at a time (a thread hop per statement: ~70 µs measured her
 our statements take 1-10 µs) and has no public call to run a function on its thread; its private
 ``_execute`` would tie us to its internals. A ``ThreadPoolExecutor(max_workers=1)`` per
 connection gives the same "one connection, one thread" model with public APIs only:
-the writer thread owns the write connection, a reader thread owns a ``query_only``
-connection, and WAL lets reads run while a batch is being written.
+the writer thread owns the write connection, two reader threads own a ``query_only``
+connection each, and WAL lets reads run while a batch is being written. One reader
+answers the reads of a few rows (a job, a balance, an API key), the other the pages and
+scans (statements, job lists, dead letters, the sweeper's scans), so a point read never
+waits behind a page another account asked for.
 
 The schema and its migrations are in ``runtime.ledger_schema``; the reads, plain
 functions run on the reader thread, in ``runtime.ledger_reads``.
@@ -953,15 +956,17 @@ class WriterStats:
 class Ledger:
     """The single source of truth for jobs and money. Use ``await Ledger.open(path)``.
 
-    Call it from the event loop that opened it. Reads go to a separate connection and
-    thread and may run while a batch is being written.
+    Call it from the event loop that opened it. Reads go to separate connections and
+    threads (point reads and page reads apart) and may run while a batch is being
+    written.
     """
 
     def __init__(self, path: Path, clock: Callable[[], float]) -> None:
         self.path = path
         self._clock = clock
         self._writer = _DatabaseThread("jobline-ledger-writer")
-        self._reader = _DatabaseThread("jobline-ledger-reader")
+        self._reader = _DatabaseThread("jobline-ledger-reader")  # reads of a few rows
+        self._lists = _DatabaseThread("jobline-ledger-lists")  # pages and scans
         self._queue: list[tuple[LedgerOp, asyncio.Future[Outcome]]] = []
         self._wakeup = asyncio.Event()
         # The loop that opens the ledger serves it; asking for the running loop on each
@@ -987,9 +992,11 @@ class Ledger:
         try:
             await ledger._writer.open(path, busy_timeout_s, writer=True)
             await ledger._reader.open(path, busy_timeout_s, writer=False)
+            await ledger._lists.open(path, busy_timeout_s, writer=False)
         except BaseException:
             await ledger._writer.close()
             await ledger._reader.close()
+            await ledger._lists.close()
             raise
         ledger._task = ledger._loop.create_task(ledger._write_loop(), name="jobline-ledger-writer")
         return ledger
@@ -1004,6 +1011,7 @@ class Ledger:
             await self._task
         await self._writer.close()
         await self._reader.close()
+        await self._lists.close()
 
     async def __aenter__(self) -> Ledger:
         return self
@@ -1092,29 +1100,29 @@ class Ledger:
                 before = int(cursor)
             except ValueError:
                 raise InputInvalid(f"invalid cursor {cursor!r}") from None
-        return await self._reader.call(reads.page, account_id, status, limit, before)
+        return await self._lists.call(reads.page, account_id, status, limit, before)
 
     async def jobs_for_vendor(
         self,
         vendor: str,
         statuses: Sequence[JobStatus] = (JobStatus.QUEUED, JobStatus.PROCESSING),
     ) -> list[Job]:
-        return await self._reader.call(reads.jobs_for_vendor, vendor, list(statuses))
+        return await self._lists.call(reads.jobs_for_vendor, vendor, list(statuses))
 
     async def submits_in_doubt(self, vendor: str, updated_after: float) -> list[Job]:
         """Jobs of ``vendor`` (any status) whose last submit may have created a vendor task
         jobline never recorded, last updated after ``updated_after``."""
-        return await self._reader.call(reads.in_doubt, vendor, updated_after)
+        return await self._lists.call(reads.in_doubt, vendor, updated_after)
 
     async def jobs_by_status(
         self, status: JobStatus, updated_before: float | None = None, limit: int = 1000
     ) -> list[Job]:
         """Jobs in ``status``, least recently updated first."""
-        return await self._reader.call(reads.jobs_by_status, status, updated_before, limit)
+        return await self._lists.call(reads.jobs_by_status, status, updated_before, limit)
 
     async def expired_jobs(self, now: float, limit: int = 1000) -> list[Job]:
         """Non-terminal jobs whose deadline has passed, earliest deadline first."""
-        return await self._reader.call(reads.expired, now, limit)
+        return await self._lists.call(reads.expired, now, limit)
 
     async def history(self, job_id: str, after_seq: int = 0) -> list[JobHistoryEntry]:
         """The job's status changes in order (those after ``after_seq``, to resume)."""
@@ -1124,19 +1132,19 @@ class Ledger:
         self, account_id: str, after_seq: int, limit: int = 500
     ) -> list[JobHistoryEntry]:
         """The status changes of the account's jobs after ``after_seq``, oldest first."""
-        return await self._reader.call(reads.account_history, account_id, after_seq, limit)
+        return await self._lists.call(reads.account_history, account_id, after_seq, limit)
 
     async def accounts_changed(
         self, after_seq: int | None, limit: int = 5000
     ) -> tuple[int, list[str]]:
         """(last seq read, accounts with status changes after ``after_seq``); see reads."""
-        return await self._reader.call(reads.accounts_changed, after_seq, limit)
+        return await self._lists.call(reads.accounts_changed, after_seq, limit)
 
     async def accounts(self, limit: int = 50, cursor: str | None = None) -> AccountPage:
         """Accounts newest first with their grants; pass ``next_cursor`` back for more."""
         if limit < 1:
             raise InputInvalid(f"limit must be at least 1, not {limit}")
-        return await self._reader.call(reads.accounts, limit, _time_cursor(cursor))
+        return await self._lists.call(reads.accounts, limit, _time_cursor(cursor))
 
     async def statement(
         self,
@@ -1148,7 +1156,7 @@ class Ledger:
         """One page of the account's credit entries, oldest first (or newest first); pass
         ``next_cursor`` back for the next page. A keyset read: every page costs the same."""
         after = _int_cursor(cursor, limit)
-        return await self._reader.call(reads.statement, account_id, limit, after, newest_first)
+        return await self._lists.call(reads.statement, account_id, limit, after, newest_first)
 
     async def balance(self, account_id: str) -> Balance:
         balance = await self._reader.call(reads.balance, account_id)
@@ -1173,7 +1181,7 @@ class Ledger:
     ) -> ApiKeyPage:
         """The account's API keys, newest first (never a key or its hash)."""
         before = _int_cursor(cursor, limit)
-        return await self._reader.call(reads.api_keys, account_id, limit, before)
+        return await self._lists.call(reads.api_keys, account_id, limit, before)
 
     async def account_limits(self, account_id: str) -> AccountLimits:
         limits = await self._reader.call(reads.account_limits, account_id)
@@ -1188,7 +1196,7 @@ class Ledger:
         if limit < 1:
             raise InputInvalid(f"limit must be at least 1, not {limit}")
         before = _time_cursor(cursor)
-        return await self._reader.call(reads.dead_letters, limit, include_redriven, before)
+        return await self._lists.call(reads.dead_letters, limit, include_redriven, before)
 
     async def open_dead_letters(self) -> int:
         """Dead letters not re-driven: one counter row, however many there are."""
@@ -1197,7 +1205,7 @@ class Ledger:
     async def counts(self) -> dict[str, int]:
         """Jobs by status (every status present), for metrics: the open ones counted from
         their small index, the terminal ones kept as counters."""
-        return await self._reader.call(reads.counts)
+        return await self._lists.call(reads.counts)
 
 
 def _int_cursor(cursor: str | None, limit: int) -> int | None:

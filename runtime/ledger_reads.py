@@ -1,5 +1,6 @@
-"""The ledger's read side: plain functions of the reader thread's ``query_only``
-connection, which ``Ledger`` runs there (WAL lets them run while a batch is written)."""
+"""The ledger's read side: plain functions of a reader thread's ``query_only``
+connection, which ``Ledger`` runs there (WAL lets them run while a batch is written):
+point reads on one reader, pages and scans on the other."""
 
 from __future__ import annotations
 

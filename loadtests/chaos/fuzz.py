@@ -1277,7 +1277,7 @@ class _Runner:
         if "getCreditEntries" in self.ops:
             cursor = ""
             while True:
-                page = await self.get_json(f"/v1/credits/entries?limit=1000{cursor}", auth)
+                page = await self.get_json(f"/v1/credits/entries?limit=200{cursor}", auth)
                 entries += page["entries"]
                 if not page.get("next_cursor"):
                     break
