@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from openapi_spec_validator import validate
 
 from runtime.api import GATEWAY_API, build_app
 from tests.integration.api_fixtures import (  # noqa: F401
@@ -265,3 +266,32 @@ async def test_the_submit_rate_holds_across_gateway_replicas(
         for client in (api.client, other, api.client, other)
     ]
     assert [a.status for a in answers] == [202, 202, 429, 429]
+
+
+# --- the document (case 13) ----------------------------------------------------------------
+
+
+async def test_the_document_is_valid_openapi_and_describes_its_event_streams(
+    api: ApiHarness,
+) -> None:
+    document = await (await api.client.get("/openapi.json")).json()
+    validate(document)  # OpenAPI 3.1, by the openapi-spec-validator package
+    schemas = document["components"]["schemas"]
+    for path, events in (
+        ("/v1/jobs/{id}/events", {"status": "JobEvent"}),
+        ("/v1/events", {"ready": None, "status": "AccountEvent"}),
+    ):
+        content = document["paths"][path]["get"]["responses"]["200"]["content"]
+        assert set(content) == {"text/event-stream"}
+        stream = content["text/event-stream"]["schema"]
+        items = stream["items"].get("oneOf", [stream["items"]])
+        described = {item["properties"]["event"]["const"]: item for item in items}
+        assert set(described) == set(events)
+        for name, component in events.items():
+            data = described[name]["properties"]["data"]
+            assert data["contentMediaType"] == "application/json"
+            if component is not None:
+                assert data["contentSchema"] == {"$ref": f"#/components/schemas/{component}"}
+                assert component in schemas
+    grant = document["paths"]["/v1/accounts/{id}/credits"]["post"]["responses"]
+    assert "Idempotent-Replayed" in grant["200"]["headers"] and "409" in grant
