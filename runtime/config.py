@@ -200,8 +200,8 @@ class GatewayConfig(_Section):
     key_cache_ttl: float = Field(default=60.0, gt=0)
     key_revocation_poll: float = Field(default=1.0, gt=0)
     unknown_key_cache_ttl: float = Field(default=10.0, gt=0)
-    failed_auths_per_second: float = Field(default=1.0, gt=0)
-    failed_auth_burst: int = Field(default=20, ge=1)
+    failed_auths_per_second: float = Field(default=5.0, gt=0)
+    failed_auth_burst: int = Field(default=50, ge=1)
     key_use_flush_interval: float = Field(default=10.0, gt=0)  # last-use writes, batched
 
     def admin_token(self) -> str | None:

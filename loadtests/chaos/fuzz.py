@@ -85,6 +85,8 @@ BIG_SIZES = (65_537, 1 << 20, 4 << 20)  # oversized bodies, in bytes
 HEADER_LIMIT = 8_000  # past this a header may be refused by dropping the connection
 REPLAYED_HEADER = "Idempotent-Replayed"  # an answer repeated for a reused idempotency key
 LIMITS_OPERATION = "setAccountLimits"  # reset after each category (see reset_limits)
+SETUP_RETRIES = 30  # a set-up or audit read answered 429 or 503 is tried again ...
+SETUP_RETRY_PAUSE = 1.0  # ... this many seconds later
 _SECRET_NAMES = ("api_key", "other_api_key", "admin_token")
 
 
@@ -1255,8 +1257,14 @@ class _Runner:
     # --- set-up and audit ----------------------------------------------------------------
 
     async def get_json(self, path: str, auth: str) -> Any:
+        """A read of the set-up or the audit. A 429 (the gateway may hold back this address
+        after the fuzzer's own bad keys) or a 503 is waited out, as a client would."""
         request = FuzzRequest("setup", "GET", path, (("Authorization", auth),))
-        answer = await self.exchange(request)
+        for _ in range(SETUP_RETRIES):
+            answer = await self.exchange(request)
+            if isinstance(answer, str) or answer.status not in (429, 503):
+                break
+            await asyncio.sleep(SETUP_RETRY_PAUSE)
         if isinstance(answer, str) or answer.status != 200:
             status = answer if isinstance(answer, str) else answer.status
             raise RuntimeError(f"GET {path} for the fuzzer's set-up failed: {status}")
