@@ -1227,6 +1227,6 @@ def _time_cursor(cursor: str | None) -> tuple[float, str] | None:
         at = float(created)
     except ValueError:
         raise InputInvalid(f"invalid cursor {cursor!r}") from None
-    if not item or not math.isfinite(at):
+    if not item or math.isnan(at):  # an infinite time compares fine in SQL
         raise InputInvalid(f"invalid cursor {cursor!r}")
     return at, item

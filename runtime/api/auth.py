@@ -172,9 +172,12 @@ class RevocationFeed:
 
     async def ready(self) -> None:
         """Once: where the feed ends now; then the poll runs. Raises if it cannot be read."""
-        if self._started is None or (self._started.done() and self._started.exception()):
-            self._started = asyncio.ensure_future(self._start())
-        await asyncio.shield(self._started)
+        started = self._started
+        if started is None or (
+            started.done() and (started.cancelled() or started.exception() is not None)
+        ):
+            self._started = started = asyncio.ensure_future(self._start())
+        await asyncio.shield(started)
 
     async def _start(self) -> None:
         self._seq, _ = await self._read(None)
