@@ -104,7 +104,7 @@ async def _drive(config: JoblineConfig, runtime: Any, fakes: Any, *, jobs: int, 
         outage.cancel()
         elapsed = time.monotonic() - started
         dead = await _get(http, f"{base_url}/v1/admin/dead-letters", admin)
-        entries = await _get(http, f"{base_url}/v1/credits/entries", load.headers())
+        entries = await _statement(http, base_url, load.headers())
         credits = await _get(http, f"{base_url}/v1/credits", load.headers())
     fake_stats = {name: fakes[name].snapshot() for name in config.vendors}
     processor_stats = {name: runtime.call(f"processor-{name}", "stats") for name in config.vendors}
@@ -217,6 +217,20 @@ async def _get(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -
         return await response.json()
 
 
+async def _statement(
+    http: aiohttp.ClientSession, base_url: str, headers: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Every credit entry of the account, a page at a time."""
+    entries: list[dict[str, Any]] = []
+    cursor = ""
+    while True:
+        page = await _get(http, f"{base_url}/v1/credits/entries?limit=200{cursor}", headers)
+        entries += page["entries"]
+        if not page.get("next_cursor"):
+            return entries
+        cursor = f"&cursor={page['next_cursor']}"
+
+
 def _report(
     config: JoblineConfig,
     load: DemoLoad,
@@ -235,7 +249,7 @@ def _report(
         for job in load.final.values()
         if job["status"] == "completed"
     )
-    kinds = Counter(e["kind"] for e in entries.get("entries", entries))
+    kinds = Counter(e["kind"] for e in entries)
     retries = sum(s["retries"] for s in processor_stats.values())
     failovers = sum(s["failovers"] for s in processor_stats.values())
     lines = [

@@ -172,9 +172,17 @@ class JoblineClient:
         return (await self.request("GET", "/v1/credits", api_key=api_key))[1]
 
     async def entries(self, api_key: str | None = None) -> list[dict[str, Any]]:
-        body = (await self.request("GET", "/v1/credits/entries", api_key=api_key))[1]
-        entries: list[dict[str, Any]] = body["entries"] if isinstance(body, dict) else body
-        return entries
+        """The whole statement, oldest first, every page of it."""
+        entries: list[dict[str, Any]] = []
+        path = "/v1/credits/entries?limit=200"
+        while True:
+            status, body = await self.request("GET", path, api_key=api_key)
+            if status != 200:
+                raise RuntimeError(f"statement: {status} {body}")
+            entries += body["entries"]
+            if not body.get("next_cursor"):
+                return entries
+            path = f"/v1/credits/entries?limit=200&cursor={body['next_cursor']}"
 
 
 @dataclass

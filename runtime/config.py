@@ -175,9 +175,34 @@ class GatewayConfig(_Section):
     public_url: str = "http://127.0.0.1:8080"  # where vendors send webhooks
     replicas: int = Field(default=2, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    max_jobs_in_flight_per_account: int = Field(default=1000, ge=1)
+    # JSON nested deeper is refused with a 400 (deep values cannot cross the actors).
+    max_json_depth: int = Field(default=32, ge=2, le=200)
     admin_token_env: str = "JOBLINE_ADMIN_TOKEN"
     webhook_tolerance: float = Field(default=300.0, gt=0)
+    # Per account; the admin sets an account's own (PUT /v1/accounts/{id}/limits). Both
+    # are enforced by the ledger, so they hold across every gateway replica.
+    max_jobs_in_flight_per_account: int = Field(default=1000, ge=1)
+    submits_per_second_per_account: float = Field(default=0.0, ge=0)  # 0: no limit
+    submit_burst_per_account: int = Field(default=20, ge=1)
+    # Statements and job lists one account may read at once, per replica (more wait their
+    # turn, up to four times as many; past that, 429).
+    reads_in_flight_per_account: int = Field(default=1, ge=1)
+    # Slow clients: a connection must send a request's headers within header_timeout of
+    # their first byte, and its body within body_timeout; an idle keep-alive connection
+    # (or one that sends nothing) is closed after idle_timeout. Seconds.
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    idle_timeout: float = Field(default=30.0, gt=0)
+    # API keys. A revoked key is refused everywhere within key_revocation_poll (gateways
+    # follow the ledger's revocation feed), and within key_cache_ttl even if that feed
+    # cannot be read. Unknown keys are remembered for unknown_key_cache_ttl; each source
+    # address may try failed_auth_burst unknown keys, then failed_auths_per_second.
+    key_cache_ttl: float = Field(default=60.0, gt=0)
+    key_revocation_poll: float = Field(default=1.0, gt=0)
+    unknown_key_cache_ttl: float = Field(default=10.0, gt=0)
+    failed_auths_per_second: float = Field(default=5.0, gt=0)
+    failed_auth_burst: int = Field(default=50, ge=1)
+    key_use_flush_interval: float = Field(default=10.0, gt=0)  # last-use writes, batched
 
     def admin_token(self) -> str | None:
         return os.environ.get(self.admin_token_env)

@@ -84,6 +84,8 @@ class JobRoutes:
             idempotency_key=idempotency_key,
             request_hash=request_hash(raw),
             max_in_flight=ctx.config.gateway.max_jobs_in_flight_per_account,
+            submits_per_second=ctx.config.gateway.submits_per_second_per_account,
+            submit_burst=ctx.config.gateway.submit_burst_per_account,
         )
         with api.tracer.root("submit", trace_id, model=model.name) as span:
             outcome = await api.execute(op)
@@ -119,7 +121,8 @@ class JobRoutes:
         if cursor is not None and not _CURSOR.fullmatch(cursor):
             raise bad_request("cursor must be the next_cursor of an earlier page")
         ledger = self.api.ctx.ledger
-        page = await self.api.read(ledger.list_jobs(account_id, status, limit, cursor))
+        async with self.api.bounded_read(account_id):
+            page = await self.api.read(ledger.list_jobs(account_id, status, limit, cursor))
         return web.json_response(
             {"jobs": [job.to_api() for job in page.items], "next_cursor": page.next_cursor}
         )

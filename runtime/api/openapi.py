@@ -14,13 +14,25 @@ from runtime.api.bodies import (
     CURSOR_PATTERN,
     DEFAULT_DEAD_LETTERS,
     DEFAULT_PAGE,
+    DEFAULT_STATEMENT_PAGE,
     IDEMPOTENCY_KEY_PATTERN,
     MAX_DEAD_LETTERS,
     MAX_PAGE,
+    MAX_STATEMENT_PAGE,
     REPLAYED_HEADER,
+    TIME_CURSOR_PATTERN,
 )
 from runtime.api.openapi_console import console_paths, console_schemas
-from runtime.api.schemas import component_schemas, errors, internal_error, json_content, ref
+from runtime.api.openapi_keys import key_paths
+from runtime.api.schemas import (
+    component_schemas,
+    error_response,
+    errors,
+    event_stream,
+    internal_error,
+    json_content,
+    ref,
+)
 from runtime.config import JoblineConfig
 from runtime.states import JobStatus
 
@@ -64,9 +76,27 @@ def _job_response(description: str) -> dict[str, Any]:
     )
 
 
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    param = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        param["description"] = description
+    return param
+
+
 def _paths(config: JoblineConfig) -> dict[str, Any]:
     vendors = sorted(config.vendors)
     text_plain = {"text/plain": {"schema": {"type": "string"}}}
+    granted = json_content(
+        ref("GrantResult"),
+        "The balance after the grant (for a replay: after the first request's grant)",
+        headers={
+            REPLAYED_HEADER: {
+                "description": "`true` when this grant_id was granted before: the answer is "
+                "the first one's, and nothing more was granted",
+                "schema": {"type": "string", "enum": ["true"]},
+            }
+        },
+    )
     submitted = _job_response("The job (queued), or the same job again for a replayed key")
     submitted["headers"][REPLAYED_HEADER] = {
         "description": "`true` when an earlier request with this Idempotency-Key made the job",
@@ -100,8 +130,17 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                 ],
                 "requestBody": _body(ref("Grant")),
                 "responses": {
-                    "200": json_content(ref("GrantResult"), "The balance after the grant"),
-                    **errors("400", "401", "404", "413", "415", admin=True),
+                    "200": granted,
+                    **errors(
+                        "400",
+                        "401",
+                        "404",
+                        "409",
+                        "413",
+                        "415",
+                        admin=True,
+                        e409="This grant_id was used for another amount (code grant_conflict)",
+                    ),
                 },
             }
         },
@@ -120,10 +159,37 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
             "get": {
                 "operationId": "getCreditEntries",
                 "summary": "The account's statement: grants, holds, captures, releases",
+                "description": (
+                    "A page at a time (keyset: every page costs the same). An account may "
+                    "have gateway.reads_in_flight_per_account statement and job-list reads "
+                    "running at once per gateway; more wait, and past four times as many "
+                    "the answer is 429 (code too_many_reads)."
+                ),
                 "security": _API_KEY,
+                "parameters": [
+                    _query(
+                        "limit",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_STATEMENT_PAGE,
+                            "default": DEFAULT_STATEMENT_PAGE,
+                        },
+                    ),
+                    _query(
+                        "cursor",
+                        {"type": "string", "pattern": CURSOR_PATTERN},
+                        "next_cursor of the previous page (asked with the same order)",
+                    ),
+                    _query(
+                        "order",
+                        {"type": "string", "enum": ["asc", "desc"], "default": "asc"},
+                        "asc: oldest first; desc: newest first",
+                    ),
+                ],
                 "responses": {
-                    "200": json_content(ref("Statement"), "Every credit entry, oldest first"),
-                    **errors("401"),
+                    "200": json_content(ref("Statement"), "One page of credit entries"),
+                    **errors("400", "401", "429"),
                 },
             }
         },
@@ -179,7 +245,7 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": json_content(ref("JobPage"), "One page of jobs"),
-                    **errors("400", "401"),
+                    **errors("400", "401", "429"),
                 },
             },
         },
@@ -216,10 +282,14 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                     },
                 ],
                 "responses": {
-                    "200": {
-                        "description": "An event stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    },
+                    "200": event_stream(
+                        "The job's status changes as server-sent events",
+                        (
+                            "status",
+                            ref("JobEvent"),
+                            "A status change; the terminal one carries the job and ends the stream",
+                        ),
+                    ),
                     "204": {"description": "The job has ended and every event was sent"},
                     **errors("401", "404"),
                 },
@@ -329,6 +399,11 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                         "required": False,
                         "schema": {"type": "boolean", "default": False},
                     },
+                    _query(
+                        "cursor",
+                        {"type": "string", "pattern": TIME_CURSOR_PATTERN},
+                        "next_cursor of the previous page",
+                    ),
                 ],
                 "responses": {
                     "200": json_content(ref("DeadLetterList"), "The dead letters"),
@@ -394,6 +469,20 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
     }
 
 
+def _with_shared_refusals(paths: dict[str, Any]) -> dict[str, Any]:
+    """Refusals every operation of a kind may give: 408 where a body is read (too slowly),
+    429 where an API key is looked up (too many unknown keys from one address)."""
+    for item in paths.values():
+        for operation in item.values():
+            responses = operation["responses"]
+            if "requestBody" in operation:
+                responses.setdefault("408", error_response("408"))
+            if operation.get("security") == _API_KEY:
+                responses.setdefault("429", error_response("429"))
+            operation["responses"] = dict(sorted(responses.items()))
+    return paths
+
+
 def openapi_document(config: JoblineConfig) -> dict[str, Any]:
     """The OpenAPI 3.1 description of every route ``runtime.api.build_app`` serves."""
     admin_env = config.gateway.admin_token_env
@@ -409,7 +498,7 @@ def openapi_document(config: JoblineConfig) -> dict[str, Any]:
         },
         "servers": [{"url": config.gateway.public_url}],
         "security": _API_KEY,
-        "paths": {**_paths(config), **console_paths(config)},
+        "paths": _with_shared_refusals({**_paths(config), **key_paths(), **console_paths(config)}),
         "components": {
             "schemas": {**component_schemas(config), **console_schemas(config)},
             "securitySchemes": {

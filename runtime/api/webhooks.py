@@ -15,7 +15,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from runtime.api.context import PROCESSOR_TIMEOUT, Api, log
-from runtime.api.errors import HttpRefusal, read_body
+from runtime.api.errors import HttpRefusal
 from runtime.errors import (
     WebhookKeysUnavailable,
     WebhookRejected,
@@ -52,7 +52,7 @@ class WebhookRoutes:
         parser = api.ctx.webhook_parsers.get(vendor)
         if parser is None:
             raise HttpRefusal(404, "unknown_vendor", f"no vendor named {vendor!r}")
-        body = await read_body(request)
+        body = await api.body(request)
         headers = {name.lower(): value for name, value in request.headers.items()}
         metrics = api.ctx.metrics
         try:

@@ -59,10 +59,14 @@ from runtime.errors import (
     VendorTaskFailed,
     VendorTimeout,
     VendorUnavailable,
+    WebhookRejected,
 )
 from runtime.policies import ErrorClass, classify_http_status
+from runtime.telemetry import get_logger
 from runtime.vendors.base import Download, Output, TaskState, TaskStatus
 from runtime.vendors.outputs import decode_data_uri
+
+log = get_logger("vendors")
 
 TRACE_HEADER = "X-Jobline-Trace-Id"
 JOB_ID_HEADER = "X-Jobline-Job-Id"
@@ -117,6 +121,26 @@ class ErrorStatus(Exception):
 
 class Malformed(Exception):
     """A 2xx answer that is not the JSON the shape promises."""
+
+
+# What reading a signed webhook body of an unexpected shape can raise: the vendor signed
+# it, but it is not what the vendor documents. Each becomes a 400 (``WebhookRejected``),
+# never a 500; a shape that fails inside a parser (not as ``Malformed``) is logged.
+WEBHOOK_BODY_ERRORS = (
+    ValueError,
+    Malformed,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RecursionError,
+)
+
+
+def unreadable_webhook(vendor: str, exc: BaseException) -> WebhookRejected:
+    if not isinstance(exc, ValueError | Malformed):
+        log.error("%s webhook parser failed on a signed body", vendor, exc_info=exc)
+    return WebhookRejected(f"{vendor}: unreadable webhook body: {type(exc).__name__}: {exc}")
 
 
 class TooLarge(Exception):

@@ -30,13 +30,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from runtime.config import VendorConfig
-from runtime.errors import ConfigError, WebhookRejected
+from runtime.errors import ConfigError
 from runtime.vendors.base import TaskState, TaskStatus, WebhookEvent
 from runtime.vendors.http import (
     ATTEMPT_HEADER,
     CANCEL_NOOP,
     JOB_ID_HEADER,
     MAX_OUTPUT_BYTES,
+    WEBHOOK_BODY_ERRORS,
     HttpClient,
     Malformed,
     Reply,
@@ -47,6 +48,7 @@ from runtime.vendors.http import (
     segments,
     string_field,
     task_path,
+    unreadable_webhook,
 )
 from runtime.vendors.outputs import find_outputs
 from runtime.webhooks import ID_HEADER, secret_key, verify
@@ -146,8 +148,8 @@ class ReplicateClient(HttpClient):
         try:
             data = json_object(json.loads(body))
             task_id, status = string_field(data, "id"), prediction_status(data)
-        except (ValueError, Malformed) as exc:
-            raise WebhookRejected(f"{self._name}: unreadable webhook body: {exc}") from None
+        except WEBHOOK_BODY_ERRORS as exc:
+            raise unreadable_webhook(self._name, exc) from None
         return WebhookEvent(self._name, webhook_id, task_id, status)
 
 

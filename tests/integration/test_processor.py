@@ -220,7 +220,7 @@ async def test_permanent_failure_fails_at_once_and_refunds(rig: Rig) -> None:
     assert {j.status for j in done} == {JobStatus.FAILED}
     assert all(j.attempts == 1 for j in done)
     assert (await rig.ledger.balance("acct")).available == 10_000
-    assert len(await rig.ledger.dead_letters()) == 3
+    assert len((await rig.ledger.dead_letters()).items) == 3
 
 
 @pytest.mark.profile({"run_time": {"kind": "uniform", "low": 0.05, "high": 0.15}})
