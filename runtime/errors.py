@@ -32,6 +32,8 @@ equal exception back; a test checks every class below).
         │   ├── VendorTimeout
         │   ├── VendorRateLimited    429, may carry retry_after
         │   ├── VendorUnavailable    5xx, connection refused or reset
+        │   ├── VendorSubmitInDoubt  a submit's answer was lost (timeout, 5xx, cut off):
+        │   │                        the vendor may have created the task
         │   └── VendorTaskFailed     the vendor ran the task and it failed transiently
         ├── VendorRefused            vendor-wide: this vendor serves nobody now (fail over,
         │   │                        open its circuit), though another vendor may
@@ -324,6 +326,13 @@ class VendorUnavailable(VendorTransientError):
 
 class VendorTaskFailed(VendorTransientError):
     pass
+
+
+class VendorSubmitInDoubt(VendorTransientError):
+    """A submit whose answer was lost after the vendor may have created the task: a
+    timeout, a 5xx (but a 503 with ``Retry-After``: the vendor refused the request), a
+    reset or cut-off answer, a 2xx that cannot be read. Not "nothing happened": the task
+    may run, billed, with no one knowing its id (DESIGN §3.2: the submit is *in doubt*)."""
 
 
 class VendorRefused(VendorError):

@@ -19,6 +19,7 @@ from runtime.models import (
     Job,
     JobHistoryEntry,
     LedgerOp,
+    Orphan,
     Outcome,
     Page,
 )
@@ -45,6 +46,8 @@ class LedgerPort(Protocol):
     async def jobs_for_vendor(self, vendor: str, statuses: Sequence[JobStatus]) -> list[Job]: ...
 
     async def submits_in_doubt(self, vendor: str, updated_after: float) -> list[Job]: ...
+
+    async def orphans(self, vendor: str, now: float) -> list[Orphan]: ...
 
     async def jobs_by_status(
         self, status: JobStatus, updated_before: float | None = None, limit: int = 1000
