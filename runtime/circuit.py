@@ -244,4 +244,3 @@ class CircuitBreaker:
             self._probes_out >= self.policy.half_open_probes
             and now - self._last_probe_at >= self.policy.cooldown
         )
-

@@ -43,7 +43,10 @@ DEFAULT_OUTPUT_HOSTS: dict[str, tuple[str, ...]] = {
     "replicate": ("replicate.delivery", "*.replicate.delivery", "api.replicate.com"),
 }
 DEFAULT_LISTING_WAIT = 60.0  # seconds; see VendorConfig.orphan_wait
-_OUTPUT_HOST = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|[0-9a-fA-F:.]+(/\d{1,3})?")
+_OUTPUT_HOST = re.compile(
+    r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?"  # a host name, or *. and a domain
+    r"|[0-9a-fA-F:.]+(/\d{1,3})?"  # an IP address or network
+)
 
 
 class _Section(BaseModel):

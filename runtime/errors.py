@@ -42,7 +42,8 @@ equal exception back; a test checks every class below).
         │   │                        (402; 403 saying locked / balance / billing)
         │   └── VendorModelGone      the model is not there (404 / 410 on submit)
         └── VendorPermanentError     permanent for the job: fail it, refund
-            └── VendorInputRejected  invalid input, content rejected
+            ├── VendorInputRejected  invalid input, content rejected
+            └── VendorOutputTooLarge an output past the caller's byte cap
 
 Three classes, three reactions (DESIGN §3.5): a transient error is retried here with
 backoff; a vendor-wide refusal is the vendor's, not the job's (the same job succeeds
@@ -362,3 +363,7 @@ class VendorPermanentError(VendorError):
 
 class VendorInputRejected(VendorPermanentError):
     pass
+
+
+class VendorOutputTooLarge(VendorPermanentError):
+    """An output (or an answer) larger than the caller's byte cap; nothing of it was kept."""

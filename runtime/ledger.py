@@ -668,9 +668,9 @@ class _Batch:
 
     def _op_record_orphan(self, op: RecordOrphan) -> tuple[bool, bool]:
         new = self.conn.execute(
-            "INSERT INTO orphans (job_id, attempt, vendor, until) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (op.job_id, op.attempt, op.vendor, op.until),
+            "INSERT INTO orphans (job_id, attempt, vendor, model, since, until) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (op.job_id, op.attempt, op.vendor, op.model, op.since, op.until),
         ).rowcount
         return bool(new), bool(new)
 

@@ -203,6 +203,8 @@ MIGRATIONS: list[list[str]] = [
             job_id TEXT NOT NULL REFERENCES jobs(id),
             attempt INTEGER NOT NULL,
             vendor TEXT NOT NULL,
+            model TEXT NOT NULL,  -- the vendor's name for the model
+            since REAL NOT NULL,  -- when the submit went out
             until REAL NOT NULL,
             ended_at REAL,
             task_id TEXT,

@@ -116,7 +116,6 @@ class Job:
             "updated_at": self.updated_at,
         }
 
-
     def outputs_to_api(self) -> list[JSON]:
         """``GET /v1/jobs/{id}``'s ``outputs``: each one's index, type, size, name, URL."""
         if self.status is not JobStatus.COMPLETED:
@@ -340,6 +339,8 @@ class RecordOrphan:
     job_id: str
     attempt: int
     vendor: str
+    model: str  # the vendor's name for the model
+    since: float  # when the submit went out
     until: float
 
 
@@ -359,6 +360,8 @@ class Orphan:
     job_id: str
     attempt: int
     vendor: str
+    model: str
+    since: float
     until: float
 
 

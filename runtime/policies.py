@@ -377,13 +377,13 @@ def after_failure(failure: Failure, policy: RetryPolicy, rng: random.Random) -> 
         # the route may serve the job at once.
         return Decision(Next.FAIL_OVER)
     retry_at: float | None = None
-    if not failure.circuit_open and not policy.exhausted(failure.vendor_attempts):
-        if failure.error_class is ErrorClass.TRANSIENT:
-            delay = policy.next_delay(failure.vendor_attempts, rng, failure.retry_after)
-            retry_at = failure.now + delay
-            long_wait = failure.retry_after is not None and failure.retry_after > policy.cap
-            if retry_at < failure.deadline and not (long_wait and failure.has_next_vendor):
-                return Decision(Next.RETRY, retry_at)
+    retry_here = failure.error_class is ErrorClass.TRANSIENT and not failure.circuit_open
+    if retry_here and not policy.exhausted(failure.vendor_attempts):
+        delay = policy.next_delay(failure.vendor_attempts, rng, failure.retry_after)
+        retry_at = failure.now + delay
+        long_wait = failure.retry_after is not None and failure.retry_after > policy.cap
+        if retry_at < failure.deadline and not (long_wait and failure.has_next_vendor):
+            return Decision(Next.RETRY, retry_at)
     if failure.has_next_vendor:
         return Decision(Next.FAIL_OVER)
     if failure.circuit_open and failure.probe_at is not None:

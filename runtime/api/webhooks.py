@@ -65,7 +65,7 @@ class WebhookRoutes:
             metrics.webhooks.labels(vendor, "rejected").inc()
             log.warning("webhook rejected (%s): %s", reason, exc, extra={"vendor": vendor})
             raise
-        event = _with_reference(event, request.query)
+        event = with_reference(event, request.query)
         outcome = await api.execute(RecordWebhook(vendor, event.webhook_id))
         if not outcome.unwrap():
             metrics.webhooks.labels(vendor, "duplicate").inc()
@@ -90,7 +90,7 @@ class WebhookRoutes:
             )
 
 
-def _with_reference(event: WebhookEvent, query: Mapping[str, str]) -> WebhookEvent:
+def with_reference(event: WebhookEvent, query: Mapping[str, str]) -> WebhookEvent:
     """The event with the job and attempt its URL names; a malformed hint is dropped."""
     job_id = query.get(JOB_PARAM)
     attempt = query.get(ATTEMPT_PARAM, "")

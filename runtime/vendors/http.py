@@ -22,7 +22,7 @@ translated by :func:`vendor_errors` (as httpx's ``map_httpcore_exceptions``)::
     404 / 410 on an output download                 -> VendorTaskFailed (the file is gone)
     any other 4xx                                   -> VendorPermanentError
     a 2xx body that is not the shape's JSON         -> VendorUnavailable
-    a body over its size cap                        -> VendorPermanentError
+    a body over its size cap                        -> VendorOutputTooLarge (permanent)
 
 ``Retry-After`` of any form (seconds, an HTTP date, garbage, ``inf``, ``nan``, negative,
 huge) becomes a number of seconds in ``[0, MAX_RETRY_AFTER]`` or None, and never raises
@@ -59,6 +59,7 @@ from runtime.errors import (
     VendorError,
     VendorInputRejected,
     VendorModelGone,
+    VendorOutputTooLarge,
     VendorPermanentError,
     VendorRateLimited,
     VendorSubmitInDoubt,
@@ -68,7 +69,7 @@ from runtime.errors import (
     VendorUnavailable,
 )
 from runtime.policies import ErrorClass, classify_http_status
-from runtime.vendors.base import Download, Output, TaskState, TaskStatus
+from runtime.vendors.base import Download, FoundTask, Output, TaskState, TaskStatus
 from runtime.vendors.outputs import decode_data_uri
 
 TRACE_HEADER = "X-Jobline-Trace-Id"
@@ -146,7 +147,7 @@ def vendor_errors(
     except Malformed as exc:
         raise _lost(op, VendorUnavailable(vendor, f"{op}: unexpected answer: {exc}")) from None
     except TooLarge as exc:
-        raise VendorPermanentError(vendor, f"{op}: answer larger than {exc.limit} bytes") from None
+        raise VendorOutputTooLarge(vendor, f"{op}: answer larger than {exc.limit} bytes") from None
     except TimeoutError as exc:  # asyncio.TimeoutError and aiohttp.ServerTimeoutError
         raise _lost(op, VendorTimeout(vendor, f"{op}: no answer within {timeout:g}s")) from exc
     except aiohttp.InvalidURL as exc:
@@ -328,6 +329,16 @@ class HttpClient:
     def name(self) -> str:
         return self._name
 
+    @property
+    def can_find_tasks(self) -> bool:
+        return False
+
+    async def find_task(
+        self, model: str, *, job_id: str, attempt: int, created_after: float, trace_id: str
+    ) -> FoundTask | None:
+        """See ``VendorClient.find_task``: this shape lists no tasks."""
+        raise VendorPermanentError(self._name, "this vendor lists no tasks to find one by")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._name!r}, {self.config.base_url!r})"
 
@@ -346,7 +357,7 @@ class HttpClient:
         if output.kind != "url":
             content_type, data = self._inline(output)
             if max_bytes is not None and len(data) > max_bytes:
-                raise VendorPermanentError(self._name, f"output larger than {max_bytes} bytes")
+                raise VendorOutputTooLarge(self._name, f"output larger than {max_bytes} bytes")
             yield Download(content_type, len(data), _once(data))
             return
         seconds = self.config.poll_timeout

@@ -8,18 +8,20 @@ import inspect
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from aiohttp import web
 
 from actors.processor import VendorProcessor
 from actors.sweeper import Sweeper
 from actors.wiring import SWEEPER, Ports, Wiring, build_role, processor_role
 from loadtests.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
+from runtime.api.webhooks import with_reference
 from runtime.config import JoblineConfig, load_config
-from runtime.errors import LedgerUnavailable
+from runtime.errors import LedgerUnavailable, WebhookRejected
 from runtime.invariants import check_invariants
 from runtime.ledger import Ledger, new_job_id
 from runtime.models import (
@@ -57,6 +59,7 @@ class Rig:
     fakes: FakeVendorSet
     processors: dict[str, VendorProcessor]
     results: LocalResultStore
+    relayed: list[WebhookEvent] = field(default_factory=list)
 
     def processor(self, vendor: str) -> ProcessorPort:
         return self.processors[vendor]
@@ -120,6 +123,42 @@ class Rig:
             await asyncio.sleep(0.05)
 
 
+async def relay_webhooks(rig: Rig) -> web.AppRunner:
+    """The gateway's webhook route in miniature, at the config's ``public_url``: each
+    webhook verified in its vendor's scheme, its URL's job and attempt attached, and
+    forwarded to the vendor's processor (``runtime.api.webhooks``)."""
+    clients = {
+        name: make_client(v, *vendor_credentials(v)) for name, v in rig.config.vendors.items()
+    }
+
+    async def receive(request: web.Request) -> web.Response:
+        vendor = request.match_info["vendor"]
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            event = await clients[vendor].parse_webhook(
+                headers, await request.read(), time.time(), 300
+            )
+        except WebhookRejected:
+            return web.Response(status=401)
+        event = with_reference(event, request.query)
+        rig.relayed.append(event)
+        await rig.processors[vendor].on_webhooks([event])
+        return web.json_response({"status": "accepted"})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/webhooks/{vendor}", receive)
+
+    async def close_clients(_: web.Application) -> None:
+        for client in clients.values():
+            await client.close()
+
+    app.on_cleanup.append(close_clients)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", rig.config.gateway.port).start()
+    return runner
+
+
 @pytest.fixture
 async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     marker = request.node.get_closest_marker("profile")
@@ -140,7 +179,9 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
     for vendor in config.vendors:
         rig.processors[vendor] = rig.make_processor(vendor)
         await rig.processors[vendor].start()
+    relay = await relay_webhooks(rig)
     yield rig
+    await relay.cleanup()
     for processor in rig.processors.values():
         await processor.stop()
     await ledger.close()
@@ -200,7 +241,7 @@ async def test_a_retry_after_a_failed_vendor_task_counts_the_task_failure(rig: R
 
 
 @pytest.mark.profile({"never_finish": 1.0})
-@pytest.mark.overrides({"vendors.replicate": {"stuck_after": 0.5, "poll_interval": 0.1}})
+@pytest.mark.overrides({"models.video-short": {"max_run_time": 0.5}})
 async def test_a_retry_after_giving_up_on_a_task_counts_a_timeout(rig: Rig) -> None:
     replicate = rig.processors["replicate"]
     [job] = await rig.open("video-short")
@@ -299,7 +340,7 @@ async def _until(check: Callable[[], bool | Awaitable[bool]], timeout: float = 1
 
 
 @pytest.mark.profile({"never_finish": 1.0, "cancel": {"server_error": 1.0}})
-@pytest.mark.overrides({"vendors.fal": {"stuck_after": 0.5, "poll_interval": 0.1}})
+@pytest.mark.overrides({"models.flux-schnell": {"max_run_time": 0.5}})
 async def test_a_task_given_up_keeps_its_slot_until_the_vendor_confirms_the_cancel(
     rig: Rig,
 ) -> None:
@@ -402,28 +443,58 @@ async def _value(result: bool | Awaitable[bool]) -> bool:
     return await result if inspect.isawaitable(result) else result
 
 
-@pytest.mark.profile({"never_finish": 1.0})
-@pytest.mark.overrides(
-    {"vendors.replicate": {"concurrency": 1, "max_task_time": 1.5, "submit_timeout": 1.0}}
-)
-async def test_a_task_whose_id_was_never_recorded_keeps_a_slot_until_the_vendor_ends_it(
+@pytest.mark.profile({"run_time": {"kind": "fixed", "seconds": 1.0}})
+@pytest.mark.overrides({"vendors.replicate": {"concurrency": 1}})
+async def test_a_restarted_processor_adopts_the_task_its_stopped_submit_created(
     rig: Rig,
 ) -> None:
     # Found by the chaos suite (cancel-under-kills): a processor killed between submit and
     # MarkProcessing left a vendor task nobody knew of; the restarted processor started a
-    # new attempt next to it, over the vendor's limit, and the task ran forever.
+    # new attempt next to it, over the vendor's limit. replicate lists its predictions:
+    # the restarted processor finds the task by its webhook URL and follows it.
     replicate = rig.fakes["replicate"]
     job = await _lose_a_submit(rig, "replicate", "video-short")
-    stats = await rig.processors["replicate"].stats()
-    assert (stats["unrecorded"], stats["inflight"]) == (1, 1)
+    [done] = await rig.wait([job])
+    assert (done.status, done.attempts) == (JobStatus.COMPLETED, 1)
+    snapshot = replicate.snapshot()
+    assert snapshot["tasks"]["created"] == 1 and snapshot["tasks"]["max_in_flight"] == 1
+    [task] = snapshot["task_info"].values()
+    assert task["delivered"] and done.vendor_task_id == snapshot["task_ids"][0]
+    assert (await rig.processors["replicate"].stats())["in_doubt"]["adopted"] == 1
+    await _until(lambda: _no_slot_taken(rig, "replicate"))
+
+
+@pytest.mark.profile({"never_finish": 1.0, "webhooks": {"lost": 1.0}, "max_task_time": 1.5})
+@pytest.mark.overrides(
+    {
+        "vendors.fal": {
+            "concurrency": 1,
+            "max_task_time": 1.5,
+            "orphan_wait": 0.3,
+            "submit_timeout": 1.0,
+        }
+    }
+)
+async def test_a_task_that_never_shows_itself_keeps_a_slot_until_the_vendor_ends_it(
+    rig: Rig,
+) -> None:
+    # fal lists nothing and this task's webhook is lost: after orphan_wait the job moves on,
+    # and the orphan keeps a slot until the vendor must have ended it (max_task_time), so
+    # the new attempt (concurrency 1) waits for it: never two tasks in flight.
+    fal = rig.fakes["fal"]
+    job = await _lose_a_submit(rig, "fal", "flux-schnell")
+    fal.update_profile({"webhooks": {"lost": 0.0}})
+    stats = await rig.processors["fal"].stats()
+    assert stats["inflight"] == 1
     [done] = await rig.wait([job])
     assert (done.status, done.attempts) == (JobStatus.COMPLETED, 2)
-    snapshot = replicate.snapshot()
+    snapshot = fal.snapshot()
     first = next(t for t in snapshot["task_info"].values() if t["attempt"] == "1")
-    assert first["status"] == "canceled"  # by Cancel-After: replicate ended it itself
+    assert first["status"] == "failed"  # the vendor ended it at its own limit
     assert snapshot["tasks"]["max_in_flight"] == 1
     assert snapshot["duplicate_attempts"] == []
-    await _until(lambda: _no_slot_taken(rig, "replicate"))
+    assert (await rig.processors["fal"].stats())["in_doubt"]["orphaned"] == 1
+    await _until(lambda: _no_slot_taken(rig, "fal"))
 
 
 @pytest.mark.profile({"never_finish": 1.0})

@@ -106,7 +106,9 @@ def test_a_vendor_wide_refusal_is_never_retried_on_the_same_vendor() -> None:
     """Even with attempts left and the circuit (somehow) closed, a refusal is not a
     backoff: the account stays locked for hours."""
     for next_vendor in (True, False):
-        decision = after_failure(facts(V, None, 1, False, next_vendor, 600), POLICY, random.Random(1))
+        decision = after_failure(
+            facts(V, None, 1, False, next_vendor, 600), POLICY, random.Random(1)
+        )
         assert decision.next is not Next.RETRY
 
 
