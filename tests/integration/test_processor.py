@@ -1,191 +1,28 @@
-"""VendorProcessor in one process: a real ledger file, real fake vendors on loopback,
-the real vendor adapters and result store, no Ray, no gateway."""
+"""VendorProcessor in one process (``tests.integration.processor_rig``): a real ledger
+file, real fake vendors on loopback, the real vendor adapters and result store, no Ray."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from aiohttp import web
 
 from actors.processor import VendorProcessor
 from actors.sweeper import Sweeper
-from actors.wiring import SWEEPER, Ports, Wiring, build_role, processor_role
-from loadtests.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
-from runtime.api.webhooks import with_reference
-from runtime.config import JoblineConfig, load_config
-from runtime.errors import LedgerUnavailable, WebhookRejected
-from runtime.invariants import check_invariants
+from actors.wiring import SWEEPER
+from runtime.errors import LedgerUnavailable
 from runtime.ledger import Ledger, new_job_id
-from runtime.models import (
-    Cancel,
-    CreateAccount,
-    Grant,
-    Job,
-    LedgerOp,
-    MarkProcessing,
-    OpenJob,
-    Outcome,
-)
-from runtime.ports import LedgerPort, ProcessorPort
-from runtime.results import LocalResultStore, result_key_for
+from runtime.models import Cancel, Job, LedgerOp, MarkProcessing, OpenJob, Outcome
+from runtime.results import result_key_for
 from runtime.states import JobStatus
-from runtime.vendors import TaskState, TaskStatus, WebhookEvent, make_client
+from runtime.vendors import TaskState, TaskStatus, WebhookEvent
+from tests.integration.processor_rig import IDS, Rig, no_slot_taken, until
 from tests.ledger_ops import apply_op
 from vendors_fake.png import expected_png
-from vendors_fake.profile import merge_profile, preset
-from vendors_fake.runner import FakeVendorSet, start_fake_vendors, vendor_credentials
-
-IDS = random.Random(5)
-FAST = {
-    "retry": {"base": 0.02, "cap": 0.2},
-    "circuit": {"cooldown": 1.0},
-    "vendors.fal": {"poll_interval": 0.1},
-    "vendors.replicate": {"poll_interval": 0.1},
-}
-
-
-@dataclass
-class Rig:
-    config: JoblineConfig
-    ledger: Ledger
-    fakes: FakeVendorSet
-    processors: dict[str, VendorProcessor]
-    results: LocalResultStore
-    relayed: list[WebhookEvent] = field(default_factory=list)
-
-    def processor(self, vendor: str) -> ProcessorPort:
-        return self.processors[vendor]
-
-    def vendors(self) -> list[str]:
-        return list(self.processors)
-
-    def build(self, role: str, seed: int = 0, ledger: LedgerPort | None = None) -> Any:
-        """The role as the wiring builds it, on this rig's ledger, fakes and store."""
-        wiring = Wiring(
-            seed=seed,
-            vendor_clients=lambda v: make_client(v, *vendor_credentials(v)),
-            result_stores=lambda _: self.results,
-        )
-        ports = Ports(
-            ledger=lambda: ledger or cast(LedgerPort, self.ledger),
-            processor=self.processor,
-            metric_sources=list,
-            vendors=self.vendors(),
-        )
-        return build_role(role, self.config, wiring, ports)
-
-    def make_processor(
-        self, vendor: str, seed: int = 0, ledger: LedgerPort | None = None
-    ) -> VendorProcessor:
-        processor: VendorProcessor = self.build(processor_role(vendor), seed, ledger)
-        return processor
-
-    async def open(self, model: str, n: int = 1, **input: Any) -> list[Job]:
-        jobs = []
-        for i in range(n):
-            route = self.config.models[model].route
-            job = await apply_op(
-                self.ledger,
-                OpenJob(
-                    new_job_id(time.time(), IDS),
-                    "acct",
-                    model,
-                    {"prompt": f"p{i}", **input},
-                    self.config.models[model].price,
-                    f"trace{i:028d}",
-                    route[0].vendor,
-                    time.time() + 60,
-                ),
-            )
-            jobs.append(job)
-        return jobs
-
-    async def dispatch(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            await self.processors[job.vendor].dispatch([job])
-
-    async def wait(self, jobs: list[Job], timeout: float = 30) -> list[Job]:
-        deadline = time.monotonic() + timeout
-        while True:
-            now = await self.ledger.get_jobs([j.id for j in jobs])
-            if all(j is not None and j.terminal for j in now):
-                assert check_invariants(self.ledger.path) == []
-                return [j for j in now if j is not None]
-            assert time.monotonic() < deadline, [j and (j.id, j.status) for j in now]
-            await asyncio.sleep(0.05)
-
-
-async def relay_webhooks(rig: Rig) -> web.AppRunner:
-    """The gateway's webhook route in miniature, at the config's ``public_url``: each
-    webhook verified in its vendor's scheme, its URL's job and attempt attached, and
-    forwarded to the vendor's processor (``runtime.api.webhooks``)."""
-    clients = {
-        name: make_client(v, *vendor_credentials(v)) for name, v in rig.config.vendors.items()
-    }
-
-    async def receive(request: web.Request) -> web.Response:
-        vendor = request.match_info["vendor"]
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        try:
-            event = await clients[vendor].parse_webhook(
-                headers, await request.read(), time.time(), 300
-            )
-        except WebhookRejected:
-            return web.Response(status=401)
-        event = with_reference(event, request.query)
-        rig.relayed.append(event)
-        await rig.processors[vendor].on_webhooks([event])
-        return web.json_response({"status": "accepted"})
-
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/webhooks/{vendor}", receive)
-
-    async def close_clients(_: web.Application) -> None:
-        for client in clients.values():
-            await client.close()
-
-    app.on_cleanup.append(close_clients)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", rig.config.gateway.port).start()
-    return runner
-
-
-@pytest.fixture
-async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
-    marker = request.node.get_closest_marker("profile")
-    profile = merge_profile(preset("calm"), marker.args[0] if marker else {})
-    overrides = request.node.get_closest_marker("overrides")
-    base = load_config(ROOT_CONFIG)
-    ensure_dev_secrets(base)
-    fakes = await start_fake_vendors(
-        base, profile.model_copy(update={"concurrency_limit": 10_000}), ports="free"
-    )
-    config = local_config(
-        base, tmp_path, fakes.urls, overrides={**FAST, **(overrides.args[0] if overrides else {})}
-    )
-    ledger = await Ledger.open(tmp_path / "ledger.db")
-    await apply_op(ledger, CreateAccount("acct", "hash"))
-    await apply_op(ledger, Grant("acct", 10_000, "g"))
-    rig = Rig(config, ledger, fakes, {}, LocalResultStore(tmp_path / "results"))
-    for vendor in config.vendors:
-        rig.processors[vendor] = rig.make_processor(vendor)
-        await rig.processors[vendor].start()
-    relay = await relay_webhooks(rig)
-    yield rig
-    await relay.cleanup()
-    for processor in rig.processors.values():
-        await processor.stop()
-    await ledger.close()
-    await fakes.stop()
 
 
 async def test_a_job_goes_from_queue_to_stored_result(rig: Rig) -> None:
@@ -233,7 +70,7 @@ async def test_a_retry_after_a_failed_vendor_task_counts_the_task_failure(rig: R
     replicate = rig.processors["replicate"]
     [job] = await rig.open("video-short")
     await rig.dispatch([job])
-    await _until(lambda: retries_by_reason(replicate).get("VendorTaskFailed", 0) >= 1)
+    await until(lambda: retries_by_reason(replicate).get("VendorTaskFailed", 0) >= 1)
     rig.fakes["replicate"].update_profile({"failure": 0.0})  # the next attempt succeeds
     [done] = await rig.wait([job])
     assert done.status is JobStatus.COMPLETED and done.attempts >= 2
@@ -246,7 +83,7 @@ async def test_a_retry_after_giving_up_on_a_task_counts_a_timeout(rig: Rig) -> N
     replicate = rig.processors["replicate"]
     [job] = await rig.open("video-short")
     await rig.dispatch([job])
-    await _until(lambda: retries_by_reason(replicate).get("VendorTimeout", 0) >= 1)
+    await until(lambda: retries_by_reason(replicate).get("VendorTimeout", 0) >= 1)
     rig.fakes["replicate"].update_profile({"never_finish": 0.0})
     [done] = await rig.wait([job])
     assert done.status is JobStatus.COMPLETED
@@ -331,14 +168,6 @@ async def test_a_queued_job_past_its_deadline_fails_and_refunds(rig: Rig) -> Non
     assert "deadline" in (done.error or "")
 
 
-async def _until(check: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0) -> None:
-    """Until ``check()`` (a plain or an async predicate) holds."""
-    deadline = time.monotonic() + timeout
-    while not await _value(check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.profile({"never_finish": 1.0, "cancel": {"server_error": 1.0}})
 @pytest.mark.overrides({"models.flux-schnell": {"max_run_time": 0.5}})
 async def test_a_task_given_up_keeps_its_slot_until_the_vendor_confirms_the_cancel(
@@ -353,7 +182,7 @@ async def test_a_task_given_up_keeps_its_slot_until_the_vendor_confirms_the_canc
     async def cancel_refused() -> bool:
         return fal.snapshot()["faults"].get("server_error", 0) >= 2
 
-    await _until(cancel_refused)
+    await until(cancel_refused)
     assert (await rig.processors["fal"].stats())["inflight"] == 1
     assert fal.snapshot()["tasks"]["created"] == 1  # no retry while the task may still run
 
@@ -362,7 +191,7 @@ async def test_a_task_given_up_keeps_its_slot_until_the_vendor_confirms_the_canc
     async def retried_elsewhere() -> bool:
         return fal.snapshot()["tasks"]["created"] >= 2
 
-    await _until(retried_elsewhere)
+    await until(retried_elsewhere)
     tasks = fal.snapshot()["task_info"]
     first = next(t for t in tasks.values() if t["attempt"] == "1")
     assert first["status"] == "canceled"
@@ -391,14 +220,10 @@ async def test_a_cancel_reaching_a_restarted_processor_still_cancels_the_vendor_
     async def vendor_task_canceled() -> bool:
         return bool(fal.snapshot()["tasks"]["canceled"] == 1)
 
-    await _until(vendor_task_canceled)
-    await _until(lambda: _no_slot_taken(rig))
+    await until(vendor_task_canceled)
+    await until(lambda: no_slot_taken(rig))
     assert fal.snapshot()["tasks"]["in_flight"] == 0
     assert (await rig.ledger.balance("acct")).available == 10_000
-
-
-async def _no_slot_taken(rig: Rig, vendor: str = "fal") -> bool:
-    return bool((await rig.processors[vendor].stats())["inflight"] == 0)
 
 
 class _DiesBeforeMarking:
@@ -430,17 +255,13 @@ async def _lose_a_submit(rig: Rig, vendor: str, model: str) -> Job:
     await dying.start()
     await dying.dispatch([job])
     fake = rig.fakes[vendor]
-    await _until(lambda: fake.snapshot()["tasks"]["created"] == 1)
+    await until(lambda: fake.snapshot()["tasks"]["created"] == 1)
     await dying.stop()
     assert (await rig.ledger.get_job(job.id)).status is JobStatus.QUEUED
     fake.update_profile({"never_finish": 0.0})  # the retry finishes
     rig.processors[vendor] = rig.make_processor(vendor, seed=1)
     await rig.processors[vendor].start()
     return job
-
-
-async def _value(result: bool | Awaitable[bool]) -> bool:
-    return await result if inspect.isawaitable(result) else result
 
 
 @pytest.mark.profile({"run_time": {"kind": "fixed", "seconds": 1.0}})
@@ -461,7 +282,7 @@ async def test_a_restarted_processor_adopts_the_task_its_stopped_submit_created(
     [task] = snapshot["task_info"].values()
     assert task["delivered"] and done.vendor_task_id == snapshot["task_ids"][0]
     assert (await rig.processors["replicate"].stats())["in_doubt"]["adopted"] == 1
-    await _until(lambda: _no_slot_taken(rig, "replicate"))
+    await until(lambda: no_slot_taken(rig, "replicate"))
 
 
 @pytest.mark.profile({"never_finish": 1.0, "webhooks": {"lost": 1.0}, "max_task_time": 1.5})
@@ -494,7 +315,7 @@ async def test_a_task_that_never_shows_itself_keeps_a_slot_until_the_vendor_ends
     assert snapshot["tasks"]["max_in_flight"] == 1
     assert snapshot["duplicate_attempts"] == []
     assert (await rig.processors["fal"].stats())["in_doubt"]["orphaned"] == 1
-    await _until(lambda: _no_slot_taken(rig, "fal"))
+    await until(lambda: no_slot_taken(rig, "fal"))
 
 
 @pytest.mark.profile({"never_finish": 1.0})
@@ -523,8 +344,8 @@ async def test_an_attempt_that_cannot_record_its_task_cancels_it(rig: Rig) -> No
     rig.processors["fal"] = rig.make_processor("fal", ledger=_DiesBeforeMarking(rig.ledger, True))  # type: ignore[arg-type]
     await rig.processors["fal"].start()
     await rig.dispatch([job])
-    await _until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
-    await _until(lambda: _no_slot_taken(rig))
+    await until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
+    await until(lambda: no_slot_taken(rig))
     assert fal.snapshot()["tasks"]["in_flight"] == 0
 
 
@@ -563,6 +384,6 @@ async def test_an_expired_job_whose_cancel_failed_has_its_task_canceled_later(
     assert fal.snapshot()["tasks"]["in_flight"] == 1  # the sweeper's cancel was refused
     assert (await rig.processors["fal"].stats())["inflight"] == 1  # its slot is held
     fal.update_profile({"cancel": {"server_error": 0.0}})
-    await _until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
-    await _until(lambda: _no_slot_taken(rig))
+    await until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
+    await until(lambda: no_slot_taken(rig))
     await sweeper.stop()

@@ -18,7 +18,7 @@ from aiohttp import web
 from actors.sweeper import Sweeper
 from actors.wiring import SWEEPER
 from runtime.states import JobStatus
-from tests.integration.test_processor import Rig, _until, rig  # noqa: F401  (the fixture)
+from tests.integration.processor_rig import Rig, until
 from vendors_fake.outputs import expected_file
 from vendors_fake.png import expected_png
 
@@ -87,7 +87,7 @@ async def test_1_replicate_is_told_the_models_bound_as_cancel_after(rig: Rig) ->
     [job] = await rig.open("video-short")
     await rig.dispatch([job])
     fake = rig.fakes["replicate"]
-    await _until(lambda: len(fake.tasks) == 1)
+    await until(lambda: len(fake.tasks) == 1)
     [task] = fake.tasks.values()
     left = task.deadline_timer.when() - asyncio.get_running_loop().time()
     assert 1790 < left <= 1800  # video-short: 900 s queue + 900 s run
@@ -140,7 +140,7 @@ async def test_2_a_refusal_of_the_only_vendor_is_waited_out_until_the_account_is
     replicate = rig.fakes["replicate"]
     [job] = await rig.open("video-short")
     await rig.dispatch([job])
-    await _until(lambda: replicate.snapshot()["faults"].get("refused_402", 0) >= 1)
+    await until(lambda: replicate.snapshot()["faults"].get("refused_402", 0) >= 1)
     assert (await rig.processors["replicate"].stats())["circuit"] == "open"
     replicate.update_profile({"refusal": None})  # billing set up again
     [done] = await rig.wait([job])
@@ -196,7 +196,7 @@ async def test_4_two_lost_submits_at_a_limit_of_two_are_adopted(
     fake.update_profile({"lost_answers": lost, "concurrency_limit": 2})  # the fake enforces 2
     jobs = await rig.open(model, 2)
     await rig.dispatch(jobs)
-    await _until(lambda: fake.snapshot()["tasks"]["created"] >= 2)
+    await until(lambda: fake.snapshot()["tasks"]["created"] >= 2)
     fake.update_profile({"lost_answers": {"hang": 0.0, "server_error": 0.0, "cut_off": 0.0}})
     done = await rig.wait(jobs, timeout=40)
     assert [(j.status, j.attempts) for j in done] == [(JobStatus.COMPLETED, 1)] * 2
@@ -382,7 +382,7 @@ async def test_6_a_signed_webhook_naming_a_loopback_url_has_its_output_refused(
     replicate = rig.fakes["replicate"]
     jobs = await rig.open("sdxl") + await rig.open("video-short")
     await rig.dispatch(jobs)
-    await _until(lambda: len(replicate.tasks) == 2)
+    await until(lambda: len(replicate.tasks) == 2)
     rig.fakes["fal"].update_profile({"never_finish": 0.0})  # where sdxl fails over to
     await asyncio.sleep(0.3)  # both processing
     for task in list(replicate.tasks.values()):
@@ -391,9 +391,11 @@ async def test_6_a_signed_webhook_naming_a_loopback_url_has_its_output_refused(
         body = json.dumps(prediction).encode()
         signed, _ = replicate.signed_webhook(task, body=body, msg_id=f"msg_{task.id}")
         headers = {**signed, "Content-Type": "application/json"}
-        async with aiohttp.ClientSession() as http:
-            async with http.post(str(task.webhook_url), data=body, headers=headers) as answer:
-                assert answer.status == 200
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(str(task.webhook_url), data=body, headers=headers) as answer,
+        ):
+            assert answer.status == 200
     sdxl, video = await rig.wait(jobs)
     assert hits == []
     assert (sdxl.status, sdxl.vendor) == (JobStatus.COMPLETED, "fal")
@@ -412,7 +414,7 @@ async def test_7_retry_after_inf_spends_the_retry_budget_instead_of_crashing(rig
     replicate = rig.fakes["replicate"]
     [job] = await rig.open("video-short")
     await rig.dispatch([job])
-    await _until(lambda: replicate.snapshot()["faults"].get("rate_limited", 0) >= 2)
+    await until(lambda: replicate.snapshot()["faults"].get("rate_limited", 0) >= 2)
     replicate.update_profile({"submit": {"rate_limited": 0.0}})
     [done] = await rig.wait([job])
     assert done.status is JobStatus.COMPLETED and done.attempts >= 3
@@ -434,7 +436,7 @@ async def test_8_a_locked_ledger_delays_completion_only_until_it_is_free(rig: Ri
         now = await rig.ledger.get_jobs([j.id for j in jobs])
         return all(j is not None and j.status is JobStatus.PROCESSING for j in now)
 
-    await _until(processing)
+    await until(processing)
     locker = sqlite3.connect(rig.ledger.path, isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")  # a real write lock on the file
     locked_until = time.monotonic() + 7.0
