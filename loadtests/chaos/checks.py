@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 from loadtests.chaos.load import TERMINAL, Load
+from loadtests.chaos.report import PaidWork
 from runtime.config import JoblineConfig
 from runtime.invariants import check_invariants
 from runtime.models import Violation
@@ -305,3 +306,32 @@ def backoff_honoured(
         text = detail or ""
         if status == "queued" and "HTTP 429" in text and "failover" not in text:
             pending[job] = at
+
+
+def paid_work(
+    config: JoblineConfig,
+    fake_stats: dict[str, dict[str, Any]],
+    processors: dict[str, dict[str, Any]] | None,
+) -> list[PaidWork]:
+    """Each vendor's billed and delivered work (the fake's counts) and the waste jobline
+    counted itself (``jobline_vendor_wasted_tasks_total``, via the processors' stats)."""
+    db = config.storage.database
+    waste = wasted_work(fake_stats, read_jobs(db), job_ends(read_history(db)))
+    work = []
+    for vendor, counted in waste.items():
+        stats = (processors or {}).get(vendor, {})
+        own, in_doubt = stats.get("wasted"), stats.get("in_doubt")
+        tasks = fake_stats[vendor].get("task_info", {}).values()
+        work.append(
+            PaidWork(
+                vendor,
+                counted.billable,
+                counted.delivered,
+                counted.wasted,
+                counted.late_orphans,
+                sum(own.values()) if isinstance(own, dict) else None,
+                sum(1 for task in tasks if task.get("answer_lost")),
+                in_doubt.get("adopted") if isinstance(in_doubt, dict) else None,
+            )
+        )
+    return work

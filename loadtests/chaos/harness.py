@@ -34,21 +34,14 @@ import aiohttp
 from loadtests.chaos.broken import broken_build
 from loadtests.chaos.checks import (
     full_check,
-    job_ends,
     open_jobs,
+    paid_work,
     read_entries,
     read_history,
     read_jobs,
-    wasted_work,
 )
 from loadtests.chaos.load import Load
-from loadtests.chaos.report import (
-    PaidWork,
-    ScenarioReport,
-    VendorLoad,
-    render_summary,
-    to_json,
-)
+from loadtests.chaos.report import ScenarioReport, VendorLoad, render_summary, to_json
 from loadtests.chaos.scenarios import FAST, QUICK, SCENARIOS, ChaosContext, Scenario
 from loadtests.chaos.stage import ChildRuntime, SharedRay, Stage
 from loadtests.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
@@ -272,35 +265,6 @@ def _count(
         )
         for name, stats in fake_stats.items()
     ]
-
-
-def paid_work(
-    config: JoblineConfig,
-    fake_stats: dict[str, dict[str, Any]],
-    processors: dict[str, dict[str, Any]] | None,
-) -> list[PaidWork]:
-    """Each vendor's billed and delivered work (the fake's counts) and the waste jobline
-    counted itself (``jobline_vendor_wasted_tasks_total``, via the processors' stats)."""
-    db = config.storage.database
-    waste = wasted_work(fake_stats, read_jobs(db), job_ends(read_history(db)))
-    work = []
-    for vendor, counted in waste.items():
-        stats = (processors or {}).get(vendor, {})
-        own, in_doubt = stats.get("wasted"), stats.get("in_doubt")
-        tasks = fake_stats[vendor].get("task_info", {}).values()
-        work.append(
-            PaidWork(
-                vendor,
-                counted.billable,
-                counted.delivered,
-                counted.wasted,
-                counted.late_orphans,
-                sum(own.values()) if isinstance(own, dict) else None,
-                sum(1 for task in tasks if task.get("answer_lost")),
-                in_doubt.get("adopted") if isinstance(in_doubt, dict) else None,
-            )
-        )
-    return work
 
 
 # --- a whole suite --------------------------------------------------------------------------
