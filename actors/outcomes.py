@@ -104,6 +104,8 @@ class Outcomes:
         self.wasted: Counter[str] = Counter()
         for reason in WASTE_REASONS:  # exported at 0 from the start
             metrics.vendor_wasted_tasks.labels(vendor.name, reason)
+        for refusal in (*REFUSAL_REASONS.values(), "model_gone"):
+            metrics.vendor_refusals.labels(vendor.name, refusal)
 
     async def finish(self, held: HeldJob, attempt: int, status: TaskStatus | None) -> None:
         """The vendor task ended (None: we gave up on it): complete, retry or fail."""

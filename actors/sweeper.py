@@ -11,7 +11,8 @@ Every ``sweeper.interval`` seconds:
 - ``processing`` jobs unchanged for their vendor's ``stuck_after`` are handed back to
   their processor, which takes the ones it does not follow (its attempt crashed, it
   restarted) and polls them: nothing is asked of the vendor for a task within its
-  model's bounds;
+  model's bounds, unless the processor cannot be reached (then the vendor is asked, as
+  below);
 - ``processing`` jobs past their model's bounds (``max_queue_time + max_run_time``: the
   processor would have given them up by then) are checked at the vendor: a task that
   succeeded has every output stored and its job completed here (a zombie: the vendor
@@ -182,26 +183,38 @@ class Sweeper:
 
     async def _check_stuck(self, now: float, report: SweepReport) -> None:
         jobs = await self._ledger.jobs_by_status(JobStatus.PROCESSING)
-        hand_back: list[Job] = []
-        for job in jobs:
-            quiet_for = now - job.updated_at
-            if not job.vendor_task_id or quiet_for < self.config.vendors[job.vendor].stuck_after:
-                continue
-            past_bounds = quiet_for >= self.config.models[job.model].task_bound
-            if past_bounds and await self._settle_if_succeeded(job):
-                report.zombies_completed += 1
-                self.metrics.sweeper_recoveries.labels("zombie_completed").inc()
-            else:
-                hand_back.append(job)
-        for vendor, batch in _by_vendor(hand_back).items():
+        quiet = [
+            job
+            for job in jobs
+            if job.vendor_task_id
+            and now - job.updated_at >= self.config.vendors[job.vendor].stuck_after
+        ]
+        for vendor, batch in _by_vendor(quiet).items():
+            past = {j.id for j in batch if now - j.updated_at >= self._bound(j)}
+            hand_back = [j for j in batch if j.id not in past or not await self._zombie(j, report)]
             try:
-                taken = await self._router.processor(vendor).adopt(batch)
-            except Exception as exc:
+                taken = await self._router.processor(vendor).adopt(hand_back)
+            except Exception as exc:  # nobody follows them now: ask the vendor instead
                 report.errors.append(f"{vendor}: {exc}")
+                for job in hand_back:
+                    if job.id not in past:
+                        await self._zombie(job, report)
                 continue
             report.handed_back += taken
             if taken:
                 self.metrics.sweeper_recoveries.labels("handed_back").inc(taken)
+
+    def _bound(self, job: Job) -> float:
+        """How long the job's task may live: its model's queue and run bounds."""
+        return self.config.models[job.model].task_bound
+
+    async def _zombie(self, job: Job, report: SweepReport) -> bool:
+        """Complete the job if its vendor task succeeded with nobody noticing."""
+        if not await self._settle_if_succeeded(job):
+            return False
+        report.zombies_completed += 1
+        self.metrics.sweeper_recoveries.labels("zombie_completed").inc()
+        return True
 
     async def _settle_if_succeeded(self, job: Job) -> bool:
         """A zombie: the vendor task succeeded and nobody settled the job; complete it."""

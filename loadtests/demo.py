@@ -269,6 +269,13 @@ def _report(
         highest = stats["tasks"]["max_in_flight"]
         mark = "ok" if highest <= limit else "EXCEEDED"
         lines.append(f"    {name:<12} {highest:>3} / limit {limit:<3} {mark}")
+    doubt: Counter[str] = Counter()
+    for stats in processor_stats.values():
+        doubt.update(stats.get("in_doubt") or {})
+    lines.append(
+        f"  submits in doubt       adopted {doubt['adopted']}  not created "
+        f"{doubt['not_created']}  orphaned {doubt['orphaned']} (answers lost after the submit)"
+    )
     lines.append("  wasted vendor work     (billed tasks whose output was thrown away)")
     lines.extend(_paid_work_line(w, processor_stats.get(w.vendor, {})) for w in work)
     if load.rejected:
