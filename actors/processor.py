@@ -124,8 +124,6 @@ class VendorProcessor:
         self._client = client
         self._router = router
         self._clock = clock
-        self._rng = rng
-        self._retry = config.retry.policy()
         self._breaker = CircuitBreaker(config.circuit.policy())
         self._bucket = TokenBucket(vendor.requests_per_second or None)
         self.metrics = metrics

@@ -165,7 +165,7 @@ class VendorConfig(_Section):
             return self.orphan_wait
         if self.api == "replicate":
             return DEFAULT_LISTING_WAIT
-        return self.task_lifetime_for(model)
+        return model.task_bound
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env)
