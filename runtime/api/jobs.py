@@ -131,7 +131,7 @@ class JobRoutes:
 
     async def job_output(self, request: web.Request) -> web.StreamResponse:
         n = request.match_info["n"]
-        if not (n.isascii() and n.isdigit() and len(n) <= 4):
+        if not (n.isascii() and n.isdigit() and len(n) <= 4 and n == str(int(n))):
             raise HttpRefusal(404, "output_not_found", f"no output {n[:20]!r}: an index is 0, 1, …")
         return await self._serve_output(request, int(n))
 

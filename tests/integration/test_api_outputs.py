@@ -76,7 +76,7 @@ async def test_an_output_that_does_not_exist_is_404(api: ApiHarness) -> None:
     account = await api.account()
     job = await api.submitted(account)
     await complete_with_outputs(api, job["id"])
-    for n in ("3", "9999", "-1", "x", "1.0", "00000000001", "²"):
+    for n in ("3", "9999", "-1", "x", "1.0", "00000000001", "00", "01", "²"):
         response = await api.client.get(f"/v1/jobs/{job['id']}/outputs/{n}", headers=account.auth)
         assert await error_of(response) == (404, "output_not_found"), n
     stranger = await api.account(name="stranger")
