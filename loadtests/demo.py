@@ -274,7 +274,8 @@ def _report(
         doubt.update(stats.get("in_doubt") or {})
     lines.append(
         f"  submits in doubt       adopted {doubt['adopted']}  not created "
-        f"{doubt['not_created']}  orphaned {doubt['orphaned']} (answers lost after the submit)"
+        f"{doubt['not_created']}  orphaned {doubt['orphaned']} (submit answers lost; orphaned: "
+        "no task showed itself in time)"
     )
     lines.append("  wasted vendor work     (billed tasks whose output was thrown away)")
     lines.extend(_paid_work_line(w, processor_stats.get(w.vendor, {})) for w in work)
