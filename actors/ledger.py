@@ -29,6 +29,7 @@ from runtime.models import (
     KeyMatch,
     KeyRevocation,
     LedgerOp,
+    Orphan,
     Outcome,
     Page,
 )
@@ -104,6 +105,9 @@ class CreditLedger:
 
     async def submits_in_doubt(self, vendor: str, updated_after: float) -> list[Job]:
         return await self.ledger.submits_in_doubt(vendor, updated_after)
+
+    async def orphans(self, vendor: str, now: float) -> list[Orphan]:
+        return await self.ledger.orphans(vendor, now)
 
     async def jobs_by_status(
         self, status: JobStatus, updated_before: float | None = None, limit: int = 1000

@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 
+from loadtests.chaos.checks import paid_work
+from loadtests.chaos.report import PaidWork
 from loadtests.testbed import ensure_dev_secrets, local_config
 from runtime.config import JoblineConfig, load_config
 from runtime.invariants import check_invariants
@@ -109,6 +111,7 @@ async def _drive(config: JoblineConfig, runtime: Any, fakes: Any, *, jobs: int, 
     fake_stats = {name: fakes[name].snapshot() for name in config.vendors}
     processor_stats = {name: runtime.call(f"processor-{name}", "stats") for name in config.vendors}
     violations = check_invariants(config.storage.database)
+    work = paid_work(config, fake_stats, processor_stats)
     _report(
         config,
         load,
@@ -120,6 +123,7 @@ async def _drive(config: JoblineConfig, runtime: Any, fakes: Any, *, jobs: int, 
         processor_stats,
         violations,
         outage_vendor,
+        work,
     )
     return 1 if violations else 0
 
@@ -242,6 +246,7 @@ def _report(
     processor_stats: dict[str, dict[str, Any]],
     violations: list[Any],
     outage_vendor: str,
+    work: list[PaidWork],
 ) -> None:
     by_status = Counter(job["status"] for job in load.final.values())
     latencies = sorted(
@@ -278,9 +283,31 @@ def _report(
         highest = stats["tasks"]["max_in_flight"]
         mark = "ok" if highest <= limit else "EXCEEDED"
         lines.append(f"    {name:<12} {highest:>3} / limit {limit:<3} {mark}")
+    doubt: Counter[str] = Counter()
+    for stats in processor_stats.values():
+        doubt.update(stats.get("in_doubt") or {})
+    lines.append(
+        f"  submits in doubt       adopted {doubt['adopted']}  not created "
+        f"{doubt['not_created']}  orphaned {doubt['orphaned']} (submit answers lost; orphaned: "
+        "no task showed itself in time)"
+    )
+    lines.append("  wasted vendor work     (billed tasks whose output was thrown away)")
+    lines.extend(_paid_work_line(w, processor_stats.get(w.vendor, {})) for w in work)
     if load.rejected:
         lines.append(f"  submits refused        {dict(load.rejected)}")
     verdict = "all held" if not violations else f"{len(violations)} VIOLATION(S)"
     lines.append(f"  invariants I1 I2 I5    {verdict}")
     lines.extend(f"    {v}" for v in violations[:20])
     print("\n".join(lines))
+
+
+def _paid_work_line(work: PaidWork, stats: dict[str, Any]) -> str:
+    """One vendor's waste next to the fake's own billable and delivered counts."""
+    own = stats.get("wasted") or {}
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(own.items()) if n)
+    wasted = work.wasted - work.late_orphans
+    return (
+        f"    {work.vendor:<12} {wasted} wasted + {work.late_orphans} late orphans "
+        f"(fake: billable {work.billable}, delivered {work.delivered}; "
+        f"jobline: {reasons or 'none'})"
+    )

@@ -63,8 +63,9 @@ def local_config(
 ) -> JoblineConfig:
     """``base`` with fresh storage under ``data``, the fakes' URLs and a free gateway port.
 
-    ``overrides`` replaces keys per section, e.g. ``{"retry": {"base": 0.05}}``, or per
-    vendor with ``{"vendors.fal": {"concurrency": 2}}``.
+    ``overrides`` replaces keys per section, e.g. ``{"retry": {"base": 0.05}}``, per
+    vendor with ``{"vendors.fal": {"concurrency": 2}}``, or per model with
+    ``{"models.video-short": {"max_run_time": 5.0}}``.
     """
     port = free_port()
     sections: dict[str, Any] = {
@@ -81,11 +82,11 @@ def local_config(
     }
     config = base.model_copy(update=sections)
     for section, values in (overrides or {}).items():
-        if section.startswith("vendors."):
-            name = section.removeprefix("vendors.")
-            vendors = dict(config.vendors)
-            vendors[name] = vendors[name].model_copy(update=dict(values))
-            config = config.model_copy(update={"vendors": vendors})
+        table, _, name = section.partition(".")
+        if table in ("vendors", "models") and name:
+            entries = dict(getattr(config, table))
+            entries[name] = entries[name].model_copy(update=dict(values))
+            config = config.model_copy(update={table: entries})
         else:
             current = getattr(config, section)
             config = config.model_copy(update={section: current.model_copy(update=dict(values))})

@@ -40,6 +40,8 @@ equal exception back; a test checks every class below).
         │   ├── VendorTimeout
         │   ├── VendorRateLimited    429, may carry retry_after
         │   ├── VendorUnavailable    5xx, connection refused or reset
+        │   ├── VendorSubmitInDoubt  a submit's answer was lost (timeout, 5xx, cut off):
+        │   │                        the vendor may have created the task
         │   └── VendorTaskFailed     the vendor ran the task and it failed transiently
         ├── VendorRefused            vendor-wide: this vendor serves nobody now (fail over,
         │   │                        open its circuit), though another vendor may
@@ -48,7 +50,8 @@ equal exception back; a test checks every class below).
         │   │                        (402; 403 saying locked / balance / billing)
         │   └── VendorModelGone      the model is not there (404 / 410 on submit)
         └── VendorPermanentError     permanent for the job: fail it, refund
-            └── VendorInputRejected  invalid input, content rejected
+            ├── VendorInputRejected  invalid input, content rejected
+            └── VendorOutputTooLarge an output past the caller's byte cap
 
 Three classes, three reactions (DESIGN §3.5): a transient error is retried here with
 backoff; a vendor-wide refusal is the vendor's, not the job's (the same job succeeds
@@ -418,6 +421,13 @@ class VendorTaskFailed(VendorTransientError):
     pass
 
 
+class VendorSubmitInDoubt(VendorTransientError):
+    """A submit whose answer was lost after the vendor may have created the task: a
+    timeout, a 5xx (but a 503 with ``Retry-After``: the vendor refused the request), a
+    reset or cut-off answer, a 2xx that cannot be read. Not "nothing happened": the task
+    may run, billed, with no one knowing its id (DESIGN §3.2: the submit is *in doubt*)."""
+
+
 class VendorRefused(VendorError):
     """Vendor-wide: the vendor refuses the operator's account or the model, for every job.
 
@@ -445,3 +455,7 @@ class VendorPermanentError(VendorError):
 
 class VendorInputRejected(VendorPermanentError):
     pass
+
+
+class VendorOutputTooLarge(VendorPermanentError):
+    """An output (or an answer) larger than the caller's byte cap; nothing of it was kept."""

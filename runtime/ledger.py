@@ -109,6 +109,7 @@ from runtime.ledger_schema import (
     job_from_row,
     job_from_update,
     migrate,
+    outputs_to_json,
     sql_set,
 )
 from runtime.models import (
@@ -121,6 +122,7 @@ from runtime.models import (
     CreateAccount,
     CreateApiKey,
     DeadLetterPage,
+    EndOrphan,
     EntryKind,
     EntryPage,
     Fail,
@@ -132,9 +134,11 @@ from runtime.models import (
     LedgerOp,
     MarkProcessing,
     OpenJob,
+    Orphan,
     Outcome,
     Page,
     RecordKeyUse,
+    RecordOrphan,
     RecordWebhook,
     Redrive,
     RevokeApiKey,
@@ -242,7 +246,7 @@ def _settle(event: JobEvent, sets: str, params: tuple[str, ...]) -> _Update:
 
 
 INSERT_JOB = f"""INSERT INTO jobs ({JOB_COLUMNS})
-    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, NULL, 0, 0, ?, ?, NULL, NULL, ?, ?, ?, ?)"""
+    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, NULL, 0, 0, ?, ?, NULL, NULL, ?, ?, ?, ?, NULL)"""
 INSERT_JOB_UNLESS_EXISTS = INSERT_JOB + " ON CONFLICT (id) DO NOTHING"
 START_PARAMS = ("vendor", "route_position", "now", "job_id", "attempt")
 # The usual attempt stays on the job's vendor: no vendor/position in the SET list, so
@@ -286,7 +290,9 @@ SCHEDULE_RETRY = _Update(
     ("route_position", "vendor", "not_before", "error", "now", "job_id", "attempt"),
 )
 COMPLETE = _settle(
-    JobEvent.SUCCEEDED, "result_key = {result_key}, error = NULL", ("result_key", "now", "job_id")
+    JobEvent.SUCCEEDED,
+    "result_key = {result_key}, outputs = {outputs}, error = NULL",
+    ("result_key", "outputs", "now", "job_id"),
 )
 FAIL = _settle(JobEvent.FAILED, "error = {error}", ("error", "now", "job_id"))
 EXPIRE = _settle(JobEvent.EXPIRED, "error = {error}", ("error", "now", "job_id"))
@@ -748,6 +754,22 @@ class _Batch:
         ).rowcount
         return bool(new), bool(new)
 
+    def _op_record_orphan(self, op: RecordOrphan) -> tuple[bool, bool]:
+        new = self.conn.execute(
+            "INSERT INTO orphans (job_id, attempt, vendor, model, since, until) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (op.job_id, op.attempt, op.vendor, op.model, op.since, op.until),
+        ).rowcount
+        return bool(new), bool(new)
+
+    def _op_end_orphan(self, op: EndOrphan) -> tuple[bool, bool]:
+        ended = self.conn.execute(
+            "UPDATE orphans SET ended_at = ?, task_id = ? "
+            "WHERE job_id = ? AND attempt = ? AND ended_at IS NULL",
+            (self.now, op.task_id, op.job_id, op.attempt),
+        ).rowcount
+        return bool(ended), bool(ended)
+
     def _op_redrive(self, op: Redrive) -> tuple[Job, bool]:
         conn = self.conn
         row = conn.execute(
@@ -813,6 +835,8 @@ _HANDLERS: dict[type[Any], Callable[[_Batch, Any], tuple[Any, bool]]] = {
     Cancel: _Batch._op_cancel,
     RecordWebhook: _Batch._op_record_webhook,
     Redrive: _Batch._op_redrive,
+    RecordOrphan: _Batch._op_record_orphan,
+    EndOrphan: _Batch._op_end_orphan,
 }
 
 
@@ -825,7 +849,7 @@ def _processing_params(op: MarkProcessing, now: float) -> tuple[Any, ...]:
 
 
 def _complete_params(op: Complete, now: float) -> tuple[Any, ...]:
-    return (op.result_key, now, op.job_id)
+    return (op.result_key, outputs_to_json(op.outputs), now, op.job_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1113,6 +1137,11 @@ class Ledger:
         """Jobs of ``vendor`` (any status) whose last submit may have created a vendor task
         jobline never recorded, last updated after ``updated_after``."""
         return await self._lists.call(reads.in_doubt, vendor, updated_after)
+
+    async def orphans(self, vendor: str, now: float) -> list[Orphan]:
+        """The open orphans of ``vendor`` (``RecordOrphan``) the vendor may still run at
+        ``now``: not ended, ``until`` later than ``now``."""
+        return await self._reader.call(reads.orphans, vendor, now)
 
     async def jobs_by_status(
         self, status: JobStatus, updated_before: float | None = None, limit: int = 1000

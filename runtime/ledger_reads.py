@@ -31,6 +31,7 @@ from runtime.models import (
     JobHistoryEntry,
     KeyMatch,
     KeyRevocation,
+    Orphan,
     Page,
 )
 from runtime.states import TERMINAL, JobStatus
@@ -98,6 +99,15 @@ def in_doubt(conn: sqlite3.Connection, vendor: str, updated_after: float) -> lis
         (vendor, updated_after),
     ).fetchall()
     return [job_from_row(row) for row in rows]
+
+
+def orphans(conn: sqlite3.Connection, vendor: str, now: float) -> list[Orphan]:
+    rows = conn.execute(
+        "SELECT job_id, attempt, vendor, model, since, until FROM orphans INDEXED BY orphans_open "
+        "WHERE vendor = ? AND ended_at IS NULL AND until > ? ORDER BY until",
+        (vendor, now),
+    ).fetchall()
+    return [Orphan(*row) for row in rows]
 
 
 def jobs_by_status(

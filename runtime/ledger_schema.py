@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import LedgerUnavailable
-from runtime.models import CreditEntry, EntryKind, Job
+from runtime.models import CreditEntry, EntryKind, Job, StoredOutput
 from runtime.states import TERMINAL, JobStatus
 
 BUSY_TIMEOUT_S = 5.0
@@ -234,9 +234,26 @@ MIGRATIONS: list[list[Step]] = [
             WHERE kind = 'grant'""",
         "CREATE INDEX accounts_created ON accounts(created_at, id)",
     ],
-    # 6: reserved for issue 12's runtime half (processor timing, outputs, in-doubt
-    # submits, wasted work), written on its own branch.
-    [],
+    # 6: every output of a job, and orphans. ``outputs`` is a JSON list of a completed
+    # job's outputs (key, content type, size, name, source), ``result_key`` staying the
+    # first one's key. An orphan is a submit in doubt whose job moved on to a new attempt:
+    # the vendor may run the task it may have created until ``until``, so a restarted
+    # processor holds a slot for it until then, or until it showed itself ended.
+    [
+        "ALTER TABLE jobs ADD COLUMN outputs TEXT",
+        """CREATE TABLE orphans (
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            attempt INTEGER NOT NULL,
+            vendor TEXT NOT NULL,
+            model TEXT NOT NULL,  -- the vendor's name for the model
+            since REAL NOT NULL,  -- when the submit went out
+            until REAL NOT NULL,
+            ended_at REAL,
+            task_id TEXT,
+            PRIMARY KEY (job_id, attempt)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX orphans_open ON orphans(vendor, until) WHERE ended_at IS NULL",
+    ],
     # 7: many customers. API keys get a table of their own (several per account, revoked
     # or rotated, with a revocation feed and their last use); the account's one key hash
     # moves there, and the accounts table is rebuilt without it, with the per-account
@@ -389,15 +406,17 @@ def _user_version(conn: sqlite3.Connection) -> int:
 
 # The jobs table's columns that make a Job, in the dataclass's field order (a unit test
 # holds the two and the schema together). ``seq`` and ``submit_in_doubt`` stay in SQL.
+# ``outputs`` came with schema 6, so it is last in both.
 JOB_FIELDS = (
     "id", "account_id", "model", "input", "status", "cost", "trace_id", "route_position",
     "vendor", "vendor_task_id", "attempts", "vendor_attempts", "not_before", "deadline",
     "result_key", "error", "idempotency_key", "redriven_from", "created_at", "updated_at",
+    "outputs",
 )  # fmt: skip
 # The columns an update can change; every other one is fixed when the job is opened.
 MUTABLE_FIELDS = (
     "status", "route_position", "vendor", "vendor_task_id", "attempts", "vendor_attempts",
-    "not_before", "result_key", "error", "updated_at",
+    "not_before", "result_key", "error", "updated_at", "outputs",
 )  # fmt: skip
 FIXED_FIELDS = tuple(name for name in JOB_FIELDS if name not in MUTABLE_FIELDS)
 JOB_COLUMNS = ", ".join(JOB_FIELDS)
@@ -429,6 +448,7 @@ def job_from_row(row: Any) -> Job:
         redriven_from=row[17],
         created_at=row[18],
         updated_at=row[19],
+        outputs=outputs_from_json(row[20]),
     )
 
 
@@ -451,7 +471,20 @@ def job_from_update(fixed: dict[str, Any], row: Any) -> Job:
         result_key=row[7],
         error=row[8],
         updated_at=row[9],
+        outputs=outputs_from_json(row[10]),
     )
+
+
+def outputs_from_json(text: str | None) -> tuple[StoredOutput, ...]:
+    """A job's ``outputs`` column (NULL before completion and before schema 6)."""
+    if not text:
+        return ()
+    return tuple(StoredOutput.from_json(item) for item in json.loads(text))
+
+
+def outputs_to_json(outputs: Iterable[StoredOutput]) -> str | None:
+    items = [output.to_json() for output in outputs]
+    return json.dumps(items, separators=(",", ":")) if items else None
 
 
 def entry_from_row(row: Any) -> CreditEntry:

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.results import content_type_of
 from runtime.states import JobStatus
 
 JSON = dict[str, Any]
@@ -20,6 +21,41 @@ class EntryKind(enum.StrEnum):
     HOLD = "hold"
     CAPTURE = "capture"
     RELEASE = "release"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOutput:
+    """One output of a completed job, as the result store holds it.
+
+    ``key``: its result-store key. ``content_type``: checked against its bytes. ``size``:
+    bytes. ``name``: the vendor's file name, if it gave one. ``source``: where it was in
+    the vendor's answer (``images[1]``, ``video``, ``output``).
+    """
+
+    key: str
+    content_type: str
+    size: int
+    name: str | None = None
+    source: str | None = None
+
+    def to_json(self) -> JSON:
+        return {
+            "key": self.key,
+            "content_type": self.content_type,
+            "size": self.size,
+            "name": self.name,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, data: JSON) -> StoredOutput:
+        return cls(
+            str(data["key"]),
+            str(data["content_type"]),
+            int(data["size"]),
+            data.get("name"),
+            data.get("source"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +80,19 @@ class Job:
     redriven_from: str | None
     created_at: float
     updated_at: float
+    # Every output of a completed job, in the vendor's order (``result_key`` is the
+    # first one's key). Empty before completion, and for jobs completed before schema 6.
+    outputs: tuple[StoredOutput, ...] = ()
 
     @property
     def terminal(self) -> bool:
         return self.status.terminal
+
+    def stored_outputs(self) -> tuple[StoredOutput, ...]:
+        """Every output; a job completed before schema 6 has its one ``result_key``."""
+        if self.outputs or self.result_key is None:
+            return self.outputs
+        return (StoredOutput(self.result_key, content_type_of(self.result_key), -1),)
 
     def to_api(self) -> JSON:
         """The job as ``GET /v1/jobs/{id}`` shows it."""
@@ -64,11 +109,27 @@ class Job:
             "result_url": (
                 f"/v1/jobs/{self.id}/result" if self.status is JobStatus.COMPLETED else None
             ),
+            "outputs": self.outputs_to_api(),
             "trace_id": self.trace_id,
             "redriven_from": self.redriven_from,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+
+    def outputs_to_api(self) -> list[JSON]:
+        """``GET /v1/jobs/{id}``'s ``outputs``: each one's index, type, size, name, URL."""
+        if self.status is not JobStatus.COMPLETED:
+            return []
+        return [
+            {
+                "index": index,
+                "content_type": output.content_type,
+                "size": output.size if output.size >= 0 else None,
+                "name": output.name,
+                "url": f"/v1/jobs/{self.id}/outputs/{index}",
+            }
+            for index, output in enumerate(self.stored_outputs())
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +439,8 @@ class ScheduleRetry:
 @dataclass(frozen=True, slots=True)
 class Complete:
     job_id: str
-    result_key: str
+    result_key: str  # the first output's key
+    outputs: tuple[StoredOutput, ...] = ()  # every output, the first included
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +454,40 @@ class Fail:
 class Cancel:
     job_id: str
     account_id: str | None = None  # when given, the job must belong to this account
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOrphan:
+    """A submit in doubt whose job moved on: the task it may have created may still run
+    at ``vendor`` until ``until``; a restarted processor holds a slot for it till then."""
+
+    job_id: str
+    attempt: int
+    vendor: str
+    model: str  # the vendor's name for the model
+    since: float  # when the submit went out
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class EndOrphan:
+    """The orphan of ``(job_id, attempt)`` is known to have ended (or was adopted)."""
+
+    job_id: str
+    attempt: int
+    task_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """An open orphan (``Ledger.orphans``)."""
+
+    job_id: str
+    attempt: int
+    vendor: str
+    model: str
+    since: float
+    until: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +522,8 @@ LedgerOp = (
     | RevokeApiKey
     | RecordKeyUse
     | SetAccountLimits
+    | RecordOrphan
+    | EndOrphan
 )
 
 

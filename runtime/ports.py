@@ -23,6 +23,7 @@ from runtime.models import (
     KeyMatch,
     KeyRevocation,
     LedgerOp,
+    Orphan,
     Outcome,
     Page,
 )
@@ -49,6 +50,8 @@ class LedgerPort(Protocol):
     async def jobs_for_vendor(self, vendor: str, statuses: Sequence[JobStatus]) -> list[Job]: ...
 
     async def submits_in_doubt(self, vendor: str, updated_after: float) -> list[Job]: ...
+
+    async def orphans(self, vendor: str, now: float) -> list[Orphan]: ...
 
     async def jobs_by_status(
         self, status: JobStatus, updated_before: float | None = None, limit: int = 1000

@@ -430,6 +430,8 @@ class _Planner:
         """Real ids a path parameter can take."""
         if "enum" in param.schema:
             return tuple(str(v) for v in param.schema["enum"])
+        if param.schema.get("type") == "integer":  # an index, e.g. a job's outputs/{n}
+            return (str(param.schema.get("minimum", 0)),)
         k = self.known
         if "/accounts/" in op.path:
             return tuple(a for a in (k.account, k.other_account) if a)
@@ -633,7 +635,7 @@ class _Planner:
             for param in op.params_in("path"):
                 ids = self.ids(op, param)
                 segments = [*_ODD_SEGMENTS, *_derived_ids(ids), *self.random_segments()]
-                for segment in segments:
+                for segment in (s for s in segments if not _valid_integer(param.schema, s)):
                     path = self.path(op, {param.name: segment})
                     big = len(path) > HEADER_LIMIT
                     yield self.request(
@@ -957,6 +959,13 @@ _ODD_PATHS = (
     "/v1/jobs?" + "a=1&" * 1_500,
     "/" + "a" * 10_000,
 )
+
+
+def _valid_integer(schema: Mapping[str, Any], segment: str) -> bool:
+    """Is ``segment`` a value an integer path parameter accepts (not an odd one)?"""
+    if schema.get("type") != "integer" or not segment.isdigit() or segment != str(int(segment)):
+        return False
+    return int(schema.get("minimum", 0)) <= int(segment) <= int(schema.get("maximum", 2**31))
 
 
 def _derived_ids(ids: Sequence[str]) -> Iterator[str]:

@@ -66,7 +66,8 @@ class AdminRoutes:
             job_id=dead_job_id,
             new_job_id="job_" + new_job_id(now, ctx.rng).replace("-", ""),
             trace_id=trace_id,
-            deadline=now + ctx.config.sweeper.job_deadline,
+            deadline=now
+            + (ctx.config.job_deadline(model) if model else ctx.config.sweeper.job_deadline),
             vendor=model.route[position].vendor if model else None,
             route_position=position,
         )

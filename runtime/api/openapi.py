@@ -63,6 +63,24 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
+def _output_responses() -> dict[str, Any]:
+    return {
+        "200": {
+            "description": "The output's bytes, with its content type",
+            "content": {
+                "*/*": {
+                    "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+                }
+            },
+        },
+        "302": {
+            "description": "The output at a presigned URL, valid presign_expiry s",
+            "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+        },
+        **errors("401", "404", "409"),
+    }
+
+
 def _job_response(description: str) -> dict[str, Any]:
     return json_content(
         ref("Job"),
@@ -295,10 +313,35 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                 },
             }
         },
+        "/v1/jobs/{id}/outputs/{n}": {
+            "get": {
+                "operationId": "getJobOutput",
+                "summary": "One stored output of a completed job (the job's `outputs[n]`)",
+                "description": (
+                    "Every output a vendor task produced is kept: images of a list, a video, "
+                    "audio, other files, JSON and text results. Each is served with its "
+                    "content type, streamed by the gateway or, with `[storage.s3] serve = "
+                    '"redirect"`, as a 302 to a short-lived presigned URL. 404 '
+                    "`output_not_found` past the last index."
+                ),
+                "security": _API_KEY,
+                "parameters": [
+                    _JOB_ID,
+                    {
+                        "name": "n",
+                        "in": "path",
+                        "required": True,
+                        "description": "The output's index, from 0",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 9999},
+                    },
+                ],
+                "responses": _output_responses(),
+            }
+        },
         "/v1/jobs/{id}/result": {
             "get": {
                 "operationId": "getJobResult",
-                "summary": "The stored output bytes of a completed job",
+                "summary": "The first stored output of a completed job (`outputs/0`)",
                 "description": (
                     'Streamed by the gateway, or, with `[storage.s3] serve = "redirect"`, '
                     "a 302 to a short-lived presigned URL of the bucket. 503 also when the "
@@ -306,23 +349,7 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                 ),
                 "security": _API_KEY,
                 "parameters": [_JOB_ID],
-                "responses": {
-                    "200": {
-                        "description": "The output",
-                        "content": {
-                            "image/png": {
-                                "schema": {"type": "string", "contentMediaType": "image/png"}
-                            }
-                        },
-                    },
-                    "302": {
-                        "description": "The output at a presigned URL, valid presign_expiry s",
-                        "headers": {
-                            "Location": {"schema": {"type": "string", "format": "uri"}},
-                        },
-                    },
-                    **errors("401", "404", "409"),
-                },
+                "responses": _output_responses(),
             }
         },
         "/v1/jobs/{id}/cancel": {
@@ -341,12 +368,17 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
         "/v1/webhooks/{vendor}": {
             "post": {
                 "operationId": "vendorWebhook",
-                "summary": "Vendor callbacks, verified with Standard Webhooks signatures",
+                "summary": "Vendor callbacks, verified in each vendor's own scheme",
                 "description": (
-                    "Signed with `webhook-id`, `webhook-timestamp` and `webhook-signature` "
-                    "(v1, HMAC-SHA256 of `id.timestamp.body`). A bad signature or a stale "
+                    "replicate-shaped vendors sign with Standard Webhooks (`webhook-id`, "
+                    "`webhook-timestamp`, `webhook-signature`: v1, HMAC-SHA256 of "
+                    "`id.timestamp.body`); fal-shaped ones with ED25519 "
+                    "(`X-Fal-Webhook-Request-Id`, `-User-Id`, `-Timestamp`, `-Signature`, "
+                    "checked against the keys fal publishes). A bad signature or a stale "
                     "timestamp is 401, an unreadable payload 400; neither changes anything. "
-                    "A webhook id seen before is acknowledged and ignored."
+                    "A webhook id seen before is acknowledged and ignored. The body may be up "
+                    "to `gateway.max_webhook_body_bytes` (413 past it), apart from the API's "
+                    "limit. Every rejection is counted in `jobline_webhook_rejections_total`."
                 ),
                 "security": _NO_AUTH,
                 "parameters": [

@@ -67,6 +67,16 @@ def console_schemas(config: JoblineConfig) -> dict[str, Any]:
         "failovers": nullable_int,
         "completed": nullable_int,
         "failed": nullable_int,
+        "wasted": {
+            **nullable_int,
+            "description": "Billable vendor tasks whose output did not become a completed "
+            "job's result, since the processor started (late orphans included)",
+        },
+        "late_orphans": {
+            **nullable_int,
+            "description": "Of them: submits in doubt whose task showed itself after the job "
+            "moved on",
+        },
     }
     account_props: dict[str, Any] = {
         "account_id": {"type": "string"},

@@ -135,7 +135,15 @@ def component_schemas(config: JoblineConfig) -> dict[str, Any]:
         "attempts": {"type": "integer", "minimum": 0},
         "cost": {"type": "integer", "minimum": 0},
         "error": nullable("string"),
-        "result_url": {**nullable("string"), "description": "Set once the job is completed"},
+        "result_url": {
+            **nullable("string"),
+            "description": "Set once the job is completed: its first output",
+        },
+        "outputs": {
+            "type": "array",
+            "description": "Every output of a completed job, in the vendor's order (empty before)",
+            "items": ref("Output"),
+        },
         "trace_id": {"type": "string"},
         "redriven_from": nullable("string"),
         "created_at": {"type": "number", "description": "Seconds since the epoch"},
@@ -198,6 +206,24 @@ def component_schemas(config: JoblineConfig) -> dict[str, Any]:
             },
         },
         "Job": {"type": "object", "required": sorted(job_props), "properties": job_props},
+        "Output": {
+            "type": "object",
+            "required": ["index", "content_type", "size", "name", "url"],
+            "properties": {
+                "index": {"type": "integer", "minimum": 0},
+                "content_type": {
+                    "type": "string",
+                    "description": "As the vendor declared it, checked against the bytes",
+                    "examples": ["image/png", "video/mp4", "application/json"],
+                },
+                "size": {**nullable("integer"), "description": "Bytes"},
+                "name": {**nullable("string"), "description": "The vendor's file name"},
+                "url": {
+                    "type": "string",
+                    "description": "Where to fetch it: /v1/jobs/{id}/outputs/{index}",
+                },
+            },
+        },
         "JobPage": {
             "type": "object",
             "required": ["jobs", "next_cursor"],

@@ -49,6 +49,8 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "VendorAuthError": ("fal", "401"),
     "VendorBillingError": ("fal", "403: User is locked. Reason: Exhausted balance"),
     "VendorModelGone": ("replicate", "404: model not found"),
+    "VendorSubmitInDoubt": ("fal", "submit: no answer within 10s (the task may exist)", None),
+    "VendorOutputTooLarge": ("replicate", "output larger than 1024 bytes"),
 }
 
 CLASSES = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 import sqlite3
 import tempfile
@@ -55,6 +56,7 @@ from runtime.models import (
     Redrive,
     ScheduleRetry,
     StartAttempt,
+    StoredOutput,
 )
 from runtime.states import JobStatus
 from tests.ledger_ops import apply_op
@@ -751,9 +753,15 @@ def test_a_job_is_read_from_exactly_the_columns_of_the_jobs_table(tmp_path: Path
     assert [c for c in table if c in JOB_FIELDS] == list(JOB_FIELDS)
     assert set(table) - set(JOB_FIELDS) == {"seq", "submit_in_doubt"}  # kept in SQL only
     # Each column lands in the field of its name.
-    row = {name: f"<{name}>" for name in JOB_FIELDS} | {"input": '{"k": 1}', "status": "queued"}
+    output = {"key": "k.png", "content_type": "image/png", "size": 3, "name": None, "source": None}
+    row = {name: f"<{name}>" for name in JOB_FIELDS} | {
+        "input": '{"k": 1}',
+        "status": "queued",
+        "outputs": json.dumps([output]),
+    }
     job = job_from_row(tuple(row[name] for name in JOB_FIELDS))
-    expected = row | {"input": {"k": 1}, "status": JobStatus.QUEUED}
+    stored = (StoredOutput("k.png", "image/png", 3),)
+    expected = row | {"input": {"k": 1}, "status": JobStatus.QUEUED, "outputs": stored}
     assert {name: getattr(job, name) for name in JOB_FIELDS} == expected
 
 
