@@ -2,7 +2,9 @@
 
 ``Api`` owns the gateway's few pieces of memory, none of which another replica or a
 restart needs: the coalesced ledger calls (many concurrent requests share one actor
-call), the coalesced calls to each vendor's processor, the API keys it has checked
+call), the jobs it has seen ended (``EndedJobs``: an ended job never changes again, so
+reading it once is enough), the coalesced calls to each vendor's processor, the API keys
+it has checked
 (``runtime.api.auth``), the per-account bound on expensive reads
 (``runtime.api.limits``), and the background tasks that send work on after the client
 has its answer.
@@ -15,6 +17,7 @@ import contextlib
 import hmac
 import random
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,6 +54,7 @@ LEDGER_TIMEOUT = 30.0  # a ledger call slower than this answers 503 (retry with 
 PROCESSOR_TIMEOUT = 30.0  # background calls to processors give up after this
 SSE_POLL_INTERVAL = 0.3  # seconds between reads of a job an event stream follows
 SSE_HEARTBEAT_INTERVAL = 15.0
+ENDED_JOBS_KEPT = 20_000  # ended jobs a replica answers from memory (a few KiB each)
 
 B = TypeVar("B", bound=BaseModel)
 T = TypeVar("T")
@@ -74,6 +78,37 @@ class GatewayContext:
     rng: random.Random  # job ids, trace ids, grant ids (never API keys: those use secrets)
     admin_token: str | None
     is_ready: Callable[[], Awaitable[bool]]
+
+
+class EndedJobs:
+    """The ended jobs this replica has read, newest kept, at most ``capacity``.
+
+    Terminal states absorb (``runtime.states``: no transition leaves one, and the ledger's
+    guards are in SQL), so an ended job's row never changes again: answering it from
+    memory is exact, never stale. A job not yet ended is never kept; it is read from the
+    ledger each time.
+    """
+
+    def __init__(self, capacity: int = ENDED_JOBS_KEPT) -> None:
+        self.capacity = capacity
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+
+    def get(self, job_id: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            self._jobs.move_to_end(job_id)
+        return job
+
+    def keep(self, job: Job | None) -> None:
+        if job is None or not job.terminal or self.capacity <= 0:
+            return
+        self._jobs[job.id] = job
+        self._jobs.move_to_end(job.id)
+        while len(self._jobs) > self.capacity:
+            self._jobs.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
 
 
 class _ProcessorCalls:
@@ -117,6 +152,7 @@ class Api:
         self.shutdown_hooks: list[Callable[[], None]] = []  # route modules' own, on shutdown
         self._ops: Coalescer[LedgerOp, Outcome] = Coalescer(self._execute_many)
         self._job_reads: Coalescer[str, Job | None] = Coalescer(self.get_jobs)
+        self.ended = EndedJobs()
         self._processors: dict[str, _ProcessorCalls] = {}
         gateway = ctx.config.gateway
         self.auth = Authenticator(
@@ -162,8 +198,14 @@ class Api:
         return await self.read(self._ops.call(op))
 
     async def job(self, job_id: str) -> Job | None:
-        """The job (coalesced with every other request's read), or None."""
-        return await self.read(self._job_reads.call(job_id))
+        """The job, or None: an ended job from memory if this replica saw it ended, else
+        read from the ledger (coalesced with every other request's read)."""
+        ended = self.ended.get(job_id)
+        if ended is not None:
+            return ended
+        job = await self.read(self._job_reads.call(job_id))
+        self.ended.keep(job)
+        return job
 
     async def owned_job(self, job_id: str, account_id: str) -> Job:
         job = await self.job(job_id)
