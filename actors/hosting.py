@@ -51,6 +51,16 @@ from runtime.tracing import TRACING_ENV
 
 log = get_logger("hosting")
 
+# Only the parts of Ray that jobline uses (issue 16): no Ray-internal metrics (jobline
+# exports its own), no idle workers started ahead (every role is an actor placed at once),
+# and, per actor, no task events (Ray's state API and dashboard timeline, never read):
+# they cost every actor call a record in the caller, the callee and the GCS.
+RAY_SYSTEM_CONFIG = {
+    "enable_metrics_collection": False,
+    "enable_worker_prestart": False,
+    "prestart_worker_first_driver": False,
+}
+
 
 # --- Ray ---------------------------------------------------------------------------------
 
@@ -189,6 +199,7 @@ class RayRuntime:
                 logging_level=logging.WARNING,
                 log_to_driver=False,
                 runtime_env={"env_vars": _secret_env(config)},
+                _system_config=RAY_SYSTEM_CONFIG if init_address == "local" else None,
             )
         for role in all_roles(config):
             runtime._create(role, seed)
@@ -204,6 +215,7 @@ class RayRuntime:
             "num_cpus": 0,
             "max_concurrency": 10_000,
             "runtime_env": {"env_vars": _secret_env(self.config)},
+            "enable_task_events": False,
         }
         if role.startswith("processor-") and self.config.ray.processor_resources:
             options["resources"] = dict(self.config.ray.processor_resources)
@@ -258,6 +270,7 @@ def start_local_ray(num_cpus: int | None = None) -> bool:
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=False,
+        _system_config=RAY_SYSTEM_CONFIG,
     )
     return True
 
@@ -279,7 +292,11 @@ class LocalCluster:
 
         self._cluster = Cluster(
             initialize_head=True,
-            head_node_args={"num_cpus": head_cpus, "include_dashboard": False},
+            head_node_args={
+                "num_cpus": head_cpus,
+                "include_dashboard": False,
+                "_system_config": RAY_SYSTEM_CONFIG,
+            },
         )
         self._workers: dict[str, Any] = {}
 
