@@ -119,6 +119,7 @@ class _ProcessorCalls:
         self.vendor = vendor
         self.dispatch: Coalescer[Job, None] = Coalescer(self._dispatch)
         self.webhooks: Coalescer[WebhookEvent, None] = Coalescer(self._webhooks)
+        self.take: Coalescer[WebhookEvent, str] = Coalescer(self._take)
         self.cancels: Coalescer[str, None] = Coalescer(self._cancel)
 
     async def _dispatch(self, jobs: list[Job]) -> list[None]:
@@ -128,6 +129,9 @@ class _ProcessorCalls:
     async def _webhooks(self, events: list[WebhookEvent]) -> list[None]:
         await self._router.processor(self.vendor).on_webhooks(events)
         return [None] * len(events)
+
+    async def _take(self, events: list[WebhookEvent]) -> list[str]:
+        return list(await self._router.processor(self.vendor).take_webhooks(events))
 
     async def _cancel(self, job_ids: list[str]) -> list[None]:
         await self._router.processor(self.vendor).cancel_tasks(job_ids)
