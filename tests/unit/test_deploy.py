@@ -503,7 +503,6 @@ def test_the_unit_restarts_always_and_reads_secrets_from_a_file(
     assert run_cli(local_config_args(start[1:], DEPLOY / "jobline.toml")).returncode == 0
 
 
-@pytest.mark.xfail(strict=True, reason="`jobline stop` comes with the lifecycle work (issue 14)")
 def test_the_unit_stops_jobline_with_its_stop_command(unit: configparser.ConfigParser) -> None:
     stop = shlex.split(unit["Service"]["ExecStop"])
     assert stop[-1] == "stop"
