@@ -496,13 +496,19 @@ class _App:
         gateway_nodes(nodes, config)
         if check_nodes:
             await self._check_environment(nodes)
+        # The ledger first: if its file is missing where it must exist, nothing else
+        # starts (every other role reads it as it starts).
         self._create(LEDGER, strategy=_on_node(ledger.node_id))
+        problems = await self._wait_ready([LEDGER], timeout)
+        if problems:
+            await self._kill([LEDGER])
+            raise DeploymentError(tuple(problems))
         self._create(SWEEPER, strategy=_on_node(ledger.node_id))
         for vendor in config.vendors:
             self._create(processor_role(vendor))
         for role, node_id in gateways_to_add({}, nodes, config):
             self._create(role, strategy=_on_node(node_id))
-        problems = await self._wait_ready(list(self._handles), timeout)
+        problems = await self._wait_ready([r for r in self._handles if r != LEDGER], timeout)
         if problems:
             await self._kill(list(self._handles))
             raise DeploymentError(tuple(problems))
@@ -615,11 +621,12 @@ class _App:
             info = await asyncio.to_thread(_actor_info, handle)
             node = nodes.get(info.get("Address", {}).get("NodeID", ""))
             state = info.get("State", "DEAD")
-            if role.startswith("gateway-") and (state == "DEAD" or node is None or not node.alive):
-                if state == "ALIVE" or node is not None:
-                    continue  # still being placed: look again next time
+            lost = node is not None and not node.alive
+            if role.startswith("gateway-") and (state == "DEAD" or lost):
+                # Pinned to its node: it cannot come back elsewhere. A new node gets new ones.
                 await self._kill([role])
-                log.warning("%s is gone with its node", role, extra={"notice": True})
+                gone_with = node.label if node is not None else "its node"
+                log.warning("%s is gone with %s", role, gone_with, extra={"notice": True})
                 continue
             if state == "ALIVE" and node is not None:
                 where[role] = node

@@ -57,6 +57,12 @@ def add_lifecycle_commands(add: Callable[[str, str], argparse.ArgumentParser]) -
         action="store_true",
         help="on a cluster: return once every role is ready (the app runs on)",
     )
+    serve.add_argument(
+        "--attach",
+        action="store_true",
+        help="on a cluster where the app already runs: follow it instead of refusing "
+        "(for a supervisor that restarts this process, e.g. a pod's container)",
+    )
     serve.set_defaults(run=serve_command)
 
     status = add("status", "every role of the app: its node, restarts and readiness")
@@ -88,6 +94,23 @@ def _address_arg(parser: argparse.ArgumentParser) -> None:
 
 def _say(line: str) -> None:
     print(f"jobline: {line}", file=sys.stderr, flush=True)
+
+
+_STDOUT = sys.stdout
+
+
+def _out(line: str) -> None:
+    """A line of the command's own output (``_quiet_ray`` keeps Ray's out of stdout)."""
+    print(line, file=_STDOUT, flush=True)
+
+
+def _quiet_ray() -> None:
+    """Ray's driver prints cluster events (``(raylet) ...``) on ``sys.stdout``; they go to
+    stderr, so that stdout holds what the command prints (``status --json`` parses)."""
+    global _STDOUT
+    if sys.stdout is not sys.stderr:
+        _STDOUT = sys.stdout
+        sys.stdout = sys.stderr
 
 
 # --- serve --------------------------------------------------------------------------------
@@ -135,13 +158,17 @@ def serve_command(
 def _deploy_and_follow(
     args: argparse.Namespace, config: JoblineConfig, address: str, run_file: Path
 ) -> int:
+    _quiet_ray()
     from actors.hosting import RayRuntime
 
     try:
         runtime = RayRuntime.start(config, address=address or None)
     except AppAlreadyRunning as exc:
-        _say(exc.lines()[0])
-        return EXIT_APP
+        if not (args.attach and address):
+            _say(exc.lines()[0])
+            return EXIT_APP
+        _say(f"app {config.ray.namespace!r} already runs on the cluster: following it")
+        runtime = RayRuntime.attach(config, address)
     except DeploymentError as exc:
         for line in exc.lines():
             _say(line)
@@ -156,7 +183,7 @@ def _deploy_and_follow(
         _write_run_file(run_file, record)
     try:
         for line in _status_lines(runtime):
-            print(line, flush=True)
+            _out(line)
         if args.detach:
             name = config.ray.namespace
             _say(
@@ -191,7 +218,7 @@ def _follow(runtime: RayRuntime) -> int:
             _say(f"lost app {name!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
             return EXIT_FAILED
         for notice in lines:
-            print(readable(notice), flush=True)
+            _out(readable(notice))
         if stopped:
             _say(f"app {name!r} was stopped (`jobline stop`)")
             return 0
@@ -310,6 +337,7 @@ def _locate(args: argparse.Namespace) -> tuple[JoblineConfig, str, int | None]:
 def _attach(args: argparse.Namespace) -> tuple[RayRuntime, int | None]:
     config, address, pid = _locate(args)
     # Only now: importing Ray reads RAY_AUTH_MODE, which _locate may have set.
+    _quiet_ray()
     from actors.hosting import RayRuntime
 
     return RayRuntime.attach(config, address), pid
@@ -326,10 +354,10 @@ def status_command(args: argparse.Namespace) -> int:
         return EXIT_APP
     rows = runtime.status()
     if args.json:
-        print(json.dumps([row.as_dict() for row in rows], indent=2))
+        _out(json.dumps([row.as_dict() for row in rows], indent=2))
     else:
         for line in _status_lines(runtime):
-            print(line)
+            _out(line)
     return 0 if rows and all(row.ready for row in rows) else EXIT_FAILED
 
 
@@ -343,7 +371,7 @@ def logs_command(args: argparse.Namespace) -> int:
         return _follow(runtime)
     _, lines, _ = runtime.notices(0, 0)
     for line in lines:
-        print(readable(line))
+        _out(readable(line))
     return 0
 
 
@@ -354,6 +382,7 @@ def stop_command(args: argparse.Namespace) -> int:
         _say(f"{exc.lines()[0]}: nothing to stop")
         return 0
     # Only now: importing Ray reads RAY_AUTH_MODE, which _locate may have set.
+    _quiet_ray()
     from actors.hosting import RayRuntime, connect, remove_leftovers
 
     connect(config, address, attempts=1)
