@@ -1,0 +1,131 @@
+"""`jobline serve` on one machine, as systemd runs it: its own Ray, one per ledger, stopped
+into one file, its logs naming their roles, never a secret.
+
+`serve` runs as a subprocess in a directory of its own, with a relative ledger path
+(resolved there, once) and a private Ray temporary directory (its logs are searched).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtests.testbed import ROOT_CONFIG
+from tests.cluster.raystart import VENV_BIN, free_ports
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+
+JOBLINE = VENV_BIN / "jobline"
+SECRETS = {
+    "JOBLINE_ADMIN_TOKEN": "admin-51f0c2aa-never-print-me",
+    "FAL_KEY": "fal-key-0b77e3c4-never-print-me",
+    "REPLICATE_API_TOKEN": "r8_tok-5d2a9c10-never-print-me",
+    "REPLICATE_WEBHOOK_SECRET": "whsec_bG9jYWwtbmV2ZXItcHJpbnQtdGhpcy1zZWNyZXQ=",
+}
+ROLES = {"app", "serve", "ledger", "sweeper", "processor-fal", "processor-replicate"}
+
+
+def run(root: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(JOBLINE), *args],
+        cwd=root / "work",
+        env=environment(root),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def environment(root: Path) -> dict[str, str]:
+    return {**os.environ, **SECRETS, "RAY_TMPDIR": str(root), "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(name="root")
+def root_fixture() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="jl-", dir="/tmp"))  # short: Ray's socket paths
+    (root / "work").mkdir()
+    (port,) = free_ports(1)
+    text = ROOT_CONFIG.read_text()
+    text = text.replace("port = 8080", f"port = {port}").replace(":8080", f":{port}")
+    text = text.replace('# file = "data/jobline.jsonl"', 'file = "data/jobline.jsonl"')
+    (root / "work" / "jobline.toml").write_text(text)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def admin(url: str, body: dict[str, Any]) -> int:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {SECRETS['JOBLINE_ADMIN_TOKEN']}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return int(answer.status)
+
+
+def test_serve_one_per_ledger_status_stop_into_one_file_and_no_secret(root: Path) -> None:
+    work = root / "work"
+    out, err = (root / "serve.out").open("w"), (root / "serve.err").open("w")
+    serve = subprocess.Popen(
+        [str(JOBLINE), "serve"], cwd=work, env=environment(root), stdout=out, stderr=err
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while "all ready" not in (root / "serve.out").read_text():
+            assert serve.poll() is None, (root / "serve.err").read_text()
+            assert time.monotonic() < deadline, "serve never got ready"
+            time.sleep(0.3)
+        second = run(root, "serve")
+        assert second.returncode == 3
+        assert "already runs on this machine with this ledger" in second.stderr
+        status = run(root, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        rows = {row["role"]: row for row in json.loads(status.stdout)}
+        database = work / "data" / "jobline.db"  # resolved against serve's directory
+        assert rows["ledger"]["detail"] == str(database)
+        port = rows["gateway-0"]["detail"].rsplit(":", 1)[1]
+        for i in range(5):
+            assert admin(f"http://127.0.0.1:{port}/v1/accounts", {"name": f"a{i}"}) == 201
+        stop = run(root, "stop")
+        assert stop.returncode == 0, stop.stderr
+        assert serve.wait(timeout=120) == 0  # serve ends by itself once its app stopped
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(timeout=120)
+        out.close()
+        err.close()
+    printed = (root / "serve.out").read_text()
+    assert "ledger created at" in printed and "ready: 6 roles" in printed
+    assert not database.with_name("jobline.db-wal").exists()
+    copy = root / "copy.db"
+    shutil.copyfile(database, copy)  # the .db alone
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM accounts").fetchone() == (5,)
+    lines = [
+        json.loads(line) for line in (work / "data" / "jobline.jsonl").read_text().splitlines()
+    ]
+    assert {line["role"] for line in lines} >= ROLES | {"gateway-0", "gateway-1"}
+    assert all(line["role"] in ROLES or line["role"].startswith("gateway-") for line in lines)
+    outputs = [printed, (root / "serve.err").read_text(), second.stderr, status.stdout, stop.stderr]
+    files = [p for p in root.rglob("*") if p.is_file() and p.suffix != ".db"]
+    assert any("session_" in str(p) for p in files)  # Ray's own logs are searched too
+    texts = outputs + [p.read_text(errors="replace") for p in files]
+    assert "_ActorHost" not in (work / "data" / "jobline.jsonl").read_text()
+    assert [name for name, value in SECRETS.items() if any(value in t for t in texts)] == []
