@@ -132,6 +132,11 @@ def connect(config: JoblineConfig, address: str | None = None, *, attempts: int 
     return not target
 
 
+def disconnect() -> None:
+    """Leave the Ray cluster this process joined (a Ray it started goes with it)."""
+    ray.shutdown()
+
+
 def start_with_retries(
     start: Callable[[], object],
     attempts: int,
@@ -370,6 +375,21 @@ class _ActorHost:
 
     async def _start(self) -> None:
         await self._object.start()
+        detail = self._detail()
+        log.info(
+            "%s ready on node %s%s",
+            self._role,
+            self.node_id()[:8],
+            f", serving {detail}" if detail else "",
+            extra={"notice": True},
+        )
+
+    def _detail(self) -> str:
+        if self._role == LEDGER:
+            return str(getattr(self._object, "path", ""))
+        if self._role.startswith("gateway-"):
+            return f"{getattr(self._object, 'host', '')}:{getattr(self._object, 'port', '')}"
+        return ""
 
     async def _follow_roles(self, namespace: str) -> None:
         """A gateway's ``/metrics`` asks every role; the app knows which exist now."""
@@ -385,12 +405,12 @@ class _ActorHost:
     async def ready(self) -> dict[str, Any]:
         """Once started: the role, its node, its process and what it serves."""
         await asyncio.shield(self._started)
-        detail = ""
-        if self._role == LEDGER:
-            detail = str(getattr(self._object, "path", ""))
-        elif self._role.startswith("gateway-"):
-            detail = f"{getattr(self._object, 'host', '')}:{getattr(self._object, 'port', '')}"
-        return {"role": self._role, "node_id": self.node_id(), "pid": os.getpid(), "detail": detail}
+        return {
+            "role": self._role,
+            "node_id": self.node_id(),
+            "pid": os.getpid(),
+            "detail": self._detail(),
+        }
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         await asyncio.shield(self._started)
@@ -641,14 +661,11 @@ class _App:
         await self._write_targets(where)
 
     async def _announce(self, role: str, node: Node) -> None:
+        """A gateway placed on a node that joined: its own notice says when it is ready."""
         try:
-            info = await asyncio.wait_for(self._ready(role), READY_TIMEOUT)
+            await asyncio.wait_for(self._ready(role), READY_TIMEOUT)
         except Exception as exc:
             log.error("%s did not start on %s: %s", role, node.label, _one_line(exc))
-            return
-        log.info(
-            "%s ready on %s, serving %s", role, node.label, info["detail"], extra={"notice": True}
-        )
 
     async def _write_targets(self, where: dict[str, Node]) -> None:
         path = self._config.metrics.targets_file

@@ -36,10 +36,12 @@ from typing import TYPE_CHECKING
 from runtime.config import JoblineConfig, load_config
 from runtime.errors import AppAlreadyRunning, AppNotRunning, DeploymentError
 from runtime.startup import missing_environment, path_problems, resolve_paths
-from runtime.telemetry import configure_logging, readable
+from runtime.telemetry import configure_logging, get_logger, readable
 
 if TYPE_CHECKING:
     from actors.hosting import RayRuntime
+
+log = get_logger("serve")
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -173,6 +175,7 @@ def _deploy_and_follow(
         for line in exc.lines():
             _say(line)
         return EXIT_FAILED
+    log.info("app %r deployed on Ray %s", config.ray.namespace, runtime.cluster_address)
     if runtime.owns_ray:
         record = {
             "pid": os.getpid(),
@@ -383,7 +386,7 @@ def stop_command(args: argparse.Namespace) -> int:
         return 0
     # Only now: importing Ray reads RAY_AUTH_MODE, which _locate may have set.
     _quiet_ray()
-    from actors.hosting import RayRuntime, connect, remove_leftovers
+    from actors.hosting import RayRuntime, connect, disconnect, remove_leftovers
 
     connect(config, address, attempts=1)
     try:
@@ -397,6 +400,7 @@ def stop_command(args: argparse.Namespace) -> int:
     _say(f"stopping app {name!r}")
     for line in runtime.stop():
         _say(line)
+    disconnect()  # before a local serve takes its Ray away
     if serve_pid is not None:
         deadline = time.monotonic() + SERVE_EXIT_WAIT
         while _pid_alive(serve_pid) and time.monotonic() < deadline:

@@ -113,6 +113,7 @@ def test_serve_one_per_ledger_status_stop_into_one_file_and_no_secret(root: Path
         err.close()
     printed = (root / "serve.out").read_text()
     assert "ledger created at" in printed and "ready: 6 roles" in printed
+    assert "gateway-1 ready on node" in printed and "app 'jobline' stopped" in printed
     assert not database.with_name("jobline.db-wal").exists()
     copy = root / "copy.db"
     shutil.copyfile(database, copy)  # the .db alone
@@ -121,7 +122,9 @@ def test_serve_one_per_ledger_status_stop_into_one_file_and_no_secret(root: Path
     lines = [
         json.loads(line) for line in (work / "data" / "jobline.jsonl").read_text().splitlines()
     ]
-    assert {line["role"] for line in lines} >= ROLES | {"gateway-0", "gateway-1"}
+    assert {line["role"] for line in lines} == ROLES | {"gateway-0", "gateway-1"}
+    ready = {line["role"] for line in lines if line["msg"].startswith(f"{line['role']} ready")}
+    assert ready == ROLES - {"app", "serve"} | {"gateway-0", "gateway-1"}
     assert all(line["role"] in ROLES or line["role"].startswith("gateway-") for line in lines)
     outputs = [printed, (root / "serve.err").read_text(), second.stderr, status.stdout, stop.stderr]
     files = [p for p in root.rglob("*") if p.is_file() and p.suffix != ".db"]
