@@ -7,6 +7,10 @@ file would); the operator's commands run elsewhere, in another directory, withou
 Results go to a real S3-compatible server (moto) on loopback; the vendors are the fakes,
 run by `jobline fake-vendors`; metrics are read by the real Prometheus.
 
+Every `ray start`, `jobline`, `ray job submit` and backup command is taken from
+deploy/README.md as shown (``guide_command``), with this machine's paths and ports
+(``Stage.run_guide``); `ray start` gets private ports and a private `--temp-dir` added.
+
 The steps, in order (each test needs the ones before):
 
 1. `serve` refuses to start a new, empty ledger where the config says one exists;
@@ -16,7 +20,8 @@ The steps, in order (each test needs the ones before):
 3. jobs complete; their results are in the bucket and come back through the worker's
    gateway; another account cannot see them (I6);
 4. Prometheus, with deploy/prometheus-cluster.yml, finds every role and both nodes;
-5. `stop` drains and checkpoints: a copy of the `.db` file alone holds every job;
+5. the guide's online backup holds every job; `stop` drains and checkpoints: a copy of
+   the `.db` file alone then holds every job;
 6. the same deployment through `ray job submit`, nothing secret in the job's metadata;
    a third node joins with the gateway resource and gets its gateways (scaling);
 7. the first worker node is lost while jobs run: every job ends, I1-I6 hold, and the
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -58,6 +64,8 @@ DEPLOY = ROOT / "deploy"
 JOBLINE = VENV_BIN / "jobline"
 TERMINAL = {"completed", "failed", "canceled"}
 BUCKET = "jobline-cluster-test"
+SERVE_LINE = "jobline --config /etc/jobline/jobline.toml serve --detach"
+STOP_LINE = "jobline --config /etc/jobline/jobline.toml stop"
 SECRETS = {  # known values, to look for wherever jobline writes
     "JOBLINE_ADMIN_TOKEN": "admin-7c1e0d5b-never-print-me",
     "FAL_KEY": "fal-key-4b8f2a91-never-print-me",
@@ -66,8 +74,38 @@ SECRETS = {  # known values, to look for wherever jobline writes
     "AWS_ACCESS_KEY_ID": "AKIA5NEVERPRINTME77",
     "AWS_SECRET_ACCESS_KEY": "aws-secret-0d9e8f7a-never-print-me",
 }
-HEAD = {"jobline_ledger": 1, "jobline_processor": 4}
-WORKER = {"jobline_gateway": 1, "jobline_processor": 4}
+GUIDE = (DEPLOY / "README.md").read_text()
+
+
+def guide_commands(start: str) -> list[str]:
+    """The commands of deploy/README.md's ``sh`` blocks that start with ``start``, each
+    without its trailing comment: what an operator would type."""
+    found, in_block = [], False
+    for line in GUIDE.splitlines():
+        text = line.strip()
+        if text.startswith("```"):
+            in_block = not in_block and text == "```sh"
+            continue
+        if in_block and text.startswith(start):
+            found.append(text.split("  #", 1)[0].strip())
+    assert found, f"deploy/README.md shows no command starting with {start!r}"
+    return found
+
+
+def guide_command(start: str) -> str:
+    return guide_commands(start)[0]
+
+
+def resources_of(command: str) -> dict[str, float]:
+    match = re.search(r"--resources='([^']*)'", command)
+    assert match, command
+    return dict(json.loads(match.group(1)))
+
+
+SERVE = guide_command(SERVE_LINE)
+STOP = guide_command(STOP_LINE)
+HEAD = resources_of(guide_command("ray start --head"))
+WORKER, JOINING = (resources_of(c) for c in guide_commands("ray start --address=HEAD_IP:6379"))
 
 
 @dataclass
@@ -104,6 +142,31 @@ class Stage:
         )
         self.outputs += [done.stdout, done.stderr]
         print(f"jobline {' '.join(args)}: {time.monotonic() - started:.1f}s")
+        return done
+
+    def run_guide(
+        self, command: str, *extra: str, timeout: float = 240.0
+    ) -> subprocess.CompletedProcess[str]:
+        """A command of deploy/README.md as shown, with this machine's paths and ports."""
+        for old, new in (
+            ("/etc/jobline/jobline.toml", str(self.config_path)),
+            ("/var/lib/jobline", f"{self.root}/var"),
+            ("/var/backups/jobline", f"{self.root}/backups"),
+            ("http://127.0.0.1:8265", self.cluster.dashboard_url),
+            ("HEAD_IP:6379", self.cluster.address),
+        ):
+            command = command.replace(old, new)
+        started = time.monotonic()
+        done = subprocess.run(
+            ["bash", "-c", " ".join([command, *extra])],
+            cwd=self.operator_dir,
+            env=self.operator_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        self.outputs += [done.stdout, done.stderr]
+        print(f"{command[:60]} {' '.join(extra)}: {time.monotonic() - started:.1f}s")
         return done
 
     def ray(self, *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
@@ -156,14 +219,17 @@ def cluster_config(text: str, root: Path, gateway_port: int, s3: str, fakes: dic
     return text
 
 
-def wait_for(check: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
+def wait_for(check: Any, timeout: float, what: str, interval: float = 0.5, show: Any = None) -> Any:
+    """``check()`` until it is true; on timeout the assertion shows ``show()`` (what the
+    cluster looked like)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+            seen = f": {show()}" if show is not None else ""
+            raise AssertionError(f"{what}: not within {timeout:.0f}s{seen}")
         time.sleep(interval)
 
 
@@ -247,7 +313,8 @@ def stage() -> Iterator[Stage]:
         fake_vendors.wait(timeout=30)
         fake_log.close()
         moto.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if not os.environ.get("JOBLINE_KEEP_TEST_CLUSTER"):  # set it to look at Ray's logs
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def status_rows(stage: Stage) -> dict[str, dict[str, Any]]:
@@ -270,8 +337,16 @@ def status_rows(stage: Stage) -> dict[str, dict[str, Any]]:
     return {row["role"]: row for row in answer}
 
 
+def notices(stage: Stage) -> str:
+    """Every role's notices and the status: what an operator would look at."""
+    logs = stage.jobline("logs")
+    return f"{logs.stdout}\n{logs.stderr}\n{json.dumps(status_rows(stage), indent=1)}"
+
+
 def cli_status_rows(stage: Stage) -> dict[str, dict[str, Any]]:
-    done = stage.jobline("status", "--json")
+    done = stage.run_guide(
+        guide_command("jobline --config /etc/jobline/jobline.toml status"), "--json"
+    )
     assert done.returncode in (0, 1), done.stderr
     return {row["role"]: row for row in json.loads(done.stdout)}
 
@@ -292,7 +367,7 @@ def submit(stage: Stage, n: int, tag: str) -> list[str]:
 
 
 def test_serve_refuses_a_new_empty_ledger_where_the_config_says_one_exists(stage: Stage) -> None:
-    done = stage.jobline("serve", "--detach")
+    done = stage.run_guide(SERVE)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"the ledger {stage.database} does not exist" in done.stderr
     assert "create_ledger is false" in done.stderr
@@ -304,9 +379,9 @@ def test_serve_refuses_a_new_empty_ledger_where_the_config_says_one_exists(stage
 def test_init_then_serve_places_the_ledger_on_the_head_and_the_gateway_on_the_worker(
     stage: Stage,
 ) -> None:
-    done = stage.jobline("init")
+    done = stage.run_guide(guide_command("jobline --config /etc/jobline/jobline.toml init"))
     assert done.returncode == 0 and f"created the ledger {stage.database}" in done.stderr
-    done = stage.jobline("serve", "--detach")
+    done = stage.run_guide(SERVE)
     assert done.returncode == 0, done.stdout + done.stderr
     stage.app_running = True
     assert "all ready" in done.stdout
@@ -320,7 +395,7 @@ def test_init_then_serve_places_the_ledger_on_the_head_and_the_gateway_on_the_wo
     replicas = load_config(stage.config_path).gateway.replicas
     assert len(gateways) == replicas and all(row["head"] is False for row in gateways)
     assert all(row["ready"] and row["state"] == "ALIVE" for row in rows.values())
-    again = stage.jobline("serve", "--detach")
+    again = stage.run_guide(SERVE)
     assert again.returncode == 3
     assert "already runs on this Ray cluster" in again.stderr
 
@@ -429,8 +504,16 @@ def test_prometheus_finds_every_role_and_every_node(stage: Stage) -> None:
 # --- 5: stop -------------------------------------------------------------------------------
 
 
-def test_stop_drains_and_checkpoints_so_the_db_file_alone_holds_everything(stage: Stage) -> None:
-    done = stage.jobline("stop")
+def test_backup_then_stop_so_the_db_file_alone_holds_everything(stage: Stage) -> None:
+    (stage.root / "backups").mkdir()
+    backup = stage.run_guide(guide_command("python3 -c 'import sqlite3"))  # while it runs
+    assert backup.returncode == 0, backup.stderr
+    check = stage.run_guide(guide_command("jobline check --database"))
+    assert check.returncode == 0 and "0 violation(s)" in check.stdout, check.stdout + check.stderr
+    (copied,) = (stage.root / "backups").iterdir()
+    with sqlite3.connect(f"file:{copied}?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (len(stage.jobs),)
+    done = stage.run_guide(STOP)
     assert done.returncode == 0, done.stderr
     stage.app_running = False
     assert "drained" in done.stderr and "checkpointed" in done.stderr
@@ -449,18 +532,7 @@ def test_stop_drains_and_checkpoints_so_the_db_file_alone_holds_everything(stage
 
 
 def test_ray_job_submit_deploys_it_with_nothing_secret_in_the_job(stage: Stage) -> None:
-    done = stage.ray(
-        "job",
-        "submit",
-        "--address",
-        stage.cluster.dashboard_url,
-        "--",
-        "jobline",
-        "--config",
-        str(stage.config_path),
-        "serve",
-        "--detach",
-    )
+    done = stage.run_guide(guide_command("ray job submit"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "succeeded" in done.stdout + done.stderr
     assert "all ready" in done.stdout + done.stderr  # the job's log: serve's status table
@@ -469,7 +541,7 @@ def test_ray_job_submit_deploys_it_with_nothing_secret_in_the_job(stage: Stage) 
 
 
 def test_a_node_that_joins_with_the_gateway_resource_gets_its_gateways(stage: Stage) -> None:
-    joined = stage.cluster.add_worker("worker-2", {"jobline_gateway": 1})
+    joined = stage.cluster.add_worker("worker-2", JOINING)
 
     def gateways_on_two_workers() -> dict[str, dict[str, Any]] | None:
         rows = status_rows(stage)
@@ -480,7 +552,9 @@ def test_a_node_that_joins_with_the_gateway_resource_gets_its_gateways(stage: St
         }
         return rows if len(nodes) == 2 else None
 
-    rows = wait_for(gateways_on_two_workers, 60, "gateways on the new node", 2.0)
+    rows = wait_for(
+        gateways_on_two_workers, 90, "gateways on the new node", 2.0, show=lambda: notices(stage)
+    )
     assert joined.alive()
     assert all(row["head"] is False for role, row in rows.items() if role.startswith("gateway-"))
 
@@ -545,7 +619,7 @@ def test_no_secret_is_in_any_log_output_or_ray_record(stage: Stage) -> None:
         assert stage.ray("job", "logs", "--address", url, job["submission_id"]).returncode == 0
     names = {actor["name"] for actor in listed["actors"] if actor["state"] == "ALIVE"}
     assert {"jobline-app", "jobline-ledger", "jobline-sweeper"} <= names
-    done = stage.jobline("stop")
+    done = stage.run_guide(STOP)
     stage.app_running = False
     assert done.returncode == 0
     texts = {f"output {i}": text for i, text in enumerate(stage.outputs)}
