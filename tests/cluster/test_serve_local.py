@@ -1,5 +1,6 @@
-"""`jobline serve` on one machine, as systemd runs it: its own Ray, one per ledger, stopped
-into one file, its logs naming their roles, never a secret.
+"""`jobline serve` on one machine, as systemd runs it: its own Ray, back by itself under a
+supervisor after the runtime crashed, one per ledger, stopped into one file, its logs
+naming their roles, never a secret.
 
 `serve` runs as a subprocess in a directory of its own, with a relative ledger path
 (resolved there, once) and a private Ray temporary directory (its logs are searched).
@@ -61,6 +62,7 @@ def root_fixture() -> Iterator[Path]:
     text = text.replace("port = 8080", f"port = {port}").replace(":8080", f":{port}")
     text = text.replace('# file = "data/jobline.jsonl"', 'file = "data/jobline.jsonl"')
     (root / "work" / "jobline.toml").write_text(text)
+    (root / "port").write_text(str(port))
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -79,18 +81,53 @@ def admin(url: str, body: dict[str, Any]) -> int:
         return int(answer.status)
 
 
-def test_serve_one_per_ledger_status_stop_into_one_file_and_no_secret(root: Path) -> None:
-    work = root / "work"
-    out, err = (root / "serve.out").open("w"), (root / "serve.err").open("w")
+def child_named(pid: int, name: str) -> int:
+    """The pid of ``pid``'s child process called ``name`` (from /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        comm = fields[0].split("(", 1)[1]
+        if comm == name and int(fields[1].split()[1]) == pid:
+            return int(stat.parent.name)
+    raise AssertionError(f"no {name} under pid {pid}")
+
+
+def start_serve(root: Path, attempt: int) -> subprocess.Popen[bytes]:
+    """`jobline serve` as a supervisor (systemd's Restart=always) starts it; ready."""
+    out = (root / f"serve-{attempt}.out").open("w")
+    err = (root / f"serve-{attempt}.err").open("w")
     serve = subprocess.Popen(
-        [str(JOBLINE), "serve"], cwd=work, env=environment(root), stdout=out, stderr=err
+        [str(JOBLINE), "serve"], cwd=root / "work", env=environment(root), stdout=out, stderr=err
     )
+    out.close()
+    err.close()
+    deadline = time.monotonic() + 240
+    while "all ready" not in (root / f"serve-{attempt}.out").read_text():
+        assert serve.poll() is None, (root / f"serve-{attempt}.err").read_text()
+        assert time.monotonic() < deadline, "serve never got ready"
+        time.sleep(0.3)
+    return serve
+
+
+def test_serve_comes_back_under_a_supervisor_stops_into_one_file_and_prints_no_secret(
+    root: Path,
+) -> None:
+    work = root / "work"
+    accounts = f"http://127.0.0.1:{(root / 'port').read_text()}/v1/accounts"
+    serve = start_serve(root, 1)
     try:
-        deadline = time.monotonic() + 240
-        while "all ready" not in (root / "serve.out").read_text():
-            assert serve.poll() is None, (root / "serve.err").read_text()
-            assert time.monotonic() < deadline, "serve never got ready"
-            time.sleep(0.3)
+        for i in range(3):
+            assert admin(accounts, {"name": f"before {i}"}) == 201
+        # The runtime crashes (its raylet killed): serve ends, non-zero, and a supervisor
+        # starts it again on the same ledger.
+        os.kill(child_named(serve.pid, "raylet"), signal.SIGKILL)
+        assert serve.wait(timeout=180) != 0
+        assert "lost app 'jobline'" in (root / "serve-1.err").read_text()
+        serve = start_serve(root, 2)
+        printed_first = (root / "serve-1.out").read_text()
+        assert "ledger created at" in printed_first
         second = run(root, "serve")
         assert second.returncode == 3
         assert "already runs on this machine with this ledger" in second.stderr
@@ -99,9 +136,8 @@ def test_serve_one_per_ledger_status_stop_into_one_file_and_no_secret(root: Path
         rows = {row["role"]: row for row in json.loads(status.stdout)}
         database = work / "data" / "jobline.db"  # resolved against serve's directory
         assert rows["ledger"]["detail"] == str(database)
-        port = rows["gateway-0"]["detail"].rsplit(":", 1)[1]
-        for i in range(5):
-            assert admin(f"http://127.0.0.1:{port}/v1/accounts", {"name": f"a{i}"}) == 201
+        for i in range(2):
+            assert admin(accounts, {"name": f"after {i}"}) == 201
         stop = run(root, "stop")
         assert stop.returncode == 0, stop.stderr
         assert serve.wait(timeout=120) == 0  # serve ends by itself once its app stopped
@@ -109,10 +145,8 @@ def test_serve_one_per_ledger_status_stop_into_one_file_and_no_secret(root: Path
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
             serve.wait(timeout=120)
-        out.close()
-        err.close()
-    printed = (root / "serve.out").read_text()
-    assert "ledger created at" in printed and "ready: 6 roles" in printed
+    printed = (root / "serve-2.out").read_text()
+    assert "ledger opened at" in printed and "ready: 6 roles" in printed
     assert "gateway-1 ready on node" in printed and "app 'jobline' stopped" in printed
     assert not database.with_name("jobline.db-wal").exists()
     copy = root / "copy.db"
@@ -126,7 +160,7 @@ def test_serve_one_per_ledger_status_stop_into_one_file_and_no_secret(root: Path
     ready = {line["role"] for line in lines if line["msg"].startswith(f"{line['role']} ready")}
     assert ready == ROLES - {"app", "serve"} | {"gateway-0", "gateway-1"}
     assert all(line["role"] in ROLES or line["role"].startswith("gateway-") for line in lines)
-    outputs = [printed, (root / "serve.err").read_text(), second.stderr, status.stdout, stop.stderr]
+    outputs = [second.stderr, status.stdout, stop.stderr]
     files = [p for p in root.rglob("*") if p.is_file() and p.suffix != ".db"]
     assert any("session_" in str(p) for p in files)  # Ray's own logs are searched too
     texts = outputs + [p.read_text(errors="replace") for p in files]
