@@ -76,6 +76,7 @@ from actors.wiring import (
 from runtime.config import JoblineConfig
 from runtime.errors import AppAlreadyRunning, AppNotRunning, DeploymentError
 from runtime.ports import LedgerPort, ProcessorPort
+from runtime.results_s3 import bucket_problems
 from runtime.startup import missing_environment
 from runtime.telemetry import Family, JsonFormatter, configure_logging, get_logger, is_notice
 from runtime.tracing import OTLP_ENV, PATH_ENV
@@ -424,8 +425,9 @@ class _ActorHost:
 
 
 def _node_problems(config: JoblineConfig) -> list[str]:
-    """Runs on one node: the secrets its environment lacks (names only)."""
-    return missing_environment(config, os.environ)
+    """Runs on one node: the secrets its environment lacks (names only), and whether
+    the result bucket answers to its credentials."""
+    return [*missing_environment(config, os.environ), *bucket_problems(config.storage)]
 
 
 # --- the app ------------------------------------------------------------------------------

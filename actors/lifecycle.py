@@ -133,6 +133,10 @@ def serve_command(
     else:
         config = resolve_paths(config, Path.cwd())
         problems = missing_environment(config, os.environ)
+        if not problems:
+            from runtime.results_s3 import bucket_problems
+
+            problems = bucket_problems(config.storage)
         if args.detach:
             problems.append(
                 "--detach needs a Ray cluster to leave jobline on (`ray start --head ...`, "
