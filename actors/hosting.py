@@ -114,7 +114,7 @@ def connect(config: JoblineConfig, address: str | None = None, *, attempts: int 
     succeeds."""
     if ray.is_initialized():
         return False
-    target = address if address is not None else config.ray.address
+    target = _join_address(config, address)
     options: dict[str, Any] = {
         "namespace": config.ray.namespace,
         "logging_level": logging.WARNING,
@@ -136,6 +136,12 @@ def connect(config: JoblineConfig, address: str | None = None, *, attempts: int 
 def disconnect() -> None:
     """Leave the Ray cluster this process joined (a Ray it started goes with it)."""
     ray.shutdown()
+
+
+def _join_address(config: JoblineConfig, address: str | None) -> str:
+    """The cluster to join; "" (or "local") for a Ray of our own."""
+    target = address if address is not None else config.ray.address
+    return "" if target == "local" else target
 
 
 def start_with_retries(
@@ -816,7 +822,7 @@ class RayRuntime:
         lacks a secret (``check_nodes``: default, when joining a cluster) or a role
         fails to start."""
         connecting = not ray.is_initialized()
-        joining = bool(address if address is not None else config.ray.address)
+        joining = bool(_join_address(config, address))
         owns = connect(config, address)
         try:
             app = _deploy(
@@ -837,7 +843,7 @@ class RayRuntime:
         """The running app ``[ray] namespace`` on the cluster at ``address`` (never starts
         Ray); AppNotRunning if it does not run there."""
         connecting = not ray.is_initialized()
-        if connecting and not (address or config.ray.address):
+        if connecting and not _join_address(config, address):
             raise AppNotRunning(config.ray.namespace, "no Ray cluster to look on")
         connect(config, address, attempts=1)
         try:

@@ -127,6 +127,7 @@ def serve_command(
     if prepare is not None:
         prepare(config)
     address = args.address if args.address is not None else config.ray.address
+    address = "" if address == "local" else address  # "local": a Ray of its own
     joining = bool(address)
     if joining:
         problems = [f"{args.config}: {key}: {reason}" for key, reason in path_problems(config)]

@@ -565,7 +565,7 @@ def test_a_node_that_joins_with_the_gateway_resource_gets_its_gateways(stage: St
 def test_losing_the_worker_node_ends_every_job_with_the_invariants_held(stage: Stage) -> None:
     before = status_rows(stage)
     on_worker = sorted(role for role, row in before.items() if row["head"] is False)
-    slow = {"run_time": {"kind": "uniform", "low": 3.0, "high": 5.0}}
+    slow = {"run_time": {"kind": "uniform", "low": 2.0, "high": 4.0}}
     for url in stage.fake_urls.values():
         http_json(f"{url}/_control/profile", slow)
     ids = submit(stage, 8, "lost")
@@ -609,7 +609,7 @@ def test_losing_the_worker_node_ends_every_job_with_the_invariants_held(stage: S
 def test_no_secret_is_in_any_log_output_or_ray_record(stage: Stage) -> None:
     url = stage.cluster.dashboard_url
     listed = {}
-    for kind in ("jobs", "actors", "nodes"):  # what `ray list ... --detail` shows anyone
+    for kind in ("jobs", "actors"):  # what `ray list ... --detail` shows anyone
         done = stage.ray("list", kind, "--detail", "--format=json", "--address", url)
         assert done.returncode == 0, done.stderr
         listed[kind] = json.loads(done.stdout)
