@@ -164,5 +164,5 @@ def test_serve_comes_back_under_a_supervisor_stops_into_one_file_and_prints_no_s
     files = [p for p in root.rglob("*") if p.is_file() and p.suffix != ".db"]
     assert any("session_" in str(p) for p in files)  # Ray's own logs are searched too
     texts = outputs + [p.read_text(errors="replace") for p in files]
-    assert "_ActorHost" not in (work / "data" / "jobline.jsonl").read_text()
+    assert "RoleHost" not in (work / "data" / "jobline.jsonl").read_text()
     assert [name for name, value in SECRETS.items() if any(value in t for t in texts)] == []
