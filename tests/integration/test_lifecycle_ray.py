@@ -60,8 +60,10 @@ async def test_one_app_per_name_and_never_a_second_empty_ledger(
     finally:
         lines = await asyncio.to_thread(runtime.stop)
     assert any("checkpointed" in line for line in lines)
+    assert not config.storage.database.with_name("jobline.db-wal").exists()
     record = read_record(config.ray.namespace)
     assert record is not None and record["database"] == str(config.storage.database)
+    assert record["stopped"] is not None
 
     # The file is gone (a volume not mounted, a wrong disk): the cluster remembers it.
     config.storage.database.unlink()
