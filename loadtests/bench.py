@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtests import bench_fake, bench_ledger, bench_runtime
+from loadtests import bench_fake, bench_ledger, bench_runtime, bench_tenants
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     runtime = asyncio.run(bench_runtime.run(quick=args.quick))
     results.update(runtime)
     print(bench_runtime.render(runtime))
+
+    print("\n== many tenants: hostile clients and bounded reads (jobline on local Ray)")
+    results["tenants"] = asyncio.run(bench_tenants.run(quick=args.quick))
+    print(bench_tenants.render(results["tenants"]))
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -420,6 +420,10 @@ class FakeVendor:
 
 
 def _retry_after(seconds: float) -> str:
+    """Whole seconds; a value that is no number (``inf``, ``nan``: a profile may ask for
+    them, as a hostile vendor sends them) goes out as it is."""
+    if not math.isfinite(seconds):
+        return str(seconds)
     return str(max(math.ceil(seconds), 0))
 
 
