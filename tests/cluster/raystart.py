@@ -63,8 +63,9 @@ class RayNode:
         return self.process.poll() is None
 
     def kill(self) -> None:
-        """Every process of the node at once, no goodbye (a lost machine)."""
-        if self.alive():
+        """Every process of the node at once, no goodbye (a lost machine); also what a
+        `ray start` that ended by itself left behind in its process group."""
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
@@ -106,9 +107,30 @@ class RayStartCluster:
     def add_worker(self, name: str, resources: Mapping[str, float]) -> RayNode:
         return self._start(name, [f"--address={self.address}"], resources)
 
-    def start(self, head: Mapping[str, float], workers: Mapping[str, Mapping[str, float]]) -> None:
+    def start(
+        self,
+        head: Mapping[str, float],
+        workers: Mapping[str, Mapping[str, float]],
+        attempts: int = 3,
+    ) -> None:
         """The head, then every worker as soon as the head's GCS listens (a worker's
-        `ray start` waits for the rest of the head by itself)."""
+        `ray start` waits for the rest of the head by itself). A `ray start` that gives up
+        by itself (on a loaded machine its head may not find its own GCS in time) is
+        started again, with every node, on fresh ports."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_all(head, workers)
+                return
+            except RuntimeError:
+                for node in self.nodes:
+                    node.kill()
+                self.nodes.clear()
+                if attempt == attempts:
+                    raise
+
+    def _start_all(
+        self, head: Mapping[str, float], workers: Mapping[str, Mapping[str, float]]
+    ) -> None:
         self.gcs_port, self.dashboard_port, client = free_ports(3)
         head_node = self._launch(
             "head",
