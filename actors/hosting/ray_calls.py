@@ -261,7 +261,7 @@ async def forward(handle: Handle, method: str, *args: Any, **kwargs: Any) -> Any
     """``method(*args, **kwargs)`` on the object a ``RoleHost`` actor runs (its ``call``);
     errors as the module docstring says."""
     try:
-        return await handle.call.remote(method, *args, **kwargs)
+        return await send(handle, "call", method, *args, **kwargs)
     except ray.exceptions.RayTaskError as exc:
         raise _jobline_error(exc, method) from None
 
