@@ -209,6 +209,12 @@ def cluster_config(text: str, root: Path, gateway_port: int, s3: str, fakes: dic
         ('"https://queue.fal.run"', f'"{fakes["fal"]}"'),
         ("https://rest.alpha.fal.ai", fakes["fal"]),
         ('"https://api.replicate.com"', f'"{fakes["replicate"]}"'),
+        # The fakes serve their outputs on loopback, an internal address refused unless listed.
+        ('api_key_env = "FAL_KEY"', 'api_key_env = "FAL_KEY"\noutput_hosts = ["127.0.0.1"]'),
+        (
+            'api_key_env = "REPLICATE_API_TOKEN"',
+            'api_key_env = "REPLICATE_API_TOKEN"\noutput_hosts = ["127.0.0.1"]',
+        ),
         ("interval = 15.0", "interval = 1.0"),
         ("poll_interval = 1.0", "poll_interval = 0.3"),
         ("base = 1.0", "base = 0.1"),
@@ -419,7 +425,8 @@ def test_jobs_store_results_in_s3_and_the_workers_gateway_serves_them(stage: Sta
         return jobs if all(j["status"] in TERMINAL for j in jobs.values()) else None
 
     jobs = wait_for(ended, 90, "jobs ending")
-    assert {j["status"] for j in jobs.values()} == {"completed"}
+    errors = [j["error"] for j in jobs.values()]
+    assert {j["status"] for j in jobs.values()} == {"completed"}, errors
     for job_id in ids:
         status, body = stage.http("GET", f"/v1/jobs/{job_id}/result")
         assert status == 200 and body == expected_png(stage.jobs[job_id])
