@@ -8,12 +8,19 @@ write lands or the job's deadline passes. A vendor task that ended in a second m
 wait for the sweeper's next round because SQLite was busy for a moment (field case 8:
 with the file locked for 20 s, such jobs completed ~133 s later, through the sweeper).
 
+``attach`` holds an operation back until the job's next write, and sends it in the same
+loop turn as that write, so both go in one actor call and one ledger batch (one
+transaction): a webhook's receipt is written with the Complete, ScheduleRetry or Fail it
+brought about, instead of costing an actor call of its own. ``release`` sends what a job
+has attached without waiting for a write (the processor let the job go).
+
 Every operation is idempotent (``runtime.models``), so a write whose answer was lost and
 is sent again changes nothing twice. The sleeping is on the role's injected clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from runtime.batching import Coalescer
@@ -36,13 +43,64 @@ class LedgerWriter:
     ) -> None:
         self._ops: Coalescer[LedgerOp, Outcome] = Coalescer(execute_many)
         self._clock = clock
+        self._attached: dict[str, list[LedgerOp]] = {}  # by job id: ride with its next write
         self.retried = 0  # writes sent again because the ledger could not be reached
 
     async def op(self, op: LedgerOp) -> Outcome:
-        """One operation, once; raises its error (``Outcome.unwrap``)."""
-        outcome = await self._ops.call(op)
-        outcome.unwrap()
-        return outcome
+        """One operation, once; raises its error (``Outcome.unwrap``). What ``attach``
+        held back for the same job goes in the same call."""
+        job_id = getattr(op, "job_id", "")
+        riders = self._attached.pop(job_id, [])
+        if not riders:
+            outcome = await self._ops.call(op)
+            outcome.unwrap()
+            return outcome
+        first, *ridden = await asyncio.gather(
+            self._ops.call(op), *(self._ops.call(r) for r in riders), return_exceptions=True
+        )
+        self._check_riders(job_id, riders, ridden)
+        if isinstance(first, BaseException):
+            raise first
+        first.unwrap()
+        return first
+
+    def attach(self, job_id: str, op: LedgerOp) -> None:
+        """Send ``op`` with the next write of ``job_id`` (``op`` must be idempotent: it
+        is lost if this process stops first)."""
+        self._attached.setdefault(job_id, []).append(op)
+
+    def holds(self, job_id: str) -> bool:
+        """Whether ``job_id`` has operations attached."""
+        return job_id in self._attached
+
+    async def release(self, job_id: str) -> None:
+        """Send what ``job_id`` has attached now, on its own (no write of the job follows)."""
+        riders = self._attached.pop(job_id, [])
+        if riders:
+            ridden = await asyncio.gather(
+                *(self._ops.call(r) for r in riders), return_exceptions=True
+            )
+            self._check_riders(job_id, riders, list(ridden), keep=False)
+
+    def _check_riders(
+        self,
+        job_id: str,
+        riders: list[LedgerOp],
+        ridden: Sequence[Outcome | BaseException],
+        keep: bool = True,
+    ) -> None:
+        """Riders that did not reach the ledger ride with the job's next write (``keep``);
+        those the ledger refused, or with no write to come, are logged and dropped."""
+        for rider, result in zip(riders, ridden, strict=True):
+            if isinstance(result, BaseException) and keep:
+                self.attach(job_id, rider)
+                continue
+            error = result if isinstance(result, BaseException) else result.error
+            if error is not None:
+                log.warning(
+                    "an attached write did not land",
+                    extra={"job_id": job_id, "error": f"{type(rider).__name__}: {error}"},
+                )
 
     async def settle(self, op: LedgerOp, deadline: float) -> Outcome:
         """``op`` until it lands: an unreachable ledger is asked again with backoff until

@@ -13,7 +13,7 @@ import contextlib
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from actors.finishing import DownloadsExpired, JobFinisher, OutputRefused, OutputTooLarge
@@ -64,6 +64,7 @@ class HeldJob:
     cancel_requested: bool = False
     queued: bool = False  # waiting in the queue (not in an attempt)
     followed: Followed | None = None  # the vendor task being waited on
+    webhook_ids: set[str] = field(default_factory=set)  # taken here (take_webhooks)
 
 
 class Outcomes:

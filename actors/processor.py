@@ -76,6 +76,7 @@ from runtime.errors import (
 from runtime.models import (
     Job,
     MarkProcessing,
+    RecordWebhook,
     StartAttempt,
 )
 from runtime.policies import (
@@ -237,6 +238,22 @@ class VendorProcessor:
             if event.status.state.ended:
                 self._early[event.task_id] = (now, event.status)
         self._forget_old_early_events(now)
+
+    async def take_webhooks(self, events: Sequence[WebhookEvent]) -> list[str]:
+        answers = []
+        for event in events:
+            job_id = self._by_task.get(event.task_id)
+            held = self._held.get(job_id) if job_id else None
+            if held is None or held.followed is None or held.followed.task_id != event.task_id:
+                answers.append("")
+            elif event.webhook_id in held.webhook_ids:
+                answers.append("duplicate")
+            else:
+                held.webhook_ids.add(event.webhook_id)
+                self._writer.attach(held.job.id, RecordWebhook(self.vendor.name, event.webhook_id))
+                held.followed.push(event.status)
+                answers.append("taken")
+        return answers
 
     async def cancel_tasks(self, job_ids: Sequence[str]) -> None:
         not_held = []
@@ -577,6 +594,8 @@ class VendorProcessor:
         self._enqueue(held)
 
     def _drop(self, job_id: str) -> None:
+        if self._writer.holds(job_id):  # receipts with no write of the job left to ride
+            self._spawn(self._writer.release(job_id))
         held = self._held.pop(job_id, None)
         if held is not None and held.task_id is not None:
             self._by_task.pop(held.task_id, None)

@@ -293,6 +293,14 @@ class GatewayConfig(_Section):
         return os.environ.get(self.admin_token_env)
 
 
+class TracingConfig(_Section):
+    # The share of jobs whose spans are exported (decided by the trace id, so every actor
+    # agrees without a message). A span that ends in an error is exported whatever the ratio.
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    # Spans are exported in batches from a thread of their own, at least this often.
+    export_interval: float = Field(default=1.0, gt=0)
+
+
 class ConsoleConfig(_Section):
     # Where operators open Grafana (e.g. "https://grafana.example.com"): the console's
     # operator view links each dashboard of dashboards/ there. Empty: no links.
@@ -489,6 +497,7 @@ class JoblineConfig(_Section):
     circuit: CircuitConfig = CircuitConfig()
     sweeper: SweeperConfig = SweeperConfig()
     console: ConsoleConfig = ConsoleConfig()
+    tracing: TracingConfig = TracingConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     vendors: dict[str, VendorConfig] = Field(min_length=1)

@@ -112,6 +112,12 @@ class ProcessorPort(Protocol):
     async def on_webhooks(self, events: Sequence[WebhookEvent]) -> None:
         """Verified, deduplicated vendor events forwarded by a gateway."""
 
+    async def take_webhooks(self, events: Sequence[WebhookEvent]) -> list[str]:
+        """Verified vendor events, not yet deduplicated: per event ``"taken"`` (a task this
+        processor follows; applied, its receipt written with the job's next ledger write),
+        ``"duplicate"`` (taken before), or ``""`` (not followed here: the gateway records
+        it in the ledger and forwards it with ``on_webhooks``)."""
+
     async def cancel_tasks(self, job_ids: Sequence[str]) -> None:
         """These jobs were canceled or failed in the ledger: cancel their vendor tasks."""
 

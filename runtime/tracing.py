@@ -16,6 +16,17 @@ the OpenTelemetry trace id, so no actor has to pass context objects to another:
     processor          ├── vendor.submit ── vendor.wait ── download ── settle
     sweeper            └── download ── settle          (a zombie the sweeper completes)
 
+Sampling: ``[tracing] sample_ratio`` of the jobs are traced, chosen by their trace id
+(OpenTelemetry's ``TraceIdRatioBased`` under ``ParentBased``), so every actor in every
+process takes the same decision for a job with no message between them. The spans of a
+job not chosen are still recorded (cheaply, never serialized) and dropped when they end,
+unless they end in an error: a failing span is always exported.
+
+Spans are exported in batches by the SDK's ``BatchSpanProcessor``, from a thread of its
+own, at least every ``[tracing] export_interval`` seconds: never on the request's or the
+job's path. What a process had not exported yet when it is killed is lost (at most one
+interval's spans); a clean stop exports it.
+
 Spans go over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces-only
 variant) is set, and otherwise to a JSON-lines file, one object per span:
 ``JOBLINE_TRACES_PATH``, else ``traces.jsonl`` beside the ledger database (so
@@ -39,14 +50,25 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
-    SimpleSpanProcessor,
     SpanExporter,
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.trace import Span as Span
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes as OtelAttributes
 
 from runtime.config import JoblineConfig
 
@@ -68,19 +90,115 @@ def root_span_id(trace_id: str) -> int:
     return int.from_bytes(digest[:8], "big") or 1
 
 
-def job_context(trace_id: str) -> Context:
-    """A context whose parent is the job's root span, wherever that span was made.
+def sampled(trace_id: int, ratio: float) -> bool:
+    """Whether a trace is chosen at ``ratio`` (the test ``TraceIdRatioBased`` makes)."""
+    return trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < TraceIdRatioBased.get_bound_for_rate(ratio)
+
+
+def job_context(trace_id: str, ratio: float = 1.0) -> Context:
+    """A context whose parent is the job's root span, wherever that span was made; marked
+    sampled as the root span was, at ``ratio``.
 
     A trace id that is not 32 hex digits gives an empty context (a trace of its own)."""
     if not _TRACE_ID.fullmatch(trace_id):
         return Context()
+    number = int(trace_id, 16)
+    flags = trace.TraceFlags.SAMPLED if sampled(number, ratio) else trace.TraceFlags.DEFAULT
     root = trace.SpanContext(
-        trace_id=int(trace_id, 16),
+        trace_id=number,
         span_id=root_span_id(trace_id),
         is_remote=True,
-        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        trace_flags=trace.TraceFlags(flags),
     )
     return trace.set_span_in_context(trace.NonRecordingSpan(root))
+
+
+class _RecordWhatIsDropped(Sampler):
+    """``inner``'s decision, except that a span it drops is still recorded (not sampled):
+    it costs no export, and is exported after all if it ends in an error (``KeepFailed``)."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self._inner = inner
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: OtelAttributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        result = self._inner.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+        if result.decision is not Decision.DROP:
+            return result
+        return SamplingResult(Decision.RECORD_ONLY, attributes, result.trace_state)
+
+    def get_description(self) -> str:
+        return f"RecordWhatIsDropped{{{self._inner.get_description()}}}"
+
+
+def job_sampler(ratio: float) -> Sampler:
+    """``ParentBased(TraceIdRatioBased(ratio))``, recording (not exporting) the rest."""
+    off = _RecordWhatIsDropped(ALWAYS_OFF)
+    return ParentBased(
+        root=_RecordWhatIsDropped(TraceIdRatioBased(ratio)),
+        remote_parent_not_sampled=off,
+        local_parent_not_sampled=off,
+    )
+
+
+class KeepFailed(SpanProcessor):
+    """Hands ``inner`` the spans of sampled traces, and every span that ended in an error."""
+
+    def __init__(self, inner: SpanProcessor) -> None:
+        self._inner = inner
+
+    def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
+        self._inner.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.get_span_context()
+        if context is None:
+            return
+        if context.trace_flags.sampled:
+            self._inner.on_end(span)
+        elif span.status.status_code is StatusCode.ERROR:
+            self._inner.on_end(_marked_sampled(span, context))
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _marked_sampled(span: ReadableSpan, context: trace.SpanContext) -> ReadableSpan:
+    """The same span, flagged sampled (the SDK's processors export only those)."""
+    flagged = trace.SpanContext(
+        context.trace_id,
+        context.span_id,
+        context.is_remote,
+        trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        context.trace_state,
+    )
+    return ReadableSpan(
+        span.name,
+        flagged,
+        span.parent,
+        span.resource,
+        span.attributes,
+        span.events,
+        span.links,
+        span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 # The ids the next span must take (a job's root span); None: random ids.
@@ -164,9 +282,10 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
 class JobTracer:
     """One actor's spans, each in the trace of the job it is about."""
 
-    def __init__(self, actor: str, provider: trace.TracerProvider) -> None:
+    def __init__(self, actor: str, provider: trace.TracerProvider, ratio: float = 1.0) -> None:
         self.actor = actor
         self.provider = provider
+        self.ratio = ratio  # the provider's sampling ratio (job_sampler)
         self._tracer = provider.get_tracer("jobline")
 
     @contextlib.contextmanager
@@ -189,7 +308,7 @@ class JobTracer:
         else directly under the job's root span."""
         current = trace.get_current_span().get_span_context()
         same_job = current.is_valid and f"{current.trace_id:032x}" == trace_id
-        parent = None if same_job else job_context(trace_id)
+        parent = None if same_job else job_context(trace_id, self.ratio)
         with self._tracer.start_as_current_span(
             name, context=parent, attributes=self._attributes(attributes)
         ) as span:
@@ -217,13 +336,19 @@ def tracer_for(actor: str, config: JoblineConfig) -> JobTracer:
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return JobTracer(actor, trace.NoOpTracerProvider())
     otlp = any(os.environ.get(name) for name in OTLP_ENV)
-    key = "otlp" if otlp else str(traces_path(config).resolve())
+    tracing = config.tracing
+    where = "otlp" if otlp else str(traces_path(config).resolve())
+    key = f"{where} {tracing.sample_ratio!r} {tracing.export_interval!r}"
     with _providers_lock:
         provider = _providers.get(key)
         if provider is None:
-            processor = _otlp_processor() if otlp else _file_processor(traces_path(config))
-            provider = _providers[key] = make_provider(processor)
-    return JobTracer(actor, provider)
+            exporter = _otlp_exporter() if otlp else JsonLinesExporter(traces_path(config))
+            batches = BatchSpanProcessor(
+                exporter, schedule_delay_millis=1000 * tracing.export_interval
+            )
+            provider = make_provider(batches, tracing.sample_ratio)
+            _providers[key] = provider
+    return JobTracer(actor, provider, tracing.sample_ratio)
 
 
 def shutdown_tracing() -> None:
@@ -236,20 +361,20 @@ def shutdown_tracing() -> None:
             provider.shutdown()
 
 
-def make_provider(processor: SpanProcessor) -> TracerProvider:
+def make_provider(processor: SpanProcessor, ratio: float = 1.0) -> TracerProvider:
+    """A provider sampling jobs at ``ratio``: ``processor`` gets the spans of the traces
+    chosen, and every span that ended in an error (give it a ``JobTracer`` of the same
+    ``ratio``)."""
     provider = TracerProvider(
-        resource=Resource.create({"service.name": SERVICE_NAME}), id_generator=_JobIds()
+        sampler=job_sampler(ratio),
+        resource=Resource.create({"service.name": SERVICE_NAME}),
+        id_generator=_JobIds(),
     )
-    provider.add_span_processor(processor)
+    provider.add_span_processor(KeepFailed(processor))
     return provider
 
 
-def _otlp_processor() -> SpanProcessor:
+def _otlp_exporter() -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return BatchSpanProcessor(OTLPSpanExporter())  # endpoint and headers from OTEL_* env
-
-
-def _file_processor(path: Path) -> SpanProcessor:
-    # Written as each span ends: nothing is lost when Ray kills an actor.
-    return SimpleSpanProcessor(JsonLinesExporter(path))
+    return OTLPSpanExporter()  # endpoint and headers from OTEL_* env

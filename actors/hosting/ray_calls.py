@@ -39,6 +39,17 @@ log = get_logger("hosting")
 
 Handle = Any  # a Ray actor handle, or a local cluster's node: opaque outside this module
 
+# Only the parts of Ray that jobline uses (issue 16), for a Ray jobline starts itself: no
+# Ray-internal metrics (jobline exports its own), no idle workers started ahead (every role
+# is an actor placed at once); and, per actor, no task events (Ray's state API and
+# dashboard timeline, never read): they cost every actor call a record in the caller, the
+# callee and the GCS.
+RAY_SYSTEM_CONFIG = {
+    "enable_metrics_collection": False,
+    "enable_worker_prestart": False,
+    "prestart_worker_first_driver": False,
+}
+
 
 class ActorNotFound(ValueError):
     """No actor of this name lives in the namespace."""
@@ -103,6 +114,7 @@ def start_local(
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=log_to_driver,
+        _system_config=RAY_SYSTEM_CONFIG,
     )
 
 
@@ -201,6 +213,7 @@ def create_actor(
         "max_task_retries": max_task_retries,
         "num_cpus": 0,
         "max_concurrency": max_concurrency,
+        "enable_task_events": False,
     }
     if node_id is not None:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
@@ -301,6 +314,7 @@ def start_cluster_here(head_cpus: int, head_resources: Mapping[str, float]) -> H
             "num_cpus": head_cpus,
             "include_dashboard": False,
             "resources": dict(head_resources),
+            "_system_config": RAY_SYSTEM_CONFIG,
         },
     )
 

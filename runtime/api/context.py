@@ -2,7 +2,9 @@
 
 ``Api`` owns the gateway's few pieces of memory, none of which another replica or a
 restart needs: the coalesced ledger calls (many concurrent requests share one actor
-call), the coalesced calls to each vendor's processor, the API keys it has checked
+call), the jobs it has seen ended (``EndedJobs``: an ended job never changes again, so
+reading it once is enough), the coalesced calls to each vendor's processor, the API keys
+it has checked
 (``runtime.api.auth``), the per-account bound on expensive reads
 (``runtime.api.limits``), and the background tasks that send work on after the client
 has its answer.
@@ -15,6 +17,7 @@ import contextlib
 import hmac
 import random
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,6 +54,7 @@ LEDGER_TIMEOUT = 30.0  # a ledger call slower than this answers 503 (retry with 
 PROCESSOR_TIMEOUT = 30.0  # background calls to processors give up after this
 SSE_POLL_INTERVAL = 0.3  # seconds between reads of a job an event stream follows
 SSE_HEARTBEAT_INTERVAL = 15.0
+ENDED_JOBS_KEPT = 20_000  # ended jobs a replica answers from memory (a few KiB each)
 
 B = TypeVar("B", bound=BaseModel)
 T = TypeVar("T")
@@ -78,6 +82,37 @@ class GatewayContext:
     collect_metrics_of: Callable[[str], Awaitable[list[Family] | None]] | None = None
 
 
+class EndedJobs:
+    """The ended jobs this replica has read, newest kept, at most ``capacity``.
+
+    Terminal states absorb (``runtime.states``: no transition leaves one, and the ledger's
+    guards are in SQL), so an ended job's row never changes again: answering it from
+    memory is exact, never stale. A job not yet ended is never kept; it is read from the
+    ledger each time.
+    """
+
+    def __init__(self, capacity: int = ENDED_JOBS_KEPT) -> None:
+        self.capacity = capacity
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+
+    def get(self, job_id: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            self._jobs.move_to_end(job_id)
+        return job
+
+    def keep(self, job: Job | None) -> None:
+        if job is None or not job.terminal or self.capacity <= 0:
+            return
+        self._jobs[job.id] = job
+        self._jobs.move_to_end(job.id)
+        while len(self._jobs) > self.capacity:
+            self._jobs.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+
 class _ProcessorCalls:
     """The coalesced calls to one vendor's processor."""
 
@@ -86,6 +121,7 @@ class _ProcessorCalls:
         self.vendor = vendor
         self.dispatch: Coalescer[Job, None] = Coalescer(self._dispatch)
         self.webhooks: Coalescer[WebhookEvent, None] = Coalescer(self._webhooks)
+        self.take: Coalescer[WebhookEvent, str] = Coalescer(self._take)
         self.cancels: Coalescer[str, None] = Coalescer(self._cancel)
 
     async def _dispatch(self, jobs: list[Job]) -> list[None]:
@@ -95,6 +131,9 @@ class _ProcessorCalls:
     async def _webhooks(self, events: list[WebhookEvent]) -> list[None]:
         await self._router.processor(self.vendor).on_webhooks(events)
         return [None] * len(events)
+
+    async def _take(self, events: list[WebhookEvent]) -> list[str]:
+        return list(await self._router.processor(self.vendor).take_webhooks(events))
 
     async def _cancel(self, job_ids: list[str]) -> list[None]:
         await self._router.processor(self.vendor).cancel_tasks(job_ids)
@@ -119,6 +158,7 @@ class Api:
         self.shutdown_hooks: list[Callable[[], None]] = []  # route modules' own, on shutdown
         self._ops: Coalescer[LedgerOp, Outcome] = Coalescer(self._execute_many)
         self._job_reads: Coalescer[str, Job | None] = Coalescer(self.get_jobs)
+        self.ended = EndedJobs()
         self._processors: dict[str, _ProcessorCalls] = {}
         gateway = ctx.config.gateway
         self.auth = Authenticator(
@@ -164,8 +204,14 @@ class Api:
         return await self.read(self._ops.call(op))
 
     async def job(self, job_id: str) -> Job | None:
-        """The job (coalesced with every other request's read), or None."""
-        return await self.read(self._job_reads.call(job_id))
+        """The job, or None: an ended job from memory if this replica saw it ended, else
+        read from the ledger (coalesced with every other request's read)."""
+        ended = self.ended.get(job_id)
+        if ended is not None:
+            return ended
+        job = await self.read(self._job_reads.call(job_id))
+        self.ended.keep(job)
+        return job
 
     async def owned_job(self, job_id: str, account_id: str) -> Job:
         job = await self.job(job_id)

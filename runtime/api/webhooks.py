@@ -1,8 +1,16 @@
-"""Vendor callbacks (``POST /v1/webhooks/{vendor}``): verified, recorded, forwarded.
+"""Vendor callbacks (``POST /v1/webhooks/{vendor}``): verified, deduplicated, applied.
 
-A webhook is verified by its vendor's client, then recorded (``RecordWebhook``) before
-it is forwarded to the vendor's processor, so a webhook id is applied at most once; a
-repeat is acknowledged and dropped.
+A webhook is verified by its vendor's client, then offered to the vendor's processor
+(``take_webhooks``). The usual webhook is about a task the processor is following: it
+takes it, keeps its id (a repeat is answered ``duplicate``), and its receipt is written
+in the same ledger call and transaction as the write it brings about (the job's
+Complete, ScheduleRetry or Fail), so it costs no ledger call of its own. Any other
+webhook (a task the processor does not follow: not yet recorded, in doubt, an orphan,
+ended, or the processor restarting or slow to answer) is recorded in the ledger
+(``RecordWebhook``) before it is forwarded (``on_webhooks``). Either way a webhook id is
+applied at most once, and a repeat is acknowledged and dropped; a processor that
+restarts forgets the ids it took but not written yet, and a repeat of one is applied
+again, which changes nothing (a pushed end is idempotent, terminal states absorb).
 
 Its body has its own limit, ``gateway.max_webhook_body_bytes`` (replicate posts the whole
 prediction, input and logs; fal the whole result, data URIs in sync mode: several MB),
@@ -34,6 +42,7 @@ from runtime.vendors import WebhookEvent
 from runtime.webhooks import ATTEMPT_PARAM, JOB_PARAM
 
 WEBHOOK_ANSWER_WITHIN = 2.0  # a vendor's webhook is answered by then, forwarded or not
+WEBHOOK_OFFER_WITHIN = 0.5  # the processor's answer to an offer; after that, the ledger
 MAX_REFERENCE_LENGTH = 128  # a job id in a webhook URL; longer is not one of ours
 WEBHOOK_REASONS = (
     (WebhookSignatureInvalid, "signature"),
@@ -89,6 +98,10 @@ class WebhookRoutes:
             log.warning("webhook rejected (%s): %s", reason, exc, extra={"vendor": vendor})
             raise
         event = with_reference(event, request.query)
+        taken = await self._offer(vendor, event)
+        if taken:
+            metrics.webhooks.labels(vendor, taken).inc()
+            return web.json_response({"status": taken})
         outcome = await api.execute(RecordWebhook(vendor, event.webhook_id))
         if not outcome.unwrap():
             metrics.webhooks.labels(vendor, "duplicate").inc()
@@ -101,6 +114,20 @@ class WebhookRoutes:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(forward), WEBHOOK_ANSWER_WITHIN)
         return web.json_response({"status": "accepted"})
+
+    async def _offer(self, vendor: str, event: WebhookEvent) -> str:
+        """``"accepted"`` or ``"duplicate"`` if the processor follows the event's task;
+        ``""`` if it does not, or did not answer in time (the ledger records it then)."""
+        try:
+            offer = self.api.processor(vendor).take.call(event)
+            answer = await asyncio.wait_for(offer, WEBHOOK_OFFER_WITHIN)
+        except Exception as exc:
+            log.info(
+                "webhook not taken by the processor; recording it",
+                extra={"vendor": vendor, "task_id": event.task_id, "error": repr(exc)},
+            )
+            return ""
+        return {"taken": "accepted", "duplicate": "duplicate"}.get(answer, "")
 
     async def _forward_webhook(self, vendor: str, event: WebhookEvent) -> None:
         try:

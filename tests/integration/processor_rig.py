@@ -54,6 +54,7 @@ class Rig:
     processors: dict[str, VendorProcessor]
     results: LocalResultStore
     relayed: list[WebhookEvent] = field(default_factory=list)
+    answers: list[tuple[str, str]] = field(default_factory=list)  # (webhook id, answer)
 
     def processor(self, vendor: str) -> ProcessorPort:
         return self.processors[vendor]
@@ -119,8 +120,9 @@ class Rig:
 
 async def relay_webhooks(rig: Rig) -> web.AppRunner:
     """The gateway's webhook route in miniature, at the config's ``public_url``: each
-    webhook verified in its vendor's scheme, its URL's job and attempt attached, and
-    forwarded to the vendor's processor (``runtime.api.webhooks``)."""
+    webhook verified in its vendor's scheme, its URL's job and attempt attached, offered
+    to the vendor's processor, and forwarded if it did not take it (``runtime.api.webhooks``;
+    the answers are in ``rig.answers``)."""
     clients = {
         name: make_client(v, *vendor_credentials(v)) for name, v in rig.config.vendors.items()
     }
@@ -136,8 +138,11 @@ async def relay_webhooks(rig: Rig) -> web.AppRunner:
             return web.Response(status=401)
         event = with_reference(event, request.query)
         rig.relayed.append(event)
-        await rig.processors[vendor].on_webhooks([event])
-        return web.json_response({"status": "accepted"})
+        (answer,) = await rig.processors[vendor].take_webhooks([event])
+        rig.answers.append((event.webhook_id, answer))
+        if not answer:
+            await rig.processors[vendor].on_webhooks([event])
+        return web.json_response({"status": "duplicate" if answer == "duplicate" else "accepted"})
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/webhooks/{vendor}", receive)

@@ -13,16 +13,17 @@ from typing import Any
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
 from loadtests.testbed import ROOT_CONFIG, Testbed
-from runtime.config import load_config
+from runtime.config import TracingConfig, load_config
 from runtime.telemetry import new_trace_id
 from runtime.tracing import (
     JobTracer,
     JsonLinesExporter,
     make_provider,
     root_span_id,
+    sampled,
     shutdown_tracing,
     tracer_for,
 )
@@ -92,6 +93,70 @@ def test_a_failing_step_marks_its_span(tmp_path: Path) -> None:
     assert (span["status"], span["error"]) == ("error", "RuntimeError: vendor gone")
 
 
+def test_a_sampled_out_job_exports_nothing_from_any_process_but_its_errors(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "traces.jsonl"
+    ratio = 0.5
+    gateway = JobTracer(
+        "gateway-0", make_provider(SimpleSpanProcessor(JsonLinesExporter(path)), ratio), ratio
+    )
+    processor = JobTracer(
+        "processor-fal", make_provider(SimpleSpanProcessor(JsonLinesExporter(path)), ratio), ratio
+    )
+    trace_ids = [new_trace_id(RNG) for _ in range(200)]
+    for trace_id in trace_ids:
+        with gateway.root("submit", trace_id):
+            pass
+        with processor.span("vendor.submit", trace_id), processor.span("inner", trace_id):
+            pass
+    kept = {t for t in trace_ids if read_spans(path, t)}
+    # Each job is traced whole or not at all: both processes took the same decision.
+    for trace_id in kept:
+        assert sorted(s["name"] for s in read_spans(path, trace_id)) == [
+            "inner",
+            "submit",
+            "vendor.submit",
+        ]
+    assert kept == {t for t in trace_ids if sampled(int(t, 16), ratio)}
+    assert 60 <= len(kept) <= 140  # about half (the ids come from a seeded generator)
+
+    # A step that fails in a job that was not chosen is exported all the same.
+    dropped = next(t for t in trace_ids if t not in kept)
+    with pytest.raises(RuntimeError), processor.span("download", dropped):
+        raise RuntimeError("storage gone")
+    (span,) = read_spans(path, dropped)
+    assert (span["name"], span["status"], span["actor"]) == ("download", "error", "processor-fal")
+
+
+def test_a_ratio_of_zero_exports_only_failures(tmp_path: Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    tracer = JobTracer(
+        "processor-fal", make_provider(SimpleSpanProcessor(JsonLinesExporter(path)), 0.0), 0.0
+    )
+    trace_id = new_trace_id(RNG)
+    with tracer.root("submit", trace_id), tracer.span("vendor.submit", trace_id):
+        pass
+    assert read_spans(path, trace_id) == []
+    with pytest.raises(ValueError), tracer.span("settle", trace_id):
+        raise ValueError("refused")
+    assert [s["name"] for s in read_spans(path, trace_id)] == ["settle"]
+
+
+def test_spans_leave_in_batches_not_as_each_one_ends(tmp_path: Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    batches = BatchSpanProcessor(JsonLinesExporter(path), schedule_delay_millis=60_000)
+    tracer = JobTracer("gateway-0", make_provider(batches))
+    trace_id = new_trace_id(RNG)
+    for _ in range(3):
+        with tracer.span("dispatch", trace_id):
+            pass
+    assert not path.exists()  # nothing written on the caller's path
+    assert batches.force_flush(10_000)
+    assert [s["name"] for s in read_spans(path, trace_id)] == ["dispatch"] * 3
+    batches.shutdown()
+
+
 @pytest.fixture
 async def otlp_collector() -> AsyncIterator[tuple[str, list[ExportTraceServiceRequest]]]:
     """A real HTTP server taking OTLP/HTTP protobuf posts, as a collector would."""
@@ -121,7 +186,8 @@ async def test_spans_go_over_otlp_when_an_endpoint_is_set(
 ) -> None:
     endpoint, received = otlp_collector
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-    config = load_config(ROOT_CONFIG)
+    every_job = TracingConfig(sample_ratio=1.0)
+    config = load_config(ROOT_CONFIG).model_copy(update={"tracing": every_job})
     try:
         tracer = tracer_for("gateway-0", config)
         trace_id = new_trace_id(RNG)
@@ -144,7 +210,11 @@ async def test_spans_go_over_otlp_when_an_endpoint_is_set(
 
 @pytest.mark.ray
 async def test_one_job_is_one_trace_across_actors_on_ray(tmp_path: Path, ray_session: Any) -> None:
-    fast = {"vendors.fal": {"poll_interval": 0.3}, "sweeper": {"interval": 1.0}}
+    fast = {
+        "vendors.fal": {"poll_interval": 0.3},
+        "sweeper": {"interval": 1.0},
+        "tracing": {"sample_ratio": 1.0, "export_interval": 0.2},
+    }
     async with Testbed(tmp_path, profile="calm", overrides=fast) as tb:
         status, job = await tb.client.submit("flux-schnell", {"prompt": "a traced fox"})
         assert status == 202
@@ -153,7 +223,7 @@ async def test_one_job_is_one_trace_across_actors_on_ray(tmp_path: Path, ray_ses
         trace_id = done["trace_id"]
         path = tmp_path / "traces.jsonl"  # beside the ledger database
         spans: list[dict[str, Any]] = []
-        for _ in range(50):  # the settle span ends just after the job is completed
+        for _ in range(100):  # the settle span ends just after the job; batches follow
             spans = read_spans(path, trace_id)
             if {s["name"] for s in spans} >= JOB_SPANS:
                 break
