@@ -161,6 +161,9 @@ class CreditLedger:
     async def account_limits(self, account_id: str) -> AccountLimits:
         return await self.ledger.account_limits(account_id)
 
+    async def slot_weights(self, account_ids: Sequence[str]) -> dict[str, float]:
+        return await self.ledger.slot_weights(account_ids)
+
     async def dead_letters(
         self, limit: int = 100, include_redriven: bool = False, cursor: str | None = None
     ) -> DeadLetterPage:
