@@ -21,8 +21,9 @@ transaction as the job's move to ``failed`` (I2). The fee is a model's own
 
 An account whose jobs keep failing on their own input is throttled
 (``RejectionThrottle``): a leaky bucket per account, to which each input rejection adds
-one and which drains ``limit`` per ``window`` seconds; when it reaches ``limit`` (about
-``limit`` rejections within ``window``), the account's submits are refused with ``429``
+one and which drains ``limit`` per ``window`` seconds; when it passes ``limit - 1`` (the
+``limit``-th of rejections in quick succession; at a steady pace, about twice ``limit``
+within ``window``), the account's submits are refused with ``429``
 and ``Retry-After`` for ``duration`` seconds. The ledger keeps the bucket with the
 account, so the throttle holds across gateway replicas and restarts.
 
@@ -85,4 +86,6 @@ class RejectionThrottle:
         if not self.enabled:
             return level, None
         new = self.level_at(level, updated_at, now) + 1.0
-        return new, (now + self.duration if new >= self.limit else None)
+        # The limit-th rejection in quick succession throttles: the bucket has drained a
+        # little since the first one, so "reaching the limit" is passing limit - 1.
+        return new, (now + self.duration if new > self.limit - 1 else None)
