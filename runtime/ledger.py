@@ -464,7 +464,8 @@ class _Batch:
                 self.entries,
             )
         if self.charges:
-            conn.executemany(INSERT_CHARGE, self.charges)
+            # A replayed Complete of an ended job names its charge again: the first stays.
+            conn.executemany(INSERT_CHARGE + " ON CONFLICT DO NOTHING", self.charges)
         if self.history:
             conn.executemany(
                 "INSERT INTO job_history (job_id, account_id, status, at, detail) "
