@@ -47,7 +47,7 @@ from runtime.errors import (
     VendorTimeout,
     VendorTransientError,
 )
-from runtime.models import Fail, Job, RecordCharge, ScheduleRetry
+from runtime.models import CHARGE_OUTCOMES, Fail, Job, RecordCharge, ScheduleRetry
 from runtime.policies import Failure, Next, after_failure, classify
 from runtime.ports import Router
 from runtime.states import JobStatus
@@ -123,6 +123,14 @@ class Outcomes:
             metrics.vendor_wasted_tasks.labels(vendor.name, reason)
         for refusal in (*REFUSAL_REASONS.values(), "model_gone"):
             metrics.vendor_refusals.labels(vendor.name, refusal)
+        for name, model in config.models.items():  # money, exported at 0 from the start
+            if any(step.vendor == vendor.name for step in model.route):
+                metrics.input_rejections.labels(name)
+                for ended in CHARGE_OUTCOMES:
+                    metrics.vendor_cost.labels(vendor.name, name, ended)
+        for ended in CHARGE_OUTCOMES:
+            metrics.vendor_billed_tasks.labels(vendor.name, ended)
+        metrics.credits.labels("fee")
 
     async def finish(self, held: HeldJob, attempt: int, status: TaskStatus | None) -> None:
         """The vendor task ended (None: we gave up on it): complete, retry or fail."""
