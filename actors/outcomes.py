@@ -81,6 +81,7 @@ class HeldJob:
     cancel_requested: bool = False
     queued: bool = False  # waiting in the queue (not in an attempt)
     followed: Followed | None = None  # the vendor task being waited on
+    ran_when_canceled: bool = False  # its task had started when the client canceled
 
 
 class Outcomes:
@@ -136,7 +137,7 @@ class Outcomes:
         """The vendor task ended (None: we gave up on it): complete, retry or fail."""
         job = held.job
         followed = held.followed
-        ran = followed is not None and followed.watch.started  # billed by the vendor
+        ran = followed is not None and followed.watch.ran  # billed by the vendor
         if status is None:
             self._breaker.record_failure(self._clock.time())
             if ran:
@@ -150,7 +151,7 @@ class Outcomes:
             self._breaker.record_success(self._clock.time())
             await self.store_and_complete(held, attempt, status)
         elif status.state is TaskState.CANCELED and (held.cancel_requested or job.terminal):
-            if ran:  # canceled by the client: the ledger released the hold already
+            if ran or held.ran_when_canceled:  # the client's cancel: released already
                 await self.record_charge(held, attempt, "canceled")
         elif status.state is TaskState.FAILED and status.permanent:
             await self.record_charge(held, attempt, "rejected")

@@ -261,6 +261,7 @@ class VendorProcessor:
                     self._spawn(self._drop_queued(held))
             else:
                 if held.followed is not None and held.followed.watch.started:
+                    held.ran_when_canceled = True
                     self._outcomes.waste("client_canceled")
                 self._spawn(self._finisher.cancel_at_vendor(held.job, held.task_id))
         if not_held:
