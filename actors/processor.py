@@ -146,6 +146,7 @@ class VendorProcessor:
         slots.on_release(self._slot_freed)
         self._queue = FairQueue()
         self._weights: dict[str, float] = {}  # account -> slot weight, as last read
+        self._unweighed: set[str] = set()  # accounts queued here whose weight is not read
         self._weights_read_at = -math.inf
         self._weights_task: asyncio.Task[None] | None = None
         self._held: dict[str, HeldJob] = {}
@@ -390,11 +391,11 @@ class VendorProcessor:
 
     def _read_weights_when_due(self, now: float) -> None:
         """Read the queued accounts' slot weights when one is new here or they are old."""
-        if self._weights_task is not None:
+        if self._weights_task is not None or not self._queue:
             return
-        accounts = self._queue.accounts()
-        stale = now - self._weights_read_at >= WEIGHTS_TTL
-        if accounts and (stale or any(a not in self._weights for a in accounts)):
+        if self._unweighed or now - self._weights_read_at >= WEIGHTS_TTL:
+            accounts = self._queue.accounts()  # O(accounts queued): once per read only
+            self._unweighed.clear()
             self._weights_read_at = now
             self._weights_task = asyncio.get_running_loop().create_task(
                 self._read_weights(accounts)
@@ -604,7 +605,10 @@ class VendorProcessor:
         held.queued = True
         job = held.job
         at = job.not_before if not_before is None else not_before
-        self._queue.push(job.id, job.account_id, at, self._weights.get(job.account_id))
+        weight = self._weights.get(job.account_id)
+        if weight is None:
+            self._unweighed.add(job.account_id)
+        self._queue.push(job.id, job.account_id, at, weight)
         self._wakeup.set()
 
     def _requeue(self, held: HeldJob, job: Job) -> None:

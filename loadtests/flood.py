@@ -10,7 +10,9 @@ twice for ``--duration`` seconds each:
 2. *flood*: the same tenants, and ``--flooders`` users of the flooding account
    submitting back to back (waiting out each 429's Retry-After).
 
-Between the two, and after, it waits until every job has ended, then checks the
+Each quiet tenant follows the job it has in hand to its end after a run (Locust's
+``--stop-timeout``), so a job stuck behind the flood is timed, not dropped. Between the
+two runs, and after, it waits until every job has ended, then checks the
 ledger's invariants. It prints the quiet tenants' job latency (submit to end: p50, p95,
 p99) in both runs side by side, and what the flooder got through. With the fair share
 of vendor slots (``runtime.fairness``), the quiet tenants' p95 stays within noise of
@@ -44,6 +46,8 @@ LOCUSTFILE = Path(__file__).resolve().parent / "locust_flood.py"
 MODEL = "flux-schnell"
 TASKS = {"run_time": {"kind": "uniform", "low": 0.4, "high": 0.6}}  # a slot turnover
 JOB_ROW = "tenant: submit to end"
+SUBMIT_ROW = "tenant: POST /v1/jobs"
+STOP_TIMEOUT = 120.0  # seconds a quiet tenant may follow its last job after the run
 FLOOD_ROWS = ("flood: POST /v1/jobs", "flood: refused (429)")  # every submit; the 429s
 
 
@@ -120,7 +124,8 @@ def locust_command(
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "--host", host, "-u", str(users), "-r", str(users),
         "-t", f"{max(int(duration), 1)}s", "--csv", str(out / "locust"),
-        "--only-summary", "--exit-code-on-error", "1", *classes,
+        "--only-summary", "--exit-code-on-error", "1",
+        "--stop-timeout", str(int(STOP_TIMEOUT)), *classes,
     ]  # fmt: skip
 
 
@@ -139,7 +144,7 @@ async def run_phase(
             cwd=ROOT, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         try:
-            await asyncio.wait_for(process.wait(), timeout=duration + 120)
+            await asyncio.wait_for(process.wait(), timeout=duration + STOP_TIMEOUT + 60)
         except TimeoutError:
             process.kill()
             await process.wait()
