@@ -6,8 +6,9 @@ applies the decision with ledger writes that retry until they land).
 Work paid for and thrown away is counted here by reason (``WASTE_REASONS``):
 ``jobline_vendor_wasted_tasks_total{vendor,reason}``.
 
-Money (``runtime.refunds``): every attempt whose task the vendor ran (seen running or
-ended: ``TaskWatch.started``, or succeeded) is recorded as a ``VendorCharge`` at its route
+Money (``runtime.refunds``): every attempt whose task the vendor ran (seen running,
+succeeded or failed: ``TaskWatch.ran``; a task canceled while still queued is not billed)
+is recorded as a ``VendorCharge`` at its route
 step's ``cost`` (with the Complete when it succeeded; a ``RecordCharge`` otherwise),
 whatever then becomes of the job. A job the vendor rejected for its own input (a task
 failed ``permanent``, a submit refused with ``VendorInputRejected``) fails keeping the
