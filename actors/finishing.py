@@ -30,7 +30,7 @@ from typing import Any
 
 from actors.ledger_writes import LedgerWriter
 from runtime.clock import Clock
-from runtime.config import JoblineConfig
+from runtime.config import MICROS, JoblineConfig
 from runtime.errors import (
     JoblineError,
     ResultStoreUnavailable,
@@ -40,9 +40,10 @@ from runtime.errors import (
     VendorTaskFailed,
     VendorTransientError,
 )
-from runtime.models import Complete, Job, Outcome, StoredOutput
+from runtime.models import Complete, Job, Outcome, StoredOutput, VendorCharge
 from runtime.origins import refusal_of
 from runtime.results import ResultStore, result_key_for, sniff_content_type
+from runtime.states import JobStatus
 from runtime.telemetry import Metrics, get_logger
 from runtime.tracing import JobTracer
 from runtime.vendors import Output, VendorClient
@@ -69,6 +70,23 @@ class DownloadsExpired(VendorTransientError):
 def vendor_model(config: JoblineConfig, job: Job) -> str:
     """The model name the job's current vendor knows (its route step's ``model``)."""
     return config.models[job.model].route[job.route_position].model
+
+
+def vendor_charge(config: JoblineConfig, job: Job, attempt: int, outcome: str) -> VendorCharge:
+    """What ``attempt`` of ``job`` on its current route step cost the operator (the step's
+    ``cost``), ended as ``outcome`` (``runtime.models.CHARGE_OUTCOMES``)."""
+    step = config.models[job.model].route[job.route_position]
+    return VendorCharge(
+        job.id, attempt, job.account_id, step.vendor, job.model, step.cost_micros, outcome
+    )
+
+
+def count_charge(metrics: Metrics, charge: VendorCharge, outcome: str | None = None) -> None:
+    """A billed attempt recorded by the ledger: ``jobline_vendor_cost_total`` and
+    ``jobline_vendor_billed_tasks_total`` (``outcome``: instead of the charge's own)."""
+    ended = outcome or charge.outcome
+    metrics.vendor_cost.labels(charge.vendor, charge.model, ended).inc(charge.cost_micros / MICROS)
+    metrics.vendor_billed_tasks.labels(charge.vendor, ended).inc()
 
 
 class JobFinisher:
@@ -99,21 +117,28 @@ class JobFinisher:
         *,
         retry_downloads: bool = True,
         outcome: str = "completed",
+        charge: VendorCharge | None = None,
         **span: Any,
     ) -> Outcome:
         """Store every output and ``Complete`` the job; the ledger's Outcome (``changed``:
-        captured now). With ``retry_downloads``, a download or store that failed
-        transiently is tried again until the job's deadline (then ``DownloadsExpired``);
-        without, its error is raised. Raises ``OutputRefused``, ``OutputTooLarge``,
-        ``VendorTaskFailed`` (a file is gone) and other ``VendorPermanentError``s."""
+        captured now). ``charge``: the billed attempt that made the outputs, recorded with
+        the Complete (``wasted`` if the job had ended). With ``retry_downloads``, a
+        download or store that failed transiently is tried again until the job's deadline
+        (then ``DownloadsExpired``); without, its error is raised. Raises
+        ``OutputRefused``, ``OutputTooLarge``, ``VendorTaskFailed`` (a file is gone) and
+        other ``VendorPermanentError``s."""
         stored = await self._store_until_deadline(job, outputs, retry_downloads, span)
         fields = {"job_id": job.id, "vendor": job.vendor, **span}
         with self._tracer.span("settle", job.trace_id, **fields, outcome=outcome):
-            op = Complete(job.id, stored[0].key, stored)
+            op = Complete(job.id, stored[0].key, stored, charge)
             result = await self._writer.settle(op, job.deadline)
         if result.changed:
             self._metrics.credits.labels("captured").inc(job.cost)
             self.count_terminal(result.value)
+            if charge is not None:
+                count_charge(self._metrics, charge, "succeeded")
+        elif charge is not None and result.value.status is not JobStatus.COMPLETED:
+            count_charge(self._metrics, charge, "wasted")
         return result
 
     async def _store_until_deadline(

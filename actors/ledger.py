@@ -28,6 +28,7 @@ from runtime.ledger import Ledger
 from runtime.models import (
     AccountLimits,
     AccountPage,
+    AccountThrottle,
     ApiKeyPage,
     Balance,
     DeadLetterPage,
@@ -189,6 +190,12 @@ class CreditLedger:
 
     async def account_limits(self, account_id: str) -> AccountLimits:
         return await self.ledger.account_limits(account_id)
+
+    async def slot_weights(self, account_ids: Sequence[str]) -> dict[str, float]:
+        return await self.ledger.slot_weights(account_ids)
+
+    async def account_throttle(self, account_id: str) -> AccountThrottle:
+        return await self.ledger.account_throttle(account_id)
 
     async def dead_letters(
         self, limit: int = 100, include_redriven: bool = False, cursor: str | None = None

@@ -5,6 +5,15 @@ applies the decision with ledger writes that retry until they land).
 
 Work paid for and thrown away is counted here by reason (``WASTE_REASONS``):
 ``jobline_vendor_wasted_tasks_total{vendor,reason}``.
+
+Money (``runtime.refunds``): every attempt whose task the vendor ran (seen running,
+succeeded or failed: ``TaskWatch.ran``; a task canceled while still queued is not billed)
+is recorded as a ``VendorCharge`` at its route
+step's ``cost`` (with the Complete when it succeeded; a ``RecordCharge`` otherwise),
+whatever then becomes of the job. A job the vendor rejected for its own input (a task
+failed ``permanent``, a submit refused with ``VendorInputRejected``) fails keeping the
+model's fee (``JoblineConfig.input_rejected_fee``) and counts against its account's
+throttle (``[throttle]``); every other failure is refunded in full.
 """
 
 from __future__ import annotations
@@ -16,7 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.finishing import DownloadsExpired, JobFinisher, OutputRefused, OutputTooLarge
+from actors.finishing import (
+    DownloadsExpired,
+    JobFinisher,
+    OutputRefused,
+    OutputTooLarge,
+    count_charge,
+    vendor_charge,
+)
 from actors.ledger_writes import LedgerWriter
 from actors.waiting import Followed
 from runtime.circuit import CircuitBreaker, CircuitState
@@ -25,13 +41,14 @@ from runtime.config import JoblineConfig, VendorConfig
 from runtime.errors import (
     VendorAuthError,
     VendorBillingError,
+    VendorInputRejected,
     VendorPermanentError,
     VendorRefused,
     VendorTaskFailed,
     VendorTimeout,
     VendorTransientError,
 )
-from runtime.models import Fail, Job, ScheduleRetry
+from runtime.models import CHARGE_OUTCOMES, Fail, Job, RecordCharge, ScheduleRetry
 from runtime.policies import Failure, Next, after_failure, classify
 from runtime.ports import Router
 from runtime.states import JobStatus
@@ -52,6 +69,7 @@ WASTE_REASONS = (
     "not_stored",  # its outputs could not be read or stored by the job's deadline
     "late_orphan",  # a submit in doubt whose task showed itself after the job moved on
 )
+CHARGE_PATIENCE = 5.0  # seconds a charge's write is retried before it is logged and left
 REFUSAL_REASONS = {VendorAuthError: "auth", VendorBillingError: "billing"}  # else model_gone
 
 
@@ -65,6 +83,7 @@ class HeldJob:
     queued: bool = False  # waiting in the queue (not in an attempt)
     followed: Followed | None = None  # the vendor task being waited on
     webhook_ids: set[str] = field(default_factory=set)  # taken here (take_webhooks)
+    ran_when_canceled: bool = False  # its task had started when the client canceled
 
 
 class Outcomes:
@@ -107,15 +126,25 @@ class Outcomes:
             metrics.vendor_wasted_tasks.labels(vendor.name, reason)
         for refusal in (*REFUSAL_REASONS.values(), "model_gone"):
             metrics.vendor_refusals.labels(vendor.name, refusal)
+        for name, model in config.models.items():  # money, exported at 0 from the start
+            if any(step.vendor == vendor.name for step in model.route):
+                metrics.input_rejections.labels(name)
+                for ended in CHARGE_OUTCOMES:
+                    metrics.vendor_cost.labels(vendor.name, name, ended)
+        for ended in CHARGE_OUTCOMES:
+            metrics.vendor_billed_tasks.labels(vendor.name, ended)
+        metrics.credits.labels("fee")
 
     async def finish(self, held: HeldJob, attempt: int, status: TaskStatus | None) -> None:
         """The vendor task ended (None: we gave up on it): complete, retry or fail."""
         job = held.job
+        followed = held.followed
+        ran = followed is not None and followed.watch.ran  # billed by the vendor
         if status is None:
             self._breaker.record_failure(self._clock.time())
-            followed = held.followed
-            if followed is not None and followed.watch.started:
+            if ran:
                 self.waste("timeout")
+                await self.record_charge(held, attempt, "timed_out")
             reason = followed.gave_up if followed is not None else None
             await self.after_failure(
                 held, attempt, VendorTimeout(self.vendor.name, reason or "given up")
@@ -124,22 +153,30 @@ class Outcomes:
             self._breaker.record_success(self._clock.time())
             await self.store_and_complete(held, attempt, status)
         elif status.state is TaskState.CANCELED and (held.cancel_requested or job.terminal):
-            pass  # canceled by the client: the ledger released the hold already
+            if ran or held.ran_when_canceled:  # the client's cancel: released already
+                await self.record_charge(held, attempt, "canceled")
         elif status.state is TaskState.FAILED and status.permanent:
-            await self.fail(job, f"{self.vendor.name}: {status.error or 'failed'}")
+            await self.record_charge(held, attempt, "rejected")
+            error = f"{self.vendor.name}: {status.error or 'failed'}"
+            await self.fail(job, error, input_rejected=True)
         else:  # the vendor ran the task and it failed (or the vendor canceled it)
             self._breaker.record_failure(self._clock.time())
+            if ran:
+                await self.record_charge(held, attempt, "failed")
             reason = status.error or f"vendor task {status.state.value}"
             await self.after_failure(held, attempt, VendorTaskFailed(self.vendor.name, reason))
 
     async def store_and_complete(self, held: HeldJob, attempt: int, status: TaskStatus) -> None:
-        """Every output stored, then Complete; an output problem never re-runs the task
-        unless the vendor no longer has the output."""
+        """Every output stored, then Complete (with the attempt's charge); an output
+        problem never re-runs the task unless the vendor no longer has the output."""
         job = held.job
+        charge = vendor_charge(self.config, job, attempt, "succeeded")
         try:
-            outcome = await self._finisher.complete(job, status.outputs, attempt=attempt)
+            outcome = await self._finisher.complete(
+                job, status.outputs, attempt=attempt, charge=charge
+            )
         except OutputRefused as exc:
-            self.waste("untrusted_output")
+            await self.waste_billed(held, attempt, "untrusted_output")
             log.error("output refused", extra={"job_id": job.id, "error": str(exc)})
             if self.has_next_vendor(job):
                 await self.fail_over(held, str(exc), attempt)
@@ -147,25 +184,27 @@ class Outcomes:
                 await self.fail(job, str(exc))
             return
         except OutputTooLarge as exc:
-            self.waste("too_large")
+            await self.waste_billed(held, attempt, "too_large")
             await self.fail(job, str(exc))
             return
         except DownloadsExpired as exc:
-            self.waste("not_stored")
+            await self.waste_billed(held, attempt, "not_stored")
             await self.fail(job, str(exc), expired=True)
             return
         except VendorTaskFailed as exc:  # an output is gone, or there was none
-            self.waste("no_output" if not status.outputs else "output_gone")
+            await self.waste_billed(
+                held, attempt, "no_output" if not status.outputs else "output_gone"
+            )
             await self.after_failure(held, attempt, exc)
             return
         except VendorPermanentError as exc:  # an output that cannot be read (a bad data URI)
-            self.waste("not_stored")
+            await self.waste_billed(held, attempt, "not_stored")
             await self.fail(job, str(exc))
             return
         if outcome.changed:
             self.counters["completed"] += 1
         elif outcome.value.status is not JobStatus.COMPLETED:
-            self.waste("job_ended")
+            self.waste("job_ended")  # its charge was recorded with the Complete, as wasted
 
     # --- failure paths ------------------------------------------------------------------
 
@@ -196,7 +235,7 @@ class Outcomes:
         elif decision.next is Next.ROUTE_SPENT:
             await self.fail(job, f"every vendor of the route failed; last: {exc}")
         else:  # Next.FAIL: permanent for this job
-            await self.fail(job, str(exc))
+            await self.fail(job, str(exc), input_rejected=isinstance(exc, VendorInputRejected))
 
     def refused(self, exc: VendorRefused, now: float) -> None:
         """The vendor refuses the account or the model: its circuit opens, for longer."""
@@ -254,18 +293,59 @@ class Outcomes:
         except Exception:  # the sweeper re-dispatches queued jobs nobody holds
             log.warning("failover dispatch failed", extra={"job_id": job.id, "vendor": target})
 
-    async def fail(self, job: Job, error: str, *, expired: bool = False) -> None:
+    async def fail(
+        self, job: Job, error: str, *, expired: bool = False, input_rejected: bool = False
+    ) -> None:
+        """Fail the job (dead letter): refunded in full, or, when the vendor rejected its
+        own input, less the model's fee, counted against its account's throttle."""
+        fee = self.config.input_rejected_fee(job.model, job.cost) if input_rejected else 0
+        op = Fail(
+            job.id,
+            error,
+            expired=expired,
+            input_rejected=input_rejected,
+            fee=fee,
+            throttle=self.config.throttle.policy() if input_rejected else None,
+        )
         with self._span("settle", job, outcome="failed", error=error):
-            outcome = await self._writer.settle(Fail(job.id, error, expired=expired), job.deadline)
+            outcome = await self._writer.settle(op, job.deadline)
         self._drop(job.id)
         if outcome.changed:
             self.counters["failed"] += 1
             self._finisher.count_terminal(outcome.value)
             self.metrics.dead_letters.labels(job.model).inc()
-            self.metrics.credits.labels("released").inc(job.cost)
+            kept = 0 if expired else min(fee, job.cost)
+            self.metrics.credits.labels("released").inc(job.cost - kept)
+            if input_rejected:
+                self.metrics.input_rejections.labels(job.model).inc()
+            if kept:
+                self.metrics.credits.labels("captured").inc(kept)
+                self.metrics.credits.labels("fee").inc(kept)
             log.warning(
                 "job failed", extra={"job_id": job.id, "trace_id": job.trace_id, "error": error}
             )
+
+    async def waste_billed(self, held: HeldJob, attempt: int, reason: str) -> None:
+        """A task that succeeded at the vendor whose output will not be the job's result:
+        counted (``waste``) and its charge recorded as ``wasted``."""
+        self.waste(reason)
+        await self.record_charge(held, attempt, "wasted")
+
+    async def record_charge(self, held: HeldJob, attempt: int, outcome: str) -> None:
+        """A billed attempt that did not complete its job (``RecordCharge``, once per job
+        and attempt). A charge the ledger could not take in ``CHARGE_PATIENCE`` seconds is
+        logged and left: the job's own settlement must not wait for it."""
+        charge = vendor_charge(self.config, held.job, attempt, outcome)
+        deadline = self._clock.time() + CHARGE_PATIENCE
+        try:
+            recorded = await self._writer.settle(RecordCharge(charge), deadline)
+        except Exception as exc:
+            log.warning(
+                "vendor charge not recorded", extra={"job_id": charge.job_id, "error": str(exc)}
+            )
+            return
+        if recorded.changed:
+            count_charge(self.metrics, charge)
 
     def waste(self, reason: str) -> None:
         """A billable vendor task whose output will not be a completed job's result."""

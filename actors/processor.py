@@ -6,7 +6,7 @@ The processor holds the vendor's concurrency slots. A job takes a slot just befo
 is submitted and keeps it until the vendor task ends (succeeded, failed, canceled, or
 our cancel confirmed), so the vendor never sees more tasks from jobline than its limit.
 
-    queue (not_before order) ──slot + rate token + circuit──▶ attempt:
+    queue (fair share) ──slot + rate token + circuit──▶ attempt:
         StartAttempt ─▶ submit ─▶ MarkProcessing(task id) ─▶ wait (webhook | poll)
         ─▶ slot freed ─▶ every output ─▶ ResultStore ─▶ Complete (capture)
     submit in doubt ─▶ the task is looked for (actors.in_doubt): found ─▶ adopted, as
@@ -22,6 +22,12 @@ our cancel confirmed), so the vendor never sees more tasks from jobline than its
 How long a task may wait in the vendor's queue and run is its model's
 (``runtime.task_bounds``, ``actors.waiting``): a task reported queued or running within
 those bounds is never given up on; replicate is told the bound (``Cancel-After``).
+
+The next job to start is taken round-robin across the accounts with a job ready
+(``runtime.fairness.FairQueue``, weighted by each account's ``slot_weight``, read from
+the ledger when an account first queues here and every ``WEIGHTS_TTL`` seconds): one
+account's burst delays another account's job by about one slot turnover, not by the
+whole burst.
 
 What happens after a failure is decided by a pure function of values
 (``runtime.policies.after_failure``), applied here. Slots are ``actors.slots.Slot``
@@ -48,8 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -73,6 +78,7 @@ from runtime.errors import (
     VendorSubmitInDoubt,
     VendorTransientError,
 )
+from runtime.fairness import DEFAULT_WEIGHT, FairQueue
 from runtime.models import (
     Job,
     MarkProcessing,
@@ -100,6 +106,7 @@ log = get_logger("processor")
 CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 EARLY_EVENT_TTL = 600.0  # seconds a webhook for a not-yet-known task is kept
 START_BACKOFF = 1.0  # seconds before a job whose attempt could not be recorded is tried again
+WEIGHTS_TTL = 10.0  # seconds the accounts' slot weights are trusted before they are read again
 
 
 class VendorProcessor:
@@ -139,8 +146,11 @@ class VendorProcessor:
         )
         self._slots = slots
         slots.on_release(self._slot_freed)
-        self._queue: list[tuple[float, int, str]] = []  # (not_before, seq, job id)
-        self._seq = itertools.count()
+        self._queue = FairQueue()
+        self._weights: dict[str, float] = {}  # account -> slot weight, as last read
+        self._unweighed: set[str] = set()  # accounts queued here whose weight is not read
+        self._weights_read_at = -math.inf
+        self._weights_task: asyncio.Task[None] | None = None
         self._held: dict[str, HeldJob] = {}
         self._by_task: dict[str, str] = {}  # vendor task id -> job id
         self._early: dict[str, tuple[float, TaskStatus]] = {}  # webhooks before the task id
@@ -199,7 +209,7 @@ class VendorProcessor:
         )
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._pump_task, *self._tasks) if t is not None]
+        tasks = [t for t in (self._pump_task, self._weights_task, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -265,9 +275,12 @@ class VendorProcessor:
             held.cancel_requested = True
             self._doubt.stop_waiting(job_id)
             if held.task_id is None:
-                self._wakeup.set()  # a queued job: the pump drops it
+                if held.queued and self._queue.discard(job_id):
+                    held.queued = False  # the ledger released it already: just forget it
+                    self._spawn(self._drop_queued(held))
             else:
                 if held.followed is not None and held.followed.watch.started:
+                    held.ran_when_canceled = True
                     self._outcomes.waste("client_canceled")
                 self._spawn(self._finisher.cancel_at_vendor(held.job, held.task_id))
         if not_held:
@@ -349,51 +362,78 @@ class VendorProcessor:
 
     def _start_ready_jobs(self) -> float | None:
         """Start what can start now; return how long until something might, or None."""
-        if self._breaker.state(self._clock.time()) is CircuitState.OPEN:
+        now = self._clock.time()
+        if self._breaker.state(now) is CircuitState.OPEN:
             self._fail_over_queue("circuit open")
+        self._read_weights_when_due(now)
         while self._queue:
             if not self._slots.has_room():
                 return None  # a slot freed wakes us
             now = self._clock.time()
-            not_before, _, job_id = self._queue[0]
-            held = self._held.get(job_id)
+            entry = self._queue.peek(now)
+            if entry is None:
+                ready_at = self._queue.next_ready_at()
+                return None if ready_at is None else ready_at - now
+            held = self._held.get(entry.job_id)
             if held is None or not held.queued:
-                heapq.heappop(self._queue)  # a stale entry
+                self._queue.discard(entry.job_id)  # a stale entry
                 continue
             if held.cancel_requested or now >= held.job.deadline:
-                heapq.heappop(self._queue)
+                self._queue.discard(entry.job_id)
                 held.queued = False
                 self._spawn(self._drop_queued(held))
                 continue
-            if not_before > now:
-                return not_before - now
             if not self._breaker.allow(now):
                 if when_circuit_refuses(self._outcomes.has_next_vendor(held.job)) is Next.FAIL_OVER:
-                    heapq.heappop(self._queue)
+                    self._queue.discard(entry.job_id)
                     held.queued = False
                     self._spawn(self._outcomes.fail_over(held, "circuit open"))
                     continue
                 return max(self._breaker.delay_until_allowed(now), 0.05)  # Next.WAIT
             wait = self._bucket.reserve(now)
-            heapq.heappop(self._queue)
+            self._queue.pop(now)  # its account's turn is used
             held.queued = False
             self._spawn(self._attempt(held, wait, self._slots.take()))
         return None
 
     def _fail_over_queue(self, reason: str) -> None:
         """Hand every queued job that has a next vendor on to it."""
-        staying: list[tuple[float, int, str]] = []
         for entry in self._queue:
-            held = self._held.get(entry[2])
+            held = self._held.get(entry.job_id)
             if held is None or not held.queued:
-                continue
-            if self._outcomes.has_next_vendor(held.job) and not held.cancel_requested:
+                self._queue.discard(entry.job_id)
+            elif self._outcomes.has_next_vendor(held.job) and not held.cancel_requested:
+                self._queue.discard(entry.job_id)
                 held.queued = False
                 self._spawn(self._outcomes.fail_over(held, reason))
-            else:
-                staying.append(entry)
-        heapq.heapify(staying)
-        self._queue = staying
+
+    def _read_weights_when_due(self, now: float) -> None:
+        """Read the queued accounts' slot weights when one is new here or they are old."""
+        if self._weights_task is not None or not self._queue:
+            return
+        if self._unweighed or now - self._weights_read_at >= WEIGHTS_TTL:
+            accounts = self._queue.accounts()  # O(accounts queued): once per read only
+            self._unweighed.clear()
+            self._weights_read_at = now
+            self._weights_task = asyncio.get_running_loop().create_task(
+                self._read_weights(accounts)
+            )
+
+    async def _read_weights(self, accounts: list[str]) -> None:
+        try:
+            weights = await self._ledger.slot_weights(accounts)
+        except Exception as exc:  # the weights stay as they were; tried again later
+            log.warning("slot weights not read", extra={"error": str(exc)})
+            weights = {}
+            accounts = [a for a in accounts if a not in self._weights]
+        finally:
+            self._weights_task = None
+        known = {a: self._weights[a] for a in self._queue.accounts() if a in self._weights}
+        for account in accounts:
+            known[account] = weight = weights.get(account, DEFAULT_WEIGHT)
+            self._queue.set_weight(account, weight)
+        self._weights = known
+        self._wakeup.set()
 
     # --- one attempt --------------------------------------------------------------------
 
@@ -581,8 +621,12 @@ class VendorProcessor:
 
     def _enqueue(self, held: HeldJob, not_before: float | None = None) -> None:
         held.queued = True
-        at = held.job.not_before if not_before is None else not_before
-        heapq.heappush(self._queue, (at, next(self._seq), held.job.id))
+        job = held.job
+        at = job.not_before if not_before is None else not_before
+        weight = self._weights.get(job.account_id)
+        if weight is None:
+            self._unweighed.add(job.account_id)
+        self._queue.push(job.id, job.account_id, at, weight)
         self._wakeup.set()
 
     def _requeue(self, held: HeldJob, job: Job) -> None:

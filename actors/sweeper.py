@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from actors.finishing import JobFinisher, vendor_model
+from actors.finishing import JobFinisher, vendor_charge, vendor_model
 from actors.ledger_writes import LedgerWriter
 from runtime.clock import Clock
 from runtime.config import JoblineConfig
@@ -226,8 +226,13 @@ class Sweeper:
             )
             if status.state is not TaskState.SUCCEEDED:
                 return False
+            charge = vendor_charge(self.config, job, job.attempts, "succeeded")
             outcome = await self._finisher.complete(
-                job, status.outputs, retry_downloads=False, outcome="zombie_completed"
+                job,
+                status.outputs,
+                retry_downloads=False,
+                outcome="zombie_completed",
+                charge=charge,
             )
         except (JoblineError, OSError) as exc:  # the processor retries what failed here
             log.warning("zombie check failed", extra={"job_id": job.id, "error": str(exc)})

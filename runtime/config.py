@@ -27,8 +27,10 @@ from pydantic import (
     field_validator,
 )
 
+from runtime.config_money import RefundsConfig, ThrottleConfig
 from runtime.errors import ConfigError
 from runtime.policies import CircuitPolicy, RetryPolicy
+from runtime.refunds import input_rejected_fee
 
 DEFAULT_CONFIG_PATH = Path("jobline.toml")
 # fal publishes the public keys of its webhook signatures here (fal's "Webhooks" page,
@@ -175,9 +177,20 @@ class VendorConfig(_Section):
         return os.environ.get(self.webhook_secret_env) if self.webhook_secret_env else None
 
 
+MICROS = 1_000_000  # the ledger keeps vendor costs in millionths of a currency unit
+
+
 class RouteStep(_Section):
     vendor: str
     model: str  # the vendor's own name for the model
+    # What the vendor charges the operator for one task of this model that runs (billed,
+    # whatever then happens to its job), in the operator's currency units (0.003: $0.003).
+    # A vendor billing by the second is given its average per task.
+    cost: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+    @property
+    def cost_micros(self) -> int:
+        return round(self.cost * MICROS)
 
 
 class ModelConfig(_Section):
@@ -195,11 +208,22 @@ class ModelConfig(_Section):
     max_output_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     # The whole deadline of this model's jobs (seconds from submit); None: sweeper.job_deadline.
     deadline: float | None = Field(default=None, gt=0)
+    # Credits kept of a job the vendor rejected for its own input (content policy, invalid
+    # input); None: [refunds] input_rejected_fee_share of the price. At most the price.
+    input_rejected_fee: int | None = Field(default=None, ge=0)
 
     @property
     def task_bound(self) -> float:
         """The longest a task of this model may live: queue and run."""
         return self.max_queue_time + self.max_run_time
+
+    @field_validator("input_rejected_fee")
+    @classmethod
+    def _fee_within_price(cls, value: int | None, info: ValidationInfo) -> int | None:
+        price = info.data.get("price")
+        if value is not None and isinstance(price, int) and value > price:
+            raise ValueError(f"must be at most the model's price ({price}), got {value}")
+        return value
 
     @field_validator("input_schema")
     @classmethod
@@ -500,6 +524,8 @@ class JoblineConfig(_Section):
     tracing: TracingConfig = TracingConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    refunds: RefundsConfig = RefundsConfig()
+    throttle: ThrottleConfig = ThrottleConfig()
     vendors: dict[str, VendorConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
 
@@ -508,6 +534,11 @@ class JoblineConfig(_Section):
 
     def model(self, name: str) -> ModelConfig:
         return self.models[name]
+
+    def input_rejected_fee(self, model: str, price: int) -> int:
+        """Credits kept of a job of ``model`` and ``price`` rejected for its own input."""
+        own = self.models[model].input_rejected_fee
+        return input_rejected_fee(price, self.refunds.input_rejected_fee_share, own)
 
     def job_deadline(self, model: ModelConfig) -> float:
         """Seconds from submit by which a job of ``model`` must end."""

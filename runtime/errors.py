@@ -19,6 +19,8 @@ equal exception back; a test checks every class below).
     │   ├── GrantConflict            same grant_id, another amount (409)
     │   ├── TooManyJobsInFlight      the account's cap on non-terminal jobs (429)
     │   ├── SubmitRateLimited        the account's submit rate (429, retry_after)
+    │   ├── AccountThrottled         too many of the account's jobs were rejected for
+    │   │                            their input lately (429, retry_after)
     │   ├── ApiKeyNotFound           also another account's key (404)
     │   ├── TooManyApiKeys           the account's cap on keys in use (409)
     │   ├── DeadLetterNotFound
@@ -279,6 +281,22 @@ class SubmitRateLimited(LedgerError):
         return (
             f"account {self.account_id!r} may submit {self.rate:g} jobs per second; "
             f"retry after {self.retry_after:.2f}s"
+        )
+
+
+class AccountThrottled(LedgerError):
+    """Vendors rejected too many of the account's jobs for their own input lately
+    (``[throttle]``): its submits are refused for ``retry_after`` more seconds."""
+
+    def __init__(self, account_id: str, retry_after: float) -> None:
+        super().__init__(account_id, retry_after)
+        self.account_id = account_id
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return (
+            f"account {self.account_id!r} is throttled: vendors rejected too many of its "
+            f"jobs for their input lately; retry after {self.retry_after:.0f}s"
         )
 
 

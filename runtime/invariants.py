@@ -134,15 +134,7 @@ def _settlement(conn: sqlite3.Connection) -> Iterator[Violation]:
             if settlements:
                 yield Violation("I2", job, f"{status} job has settlements: {settled}")
         else:
-            want = _SETTLEMENT[status]
-            if settlements != 1 or not settled.startswith(want + ":"):
-                yield Violation(
-                    "I2",
-                    job,
-                    f"{status} job needs exactly one {want}; has {settled or 'no settlement'}",
-                )
-            elif holds == 1 and int(settled.split(":")[1]) != held:
-                yield Violation("I2", job, f"{settled} settles a hold of {held:g}")
+            yield from _settled_once(job, status, held if holds == 1 else None, settled or "")
         if foreign:
             yield Violation("I2", job, f"{foreign} entries on another account than the job's")
     for entry_id, kind, job in conn.execute(
@@ -157,6 +149,22 @@ def _settlement(conn: sqlite3.Connection) -> Iterator[Violation]:
         "OR (kind = 'grant' AND amount = 0)"
     ):
         yield Violation("I2", str(job), f"malformed {kind} entry {entry_id}")
+
+
+def _settled_once(job: str, status: str, held: float | None, settled: str) -> Iterator[Violation]:
+    """A terminal job's settlement: one capture (completed) or one release (failed,
+    canceled) of its hold; or, for a failed job that kept a fee, one capture of the fee
+    (> 0) and one release of the rest."""
+    parts = sorted(tuple(part.split(":")) for part in settled.split())  # (kind, amount)
+    kinds = [kind for kind, _ in parts]
+    amounts = [int(amount) for _, amount in parts]
+    want = _SETTLEMENT[status]
+    fee_kept = status == JobStatus.FAILED.value and kinds == ["capture", "release"]
+    if kinds != [want] and not (fee_kept and amounts[0] > 0):
+        has = settled or "no settlement"
+        yield Violation("I2", job, f"{status} job needs exactly one {want}; has {has}")
+    elif held is not None and sum(amounts) != held:
+        yield Violation("I2", job, f"{settled} settles a hold of {held:g}")
 
 
 # --- I5 idempotency, webhooks, history --------------------------------------------------

@@ -86,6 +86,7 @@ from runtime import ledger_accounts as accounts_ops
 from runtime import ledger_reads as reads
 from runtime.errors import (
     AccountNotFound,
+    AccountThrottled,
     DeadLetterNotFound,
     IdempotencyConflict,
     InputInvalid,
@@ -113,11 +114,15 @@ from runtime.ledger_schema import (
     sql_set,
 )
 from runtime.models import (
+    FEE_NOTE,
+    REFUND_LESS_FEE_NOTE,
     AccountLimits,
     AccountPage,
+    AccountThrottle,
     ApiKeyPage,
     Balance,
     Cancel,
+    ClearThrottle,
     Complete,
     CreateAccount,
     CreateApiKey,
@@ -137,6 +142,7 @@ from runtime.models import (
     Orphan,
     Outcome,
     Page,
+    RecordCharge,
     RecordKeyUse,
     RecordOrphan,
     RecordWebhook,
@@ -145,8 +151,10 @@ from runtime.models import (
     ScheduleRetry,
     SetAccountLimits,
     StartAttempt,
+    VendorCharge,
 )
 from runtime.policies import TokenBucket
+from runtime.refunds import RejectionThrottle
 from runtime.states import TRANSITIONS, JobEvent, JobStatus, sources_of, transition
 from runtime.telemetry import get_logger
 
@@ -300,9 +308,14 @@ CANCEL = _settle(JobEvent.CANCELED, "error = {error}", ("error", "now", "job_id"
 CANCEL_OWN = _settle(JobEvent.CANCELED, "error = {error}", ("error", "now", "job_id", "account_id"))
 
 # The columns of an account a batch keeps (``_Batch.account``); the first three are cached
-# sums the batch writes back, the others the account's own limits (None: the default).
+# sums the batch writes back, the next three the account's own limits (None: the
+# default), the last three its input-rejection throttle (``runtime.refunds``).
 BALANCE, HELD, IN_FLIGHT, MAX_IN_FLIGHT, SUBMIT_RATE, SUBMIT_BURST = range(6)
-ACCOUNT_COLUMNS = "balance, held, in_flight, max_jobs_in_flight, submits_per_second, submit_burst"
+REJECTIONS, REJECTIONS_AT, THROTTLED_UNTIL = range(6, 9)
+ACCOUNT_COLUMNS = (
+    "balance, held, in_flight, max_jobs_in_flight, submits_per_second, submit_burst, "
+    "input_rejections, input_rejections_at, throttled_until"
+)
 
 
 class _FixedColumns:
@@ -367,7 +380,9 @@ class _Batch:
         self.submit_buckets = state.buckets
         self.accounts: dict[str, list[Any]] = {}  # ACCOUNT_COLUMNS
         self.dirty: set[str] = set()
-        self.entries: list[tuple[str, str, int, str, float]] = []
+        self.throttled: set[str] = set()  # accounts whose throttle columns changed
+        self.entries: list[tuple[str, str, int, str, float, str | None]] = []
+        self.charges: list[tuple[Any, ...]] = []  # vendor_charges rows (CHARGE_COLUMNS)
         self.history: list[tuple[str, str, str, float, str | None]] = []
         self.counters: dict[str, int] = {}  # name -> change
         self.buckets: dict[str, TokenBucket] = {}  # copies taken by this batch
@@ -444,10 +459,13 @@ class _Batch:
         conn = self.conn
         if self.entries:
             conn.executemany(
-                "INSERT INTO credit_entries (account_id, kind, amount, job_id, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO credit_entries (account_id, kind, amount, job_id, created_at, "
+                "note) VALUES (?, ?, ?, ?, ?, ?)",
                 self.entries,
             )
+        if self.charges:
+            # A replayed Complete of an ended job names its charge again: the first stays.
+            conn.executemany(INSERT_CHARGE + " ON CONFLICT DO NOTHING", self.charges)
         if self.history:
             conn.executemany(
                 "INSERT INTO job_history (job_id, account_id, status, at, detail) "
@@ -458,6 +476,12 @@ class _Batch:
             conn.executemany(
                 "UPDATE accounts SET balance = ?, held = ?, in_flight = ? WHERE id = ?",
                 [(*self.accounts[a][:3], a) for a in self.dirty],
+            )
+        if self.throttled:
+            conn.executemany(
+                "UPDATE accounts SET input_rejections = ?, input_rejections_at = ?, "
+                "throttled_until = ? WHERE id = ?",
+                [(*self.accounts[a][REJECTIONS:], a) for a in self.throttled],
             )
         changed = [(n, name) for name, n in self.counters.items() if n]
         if changed:
@@ -522,19 +546,28 @@ class _Batch:
         account[HELD] += job.cost
         account[IN_FLIGHT] += 1
         self.dirty.add(job.account_id)
-        self.entries.append((job.account_id, "hold", job.cost, job.id, self.now))
+        self.entries.append((job.account_id, "hold", job.cost, job.id, self.now, None))
         self.history.append((job.id, job.account_id, "queued", self.now, detail))
         self.fixed.remember(job)
 
-    def settle(self, job: Job, kind: EntryKind, detail: str | None) -> Job:
-        """After a guarded terminal UPDATE matched: the settlement of the job's hold."""
+    def settle(self, job: Job, kind: EntryKind, detail: str | None, fee: int = 0) -> Job:
+        """After a guarded terminal UPDATE matched: the settlement of the job's hold. With
+        a ``fee`` (a release only, 0 < fee <= cost): one capture of the fee and one release
+        of the rest instead (the schema allows that pair, and only that pair)."""
         account = self.account(job.account_id)
         account[HELD] -= job.cost
         account[IN_FLIGHT] -= 1
         if kind is EntryKind.CAPTURE:
             account[BALANCE] -= job.cost
         self.dirty.add(job.account_id)
-        self.entries.append((job.account_id, kind.value, job.cost, job.id, self.now))
+        if fee:
+            account[BALANCE] -= fee
+            rest = job.cost - fee
+            self.entries.append((job.account_id, "capture", fee, job.id, self.now, FEE_NOTE))
+            note = REFUND_LESS_FEE_NOTE
+            self.entries.append((job.account_id, "release", rest, job.id, self.now, note))
+        else:
+            self.entries.append((job.account_id, kind.value, job.cost, job.id, self.now, None))
         self.history.append((job.id, job.account_id, job.status.value, self.now, detail))
         self.count(f"jobs_{job.status.value}")
         self.fixed.rows.pop(job.id, None)
@@ -550,7 +583,24 @@ class _Batch:
         return job
 
     def completed(self, op: Complete, job: Job) -> Job:
+        self.charge(op.charge, "succeeded")
         return self.settle(job, EntryKind.CAPTURE, None)
+
+    def charge(self, charge: VendorCharge | None, outcome: str | None = None) -> None:
+        """A billed vendor attempt, inserted at the flush (once per job and attempt)."""
+        if charge is not None:
+            self.charges.append(_charge_row(charge, outcome or charge.outcome, self.now))
+
+    def count_rejection(self, account_id: str, throttle: RejectionThrottle) -> None:
+        """One more input rejection of the account: its throttle's leaky bucket."""
+        account = self.account(account_id)
+        level, until = throttle.after_rejection(
+            account[REJECTIONS], account[REJECTIONS_AT], self.now
+        )
+        account[REJECTIONS], account[REJECTIONS_AT] = level, self.now
+        if until is not None:
+            account[THROTTLED_UNTIL] = max(until, account[THROTTLED_UNTIL] or 0.0)
+        self.throttled.add(account_id)
 
     def absorbed(self, job: Job, event: JobEvent) -> tuple[Job, bool]:
         """A guarded UPDATE matched nothing: the job is terminal, or the move is illegal."""
@@ -636,6 +686,9 @@ class _Batch:
 
     def refusal(self, op: OpenJob, account: list[Any]) -> JoblineError | None:
         """Why the account may not open this job now (its own limits before the defaults)."""
+        throttled_until = account[THROTTLED_UNTIL]
+        if throttled_until is not None and throttled_until > self.now:
+            return AccountThrottled(op.account_id, throttled_until - self.now)
         cap = account[MAX_IN_FLIGHT] if account[MAX_IN_FLIGHT] is not None else op.max_in_flight
         if cap is not None and account[IN_FLIGHT] >= cap:
             return TooManyJobsInFlight(op.account_id, cap)
@@ -705,17 +758,25 @@ class _Batch:
     def _op_complete(self, op: Complete) -> tuple[Job, bool]:
         job = self.update(op.job_id, COMPLETE, _complete_params(op, self.now))
         if job is None:
-            return self.absorbed(self.job(op.job_id), JobEvent.SUCCEEDED)
+            absorbed = self.absorbed(self.job(op.job_id), JobEvent.SUCCEEDED)
+            if absorbed[0].status is not JobStatus.COMPLETED:
+                self.charge(op.charge, "wasted")  # paid for; its job had ended
+            return absorbed
         return self.completed(op, job), True
 
     def _op_fail(self, op: Fail) -> tuple[Job, bool]:
         event = JobEvent.EXPIRED if op.expired else JobEvent.FAILED
+        if op.fee < 0:
+            raise ValueError(f"a fee cannot be negative, not {op.fee}")
         job = self.update(
             op.job_id, EXPIRE if op.expired else FAIL, (op.error, self.now, op.job_id)
         )
         if job is None:
             return self.absorbed(self.job(op.job_id), event)
-        self.settle(job, EntryKind.RELEASE, op.error)
+        fee = min(op.fee, job.cost) if op.input_rejected and not op.expired else 0
+        self.settle(job, EntryKind.RELEASE, op.error, fee)
+        if op.input_rejected and op.throttle is not None:
+            self.count_rejection(job.account_id, op.throttle)
         self.count(DEAD_LETTERS_OPEN)
         self.conn.execute(
             "INSERT INTO dead_letters (job_id, account_id, model, vendor, error, attempts, "
@@ -769,6 +830,20 @@ class _Batch:
             (self.now, op.task_id, op.job_id, op.attempt),
         ).rowcount
         return bool(ended), bool(ended)
+
+    def _op_record_charge(self, op: RecordCharge) -> tuple[bool, bool]:
+        charge = op.charge
+        new = self.conn.execute(
+            INSERT_CHARGE + " ON CONFLICT DO NOTHING", _charge_row(charge, None, self.now)
+        ).rowcount
+        return bool(new), bool(new)
+
+    def _op_clear_throttle(self, op: ClearThrottle) -> tuple[AccountThrottle, bool]:
+        account = self.account(op.account_id)
+        changed = account[REJECTIONS] != 0 or account[THROTTLED_UNTIL] is not None
+        account[REJECTIONS:] = [0.0, None, None]
+        self.throttled.add(op.account_id)
+        return AccountThrottle(op.account_id), changed
 
     def _op_redrive(self, op: Redrive) -> tuple[Job, bool]:
         conn = self.conn
@@ -837,6 +912,8 @@ _HANDLERS: dict[type[Any], Callable[[_Batch, Any], tuple[Any, bool]]] = {
     Redrive: _Batch._op_redrive,
     RecordOrphan: _Batch._op_record_orphan,
     EndOrphan: _Batch._op_end_orphan,
+    RecordCharge: _Batch._op_record_charge,
+    ClearThrottle: _Batch._op_clear_throttle,
 }
 
 
@@ -846,6 +923,26 @@ def _start_params(op: StartAttempt, now: float) -> tuple[Any, ...]:
 
 def _processing_params(op: MarkProcessing, now: float) -> tuple[Any, ...]:
     return (op.vendor_task_id, now, op.job_id, op.attempt)
+
+
+INSERT_CHARGE = (
+    "INSERT INTO vendor_charges (job_id, attempt, account_id, vendor, model, outcome, "
+    "cost_micros, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _charge_row(charge: VendorCharge, outcome: str | None, now: float) -> tuple[Any, ...]:
+    """A ``vendor_charges`` row (``INSERT_CHARGE``); ``outcome`` None: the charge's own."""
+    return (
+        charge.job_id,
+        charge.attempt,
+        charge.account_id,
+        charge.vendor,
+        charge.model,
+        outcome or charge.outcome,
+        charge.cost_micros,
+        now,
+    )
 
 
 def _complete_params(op: Complete, now: float) -> tuple[Any, ...]:
@@ -1217,6 +1314,16 @@ class Ledger:
         if limits is None:
             raise AccountNotFound(account_id)
         return limits
+
+    async def slot_weights(self, account_ids: Sequence[str]) -> dict[str, float]:
+        """The fair-share weights of those accounts that have their own (others: 1)."""
+        return await self._reader.call(reads.slot_weights, list(account_ids))
+
+    async def account_throttle(self, account_id: str) -> AccountThrottle:
+        throttle = await self._reader.call(reads.account_throttle, account_id)
+        if throttle is None:
+            raise AccountNotFound(account_id)
+        return throttle
 
     async def dead_letters(
         self, limit: int = 100, include_redriven: bool = False, cursor: str | None = None

@@ -152,12 +152,16 @@ def set_account_limits(batch: _Batch, op: SetAccountLimits) -> tuple[AccountLimi
     limits = op.limits
     account = batch.account(limits.account_id)
     values = (limits.max_jobs_in_flight, limits.submits_per_second, limits.submit_burst)
-    batch.conn.execute(
-        "UPDATE accounts SET max_jobs_in_flight = ?, submits_per_second = ?, submit_burst = ? "
-        "WHERE id = ?",
-        (*values, limits.account_id),
+    conn = batch.conn
+    (weight,) = conn.execute(
+        "SELECT slot_weight FROM accounts WHERE id = ?", (limits.account_id,)
+    ).fetchone()
+    conn.execute(
+        "UPDATE accounts SET max_jobs_in_flight = ?, submits_per_second = ?, submit_burst = ?, "
+        "slot_weight = ? WHERE id = ?",
+        (*values, limits.slot_weight, limits.account_id),
     )
-    changed = tuple(account[3:6]) != values
+    changed = tuple(account[3:6]) != values or weight != limits.slot_weight
     account[3:6] = values  # later operations of this batch see the new limits
     return limits, changed
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from runtime.ledger_schema import (
     COUNTED_STATUSES,
+    ENTRY_COLUMNS,
     JOB_COLUMNS,
     OPEN_SQL,
     SELECT_JOB,
@@ -21,6 +22,7 @@ from runtime.models import (
     AccountLimits,
     AccountPage,
     AccountSummary,
+    AccountThrottle,
     ApiKey,
     ApiKeyPage,
     Balance,
@@ -219,7 +221,7 @@ def statement(
         params.append(after)
     order = "DESC" if newest_first else "ASC"
     rows = conn.execute(
-        "SELECT id, account_id, kind, amount, job_id, created_at, ref FROM credit_entries "
+        f"SELECT {ENTRY_COLUMNS} FROM credit_entries "
         f"INDEXED BY credit_entries_account WHERE {where} ORDER BY id {order} LIMIT ?",
         (*params, limit + 1),
     ).fetchall()
@@ -289,10 +291,29 @@ def api_keys(
 
 def account_limits(conn: sqlite3.Connection, account_id: str) -> AccountLimits | None:
     row = conn.execute(
-        "SELECT max_jobs_in_flight, submits_per_second, submit_burst FROM accounts WHERE id = ?",
+        "SELECT max_jobs_in_flight, submits_per_second, submit_burst, slot_weight "
+        "FROM accounts WHERE id = ?",
         (account_id,),
     ).fetchone()
     return None if row is None else AccountLimits(account_id, *row)
+
+
+def slot_weights(conn: sqlite3.Connection, account_ids: list[str]) -> dict[str, float]:
+    """The weights of those accounts that have their own (the others weigh 1)."""
+    rows = conn.execute(
+        "SELECT id, slot_weight FROM accounts "
+        "WHERE id IN (SELECT value FROM json_each(?)) AND slot_weight IS NOT NULL",
+        (json.dumps(account_ids),),
+    ).fetchall()
+    return {account_id: float(weight) for account_id, weight in rows}
+
+
+def account_throttle(conn: sqlite3.Connection, account_id: str) -> AccountThrottle | None:
+    row = conn.execute(
+        "SELECT input_rejections, input_rejections_at, throttled_until FROM accounts WHERE id = ?",
+        (account_id,),
+    ).fetchone()
+    return None if row is None else AccountThrottle(account_id, *row)
 
 
 def dead_letters(

@@ -45,6 +45,10 @@ Step = str | Callable[[sqlite3.Connection], None]
 # statuses are counted from the small ``jobs_open`` index instead.
 COUNTED_STATUSES = tuple(sorted(s.value for s in TERMINAL))
 DEAD_LETTERS_OPEN = "dead_letters_open"
+SETTLED_ONCE = (
+    "a job is settled once: a capture, a release, or (failed, a fee kept) a capture of "
+    "the fee and a release of the rest"
+)
 
 # Migration 7 lets a price be 0 (a free model): a free job has a hold of 0 and a capture
 # or release of 0, so I2 ("exactly one hold, exactly one settlement") holds as written.
@@ -331,6 +335,48 @@ MIGRATIONS: list[list[Step]] = [
             WHERE redriven_to IS NULL""",
         _relax_checks,
     ],
+    # 8: money. What each vendor attempt cost the operator (billed tasks, once per job and
+    # attempt, whatever became of the job). A failed job may keep a fee: one capture of
+    # the fee and one release of the rest (I2), so a job's entries are now unique per
+    # (job, kind) and a trigger allows a second settlement only as that pair, on a failed
+    # job, summing to its hold. Entries get a note (the fee's reason). Accounts get their
+    # weight in the fair share of vendor slots and their input-rejection throttle.
+    [
+        """CREATE TABLE vendor_charges (
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            attempt INTEGER NOT NULL,
+            account_id TEXT NOT NULL,
+            vendor TEXT NOT NULL,
+            model TEXT NOT NULL,  -- jobline's model name
+            outcome TEXT NOT NULL,  -- runtime.models.CHARGE_OUTCOMES
+            cost_micros INTEGER NOT NULL CHECK (cost_micros >= 0),  -- 1e-6 currency units
+            at REAL NOT NULL,
+            PRIMARY KEY (job_id, attempt)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX vendor_charges_at ON vendor_charges(at)",
+        "ALTER TABLE credit_entries ADD COLUMN note TEXT",
+        "DROP INDEX credit_entries_job",
+        """CREATE UNIQUE INDEX credit_entries_job
+            ON credit_entries(job_id, kind) WHERE job_id IS NOT NULL""",
+        f"""CREATE TRIGGER credit_entries_settled_once BEFORE INSERT ON credit_entries
+            WHEN NEW.kind IN ('capture', 'release') AND EXISTS (
+                SELECT 1 FROM credit_entries
+                WHERE job_id = NEW.job_id AND kind IN ('capture', 'release'))
+            BEGIN SELECT RAISE(ABORT, '{SETTLED_ONCE}') WHERE NOT coalesce(
+                NEW.kind = 'release'
+                AND (SELECT status FROM jobs WHERE id = NEW.job_id) = 'failed'
+                AND (SELECT amount FROM credit_entries
+                     WHERE job_id = NEW.job_id AND kind = 'capture') > 0
+                AND (SELECT amount FROM credit_entries
+                     WHERE job_id = NEW.job_id AND kind = 'capture') + NEW.amount
+                    = (SELECT amount FROM credit_entries
+                       WHERE job_id = NEW.job_id AND kind = 'hold'), 0);
+            END""",
+        "ALTER TABLE accounts ADD COLUMN slot_weight REAL CHECK (slot_weight > 0)",
+        "ALTER TABLE accounts ADD COLUMN input_rejections REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE accounts ADD COLUMN input_rejections_at REAL",
+        "ALTER TABLE accounts ADD COLUMN throttled_until REAL",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -487,8 +533,14 @@ def outputs_to_json(outputs: Iterable[StoredOutput]) -> str | None:
     return json.dumps(items, separators=(",", ":")) if items else None
 
 
+ENTRY_COLUMNS = "id, account_id, kind, amount, job_id, created_at, ref, note"
+
+
 def entry_from_row(row: Any) -> CreditEntry:
-    return CreditEntry(row[0], row[1], KIND_BY_VALUE[row[2]], row[3], row[4], row[5], row[6])
+    """A CreditEntry from a row selected as ``ENTRY_COLUMNS``."""
+    return CreditEntry(
+        row[0], row[1], KIND_BY_VALUE[row[2]], row[3], row[4], row[5], row[6], row[7]
+    )
 
 
 SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.refunds import RejectionThrottle
 from runtime.results import content_type_of
 from runtime.states import JobStatus
 
@@ -21,6 +22,12 @@ class EntryKind(enum.StrEnum):
     HOLD = "hold"
     CAPTURE = "capture"
     RELEASE = "release"
+
+
+# The notes of a failed job's settlement when a fee was kept (``Fail.fee``): one capture
+# of the fee and one release of the rest, in the same transaction (DESIGN §4, I2).
+FEE_NOTE = "fee: the vendor rejected the job's input"
+REFUND_LESS_FEE_NOTE = "refund less the fee"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +148,9 @@ class CreditEntry:
     job_id: str | None
     created_at: float
     ref: str | None = None  # grant id, for idempotent grants
+    # Why, when a kind alone does not say it: a fee kept on a failed job is a capture
+    # noted FEE_NOTE and a release of the rest noted REFUND_LESS_FEE_NOTE.
+    note: str | None = None
 
     def to_api(self) -> JSON:
         return {
@@ -149,6 +159,7 @@ class CreditEntry:
             "amount": self.amount,
             "job_id": self.job_id,
             "created_at": self.created_at,
+            "note": self.note,
         }
 
 
@@ -301,6 +312,44 @@ class AccountLimits:
     max_jobs_in_flight: int | None = None
     submits_per_second: float | None = None  # 0: no submit rate limit
     submit_burst: int | None = None
+    # The account's weight in the fair share of vendor slots (``runtime.fairness``): an
+    # account of weight 2 starts twice as many jobs as one of weight 1 while both wait.
+    slot_weight: float | None = None  # None: 1
+
+
+@dataclass(frozen=True, slots=True)
+class AccountThrottle:
+    """An account's input rejections (``runtime.refunds.RejectionThrottle``): the level of
+    its leaky bucket at ``updated_at``, and until when its submits are refused."""
+
+    account_id: str
+    input_rejections: float = 0.0
+    updated_at: float | None = None
+    throttled_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VendorCharge:
+    """What one vendor attempt cost the operator: a task that ran at the vendor (billed),
+    whatever became of its job. ``cost_micros``: millionths of the operator's currency
+    unit (``models.X.route[n].cost``). ``outcome``: ``CHARGE_OUTCOMES``."""
+
+    job_id: str
+    attempt: int
+    account_id: str
+    vendor: str
+    model: str  # jobline's model name
+    cost_micros: int
+    outcome: str
+
+
+# How a billed attempt ended: its output became the job's result (succeeded), or it
+# was paid for and thrown away (wasted), failed at the vendor, was rejected for its
+# input, given up on past its model's bounds (timed_out), canceled by the client, or
+# was a submit in doubt whose task ran after the job moved on (orphaned).
+CHARGE_OUTCOMES = (
+    "succeeded", "wasted", "failed", "rejected", "timed_out", "canceled", "orphaned",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +490,9 @@ class Complete:
     job_id: str
     result_key: str  # the first output's key
     outputs: tuple[StoredOutput, ...] = ()  # every output, the first included
+    # The vendor attempt that made the outputs, recorded in the same transaction: as
+    # ``succeeded`` when the job completes, ``wasted`` when it had already ended.
+    charge: VendorCharge | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +500,12 @@ class Fail:
     job_id: str
     error: str
     expired: bool = False  # the whole deadline passed (EXPIRED rather than FAILED)
+    # The vendor rejected the job for its own input (content policy, invalid input):
+    # ``fee`` credits are kept (a capture of the fee and a release of the rest, capped
+    # at the job's price), and the rejection counts against ``throttle``.
+    input_rejected: bool = False
+    fee: int = 0
+    throttle: RejectionThrottle | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,6 +549,20 @@ class Orphan:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordCharge:
+    """A billed vendor attempt (``VendorCharge``); once per (job, attempt)."""
+
+    charge: VendorCharge
+
+
+@dataclass(frozen=True, slots=True)
+class ClearThrottle:
+    """The admin lifts an account's throttle and forgets its input rejections."""
+
+    account_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class RecordWebhook:
     vendor: str
     webhook_id: str
@@ -524,6 +596,8 @@ LedgerOp = (
     | SetAccountLimits
     | RecordOrphan
     | EndOrphan
+    | RecordCharge
+    | ClearThrottle
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from runtime.models import (
     AccountLimits,
     AccountPage,
+    AccountThrottle,
     ApiKeyPage,
     Balance,
     DeadLetterPage,
@@ -92,6 +93,10 @@ class LedgerPort(Protocol):
     ) -> ApiKeyPage: ...
 
     async def account_limits(self, account_id: str) -> AccountLimits: ...
+
+    async def slot_weights(self, account_ids: Sequence[str]) -> dict[str, float]: ...
+
+    async def account_throttle(self, account_id: str) -> AccountThrottle: ...
 
     async def dead_letters(
         self, limit: int = 100, include_redriven: bool = False, cursor: str | None = None

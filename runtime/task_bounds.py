@@ -58,11 +58,14 @@ class TaskWatch:
     running_since: float | None = None
     unreadable_since: float | None = None
     last_state: TaskState | None = None
+    ran: bool = False  # seen running, succeeded or failed: the vendor bills it
 
     def saw(self, state: TaskState, now: float) -> None:
         """The vendor reported ``state`` at ``now``."""
         self.unreadable_since = None
         self.last_state = state
+        if state in (TaskState.RUNNING, TaskState.SUCCEEDED, TaskState.FAILED):
+            self.ran = True  # a task canceled while queued never ran: not billed
         if state is not TaskState.PENDING and self.running_since is None:
             self.running_since = now
 

@@ -243,6 +243,27 @@ class Metrics:
             ["vendor", "reason"],
             registry=r,
         )
+        self.vendor_cost = Counter(
+            "jobline_vendor_cost",
+            "What vendor tasks cost the operator, in the currency of models.X.route[n].cost, "
+            "by how the billed attempt ended (succeeded; wasted: paid for, thrown away; "
+            "failed, rejected, timed_out, canceled: its job was retried or refunded)",
+            ["vendor", "model", "outcome"],
+            registry=r,
+        )
+        self.vendor_billed_tasks = Counter(
+            "jobline_vendor_billed_tasks",
+            "Vendor tasks billed to the operator (seen running or ended), by outcome",
+            ["vendor", "outcome"],
+            registry=r,
+        )
+        self.input_rejections = Counter(
+            "jobline_input_rejections",
+            "Jobs failed because the vendor rejected their own input (content policy, "
+            "invalid input): refunded less the [refunds] fee, counted by the throttle",
+            ["model"],
+            registry=r,
+        )
         self.submits_in_doubt = Counter(
             "jobline_submits_in_doubt",
             "Submits whose answer was lost, by how they were resolved (adopted: the task "
@@ -276,7 +297,8 @@ class Metrics:
         )
         self.credits = Counter(
             "jobline_credits",
-            "Credits moved, by kind (held, captured, released)",
+            "Credits moved, by kind (held, captured, released; fee: the part of captured "
+            "kept as fees on jobs rejected for their input)",
             ["kind"],
             registry=r,
         )

@@ -41,6 +41,7 @@ from loadtests.chaos.checks import (
     read_jobs,
 )
 from loadtests.chaos.load import Load
+from loadtests.chaos.money import money_check
 from loadtests.chaos.report import ScenarioReport, VendorLoad, render_summary, to_json
 from loadtests.chaos.scenarios import FAST, QUICK, SCENARIOS, ChaosContext, Scenario
 from loadtests.chaos.stage import ChildRuntime, SharedRay, Stage
@@ -170,7 +171,8 @@ async def _drive(
         processors = await _processor_stats(stage)
     fake_stats = {name: fakes[name].snapshot() for name in config.vendors}
     found = full_check(config, load, fake_stats, processors, scenario.expect)
-    report.add_violations([*ctx.findings, *quiet_problems, *found])
+    money, report.money = money_check(config, fake_stats)
+    report.add_violations([*ctx.findings, *quiet_problems, *found, *money])
     _count(report, config, load, fake_stats)
     report.paid_work = paid_work(config, fake_stats, processors)
 

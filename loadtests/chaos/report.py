@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from loadtests.chaos.money import MoneyFigures
 from runtime.models import Violation
 
 
@@ -60,6 +61,7 @@ class ScenarioReport:
     failovers: int = 0
     vendors: list[VendorLoad] = field(default_factory=list)
     paid_work: list[PaidWork] = field(default_factory=list)
+    money: MoneyFigures | None = None  # what the vendors billed, fees kept
     faults: list[str] = field(default_factory=list)  # what the schedule did, in order
     violations: list[str] = field(default_factory=list)
     error: str | None = None  # the scenario itself broke (set-up, a timeout)
@@ -94,6 +96,11 @@ class ScenarioReport:
                 f" / limit {v.limit:<3} {mark}  ({v.tasks_created} tasks)"
             )
         lines.extend(work.render() for work in self.paid_work)
+        if self.money is not None:
+            lines.append(
+                f"  money       vendor cost {self.money.vendor_cost:.4f} (not delivered "
+                f"{self.money.not_delivered:.4f})  fees kept {self.money.fees_kept} credits"
+            )
         if self.faults:
             lines.append("  faults      " + "; ".join(self.faults[:12]))
             if len(self.faults) > 12:

@@ -496,6 +496,15 @@ _SCENARIOS = [
         quiet_timeout=120.0,
     ),
     Scenario(
+        "refund-policy",
+        "vendors reject some jobs for their input and fail others: a rejection keeps the "
+        "model's fee (a capture and a release), every other failure is refunded in full, "
+        "and every billed attempt is charged at its route step's cost",
+        profile={"rejection": 0.2, "failure": 0.1},
+        overrides={"refunds": {"input_rejected_fee_share": 0.34}},
+        load=LoadSpec(jobs=50, spread=3.0),
+    ),
+    Scenario(
         "fuzz",
         "hostile input (the API fuzzer) while jobs run; its problems are violations",
         hostile_input,
@@ -510,4 +519,5 @@ QUICK = (
     "credit-exhaustion",
     "cancel-under-kills",
     "paid-work",
+    "refund-policy",
 )  # the subset in `make test`

@@ -1,5 +1,6 @@
 """Accounts and credits: create an account (admin), grant credits (admin), set an
-account's limits (admin), the balance and the statement (the account's own API key)."""
+account's limits and see or clear its input-rejection throttle (admin), the balance and
+the statement (the account's own API key)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,15 @@ from runtime.api.context import Api, log
 from runtime.api.errors import bad_request
 from runtime.api.params import int_param
 from runtime.config import GatewayConfig
-from runtime.models import AccountLimits, CreateAccount, Grant, SetAccountLimits
+from runtime.fairness import DEFAULT_WEIGHT
+from runtime.models import (
+    AccountLimits,
+    AccountThrottle,
+    ClearThrottle,
+    CreateAccount,
+    Grant,
+    SetAccountLimits,
+)
 
 _CURSOR = re.compile(CURSOR_PATTERN)
 KEY_PREFIX_LENGTH = 10  # "jl_" and 7 characters: enough to tell keys apart, never to guess one
@@ -48,6 +57,8 @@ class AccountRoutes:
             web.post("/v1/accounts/{id}/credits", self.grant_credits),
             web.get("/v1/accounts/{id}/limits", self.get_limits, allow_head=False),
             web.put("/v1/accounts/{id}/limits", self.set_limits),
+            web.get("/v1/accounts/{id}/throttle", self.get_throttle, allow_head=False),
+            web.delete("/v1/accounts/{id}/throttle", self.clear_throttle),
             web.get("/v1/credits", self.get_credits, allow_head=False),
             web.get("/v1/credits/entries", self.get_credit_entries, allow_head=False),
         ]
@@ -105,11 +116,31 @@ class AccountRoutes:
         account_id = request.match_info["id"]
         body, _ = await api.json_body(request, LimitsBody)
         limits = AccountLimits(
-            account_id, body.max_jobs_in_flight, body.submits_per_second, body.submit_burst
+            account_id,
+            body.max_jobs_in_flight,
+            body.submits_per_second,
+            body.submit_burst,
+            body.slot_weight,
         )
         outcome = await api.execute(SetAccountLimits(limits))
         log.info("account limits set", extra={"account_id": account_id})
         return web.json_response(limits_to_api(outcome.unwrap(), api.ctx.config.gateway))
+
+    async def get_throttle(self, request: web.Request) -> web.Response:
+        """The account's input rejections lately and whether its submits are refused."""
+        api = self.api
+        api.require_admin(request)
+        throttle = await api.read(api.ctx.ledger.account_throttle(request.match_info["id"]))
+        return web.json_response(throttle_to_api(throttle, api))
+
+    async def clear_throttle(self, request: web.Request) -> web.Response:
+        """Lift the account's throttle and forget its input rejections (idempotent)."""
+        api = self.api
+        api.require_admin(request)
+        account_id = request.match_info["id"]
+        throttle = (await api.execute(ClearThrottle(account_id))).unwrap()
+        log.info("account throttle cleared", extra={"account_id": account_id})
+        return web.json_response(throttle_to_api(throttle, api))
 
     async def get_credits(self, request: web.Request) -> web.Response:
         account_id = await self.api.account(request)
@@ -140,17 +171,36 @@ class AccountRoutes:
         )
 
 
+def throttle_to_api(throttle: AccountThrottle, api: Api) -> dict[str, object]:
+    """The throttle as the admin reads it: the level of its leaky bucket now, against the
+    ``[throttle]`` limit, and until when submits are refused (null: they are not)."""
+    now = api.ctx.clock.time()
+    policy = api.ctx.config.throttle.policy()
+    until = throttle.throttled_until
+    return {
+        "account_id": throttle.account_id,
+        "input_rejections": round(
+            policy.level_at(throttle.input_rejections, throttle.updated_at, now), 3
+        ),
+        "limit": policy.limit,
+        "window": policy.window,
+        "throttled_until": until if until is not None and until > now else None,
+    }
+
+
 def limits_to_api(limits: AccountLimits, defaults: GatewayConfig) -> dict[str, object]:
     """The account's own limits (null: the default) and the limits in force."""
     own = {
         "max_jobs_in_flight": limits.max_jobs_in_flight,
         "submits_per_second": limits.submits_per_second,
         "submit_burst": limits.submit_burst,
+        "slot_weight": limits.slot_weight,
     }
     default = {
         "max_jobs_in_flight": defaults.max_jobs_in_flight_per_account,
         "submits_per_second": defaults.submits_per_second_per_account,
         "submit_burst": defaults.submit_burst_per_account,
+        "slot_weight": DEFAULT_WEIGHT,
     }
     effective = {name: default[name] if value is None else value for name, value in own.items()}
     return {"account_id": limits.account_id, "limits": own, "effective": effective}

@@ -27,6 +27,7 @@ MAX_GRACE_PERIOD = 7 * 24 * 3600  # seconds a rotated key may still be used
 MAX_SUBMIT_RATE = 10_000.0  # submits per second an account may be given
 MAX_IN_FLIGHT_LIMIT = 1_000_000
 MAX_SUBMIT_BURST = 100_000
+MAX_SLOT_WEIGHT = 1_000.0
 # "<created_at>/<id>", as a page's next_cursor gives it (dead letters).
 TIME_CURSOR_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?(e[+-]?[0-9]{1,3})?/[\x21-\x7e]{1,128}$"
 # Printable ASCII, 1..255 characters, no leading or trailing space (HTTP strips those).
@@ -105,6 +106,13 @@ class LimitsBody(_Body):
     )
     submit_burst: JsonInt | None = Field(
         default=None, ge=1, le=MAX_SUBMIT_BURST, description="Submits at once after a pause"
+    )
+    slot_weight: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_SLOT_WEIGHT,
+        allow_inf_nan=False,
+        description="The account's share of scarce vendor slots (1: an equal share)",
     )
 
 

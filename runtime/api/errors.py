@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from runtime.errors import (
     AccountNotFound,
+    AccountThrottled,
     ApiKeyNotFound,
     DeadLetterNotFound,
     GrantConflict,
@@ -81,6 +82,7 @@ ERRORS: tuple[tuple[type[JoblineError], int, str], ...] = (
     (GrantConflict, 409, "grant_conflict"),
     (TooManyJobsInFlight, 429, "too_many_jobs_in_flight"),
     (SubmitRateLimited, 429, "too_many_submits"),
+    (AccountThrottled, 429, "account_throttled"),
     (ApiKeyNotFound, 404, "api_key_not_found"),
     (TooManyApiKeys, 409, "too_many_api_keys"),
     (LedgerUnavailable, 503, "ledger_unavailable"),
@@ -132,7 +134,7 @@ def refusal_for(exc: JoblineError) -> HttpRefusal | None:
         if isinstance(exc, kind):
             headers: dict[str, str] = {}
             retry = _RETRY_AFTER.get(type(exc))
-            if isinstance(exc, SubmitRateLimited):
+            if isinstance(exc, SubmitRateLimited | AccountThrottled):
                 retry = max(1, math.ceil(exc.retry_after))
             if retry is not None:
                 headers["Retry-After"] = str(retry)

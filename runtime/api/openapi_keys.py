@@ -166,4 +166,32 @@ def key_paths() -> dict[str, Any]:
                 },
             },
         },
+        "/v1/accounts/{id}/throttle": {
+            "get": {
+                "operationId": "getAccountThrottle",
+                "summary": "An account's input rejections lately, and whether it is throttled",
+                "description": (
+                    "Vendors rejecting the account's jobs for their own input (content "
+                    "policy, invalid input) fill a leaky bucket; at [throttle] "
+                    "input_rejections within window seconds the account's submits are "
+                    "429 account_throttled with Retry-After for [throttle] duration."
+                ),
+                "security": _ADMIN,
+                "parameters": [_ACCOUNT],
+                "responses": {
+                    "200": json_content(ref("AccountThrottle"), "The throttle"),
+                    **errors("401", "404", admin=True),
+                },
+            },
+            "delete": {
+                "operationId": "clearAccountThrottle",
+                "summary": "Lift an account's throttle and forget its input rejections",
+                "security": _ADMIN,
+                "parameters": [_ACCOUNT],
+                "responses": {
+                    "200": json_content(ref("AccountThrottle"), "The throttle now"),
+                    **errors("401", "404", admin=True),
+                },
+            },
+        },
     }

@@ -178,6 +178,10 @@ def component_schemas(config: JoblineConfig) -> dict[str, Any]:
         "max_jobs_in_flight": nullable("integer"),
         "submits_per_second": {**nullable("number"), "description": "0: no limit"},
         "submit_burst": nullable("integer"),
+        "slot_weight": {
+            **nullable("number"),
+            "description": "The account's share of scarce vendor slots (null: 1, an equal one)",
+        },
     }
     dead_letter_props = {
         "job_id": {"type": "string"},
@@ -283,6 +287,29 @@ def component_schemas(config: JoblineConfig) -> dict[str, Any]:
         },
         "CreateKey": CreateKeyBody.model_json_schema(),
         "Limits": LimitsBody.model_json_schema(),
+        "AccountThrottle": {
+            "type": "object",
+            "required": [
+                "account_id",
+                "input_rejections",
+                "limit",
+                "window",
+                "throttled_until",
+            ],
+            "properties": {
+                "account_id": {"type": "string"},
+                "input_rejections": {
+                    "type": "number",
+                    "description": "The leaky bucket's level now (drains limit per window)",
+                },
+                "limit": {"type": "integer", "description": "[throttle] input_rejections"},
+                "window": {"type": "number", "description": "Seconds ([throttle] window)"},
+                "throttled_until": {
+                    **nullable("number"),
+                    "description": "Submits are refused until then (null: they are not)",
+                },
+            },
+        },
         "AccountLimits": {
             "type": "object",
             "required": ["account_id", "limits", "effective"],
@@ -302,6 +329,7 @@ def component_schemas(config: JoblineConfig) -> dict[str, Any]:
                         "max_jobs_in_flight": {"type": "integer"},
                         "submits_per_second": {"type": "number"},
                         "submit_burst": {"type": "integer"},
+                        "slot_weight": {"type": "number"},
                     },
                 },
             },

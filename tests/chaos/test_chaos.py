@@ -22,7 +22,11 @@ from loadtests.chaos.checks import (
 )
 from loadtests.chaos.harness import run_scenario
 from loadtests.chaos.load import ClientJob, Load, LoadSpec
+from loadtests.chaos.money import Charge, Settled, costs_recorded, money_figures, refund_policy
 from loadtests.chaos.scenarios import QUICK
+from loadtests.testbed import ROOT_CONFIG
+from runtime.config import load_config
+from runtime.config_money import RefundsConfig
 
 pytestmark = pytest.mark.ray
 
@@ -132,3 +136,63 @@ def test_what_clients_saw_is_checked_against_the_ledger() -> None:
     }
     found = {(v.invariant, v.subject) for v in clients_against_ledger(load, ledger)}
     assert found == {("I5", "moved"), ("I3", "lost"), ("I3", "open")}
+
+
+def test_the_money_checks_report_wrong_charges_and_wrong_refunds() -> None:
+    """Cost figures: a charge at the wrong cost, for a task the vendor never billed, or
+    missing from a completed job; refund policy: a fee on a job the vendor did not
+    reject, a fee other than the model's, and no fee where the input was rejected."""
+    config = load_config(ROOT_CONFIG).model_copy(
+        update={"refunds": RefundsConfig(input_rejected_fee_share=0.34)}
+    )
+    cost = config.models["flux-schnell"].route[0].cost_micros
+
+    def task(job: str, outcome: str, status: str, billable: bool = True) -> dict[str, Any]:
+        return {"job_id": job, "attempt": "1", "outcome": outcome, "status": status,
+                "billable": billable}  # fmt: skip
+
+    fakes = {
+        "fal": {
+            "task_info": {
+                "t1": task("ok", "succeed", "succeeded"),
+                "t2": task("uncharged", "succeed", "succeeded"),
+                "t3": task("queued-only", "succeed", "canceled", billable=False),
+                "t4": task("fee-ok", "reject", "failed"),
+                "t5": task("fee-no-reject", "fail", "failed"),
+                "t6": task("fee-wrong", "reject", "failed"),
+                "t7": task("fee-missing", "reject", "failed"),
+                "t8": task("refunded", "fail", "failed"),
+            }
+        }
+    }
+
+    def job(job_id: str, status: str, captured: int, fee: int) -> Settled:
+        return Settled(job_id, "flux-schnell", status, 3, "fal", 1, captured, fee, 3 - captured)
+
+    settled = {
+        j.id: j
+        for j in (
+            job("ok", "completed", 3, 0),
+            job("uncharged", "completed", 3, 0),
+            job("queued-only", "canceled", 0, 0),
+            job("fee-ok", "failed", 1, 1),
+            job("fee-no-reject", "failed", 1, 1),
+            job("fee-wrong", "failed", 2, 2),
+            job("fee-missing", "failed", 0, 0),
+            job("refunded", "failed", 0, 0),
+        )
+    }
+    charges = [
+        Charge("ok", 1, "fal", "flux-schnell", "succeeded", cost),
+        Charge("queued-only", 1, "fal", "flux-schnell", "canceled", cost),  # never billed
+        Charge("fee-ok", 1, "fal", "flux-schnell", "rejected", cost + 1),  # wrong cost
+    ]
+    found = {
+        (v.subject, v.detail.split(",")[0]) for v in costs_recorded(config, fakes, charges, settled)
+    }
+    assert {subject for subject, _ in found} == {"queued-only#1", "fee-ok#1", "uncharged"}
+    refunds = {v.subject for v in refund_policy(config, fakes, settled)}
+    assert refunds == {"fee-no-reject", "fee-wrong", "fee-missing"}
+    figures = money_figures(charges, settled)
+    assert figures.fees_kept == 1 + 1 + 2
+    assert figures.vendor_cost == pytest.approx((3 * cost + 1) / 1e6)

@@ -83,7 +83,9 @@ class Rig:
         processor: VendorProcessor = self.build(processor_role(vendor), seed, ledger)
         return processor
 
-    async def open(self, model: str, n: int = 1, **input: Any) -> list[Job]:
+    async def open(
+        self, model: str, n: int = 1, *, account: str = "acct", **input: Any
+    ) -> list[Job]:
         jobs = []
         for i in range(n):
             route = self.config.models[model].route
@@ -91,7 +93,7 @@ class Rig:
                 self.ledger,
                 OpenJob(
                     new_job_id(time.time(), IDS),
-                    "acct",
+                    account,
                     model,
                     {"prompt": f"p{i}", **input},
                     self.config.models[model].price,

@@ -243,7 +243,7 @@ async def test_the_admin_sets_an_accounts_in_flight_cap_and_submit_rate(
     assert (await error_of(limited))[:2] == (429, "too_many_submits")
     assert limited.headers["Retry-After"] == "2"
     got = await (await api.client.get(url, headers=api.admin)).json()
-    assert got["limits"] == {"max_jobs_in_flight": None, **body}
+    assert got["limits"] == {"max_jobs_in_flight": None, "slot_weight": None, **body}
     unknown = await api.client.put("/v1/accounts/acct_nope/limits", json={}, headers=api.admin)
     assert (await error_of(unknown))[:2] == (404, "account_not_found")
     wrong = await api.client.put(url, json={"submits_per_second": -1}, headers=api.admin)

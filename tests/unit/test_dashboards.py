@@ -79,6 +79,7 @@ def test_there_are_dashboards() -> None:
         "jobline-jobs.json",
         "jobline-vendors.json",
         "jobline-operations.json",
+        "jobline-money.json",
     }
 
 
@@ -148,6 +149,9 @@ def test_the_dashboards_show_what_operators_need() -> None:
         "jobline_vendor_wasted_tasks_total",
         "jobline_submits_in_doubt_total",
         "jobline_vendor_refusals_total",
+        "jobline_vendor_cost_total",
+        "jobline_vendor_billed_tasks_total",
+        "jobline_input_rejections_total",
     }
 
 
@@ -161,6 +165,9 @@ def test_every_alert_names_exported_metrics_and_says_what_to_do() -> None:
         "JoblineZombieJobs",
         "JoblineVendorAtLimit",
         "JoblineVendorRefused",
+        "JoblineVendorWasteHigh",
+        "JoblineVendorSpendSpike",
+        "JoblineInputRejectionsHigh",
     }
     for rule in rules:
         named = metrics_in(rule["expr"])

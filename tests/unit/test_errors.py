@@ -23,6 +23,7 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "TooManyJobsInFlight": ("acct_1", 100),
     "GrantConflict": ("acct_1", "invoice-7", 5, 7),
     "SubmitRateLimited": ("acct_1", 2.0, 0.5),
+    "AccountThrottled": ("acct_1", 120.0),
     "ApiKeyNotFound": ("key_1",),
     "TooManyApiKeys": ("acct_1", 50),
     "LedgerFault": ("OpenJob", "ValueError: boom"),

@@ -62,3 +62,19 @@ def test_an_answer_ends_a_run_of_unreadable_statuses() -> None:
     watch.saw(QUEUED, 11.5)
     assert watch.overdue(13.0) is None
     assert watch.next_deadline() == 600.0
+
+
+def test_a_task_ran_and_is_billed_once_seen_running_or_ended_but_not_canceled_queued() -> None:
+    canceled_queued = TaskWatch(BOUNDS, submitted_at=0.0)
+    canceled_queued.saw(TaskState.PENDING, 1.0)
+    canceled_queued.saw(TaskState.CANCELED, 2.0)
+    assert not canceled_queued.ran
+    for states in (
+        [TaskState.RUNNING, TaskState.CANCELED],
+        [TaskState.SUCCEEDED],
+        [TaskState.PENDING, TaskState.FAILED],
+    ):
+        watch = TaskWatch(BOUNDS, submitted_at=0.0)
+        for at, state in enumerate(states):
+            watch.saw(state, float(at))
+        assert watch.ran, states
