@@ -39,6 +39,7 @@ from loadtests.chaos.checks import (
     read_entries,
     read_history,
     read_jobs,
+    unexplained_slots,
 )
 from loadtests.chaos.load import Load
 from loadtests.chaos.money import money_check
@@ -191,7 +192,7 @@ async def _wait_quiet(
         still_open = await asyncio.to_thread(open_jobs, db)
         if not still_open:
             stats = await _processor_stats(stage)
-            slots = {v: s["inflight"] for v, s in (stats or {}).items() if s["inflight"]}
+            slots = {v: n for v, s in (stats or {}).items() if (n := unexplained_slots(s))}
             if stats is not None and not slots:
                 break
         if time.monotonic() > deadline:
