@@ -26,7 +26,7 @@ from typing import Any
 
 from actors.lifecycle import add_lifecycle_commands
 from runtime.config import DEFAULT_CONFIG_PATH, JoblineConfig, load_config
-from runtime.errors import ConfigError, DeploymentError
+from runtime.errors import ConfigError, DeploymentError, NotALedger
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Cli:
             return 2
         try:
             code: int = args.run(args)
-        except (ConfigError, DeploymentError) as exc:
+        except (ConfigError, DeploymentError, NotALedger) as exc:
             for line in exc.lines():  # every problem, one line each
                 print(f"jobline: {line}", file=sys.stderr)
             return 2 if isinstance(exc, ConfigError) else 1

@@ -420,10 +420,14 @@ def init_command(args: argparse.Namespace) -> int:
 
     from actors.ledger import checkpoint
     from runtime.ledger import Ledger
+    from runtime.ledger_schema import ledger_file_problem
 
     config = resolve_paths(load_config(args.config), Path.cwd())
     database: Path = (args.database or config.storage.database).resolve()
     if database.exists():
+        problem = ledger_file_problem(database)
+        if problem is not None:
+            raise problem
         _say(f"the ledger {database} exists already; left as it is")
         return 0
 

@@ -7,6 +7,7 @@ equal exception back; a test checks every class below).
     JoblineError
     ├── ConfigError                  jobline.toml is wrong: file, key path, reason (each one)
     ├── LedgerMissing                the ledger's database is not where a deployment has it
+    ├── NotALedger                   a file given as the ledger is not one this jobline reads
     ├── DeploymentError              jobline cannot be deployed on this Ray cluster as asked
     │   ├── AppAlreadyRunning        an app of that name runs there already
     │   └── AppNotRunning            no app of that name runs there
@@ -124,6 +125,22 @@ class LedgerMissing(JoblineError):
             "a new, empty ledger in its place. Restore it from a backup (deploy/README.md, "
             "'Backing up the ledger') or fix [storage] database"
         )
+
+
+class NotALedger(JoblineError):
+    """The file given as the ledger is not a jobline ledger (not SQLite, or SQLite
+    without jobline's schema) or has a schema version this jobline does not read."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(path, why)
+        self.path = path
+        self.why = why
+
+    def lines(self) -> list[str]:
+        return [str(self)]
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.why}"
 
 
 class DeploymentError(JoblineError):
