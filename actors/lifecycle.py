@@ -35,7 +35,12 @@ from typing import TYPE_CHECKING
 
 from runtime.config import JoblineConfig, load_config
 from runtime.errors import AppAlreadyRunning, AppNotRunning, DeploymentError
-from runtime.startup import missing_environment, path_problems, resolve_paths
+from runtime.startup import (
+    ledger_problems,
+    missing_environment,
+    path_problems,
+    resolve_paths,
+)
 from runtime.telemetry import configure_logging, get_logger, readable
 
 if TYPE_CHECKING:
@@ -133,7 +138,7 @@ def serve_command(
         problems = [f"{args.config}: {key}: {reason}" for key, reason in path_problems(config)]
     else:
         config = resolve_paths(config, Path.cwd())
-        problems = missing_environment(config, os.environ)
+        problems = missing_environment(config, os.environ) + ledger_problems(config)
         if not problems:
             from runtime.results_s3 import bucket_problems
 
