@@ -25,6 +25,16 @@ from tests.ledger_ops import apply_op
 from vendors_fake.png import expected_png
 
 
+def untraced(rig: Rig) -> dict[str, dict[str, int]]:
+    """Requests the fakes saw without a job's trace id, by vendor and route (DESIGN §3:
+    every request made for a job carries it; fal's key set is nobody's job)."""
+    missing = {
+        name: {r: n for r, n in fake.snapshot()["trace_id_missing"].items() if r != "jwks"}
+        for name, fake in ((name, rig.fakes[name]) for name in rig.fakes.urls)
+    }
+    return {name: routes for name, routes in missing.items() if routes}
+
+
 async def test_a_job_goes_from_queue_to_stored_result(rig: Rig) -> None:
     [job] = await rig.open("flux-schnell")
     await rig.dispatch([job])
@@ -146,6 +156,7 @@ async def test_cancel_releases_and_cancels_the_vendor_task(rig: Rig) -> None:
     assert (await rig.processors["fal"].stats())["inflight"] == 0
     assert rig.fakes["fal"].snapshot()["tasks"]["canceled"] == 1
     assert (await rig.ledger.balance("acct")).available == 10_000
+    assert untraced(rig) == {}  # the cancel carried the job's trace id too
 
 
 async def test_a_queued_job_past_its_deadline_fails_and_refunds(rig: Rig) -> None:
@@ -197,6 +208,7 @@ async def test_a_task_given_up_keeps_its_slot_until_the_vendor_confirms_the_canc
     assert first["status"] == "canceled"
     [done] = await rig.wait([job])
     assert done.status is JobStatus.COMPLETED
+    assert untraced(rig) == {}
 
 
 @pytest.mark.profile({"never_finish": 1.0})
@@ -224,6 +236,7 @@ async def test_a_cancel_reaching_a_restarted_processor_still_cancels_the_vendor_
     await until(lambda: no_slot_taken(rig))
     assert fal.snapshot()["tasks"]["in_flight"] == 0
     assert (await rig.ledger.balance("acct")).available == 10_000
+    assert untraced(rig) == {}
 
 
 class _DiesBeforeMarking:
@@ -387,3 +400,4 @@ async def test_an_expired_job_whose_cancel_failed_has_its_task_canceled_later(
     await until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
     await until(lambda: no_slot_taken(rig))
     await sweeper.stop()
+    assert untraced(rig) == {}  # the sweeper's cancel and the processor's carried it
