@@ -11,9 +11,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-# The most one grant (or an account's starting credits) may add. It bounds each grant,
-# not a balance: a balance reaches SQLite's int64 only after millions of such grants.
-MAX_CREDITS = 10**12
+from runtime.config import MAX_CREDITS
+
+# MAX_CREDITS (runtime.config): the most one grant (or an account's starting credits)
+# may add, and the most a model may cost. It bounds each grant, not a balance: a balance
+# reaches SQLite's int64 only after millions of such grants.
 MAX_PAGE = 200  # GET /v1/jobs?limit=
 DEFAULT_PAGE = 50
 MAX_DEAD_LETTERS = 1000
