@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import time
 from typing import Any
 
@@ -512,6 +513,32 @@ async def test_forged_stale_and_malformed_webhooks_change_nothing(api: ApiHarnes
             f'jobline_webhook_rejections_total{{actor="gateway-test",reason="{reason}",'
             f'vendor="replicate"}}' in text
         )
+
+
+async def test_a_flood_of_forged_webhooks_logs_a_line_not_a_line_each(api: ApiHarness) -> None:
+    # Field case: 300 anonymous POSTs wrote 300 WARNING lines to `serve`'s output.
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    gateway_log = logging.getLogger("jobline.gateway")
+    handler = Collect(logging.WARNING)
+    gateway_log.addHandler(handler)
+    try:
+        for _ in range(100):
+            response = await api.client.post("/v1/webhooks/replicate", data=b"{}")
+            assert response.status == 401
+    finally:
+        gateway_log.removeHandler(handler)
+    rejected = [line for line in lines if line.startswith("webhook rejected")]
+    assert len(rejected) == 1 and "(signature) from 127.0.0.1" in rejected[0]
+    text = await (await api.client.get("/metrics")).text()
+    assert (
+        'jobline_webhook_rejections_total{actor="gateway-test",reason="signature",'
+        'vendor="replicate"} 100.0' in text
+    )  # the metric counts each one
 
 
 # --- dead letters -----------------------------------------------------------------------
