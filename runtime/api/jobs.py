@@ -25,7 +25,7 @@ from runtime.api.bodies import (
     SubmitJobBody,
 )
 from runtime.api.context import Api, job_fields, log
-from runtime.api.errors import HttpRefusal, bad_request
+from runtime.api.errors import HttpRefusal, bad_request, echo
 from runtime.api.params import int_param
 from runtime.config import ModelConfig
 from runtime.errors import InputInvalid, ResultNotFound, UnknownModel
@@ -185,7 +185,7 @@ class JobRoutes:
         model = self.api.ctx.config.models.get(name)
         if model is None:
             known = ", ".join(sorted(self.api.ctx.config.models))
-            raise UnknownModel(f"unknown model {name!r} (known: {known})")
+            raise UnknownModel(f"unknown model {echo(name)} (known: {known})")
         return model
 
     def _validate_input(self, model: ModelConfig, value: dict[str, Any]) -> None:
@@ -198,5 +198,6 @@ class JobRoutes:
         error = jsonschema.exceptions.best_match(validator.iter_errors(value))
         if error is not None:
             path = "$.input" + error.json_path.removeprefix("$")
-            reason = error.message if len(error.message) <= 300 else error.message[:300] + "…"
-            raise InputInvalid(f"{path}: {reason}")
+            # jsonschema quotes the value ("'aaa…' is too long"): quote only its start.
+            reason = error.message.replace(repr(error.instance), echo(error.instance))
+            raise InputInvalid(f"{path}: {reason[:300]}")

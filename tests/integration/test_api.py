@@ -177,6 +177,26 @@ async def test_bad_requests_are_refused_and_charge_nothing(api: ApiHarness) -> N
         ),
         (await submit_raw(b'{"model": "sdxl", "input": '), 400, "bad_request", "malformed JSON"),
         (await submit_raw(b"[1, 2]"), 400, "bad_request", "JSON object"),
+        (
+            await submit_raw(b'{"model": "sdxl", "input": {"prompt": "\\ud800"}}'),
+            400,
+            "bad_request",
+            "a string contains an unpaired surrogate",
+        ),
+        (
+            await post(
+                "/v1/jobs", json={"model": "sdxl", "input": {"prompt": "y" * 2001}}, headers=auth
+            ),
+            422,
+            "input_invalid",
+            "$.input.prompt: 'yyyy",  # a short start of the value, not all 2001 characters
+        ),
+        (
+            await post("/v1/jobs", json={"model": "m" * 200, "input": {}}, headers=auth),
+            422,
+            "unknown_model",
+            "unknown model 'mmm",
+        ),
         (await submit_raw(b'{"model": "sdxl", "input": NaN}'), 400, "bad_request", "NaN"),
         (await submit_raw(b'{"model": "sdxl", "input": "x"}'), 400, "bad_request", "input"),
         (await submit_raw(b'{"model": 5, "input": {}}'), 400, "bad_request", "model"),
@@ -212,6 +232,7 @@ async def test_bad_requests_are_refused_and_charge_nothing(api: ApiHarness) -> N
         got = await error_of(response)
         assert got[:2] == (status, code), got
         assert needle in got[2], got
+        assert len(got[2]) < 400, got  # a client's value is quoted, never echoed whole
     assert await api.balance(account) == {
         "account_id": account.id,
         "balance": 10,
