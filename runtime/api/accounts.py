@@ -20,7 +20,7 @@ from runtime.api.bodies import (
 )
 from runtime.api.context import Api, log
 from runtime.api.errors import bad_request
-from runtime.api.params import int_param
+from runtime.api.params import int_param, only_params
 from runtime.config import GatewayConfig
 from runtime.models import AccountLimits, CreateAccount, Grant, SetAccountLimits
 
@@ -119,7 +119,7 @@ class AccountRoutes:
     async def get_credit_entries(self, request: web.Request) -> web.Response:
         api = self.api
         account_id = await api.account(request)
-        query = request.query
+        query = only_params(request, "limit", "cursor", "order")
         limit = int_param(query, "limit", DEFAULT_STATEMENT_PAGE, MAX_STATEMENT_PAGE)
         cursor = query.get("cursor")
         if cursor is not None and not _CURSOR.fullmatch(cursor):

@@ -26,7 +26,7 @@ from runtime.api.bodies import (
 )
 from runtime.api.context import Api, job_fields, log
 from runtime.api.errors import HttpRefusal, bad_request, echo
-from runtime.api.params import int_param
+from runtime.api.params import int_param, only_params
 from runtime.config import ModelConfig
 from runtime.errors import InputInvalid, ResultNotFound, UnknownModel
 from runtime.ledger import new_job_id
@@ -109,7 +109,7 @@ class JobRoutes:
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         account_id = await self.api.account(request)
-        query = request.query
+        query = only_params(request, "status", "limit", "cursor")
         status: JobStatus | None = None
         if "status" in query:
             try:

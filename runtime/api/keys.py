@@ -27,7 +27,7 @@ from runtime.api.bodies import (
 )
 from runtime.api.context import Api, log
 from runtime.api.errors import bad_request
-from runtime.api.params import int_param
+from runtime.api.params import int_param, only_params
 from runtime.models import ApiKey, CreateApiKey, RevokeApiKey
 
 _CURSOR = re.compile(CURSOR_PATTERN)
@@ -77,8 +77,9 @@ class KeyRoutes:
 
     async def _list(self, request: web.Request, account_id: str) -> web.Response:
         api = self.api
-        limit = int_param(request.query, "limit", DEFAULT_KEYS_PAGE, MAX_KEYS_PAGE)
-        cursor = request.query.get("cursor")
+        query = only_params(request, "limit", "cursor")
+        limit = int_param(query, "limit", DEFAULT_KEYS_PAGE, MAX_KEYS_PAGE)
+        cursor = query.get("cursor")
         if cursor is not None and not _CURSOR.fullmatch(cursor):
             raise bad_request("cursor must be the next_cursor of an earlier page")
         page = await api.read(api.ctx.ledger.api_keys(account_id, limit, cursor))

@@ -327,6 +327,31 @@ async def test_another_accounts_job_is_404_everywhere(api: ApiHarness) -> None:
     assert (await api.ledger.get_job(job["id"])).status is JobStatus.QUEUED
 
 
+async def test_list_endpoints_refuse_unknown_and_repeated_query_parameters(
+    api: ApiHarness,
+) -> None:
+    # Field case: GET /v1/jobs ignored order=, unknown filters and a repeated status,
+    # while /v1/credits/entries refused a bad order.
+    account = await api.account()
+    for path, needle in (
+        ("/v1/jobs?order=desc", "unknown query parameter 'order'"),
+        ("/v1/jobs?model=sdxl", "unknown query parameter 'model'"),
+        ("/v1/jobs?status=queued&status=failed", "status is given more than once"),
+        ("/v1/jobs?limit=5&limit=6", "limit is given more than once"),
+        ("/v1/credits/entries?sort=asc", "unknown query parameter 'sort'"),
+        ("/v1/credits/entries?order=sideways", "order must be asc"),
+        ("/v1/keys?x=1", "unknown query parameter 'x'"),
+    ):
+        status, code, message = await error_of(await api.client.get(path, headers=account.auth))
+        assert (status, code) == (400, "bad_request"), path
+        assert needle in message, (path, message)
+    for path in ("/v1/admin/dead-letters?include=1", "/v1/admin/accounts?cursor=a&cursor=b"):
+        response = await api.client.get(path, headers=api.admin)
+        assert (await error_of(response))[:2] == (400, "bad_request"), path
+    ok = await api.client.get("/v1/jobs?status=queued&limit=5", headers=account.auth)
+    assert ok.status == 200
+
+
 async def test_list_jobs_pages_and_validates(api: ApiHarness) -> None:
     account = await api.account()
     ids = [(await api.submitted(account))["id"] for _ in range(3)]

@@ -338,3 +338,20 @@ async def test_console_pages_and_assets_are_served_for_long_caching(api: ApiHarn
     for missing in ("/console/assets/nope.js", "/console/assets/../__init__.py"):
         response = await api.client.get(missing)
         assert (await error_of(response)) == (404, "not_found"), missing
+
+
+async def test_a_path_with_a_trailing_slash_redirects_to_the_canonical_one(
+    api: ApiHarness,
+) -> None:
+    # Field case: /console/ and /docs/ answered 404.
+    for path, canonical in (
+        ("/console/", "/console"),
+        ("/docs/", "/docs"),
+        ("/console/studio/", "/console/studio"),
+    ):
+        response = await api.client.get(path, allow_redirects=False)
+        assert response.status in (301, 308), path
+        assert response.headers["Location"] == canonical, path
+    response = await api.client.get("/docs/")  # followed: the page itself
+    assert (response.status, response.content_type) == (200, "text/html")
+    assert (await api.client.get("/no-such-page/", allow_redirects=False)).status == 404
