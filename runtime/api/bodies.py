@@ -74,7 +74,11 @@ class GrantBody(_Body):
 
 
 class CreateKeyBody(_Body):
-    name: str = Field(default="", max_length=100, description="A label for the key")
+    name: str = Field(
+        default="",
+        max_length=100,
+        description="A label for the key; a rotation without one keeps the replaced key's",
+    )
     replaces: str | None = Field(
         default=None,
         min_length=1,
