@@ -30,6 +30,7 @@ equal exception back; a test checks every class below).
     │                                (a bug there, logged): retrying cannot help (500)
     ├── RequestError                 a client request jobline refuses
     │   ├── Unauthorized             missing or unknown API key / admin token (401)
+    │   ├── Forbidden                an account's valid API key on an admin route (403)
     │   ├── InputInvalid             body does not match the model's schema (422)
     │   └── UnknownModel             (422)
     ├── ResultNotFound               no stored output under this key (also a KeyError)
@@ -372,6 +373,11 @@ class RequestError(JoblineError):
 
 class Unauthorized(RequestError):
     pass
+
+
+class Forbidden(RequestError):
+    """The request is authenticated (a valid API key) but may not use this route (an
+    admin route needs the admin token)."""
 
 
 class InputInvalid(RequestError):

@@ -54,7 +54,7 @@ class AccountRoutes:
 
     async def create_account(self, request: web.Request) -> web.Response:
         api = self.api
-        api.require_admin(request)
+        await api.require_admin(request)
         body, _ = await api.json_body(request, CreateAccountBody)
         account_id = "acct_" + api.ctx.rng.getrandbits(96).to_bytes(12, "big").hex()
         api_key, prefix = new_api_key()
@@ -80,7 +80,7 @@ class AccountRoutes:
 
     async def grant_credits(self, request: web.Request) -> web.Response:
         api = self.api
-        api.require_admin(request)
+        await api.require_admin(request)
         account_id = request.match_info["id"]
         header_key = api.idempotency_key(request)
         body, _ = await api.json_body(request, GrantBody)
@@ -95,13 +95,13 @@ class AccountRoutes:
 
     async def get_limits(self, request: web.Request) -> web.Response:
         api = self.api
-        api.require_admin(request)
+        await api.require_admin(request)
         limits = await api.read(api.ctx.ledger.account_limits(request.match_info["id"]))
         return web.json_response(limits_to_api(limits, api.ctx.config.gateway))
 
     async def set_limits(self, request: web.Request) -> web.Response:
         api = self.api
-        api.require_admin(request)
+        await api.require_admin(request)
         account_id = request.match_info["id"]
         body, _ = await api.json_body(request, LimitsBody)
         limits = AccountLimits(

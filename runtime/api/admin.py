@@ -35,7 +35,7 @@ class AdminRoutes:
 
     async def list_dead_letters(self, request: web.Request) -> web.Response:
         api = self.api
-        api.require_admin(request)
+        await api.require_admin(request)
         query = only_params(request, "limit", "cursor", "include_redriven")
         limit = int_param(query, "limit", DEFAULT_DEAD_LETTERS, MAX_DEAD_LETTERS)
         include = bool_param(query, "include_redriven")
@@ -53,7 +53,7 @@ class AdminRoutes:
     async def redrive(self, request: web.Request) -> web.Response:
         api = self.api
         ctx = api.ctx
-        api.require_admin(request)
+        await api.require_admin(request)
         dead_job_id = request.match_info["job_id"]
         dead = await api.job(dead_job_id)
         if dead is None:

@@ -220,7 +220,7 @@ class ConsoleRoutes:
     # --- the operator's reads -------------------------------------------------------------
 
     async def list_vendors(self, request: web.Request) -> web.Response:
-        self.api.require_admin(request)
+        await self.api.require_admin(request)
         names = sorted(self.ctx.config.vendors)
         stats = await asyncio.gather(*(self._vendor_stats(name) for name in names))
         return web.json_response({"vendors": stats})
@@ -255,7 +255,7 @@ class ConsoleRoutes:
         return shown
 
     async def list_accounts(self, request: web.Request) -> web.Response:
-        self.api.require_admin(request)
+        await self.api.require_admin(request)
         query = only_params(request, "limit", "cursor")
         limit = int_param(query, "limit", DEFAULT_ACCOUNTS, MAX_ACCOUNTS)
         cursor = query.get("cursor")

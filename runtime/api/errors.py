@@ -24,6 +24,7 @@ from runtime.errors import (
     AccountNotFound,
     ApiKeyNotFound,
     DeadLetterNotFound,
+    Forbidden,
     GrantConflict,
     IdempotencyConflict,
     IllegalTransition,
@@ -69,6 +70,7 @@ class HttpRefusal(RequestError):
 # The first matching class decides; subclasses come before their bases.
 ERRORS: tuple[tuple[type[JoblineError], int, str], ...] = (
     (Unauthorized, 401, "unauthorized"),
+    (Forbidden, 403, "forbidden"),
     (UnknownModel, 422, "unknown_model"),
     (InputInvalid, 422, "input_invalid"),
     (JobNotFound, 404, "job_not_found"),

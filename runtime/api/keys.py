@@ -62,15 +62,15 @@ class KeyRoutes:
     # --- the admin's ----------------------------------------------------------------------
 
     async def list_for_account(self, request: web.Request) -> web.Response:
-        self.api.require_admin(request)
+        await self.api.require_admin(request)
         return await self._list(request, request.match_info["id"])
 
     async def create_for_account(self, request: web.Request) -> web.Response:
-        self.api.require_admin(request)
+        await self.api.require_admin(request)
         return await self._create(request, request.match_info["id"])
 
     async def revoke_for_account(self, request: web.Request) -> web.Response:
-        self.api.require_admin(request)
+        await self.api.require_admin(request)
         return await self._revoke(request.match_info["id"], request.match_info["key_id"])
 
     # --- both -----------------------------------------------------------------------------

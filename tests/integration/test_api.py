@@ -62,6 +62,32 @@ async def test_account_creation_needs_the_admin_token(api: ApiHarness) -> None:
     assert created["api_key"].encode() not in api.ledger.path.read_bytes()
 
 
+async def test_an_accounts_key_on_an_admin_route_is_403_and_documented(api: ApiHarness) -> None:
+    # Field case: a user's key on an admin route got 401; it is authenticated, not allowed.
+    account = await api.account()
+    for method, path in (
+        ("POST", "/v1/accounts"),
+        ("GET", "/v1/admin/dead-letters"),
+        ("GET", "/v1/admin/accounts"),
+        ("GET", f"/v1/accounts/{account.id}/keys"),
+    ):
+        response = await api.client.request(method, path, json={}, headers=account.auth)
+        assert (await error_of(response))[:2] == (403, "forbidden"), path
+        unknown = {"Authorization": "Bearer jl_not_a_key"}
+        response = await api.client.request(method, path, json={}, headers=unknown)
+        assert (await error_of(response))[:2] == (401, "unauthorized"), path
+    document = await (await api.client.get("/openapi.json")).json()
+    admin_operations = [
+        (path, method, operation["responses"])
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if operation.get("security") == [{"adminToken": []}]
+    ]
+    assert len(admin_operations) >= 8
+    for path, method, responses in admin_operations:
+        assert {"401", "403"} <= set(responses), (method, path)
+
+
 async def test_admin_routes_are_off_without_an_admin_token(make_api: MakeApi) -> None:
     api = await make_api(admin_token=None)
     response = await api.client.post(
