@@ -296,6 +296,7 @@ async def test_a_restarted_processor_adopts_the_task_its_stopped_submit_created(
     assert task["delivered"] and done.vendor_task_id == snapshot["task_ids"][0]
     assert (await rig.processors["replicate"].stats())["in_doubt"]["adopted"] == 1
     await until(lambda: no_slot_taken(rig, "replicate"))
+    assert untraced(rig) == {}  # the list look-ups carried the job's trace id too
 
 
 @pytest.mark.profile({"never_finish": 1.0, "webhooks": {"lost": 1.0}, "max_task_time": 1.5})
@@ -329,6 +330,7 @@ async def test_a_task_that_never_shows_itself_keeps_a_slot_until_the_vendor_ends
     assert snapshot["duplicate_attempts"] == []
     assert (await rig.processors["fal"].stats())["in_doubt"]["orphaned"] == 1
     await until(lambda: no_slot_taken(rig, "fal"))
+    assert untraced(rig) == {}
 
 
 @pytest.mark.profile({"never_finish": 1.0})
@@ -360,6 +362,7 @@ async def test_an_attempt_that_cannot_record_its_task_cancels_it(rig: Rig) -> No
     await until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
     await until(lambda: no_slot_taken(rig))
     assert fal.snapshot()["tasks"]["in_flight"] == 0
+    assert untraced(rig) == {}
 
 
 @pytest.mark.profile({"never_finish": 1.0, "cancel": {"server_error": 1.0}})
