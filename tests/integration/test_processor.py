@@ -16,7 +16,15 @@ from actors.sweeper import Sweeper
 from actors.wiring import SWEEPER
 from runtime.errors import LedgerUnavailable
 from runtime.ledger import Ledger, new_job_id
-from runtime.models import Cancel, Job, LedgerOp, MarkProcessing, OpenJob, Outcome
+from runtime.models import (
+    Cancel,
+    Job,
+    LedgerOp,
+    MarkProcessing,
+    OpenJob,
+    Outcome,
+    RecordOrphan,
+)
 from runtime.results import result_key_for
 from runtime.states import JobStatus
 from runtime.vendors import TaskState, TaskStatus, WebhookEvent
@@ -330,6 +338,21 @@ async def test_a_task_that_never_shows_itself_keeps_a_slot_until_the_vendor_ends
     assert snapshot["duplicate_attempts"] == []
     assert (await rig.processors["fal"].stats())["in_doubt"]["orphaned"] == 1
     await until(lambda: no_slot_taken(rig, "fal"))
+    assert untraced(rig) == {}
+
+
+async def test_an_orphan_found_on_start_is_looked_up_with_its_jobs_trace_id(rig: Rig) -> None:
+    # An orphan read back from the ledger once sent its list look-ups with no trace id.
+    [job] = await rig.open("video-short")
+    await apply_op(rig.ledger, Cancel(job.id))
+    now = time.time()
+    await apply_op(rig.ledger, RecordOrphan(job.id, 1, "replicate", "m", now - 1, now + 30))
+    await rig.processors["replicate"].stop()
+    rig.processors["replicate"] = rig.make_processor("replicate", seed=1)
+    await rig.processors["replicate"].start()  # holds the orphan, looks it up in the list
+    replicate = rig.fakes["replicate"]
+    await until(lambda: "predictions.list" in replicate.snapshot()["requests"])
+    await until(lambda: no_slot_taken(rig, "replicate"))  # the list showed none: let go
     assert untraced(rig) == {}
 
 
