@@ -26,7 +26,7 @@ from typing import Any
 
 from actors.lifecycle import add_lifecycle_commands
 from runtime.config import DEFAULT_CONFIG_PATH, JoblineConfig, load_config
-from runtime.errors import ConfigError, DeploymentError
+from runtime.errors import ConfigError, DeploymentError, NotALedger
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Cli:
             return 2
         try:
             code: int = args.run(args)
-        except (ConfigError, DeploymentError) as exc:
+        except (ConfigError, DeploymentError, NotALedger) as exc:
             for line in exc.lines():  # every problem, one line each
                 print(f"jobline: {line}", file=sys.stderr)
             return 2 if isinstance(exc, ConfigError) else 1
@@ -120,21 +120,18 @@ def _add_gateway_args(parser: argparse.ArgumentParser) -> None:
 def _accounts_create(args: argparse.Namespace) -> int:
     body = {"name": args.name, "credits": args.credits}
     status, answer = _admin_request(args, "POST", "/v1/accounts", body)
-    print(json.dumps(answer, indent=2))
-    return 0 if status < 300 else 1
+    return _report(status, answer)
 
 
 def _dead_letters_list(args: argparse.Namespace) -> int:
     status, answer = _admin_request(args, "GET", "/v1/admin/dead-letters")
-    print(json.dumps(answer, indent=2))
-    return 0 if status < 300 else 1
+    return _report(status, answer)
 
 
 def _dead_letters_redrive(args: argparse.Namespace) -> int:
     path = f"/v1/admin/dead-letters/{args.job_id}/redrive"
     status, answer = _admin_request(args, "POST", path, {})
-    print(json.dumps(answer, indent=2))
-    return 0 if status < 300 else 1
+    return _report(status, answer)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -151,6 +148,24 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if violations else 0
 
 
+def _report(status: int, answer: Any) -> int:
+    """The gateway's answer: on stdout when it is one (exit 0); an error on stderr, one
+    line (exit 1). ``answer`` None: the gateway was not reached (``_admin_request`` said
+    why already)."""
+    if answer is None and status >= 300:
+        return 1
+    if status < 300:
+        print(json.dumps(answer, indent=2))
+        return 0
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if isinstance(error, dict):
+        line = f"{status} {error.get('code')}: {error.get('message')}"
+    else:
+        line = f"the gateway answered {status}: {json.dumps(answer)[:200]}"
+    print(f"jobline: {line}", file=sys.stderr)
+    return 1
+
+
 def _admin_request(
     args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None
 ) -> tuple[int, Any]:
@@ -165,12 +180,21 @@ def _admin_request(
     request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"null")
+            return response.status, _json_or_text(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-    except urllib.error.URLError as exc:
-        print(f"jobline: cannot reach {url}: {exc.reason}", file=sys.stderr)
+        return exc.code, _json_or_text(exc.read())
+    except (urllib.error.URLError, OSError) as exc:  # refused, timed out, no such host
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        print(f"jobline: cannot reach {url}: {reason}", file=sys.stderr)
         return 599, None
+
+
+def _json_or_text(body: bytes) -> Any:
+    """The answer's JSON value, or its text when it is none (a proxy's HTML page)."""
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        return body[:200].decode("utf-8", "replace")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -210,7 +210,8 @@ class JobFinisher:
         """Ask the vendor to cancel a task (one that ended already is fine); True if it did,
         or if it never will run it (a permanent refusal)."""
         try:
-            await self._clients[job.vendor].cancel(vendor_model(self._config, job), task_id)
+            client = self._clients[job.vendor]
+            await client.cancel(vendor_model(self._config, job), task_id, trace_id=job.trace_id)
         except JoblineError as exc:
             log.warning("vendor cancel failed", extra={"job_id": job.id, "error": str(exc)})
             return isinstance(exc, VendorPermanentError)  # the vendor will never take it

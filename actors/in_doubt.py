@@ -192,7 +192,15 @@ class SubmitsInDoubt:
         return until
 
     def hold(
-        self, job_id: str, attempt: int, model: str, since: float, until: float, slot: Slot
+        self,
+        job_id: str,
+        attempt: int,
+        model: str,
+        since: float,
+        until: float,
+        slot: Slot,
+        *,
+        trace_id: str,
     ) -> None:
         """Keep ``slot`` for the orphan of ``(job_id, attempt)`` until it shows itself
         ended, is found and canceled, or ``until``."""
@@ -201,30 +209,38 @@ class SubmitsInDoubt:
             slot.release()  # held already (found on start twice)
             return
         self._orphans[key] = asyncio.get_running_loop().create_future()
-        self._spawn(self._hold(key, model, since, until, slot))
+        self._spawn(self._hold(key, model, since, until, slot, trace_id))
 
-    async def _hold(self, key: Key, model: str, since: float, until: float, slot: Slot) -> None:
+    async def _hold(
+        self, key: Key, model: str, since: float, until: float, slot: Slot, trace_id: str
+    ) -> None:
         ended = self._orphans[key]
         task_id: str | None = None
         with slot:
             try:
-                task_id = await self._until_gone(key, model, since, until, ended)
+                task_id = await self._until_gone(key, model, since, until, ended, trace_id)
             finally:
                 del self._orphans[key]
         with contextlib.suppress(Exception):
             await self._writer.op(EndOrphan(key[0], key[1], task_id))
 
     async def _until_gone(
-        self, key: Key, model: str, since: float, until: float, ended: asyncio.Future[FoundTask]
+        self,
+        key: Key,
+        model: str,
+        since: float,
+        until: float,
+        ended: asyncio.Future[FoundTask],
+        trace_id: str,
     ) -> str | None:
         interval = self._vendor.poll_interval
         while self._clock.time() < until:
             if self._client.can_find_tasks:
-                found = await self._find_orphan(key, model, since)
+                found = await self._find_orphan(key, model, since, trace_id)
                 if found is Doubt.NOT_CREATED:
                     return None
                 if isinstance(found, FoundTask):
-                    await self._end_found(found, model, until)
+                    await self._end_found(found, model, until, trace_id)
                     return found.task_id
             timeout = max(until - self._clock.time(), 0.0)
             if self._client.can_find_tasks:
@@ -236,19 +252,23 @@ class SubmitsInDoubt:
             interval = min(interval * 2, ORPHAN_LOOKUP_CAP)
         return None
 
-    async def _find_orphan(self, key: Key, model: str, since: float) -> FoundTask | Doubt:
+    async def _find_orphan(
+        self, key: Key, model: str, since: float, trace_id: str
+    ) -> FoundTask | Doubt:
         try:
             found = await self._client.find_task(
-                model, job_id=key[0], attempt=key[1], created_after=since, trace_id=""
+                model, job_id=key[0], attempt=key[1], created_after=since, trace_id=trace_id
             )
         except VendorError:
             return Doubt.UNKNOWN
         return Doubt.NOT_CREATED if found is None else found
 
-    async def _end_found(self, found: FoundTask, model: str, until: float) -> None:
+    async def _end_found(self, found: FoundTask, model: str, until: float, trace_id: str) -> None:
         """An orphan found in the vendor's list: cancel it unless it ended (no longer needed)."""
         if not found.status.state.ended:
-            await self._waiter.cancel_until_confirmed(model, found.task_id, until)
+            await self._waiter.cancel_until_confirmed(
+                model, found.task_id, until, trace_id=trace_id
+            )
         self._count_late(found)
 
     def _count_late(self, found: FoundTask) -> None:

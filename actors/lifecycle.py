@@ -35,7 +35,12 @@ from typing import TYPE_CHECKING
 
 from runtime.config import JoblineConfig, load_config
 from runtime.errors import AppAlreadyRunning, AppNotRunning, DeploymentError
-from runtime.startup import missing_environment, path_problems, resolve_paths
+from runtime.startup import (
+    ledger_problems,
+    missing_environment,
+    path_problems,
+    resolve_paths,
+)
 from runtime.telemetry import configure_logging, get_logger, readable
 
 if TYPE_CHECKING:
@@ -133,7 +138,7 @@ def serve_command(
         problems = [f"{args.config}: {key}: {reason}" for key, reason in path_problems(config)]
     else:
         config = resolve_paths(config, Path.cwd())
-        problems = missing_environment(config, os.environ)
+        problems = missing_environment(config, os.environ) + ledger_problems(config)
         if not problems:
             from runtime.results_s3 import bucket_problems
 
@@ -420,10 +425,14 @@ def init_command(args: argparse.Namespace) -> int:
 
     from actors.ledger import checkpoint
     from runtime.ledger import Ledger
+    from runtime.ledger_schema import ledger_file_problem
 
     config = resolve_paths(load_config(args.config), Path.cwd())
     database: Path = (args.database or config.storage.database).resolve()
     if database.exists():
+        problem = ledger_file_problem(database)
+        if problem is not None:
+            raise problem
         _say(f"the ledger {database} exists already; left as it is")
         return 0
 

@@ -194,7 +194,7 @@ class VendorProcessor:
         for orphan in orphans:
             self._doubt.hold(
                 orphan.job_id, orphan.attempt, orphan.model, orphan.since, orphan.until,
-                self._slots.take(),
+                self._slots.take(), trace_id=orphan.trace_id,
             )  # fmt: skip
         for job in jobs:
             self._take(job)
@@ -342,7 +342,7 @@ class VendorProcessor:
         model = vendor_model(self.config, job)
         if job.terminal or job.status is not JobStatus.QUEUED:
             until = since + self._doubt.lifetime(job)
-            self._doubt.hold(job.id, job.attempts, model, since, until, slot)
+            self._doubt.hold(job.id, job.attempts, model, since, until, slot, trace_id=job.trace_id)
             return
         held = HeldJob(job)
         self._held[job.id] = held
@@ -524,7 +524,9 @@ class VendorProcessor:
             return
         if found is Doubt.UNKNOWN:
             until = await self._doubt.record(job, attempt, model, since)
-            self._doubt.hold(job.id, attempt, model, since, until, slot.hand_over())
+            self._doubt.hold(
+                job.id, attempt, model, since, until, slot.hand_over(), trace_id=job.trace_id
+            )
         slot.release()
         if not held.cancel_requested:
             await self._outcomes.after_failure(held, attempt, exc)
@@ -609,7 +611,9 @@ class VendorProcessor:
         with slot:
             give_up_at = max(job.deadline, self._clock.time() + self._doubt.lifetime(job))
             model = vendor_model(self.config, job)
-            await self._waiter.cancel_until_confirmed(model, task_id, give_up_at, job_id=job.id)
+            await self._waiter.cancel_until_confirmed(
+                model, task_id, give_up_at, trace_id=job.trace_id, job_id=job.id
+            )
 
     # --- small parts --------------------------------------------------------------------
 

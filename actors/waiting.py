@@ -86,7 +86,9 @@ class TaskWaiter:
             reason = watch.overdue(self._clock.time())
             if reason is not None:
                 followed.gave_up = reason
-                await self.cancel_until_confirmed(model, followed.task_id, cancel_until)
+                await self.cancel_until_confirmed(
+                    model, followed.task_id, cancel_until, trace_id=trace_id
+                )
                 return None
             interval = min(max(interval * 1.5, self._vendor.poll_interval), MAX_POLL_INTERVAL)
 
@@ -100,7 +102,7 @@ class TaskWaiter:
         return status
 
     async def cancel_until_confirmed(
-        self, model: str, task_id: str, give_up_at: float, **fields: Any
+        self, model: str, task_id: str, give_up_at: float, *, trace_id: str, **fields: Any
     ) -> bool:
         """Cancel a task, retrying until the vendor confirms (True) or ``give_up_at`` (False).
 
@@ -109,7 +111,7 @@ class TaskWaiter:
         the vendor said the task is canceled (or had ended), or once it must have ended
         it itself."""
         interval = self._vendor.poll_interval
-        while not await self.cancel(model, task_id, **fields):
+        while not await self.cancel(model, task_id, trace_id=trace_id, **fields):
             if self._clock.time() >= give_up_at:
                 log.error(
                     "vendor never confirmed the cancel; giving the slot back",
@@ -120,10 +122,10 @@ class TaskWaiter:
             interval = min(interval * 1.5, MAX_POLL_INTERVAL)
         return True
 
-    async def cancel(self, model: str, task_id: str, **fields: Any) -> bool:
+    async def cancel(self, model: str, task_id: str, *, trace_id: str, **fields: Any) -> bool:
         """One try; True when the vendor took the cancel or will never run the task."""
         try:
-            await self._client.cancel(model, task_id)
+            await self._client.cancel(model, task_id, trace_id=trace_id)
         except JoblineError as exc:
             log.warning(
                 "vendor cancel failed", extra={"task_id": task_id, "error": str(exc), **fields}

@@ -36,7 +36,7 @@ from runtime.errors import ConfigError
 from runtime.ports import LedgerPort, ProcessorPort
 from runtime.results import ResultStore
 from runtime.results_s3 import build_result_store
-from runtime.startup import required_environment
+from runtime.startup import CREATE_LEDGER_FALSE, required_environment
 from runtime.telemetry import Family, Metrics
 from runtime.tracing import tracer_for
 from runtime.vendors import VendorClient, make_client
@@ -172,7 +172,7 @@ def build_role(role: str, config: JoblineConfig, wiring: Wiring, ports: Ports) -
     if role == LEDGER:
         must_exist = wiring.ledger_must_exist
         if must_exist is None and not config.storage.create_ledger:
-            must_exist = "[storage] create_ledger is false (`jobline init` creates a new one)"
+            must_exist = CREATE_LEDGER_FALSE
         return CreditLedger(Path(config.storage.database), clock, metrics, must_exist=must_exist)
     tracer = tracer_for(role, config)
     if role == SWEEPER:

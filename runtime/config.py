@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import jsonschema
 from pydantic import (
@@ -51,8 +52,52 @@ _OUTPUT_HOST = re.compile(
 )
 
 
+# The most credits one grant may add (the API's cap, ``runtime.api.bodies``): a price
+# above it can never be paid. It is also every other number's bound (bytes, counts,
+# seconds: 10^12 s is 30,000 years), well inside SQLite's 64-bit integers.
+MAX_CREDITS = 10**12
+
+
+def http_url(value: str, *, empty_ok: bool = False, empty_means: str = "") -> str:
+    """``value`` without a trailing slash if it is an http(s) URL with a host (or empty,
+    when ``empty_ok``; ``empty_means`` says what empty stands for in the error).
+    ValueError saying what is wrong otherwise."""
+    if not value and empty_ok:
+        return value
+    wanted = "an http:// or https:// URL with a host"
+    if empty_ok:
+        wanted = f"empty{f' ({empty_means})' if empty_means else ''} or {wanted}"
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is no number, a malformed IPv6 host
+        parts, port_ok = None, False
+    if (
+        parts is None
+        or not port_ok
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or any(c.isspace() for c in value)
+    ):
+        raise ValueError(f"must be {wanted}, got {value!r}")
+    return value.rstrip("/")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*")
+    @classmethod
+    def _bounded_number(cls, value: Any) -> Any:
+        """Every number in the file is finite (TOML has ``inf`` and ``nan``) and at most
+        ``MAX_CREDITS``: a larger one is a typo, and SQLite cannot hold some of them."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        if abs(value) > MAX_CREDITS:
+            raise ValueError(f"must be at most {MAX_CREDITS:_}, got {value!r}")
+        return value
 
 
 class VendorConfig(_Section):
@@ -99,9 +144,7 @@ class VendorConfig(_Section):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value.rstrip("/")
+        return http_url(value)
 
     @field_validator("webhook_secret_env")
     @classmethod
@@ -126,9 +169,7 @@ class VendorConfig(_Section):
         if api == "replicate" and value is not None:
             raise ValueError("replicate signs webhooks with a secret: name webhook_secret_env")
         if api == "fal":
-            value = value or FAL_JWKS_URL
-            if not value.startswith(("http://", "https://")):
-                raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+            value = http_url(value or FAL_JWKS_URL)
         return value
 
     @field_validator("output_hosts")
@@ -195,7 +236,7 @@ class RouteStep(_Section):
 
 class ModelConfig(_Section):
     name: str = ""
-    price: int = Field(ge=0)
+    price: int = Field(ge=0, le=MAX_CREDITS)  # credits; more could never be paid
     route: tuple[RouteStep, ...] = Field(min_length=1)
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
     # How long one task may wait in the vendor's queue (replicate ``starting``, fal
@@ -313,6 +354,11 @@ class GatewayConfig(_Section):
     failed_auth_burst: int = Field(default=50, ge=1)
     key_use_flush_interval: float = Field(default=10.0, gt=0)  # last-use writes, batched
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        return http_url(value)
+
     def admin_token(self) -> str | None:
         return os.environ.get(self.admin_token_env)
 
@@ -333,9 +379,7 @@ class ConsoleConfig(_Section):
     @field_validator("grafana_url")
     @classmethod
     def _http_url_or_empty(cls, value: str) -> str:
-        if value and not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be empty or an http:// or https:// URL, got {value!r}")
-        return value.rstrip("/")
+        return http_url(value, empty_ok=True)
 
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -386,9 +430,7 @@ class S3StoreConfig(_Section):
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint(cls, value: str) -> str:
-        if value and not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be empty (AWS) or an http(s):// URL, got {value!r}")
-        return value.rstrip("/")
+        return http_url(value, empty_ok=True, empty_means="AWS")
 
     @field_validator("access_key_id_env", "secret_access_key_env")
     @classmethod

@@ -7,6 +7,7 @@ equal exception back; a test checks every class below).
     JoblineError
     ├── ConfigError                  jobline.toml is wrong: file, key path, reason (each one)
     ├── LedgerMissing                the ledger's database is not where a deployment has it
+    ├── NotALedger                   a file given as the ledger is not one this jobline reads
     ├── DeploymentError              jobline cannot be deployed on this Ray cluster as asked
     │   ├── AppAlreadyRunning        an app of that name runs there already
     │   └── AppNotRunning            no app of that name runs there
@@ -31,6 +32,7 @@ equal exception back; a test checks every class below).
     │                                (a bug there, logged): retrying cannot help (500)
     ├── RequestError                 a client request jobline refuses
     │   ├── Unauthorized             missing or unknown API key / admin token (401)
+    │   ├── Forbidden                an account's valid API key on an admin route (403)
     │   ├── InputInvalid             body does not match the model's schema (422)
     │   └── UnknownModel             (422)
     ├── ResultNotFound               no stored output under this key (also a KeyError)
@@ -126,6 +128,22 @@ class LedgerMissing(JoblineError):
             "a new, empty ledger in its place. Restore it from a backup (deploy/README.md, "
             "'Backing up the ledger') or fix [storage] database"
         )
+
+
+class NotALedger(JoblineError):
+    """The file given as the ledger is not a jobline ledger (not SQLite, or SQLite
+    without jobline's schema) or has a schema version this jobline does not read."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(path, why)
+        self.path = path
+        self.why = why
+
+    def lines(self) -> list[str]:
+        return [str(self)]
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.why}"
 
 
 class DeploymentError(JoblineError):
@@ -373,6 +391,11 @@ class RequestError(JoblineError):
 
 class Unauthorized(RequestError):
     pass
+
+
+class Forbidden(RequestError):
+    """The request is authenticated (a valid API key) but may not use this route (an
+    admin route needs the admin token)."""
 
 
 class InputInvalid(RequestError):

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+from runtime.errors import NotALedger
+from runtime.ledger_schema import ledger_file_problem
 from runtime.models import Violation
 from runtime.states import TERMINAL, JobStatus
 
@@ -30,10 +32,16 @@ _SETTLEMENT = {
 
 
 def check_invariants(db_path: str | Path) -> list[Violation]:
-    """Every violation of I1, I2 and I5 in the ledger database at ``db_path``."""
+    """Every violation of I1, I2 and I5 in the ledger database at ``db_path``.
+
+    Raises ``FileNotFoundError`` when there is no file, ``NotALedger`` when the file is
+    not a ledger of this jobline's schema version (``ledger_file_problem``)."""
     path = Path(db_path)
     if not path.is_file():
         raise FileNotFoundError(f"no ledger database at {path}")
+    problem = ledger_file_problem(path, current=True)
+    if problem is not None:
+        raise problem
     conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=rw", uri=True)
     try:
         conn.execute("PRAGMA query_only = ON")
@@ -249,7 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m runtime.invariants LEDGER_DB", file=sys.stderr)
         return 2
-    violations = check_invariants(args[0])
+    try:
+        violations = check_invariants(args[0])
+    except (FileNotFoundError, NotALedger) as exc:
+        print(exc, file=sys.stderr)
+        return 2
     for violation in violations:
         print(violation)
     print(f"{len(violations)} violation(s)" if violations else "invariants hold")

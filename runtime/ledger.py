@@ -1220,7 +1220,7 @@ class Ledger:
             try:
                 before = int(cursor)
             except ValueError:
-                raise InputInvalid(f"invalid cursor {cursor!r}") from None
+                raise InputInvalid(f"invalid cursor {cursor[:40]!r}") from None
         return await self._lists.call(reads.page, account_id, status, limit, before)
 
     async def jobs_for_vendor(
@@ -1350,7 +1350,7 @@ def _int_cursor(cursor: str | None, limit: int) -> int | None:
     if cursor is None:
         return None
     if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
-        raise InputInvalid(f"invalid cursor {cursor!r}")
+        raise InputInvalid(f"invalid cursor {cursor[:40]!r}")
     return int(cursor)
 
 
@@ -1362,7 +1362,7 @@ def _time_cursor(cursor: str | None) -> tuple[float, str] | None:
     try:
         at = float(created)
     except ValueError:
-        raise InputInvalid(f"invalid cursor {cursor!r}") from None
+        raise InputInvalid(f"invalid cursor {cursor[:40]!r}") from None
     if not item or math.isnan(at):  # an infinite time compares fine in SQL
-        raise InputInvalid(f"invalid cursor {cursor!r}")
+        raise InputInvalid(f"invalid cursor {cursor[:40]!r}")
     return at, item

@@ -121,9 +121,11 @@ def create_api_key(batch: _Batch, op: CreateApiKey) -> tuple[ApiKey, bool]:
         in_use -= 1
     if in_use >= op.max_keys:
         raise TooManyApiKeys(op.account_id, op.max_keys)
+    name = op.name
     if replaced is not None:
         _revoke(batch, replaced, op.grace)
-    _insert_key(batch, op.account_id, op.key_id, op.key_hash, op.prefix, op.name)
+        name = name or replaced.name  # a rotation keeps the key's name unless given one
+    _insert_key(batch, op.account_id, op.key_id, op.key_hash, op.prefix, name)
     created = _key(batch, op.key_id)
     assert created is not None
     return created, True

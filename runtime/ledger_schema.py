@@ -12,8 +12,9 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from runtime.errors import LedgerUnavailable
+from runtime.errors import LedgerUnavailable, NotALedger
 from runtime.models import CreditEntry, EntryKind, Job, StoredOutput
 from runtime.states import TERMINAL, JobStatus
 
@@ -397,6 +398,44 @@ def connect(path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqli
     return conn
 
 
+def ledger_file_problem(path: str | Path, *, current: bool = False) -> NotALedger | None:
+    """Why the existing file at ``path`` is not a ledger this jobline can open, or None.
+
+    Reads it without writing (``mode=ro``): not an SQLite database, an SQLite database
+    holding other tables but not jobline's schema (``user_version`` 0), or a schema
+    version newer than ``SCHEMA_VERSION``. ``current`` also refuses an older version
+    (a reader such as the invariant checker expects the current schema; the ledger
+    migrates an older one when it opens it). An empty file is a ledger not yet created.
+    """
+    name = str(path)
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True)
+        try:
+            version = _user_version(conn)
+            tables = int(conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "disk I/O error"
+        return NotALedger(name, f"not a jobline ledger (SQLite cannot read it: {exc})")
+    if version == 0 and tables:
+        return NotALedger(name, "not a jobline ledger (an SQLite database without its schema)")
+    if version > SCHEMA_VERSION:
+        return NotALedger(
+            name,
+            f"ledger schema version {version} is unknown to this jobline (it reads up to "
+            f"{SCHEMA_VERSION}); it was written by a newer jobline",
+        )
+    if current and version < SCHEMA_VERSION:
+        why = (
+            "an empty file, not a jobline ledger yet"
+            if version == 0
+            else f"ledger schema version {version} is older than this jobline's "
+            f"{SCHEMA_VERSION}; start jobline on it once to migrate it"
+        )
+        return NotALedger(name, why)
+    return None
+
+
 def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """Apply the missing migration steps up to ``target``; returns the version reached.
 
@@ -407,6 +446,8 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     commits, ``PRAGMA foreign_key_check`` must find nothing.
     """
     version = _user_version(conn)
+    if version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+        raise LedgerUnavailable("not a jobline ledger (an SQLite database without its schema)")
     if version > SCHEMA_VERSION:
         raise LedgerUnavailable(
             f"database schema version {version} is newer than this jobline ({SCHEMA_VERSION})"

@@ -546,6 +546,7 @@ class Orphan:
     model: str
     since: float
     until: float
+    trace_id: str  # the job's, sent with every request about the orphan
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,8 @@ variable per attempt (DESIGN §7).
 - ``path_problems``: paths that would be resolved against some process's working
   directory on a cluster (every role opens its paths on its own node, in whatever
   directory Ray started it).
+- ``ledger_problems``: on one machine, the ledger file the ledger actor would refuse:
+  missing while ``[storage] create_ledger`` is false, or not a jobline ledger.
 - ``resolve_paths``: on one machine, relative paths made absolute once, on the driver,
   against its working directory, before any actor sees them.
 """
@@ -22,6 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.config import JoblineConfig
+from runtime.errors import LedgerMissing
+from runtime.ledger_schema import ledger_file_problem
+
+# Why the ledger must exist when the config says so (the ledger actor says it too).
+CREATE_LEDGER_FALSE = "[storage] create_ledger is false (`jobline init` creates a new one)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,18 @@ def path_problems(config: JoblineConfig) -> list[tuple[str, str]]:
         for key, path in config_paths(config).items()
         if not path.is_absolute()
     ]
+
+
+def ledger_problems(config: JoblineConfig) -> list[str]:
+    """On one machine, before Ray starts: one line if the ledger actor would refuse the
+    ledger file (missing while ``create_ledger`` is false; not a jobline ledger)."""
+    database = config.storage.database
+    if not database.exists():
+        if config.storage.create_ledger:
+            return []
+        return [str(LedgerMissing(str(database), CREATE_LEDGER_FALSE))]
+    problem = ledger_file_problem(database)
+    return [] if problem is None else [str(problem)]
 
 
 def resolve_paths(config: JoblineConfig, base: Path) -> JoblineConfig:

@@ -144,9 +144,10 @@ def check_timestamp(timestamp: int, now: float, tolerance: float) -> None:
     """Raise ``WebhookTimestampStale`` if ``timestamp`` is more than ``tolerance`` seconds
     away from ``now`` (a replay)."""
     if abs(now - timestamp) > tolerance:
+        ahead = timestamp - now
+        when = f"{ahead:.0f}s in the future" if ahead > 0 else f"{-ahead:.0f}s in the past"
         raise WebhookTimestampStale(
-            f"webhook timestamp {timestamp} is {now - timestamp:+.0f}s from now "
-            f"(tolerance {tolerance:.0f}s)"
+            f"webhook timestamp {timestamp} is {when} (tolerance {tolerance:.0f}s)"
         )
 
 

@@ -97,14 +97,14 @@ class DoubleSubmit:
             model, job_id=job_id, attempt=attempt, created_after=created_after, trace_id=trace_id
         )
 
-    async def cancel(self, model: str, task_id: str, *, trace_id: str | None = None) -> None:
+    async def cancel(self, model: str, task_id: str, *, trace_id: str) -> None:
         await self._client.cancel(model, task_id, trace_id=trace_id)
 
-    async def fetch_output(self, url: str, *, trace_id: str | None = None) -> bytes:
+    async def fetch_output(self, url: str, *, trace_id: str) -> bytes:
         return await self._client.fetch_output(url, trace_id=trace_id)
 
     def download(
-        self, output: Output, *, trace_id: str | None = None, max_bytes: int | None = None
+        self, output: Output, *, trace_id: str, max_bytes: int | None = None
     ) -> AbstractAsyncContextManager[Download]:
         return self._client.download(output, trace_id=trace_id, max_bytes=max_bytes)
 

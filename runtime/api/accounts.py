@@ -21,7 +21,7 @@ from runtime.api.bodies import (
 )
 from runtime.api.context import Api, log
 from runtime.api.errors import bad_request
-from runtime.api.params import int_param
+from runtime.api.params import int_param, only_params
 from runtime.config import GatewayConfig
 from runtime.fairness import DEFAULT_WEIGHT
 from runtime.models import (
@@ -65,7 +65,7 @@ class AccountRoutes:
 
     async def create_account(self, request: web.Request) -> web.Response:
         api = self.api
-        api.require_admin(request)
+        await api.require_admin(request)
         body, _ = await api.json_body(request, CreateAccountBody)
         account_id = "acct_" + api.ctx.rng.getrandbits(96).to_bytes(12, "big").hex()
         api_key, prefix = new_api_key()
@@ -91,7 +91,7 @@ class AccountRoutes:
 
     async def grant_credits(self, request: web.Request) -> web.Response:
         api = self.api
-        api.require_admin(request)
+        await api.require_admin(request)
         account_id = request.match_info["id"]
         header_key = api.idempotency_key(request)
         body, _ = await api.json_body(request, GrantBody)
@@ -106,13 +106,13 @@ class AccountRoutes:
 
     async def get_limits(self, request: web.Request) -> web.Response:
         api = self.api
-        api.require_admin(request)
+        await api.require_admin(request)
         limits = await api.read(api.ctx.ledger.account_limits(request.match_info["id"]))
         return web.json_response(limits_to_api(limits, api.ctx.config.gateway))
 
     async def set_limits(self, request: web.Request) -> web.Response:
         api = self.api
-        api.require_admin(request)
+        await api.require_admin(request)
         account_id = request.match_info["id"]
         body, _ = await api.json_body(request, LimitsBody)
         limits = AccountLimits(
@@ -150,7 +150,7 @@ class AccountRoutes:
     async def get_credit_entries(self, request: web.Request) -> web.Response:
         api = self.api
         account_id = await api.account(request)
-        query = request.query
+        query = only_params(request, "limit", "cursor", "order")
         limit = int_param(query, "limit", DEFAULT_STATEMENT_PAGE, MAX_STATEMENT_PAGE)
         cursor = query.get("cursor")
         if cursor is not None and not _CURSOR.fullmatch(cursor):

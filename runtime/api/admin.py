@@ -14,7 +14,7 @@ from runtime.api.bodies import (
 )
 from runtime.api.context import Api, job_fields, log
 from runtime.api.errors import bad_request
-from runtime.api.params import bool_param, int_param
+from runtime.api.params import bool_param, int_param, only_params
 from runtime.errors import DeadLetterNotFound
 from runtime.ledger import new_job_id
 from runtime.models import Job, Redrive
@@ -35,10 +35,11 @@ class AdminRoutes:
 
     async def list_dead_letters(self, request: web.Request) -> web.Response:
         api = self.api
-        api.require_admin(request)
-        limit = int_param(request.query, "limit", DEFAULT_DEAD_LETTERS, MAX_DEAD_LETTERS)
-        include = bool_param(request.query, "include_redriven")
-        cursor = request.query.get("cursor")
+        await api.require_admin(request)
+        query = only_params(request, "limit", "cursor", "include_redriven")
+        limit = int_param(query, "limit", DEFAULT_DEAD_LETTERS, MAX_DEAD_LETTERS)
+        include = bool_param(query, "include_redriven")
+        cursor = query.get("cursor")
         if cursor is not None and not _CURSOR.fullmatch(cursor):
             raise bad_request("cursor must be the next_cursor of an earlier page")
         page = await api.read(api.ctx.ledger.dead_letters(limit, include, cursor))
@@ -52,7 +53,7 @@ class AdminRoutes:
     async def redrive(self, request: web.Request) -> web.Response:
         api = self.api
         ctx = api.ctx
-        api.require_admin(request)
+        await api.require_admin(request)
         dead_job_id = request.match_info["job_id"]
         dead = await api.job(dead_job_id)
         if dead is None:

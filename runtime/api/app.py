@@ -16,6 +16,7 @@ from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_middlewares import normalize_path_middleware
 
 from runtime.api.accounts import AccountRoutes
 from runtime.api.admin import AdminRoutes
@@ -73,7 +74,14 @@ def build_app(
     api = Api(
         ctx, sse_poll_interval=sse_poll_interval, sse_heartbeat_interval=sse_heartbeat_interval
     )
-    middlewares: list[Middleware] = [_count_requests(api), _render_errors]
+    # The path with a trailing slash (or doubled slashes) redirects to the route's own
+    # (/console/ -> /console): aiohttp's normalize_path_middleware, innermost, so that
+    # the redirect is counted and only a path that no route matches is redirected.
+    middlewares: list[Middleware] = [
+        _count_requests(api),
+        _render_errors,
+        normalize_path_middleware(remove_slash=True, append_slash=False),
+    ]
     if guard is not None:
         middlewares.insert(0, guard.middleware())
     app = web.Application(

@@ -11,9 +11,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-# The most one grant (or an account's starting credits) may add. It bounds each grant,
-# not a balance: a balance reaches SQLite's int64 only after millions of such grants.
-MAX_CREDITS = 10**12
+from runtime.config import MAX_CREDITS
+
+# MAX_CREDITS (runtime.config): the most one grant (or an account's starting credits)
+# may add, and the most a model may cost. It bounds each grant, not a balance: a balance
+# reaches SQLite's int64 only after millions of such grants.
 MAX_PAGE = 200  # GET /v1/jobs?limit=
 DEFAULT_PAGE = 50
 MAX_DEAD_LETTERS = 1000
@@ -73,7 +75,11 @@ class GrantBody(_Body):
 
 
 class CreateKeyBody(_Body):
-    name: str = Field(default="", max_length=100, description="A label for the key")
+    name: str = Field(
+        default="",
+        max_length=100,
+        description="A label for the key; a rotation without one keeps the replaced key's",
+    )
     replaces: str | None = Field(
         default=None,
         min_length=1,

@@ -35,7 +35,7 @@ from runtime.api.openapi_console import (
     DEFAULT_ACCOUNTS,
     MAX_ACCOUNTS,
 )
-from runtime.api.params import int_param
+from runtime.api.params import int_param, only_params
 from runtime.errors import LedgerUnavailable
 from runtime.models import Job, JobHistoryEntry
 from runtime.telemetry import get_logger
@@ -220,7 +220,7 @@ class ConsoleRoutes:
     # --- the operator's reads -------------------------------------------------------------
 
     async def list_vendors(self, request: web.Request) -> web.Response:
-        self.api.require_admin(request)
+        await self.api.require_admin(request)
         names = sorted(self.ctx.config.vendors)
         stats = await asyncio.gather(*(self._vendor_stats(name) for name in names))
         return web.json_response({"vendors": stats})
@@ -255,9 +255,10 @@ class ConsoleRoutes:
         return shown
 
     async def list_accounts(self, request: web.Request) -> web.Response:
-        self.api.require_admin(request)
-        limit = int_param(request.query, "limit", DEFAULT_ACCOUNTS, MAX_ACCOUNTS)
-        cursor = request.query.get("cursor")
+        await self.api.require_admin(request)
+        query = only_params(request, "limit", "cursor")
+        limit = int_param(query, "limit", DEFAULT_ACCOUNTS, MAX_ACCOUNTS)
+        cursor = query.get("cursor")
         if cursor is not None and not _ACCOUNT_CURSOR.fullmatch(cursor):
             raise HttpRefusal(
                 400, "bad_request", "cursor must be the next_cursor of an earlier page"

@@ -40,7 +40,13 @@ from runtime.api.limits import AccountReads
 from runtime.batching import Coalescer
 from runtime.clock import Clock
 from runtime.config import JoblineConfig
-from runtime.errors import JoblineError, JobNotFound, LedgerUnavailable, Unauthorized
+from runtime.errors import (
+    Forbidden,
+    JoblineError,
+    JobNotFound,
+    LedgerUnavailable,
+    Unauthorized,
+)
 from runtime.models import Job, KeyMatch, LedgerOp, Outcome
 from runtime.ports import LedgerPort, Router
 from runtime.results import ResultStore
@@ -272,7 +278,10 @@ class Api:
         async with self.reads.slot(account_id):
             yield
 
-    def require_admin(self, request: web.Request) -> None:
+    async def require_admin(self, request: web.Request) -> None:
+        """Return if the request carries the admin token. 401 without a token or with an
+        unknown one; 403 with an account's valid API key (authenticated, not allowed);
+        503 when no admin token is set."""
         token = self.ctx.admin_token
         if not token:
             env = self.ctx.config.gateway.admin_token_env
@@ -280,8 +289,16 @@ class Api:
                 503, "admin_disabled", f"admin routes are off: no admin token is set ({env})"
             )
         given = bearer(request)
-        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-            raise Unauthorized("admin routes need the admin token as Authorization: Bearer")
+        if given is not None and hmac.compare_digest(given.encode(), token.encode()):
+            return
+        if given is not None:
+            try:  # an unknown key counts against its source, as on every other route
+                await self.auth.account(request)
+            except Unauthorized:
+                pass
+            else:
+                raise Forbidden("this route needs the admin token, not an account's API key")
+        raise Unauthorized("admin routes need the admin token as Authorization: Bearer")
 
     async def json_body(self, request: web.Request, model: type[B]) -> tuple[B, dict[str, Any]]:
         """The body validated as ``model``, and as the plain JSON object it was."""

@@ -25,6 +25,7 @@ from runtime.errors import (
     AccountThrottled,
     ApiKeyNotFound,
     DeadLetterNotFound,
+    Forbidden,
     GrantConflict,
     IdempotencyConflict,
     IllegalTransition,
@@ -70,6 +71,7 @@ class HttpRefusal(RequestError):
 # The first matching class decides; subclasses come before their bases.
 ERRORS: tuple[tuple[type[JoblineError], int, str], ...] = (
     (Unauthorized, 401, "unauthorized"),
+    (Forbidden, 403, "forbidden"),
     (UnknownModel, 422, "unknown_model"),
     (InputInvalid, 422, "input_invalid"),
     (JobNotFound, 404, "job_not_found"),
@@ -195,15 +197,35 @@ def check_json(raw: bytes, max_depth: int) -> Any:
         data = json.loads(raw, parse_constant=reject_constant)
     except RecursionError:
         raise too_deep from None
-    except (ValueError, UnicodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise bad_request(
+            f"the body is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start})"
+        ) from None
+    except ValueError as exc:  # json.JSONDecodeError: what is wrong, and where
         raise bad_request(f"malformed JSON: {exc}") from None
     if json_depth(data, max_depth) > max_depth:
         raise too_deep
     try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")  # lone surrogates
-    except UnicodeError as exc:
-        raise bad_request(f"malformed JSON: {exc}") from None
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # "\ud800" is valid JSON, but no Unicode text
+        raise bad_request(
+            "malformed JSON: a string contains an unpaired surrogate (such as \\ud800), "
+            "which is not Unicode text"
+        ) from None
     return data
+
+
+ECHO_LIMIT = 40  # characters of a client's value an error message quotes back
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)``, cut to ``limit`` characters (then "…" and the full length), for
+    quoting a client's value in an error without sending a large one back."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f", {len(value)} long" if isinstance(value, str | bytes | list | dict) else ""
+    return f"{text[:limit]}…{size}"
 
 
 def json_depth(value: Any, stop_after: int) -> int:

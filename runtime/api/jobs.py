@@ -25,8 +25,8 @@ from runtime.api.bodies import (
     SubmitJobBody,
 )
 from runtime.api.context import Api, job_fields, log
-from runtime.api.errors import HttpRefusal, bad_request
-from runtime.api.params import int_param
+from runtime.api.errors import HttpRefusal, bad_request, echo
+from runtime.api.params import int_param, only_params
 from runtime.config import ModelConfig
 from runtime.errors import InputInvalid, ResultNotFound, UnknownModel
 from runtime.ledger import new_job_id
@@ -109,7 +109,7 @@ class JobRoutes:
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         account_id = await self.api.account(request)
-        query = request.query
+        query = only_params(request, "status", "limit", "cursor")
         status: JobStatus | None = None
         if "status" in query:
             try:
@@ -185,7 +185,7 @@ class JobRoutes:
         model = self.api.ctx.config.models.get(name)
         if model is None:
             known = ", ".join(sorted(self.api.ctx.config.models))
-            raise UnknownModel(f"unknown model {name!r} (known: {known})")
+            raise UnknownModel(f"unknown model {echo(name)} (known: {known})")
         return model
 
     def _validate_input(self, model: ModelConfig, value: dict[str, Any]) -> None:
@@ -198,5 +198,6 @@ class JobRoutes:
         error = jsonschema.exceptions.best_match(validator.iter_errors(value))
         if error is not None:
             path = "$.input" + error.json_path.removeprefix("$")
-            reason = error.message if len(error.message) <= 300 else error.message[:300] + "…"
-            raise InputInvalid(f"{path}: {reason}")
+            # jsonschema quotes the value ("'aaa…' is too long"): quote only its start.
+            reason = error.message.replace(repr(error.instance), echo(error.instance))
+            raise InputInvalid(f"{path}: {reason[:300]}")

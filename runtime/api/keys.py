@@ -27,7 +27,7 @@ from runtime.api.bodies import (
 )
 from runtime.api.context import Api, log
 from runtime.api.errors import bad_request
-from runtime.api.params import int_param
+from runtime.api.params import int_param, only_params
 from runtime.models import ApiKey, CreateApiKey, RevokeApiKey
 
 _CURSOR = re.compile(CURSOR_PATTERN)
@@ -62,23 +62,24 @@ class KeyRoutes:
     # --- the admin's ----------------------------------------------------------------------
 
     async def list_for_account(self, request: web.Request) -> web.Response:
-        self.api.require_admin(request)
+        await self.api.require_admin(request)
         return await self._list(request, request.match_info["id"])
 
     async def create_for_account(self, request: web.Request) -> web.Response:
-        self.api.require_admin(request)
+        await self.api.require_admin(request)
         return await self._create(request, request.match_info["id"])
 
     async def revoke_for_account(self, request: web.Request) -> web.Response:
-        self.api.require_admin(request)
+        await self.api.require_admin(request)
         return await self._revoke(request.match_info["id"], request.match_info["key_id"])
 
     # --- both -----------------------------------------------------------------------------
 
     async def _list(self, request: web.Request, account_id: str) -> web.Response:
         api = self.api
-        limit = int_param(request.query, "limit", DEFAULT_KEYS_PAGE, MAX_KEYS_PAGE)
-        cursor = request.query.get("cursor")
+        query = only_params(request, "limit", "cursor")
+        limit = int_param(query, "limit", DEFAULT_KEYS_PAGE, MAX_KEYS_PAGE)
+        cursor = query.get("cursor")
         if cursor is not None and not _CURSOR.fullmatch(cursor):
             raise bad_request("cursor must be the next_cursor of an earlier page")
         page = await api.read(api.ctx.ledger.api_keys(account_id, limit, cursor))

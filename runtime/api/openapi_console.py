@@ -31,11 +31,14 @@ def _errors(*codes: str, admin: bool = False) -> dict[str, Any]:
     text = {
         "400": "Malformed query (limit, cursor)",
         "401": "Missing or unknown API key / admin token",
+        "403": "An account's API key on an admin route: it needs the admin token",
         "500": "Unexpected error (logged; no details are returned)",
         "503": "The ledger is unreachable (retry after Retry-After seconds)"
         + (", or no admin token is configured (code admin_disabled)" if admin else ""),
     }
-    return {code: _json(_ref("Error"), text[code]) for code in sorted({*codes, "500", "503"})}
+    admin_codes = {"401", "403"} if admin else set()
+    every = sorted({*codes, *admin_codes, "500", "503"})
+    return {code: _json(_ref("Error"), text[code]) for code in every}
 
 
 def _html(description: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from runtime.api.context import Api, log
-from runtime.api.errors import error_response
+from runtime.api.errors import echo, error_response
 from runtime.api.openapi import openapi_document
 from runtime.telemetry import Family, render
 
@@ -51,7 +51,7 @@ class OperationRoutes:
         collect = self.api.ctx.collect_metrics_of
         families = None if collect is None else await collect(actor)
         if families is None:
-            return error_response(404, "not_found", f"no role named {actor!r}")
+            return error_response(404, "not_found", f"no role named {echo(actor)}")
         return _exposition(families)
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -35,6 +35,7 @@ _ERROR_TEXT = {
         "or header"
     ),
     "401": "Missing, unknown or revoked API key / admin token",
+    "403": "An account's API key on an admin route: it needs the admin token",
     "402": "Not enough credits available",
     "404": "Not found (also another account's job)",
     "408": "The body did not arrive within gateway.body_timeout (the connection is closed)",
@@ -63,7 +64,8 @@ def errors(*codes: str, admin: bool = False, **texts: str) -> dict[str, Any]:
     """The error responses ``codes`` (and always 500, 503); ``texts``: a route's own
     description of a code, by keyword ``e409=...``."""
     responses: dict[str, Any] = {}
-    for code in sorted({*codes, "500", "503"}):
+    admin_codes = {"401", "403"} if admin else set()  # 403: an account's key
+    for code in sorted({*codes, *admin_codes, "500", "503"}):
         text = texts.get(f"e{code}", _ERROR_TEXT[code])
         if admin and code == "503":
             text += ", or no admin token is configured (code admin_disabled)"

@@ -18,6 +18,8 @@ apart from the API's ``max_body_bytes``. Every rejection is counted in
 ``jobline_webhook_rejections_total{vendor,reason}``: ``signature``, ``stale``,
 ``keys_unavailable``, ``malformed``, ``too_large`` (413), ``unreadable`` (a body that
 cannot be decoded), and ``unknown_vendor`` (counted under ``vendor="unknown"``).
+Anyone may post here, so rejections are logged through ``QuietLog``: the first per
+source address and reason, then one line a minute counting the rest.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from aiohttp import web
 
 from runtime.api.context import PROCESSOR_TIMEOUT, Api, log
 from runtime.api.errors import HttpRefusal
+from runtime.api.quiet_log import QuietLog
 from runtime.errors import (
     WebhookKeysUnavailable,
     WebhookRejected,
@@ -63,6 +66,23 @@ class WebhookRoutes:
             for reason in reasons:
                 api.ctx.metrics.webhook_rejections.labels(vendor, reason)
         api.ctx.metrics.webhook_rejections.labels(UNKNOWN_VENDOR, "unknown_vendor")
+        self._quiet = QuietLog()
+
+    def _log_rejection(
+        self, request: web.Request, vendor: str, reason: str, error: Exception
+    ) -> None:
+        source = request.remote or "unknown"
+        count = self._quiet.note(source, f"{vendor}/{reason}", self.api.ctx.clock.time())
+        if count == 1:
+            log.warning(
+                "webhook rejected (%s) from %s: %s", reason, source, error,
+                extra={"vendor": vendor},
+            )  # fmt: skip
+        elif count > 1:
+            log.warning(
+                "webhook rejected (%s) from %s %d times since its last line; the last: %s",
+                reason, source, count, error, extra={"vendor": vendor},
+            )  # fmt: skip
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/webhooks/{vendor}", self.webhook)]
@@ -84,7 +104,7 @@ class WebhookRoutes:
             reason = BODY_REASONS.get(refusal.status, "unreadable")
             metrics.webhook_rejections.labels(vendor, reason).inc()
             metrics.webhooks.labels(vendor, "rejected").inc()
-            log.warning("webhook rejected (%s): %s", reason, refusal, extra={"vendor": vendor})
+            self._log_rejection(request, vendor, reason, refusal)
             raise
         headers = {name.lower(): value for name, value in request.headers.items()}
         try:
@@ -95,7 +115,7 @@ class WebhookRoutes:
             reason = next(r for kind, r in WEBHOOK_REASONS if isinstance(exc, kind))
             metrics.webhook_rejections.labels(vendor, reason).inc()
             metrics.webhooks.labels(vendor, "rejected").inc()
-            log.warning("webhook rejected (%s): %s", reason, exc, extra={"vendor": vendor})
+            self._log_rejection(request, vendor, reason, exc)
             raise
         event = with_reference(event, request.query)
         taken = await self._offer(vendor, event)

@@ -112,6 +112,9 @@ class Download:
 
 
 class VendorClient(Protocol):
+    """One vendor's API. Every call made for a job takes the job's ``trace_id``, sent as
+    the trace header on the request (DESIGN §3), so a vendor's logs name the job."""
+
     @property
     def name(self) -> str:
         """The vendor's name in jobline.toml."""
@@ -158,12 +161,12 @@ class VendorClient(Protocol):
         when it never can (``can_find_tasks`` is False)."""
         ...
 
-    async def cancel(self, model: str, task_id: str, *, trace_id: str | None = None) -> None:
+    async def cancel(self, model: str, task_id: str, *, trace_id: str) -> None:
         """Cancel a task; one that already ended, or that the vendor does not know, is
         not an error."""
 
     def download(
-        self, output: Output, *, trace_id: str | None = None, max_bytes: int | None = None
+        self, output: Output, *, trace_id: str, max_bytes: int | None = None
     ) -> AbstractAsyncContextManager[Download]:
         """Read one output: ``async with client.download(o) as d: async for chunk in
         d.chunks``. A data URI, JSON or text output is decoded without a request. Errors:
@@ -171,7 +174,7 @@ class VendorClient(Protocol):
         (try again), ``VendorPermanentError`` (larger than ``max_bytes``, malformed)."""
         ...
 
-    async def fetch_output(self, url: str, *, trace_id: str | None = None) -> bytes:
+    async def fetch_output(self, url: str, *, trace_id: str) -> bytes:
         """The whole body of one file output (a URL or a data URI), capped at the
         client's ``max_output_bytes``. Kept for callers not streaming yet."""
         ...

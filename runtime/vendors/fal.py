@@ -284,7 +284,7 @@ class FalClient(HttpClient):
             return failure(reply.status, error_type, detail or reply.detail())
         return TaskStatus(TaskState.SUCCEEDED, outputs=find_outputs(reply.json()))
 
-    async def cancel(self, model: str, task_id: str, *, trace_id: str | None = None) -> None:
+    async def cancel(self, model: str, task_id: str, *, trace_id: str) -> None:
         url = self.queue_urls(model, task_id).cancel_url
         await self.call("cancel", "PUT", url, ignore, trace_id=trace_id, accept=CANCEL_NOOP)
 

@@ -375,7 +375,7 @@ class HttpClient:
 
     @contextlib.asynccontextmanager
     async def download(
-        self, output: Output, *, trace_id: str | None = None, max_bytes: int | None = None
+        self, output: Output, *, trace_id: str, max_bytes: int | None = None
     ) -> AsyncIterator[Download]:
         """See ``VendorClient.download``."""
         if output.kind != "url":
@@ -424,7 +424,7 @@ class HttpClient:
                 raise VendorPermanentError(self._name, f"fetch: {exc}") from None
         return output.content_type, output.value.encode()
 
-    async def fetch_output(self, url: str, *, trace_id: str | None = None) -> bytes:
+    async def fetch_output(self, url: str, *, trace_id: str) -> bytes:
         """See ``VendorClient.fetch_output``."""
         output = Output("data" if url.startswith("data:") else "url", url)
         chunks = []

@@ -179,7 +179,7 @@ class ReplicateClient(HttpClient):
             raise VendorUnavailable(self._name, f"a prediction page elsewhere: {link[:100]}")
         return url
 
-    async def cancel(self, model: str, task_id: str, *, trace_id: str | None = None) -> None:
+    async def cancel(self, model: str, task_id: str, *, trace_id: str) -> None:
         path = f"/v1/predictions/{task_path(self._name, task_id)}/cancel"
         await self.call(
             "cancel", "POST", self.url(path), ignore, trace_id=trace_id, accept=CANCEL_NOOP

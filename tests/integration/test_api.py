@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import time
 from typing import Any
 
@@ -59,6 +60,32 @@ async def test_account_creation_needs_the_admin_token(api: ApiHarness) -> None:
     }
     # The key itself is nowhere in the database, only its hash.
     assert created["api_key"].encode() not in api.ledger.path.read_bytes()
+
+
+async def test_an_accounts_key_on_an_admin_route_is_403_and_documented(api: ApiHarness) -> None:
+    # Field case: a user's key on an admin route got 401; it is authenticated, not allowed.
+    account = await api.account()
+    for method, path in (
+        ("POST", "/v1/accounts"),
+        ("GET", "/v1/admin/dead-letters"),
+        ("GET", "/v1/admin/accounts"),
+        ("GET", f"/v1/accounts/{account.id}/keys"),
+    ):
+        response = await api.client.request(method, path, json={}, headers=account.auth)
+        assert (await error_of(response))[:2] == (403, "forbidden"), path
+        unknown = {"Authorization": "Bearer jl_not_a_key"}
+        response = await api.client.request(method, path, json={}, headers=unknown)
+        assert (await error_of(response))[:2] == (401, "unauthorized"), path
+    document = await (await api.client.get("/openapi.json")).json()
+    admin_operations = [
+        (path, method, operation["responses"])
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if operation.get("security") == [{"adminToken": []}]
+    ]
+    assert len(admin_operations) >= 8
+    for path, method, responses in admin_operations:
+        assert {"401", "403"} <= set(responses), (method, path)
 
 
 async def test_admin_routes_are_off_without_an_admin_token(make_api: MakeApi) -> None:
@@ -176,6 +203,26 @@ async def test_bad_requests_are_refused_and_charge_nothing(api: ApiHarness) -> N
         ),
         (await submit_raw(b'{"model": "sdxl", "input": '), 400, "bad_request", "malformed JSON"),
         (await submit_raw(b"[1, 2]"), 400, "bad_request", "JSON object"),
+        (
+            await submit_raw(b'{"model": "sdxl", "input": {"prompt": "\\ud800"}}'),
+            400,
+            "bad_request",
+            "a string contains an unpaired surrogate",
+        ),
+        (
+            await post(
+                "/v1/jobs", json={"model": "sdxl", "input": {"prompt": "y" * 2001}}, headers=auth
+            ),
+            422,
+            "input_invalid",
+            "$.input.prompt: 'yyyy",  # a short start of the value, not all 2001 characters
+        ),
+        (
+            await post("/v1/jobs", json={"model": "m" * 200, "input": {}}, headers=auth),
+            422,
+            "unknown_model",
+            "unknown model 'mmm",
+        ),
         (await submit_raw(b'{"model": "sdxl", "input": NaN}'), 400, "bad_request", "NaN"),
         (await submit_raw(b'{"model": "sdxl", "input": "x"}'), 400, "bad_request", "input"),
         (await submit_raw(b'{"model": 5, "input": {}}'), 400, "bad_request", "model"),
@@ -211,6 +258,8 @@ async def test_bad_requests_are_refused_and_charge_nothing(api: ApiHarness) -> N
         got = await error_of(response)
         assert got[:2] == (status, code), got
         assert needle in got[2], got
+        if needle.endswith("'yyyy") or needle.endswith("'mmm"):  # a short start, not it all
+            assert len(got[2]) < 120, got
     assert await api.balance(account) == {
         "account_id": account.id,
         "balance": 10,
@@ -302,6 +351,31 @@ async def test_another_accounts_job_is_404_everywhere(api: ApiHarness) -> None:
     page = await (await api.client.get("/v1/jobs", headers=stranger.auth)).json()
     assert page == {"jobs": [], "next_cursor": None}
     assert (await api.ledger.get_job(job["id"])).status is JobStatus.QUEUED
+
+
+async def test_list_endpoints_refuse_unknown_and_repeated_query_parameters(
+    api: ApiHarness,
+) -> None:
+    # Field case: GET /v1/jobs ignored order=, unknown filters and a repeated status,
+    # while /v1/credits/entries refused a bad order.
+    account = await api.account()
+    for path, needle in (
+        ("/v1/jobs?order=desc", "unknown query parameter 'order'"),
+        ("/v1/jobs?model=sdxl", "unknown query parameter 'model'"),
+        ("/v1/jobs?status=queued&status=failed", "status is given more than once"),
+        ("/v1/jobs?limit=5&limit=6", "limit is given more than once"),
+        ("/v1/credits/entries?sort=asc", "unknown query parameter 'sort'"),
+        ("/v1/credits/entries?order=sideways", "order must be asc"),
+        ("/v1/keys?x=1", "unknown query parameter 'x'"),
+    ):
+        status, code, message = await error_of(await api.client.get(path, headers=account.auth))
+        assert (status, code) == (400, "bad_request"), path
+        assert needle in message, (path, message)
+    for path in ("/v1/admin/dead-letters?include=1", "/v1/admin/accounts?cursor=a&cursor=b"):
+        response = await api.client.get(path, headers=api.admin)
+        assert (await error_of(response))[:2] == (400, "bad_request"), path
+    ok = await api.client.get("/v1/jobs?status=queued&limit=5", headers=account.auth)
+    assert ok.status == 200
 
 
 async def test_list_jobs_pages_and_validates(api: ApiHarness) -> None:
@@ -512,6 +586,32 @@ async def test_forged_stale_and_malformed_webhooks_change_nothing(api: ApiHarnes
             f'jobline_webhook_rejections_total{{actor="gateway-test",reason="{reason}",'
             f'vendor="replicate"}}' in text
         )
+
+
+async def test_a_flood_of_forged_webhooks_logs_a_line_not_a_line_each(api: ApiHarness) -> None:
+    # Field case: 300 anonymous POSTs wrote 300 WARNING lines to `serve`'s output.
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    gateway_log = logging.getLogger("jobline.gateway")
+    handler = Collect(logging.WARNING)
+    gateway_log.addHandler(handler)
+    try:
+        for _ in range(100):
+            response = await api.client.post("/v1/webhooks/replicate", data=b"{}")
+            assert response.status == 401
+    finally:
+        gateway_log.removeHandler(handler)
+    rejected = [line for line in lines if line.startswith("webhook rejected")]
+    assert len(rejected) == 1 and "(signature) from 127.0.0.1" in rejected[0]
+    text = await (await api.client.get("/metrics")).text()
+    assert (
+        'jobline_webhook_rejections_total{actor="gateway-test",reason="signature",'
+        'vendor="replicate"} 100.0' in text
+    )  # the metric counts each one
 
 
 # --- dead letters -----------------------------------------------------------------------

@@ -255,7 +255,8 @@ async def test_a_finished_jobs_stream_is_204_once_every_event_was_sent(api: ApiH
 async def test_vendors_shows_each_processor_and_an_unreachable_one(api: ApiHarness) -> None:
     assert (await api.client.get("/v1/admin/vendors")).status == 401
     account = await api.account()
-    assert (await api.client.get("/v1/admin/vendors", headers=account.auth)).status == 401
+    # an account's key is authenticated, not allowed
+    assert (await api.client.get("/v1/admin/vendors", headers=account.auth)).status == 403
 
     async def unreachable() -> dict[str, Any]:
         raise ConnectionError("processor restarting")
@@ -338,3 +339,20 @@ async def test_console_pages_and_assets_are_served_for_long_caching(api: ApiHarn
     for missing in ("/console/assets/nope.js", "/console/assets/../__init__.py"):
         response = await api.client.get(missing)
         assert (await error_of(response)) == (404, "not_found"), missing
+
+
+async def test_a_path_with_a_trailing_slash_redirects_to_the_canonical_one(
+    api: ApiHarness,
+) -> None:
+    # Field case: /console/ and /docs/ answered 404.
+    for path, canonical in (
+        ("/console/", "/console"),
+        ("/docs/", "/docs"),
+        ("/console/studio/", "/console/studio"),
+    ):
+        response = await api.client.get(path, allow_redirects=False)
+        assert response.status in (301, 308), path
+        assert response.headers["Location"] == canonical, path
+    response = await api.client.get("/docs/")  # followed: the page itself
+    assert (response.status, response.content_type) == (200, "text/html")
+    assert (await api.client.get("/no-such-page/", allow_redirects=False)).status == 404

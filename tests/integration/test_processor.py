@@ -16,13 +16,31 @@ from actors.sweeper import Sweeper
 from actors.wiring import SWEEPER
 from runtime.errors import LedgerUnavailable
 from runtime.ledger import Ledger, new_job_id
-from runtime.models import Cancel, Job, LedgerOp, MarkProcessing, OpenJob, Outcome
+from runtime.models import (
+    Cancel,
+    Job,
+    LedgerOp,
+    MarkProcessing,
+    OpenJob,
+    Outcome,
+    RecordOrphan,
+)
 from runtime.results import result_key_for
 from runtime.states import JobStatus
 from runtime.vendors import TaskState, TaskStatus, WebhookEvent
 from tests.integration.processor_rig import IDS, Rig, no_slot_taken, until
 from tests.ledger_ops import apply_op
 from vendors_fake.png import expected_png
+
+
+def untraced(rig: Rig) -> dict[str, dict[str, int]]:
+    """Requests the fakes saw without a job's trace id, by vendor and route (DESIGN §3:
+    every request made for a job carries it; fal's key set is nobody's job)."""
+    missing = {
+        name: {r: n for r, n in fake.snapshot()["trace_id_missing"].items() if r != "jwks"}
+        for name, fake in ((name, rig.fakes[name]) for name in rig.fakes.urls)
+    }
+    return {name: routes for name, routes in missing.items() if routes}
 
 
 async def test_a_job_goes_from_queue_to_stored_result(rig: Rig) -> None:
@@ -146,6 +164,7 @@ async def test_cancel_releases_and_cancels_the_vendor_task(rig: Rig) -> None:
     assert (await rig.processors["fal"].stats())["inflight"] == 0
     assert rig.fakes["fal"].snapshot()["tasks"]["canceled"] == 1
     assert (await rig.ledger.balance("acct")).available == 10_000
+    assert untraced(rig) == {}  # the cancel carried the job's trace id too
 
 
 async def test_a_queued_job_past_its_deadline_fails_and_refunds(rig: Rig) -> None:
@@ -197,6 +216,7 @@ async def test_a_task_given_up_keeps_its_slot_until_the_vendor_confirms_the_canc
     assert first["status"] == "canceled"
     [done] = await rig.wait([job])
     assert done.status is JobStatus.COMPLETED
+    assert untraced(rig) == {}
 
 
 @pytest.mark.profile({"never_finish": 1.0})
@@ -224,6 +244,7 @@ async def test_a_cancel_reaching_a_restarted_processor_still_cancels_the_vendor_
     await until(lambda: no_slot_taken(rig))
     assert fal.snapshot()["tasks"]["in_flight"] == 0
     assert (await rig.ledger.balance("acct")).available == 10_000
+    assert untraced(rig) == {}
 
 
 class _DiesBeforeMarking:
@@ -283,6 +304,7 @@ async def test_a_restarted_processor_adopts_the_task_its_stopped_submit_created(
     assert task["delivered"] and done.vendor_task_id == snapshot["task_ids"][0]
     assert (await rig.processors["replicate"].stats())["in_doubt"]["adopted"] == 1
     await until(lambda: no_slot_taken(rig, "replicate"))
+    assert untraced(rig) == {}  # the list look-ups carried the job's trace id too
 
 
 @pytest.mark.profile({"never_finish": 1.0, "webhooks": {"lost": 1.0}, "max_task_time": 1.5})
@@ -316,6 +338,22 @@ async def test_a_task_that_never_shows_itself_keeps_a_slot_until_the_vendor_ends
     assert snapshot["duplicate_attempts"] == []
     assert (await rig.processors["fal"].stats())["in_doubt"]["orphaned"] == 1
     await until(lambda: no_slot_taken(rig, "fal"))
+    assert untraced(rig) == {}
+
+
+async def test_an_orphan_found_on_start_is_looked_up_with_its_jobs_trace_id(rig: Rig) -> None:
+    # An orphan read back from the ledger once sent its list look-ups with no trace id.
+    [job] = await rig.open("video-short")
+    await apply_op(rig.ledger, Cancel(job.id))
+    now = time.time()
+    await apply_op(rig.ledger, RecordOrphan(job.id, 1, "replicate", "m", now - 1, now + 30))
+    await rig.processors["replicate"].stop()
+    rig.processors["replicate"] = rig.make_processor("replicate", seed=1)
+    await rig.processors["replicate"].start()  # holds the orphan, looks it up in the list
+    replicate = rig.fakes["replicate"]
+    await until(lambda: "predictions.list" in replicate.snapshot()["requests"])
+    await until(lambda: no_slot_taken(rig, "replicate"))  # the list showed none: let go
+    assert untraced(rig) == {}
 
 
 @pytest.mark.profile({"never_finish": 1.0})
@@ -347,6 +385,7 @@ async def test_an_attempt_that_cannot_record_its_task_cancels_it(rig: Rig) -> No
     await until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
     await until(lambda: no_slot_taken(rig))
     assert fal.snapshot()["tasks"]["in_flight"] == 0
+    assert untraced(rig) == {}
 
 
 @pytest.mark.profile({"never_finish": 1.0, "cancel": {"server_error": 1.0}})
@@ -387,3 +426,4 @@ async def test_an_expired_job_whose_cancel_failed_has_its_task_canceled_later(
     await until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
     await until(lambda: no_slot_taken(rig))
     await sweeper.stop()
+    assert untraced(rig) == {}  # the sweeper's cancel and the processor's carried it

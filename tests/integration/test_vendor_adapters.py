@@ -373,8 +373,8 @@ async def test_cancel(start_fake: StartFake, client_for: MakeClient, shape: Shap
     assert await client.status(MODEL[shape], task_id, trace_id="t") == TaskStatus(
         TaskState.CANCELED
     )
-    await client.cancel(MODEL[shape], task_id)  # already ended: not an error
-    await client.cancel(MODEL[shape], "no-such-task")  # unknown: nothing to cancel
+    await client.cancel(MODEL[shape], task_id, trace_id="t")  # already ended: not an error
+    await client.cancel(MODEL[shape], "no-such-task", trace_id="t")  # unknown: nothing to cancel
     assert fake.snapshot()["tasks"]["canceled"] == 1
 
 
@@ -396,7 +396,7 @@ async def test_output_over_the_size_cap_is_permanent(
     status = await until(client, "replicate", task_id, ended)
     assert status.output_url is not None
     with pytest.raises(VendorPermanentError, match="larger than 64 bytes"):
-        await client.fetch_output(status.output_url)
+        await client.fetch_output(status.output_url, trace_id="t")
 
 
 async def test_output_that_is_gone_is_a_transient_task_failure(
@@ -404,7 +404,7 @@ async def test_output_that_is_gone_is_a_transient_task_failure(
 ) -> None:
     fake = await start_fake("fal")
     with pytest.raises(VendorTaskFailed, match="404"):
-        await client_for(fake).fetch_output(f"{fake.url}/files/nope/output.png")
+        await client_for(fake).fetch_output(f"{fake.url}/files/nope/output.png", trace_id="t")
 
 
 async def test_close_is_idempotent_and_the_client_reopens(
@@ -456,7 +456,9 @@ async def test_a_real_webhook_parses_into_the_event_status_would_give(
     assert event.status.state.ended
     if event.status.state is TaskState.SUCCEEDED:
         assert event.status.output_url is not None
-        assert await client.fetch_output(event.status.output_url) == expected_png(INPUT)
+        assert await client.fetch_output(event.status.output_url, trace_id="t") == expected_png(
+            INPUT
+        )
 
 
 async def test_a_fal_cancel_webhook_is_canceled(
@@ -465,7 +467,7 @@ async def test_a_fal_cancel_webhook_is_canceled(
     fake = await start_fake("fal", FaultProfile(never_finish=1))
     client = client_for(fake)
     task_id = await submit(client, "fal", webhook_url=webhook_sink.url)
-    await client.cancel(MODEL["fal"], task_id)
+    await client.cancel(MODEL["fal"], task_id, trace_id="t")
     [(headers, body)] = await delivered(webhook_sink)
     event = await client.parse_webhook(headers, body, now=time.time(), tolerance=300)
     assert (event.task_id, event.status) == (task_id, TaskStatus(TaskState.CANCELED))

@@ -110,13 +110,13 @@ async def test_a_60_mib_video_streams_with_its_content_type(
     _, status = await run(client, "minimax/video-01", {"prompt": "p"})
     (video,) = status.outputs
     received = 0
-    async with client.download(video, max_bytes=64 * MIB) as download:
+    async with client.download(video, trace_id="t", max_bytes=64 * MIB) as download:
         assert (download.content_type, download.size) == ("video/mp4", 60 * MIB)
         async for chunk in download.chunks:
             received += len(chunk)
     assert received == 60 * MIB
     with pytest.raises(VendorPermanentError, match="larger than"):
-        async with client.download(video, max_bytes=10 * MIB):
+        async with client.download(video, trace_id="t", max_bytes=10 * MIB):
             pass
 
 
@@ -131,7 +131,9 @@ async def test_data_uris_are_decoded_without_a_request(
     content_type, data = await read(client, status, 0)
     expected = expected_file({"prompt": "p", "sync_mode": True})
     assert (content_type, data) == ("image/png", expected)
-    assert await client.fetch_output(status.outputs[0].value) == expected  # the compat path
+    assert (
+        await client.fetch_output(status.outputs[0].value, trace_id="t") == expected
+    )  # the compat path
     assert "files.get" not in fake.snapshot()["requests"]
 
 
@@ -162,7 +164,7 @@ async def test_three_segment_apps_and_urls_after_a_restart(
     assert status.state is TaskState.SUCCEEDED and status.outputs
     restarted = client_for(fake)
     assert (await restarted.status(model, task_id, trace_id="t")).outputs == status.outputs
-    await restarted.cancel(model, task_id)  # already ended: fine
+    await restarted.cancel(model, task_id, trace_id="t")  # already ended: fine
     stats = fake.snapshot()
     assert stats["tasks"]["created"] == 1
     for route, codes in stats["requests"].items():

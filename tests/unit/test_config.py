@@ -1,5 +1,6 @@
 """jobline.toml validation: a wrong file names the file, the key path and the reason."""
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,54 @@ def test_output_hosts_default_to_the_vendors_cdn_and_are_validated() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(raw)
     assert info.value.key == "vendors.fal.output_hosts"
+
+
+# Field case: `price = 99999999999999999999` and `public_url = "not a url"` were accepted.
+# Every number is finite and bounded, every URL an http(s) URL with a host.
+BAD_VALUES: list[tuple[str, Any, str]] = [
+    ("models.sdxl.price", 99999999999999999999, "must be ≤ 1000000000000"),
+    ("models.sdxl.price", 10**12 + 1, "must be ≤ 1000000000000"),
+    ("models.sdxl.max_run_time", math.inf, "must be a finite number"),
+    ("models.sdxl.max_queue_time", math.nan, "must be > 0"),  # nan compares false
+    ("models.sdxl.max_output_bytes", 2**70, "must be at most 1_000_000_000_000"),
+    ("models.sdxl.deadline", 1e300, "must be at most 1_000_000_000_000"),
+    ("vendors.fal.poll_interval", math.inf, "must be a finite number"),
+    ("vendors.fal.concurrency", 10**13, "must be at most"),
+    ("retry.cap", math.inf, "must be a finite number"),
+    ("circuit.cooldown", math.inf, "must be a finite number"),
+    ("sweeper.job_deadline", math.inf, "must be a finite number"),
+    ("gateway.webhook_tolerance", math.inf, "must be a finite number"),
+    ("gateway.max_body_bytes", 2**64, "must be at most"),
+    ("gateway.public_url", "not a url", "must be an http:// or https:// URL with a host"),
+    ("gateway.public_url", "ftp://example.com", "must be an http:// or https:// URL"),
+    ("gateway.public_url", "http://", "must be an http:// or https:// URL with a host"),
+    ("gateway.public_url", "http://host:99999", "must be an http:// or https:// URL"),
+    ("gateway.public_url", "http://exa mple.com", "must be an http:// or https:// URL"),
+    ("vendors.fal.base_url", "https:///no-host", "must be an http:// or https:// URL"),
+    ("vendors.fal.webhook_jwks_url", "keys.json", "must be an http:// or https:// URL"),
+    ("console.grafana_url", "grafana", "must be empty or an http:// or https:// URL"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), BAD_VALUES)
+def test_a_wrong_value_is_named_with_its_key(key: str, value: Any, reason: str) -> None:
+    raw = default_raw()
+    *sections, name = key.split(".")
+    table = raw
+    for section in sections:
+        table = table.setdefault(section, {})
+    table[name] = value
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == key
+    assert reason in info.value.reason
+
+
+def test_good_urls_and_large_sane_numbers_pass() -> None:
+    raw = default_raw()
+    raw["gateway"]["public_url"] = "https://jobs.example.com:8443/"
+    raw["console"]["grafana_url"] = "http://[::1]:3000"
+    raw["models"]["sdxl"]["price"] = 10**12
+    config = parse_config(raw)
+    assert config.gateway.public_url == "https://jobs.example.com:8443"
+    assert config.models["sdxl"].price == 10**12

@@ -75,7 +75,7 @@ def test_an_s3_table_the_choice_ignores_is_an_error() -> None:
         ("prefix", "/results", "must be empty or folder names each ending in '/'"),
         ("prefix", "results", "must be empty or folder names each ending in '/'"),
         ("prefix", "a/../b/", "must be empty or folder names each ending in '/'"),
-        ("endpoint_url", "minio:9000", "must be empty (AWS) or an http(s):// URL"),
+        ("endpoint_url", "minio:9000", "must be empty (AWS) or an http:// or https:// URL"),
         ("presign_expiry", 0, "must be ≥ 1, got 0"),
         ("presign_expiry", 8 * 24 * 3600, "must be ≤ 604800"),
         ("serve", "proxy", "must be one of 'stream' or 'redirect'"),

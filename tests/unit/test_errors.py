@@ -11,6 +11,8 @@ import runtime.errors as errors
 ARGS: dict[str, tuple[Any, ...]] = {
     "ConfigError": ("jobline.toml", "vendors.fal.concurrency", "must be ≥ 1, got 0"),
     "LedgerMissing": ("/var/lib/jobline/jobline.db", "[storage] create_ledger is false"),
+    "Forbidden": ("this route needs the admin token",),
+    "NotALedger": ("/tmp/x.db", "not a jobline ledger (not an SQLite database)"),
     "DeploymentError": (("no node offers the custom resource 'jobline_ledger'",),),
     "AppAlreadyRunning": ("jobline", "on this machine (`jobline serve`, pid 7)"),
     "AppNotRunning": ("jobline", "", ("jobline-ledger",)),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.errors import LedgerUnavailable
 from runtime.invariants import check_invariants, main
 from runtime.ledger import Ledger
 from runtime.models import (
@@ -276,3 +277,54 @@ def test_command_line(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_violations_read_well() -> None:
     violation = Violation("I2", "job-1", "2 holds (exactly one expected)")
     assert str(violation) == "I2 job-1: 2 holds (exactly one expected)"
+
+
+def foreign_files(tmp_path: Path) -> dict[str, Path]:
+    """Files that are not a ledger this jobline opens, by what is wrong with them."""
+    garbage = tmp_path / "garbage.db"
+    garbage.write_text("garbage\n")
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY)")
+    newer = tmp_path / "newer.db"
+    with sqlite3.connect(newer) as conn:
+        conn.execute("CREATE TABLE accounts (id TEXT)")
+        conn.execute("PRAGMA user_version = 999")
+    return {"not a database": garbage, "other tables": other, "newer schema": newer}
+
+
+def test_a_file_that_is_not_a_current_ledger_is_one_line_and_no_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from actors.cli import main as jobline
+
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as conn:
+        conn.execute("CREATE TABLE accounts (id TEXT)")
+        conn.execute("PRAGMA user_version = 1")
+    for what, path in {**foreign_files(tmp_path), "older schema": old}.items():
+        assert main([str(path)]) == 2, what
+        assert jobline(["check", "--database", str(path)]) != 0, what
+        out, err = capsys.readouterr()
+        first, second = err.strip().splitlines()
+        assert first.startswith(f"{path}: ") and second == f"jobline: {first}", what
+        assert "Traceback" not in out + err
+
+
+def test_init_refuses_a_file_that_is_not_a_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from actors.cli import main as jobline
+
+    for what, path in foreign_files(tmp_path).items():
+        before = path.read_bytes()
+        assert jobline(["init", "--database", str(path)]) != 0, what
+        assert "exists already" not in capsys.readouterr().err
+        assert path.read_bytes() == before
+
+
+def test_the_ledger_refuses_to_migrate_an_sqlite_database_of_another_program(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(LedgerUnavailable, match="not a jobline ledger"):
+        asyncio.run(Ledger.open(foreign_files(tmp_path)["other tables"]))

@@ -91,16 +91,22 @@ async def test_a_job_completed_before_schema_six_shows_its_one_result(ledger: Le
 
 async def test_orphans_are_open_until_they_end_or_their_time_passes(ledger: Ledger) -> None:
     await to_processing(ledger, "job-1")
+    trace = (await ledger.get_job("job-1")).trace_id  # an orphan's requests carry its job's
+    assert trace
     await apply_op(ledger, RecordOrphan("job-1", 1, "fal", "m", 900.0, 2_000.0))
     replay = await ledger.execute(RecordOrphan("job-1", 1, "fal", "m", 900.0, 9_999.0))
     assert not replay.changed  # idempotent: the first record stands
     await apply_op(ledger, RecordOrphan("job-1", 2, "fal", "m", 950.0, 3_000.0))
     assert await ledger.orphans("fal", 1_500.0) == [
-        Orphan("job-1", 1, "fal", "m", 900.0, 2_000.0),
-        Orphan("job-1", 2, "fal", "m", 950.0, 3_000.0),
+        Orphan("job-1", 1, "fal", "m", 900.0, 2_000.0, trace),
+        Orphan("job-1", 2, "fal", "m", 950.0, 3_000.0, trace),
     ]
     assert await ledger.orphans("replicate", 1_500.0) == []
-    assert await ledger.orphans("fal", 2_500.0) == [Orphan("job-1", 2, "fal", "m", 950.0, 3_000.0)]
+    assert await ledger.orphans("fal", 2_500.0) == [
+        Orphan("job-1", 2, "fal", "m", 950.0, 3_000.0, trace)
+    ]
     assert (await ledger.execute(EndOrphan("job-1", 2, "req-9"))).changed
     assert not (await ledger.execute(EndOrphan("job-1", 2, "req-9"))).changed
-    assert await ledger.orphans("fal", 1_500.0) == [Orphan("job-1", 1, "fal", "m", 900.0, 2_000.0)]
+    assert await ledger.orphans("fal", 1_500.0) == [
+        Orphan("job-1", 1, "fal", "m", 900.0, 2_000.0, trace)
+    ]

@@ -148,6 +148,14 @@ async def test_a_rotation_keeps_the_old_key_for_its_grace_period(
     assert cut.expires_at == clock.now
 
 
+async def test_a_rotated_key_keeps_its_name_unless_given_another(ledger: Ledger) -> None:
+    # Field case: a rotated key lost its name.
+    await apply_op(ledger, new_key("key-2", name="ci"))
+    kept = await apply_op(ledger, new_key("key-3", replaces="key-2"))
+    renamed = await apply_op(ledger, new_key("key-4", replaces="key-3", name="ci-2026"))
+    assert (kept.name, renamed.name) == ("ci", "ci-2026")
+
+
 async def test_the_revocation_feed_names_each_revoke_once_in_order(ledger: Ledger) -> None:
     start, nothing = await ledger.revocations(None)
     assert nothing == []

@@ -27,9 +27,10 @@ from runtime.clock import SYSTEM_CLOCK
 from runtime.config import parse_config
 from runtime.errors import ConfigError, DeploymentError, LedgerMissing
 from runtime.models import CreateAccount
-from runtime.startup import missing_environment, path_problems, resolve_paths
+from runtime.startup import ledger_problems, missing_environment, path_problems, resolve_paths
 from runtime.telemetry import JsonFormatter, Metrics, configure_logging, is_notice, readable
 from tests.unit.test_config import default_raw
+from tests.unit.test_invariants import foreign_files
 
 JOBLINE = Path(sys.executable).parent / "jobline"
 SECRET_NAMES = (
@@ -267,3 +268,47 @@ def test_every_json_line_names_its_role_and_notices_read_as_one_line(tmp_path: P
     record = logging.LogRecord("jobline.x", logging.INFO, "", 0, "m", None, None)
     assert not is_notice(record)
     assert JsonFormatter("ledger").as_dict(record)["role"] == "ledger"
+
+
+# --- the ledger file: checked before Ray starts -------------------------------------------
+
+
+def test_a_file_that_is_not_a_ledger_is_named_in_one_line(tmp_path: Path) -> None:
+    for what, path in foreign_files(tmp_path).items():
+        raw = default_raw()
+        raw["storage"] = {**raw["storage"], "database": str(path)}
+        (line,) = ledger_problems(parse_config(raw))
+        assert line.startswith(f"{path}: "), what
+        assert ("not a jobline ledger" in line) or ("unknown to this jobline" in line), what
+
+
+def test_a_missing_ledger_that_must_exist_is_named_and_a_missing_one_may_be_created(
+    tmp_path: Path,
+) -> None:
+    raw = default_raw()
+    raw["storage"] = {**raw["storage"], "database": str(tmp_path / "gone.db")}
+    assert ledger_problems(parse_config(raw)) == []  # create_ledger defaults to true
+    raw["storage"]["create_ledger"] = False
+    (line,) = ledger_problems(parse_config(raw))
+    assert line.startswith(f"the ledger {tmp_path / 'gone.db'} does not exist")
+
+
+def test_serve_refuses_a_missing_ledger_before_ray_starts(tmp_path: Path) -> None:
+    text = ROOT_CONFIG.read_text().replace("create_ledger = true", "create_ledger = false", 1)
+    config = tmp_path / "jobline.toml"
+    config.write_text(text)
+    env = {**os.environ, **{name: "x" for name in SECRET_NAMES}}
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(JOBLINE), "--config", str(config), "serve"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    seconds = time.monotonic() - started
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "does not exist, but [storage] create_ledger is false" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert seconds < 10  # about Python's own start-up; Ray is never imported

@@ -254,6 +254,14 @@ def test_timestamps_outside_the_tolerance_are_stale() -> None:
             check_timestamp(NOW, now, 300)
 
 
+def test_a_stale_timestamp_says_which_way_it_is_off() -> None:
+    # Field case: a webhook 1000 s old said "is +1000s from now".
+    with pytest.raises(WebhookTimestampStale, match=r"is 1000s in the past \(tolerance 300s\)"):
+        check_timestamp(NOW - 1000, NOW, 300)
+    with pytest.raises(WebhookTimestampStale, match=r"is 1000s in the future"):
+        check_timestamp(NOW + 1000, NOW, 300)
+
+
 def test_a_key_set_keeps_only_ed25519_keys() -> None:
     rsa = {"kty": "RSA", "n": "xx", "e": "AQAB", "kid": "rsa"}
     broken = {"kty": "OKP", "crv": "Ed25519", "x": "@@@", "kid": "broken"}
