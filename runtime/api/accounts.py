@@ -129,14 +129,14 @@ class AccountRoutes:
     async def get_throttle(self, request: web.Request) -> web.Response:
         """The account's input rejections lately and whether its submits are refused."""
         api = self.api
-        api.require_admin(request)
+        await api.require_admin(request)
         throttle = await api.read(api.ctx.ledger.account_throttle(request.match_info["id"]))
         return web.json_response(throttle_to_api(throttle, api))
 
     async def clear_throttle(self, request: web.Request) -> web.Response:
         """Lift the account's throttle and forget its input rejections (idempotent)."""
         api = self.api
-        api.require_admin(request)
+        await api.require_admin(request)
         account_id = request.match_info["id"]
         throttle = (await api.execute(ClearThrottle(account_id))).unwrap()
         log.info("account throttle cleared", extra={"account_id": account_id})

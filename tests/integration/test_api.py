@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -86,6 +87,13 @@ async def test_an_accounts_key_on_an_admin_route_is_403_and_documented(api: ApiH
     assert len(admin_operations) >= 8
     for path, method, responses in admin_operations:
         assert {"401", "403"} <= set(responses), (method, path)
+        # Every admin-only operation refuses what it documents (a route that forgot to
+        # check, or forgot to await the check, answers something else).
+        url = re.sub(r"\{[^}]+\}", account.id, path)
+        response = await api.client.request(method, url, json={}, headers=account.auth)
+        assert (await error_of(response))[:2] == (403, "forbidden"), (method, path)
+        response = await api.client.request(method, url, json={}, headers=unknown)
+        assert (await error_of(response))[:2] == (401, "unauthorized"), (method, path)
 
 
 async def test_admin_routes_are_off_without_an_admin_token(make_api: MakeApi) -> None:
