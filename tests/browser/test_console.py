@@ -64,6 +64,7 @@ async def test_studio_submits_once_and_shows_the_job_live_then_its_output(
 async def test_a_closed_studio_reopened_follows_the_processing_job_again(
     console: Console,
 ) -> None:
+    console.tb.fakes["fal"].set_profile(slow_profile(8))  # seen processing, however slow the page
     page = await console.signed_in("/console/studio", console.tb.client.api_key)
     await page.get_by_label("Prompt").fill("a slow one")
     await page.get_by_role("button", name="Generate").click()

@@ -85,7 +85,10 @@ async def test_happy_path_on_both_vendor_shapes(tmp_path: Path, ray_session: Any
 
 async def test_transient_errors_are_retried_until_success(tmp_path: Path, ray_session: Any) -> None:
     flaky = profile(submit={"server_error": 0.3}, failure=0.2)
-    async with bed(tmp_path, flaky) as tb:
+    # A submit answered 5xx is in doubt; fal lists nothing, so the job waits orphan_wait
+    # for a webhook before its next attempt (the in-doubt tests cover that wait).
+    fal = {**FAST["vendors.fal"], "orphan_wait": 2.0}
+    async with bed(tmp_path, flaky, **{"vendors.fal": fal}) as tb:
         ids = await submit_many(tb, FLUX, 12)
         jobs = await settled(tb, ids)
         assert {j["status"] for j in jobs.values()} == {"completed"}
