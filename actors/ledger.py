@@ -10,13 +10,11 @@ operations in one transaction.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.clock import Clock
-from runtime.invariants import check_invariants
-from runtime.ledger import Ledger
+from runtime.ledger import Ledger, LedgerMode
 from runtime.models import (
     AccountPage,
     Balance,
@@ -36,16 +34,19 @@ log = get_logger("ledger")
 
 
 class CreditLedger:
-    def __init__(self, path: Path, clock: Clock, metrics: Metrics) -> None:
+    def __init__(
+        self, path: Path, clock: Clock, metrics: Metrics, mode: LedgerMode = LedgerMode()
+    ) -> None:
         self._path = path
         self._clock = clock
+        self._mode = mode
         self._ledger: Ledger | None = None
         self.metrics = metrics
 
     async def start(self) -> None:
         if self._ledger is None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._ledger = await Ledger.open(self._path, clock=self._clock.time)
+            self._ledger = await Ledger.open(self._path, clock=self._clock.time, mode=self._mode)
             log.info("ledger open", extra={"error": str(self._path)})
 
     async def stop(self) -> None:
@@ -71,7 +72,7 @@ class CreditLedger:
 
     async def check_invariants(self) -> int:
         """Check I1, I2, I5 on the database (off the event loop); exported as a gauge."""
-        violations = await asyncio.to_thread(check_invariants, self._path)
+        violations = await self.ledger.check_invariants()
         self.metrics.invariant_violations.set(len(violations))
         return len(violations)
 

@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runtime import ledger_reads as reads
+from runtime.invariants import check_invariants
 from runtime.errors import (
     AccountNotFound,
     DeadLetterNotFound,
@@ -113,6 +114,7 @@ from runtime.models import (
     Redrive,
     ScheduleRetry,
     StartAttempt,
+    Violation,
 )
 from runtime.states import TRANSITIONS, JobEvent, JobStatus, sources_of, transition
 
@@ -801,18 +803,41 @@ def _rollback(conn: sqlite3.Connection) -> None:
         pass
 
 
-# --- threads --------------------------------------------------------------------------
+# --- where the database work runs ----------------------------------------------------
 
 
-class _DatabaseThread:
-    """One thread that owns one connection; everything on the connection runs there."""
+@dataclass(frozen=True)
+class LedgerMode:
+    """How a ledger runs its database work.
 
-    def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    ``inline=False`` (the runtime): each connection is owned by a thread of its own, so
+    a commit's fsync never blocks the event loop. ``inline=True`` (a simulation on
+    virtual time): every call runs on the event loop itself, one after the other, so no
+    thread runs and a seeded run is repeatable. ``durable=False`` turns SQLite's
+    ``synchronous`` off: a crash of the machine may lose the last commits, which only a
+    simulation, whose database is thrown away at the end, can accept.
+    """
+
+    inline: bool = False
+    durable: bool = True
+
+
+class _Connection:
+    """One connection and where the work on it runs: on a thread of its own (the
+    default), or inline on the event loop (``LedgerMode.inline``)."""
+
+    def __init__(self, name: str, *, inline: bool = False) -> None:
+        self._executor = None if inline else ThreadPoolExecutor(1, thread_name_prefix=name)
         self._conn: sqlite3.Connection | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(connection, *args)`` on this thread; sqlite3 errors become LedgerUnavailable."""
+        """``fn(connection, *args)`` on this connection's thread (or inline); sqlite3
+        errors become LedgerUnavailable."""
+        if self._executor is None:
+            try:
+                return fn(self._conn, *args)
+            except sqlite3.Error as exc:
+                raise _unavailable(exc) from exc
         loop = asyncio.get_running_loop()
         try:
             future = loop.run_in_executor(self._executor, fn, self._conn, *args)
@@ -823,9 +848,11 @@ class _DatabaseThread:
         except sqlite3.Error as exc:
             raise _unavailable(exc) from exc
 
-    async def open(self, path: Path, busy_timeout_s: float, *, writer: bool) -> None:
+    async def open(
+        self, path: Path, busy_timeout_s: float, *, writer: bool, durable: bool = True
+    ) -> None:
         def opened(_: None) -> sqlite3.Connection:
-            conn = connect(path, busy_timeout_s=busy_timeout_s)
+            conn = connect(path, busy_timeout_s=busy_timeout_s, durable=durable)
             if writer:
                 migrate(conn)
             else:
@@ -838,7 +865,15 @@ class _DatabaseThread:
         if self._conn is not None:
             await self.call(lambda conn: conn.close())
             self._conn = None
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, blocking work that needs no connection of ours: on a thread of
+        its own, or inline."""
+        if self._executor is None:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
 
 
 @dataclass(slots=True)
@@ -857,14 +892,18 @@ class Ledger:
     """The single source of truth for jobs and money. Use ``await Ledger.open(path)``.
 
     Call it from the event loop that opened it. Reads go to a separate connection and
-    thread and may run while a batch is being written.
+    thread and may run while a batch is being written (``LedgerMode``: or both run inline
+    on the event loop, for a simulation).
     """
 
-    def __init__(self, path: Path, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, path: Path, clock: Callable[[], float], mode: LedgerMode = LedgerMode()
+    ) -> None:
         self.path = path
+        self.mode = mode
         self._clock = clock
-        self._writer = _DatabaseThread("jobline-ledger-writer")
-        self._reader = _DatabaseThread("jobline-ledger-reader")
+        self._writer = _Connection("jobline-ledger-writer", inline=mode.inline)
+        self._reader = _Connection("jobline-ledger-reader", inline=mode.inline)
         self._queue: list[tuple[LedgerOp, asyncio.Future[Outcome]]] = []
         self._wakeup = asyncio.Event()
         # The loop that opens the ledger serves it; asking for the running loop on each
@@ -882,14 +921,16 @@ class Ledger:
         clock: Callable[[], float] = time.time,
         *,
         busy_timeout_s: float = BUSY_TIMEOUT_S,
+        mode: LedgerMode = LedgerMode(),
     ) -> Ledger:
         """Open (creating or migrating) the database at ``path`` and start the writer."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        ledger = cls(path, clock)
+        ledger = cls(path, clock, mode)
+        durable = mode.durable
         try:
-            await ledger._writer.open(path, busy_timeout_s, writer=True)
-            await ledger._reader.open(path, busy_timeout_s, writer=False)
+            await ledger._writer.open(path, busy_timeout_s, writer=True, durable=durable)
+            await ledger._reader.open(path, busy_timeout_s, writer=False, durable=durable)
         except BaseException:
             await ledger._writer.close()
             await ledger._reader.close()
@@ -971,6 +1012,12 @@ class Ledger:
                 future.set_result(result)
             else:
                 future.set_exception(result)
+
+    async def check_invariants(self) -> list[Violation]:
+        """Every violation of I1, I2 and I5 in the database now
+        (``runtime.invariants.check_invariants``: a connection of its own, off the event
+        loop unless the ledger runs inline)."""
+        return await self._reader.offload(check_invariants, self.path)
 
     # --- reads ---
 

@@ -196,17 +196,21 @@ MIGRATIONS: list[list[str]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+def connect(
+    path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S, durable: bool = True
+) -> sqlite3.Connection:
     """A connection with the ledger's pragmas; autocommit mode (transactions are explicit).
 
-    Also used by the benchmark, so that raw SQLite is measured with the same settings.
+    ``durable=False``: no fsync at commit (``synchronous = OFF``), for a simulation's
+    throw-away database only. Also used by the benchmark, so that raw SQLite is measured
+    with the same settings.
     """
     conn = sqlite3.connect(
         str(path), isolation_level=None, timeout=busy_timeout_s, cached_statements=256
     )
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'OFF'}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
     return conn
