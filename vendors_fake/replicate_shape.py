@@ -137,7 +137,7 @@ class ReplicateShape:
         return dumps(self.prediction(task))
 
     def webhook_body(self, task: Task, event: str) -> bytes:
-        return self.render(task)  # replicate posts the prediction as it is at the event
+        return task.body  # replicate posts the prediction as it is at the event
 
     def error_body(self, status: int, message: str) -> bytes:
         return dumps({"title": TITLES.get(status, "Error"), "detail": message, "status": status})

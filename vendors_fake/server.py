@@ -42,6 +42,7 @@ from vendors_fake.core import (
     REJECTED_ERROR,
     TRANSIENT_ERROR,
     RouteGroup,
+    RunningLoop,
     Shape,
     VendorCore,
 )
@@ -80,19 +81,6 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-class _RunningLoop:
-    """The core's scheduler: the event loop running at the time of the call."""
-
-    def time(self) -> float:
-        try:
-            return asyncio.get_running_loop().time()
-        except RuntimeError:  # not started yet; asyncio's loop.time() is this clock too
-            return time.monotonic()
-
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Any:
-        return asyncio.get_running_loop().call_later(delay, callback, *args)
-
-
 class FakeVendor:
     """One fake vendor server. Independent of jobline's config: give it a shape, a profile,
     the API key it accepts, the secret it signs replicate webhooks with, and a seed (fal
@@ -116,7 +104,7 @@ class FakeVendor:
             seed=seed,
             api_key=api_key,
             webhook_secret=webhook_secret,
-            scheduler=_RunningLoop(),
+            scheduler=RunningLoop(),
             wall_clock=wall_clock,
             post_webhook=self._post_webhook,
         )
