@@ -28,10 +28,12 @@ On start the processor loads every ``queued`` or ``processing`` job the ledger s
 on its vendor: ``processing`` jobs are resumed by polling their vendor task id (never
 submitted again) and take a slot each; ``queued`` jobs go back in the queue.
 
-A processor stopped between a submit and its MarkProcessing leaves a vendor task whose
-id nobody recorded: the ledger marks that submit "in doubt". Such a task cannot be
-polled or canceled, but it counts against the vendor's limit, so on start the processor
-holds a slot for each submit in doubt until the task shows itself (a webhook: its URL
+A submit whose answer was lost (a timeout, a 5xx, a connection cut: the vendor may have
+created the task), and a processor stopped between a submit and its MarkProcessing,
+leave a vendor task whose id nobody recorded: the submit is "in doubt" (the ledger marks
+it until the attempt is recorded or retried). Such a task cannot be polled or canceled,
+but it counts against the vendor's limit, so the processor holds a slot for it (on start,
+for each submit in doubt in the ledger) until the task shows itself (a webhook: its URL
 names the job and attempt) or until the vendor must have ended it (``max_task_time``,
 which replicate enforces through ``Cancel-After``). The job itself goes on with a new
 attempt: done twice at the vendor, charged once.
@@ -61,6 +63,7 @@ from runtime.errors import (
     VendorTaskFailed,
     VendorTimeout,
     VendorTransientError,
+    VendorUnavailable,
 )
 from runtime.models import (
     Fail,
@@ -367,6 +370,10 @@ class VendorProcessor:
                         )
                 except VendorError as exc:
                     self._record_vendor_result(exc)
+                    if isinstance(exc, VendorTimeout | VendorUnavailable):
+                        # In doubt: the vendor may have created the task and lost only
+                        # the answer. It counts against the limit until it shows itself.
+                        self._hold_for_unrecorded(job)
                     slot.release()
                     await self._after_failure(held, attempt, exc)
                     return
