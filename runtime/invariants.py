@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+from runtime.ledger_schema import memory_uri
 from runtime.models import Violation
 from runtime.states import TERMINAL, JobStatus
 
@@ -29,12 +30,17 @@ _SETTLEMENT = {
 }
 
 
-def check_invariants(db_path: str | Path) -> list[Violation]:
-    """Every violation of I1, I2 and I5 in the ledger database at ``db_path``."""
+def check_invariants(db_path: str | Path, *, memory: bool = False) -> list[Violation]:
+    """Every violation of I1, I2 and I5 in the ledger database at ``db_path`` (``memory``:
+    the in-memory database of that name open in this process, ``LedgerMode.memory``)."""
     path = Path(db_path)
-    if not path.is_file():
+    if memory:
+        uri = memory_uri(path)
+    elif not path.is_file():
         raise FileNotFoundError(f"no ledger database at {path}")
-    conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=rw", uri=True)
+    else:
+        uri = f"file:{quote(str(path.resolve()))}?mode=rw"
+    conn = sqlite3.connect(uri, uri=True)
     try:
         conn.execute("PRAGMA query_only = ON")
         conn.execute("BEGIN")  # one snapshot for every query below

@@ -68,7 +68,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runtime import ledger_reads as reads
-from runtime.invariants import check_invariants
 from runtime.errors import (
     AccountNotFound,
     DeadLetterNotFound,
@@ -80,6 +79,7 @@ from runtime.errors import (
     LedgerUnavailable,
     TooManyJobsInFlight,
 )
+from runtime.invariants import check_invariants
 from runtime.ledger_schema import (
     BUSY_TIMEOUT_S,
     JOB_COLUMNS,
@@ -814,12 +814,15 @@ class LedgerMode:
     a commit's fsync never blocks the event loop. ``inline=True`` (a simulation on
     virtual time): every call runs on the event loop itself, one after the other, so no
     thread runs and a seeded run is repeatable. ``durable=False`` turns SQLite's
-    ``synchronous`` off: a crash of the machine may lose the last commits, which only a
-    simulation, whose database is thrown away at the end, can accept.
+    ``synchronous`` off: a crash of the machine may lose the last commits; ``memory=True``
+    keeps the whole database in this process's memory (SQLite's shared cache, named after
+    the path; gone when its last connection closes). Only a simulation, whose database is
+    thrown away at the end, can accept either.
     """
 
     inline: bool = False
     durable: bool = True
+    memory: bool = False
 
 
 class _Connection:
@@ -849,10 +852,12 @@ class _Connection:
             raise _unavailable(exc) from exc
 
     async def open(
-        self, path: Path, busy_timeout_s: float, *, writer: bool, durable: bool = True
+        self, path: Path, busy_timeout_s: float, *, writer: bool, mode: LedgerMode
     ) -> None:
         def opened(_: None) -> sqlite3.Connection:
-            conn = connect(path, busy_timeout_s=busy_timeout_s, durable=durable)
+            conn = connect(
+                path, busy_timeout_s=busy_timeout_s, durable=mode.durable, memory=mode.memory
+            )
             if writer:
                 migrate(conn)
             else:
@@ -868,12 +873,12 @@ class _Connection:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)``, blocking work that needs no connection of ours: on a thread of
-        its own, or inline."""
+    async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, blocking work that needs no connection of ours: on a
+        thread of its own, or inline."""
         if self._executor is None:
-            return fn(*args)
-        return await asyncio.to_thread(fn, *args)
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 @dataclass(slots=True)
@@ -927,10 +932,9 @@ class Ledger:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         ledger = cls(path, clock, mode)
-        durable = mode.durable
         try:
-            await ledger._writer.open(path, busy_timeout_s, writer=True, durable=durable)
-            await ledger._reader.open(path, busy_timeout_s, writer=False, durable=durable)
+            await ledger._writer.open(path, busy_timeout_s, writer=True, mode=mode)
+            await ledger._reader.open(path, busy_timeout_s, writer=False, mode=mode)
         except BaseException:
             await ledger._writer.close()
             await ledger._reader.close()
@@ -1017,7 +1021,7 @@ class Ledger:
         """Every violation of I1, I2 and I5 in the database now
         (``runtime.invariants.check_invariants``: a connection of its own, off the event
         loop unless the ledger runs inline)."""
-        return await self._reader.offload(check_invariants, self.path)
+        return await self._reader.offload(check_invariants, self.path, memory=self.mode.memory)
 
     # --- reads ---
 
