@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtests import bench_fake, bench_ledger, bench_runtime
+from loadtests import bench_fake, bench_ledger, bench_runtime, bench_sim
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     runtime = asyncio.run(bench_runtime.run(quick=args.quick))
     results.update(runtime)
     print(bench_runtime.render(runtime))
+
+    print("\n== the simulator: its speed, and the same traffic simulated and run for real")
+    results["simulator"] = bench_sim.run(quick=args.quick)
+    print(bench_sim.render(results["simulator"]))
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -47,6 +47,11 @@ class MemoryResultStore:
             self._bytes[key] = data
             self.kept += len(data)
 
+    def release(self) -> None:
+        """Forget every result (the run is over)."""
+        self.results.clear()
+        self._bytes.clear()
+
     async def get(self, key: str) -> bytes:
         data = self._bytes.get(check_key(key))
         if data is None:

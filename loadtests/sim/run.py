@@ -142,7 +142,7 @@ async def _run_world(settings: SimSettings, world: World) -> SimResult:
         world.watch.finish(await world.full_check())
     finally:
         await world.stop()
-    return SimResult(
+    result = SimResult(
         seed=settings.seed,
         trace_hash=world.trace.digest(),
         events=world.trace.events,
@@ -163,6 +163,8 @@ async def _run_world(settings: SimSettings, world: World) -> SimResult:
         faults=list(settings.faults),
         settings=settings,
     )
+    world.release()
+    return result
 
 
 async def _fault_at(world: World, fault: Fault) -> None:

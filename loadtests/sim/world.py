@@ -202,6 +202,18 @@ class World:
             self._disk.close()
             self._disk = None
 
+    def release(self) -> None:
+        """Drop what the run held (results, the fakes' tasks, the shadow ledger) once its
+        result is taken. aiohttp keeps the middleware chains of the handlers it served in
+        a process-wide cache, and through them the gateway's context; without this, an
+        exploration of many seeds in one process would keep every run's memory."""
+        self.results.release()
+        for fake in self.vendors.fakes.values():
+            fake.core.tasks.clear()
+        self.watch.jobs.clear()
+        self.watch.ended.clear()
+        self.objects.clear()
+
     async def _start_role(self, role: str) -> None:
         built = build_role(role, self.config, self.wiring, self.ports)
         if isinstance(built, Gateway):  # no socket: its application answers in memory
