@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.clock import Clock
-from runtime.ledger import Ledger, LedgerMode
+from runtime.ledger import THREADED, Ledger, LedgerMode
 from runtime.models import (
     AccountPage,
     Balance,
@@ -35,7 +35,7 @@ log = get_logger("ledger")
 
 class CreditLedger:
     def __init__(
-        self, path: Path, clock: Clock, metrics: Metrics, mode: LedgerMode = LedgerMode()
+        self, path: Path, clock: Clock, metrics: Metrics, mode: LedgerMode = THREADED
     ) -> None:
         self._path = path
         self._clock = clock

@@ -34,7 +34,7 @@ from runtime.api import GatewayContext
 from runtime.clock import SYSTEM_CLOCK, Clock
 from runtime.config import JoblineConfig, VendorConfig
 from runtime.errors import ConfigError
-from runtime.ledger import LedgerMode
+from runtime.ledger import THREADED, LedgerMode
 from runtime.ports import LedgerPort, ProcessorPort
 from runtime.results import ResultStore
 from runtime.results_s3 import build_result_store
@@ -136,7 +136,7 @@ class Wiring:
     vendor_clients: Callable[[VendorConfig], VendorClient] = build_client
     result_stores: Callable[[JoblineConfig], ResultStore] = build_results
     tracers: Callable[[str, JoblineConfig], JobTracer] = tracer_for
-    ledger_mode: LedgerMode = LedgerMode()  # inline: no threads (a simulation)
+    ledger_mode: LedgerMode = THREADED  # inline: no threads (a simulation)
 
     def rng(self, role: str) -> random.Random:
         """The role's own generator: the same seed and role give the same stream."""

@@ -825,6 +825,9 @@ class LedgerMode:
     memory: bool = False
 
 
+THREADED = LedgerMode()  # the runtime's: a thread per connection, durable commits
+
+
 class _Connection:
     """One connection and where the work on it runs: on a thread of its own (the
     default), or inline on the event loop (``LedgerMode.inline``)."""
@@ -901,9 +904,7 @@ class Ledger:
     on the event loop, for a simulation).
     """
 
-    def __init__(
-        self, path: Path, clock: Callable[[], float], mode: LedgerMode = LedgerMode()
-    ) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float], mode: LedgerMode = THREADED) -> None:
         self.path = path
         self.mode = mode
         self._clock = clock
@@ -926,7 +927,7 @@ class Ledger:
         clock: Callable[[], float] = time.time,
         *,
         busy_timeout_s: float = BUSY_TIMEOUT_S,
-        mode: LedgerMode = LedgerMode(),
+        mode: LedgerMode = THREADED,
     ) -> Ledger:
         """Open (creating or migrating) the database at ``path`` and start the writer."""
         path = Path(path)

@@ -23,9 +23,10 @@ A task's phases change on scheduler timers: queued -> running (it is now *billab
 -> succeeded, failed, or canceled / aborted at its deadline (replicate's
 ``Cancel-After``: ``canceled`` once it ran, ``aborted`` before) or by a cancel. At each
 change the task's status JSON is due again (rendered by the shape when first read, then
-kept: a status read returns stored bytes) and the core sends the webhooks due, with their drawn faults: a task's webhooks
-leave in the order of its events (a delayed one holds back those after it), except the
-out-of-order fault, which withholds the progress event until after the final one. A
+kept: a status read returns stored bytes) and the core sends the webhooks due, with their
+drawn faults: a task's webhooks leave in the order of its events (a delayed one holds back
+those after it), except the out-of-order fault, which withholds the progress event until
+after the final one. A
 final event that is not delivered is retried with backoff; every attempt is signed
 afresh. The host gives the core the coroutine that posts a webhook.
 
