@@ -150,15 +150,13 @@ def _logs(task: Task) -> str:
     """The prediction's logs so far: progress lines up to its drawn size once it runs."""
     if task.phase is Phase.QUEUED or task.fate.logs_bytes <= 0:
         return ""
-    lines = []
-    size = 0
-    step = 0
-    while size < task.fate.logs_bytes:
-        step += 1
-        line = f"{step:>6}it [00:{step % 60:02d}, 12.34it/s] denoising latents for {task.id}\n"
-        lines.append(line)
-        size += len(line)
-    return "".join(lines)[: task.fate.logs_bytes]
+    size = task.fate.logs_bytes
+    # Every line is at least as long as the first: this many lines reach the size.
+    count = -(-size // len(f"{1:>6}it [00:01, 12.34it/s] denoising latents for {task.id}\n"))
+    tail = f", 12.34it/s] denoising latents for {task.id}\n"
+    return "".join([f"{step:>6}it [00:{step % 60:02d}{tail}" for step in range(1, count + 1)])[
+        :size
+    ]
 
 
 def _iso(wall: float | None) -> str | None:
