@@ -83,9 +83,13 @@ class WatchedLedger:
     """The ledger port every role uses: the current ledger object, watched and faulted."""
 
     def __init__(self, world: World) -> None:
-        self._world = world
+        self._world: World = world
         self.down_until = -1.0
         self.lost_until = -1.0
+
+    def release(self) -> None:
+        """The run is over: let go of its world (aiohttp's handler cache keeps this)."""
+        del self._world
 
     async def execute_many(self, ops: Sequence[LedgerOp]) -> list[Outcome]:
         world = self._world
@@ -107,6 +111,8 @@ class WatchedLedger:
         return len(self._world.watch.violations)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # _world, once released
+            raise AttributeError(name)
         world = self._world
         target = getattr(world.ledger_object(), name)
 
@@ -210,9 +216,12 @@ class World:
         self.results.release()
         for fake in self.vendors.fakes.values():
             fake.core.tasks.clear()
+            fake.core.stats.attempts.clear()
         self.watch.jobs.clear()
         self.watch.ended.clear()
+        self.trace.recent.clear()
         self.objects.clear()
+        self.ledger.release()
 
     async def _start_role(self, role: str) -> None:
         built = build_role(role, self.config, self.wiring, self.ports)
