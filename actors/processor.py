@@ -539,17 +539,21 @@ class VendorProcessor:
         route = self.config.models[job.model].route
         position = job.route_position + 1
         target = route[position].vendor
-        outcome = await self._op(
-            ScheduleRetry(
-                job.id,
-                job.attempts if attempt is None else attempt,
-                self._clock.time(),
-                f"failover from {self.vendor.name}: {reason}",
-                position,
-                target,
+        try:
+            outcome = await self._op(
+                ScheduleRetry(
+                    job.id,
+                    job.attempts if attempt is None else attempt,
+                    self._clock.time(),
+                    f"failover from {self.vendor.name}: {reason}",
+                    position,
+                    target,
+                )
             )
-        )
-        self._drop(job.id)
+        finally:
+            # Not held here any more, whatever the ledger answered: a job the ledger still
+            # has queued on this vendor is handed back by the sweeper, and adopted.
+            self._drop(job.id)
         if not outcome.changed:
             return
         self._counters["failovers"] += 1
@@ -565,9 +569,11 @@ class VendorProcessor:
             log.warning("failover dispatch failed", extra={"job_id": job.id, "vendor": target})
 
     async def _fail(self, job: Job, error: str, *, expired: bool = False) -> None:
-        with self._span("settle", job, outcome="failed", error=error):
-            outcome = await self._op(Fail(job.id, error, expired=expired))
-        self._drop(job.id)
+        try:
+            with self._span("settle", job, outcome="failed", error=error):
+                outcome = await self._op(Fail(job.id, error, expired=expired))
+        finally:
+            self._drop(job.id)  # the sweeper hands back a job the ledger has not ended
         if outcome.changed:
             self._counters["failed"] += 1
             self._finisher.count_terminal(outcome.value)
@@ -699,4 +705,11 @@ class VendorProcessor:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._step_ended)
+
+    def _step_ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The ledger or a vendor failed under a background step (a failover, a drop, a
+            # cancel): the job stays in the ledger, where the sweeper finds it.
+            log.error("background step failed", exc_info=task.exception())

@@ -133,3 +133,20 @@ def test_faults_come_in_where_the_schedule_says(config: JoblineConfig) -> None:
     by_status = {job.status.value for job in result.jobs}
     assert by_status <= {"completed", "failed", "canceled"}
     assert result.clients.accepted == 150 and len(result.jobs) == 150
+
+
+def test_a_failover_the_ledger_refused_leaves_the_job_to_the_sweeper(config: JoblineConfig) -> None:
+    """Field case of the simulation (flaky, seed 1; fal down and the ledger's writes failing
+    now and then, both for a minute): fal's circuit opened and its queued jobs were handed
+    to replicate in background steps; when the ledger refused one of those writes, the
+    step died with the exception nobody retrieved and the job stayed "held" by fal's
+    processor, which then refused the sweeper's hand-back: the job sat until its deadline
+    (15 minutes) and was refunded. A failover or a failure the ledger refused now lets go
+    of the job, and a background step that fails is logged."""
+    roles = ["ledger", "sweeper", "processor-fal", "processor-replicate", "gateway-0"]
+    faults = parse_schedule("outage:fal@1+60,ledger-flaky:ledger@1+60", list(config.vendors), roles)
+    traffic = Traffic(rate=10.0, jobs=150, accounts=2)
+    result = simulate(SimSettings(config, preset("flaky"), traffic, 1, faults))
+    assert result.violations == [] and result.unhandled == 0
+    assert result.counts.expired == 0
+    assert result.virtual_seconds < 400  # over long before any deadline
