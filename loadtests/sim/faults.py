@@ -13,6 +13,8 @@ The faults are the chaos suite's, acted out in one process:
                   reloads from the ledger, as a Ray restart does)
     ledger-down   every ledger call fails (nothing written) for a while
     ledger-lost   ledger writes commit, but their answer is lost (the caller sees an error)
+    ledger-flaky  a third of the ledger's write batches fail (nothing written; reads work),
+                  as a disk that errs now and then
 
 A fault is written ``kind:target@at+length`` (seconds of virtual time; ``target`` is a
 vendor, a role such as ``processor-fal``, ``sweeper``, ``gateway-0``, ``ledger``, or
@@ -31,7 +33,7 @@ from typing import Any
 
 VENDOR_FAULTS = ("outage", "slowdown", "storm-429", "webhooks", "lost-answers", "hangs")
 ROLE_FAULTS = ("crash",)
-LEDGER_FAULTS = ("ledger-down", "ledger-lost")
+LEDGER_FAULTS = ("ledger-down", "ledger-lost", "ledger-flaky")
 KINDS = (*VENDOR_FAULTS, *ROLE_FAULTS, *LEDGER_FAULTS)
 
 # Each vendor fault's change to the vendor's fault profile while it lasts.

@@ -78,6 +78,8 @@ class SimResult:
     faults: list[Fault]
     settings: SimSettings
     errors_logged: int = 0  # jobline's own error logs during the run (in the trace)
+    unhandled: int = 0  # exceptions no task handled: each one is a bug
+    unhandled_seen: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -116,6 +118,8 @@ async def _simulate(settings: SimSettings, data: Path) -> SimResult:
         with logs_in_trace(world.trace) as logs:
             result = await _run_world(settings, world)
         result.errors_logged = logs.errors
+        result.unhandled = world.unhandled
+        result.unhandled_seen = world.unhandled_seen
         return result
     finally:
         if sink is not None:
@@ -142,6 +146,9 @@ async def _run_world(settings: SimSettings, world: World) -> SimResult:
         world.watch.finish(await world.full_check())
     finally:
         await world.stop()
+    if world.unhandled:  # a task died of an exception nobody handled: a bug, whatever it broke
+        first = world.unhandled_seen[0] if world.unhandled_seen else "?"
+        world.watch.violation("bug", "unhandled", f"{world.unhandled} exceptions: {first}")
     result = SimResult(
         seed=settings.seed,
         trace_hash=world.trace.digest(),

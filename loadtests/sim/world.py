@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
+import random
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -82,10 +84,14 @@ class _DownRole:
 class WatchedLedger:
     """The ledger port every role uses: the current ledger object, watched and faulted."""
 
+    FLAKY_SHARE = 1 / 3  # of the write batches that fail while the ledger is flaky
+
     def __init__(self, world: World) -> None:
         self._world: World = world
         self.down_until = -1.0
         self.lost_until = -1.0
+        self.flaky_until = -1.0
+        self._rng = random.Random(f"{world.seed}:ledger-faults")
 
     def release(self) -> None:
         """The run is over: let go of its world (aiohttp's handler cache keeps this)."""
@@ -97,6 +103,9 @@ class WatchedLedger:
         if now < self.down_until:
             world.trace.add("ledger-refused", len(ops))
             raise LedgerUnavailable("the ledger is down (simulated)")
+        if now < self.flaky_until and self._rng.random() < self.FLAKY_SHARE:
+            world.trace.add("ledger-failed", len(ops))
+            raise LedgerUnavailable("disk I/O error (simulated)")
         outcomes = await world.ledger_object().execute_many(ops)
         world.watch.batch(ops, outcomes)
         if world.clock.elapsed() < self.lost_until:
@@ -181,6 +190,9 @@ class World:
             vendors=list(self.config.vendors),
         )
         self.api: InMemoryApi | None = None
+        self.unhandled = 0  # exceptions no task handled (found when the task is collected:
+        self.unhandled_seen: list[str] = []  # counted, kept out of the trace, whose order
+        # must not depend on when the garbage collector runs)
         self._disk: sqlite3.Connection | None = None
         self.roles = all_roles(self.config, gateways=1)
         self._base_profiles = {name: fake.core.profile for name, fake in self.vendors.fakes.items()}
@@ -192,6 +204,7 @@ class World:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        asyncio.get_running_loop().set_exception_handler(self._unhandled)
         # The database is in memory and lives while a connection is open: this one keeps
         # it across a crash of the ledger, as the disk would.
         self._disk = sqlite3.connect(memory_uri(self.config.storage.database), uri=True)
@@ -204,9 +217,21 @@ class World:
                 await self._stop_role(role)
         for fake in self.vendors.fakes.values():
             await asyncio.gather(*fake.core.stop_pending(), return_exceptions=True)
+        self.objects.clear()
+        gc.collect()  # tasks that died with an exception nobody retrieved report it now
         if self._disk is not None:
             self._disk.close()
             self._disk = None
+
+    def _unhandled(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """An exception no task handled (asyncio would log "Task exception was never
+        retrieved"): a bug of whoever started the task; counted, and the first ones kept."""
+        error = context.get("exception")
+        where = context.get("future") or context.get("handle")
+        name = getattr(getattr(where, "get_coro", lambda: None)(), "__qualname__", "")
+        self.unhandled += 1
+        if len(self.unhandled_seen) < 10:
+            self.unhandled_seen.append(f"{name}: {error!r}")
 
     def release(self) -> None:
         """Drop what the run held (results, the fakes' tasks, the shadow ledger) once its
@@ -306,6 +331,9 @@ class World:
             await self.clock.sleep(fault.length)
         elif fault.kind == "ledger-lost":
             self.ledger.lost_until = max(self.ledger.lost_until, fault.at + fault.length)
+            await self.clock.sleep(fault.length)
+        elif fault.kind == "ledger-flaky":
+            self.ledger.flaky_until = max(self.ledger.flaky_until, fault.at + fault.length)
             await self.clock.sleep(fault.length)
         self.trace.add("fault-over", str(fault))
 
