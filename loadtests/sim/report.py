@@ -91,6 +91,8 @@ def build_report(result: SimResult) -> dict[str, Any]:
             "held": result.ok,
             "violations": [str(v) for v in result.violations[:100]],
             "trace_before_first": result.context,
+            "errors_logged_by_jobline": result.errors_logged,
+            "exceptions_no_task_handled": result.unhandled,
         },
         "jobs": {
             "submitted": result.clients.submitted,
@@ -268,6 +270,10 @@ def render_text(report: dict[str, Any]) -> str:
         "  invariants I1-I6       "
         + ("all held" if invariants["held"] else f"VIOLATED: {invariants['violations'][0]}")
     )
+    if invariants["errors_logged_by_jobline"]:
+        lines.append(
+            f"  errors jobline logged  {invariants['errors_logged_by_jobline']} (in the trace)"
+        )
     if run["faults"]:
         lines.append(f"  faults                 {','.join(run['faults'])}")
     lines.append(f"  trace hash             {run['trace_hash']}  ({run['events']} events)")

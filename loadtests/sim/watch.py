@@ -24,7 +24,8 @@ Every virtual second (:meth:`Watch.tick`) it checks what changes with time:
 And when 1000, 2000, 4000, ... jobs have ended, and at the end, the ledger's database is
 read whole by ``runtime.invariants`` (I1, I2, I5 again, trusting nothing the shadow or the
 writer keeps). I6 is probed by the clients (``loadtests.sim.clients``): another account's
-job is ``404``, a forged webhook is refused and changes nothing.
+job is ``404``, a forged webhook is refused and changes nothing. And an exception that no
+task handled is reported as a ``bug`` finding at the end (``loadtests.sim.run``).
 """
 
 from __future__ import annotations
