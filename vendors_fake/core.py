@@ -480,6 +480,7 @@ class VendorCore:
         rejected = phase is Phase.FAILED and task.outcome is Outcome.REJECT
         self.stats.task_ended(phase, rejected=rejected)
         self.webhooks.emit(task, self.shape.final_event, stale_after=stale_body)
+        task.rendered = None  # rendered again if read: a long run keeps no bodies of ended tasks
         if task.waiters:
             for waiter in task.waiters:
                 if not waiter.done():
