@@ -413,11 +413,20 @@ class VendorCore:
 
     def file_downloaded(self, task: Task, name: str) -> None:
         task.downloaded.add(name)
+        self._forget_body_once_delivered(task)
 
     def result_read(self, task: Task) -> None:
         """The client read the task's finished result (its outputs, when it has no files)."""
         if task.phase is Phase.SUCCEEDED:
             task.result_read = True
+            self._forget_body_once_delivered(task)
+
+    @staticmethod
+    def _forget_body_once_delivered(task: Task) -> None:
+        """A delivered task is rarely read again: its status JSON (a replicate prediction
+        carries its logs) is rendered again if it is, so a long run does not keep them."""
+        if task.delivered:
+            task.rendered = None
 
     # --- phases ------------------------------------------------------------------------------
 
@@ -480,7 +489,6 @@ class VendorCore:
         rejected = phase is Phase.FAILED and task.outcome is Outcome.REJECT
         self.stats.task_ended(phase, rejected=rejected)
         self.webhooks.emit(task, self.shape.final_event, stale_after=stale_body)
-        task.rendered = None  # rendered again if read: a long run keeps no bodies of ended tasks
         if task.waiters:
             for waiter in task.waiters:
                 if not waiter.done():
