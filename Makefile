@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The suite needs the real Prometheus and a headless Chromium: installed here if missing.
+test: $(STAMP) prometheus browser-deps
 	$(BIN)/pytest -q
 
 demo: $(STAMP)

@@ -1,10 +1,23 @@
 """How a job's vendor task is finished and canceled: one path for the processor and the
 sweeper.
 
-- ``complete``: download the output, store it under a key with its real content type
-  (``runtime.results.sniff_content_type``), ``Complete`` the job (the capture), count it.
-  A download error propagates as the vendor client raised it: the caller decides
-  (the processor retries the download's job, the sweeper leaves it to the processor).
+- ``store_outputs``: every output of a succeeded task (``TaskStatus.outputs``: images
+  lists, video, audio, other files, JSON and text results), each
+
+  * checked against the vendor's output hosts (``runtime.origins``; refused unfetched:
+    ``OutputRefused``),
+  * read as a stream (a ``data:`` URI decoded, a JSON or text output as it is) into the
+    result store (``ResultStore.put_stream``) under the model's ``max_output_bytes``
+    (``OutputTooLarge`` past it),
+  * stored with the content type the vendor declared, checked against its first bytes
+    (``runtime.results.sniff_content_type``: the bytes win when they say what they are),
+  * under ``<job id><ext>`` for the first and ``<job id>-<n><ext>`` for the others.
+
+- ``complete``: ``store_outputs``, trying the *downloads* again with backoff (a timeout, a
+  5xx, the store unreachable) until the job's deadline, never the vendor task, then
+  ``Complete`` with every output (the capture), itself retried until it lands
+  (``actors.ledger_writes``). A file the vendor no longer has (``VendorTaskFailed``) is
+  the caller's to retry as a task: nothing else could bring it back.
 - ``cancel_at_vendor``: one try at canceling a task; True when the vendor took it (or
   will never run it).
 - ``vendor_model``: the vendor's model name for the job's place on its route.
@@ -12,18 +25,45 @@ sweeper.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from actors.ledger_writes import LedgerWriter
+from runtime.clock import Clock
 from runtime.config import JoblineConfig
-from runtime.errors import JoblineError, VendorPermanentError
-from runtime.models import Complete, Job, LedgerOp, Outcome
+from runtime.errors import (
+    JoblineError,
+    ResultStoreUnavailable,
+    ResultTooLarge,
+    VendorOutputTooLarge,
+    VendorPermanentError,
+    VendorTaskFailed,
+    VendorTransientError,
+)
+from runtime.models import Complete, Job, Outcome, StoredOutput
+from runtime.origins import refusal_of
 from runtime.results import ResultStore, result_key_for, sniff_content_type
 from runtime.telemetry import Metrics, get_logger
 from runtime.tracing import JobTracer
-from runtime.vendors import VendorClient
+from runtime.vendors import Output, VendorClient
 
 log = get_logger("finishing")
+
+SNIFF_BYTES = 64  # the first bytes a content type is checked against
+DOWNLOAD_BACKOFF = 0.5  # seconds before downloading again; doubles up to the cap
+DOWNLOAD_BACKOFF_CAP = 15.0
+
+
+class OutputRefused(VendorPermanentError):
+    """An output named a place outside the vendor's output hosts: nothing was fetched."""
+
+
+class OutputTooLarge(VendorOutputTooLarge):
+    """An output is larger than its model's ``max_output_bytes``: nothing of it was kept."""
+
+
+class DownloadsExpired(VendorTransientError):
+    """The job's deadline passed while its outputs could not be downloaded or stored."""
 
 
 def vendor_model(config: JoblineConfig, job: Job) -> str:
@@ -37,38 +77,102 @@ class JobFinisher:
     def __init__(
         self,
         config: JoblineConfig,
-        execute: Callable[[LedgerOp], Awaitable[Outcome]],
+        writer: LedgerWriter,
         clients: Mapping[str, VendorClient],
         results: ResultStore,
         metrics: Metrics,
         tracer: JobTracer,
+        clock: Clock,
     ) -> None:
         self._config = config
-        self._execute = execute
+        self._writer = writer
         self._clients = clients
         self._results = results
         self._metrics = metrics
         self._tracer = tracer
+        self._clock = clock
 
     async def complete(
-        self, job: Job, output_url: str, *, outcome: str = "completed", **span: Any
+        self,
+        job: Job,
+        outputs: Sequence[Output],
+        *,
+        retry_downloads: bool = True,
+        outcome: str = "completed",
+        **span: Any,
     ) -> Outcome:
-        """Download, store and Complete; the ledger's Outcome (``changed``: captured now).
-
-        Raises what the vendor client raises for the download (``VendorError``s).
-        """
+        """Store every output and ``Complete`` the job; the ledger's Outcome (``changed``:
+        captured now). With ``retry_downloads``, a download or store that failed
+        transiently is tried again until the job's deadline (then ``DownloadsExpired``);
+        without, its error is raised. Raises ``OutputRefused``, ``OutputTooLarge``,
+        ``VendorTaskFailed`` (a file is gone) and other ``VendorPermanentError``s."""
+        stored = await self._store_until_deadline(job, outputs, retry_downloads, span)
         fields = {"job_id": job.id, "vendor": job.vendor, **span}
-        with self._tracer.span("download", job.trace_id, **fields):
-            data = await self._clients[job.vendor].fetch_output(output_url)
-            content_type = sniff_content_type(data)
-            key = result_key_for(job.id, content_type)
-            await self._results.put(key, data, content_type)
         with self._tracer.span("settle", job.trace_id, **fields, outcome=outcome):
-            result = await self._execute(Complete(job.id, key))
-        if result.error is None and result.changed:
+            op = Complete(job.id, stored[0].key, stored)
+            result = await self._writer.settle(op, job.deadline)
+        if result.changed:
             self._metrics.credits.labels("captured").inc(job.cost)
             self.count_terminal(result.value)
         return result
+
+    async def _store_until_deadline(
+        self, job: Job, outputs: Sequence[Output], retry: bool, span: dict[str, Any]
+    ) -> tuple[StoredOutput, ...]:
+        delay = DOWNLOAD_BACKOFF
+        while True:
+            try:
+                return await self.store_outputs(job, outputs, **span)
+            except (VendorTransientError, ResultStoreUnavailable, OSError) as exc:
+                if isinstance(exc, VendorTaskFailed) or not retry:
+                    raise
+                if self._clock.time() + delay >= job.deadline:
+                    message = f"outputs not stored by the deadline: {exc}"
+                    raise DownloadsExpired(job.vendor, message) from exc
+                log.warning(
+                    "output download failed; downloading again",
+                    extra={"job_id": job.id, "trace_id": job.trace_id, "error": str(exc)},
+                )
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, DOWNLOAD_BACKOFF_CAP)
+
+    async def store_outputs(
+        self, job: Job, outputs: Sequence[Output], **span: Any
+    ) -> tuple[StoredOutput, ...]:
+        """Every output into the result store, in order (see the module docstring)."""
+        if not outputs:
+            raise VendorTaskFailed(job.vendor, "the task succeeded without any output")
+        hosts = self._config.vendors[job.vendor].output_hosts or ()
+        for output in outputs:  # nothing is fetched if any one is refused
+            reason = refusal_of(output.value, hosts) if output.kind == "url" else None
+            if reason is not None:
+                raise OutputRefused(job.vendor, f"output {output.key or ''} refused: {reason}")
+        fields = {"job_id": job.id, "vendor": job.vendor, "outputs": len(outputs), **span}
+        with self._tracer.span("download", job.trace_id, **fields):
+            return tuple(
+                [await self._store_one(job, index, output) for index, output in enumerate(outputs)]
+            )
+
+    async def _store_one(self, job: Job, index: int, output: Output) -> StoredOutput:
+        cap = self._config.models[job.model].max_output_bytes
+        client = self._clients[job.vendor]
+        try:
+            async with client.download(output, trace_id=job.trace_id, max_bytes=cap) as download:
+                head, chunks = await _peek(download.chunks, SNIFF_BYTES)
+                declared = download.content_type or output.content_type
+                content_type = sniff_content_type(head, _media_type(declared))
+                name = job.id if index == 0 else f"{job.id}-{index}"
+                key = result_key_for(name, content_type)
+                size = await self._results.put_stream(key, chunks, content_type, cap)
+        except (ResultTooLarge, VendorOutputTooLarge):
+            raise self._too_large(job, index, cap) from None
+        return StoredOutput(key, content_type, size, output.file_name, output.key)
+
+    def _too_large(self, job: Job, index: int, cap: int) -> OutputTooLarge:
+        return OutputTooLarge(
+            job.vendor,
+            f"output {index} is larger than models.{job.model}.max_output_bytes ({cap} bytes)",
+        )
 
     def count_terminal(self, job: Job) -> None:
         """A job this actor settled: by model, vendor and status, and how long it took."""
@@ -86,3 +190,27 @@ class JobFinisher:
             log.warning("vendor cancel failed", extra={"job_id": job.id, "error": str(exc)})
             return isinstance(exc, VendorPermanentError)  # the vendor will never take it
         return True
+
+
+def _media_type(declared: str | None) -> str | None:
+    """A declared content type worth keeping: not empty, not the generic octet stream."""
+    if not declared or declared.split(";", 1)[0].strip().lower() == "application/octet-stream":
+        return None
+    return declared
+
+
+async def _peek(chunks: AsyncIterator[bytes], size: int) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The first ``size`` bytes (fewer if there are no more), and every byte as chunks."""
+    head = b""
+    async for chunk in chunks:
+        head += chunk
+        if len(head) >= size:
+            break
+
+    async def everything() -> AsyncIterator[bytes]:
+        if head:
+            yield head
+        async for chunk in chunks:
+            yield chunk
+
+    return head[:size], everything()

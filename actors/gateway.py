@@ -4,6 +4,11 @@ Replicas bind the same host and port with ``SO_REUSEPORT``, so the kernel spread
 connections over them and any one can die without the others noticing. A replica keeps
 nothing that another replica or a restart needs: jobs, money and webhook receipts live
 in the ledger.
+
+Slow clients are timed out (``[gateway]``): aiohttp closes a connection idle for
+``idle_timeout`` (one that never sends a byte too), ``runtime.api.limits``'s guard one
+whose request head takes longer than ``header_timeout``, and the API a body slower than
+``body_timeout`` (408; what is left of it is drained for at most as long).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from runtime.api import GatewayContext, build_app
+from runtime.api.limits import GuardedSite, SlowClientGuard
 from runtime.telemetry import Family, get_logger
 
 log = get_logger("gateway")
@@ -24,17 +30,25 @@ class Gateway:
         self.host = host
         self.port = port  # the bound port once started (port 0 picks a free one)
         self._runner: web.AppRunner | None = None
+        self.guard: SlowClientGuard | None = None
 
     async def start(self) -> int:
         """Serve the API; returns the bound port. Starting twice is a no-op."""
         if self._runner is not None:
             return self.port
+        gateway = self.ctx.config.gateway
+        self.guard = SlowClientGuard(gateway.header_timeout)
         runner = web.AppRunner(
-            build_app(self.ctx), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
+            build_app(self.ctx, guard=self.guard),
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            keepalive_timeout=gateway.idle_timeout,
+            # A body the handler did not read (a refusal) is drained at most this long.
+            lingering_time=gateway.body_timeout,
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port, reuse_port=True)
+            site = GuardedSite(runner, self.host, self.port, self.guard)
             await site.start()
         except BaseException:
             await runner.cleanup()

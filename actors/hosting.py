@@ -44,6 +44,7 @@ from actors.wiring import (
     secret_env_names,
 )
 from runtime.config import JoblineConfig
+from runtime.errors import ActorCallFailed, JoblineError
 from runtime.ports import LedgerPort, ProcessorPort
 from runtime.telemetry import Family, configure_logging, get_logger
 from runtime.tracing import TRACING_ENV
@@ -55,7 +56,14 @@ log = get_logger("hosting")
 
 
 class RemoteProxy:
-    """``await proxy.method(*args)`` runs ``method`` on the object inside a Ray actor."""
+    """``await proxy.method(*args)`` runs ``method`` on the object inside a Ray actor.
+
+    What the remote method raised comes back as itself when it is a ``JoblineError``
+    (Ray's wrapper would make its message the remote traceback, which must not reach an
+    HTTP answer); any other exception it raised is an ``ActorCallFailed`` (a bug there:
+    retrying cannot help), its traceback logged here. Ray's own failures to reach the
+    actor (it died, is restarting) stay Ray's errors: the caller may retry those.
+    """
 
     def __init__(self, handle: Any) -> None:
         self._handle = handle
@@ -66,9 +74,20 @@ class RemoteProxy:
         handle = self._handle
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            return await handle.call.remote(name, *args, **kwargs)
+            try:
+                return await handle.call.remote(name, *args, **kwargs)
+            except ray.exceptions.RayTaskError as exc:
+                raise _remote_error(exc, name) from None
 
         return call
+
+
+def _remote_error(exc: ray.exceptions.RayTaskError, method: str) -> BaseException:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, JoblineError | ray.exceptions.RayError | OSError | TimeoutError):
+        return cause
+    log.error("remote call %s raised: %s", method, exc)
+    return ActorCallFailed(method, type(cause).__name__ if cause is not None else "error")
 
 
 class _ActorHost:

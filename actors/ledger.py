@@ -16,13 +16,18 @@ from pathlib import Path
 from runtime.clock import Clock
 from runtime.ledger import THREADED, Ledger, LedgerMode
 from runtime.models import (
+    AccountLimits,
     AccountPage,
+    ApiKeyPage,
     Balance,
-    CreditEntry,
-    DeadLetter,
+    DeadLetterPage,
+    EntryPage,
     Job,
     JobHistoryEntry,
+    KeyMatch,
+    KeyRevocation,
     LedgerOp,
+    Orphan,
     Outcome,
     Page,
 )
@@ -102,6 +107,9 @@ class CreditLedger:
     async def submits_in_doubt(self, vendor: str, updated_after: float) -> list[Job]:
         return await self.ledger.submits_in_doubt(vendor, updated_after)
 
+    async def orphans(self, vendor: str, now: float) -> list[Orphan]:
+        return await self.ledger.orphans(vendor, now)
+
     async def jobs_by_status(
         self, status: JobStatus, updated_before: float | None = None, limit: int = 1000
     ) -> list[Job]:
@@ -126,19 +134,41 @@ class CreditLedger:
     async def accounts(self, limit: int = 50, cursor: str | None = None) -> AccountPage:
         return await self.ledger.accounts(limit, cursor)
 
-    async def statement(self, account_id: str) -> list[CreditEntry]:
-        return await self.ledger.statement(account_id)
+    async def statement(
+        self,
+        account_id: str,
+        limit: int = 100,
+        cursor: str | None = None,
+        newest_first: bool = False,
+    ) -> EntryPage:
+        return await self.ledger.statement(account_id, limit, cursor, newest_first)
 
     async def balance(self, account_id: str) -> Balance:
         return await self.ledger.balance(account_id)
 
-    async def account_for_key(self, api_key_hash: str) -> str | None:
-        return await self.ledger.account_for_key(api_key_hash)
+    async def keys_for_hashes(self, key_hashes: Sequence[str]) -> list[KeyMatch | None]:
+        return await self.ledger.keys_for_hashes(key_hashes)
+
+    async def revocations(
+        self, after_seq: int | None, limit: int = 1000
+    ) -> tuple[int, list[KeyRevocation]]:
+        return await self.ledger.revocations(after_seq, limit)
+
+    async def api_keys(
+        self, account_id: str, limit: int = 50, cursor: str | None = None
+    ) -> ApiKeyPage:
+        return await self.ledger.api_keys(account_id, limit, cursor)
+
+    async def account_limits(self, account_id: str) -> AccountLimits:
+        return await self.ledger.account_limits(account_id)
 
     async def dead_letters(
-        self, limit: int = 100, include_redriven: bool = False
-    ) -> list[DeadLetter]:
-        return await self.ledger.dead_letters(limit, include_redriven)
+        self, limit: int = 100, include_redriven: bool = False, cursor: str | None = None
+    ) -> DeadLetterPage:
+        return await self.ledger.dead_letters(limit, include_redriven, cursor)
+
+    async def open_dead_letters(self) -> int:
+        return await self.ledger.open_dead_letters()
 
     async def counts(self) -> dict[str, int]:
         return await self.ledger.counts()

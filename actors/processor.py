@@ -8,35 +8,40 @@ our cancel confirmed), so the vendor never sees more tasks from jobline than its
 
     queue (not_before order) ──slot + rate token + circuit──▶ attempt:
         StartAttempt ─▶ submit ─▶ MarkProcessing(task id) ─▶ wait (webhook | poll)
-        ─▶ slot freed ─▶ download ─▶ ResultStore ─▶ Complete (capture)
+        ─▶ slot freed ─▶ every output ─▶ ResultStore ─▶ Complete (capture)
+    submit in doubt ─▶ the task is looked for (actors.in_doubt): found ─▶ adopted, as
+                       if the submit had answered; none ─▶ retry; unknown ─▶ an orphan
+                       keeps a slot, the job retries
     transient error ─▶ ScheduleRetry (backoff) on this vendor, or fail over to the next
                        vendor of the route when this one's attempts are spent or its
-                       circuit is open
-    permanent error or route spent ─▶ Fail (release + dead letter)
+                       circuit is open; with no vendor left, wait for the circuit's probe
+    vendor-wide refusal (account, billing, model) ─▶ the circuit opens for
+                       circuit.refused_cooldown; fail over at once, or wait
+    permanent error ─▶ Fail (release + dead letter)
+
+How long a task may wait in the vendor's queue and run is its model's
+(``runtime.task_bounds``, ``actors.waiting``): a task reported queued or running within
+those bounds is never given up on; replicate is told the bound (``Cancel-After``).
 
 What happens after a failure is decided by a pure function of values
 (``runtime.policies.after_failure``), applied here. Slots are ``actors.slots.Slot``
-objects, whose release is idempotent; a download and the Complete go through
-``actors.finishing.JobFinisher``, which the sweeper shares.
+objects, whose release is idempotent; downloads and the Complete go through
+``actors.finishing.JobFinisher``, which the sweeper shares: a download or storage
+problem retries the download, never the vendor task.
 
 Every step is one ledger operation; the ledger's compare-and-set on ``attempt`` and its
 terminal guard make a stale or duplicate step a no-op, so a restarted processor, the
-sweeper and a late webhook can all touch one job without settling it twice. Ledger
-operations go through a Coalescer: concurrent jobs share one actor call.
+sweeper and a late webhook can all touch one job without settling it twice. The writes
+that end an attempt are retried until they land (``actors.ledger_writes``).
 
 On start the processor loads every ``queued`` or ``processing`` job the ledger says is
 on its vendor: ``processing`` jobs are resumed by polling their vendor task id (never
-submitted again) and take a slot each; ``queued`` jobs go back in the queue.
+submitted again) and take a slot each; ``queued`` jobs go back in the queue; a job whose
+last submit is in doubt (the processor stopped between the submit and recording the id)
+has its task looked for first, and every orphan the ledger knows keeps a slot.
 
-A submit whose answer was lost (a timeout, a 5xx, a connection cut: the vendor may have
-created the task), and a processor stopped between a submit and its MarkProcessing,
-leave a vendor task whose id nobody recorded: the submit is "in doubt" (the ledger marks
-it until the attempt is recorded or retried). Such a task cannot be polled or canceled,
-but it counts against the vendor's limit, so the processor holds a slot for it (on start,
-for each submit in doubt in the ledger) until the task shows itself (a webhook: its URL
-names the job and attempt) or until the vendor must have ended it (``max_task_time``,
-which replicate enforces through ``Cancel-After``). The job itself goes on with a new
-attempt: done twice at the vendor, charged once.
+Work paid for and thrown away is counted by reason in
+``jobline_vendor_wasted_tasks_total`` (``WASTE_REASONS``).
 """
 
 from __future__ import annotations
@@ -47,67 +52,53 @@ import heapq
 import itertools
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from actors.finishing import JobFinisher, vendor_model
+from actors.finishing import (
+    JobFinisher,
+    vendor_model,
+)
+from actors.in_doubt import Doubt, SubmitsInDoubt
+from actors.ledger_writes import LedgerWriter
+from actors.outcomes import HeldJob, Outcomes
 from actors.slots import Slot, Slots
-from runtime.batching import Coalescer
+from actors.waiting import Followed, TaskWaiter
 from runtime.clock import Clock
 from runtime.config import JoblineConfig, VendorConfig
 from runtime.errors import (
+    JoblineError,
+    LedgerUnavailable,
     VendorError,
-    VendorPermanentError,
-    VendorRefused,
-    VendorTaskFailed,
-    VendorTimeout,
+    VendorSubmitInDoubt,
     VendorTransientError,
-    VendorUnavailable,
 )
 from runtime.models import (
-    Fail,
     Job,
-    LedgerOp,
     MarkProcessing,
-    Outcome,
-    ScheduleRetry,
     StartAttempt,
 )
 from runtime.policies import (
     CircuitBreaker,
     CircuitState,
-    Failure,
     Next,
     TokenBucket,
-    after_failure,
-    classify,
     when_circuit_refuses,
 )
 from runtime.ports import LedgerPort, Router
 from runtime.results import ResultStore
 from runtime.states import JobStatus
+from runtime.task_bounds import TaskBounds, TaskWatch
 from runtime.telemetry import Family, Metrics, get_logger
 from runtime.tracing import JobTracer, Span
-from runtime.vendors import TaskState, TaskStatus, VendorClient, WebhookEvent
+from runtime.vendors import FoundTask, TaskState, TaskStatus, VendorClient, WebhookEvent
 from runtime.webhooks import ATTEMPT_PARAM, JOB_PARAM
 
 log = get_logger("processor")
 
 CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 EARLY_EVENT_TTL = 600.0  # seconds a webhook for a not-yet-known task is kept
-MAX_POLL_INTERVAL = 10.0
-
-
-@dataclass(slots=True)
-class _Held:
-    """A job this processor is responsible for right now."""
-
-    job: Job
-    task_id: str | None = None
-    cancel_requested: bool = False
-    queued: bool = False  # waiting in the queue (not in an attempt)
-    waiter: asyncio.Future[TaskStatus] | None = None
+START_BACKOFF = 1.0  # seconds before a job whose attempt could not be recorded is tried again
 
 
 class VendorProcessor:
@@ -129,35 +120,46 @@ class VendorProcessor:
         self.vendor = vendor
         self.config = config
         self._ledger = ledger
-        self._ops: Coalescer[LedgerOp, Outcome] = Coalescer(ledger.execute_many)
+        self._writer = LedgerWriter(ledger.execute_many, clock)
         self._client = client
         self._router = router
         self._clock = clock
-        self._rng = rng
-        self._retry = config.retry.policy()
         self._breaker = CircuitBreaker(config.circuit.policy())
         self._bucket = TokenBucket(vendor.requests_per_second or None)
         self.metrics = metrics
         self._tracer = tracer
         self._finisher = JobFinisher(
-            config, self._op, {vendor.name: client}, results, metrics, tracer
+            config, self._writer, {vendor.name: client}, results, metrics, tracer, clock
+        )
+        self._waiter = TaskWaiter(vendor, client, clock)
+        self._doubt = SubmitsInDoubt(
+            vendor, config, client, self._writer, self._waiter, clock, metrics, self._spawn
         )
         self._slots = slots
         slots.on_release(self._slot_freed)
         self._queue: list[tuple[float, int, str]] = []  # (not_before, seq, job id)
         self._seq = itertools.count()
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, HeldJob] = {}
         self._by_task: dict[str, str] = {}  # vendor task id -> job id
         self._early: dict[str, tuple[float, TaskStatus]] = {}  # webhooks before the task id
-        # Submits in doubt (job id, attempt) -> resolved when their task is seen ending.
-        self._unrecorded: dict[tuple[str, int], asyncio.Future[None]] = {}
-        # How long after its attempt was recorded such a task may still run: it was created
-        # within submit_timeout, and the vendor ends it task_lifetime after its creation.
-        self._unrecorded_lifetime = vendor.submit_timeout + vendor.task_lifetime
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pump_task: asyncio.Task[None] | None = None
-        self._counters = {"retries": 0, "failovers": 0, "completed": 0, "failed": 0}
+        self._outcomes = Outcomes(
+            vendor,
+            config,
+            writer=self._writer,
+            finisher=self._finisher,
+            router=router,
+            breaker=self._breaker,
+            rng=rng,
+            clock=clock,
+            metrics=metrics,
+            tracer=tracer,
+            requeue=self._requeue,
+            drop=self._drop,
+            on_circuit_change=self._publish_gauges,
+        )
         self.metrics.vendor_limit.labels(vendor.name).set(vendor.concurrency)
         for kind in ("captured", "released"):  # exported at 0 before the first event
             self.metrics.credits.labels(kind)
@@ -166,17 +168,22 @@ class VendorProcessor:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load this vendor's unfinished jobs from the ledger and start working."""
+        """Load this vendor's unfinished jobs, submits in doubt and orphans; start working."""
         if self._pump_task is not None:
             return
+        now = self._clock.time()
+        in_doubt = await self._ledger.submits_in_doubt(self.vendor.name, now - self._longest_life())
+        orphans = await self._ledger.orphans(self.vendor.name, now)
         jobs = await self._ledger.jobs_for_vendor(
             self.vendor.name, [JobStatus.QUEUED, JobStatus.PROCESSING]
         )
-        in_doubt = await self._ledger.submits_in_doubt(
-            self.vendor.name, self._clock.time() - self._unrecorded_lifetime
-        )
         for job in in_doubt:
-            self._hold_for_unrecorded(job)
+            self._take_in_doubt(job)
+        for orphan in orphans:
+            self._doubt.hold(
+                orphan.job_id, orphan.attempt, orphan.model, orphan.since, orphan.until,
+                self._slots.take(),
+            )  # fmt: skip
         for job in jobs:
             self._take(job)
         self._pump_task = asyncio.create_task(self._pump())
@@ -184,7 +191,8 @@ class VendorProcessor:
             "started",
             extra={
                 "vendor": self.vendor.name,
-                "error": f"recovered {len(jobs)} jobs, {len(in_doubt)} submits in doubt",
+                "error": f"recovered {len(jobs)} jobs, {len(in_doubt)} submits in doubt, "
+                f"{len(orphans)} orphans",
             },
         )
 
@@ -196,6 +204,15 @@ class VendorProcessor:
         self._pump_task = None
         with contextlib.suppress(Exception):
             await self._client.close()
+
+    def _longest_life(self) -> float:
+        """The longest a task of this vendor lives after its submit (any model on it)."""
+        lives = [
+            self.vendor.task_lifetime_for(model)
+            for model in self.config.models.values()
+            if any(step.vendor == self.vendor.name for step in model.route)
+        ]
+        return self.vendor.submit_timeout + max(lives, default=self.vendor.task_lifetime)
 
     # --- the port other actors call -----------------------------------------------------
 
@@ -211,15 +228,13 @@ class VendorProcessor:
         for event in events:
             job_id = self._by_task.get(event.task_id)
             held = self._held.get(job_id) if job_id else None
-            if held is not None and held.waiter is not None and not held.waiter.done():
-                if event.status.state.ended:
-                    held.waiter.set_result(event.status)
-            elif event.status.state.ended:
+            if held is not None and held.followed is not None:
+                held.followed.push(event.status)
+                continue
+            if job_id is None and self._doubt.on_event(event, now):
+                continue  # a submit in doubt resolved, or an orphan ended
+            if event.status.state.ended:
                 self._early[event.task_id] = (now, event.status)
-                if job_id is None and event.job_id is not None and event.attempt is not None:
-                    unrecorded = self._unrecorded.get((event.job_id, event.attempt))
-                    if unrecorded is not None and not unrecorded.done():
-                        unrecorded.set_result(None)  # that task ended: its slot is free
         self._forget_old_early_events(now)
 
     async def cancel_tasks(self, job_ids: Sequence[str]) -> None:
@@ -230,9 +245,12 @@ class VendorProcessor:
                 not_held.append(job_id)
                 continue
             held.cancel_requested = True
+            self._doubt.stop_waiting(job_id)
             if held.task_id is None:
                 self._wakeup.set()  # a queued job: the pump drops it
             else:
+                if held.followed is not None and held.followed.watch.started:
+                    self._outcomes.waste("client_canceled")
                 self._spawn(self._finisher.cancel_at_vendor(held.job, held.task_id))
         if not_held:
             # Not followed here (this processor restarted after the ledger ended the job,
@@ -256,9 +274,12 @@ class VendorProcessor:
             "inflight": self._slots.taken,
             "queued": len(self._queue),
             "held": len(self._held),
-            "unrecorded": len(self._unrecorded),
+            "unrecorded": self._doubt.held,
             "circuit": self._breaker.state(now).value,
-            **self._counters,
+            **self._outcomes.counters,
+            "in_doubt": dict(self._doubt.counts),
+            "wasted": {**self._outcomes.wasted, "late_orphan": self._doubt.counts["late_orphans"]},
+            "ledger_retries": self._writer.retried,
         }
 
     async def collect_metrics(self) -> list[Family]:
@@ -271,7 +292,7 @@ class VendorProcessor:
         """Hold a job the ledger says is ours; False if already held or not ours."""
         if job.id in self._held or job.terminal or job.vendor != self.vendor.name:
             return False
-        held = _Held(job, task_id=job.vendor_task_id)
+        held = HeldJob(job, task_id=job.vendor_task_id)
         self._held[job.id] = held
         if job.status is JobStatus.PROCESSING and job.vendor_task_id:
             slot = self._slots.take()  # the vendor is running it: it holds a slot already
@@ -281,6 +302,20 @@ class VendorProcessor:
             self._enqueue(held)
         self._publish_gauges()
         return True
+
+    def _take_in_doubt(self, job: Job) -> None:
+        """A job whose last submit is in doubt (this processor stopped mid-submit): its
+        task is looked for before anything else; a terminal job's keeps a slot."""
+        slot = self._slots.take()
+        since = job.updated_at  # its StartAttempt, just before the submit
+        model = vendor_model(self.config, job)
+        if job.terminal or job.status is not JobStatus.QUEUED:
+            until = since + self._doubt.lifetime(job)
+            self._doubt.hold(job.id, job.attempts, model, since, until, slot)
+            return
+        held = HeldJob(job)
+        self._held[job.id] = held
+        self._spawn(self._attempt_in_doubt(held, job.attempts, since, slot))
 
     async def _pump(self) -> None:
         """Start attempts while there are ready jobs, free slots, rate and circuit."""
@@ -315,10 +350,10 @@ class VendorProcessor:
             if not_before > now:
                 return not_before - now
             if not self._breaker.allow(now):
-                if when_circuit_refuses(self._has_next_vendor(held.job)) is Next.FAIL_OVER:
+                if when_circuit_refuses(self._outcomes.has_next_vendor(held.job)) is Next.FAIL_OVER:
                     heapq.heappop(self._queue)
                     held.queued = False
-                    self._spawn(self._fail_over(held, "circuit open"))
+                    self._spawn(self._outcomes.fail_over(held, "circuit open"))
                     continue
                 return max(self._breaker.delay_until_allowed(now), 0.05)  # Next.WAIT
             wait = self._bucket.reserve(now)
@@ -334,9 +369,9 @@ class VendorProcessor:
             held = self._held.get(entry[2])
             if held is None or not held.queued:
                 continue
-            if self._has_next_vendor(held.job) and not held.cancel_requested:
+            if self._outcomes.has_next_vendor(held.job) and not held.cancel_requested:
                 held.queued = False
-                self._spawn(self._fail_over(held, reason))
+                self._spawn(self._outcomes.fail_over(held, reason))
             else:
                 staying.append(entry)
         heapq.heapify(staying)
@@ -344,68 +379,128 @@ class VendorProcessor:
 
     # --- one attempt --------------------------------------------------------------------
 
-    async def _attempt(self, held: _Held, rate_wait: float, slot: Slot) -> None:
+    async def _attempt(self, held: HeldJob, rate_wait: float, slot: Slot) -> None:
         job = held.job
-        marked = False
         try:
-            with slot:
-                if rate_wait > 0:
-                    await self._clock.sleep(rate_wait)
-                attempt = job.attempts + 1
-                start = await self._op(
-                    StartAttempt(job.id, attempt, self.vendor.name, job.route_position)
-                )
-                job = held.job = start.value
-                if job.terminal or job.attempts != attempt or job.status is not JobStatus.QUEUED:
-                    return  # canceled, expired or taken over meanwhile
-                try:
-                    with self._span("vendor.submit", job, attempt=attempt):
-                        task_id = await self._client.submit(
-                            vendor_model(self.config, job),
-                            job.input,
-                            job_id=job.id,
-                            attempt=attempt,
-                            trace_id=job.trace_id,
-                            webhook_url=self._webhook_url(job.id, attempt),
-                        )
-                except VendorError as exc:
-                    self._record_vendor_result(exc)
-                    if isinstance(exc, VendorTimeout | VendorUnavailable):
-                        # In doubt: the vendor may have created the task and lost only
-                        # the answer. It counts against the limit until it shows itself.
-                        self._hold_for_unrecorded(job)
-                    slot.release()
-                    await self._after_failure(held, attempt, exc)
-                    return
-                held.task_id = task_id
-                self._by_task[task_id] = job.id
-                job = held.job = (await self._op(MarkProcessing(job.id, attempt, task_id))).value
-                marked = True
-                if job.terminal or held.cancel_requested:
-                    await self._finisher.cancel_at_vendor(job, task_id)
-                status = await self._traced_wait(held, task_id, attempt)
+            if rate_wait > 0:
+                await self._clock.sleep(rate_wait)
+            attempt = job.attempts + 1
+            if not await self._start_attempt(held, attempt):
                 slot.release()
-                await self._finish(held, attempt, status)
+                return
+            job = held.job
+            since = self._clock.time()
+            try:
+                with self._span("vendor.submit", job, attempt=attempt):
+                    task_id = await self._client.submit(
+                        vendor_model(self.config, job),
+                        job.input,
+                        job_id=job.id,
+                        attempt=attempt,
+                        trace_id=job.trace_id,
+                        webhook_url=self._webhook_url(job.id, attempt),
+                        cancel_after=self._cancel_after(job),
+                    )
+            except VendorSubmitInDoubt as exc:
+                self._breaker.record_failure(self._clock.time())
+                await self._resolve_doubt(held, attempt, since, slot, exc)
+                return
+            except VendorError as exc:
+                self._record_vendor_result(exc)
+                slot.release()
+                await self._outcomes.after_failure(held, attempt, exc)
+                return
+            await self._follow(
+                held, attempt, FoundTask(task_id, TaskStatus(TaskState.PENDING)), slot, since
+            )
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug or the ledger gone: the sweeper will recover the job
             log.exception("attempt crashed", extra={"job_id": job.id, "trace_id": job.trace_id})
-            if held.task_id is not None and not marked:
-                # The task runs with no record of its id: the job will get a new attempt,
-                # so nobody else would ever end this one.
-                self._spawn(self._cancel_unfollowed(job, held.task_id, self._slots.take()))
         finally:
+            slot.release()
             self._drop_unless_queued(held)
 
-    async def _resume(self, held: _Held, slot: Slot) -> None:
+    async def _start_attempt(self, held: HeldJob, attempt: int) -> bool:
+        """Record the attempt (StartAttempt); False if the job cannot go on now: ended,
+        taken over, or the ledger unreachable (then it is queued again, with a backoff)."""
+        job = held.job
+        op = StartAttempt(job.id, attempt, self.vendor.name, job.route_position)
+        try:
+            start = await self._writer.op(op)
+        except Exception as exc:  # the ledger unreachable: try again soon, do not strand it
+            if isinstance(exc, JoblineError) and not isinstance(exc, LedgerUnavailable):
+                raise
+            log.warning("attempt not recorded", extra={"job_id": job.id, "error": str(exc)})
+            self._enqueue(held, self._clock.time() + START_BACKOFF)
+            return False
+        job = held.job = start.value
+        return not (job.terminal or job.attempts != attempt or job.status is not JobStatus.QUEUED)
+
+    async def _attempt_in_doubt(
+        self, held: HeldJob, attempt: int, since: float, slot: Slot
+    ) -> None:
+        """A job found on start with its last submit in doubt: resolve it first."""
+        job = held.job
+        try:
+            reason = VendorSubmitInDoubt(self.vendor.name, "the processor stopped mid-submit")
+            await self._resolve_doubt(held, attempt, since, slot, reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("in-doubt recovery crashed", extra={"job_id": job.id})
+        finally:
+            slot.release()
+            self._drop_unless_queued(held)
+
+    async def _resolve_doubt(
+        self, held: HeldJob, attempt: int, since: float, slot: Slot, exc: VendorSubmitInDoubt
+    ) -> None:
+        """The submit's answer was lost: adopt its task, retry, or leave an orphan."""
+        job = held.job
+        model = vendor_model(self.config, job)
+        with self._span("vendor.in_doubt", job, attempt=attempt):
+            found = await self._doubt.resolve(job, attempt, model, since)
+        if isinstance(found, FoundTask):
+            await self._follow(held, attempt, found, slot, since)
+            return
+        if found is Doubt.UNKNOWN:
+            until = await self._doubt.record(job, attempt, model, since)
+            self._doubt.hold(job.id, attempt, model, since, until, slot.hand_over())
+        slot.release()
+        if not held.cancel_requested:
+            await self._outcomes.after_failure(held, attempt, exc)
+
+    async def _follow(
+        self, held: HeldJob, attempt: int, task: FoundTask, slot: Slot, since: float
+    ) -> None:
+        """Record the task's id, wait for its end, free the slot, and finish the job."""
+        job = held.job
+        held.task_id = task.task_id
+        self._by_task[task.task_id] = job.id
+        try:
+            marked = await self._writer.op(MarkProcessing(job.id, attempt, task.task_id))
+        except Exception:
+            # The task runs with no record of its id: the job will get a new attempt, so
+            # nobody else would ever end this one.
+            self._spawn(self._cancel_unfollowed(job, task.task_id, slot.hand_over()))
+            raise
+        job = held.job = marked.value
+        if job.terminal or held.cancel_requested:
+            await self._finisher.cancel_at_vendor(job, task.task_id)
+        status = await self._traced_wait(held, task.task_id, attempt, since, task.status)
+        slot.release()
+        await self._outcomes.finish(held, attempt, status)
+
+    async def _resume(self, held: HeldJob, slot: Slot) -> None:
         """A processing job found at start-up: poll its task, never submit it again."""
         job = held.job
         assert held.task_id is not None
         try:
             with slot:
-                status = await self._traced_wait(held, held.task_id, job.attempts)
+                status = await self._traced_wait(held, held.task_id, job.attempts, job.updated_at)
                 slot.release()
-                await self._finish(held, job.attempts, status)
+                await self._outcomes.finish(held, job.attempts, status)
         except asyncio.CancelledError:
             raise
         except Exception:  # the sweeper will recover the job
@@ -413,180 +508,40 @@ class VendorProcessor:
         finally:
             self._drop_unless_queued(held)
 
-    async def _traced_wait(self, held: _Held, task_id: str, attempt: int) -> TaskStatus | None:
-        with self._span("vendor.wait", held.job, attempt=attempt, task_id=task_id) as span:
-            status = await self._wait(held, task_id)
+    async def _traced_wait(
+        self,
+        held: HeldJob,
+        task_id: str,
+        attempt: int,
+        since: float,
+        known: TaskStatus | None = None,
+    ) -> TaskStatus | None:
+        """Wait for the task's end within its model's bounds (``actors.waiting``)."""
+        job = held.job
+        model = self.config.models[job.model]
+        bounds = TaskBounds(model.max_queue_time, model.max_run_time, self.vendor.stuck_after)
+        held.followed = followed = Followed(task_id, TaskWatch(bounds, since))
+        early = self._early.pop(task_id, None)
+        if early is not None:
+            known = early[1]
+        if known is not None:
+            followed.watch.saw(known.state, self._clock.time())
+        cancel_until = max(job.deadline, self._clock.time() + self._doubt.lifetime(job))
+        with self._span("vendor.wait", job, attempt=attempt, task_id=task_id) as span:
+            status = await self._waiter.wait(
+                followed, vendor_model(self.config, job), job.trace_id, known,
+                cancel_until=cancel_until,
+            )  # fmt: skip
             ended = TaskState.FAILED if status is None else status.state
             span.set_attribute("jobline.outcome", ended.value)
-            return status
+        return status
 
-    async def _wait(self, held: _Held, task_id: str) -> TaskStatus | None:
-        """Until the vendor task ends: a webhook, or polling with backoff as the fallback.
-
-        None: no end within ``stuck_after``; the task was canceled (until the vendor
-        confirmed) and is given up on."""
-        early = self._early.pop(task_id, None)
-        if early is not None and not early[1].result_pending:
-            return early[1]
-        loop = asyncio.get_running_loop()
-        held.waiter = loop.create_future()
-        step = vendor_model(self.config, held.job)
-        give_up_at = self._clock.time() + self.vendor.stuck_after
-        interval = self.vendor.poll_interval
-        if early is not None:  # it succeeded, but its webhook had no outputs: read them now
-            interval = 0.0
-        while True:
-            try:
-                pushed = await asyncio.wait_for(asyncio.shield(held.waiter), timeout=interval)
-                if not pushed.result_pending:
-                    return pushed
-                held.waiter = loop.create_future()  # the outputs are at the vendor: poll
-                interval = 0.0
-            except TimeoutError:
-                pass
-            try:
-                status = await self._client.status(step, task_id, trace_id=held.job.trace_id)
-            except VendorError:  # cannot read it now; stuck_after bounds how long we try
-                status = None
-            if status is not None and status.state.ended:
-                return status
-            if self._clock.time() >= give_up_at:
-                await self._cancel_until_confirmed(held.job, task_id)
-                return None
-            interval = min(max(interval * 1.5, self.vendor.poll_interval), MAX_POLL_INTERVAL)
-
-    async def _finish(self, held: _Held, attempt: int, status: TaskStatus | None) -> None:
-        """The vendor task ended (None: we gave up on it): complete, retry or fail."""
-        job = held.job
-        if status is None:
-            self._breaker.record_failure(self._clock.time())
-            reason = f"no result after {self.vendor.stuck_after:.0f}s"
-            await self._after_failure(held, attempt, VendorTimeout(self.vendor.name, reason))
-        elif status.state is TaskState.SUCCEEDED:
-            self._breaker.record_success(self._clock.time())
-            await self._store_and_complete(held, attempt, status)
-        elif status.state is TaskState.CANCELED and (held.cancel_requested or job.terminal):
-            pass  # canceled by the client: the ledger released the hold already
-        elif status.state is TaskState.FAILED and status.permanent:
-            await self._fail(job, f"{self.vendor.name}: {status.error or 'failed'}")
-        else:  # the vendor ran the task and it failed (or the vendor canceled it)
-            self._breaker.record_failure(self._clock.time())
-            reason = status.error or f"vendor task {status.state.value}"
-            await self._after_failure(held, attempt, VendorTaskFailed(self.vendor.name, reason))
-
-    async def _store_and_complete(self, held: _Held, attempt: int, status: TaskStatus) -> None:
-        job = held.job
-        if status.output_url is None:
-            await self._after_failure(
-                held, attempt, VendorTransientError(self.vendor.name, "succeeded without output")
-            )
-            return
-        try:
-            outcome = await self._finisher.complete(job, status.output_url, attempt=attempt)
-        except VendorTransientError as exc:
-            await self._after_failure(held, attempt, exc)
-            return
-        except VendorPermanentError as exc:
-            await self._fail(job, str(exc))
-            return
-        if outcome.changed:
-            self._counters["completed"] += 1
-
-    # --- failure paths ------------------------------------------------------------------
-
-    async def _after_failure(self, held: _Held, attempt: int, exc: BaseException) -> None:
-        """Retry here with backoff, fail over, or fail: ``runtime.policies.after_failure``."""
-        job = held.job
-        now = self._clock.time()
-        failure = Failure(
-            error_class=classify(exc),
-            retry_after=exc.retry_after if isinstance(exc, VendorTransientError) else None,
-            vendor_attempts=job.vendor_attempts,
-            circuit_open=self._breaker.state(now) is CircuitState.OPEN,
-            has_next_vendor=self._has_next_vendor(job),
-            now=now,
-            deadline=job.deadline,
-        )
-        decision = after_failure(failure, self._retry, self._rng)
-        if decision.next is Next.RETRY:
-            assert decision.not_before is not None
-            await self._retry_here(held, attempt, decision.not_before, exc)
-        elif decision.next is Next.FAIL_OVER:
-            await self._fail_over(held, str(exc), attempt)
-        elif decision.next is Next.EXPIRE:
-            await self._fail(job, f"the deadline comes before the next retry: {exc}", expired=True)
-        elif decision.next is Next.ROUTE_SPENT:
-            await self._fail(job, f"every vendor of the route failed; last: {exc}")
-        else:  # Next.FAIL: permanent for this job
-            await self._fail(job, str(exc))
-
-    async def _retry_here(
-        self, held: _Held, attempt: int, not_before: float, exc: BaseException
-    ) -> None:
-        job = held.job
-        outcome = await self._op(
-            ScheduleRetry(
-                job.id, attempt, not_before, str(exc), job.route_position, self.vendor.name
-            )
-        )
-        self._counters["retries"] += 1
-        self.metrics.retries.labels(self.vendor.name, type(exc).__name__).inc()
-        if outcome.changed:
-            self._requeue(held, outcome.value)
-
-    async def _fail_over(self, held: _Held, reason: str, attempt: int | None = None) -> None:
-        job = held.job
-        route = self.config.models[job.model].route
-        position = job.route_position + 1
-        target = route[position].vendor
-        try:
-            outcome = await self._op(
-                ScheduleRetry(
-                    job.id,
-                    job.attempts if attempt is None else attempt,
-                    self._clock.time(),
-                    f"failover from {self.vendor.name}: {reason}",
-                    position,
-                    target,
-                )
-            )
-        finally:
-            # Not held here any more, whatever the ledger answered: a job the ledger still
-            # has queued on this vendor is handed back by the sweeper, and adopted.
-            self._drop(job.id)
-        if not outcome.changed:
-            return
-        self._counters["failovers"] += 1
-        self.metrics.failovers.labels(self.vendor.name, target).inc()
-        log.info(
-            "failover",
-            extra={"job_id": job.id, "trace_id": job.trace_id, "vendor": target, "error": reason},
-        )
-        try:
-            with self._span("dispatch", job, from_vendor=self.vendor.name, vendor=target):
-                await self._router.processor(target).dispatch([outcome.value])
-        except Exception:  # the sweeper re-dispatches queued jobs nobody holds
-            log.warning("failover dispatch failed", extra={"job_id": job.id, "vendor": target})
-
-    async def _fail(self, job: Job, error: str, *, expired: bool = False) -> None:
-        try:
-            with self._span("settle", job, outcome="failed", error=error):
-                outcome = await self._op(Fail(job.id, error, expired=expired))
-        finally:
-            self._drop(job.id)  # the sweeper hands back a job the ledger has not ended
-        if outcome.changed:
-            self._counters["failed"] += 1
-            self._finisher.count_terminal(outcome.value)
-            self.metrics.dead_letters.labels(job.model).inc()
-            self.metrics.credits.labels("released").inc(job.cost)
-            log.warning(
-                "job failed", extra={"job_id": job.id, "trace_id": job.trace_id, "error": error}
-            )
-
-    async def _drop_queued(self, held: _Held) -> None:
+    async def _drop_queued(self, held: HeldJob) -> None:
         job = held.job
         if not held.cancel_requested and self._clock.time() >= job.deadline:
-            await self._fail(job, "deadline passed before a vendor took the job", expired=True)
+            await self._outcomes.fail(
+                job, "deadline passed before a vendor took the job", expired=True
+            )
         self._drop(job.id)
 
     async def _cancel_unfollowed(self, job: Job, task_id: str, slot: Slot) -> None:
@@ -594,54 +549,11 @@ class VendorProcessor:
         away, or its id never reached the ledger). The task counts against the vendor's
         limit until the vendor confirms: the caller took a slot for it when it found it."""
         with slot:
-            await self._cancel_until_confirmed(job, task_id)
-
-    def _hold_for_unrecorded(self, job: Job) -> None:
-        """Hold a slot for the task a submit in doubt may have started (module docstring)."""
-        key = (job.id, job.attempts)
-        if key in self._unrecorded:
-            return
-        self._unrecorded[key] = asyncio.get_running_loop().create_future()
-        slot = self._slots.take()
-        until = job.updated_at + self._unrecorded_lifetime
-        self._spawn(self._release_unrecorded(key, until, slot))
-
-    async def _release_unrecorded(self, key: tuple[str, int], until: float, slot: Slot) -> None:
-        with slot:
-            try:
-                with contextlib.suppress(TimeoutError):
-                    timeout = max(until - self._clock.time(), 0)
-                    await asyncio.wait_for(self._unrecorded[key], timeout)
-            finally:
-                del self._unrecorded[key]
-
-    async def _cancel_until_confirmed(self, job: Job, task_id: str) -> None:
-        """Cancel a task we give up on, retrying until the vendor confirms.
-
-        The caller holds the task's slot meanwhile: a task whose cancel failed still runs
-        at the vendor and counts against its limit (I4), so the slot is only given back
-        once the vendor said the task is canceled (or had ended), or at the job's
-        deadline, but not before the vendor must have ended it itself (``max_task_time``
-        from now: an expired job's deadline has passed already).
-        """
-        interval = self.vendor.poll_interval
-        give_up_at = max(job.deadline, self._clock.time() + self.vendor.task_lifetime)
-        while not await self._finisher.cancel_at_vendor(job, task_id):
-            if self._clock.time() >= give_up_at:
-                log.error(
-                    "vendor never confirmed the cancel; giving the slot back",
-                    extra={"job_id": job.id, "trace_id": job.trace_id, "vendor": self.vendor.name},
-                )
-                return
-            await self._clock.sleep(interval)
-            interval = min(interval * 1.5, MAX_POLL_INTERVAL)
+            give_up_at = max(job.deadline, self._clock.time() + self._doubt.lifetime(job))
+            model = vendor_model(self.config, job)
+            await self._waiter.cancel_until_confirmed(model, task_id, give_up_at, job_id=job.id)
 
     # --- small parts --------------------------------------------------------------------
-
-    async def _op(self, op: LedgerOp) -> Outcome:
-        outcome = await self._ops.call(op)
-        outcome.unwrap()
-        return outcome
 
     def _span(
         self, name: str, job: Job, **attributes: Any
@@ -649,17 +561,18 @@ class VendorProcessor:
         fields = {"job_id": job.id, "vendor": self.vendor.name, **attributes}
         return self._tracer.span(name, job.trace_id, **fields)
 
-    def _enqueue(self, held: _Held) -> None:
+    def _enqueue(self, held: HeldJob, not_before: float | None = None) -> None:
         held.queued = True
-        heapq.heappush(self._queue, (held.job.not_before, next(self._seq), held.job.id))
+        at = held.job.not_before if not_before is None else not_before
+        heapq.heappush(self._queue, (at, next(self._seq), held.job.id))
         self._wakeup.set()
 
-    def _requeue(self, held: _Held, job: Job) -> None:
+    def _requeue(self, held: HeldJob, job: Job) -> None:
         held.job = job
         if held.task_id is not None:
             self._by_task.pop(held.task_id, None)
         held.task_id = None
-        held.waiter = None
+        held.followed = None
         self._enqueue(held)
 
     def _drop(self, job_id: str) -> None:
@@ -668,7 +581,7 @@ class VendorProcessor:
             self._by_task.pop(held.task_id, None)
         self._publish_gauges()
 
-    def _drop_unless_queued(self, held: _Held) -> None:
+    def _drop_unless_queued(self, held: HeldJob) -> None:
         """After an attempt: keep the job only if it went back in the queue (a retry)."""
         if self._held.get(held.job.id) is held and not held.queued:
             self._drop(held.job.id)
@@ -678,11 +591,12 @@ class VendorProcessor:
         self._publish_gauges()
 
     def _record_vendor_result(self, exc: VendorError) -> None:
-        if isinstance(exc, VendorTransientError | VendorRefused):
+        if isinstance(exc, VendorTransientError):
             self._breaker.record_failure(self._clock.time())
 
-    def _has_next_vendor(self, job: Job) -> bool:
-        return job.route_position + 1 < len(self.config.models[job.model].route)
+    def _cancel_after(self, job: Job) -> float:
+        """The task's own deadline at the vendor (replicate's ``Cancel-After``)."""
+        return self.vendor.task_lifetime_for(self.config.models[job.model])
 
     def _webhook_url(self, job_id: str, attempt: int) -> str:
         reference = urlencode({JOB_PARAM: job_id, ATTEMPT_PARAM: attempt})

@@ -4,7 +4,9 @@ A ``Slot`` is held from ``Slots.take()`` until its ``release()``, which is idemp
 a path that releases early (the vendor task ended: free the slot before the download)
 and a ``with slot:`` around the whole attempt cannot give one slot back twice, and an
 exception cannot skip the release. Every hold goes through it: an attempt, a resumed
-task, a submit in doubt, a task canceled until the vendor confirms.
+task, a submit in doubt, a task canceled until the vendor confirms. ``hand_over`` moves a
+held place to a new ``Slot`` (an attempt's slot kept for the task its lost submit may
+have started) without giving it back in between.
 
 ``take()`` never refuses: a task the vendor is running holds a slot whether or not
 there was room (a resumed task, a submit in doubt). ``has_room()`` is what decides
@@ -64,6 +66,15 @@ class Slot:
         if self._held:
             self._held = False
             self._slots._give_back()
+
+    def hand_over(self) -> Slot:
+        """A new ``Slot`` holding this one's place, which this one gives up without giving
+        it back (its ``release`` does nothing now): an attempt whose submit is in doubt
+        hands its slot to the hold kept for the task it may have started."""
+        if not self._held:
+            raise RuntimeError("a released slot cannot be handed over")
+        self._held = False
+        return Slot(self._slots)
 
     def __enter__(self) -> Slot:
         return self

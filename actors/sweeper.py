@@ -8,11 +8,16 @@ Every ``sweeper.interval`` seconds:
 - ``queued`` jobs that have not moved for a while are handed back to their vendor's
   processor, which takes the ones it does not already hold (a lost dispatch, a
   processor restarted before it loaded them);
-- ``processing`` jobs older than their vendor's ``stuck_after`` are checked at the
-  vendor: a task that succeeded is downloaded, stored and completed here (a zombie:
-  the vendor finished, the webhook was lost and nobody is polling); a task that ended
-  otherwise, or is still running, is handed back to the processor, which polls it and
-  applies the retry rules.
+- ``processing`` jobs unchanged for their vendor's ``stuck_after`` are handed back to
+  their processor, which takes the ones it does not follow (its attempt crashed, it
+  restarted) and polls them: nothing is asked of the vendor for a task within its
+  model's bounds, unless the processor cannot be reached (then the vendor is asked, as
+  below);
+- ``processing`` jobs past their model's bounds (``max_queue_time + max_run_time``: the
+  processor would have given them up by then) are checked at the vendor: a task that
+  succeeded has every output stored and its job completed here (a zombie: the vendor
+  finished, the webhook was lost and nobody is polling); any other is handed back to
+  the processor, which cancels it and applies the retry rules.
 
 Downloading, storing and completing a zombie, and canceling a task, go through
 ``actors.finishing.JobFinisher``, as in the processor. The sweeper only ever asks the
@@ -29,9 +34,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from actors.finishing import JobFinisher, vendor_model
+from actors.ledger_writes import LedgerWriter
 from runtime.clock import Clock
 from runtime.config import JoblineConfig
-from runtime.errors import VendorError
+from runtime.errors import JoblineError
 from runtime.models import Fail, Job, LedgerOp, Outcome
 from runtime.ports import LedgerPort, Router
 from runtime.results import ResultStore
@@ -75,7 +81,8 @@ class Sweeper:
         self._clock = clock
         self.metrics = metrics
         self._tracer = tracer
-        self._finisher = JobFinisher(config, self._execute, clients, results, metrics, tracer)
+        self._writer = LedgerWriter(ledger.execute_many, clock)
+        self._finisher = JobFinisher(config, self._writer, clients, results, metrics, tracer, clock)
         for kind in RECOVERY_KINDS:  # exported at 0 before the first recovery
             self.metrics.sweeper_recoveries.labels(kind)
         self._invariants_checked_at: float | None = None
@@ -116,8 +123,8 @@ class Sweeper:
         await self._expire(now, report)
         await self._redispatch_queued(now, report)
         await self._check_stuck(now, report)
-        dead = await self._ledger.dead_letters(limit=100_000)
-        self.metrics.dead_letters_open.set(len(dead))
+        # One counter row (the ledger keeps it with the dead letters), never the letters.
+        self.metrics.dead_letters_open.set(await self._ledger.open_dead_letters())
         await self._check_invariants(now)
         self.sweeps += 1
         return report
@@ -176,28 +183,38 @@ class Sweeper:
 
     async def _check_stuck(self, now: float, report: SweepReport) -> None:
         jobs = await self._ledger.jobs_by_status(JobStatus.PROCESSING)
-        stuck = [
+        quiet = [
             job
             for job in jobs
             if job.vendor_task_id
             and now - job.updated_at >= self.config.vendors[job.vendor].stuck_after
         ]
-        hand_back: list[Job] = []
-        for job in stuck:
-            if await self._settle_if_succeeded(job):
-                report.zombies_completed += 1
-                self.metrics.sweeper_recoveries.labels("zombie_completed").inc()
-            else:
-                hand_back.append(job)
-        for vendor, batch in _by_vendor(hand_back).items():
+        for vendor, batch in _by_vendor(quiet).items():
+            past = {j.id for j in batch if now - j.updated_at >= self._bound(j)}
+            hand_back = [j for j in batch if j.id not in past or not await self._zombie(j, report)]
             try:
-                taken = await self._router.processor(vendor).adopt(batch)
-            except Exception as exc:
+                taken = await self._router.processor(vendor).adopt(hand_back)
+            except Exception as exc:  # nobody follows them now: ask the vendor instead
                 report.errors.append(f"{vendor}: {exc}")
+                for job in hand_back:
+                    if job.id not in past:
+                        await self._zombie(job, report)
                 continue
             report.handed_back += taken
             if taken:
                 self.metrics.sweeper_recoveries.labels("handed_back").inc(taken)
+
+    def _bound(self, job: Job) -> float:
+        """How long the job's task may live: its model's queue and run bounds."""
+        return self.config.models[job.model].task_bound
+
+    async def _zombie(self, job: Job, report: SweepReport) -> bool:
+        """Complete the job if its vendor task succeeded with nobody noticing."""
+        if not await self._settle_if_succeeded(job):
+            return False
+        report.zombies_completed += 1
+        self.metrics.sweeper_recoveries.labels("zombie_completed").inc()
+        return True
 
     async def _settle_if_succeeded(self, job: Job) -> bool:
         """A zombie: the vendor task succeeded and nobody settled the job; complete it."""
@@ -207,12 +224,12 @@ class Sweeper:
             status = await client.status(
                 vendor_model(self.config, job), job.vendor_task_id, trace_id=job.trace_id
             )
-            if status.state is not TaskState.SUCCEEDED or status.output_url is None:
+            if status.state is not TaskState.SUCCEEDED:
                 return False
             outcome = await self._finisher.complete(
-                job, status.output_url, outcome="zombie_completed"
+                job, status.outputs, retry_downloads=False, outcome="zombie_completed"
             )
-        except VendorError as exc:
+        except (JoblineError, OSError) as exc:  # the processor retries what failed here
             log.warning("zombie check failed", extra={"job_id": job.id, "error": str(exc)})
             return False
         if outcome.error is None and outcome.changed:

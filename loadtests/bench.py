@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtests import bench_fake, bench_ledger, bench_runtime, bench_sim
+from loadtests import bench_fake, bench_ledger, bench_runtime, bench_sim, bench_tenants
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== the simulator: its speed, and the same traffic simulated and run for real")
     results["simulator"] = bench_sim.run(quick=args.quick)
     print(bench_sim.render(results["simulator"]))
+
+    print("\n== many tenants: hostile clients and bounded reads (jobline on local Ray)")
+    results["tenants"] = asyncio.run(bench_tenants.run(quick=args.quick))
+    print(bench_tenants.render(results["tenants"]))
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 
+from loadtests.chaos.checks import paid_work
+from loadtests.chaos.report import PaidWork
 from loadtests.testbed import ensure_dev_secrets, local_config
 from runtime.config import JoblineConfig, load_config
 from runtime.invariants import check_invariants
@@ -104,11 +106,12 @@ async def _drive(config: JoblineConfig, runtime: Any, fakes: Any, *, jobs: int, 
         outage.cancel()
         elapsed = time.monotonic() - started
         dead = await _get(http, f"{base_url}/v1/admin/dead-letters", admin)
-        entries = await _get(http, f"{base_url}/v1/credits/entries", load.headers())
+        entries = await _statement(http, base_url, load.headers())
         credits = await _get(http, f"{base_url}/v1/credits", load.headers())
     fake_stats = {name: fakes[name].snapshot() for name in config.vendors}
     processor_stats = {name: runtime.call(f"processor-{name}", "stats") for name in config.vendors}
     violations = check_invariants(config.storage.database)
+    work = paid_work(config, fake_stats, processor_stats)
     _report(
         config,
         load,
@@ -120,6 +123,7 @@ async def _drive(config: JoblineConfig, runtime: Any, fakes: Any, *, jobs: int, 
         processor_stats,
         violations,
         outage_vendor,
+        work,
     )
     return 1 if violations else 0
 
@@ -217,6 +221,20 @@ async def _get(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -
         return await response.json()
 
 
+async def _statement(
+    http: aiohttp.ClientSession, base_url: str, headers: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Every credit entry of the account, a page at a time."""
+    entries: list[dict[str, Any]] = []
+    cursor = ""
+    while True:
+        page = await _get(http, f"{base_url}/v1/credits/entries?limit=200{cursor}", headers)
+        entries += page["entries"]
+        if not page.get("next_cursor"):
+            return entries
+        cursor = f"&cursor={page['next_cursor']}"
+
+
 def _report(
     config: JoblineConfig,
     load: DemoLoad,
@@ -228,6 +246,7 @@ def _report(
     processor_stats: dict[str, dict[str, Any]],
     violations: list[Any],
     outage_vendor: str,
+    work: list[PaidWork],
 ) -> None:
     by_status = Counter(job["status"] for job in load.final.values())
     latencies = sorted(
@@ -235,7 +254,7 @@ def _report(
         for job in load.final.values()
         if job["status"] == "completed"
     )
-    kinds = Counter(e["kind"] for e in entries.get("entries", entries))
+    kinds = Counter(e["kind"] for e in entries)
     retries = sum(s["retries"] for s in processor_stats.values())
     failovers = sum(s["failovers"] for s in processor_stats.values())
     lines = [
@@ -264,9 +283,31 @@ def _report(
         highest = stats["tasks"]["max_in_flight"]
         mark = "ok" if highest <= limit else "EXCEEDED"
         lines.append(f"    {name:<12} {highest:>3} / limit {limit:<3} {mark}")
+    doubt: Counter[str] = Counter()
+    for stats in processor_stats.values():
+        doubt.update(stats.get("in_doubt") or {})
+    lines.append(
+        f"  submits in doubt       adopted {doubt['adopted']}  not created "
+        f"{doubt['not_created']}  orphaned {doubt['orphaned']} (submit answers lost; orphaned: "
+        "no task showed itself in time)"
+    )
+    lines.append("  wasted vendor work     (billed tasks whose output was thrown away)")
+    lines.extend(_paid_work_line(w, processor_stats.get(w.vendor, {})) for w in work)
     if load.rejected:
         lines.append(f"  submits refused        {dict(load.rejected)}")
     verdict = "all held" if not violations else f"{len(violations)} VIOLATION(S)"
     lines.append(f"  invariants I1 I2 I5    {verdict}")
     lines.extend(f"    {v}" for v in violations[:20])
     print("\n".join(lines))
+
+
+def _paid_work_line(work: PaidWork, stats: dict[str, Any]) -> str:
+    """One vendor's waste next to the fake's own billable and delivered counts."""
+    own = stats.get("wasted") or {}
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(own.items()) if n)
+    wasted = work.wasted - work.late_orphans
+    return (
+        f"    {work.vendor:<12} {wasted} wasted + {work.late_orphans} late orphans "
+        f"(fake: billable {work.billable}, delivered {work.delivered}; "
+        f"jobline: {reasons or 'none'})"
+    )

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from loadtests.chaos.checks import paid_work
+from loadtests.chaos.report import PaidWork
 from loadtests.testbed import TERMINAL, Testbed
 from runtime.invariants import check_invariants
 
@@ -66,6 +68,7 @@ class LoadtestReport:
     vendors: dict[str, dict[str, Any]]  # name -> max_in_flight, limit, duplicate_attempts
     quiet: bool
     violations: list[str] = field(default_factory=list)
+    paid_work: list[PaidWork] = field(default_factory=list)  # billed, delivered, wasted
 
     @property
     def total(self) -> LocustRow | None:
@@ -120,6 +123,14 @@ class LoadtestReport:
             dup = f"  {duplicates} duplicate starts" if duplicates else ""
             lines.append(
                 f"    {name:<12} {v['max_in_flight']} / limit {v['limit']}   {verdict}{dup}"
+            )
+        lines.append("  wasted vendor work (billed tasks whose output was thrown away)")
+        for work in self.paid_work:
+            own = "?" if work.jobline_wasted is None else str(work.jobline_wasted)
+            lines.append(
+                f"    {work.vendor:<12} {work.wasted - work.late_orphans} wasted + "
+                f"{work.late_orphans} late orphans (fake: billable {work.billable}, delivered "
+                f"{work.delivered}; jobline counted {own})"
             )
         verdict = "all held" if not self.violations else f"{len(self.violations)} VIOLATIONS"
         lines.append(f"  invariants I1 I2 I5  {verdict}")
@@ -318,6 +329,9 @@ async def loadtest(
     rows, failures = read_stats(out)
     quiet, counts = await wait_quiet(tb, quiet_timeout)
     violations = await asyncio.to_thread(check_invariants, tb.config.storage.database)
+    fake_stats = {name: tb.fake_stats(name) for name in tb.config.vendors}
+    processors = {name: await tb.call(f"processor-{name}", "stats") for name in tb.config.vendors}
+    work = await asyncio.to_thread(paid_work, tb.config, fake_stats, processors)
     report = LoadtestReport(
         shape=shape,
         duration=duration,
@@ -331,6 +345,7 @@ async def loadtest(
         vendors=vendor_report(tb),
         quiet=quiet,
         violations=[str(v) for v in violations],
+        paid_work=work,
     )
     (out / "summary.json").write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
     return report

@@ -63,8 +63,9 @@ def local_config(
 ) -> JoblineConfig:
     """``base`` with fresh storage under ``data``, the fakes' URLs and a free gateway port.
 
-    ``overrides`` replaces keys per section, e.g. ``{"retry": {"base": 0.05}}``, or per
-    vendor with ``{"vendors.fal": {"concurrency": 2}}``.
+    ``overrides`` replaces keys per section, e.g. ``{"retry": {"base": 0.05}}``, per
+    vendor with ``{"vendors.fal": {"concurrency": 2}}``, or per model with
+    ``{"models.video-short": {"max_run_time": 5.0}}``.
     """
     port = free_port()
     sections: dict[str, Any] = {
@@ -81,11 +82,11 @@ def local_config(
     }
     config = base.model_copy(update=sections)
     for section, values in (overrides or {}).items():
-        if section.startswith("vendors."):
-            name = section.removeprefix("vendors.")
-            vendors = dict(config.vendors)
-            vendors[name] = vendors[name].model_copy(update=dict(values))
-            config = config.model_copy(update={"vendors": vendors})
+        table, _, name = section.partition(".")
+        if table in ("vendors", "models") and name:
+            entries = dict(getattr(config, table))
+            entries[name] = entries[name].model_copy(update=dict(values))
+            config = config.model_copy(update={table: entries})
         else:
             current = getattr(config, section)
             config = config.model_copy(update={section: current.model_copy(update=dict(values))})
@@ -172,9 +173,17 @@ class JoblineClient:
         return (await self.request("GET", "/v1/credits", api_key=api_key))[1]
 
     async def entries(self, api_key: str | None = None) -> list[dict[str, Any]]:
-        body = (await self.request("GET", "/v1/credits/entries", api_key=api_key))[1]
-        entries: list[dict[str, Any]] = body["entries"] if isinstance(body, dict) else body
-        return entries
+        """The whole statement, oldest first, every page of it."""
+        entries: list[dict[str, Any]] = []
+        path = "/v1/credits/entries?limit=200"
+        while True:
+            status, body = await self.request("GET", path, api_key=api_key)
+            if status != 200:
+                raise RuntimeError(f"statement: {status} {body}")
+            entries += body["entries"]
+            if not body.get("next_cursor"):
+                return entries
+            path = f"/v1/credits/entries?limit=200&cursor={body['next_cursor']}"
 
 
 @dataclass

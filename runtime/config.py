@@ -34,6 +34,19 @@ DEFAULT_CONFIG_PATH = Path("jobline.toml")
 # fal publishes the public keys of its webhook signatures here (fal's "Webhooks" page,
 # "Verifying your webhook"; fal-client's REST_URL is https://rest.alpha.fal.ai).
 FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+# Where each vendor serves output files, from its documentation: fal's CDN
+# (``https://v3.fal.media/files/...``; fal's "Model endpoints: Files"), replicate's
+# (``https://replicate.delivery/...``; its "Output files" page; ``api.replicate.com``
+# serves the files API).
+DEFAULT_OUTPUT_HOSTS: dict[str, tuple[str, ...]] = {
+    "fal": ("fal.media", "*.fal.media", "*.fal.run", "*.fal.ai"),
+    "replicate": ("replicate.delivery", "*.replicate.delivery", "api.replicate.com"),
+}
+DEFAULT_LISTING_WAIT = 60.0  # seconds; see VendorConfig.orphan_wait
+_OUTPUT_HOST = re.compile(
+    r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?"  # a host name, or *. and a domain
+    r"|[0-9a-fA-F:.]+(/\d{1,3})?"  # an IP address or network
+)
 
 
 class _Section(BaseModel):
@@ -56,13 +69,30 @@ class VendorConfig(_Section):
     submit_timeout: float = Field(default=10.0, gt=0)
     poll_timeout: float = Field(default=5.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
-    stuck_after: float = Field(default=300.0, gt=0)  # processing longer: the sweeper asks
-    # The longest the vendor lets one task live before it ends the task itself. replicate:
-    # jobline sends it as ``Cancel-After`` with every prediction; fal: the app's own
-    # request timeout, which jobline cannot set (configure this to match it). A task
-    # jobline lost track of (stopped between submit and recording its id) keeps a slot
-    # this long. None: ``stuck_after``.
+    # How long a task's status may stay unreadable (every status read failing) before
+    # jobline gives up on the task; and how long a processing job may go without a
+    # change before the sweeper hands it back to its processor. How long a task may
+    # queue and run is the model's (``models.X.max_queue_time``, ``max_run_time``).
+    stuck_after: float = Field(default=300.0, gt=0)
+    # The longest the vendor lets one task live before it ends the task itself, when the
+    # vendor decides it: a fal app's own request timeout, which jobline cannot set
+    # (configure this to match it). replicate is told each model's bound with every
+    # prediction (``Cancel-After``); this caps it. A task jobline lost track of (its submit
+    # answer lost) keeps a slot until its lifetime passes (``task_lifetime_for``).
     max_task_time: float | None = Field(default=None, gt=0)
+    # Where the vendor's output files may be fetched from: host names, ``*.`` wildcards
+    # for subdomains, or IP addresses / networks (``127.0.0.1``, ``10.0.0.0/8``). An output
+    # anywhere else is refused unfetched (a signed webhook is only as trustworthy as the
+    # secret behind it). Loopback, private and link-local addresses are refused unless
+    # listed here. None: the vendor's own CDNs (``DEFAULT_OUTPUT_HOSTS``).
+    output_hosts: tuple[str, ...] | None = Field(default=None, validate_default=True)
+    # How long a job whose submit is *in doubt* (the answer was lost: a timeout, a 5xx, a
+    # cut-off body) waits for the task it may have created to show itself before it gets
+    # a new attempt. None: replicate-shaped, ``DEFAULT_LISTING_WAIT`` (the prediction list
+    # answers at once whether the task exists; this bounds a list that cannot be read);
+    # fal-shaped, the model's whole bound (fal lists nothing: its webhook, which names the
+    # job, arrives by then if the task exists; a job loses no time when it does).
+    orphan_wait: float | None = Field(default=None, ge=0)
 
     @field_validator("base_url")
     @classmethod
@@ -99,10 +129,43 @@ class VendorConfig(_Section):
                 raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
         return value
 
+    @field_validator("output_hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...]:
+        if value is None:
+            return DEFAULT_OUTPUT_HOSTS.get(info.data.get("api", ""), ())
+        for host in value:
+            if not _OUTPUT_HOST.fullmatch(host):
+                raise ValueError(
+                    f"{host!r} is not a host name, '*.' + a domain, an IP address or a network"
+                )
+        return tuple(host.lower() for host in value)
+
     @property
     def task_lifetime(self) -> int:
-        """``max_task_time`` (or ``stuck_after``) in whole seconds, as vendors are told it."""
+        """``max_task_time`` (or ``stuck_after``) in whole seconds, as vendors are told it
+        when a caller names no model bound."""
         return math.ceil(self.max_task_time if self.max_task_time is not None else self.stuck_after)
+
+    def task_lifetime_for(self, model: ModelConfig) -> float:
+        """Seconds after its creation by which the vendor has ended a task of ``model``,
+        whoever else forgot it: replicate is told the model's bound (``Cancel-After``,
+        capped by ``max_task_time``); a fal app ends it at ``max_task_time``, if set, else
+        it is taken to end within the model's bound."""
+        bound = model.task_bound
+        if self.max_task_time is None:
+            return bound
+        if self.api == "replicate":
+            return min(bound, self.max_task_time)
+        return self.max_task_time
+
+    def orphan_wait_for(self, model: ModelConfig) -> float:
+        """How long a job waits for the task of a submit in doubt (see ``orphan_wait``)."""
+        if self.orphan_wait is not None:
+            return self.orphan_wait
+        if self.api == "replicate":
+            return DEFAULT_LISTING_WAIT
+        return model.task_bound
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env)
@@ -122,6 +185,21 @@ class ModelConfig(_Section):
     price: int = Field(ge=0)
     route: tuple[RouteStep, ...] = Field(min_length=1)
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    # How long one task may wait in the vendor's queue (replicate ``starting``, fal
+    # ``IN_QUEUE``: a cold boot takes minutes) and how long it may run once started, in
+    # seconds. A task the vendor reports queued or running within these is never given
+    # up on; past them it is canceled and the job retried. replicate is told their sum.
+    max_queue_time: float = Field(default=300.0, gt=0)
+    max_run_time: float = Field(default=300.0, gt=0)
+    # The largest output (each one, in bytes) jobline stores; a larger one fails the job.
+    max_output_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    # The whole deadline of this model's jobs (seconds from submit); None: sweeper.job_deadline.
+    deadline: float | None = Field(default=None, gt=0)
+
+    @property
+    def task_bound(self) -> float:
+        """The longest a task of this model may live: queue and run."""
+        return self.max_queue_time + self.max_run_time
 
     @field_validator("input_schema")
     @classmethod
@@ -152,6 +230,10 @@ class CircuitConfig(_Section):
     min_calls: int = Field(default=10, ge=1)
     cooldown: float = Field(default=15.0, gt=0)
     half_open_probes: int = Field(default=1, ge=1)
+    # A vendor that refuses the account or the model (401, 402, 403 locked, 404 model gone)
+    # serves nobody for a while (a locked balance lasts hours): its circuit opens at once
+    # for this long, then one probe tries again.
+    refused_cooldown: float = Field(default=300.0, gt=0)
 
     def policy(self) -> CircuitPolicy:
         return CircuitPolicy(
@@ -175,9 +257,37 @@ class GatewayConfig(_Section):
     public_url: str = "http://127.0.0.1:8080"  # where vendors send webhooks
     replicas: int = Field(default=2, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    max_jobs_in_flight_per_account: int = Field(default=1000, ge=1)
+    # JSON nested deeper is refused with a 400 (deep values cannot cross the actors).
+    max_json_depth: int = Field(default=32, ge=2, le=200)
+    # Vendor webhooks have their own limit: replicate posts the whole prediction (input
+    # and logs), fal the whole result (data URIs in sync mode): several MB.
+    max_webhook_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     admin_token_env: str = "JOBLINE_ADMIN_TOKEN"
     webhook_tolerance: float = Field(default=300.0, gt=0)
+    # Per account; the admin sets an account's own (PUT /v1/accounts/{id}/limits). Both
+    # are enforced by the ledger, so they hold across every gateway replica.
+    max_jobs_in_flight_per_account: int = Field(default=1000, ge=1)
+    submits_per_second_per_account: float = Field(default=0.0, ge=0)  # 0: no limit
+    submit_burst_per_account: int = Field(default=20, ge=1)
+    # Statements and job lists one account may read at once, per replica (more wait their
+    # turn, up to four times as many; past that, 429).
+    reads_in_flight_per_account: int = Field(default=1, ge=1)
+    # Slow clients: a connection must send a request's headers within header_timeout of
+    # their first byte, and its body within body_timeout; an idle keep-alive connection
+    # (or one that sends nothing) is closed after idle_timeout. Seconds.
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    idle_timeout: float = Field(default=30.0, gt=0)
+    # API keys. A revoked key is refused everywhere within key_revocation_poll (gateways
+    # follow the ledger's revocation feed), and within key_cache_ttl even if that feed
+    # cannot be read. Unknown keys are remembered for unknown_key_cache_ttl; each source
+    # address may try failed_auth_burst unknown keys, then failed_auths_per_second.
+    key_cache_ttl: float = Field(default=60.0, gt=0)
+    key_revocation_poll: float = Field(default=1.0, gt=0)
+    unknown_key_cache_ttl: float = Field(default=10.0, gt=0)
+    failed_auths_per_second: float = Field(default=5.0, gt=0)
+    failed_auth_burst: int = Field(default=50, ge=1)
+    key_use_flush_interval: float = Field(default=10.0, gt=0)  # last-use writes, batched
 
     def admin_token(self) -> str | None:
         return os.environ.get(self.admin_token_env)
@@ -323,6 +433,10 @@ class JoblineConfig(_Section):
 
     def model(self, name: str) -> ModelConfig:
         return self.models[name]
+
+    def job_deadline(self, model: ModelConfig) -> float:
+        """Seconds from submit by which a job of ``model`` must end."""
+        return model.deadline if model.deadline is not None else self.sweeper.job_deadline
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> JoblineConfig:

@@ -12,9 +12,17 @@ equal exception back; a test checks every class below).
     │   ├── JobNotFound              also for another account's job (404, not 403)
     │   ├── InsufficientCredits      available < price (402)
     │   ├── IdempotencyConflict      same Idempotency-Key, different body (422)
+    │   ├── GrantConflict            same grant_id, another amount (409)
     │   ├── TooManyJobsInFlight      the account's cap on non-terminal jobs (429)
+    │   ├── SubmitRateLimited        the account's submit rate (429, retry_after)
+    │   ├── ApiKeyNotFound           also another account's key (404)
+    │   ├── TooManyApiKeys           the account's cap on keys in use (409)
     │   ├── DeadLetterNotFound
+    │   ├── LedgerFault              an operation failed for a reason of the ledger's
+    │   │                            own (a bug, logged there): retrying cannot help (500)
     │   └── LedgerUnavailable        the ledger actor or database cannot be reached
+    ├── ActorCallFailed              another actor raised something unexpected on a call
+    │                                (a bug there, logged): retrying cannot help (500)
     ├── RequestError                 a client request jobline refuses
     │   ├── Unauthorized             missing or unknown API key / admin token (401)
     │   ├── InputInvalid             body does not match the model's schema (422)
@@ -32,6 +40,8 @@ equal exception back; a test checks every class below).
         │   ├── VendorTimeout
         │   ├── VendorRateLimited    429, may carry retry_after
         │   ├── VendorUnavailable    5xx, connection refused or reset
+        │   ├── VendorSubmitInDoubt  a submit's answer was lost (timeout, 5xx, cut off):
+        │   │                        the vendor may have created the task
         │   └── VendorTaskFailed     the vendor ran the task and it failed transiently
         ├── VendorRefused            vendor-wide: this vendor serves nobody now (fail over,
         │   │                        open its circuit), though another vendor may
@@ -40,7 +50,8 @@ equal exception back; a test checks every class below).
         │   │                        (402; 403 saying locked / balance / billing)
         │   └── VendorModelGone      the model is not there (404 / 410 on submit)
         └── VendorPermanentError     permanent for the job: fail it, refund
-            └── VendorInputRejected  invalid input, content rejected
+            ├── VendorInputRejected  invalid input, content rejected
+            └── VendorOutputTooLarge an output past the caller's byte cap
 
 Three classes, three reactions (DESIGN §3.5): a transient error is retried here with
 backoff; a vendor-wide refusal is the vendor's, not the job's (the same job succeeds
@@ -150,6 +161,25 @@ class IdempotencyConflict(LedgerError):
         )
 
 
+class GrantConflict(LedgerError):
+    """A grant id the account used before, for another amount (Stripe's idempotency rule:
+    a key names one request; another body under it is refused, not applied)."""
+
+    def __init__(self, account_id: str, grant_id: str, granted: int, asked: int) -> None:
+        super().__init__(account_id, grant_id, granted, asked)
+        self.account_id = account_id
+        self.grant_id = grant_id
+        self.granted = granted
+        self.asked = asked
+
+    def __str__(self) -> str:
+        return (
+            f"grant_id {self.grant_id!r} was already used for a grant of {self.granted} "
+            f"credits to account {self.account_id!r}; this request asks for {self.asked}: "
+            "use a new grant_id for a new grant"
+        )
+
+
 class TooManyJobsInFlight(LedgerError):
     def __init__(self, account_id: str, limit: int) -> None:
         super().__init__(account_id, limit)
@@ -160,6 +190,58 @@ class TooManyJobsInFlight(LedgerError):
         return f"account {self.account_id!r} already has {self.limit} jobs in flight"
 
 
+class SubmitRateLimited(LedgerError):
+    """The account submitted faster than its submit rate; ``retry_after`` seconds until the
+    next submit is accepted."""
+
+    def __init__(self, account_id: str, rate: float, retry_after: float) -> None:
+        super().__init__(account_id, rate, retry_after)
+        self.account_id = account_id
+        self.rate = rate
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return (
+            f"account {self.account_id!r} may submit {self.rate:g} jobs per second; "
+            f"retry after {self.retry_after:.2f}s"
+        )
+
+
+class ApiKeyNotFound(LedgerError):
+    def __init__(self, key_id: str) -> None:
+        super().__init__(key_id)
+        self.key_id = key_id
+
+    def __str__(self) -> str:
+        return f"API key {self.key_id!r} not found"
+
+
+class TooManyApiKeys(LedgerError):
+    def __init__(self, account_id: str, limit: int) -> None:
+        super().__init__(account_id, limit)
+        self.account_id = account_id
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return (
+            f"account {self.account_id!r} already has {self.limit} API keys in use: "
+            "revoke one first"
+        )
+
+
+class LedgerFault(LedgerError):
+    """An operation failed for a reason of the ledger's own (a bug; the ledger logged the
+    traceback). The same request fails the same way again: not worth retrying."""
+
+    def __init__(self, operation: str, error: str) -> None:
+        super().__init__(operation, error)
+        self.operation = operation
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"the ledger failed on {self.operation}: {self.error}"
+
+
 class LedgerUnavailable(LedgerError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -167,6 +249,19 @@ class LedgerUnavailable(LedgerError):
 
     def __str__(self) -> str:
         return f"ledger unavailable: {self.reason}"
+
+
+class ActorCallFailed(JoblineError):
+    """Another actor raised an unexpected error on a call (a bug there; the caller logs the
+    remote traceback). Unlike an actor that cannot be reached, retrying does not help."""
+
+    def __init__(self, call: str, error: str) -> None:
+        super().__init__(call, error)
+        self.call = call
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"{self.call} failed: {self.error}"
 
 
 # --- client requests ------------------------------------------------------------------
@@ -326,6 +421,13 @@ class VendorTaskFailed(VendorTransientError):
     pass
 
 
+class VendorSubmitInDoubt(VendorTransientError):
+    """A submit whose answer was lost after the vendor may have created the task: a
+    timeout, a 5xx (but a 503 with ``Retry-After``: the vendor refused the request), a
+    reset or cut-off answer, a 2xx that cannot be read. Not "nothing happened": the task
+    may run, billed, with no one knowing its id (DESIGN §3.2: the submit is *in doubt*)."""
+
+
 class VendorRefused(VendorError):
     """Vendor-wide: the vendor refuses the operator's account or the model, for every job.
 
@@ -353,3 +455,7 @@ class VendorPermanentError(VendorError):
 
 class VendorInputRejected(VendorPermanentError):
     pass
+
+
+class VendorOutputTooLarge(VendorPermanentError):
+    """An output (or an answer) larger than the caller's byte cap; nothing of it was kept."""

@@ -156,9 +156,11 @@ def _settlement(conn: sqlite3.Connection) -> Iterator[Violation]:
         "WHERE job_id IS NOT NULL AND job_id NOT IN (SELECT id FROM jobs)"
     ):
         yield Violation("I2", job, f"{kind} entry {entry_id} for an unknown job")
+    # A free job (price 0) has a hold of 0 and a settlement of 0; a grant is never 0.
     for entry_id, kind, job in conn.execute(
         "SELECT id, kind, job_id FROM credit_entries "
-        "WHERE (kind = 'grant') <> (job_id IS NULL) OR amount <= 0"
+        "WHERE (kind = 'grant') <> (job_id IS NULL) OR amount < 0 "
+        "OR (kind = 'grant' AND amount = 0)"
     ):
         yield Violation("I2", str(job), f"malformed {kind} entry {entry_id}")
 

@@ -26,10 +26,20 @@ here, SAVEPOINT + RELEASE around each op cost 8% of the throughput, for no gain.
 money side is kept in the batch: each touched account's cached ``balance``/``held``/
 ``in_flight`` is read once per batch and written back once, and credit entries and
 history rows are inserted with ``executemany`` at the end — all inside the same
-transaction, so the cache and the entries can never disagree on disk. An unexpected
-exception (a bug, a constraint the checks missed) rolls the batch back and re-runs its
-operations one by one, so only the guilty operation fails. ``sqlite3`` errors become
-``LedgerUnavailable`` in one place (``_unavailable``).
+transaction, so the cache and the entries can never disagree on disk. The counters the
+gauges read (``ledger_counters``) move the same way. An unexpected exception (a bug, a
+constraint the checks missed) rolls the batch back and re-runs its operations one by
+one, so only the guilty operation fails, with a ``LedgerFault`` (logged here with its
+traceback; the caller gets no traceback). ``sqlite3`` errors become ``LedgerUnavailable``
+in one place (``_unavailable``), except a broken constraint, which no retry fixes.
+
+The submit rate of each account is a token bucket the writer holds in memory
+(``_SubmitBuckets``): the ledger is the one writer every gateway replica goes through,
+so the rate holds across replicas; a batch works on copies and keeps them only once it
+commits. A restarted ledger starts every bucket full (at most one extra burst).
+
+The account operations (accounts, API keys, grants, limits) are in
+``runtime.ledger_accounts``.
 
 Runs. A one-row UPDATE with a trigger and RETURNING costs mostly its statement's fixed
 work (RETURNING opens a temporary b-tree each time), so consecutive operations of one
@@ -46,8 +56,11 @@ awaits one statement at a time (a thread hop per statement: ~70 µs measured her
 our statements take 1-10 µs) and has no public call to run a function on its thread; its private
 ``_execute`` would tie us to its internals. A ``ThreadPoolExecutor(max_workers=1)`` per
 connection gives the same "one connection, one thread" model with public APIs only:
-the writer thread owns the write connection, a reader thread owns a ``query_only``
-connection, and WAL lets reads run while a batch is being written.
+the writer thread owns the write connection, two reader threads own a ``query_only``
+connection each, and WAL lets reads run while a batch is being written. One reader
+answers the reads of a few rows (a job, a balance, an API key), the other the pages and
+scans (statements, job lists, dead letters, the sweeper's scans), so a point read never
+waits behind a page another account asked for.
 
 The schema and its migrations are in ``runtime.ledger_schema``; the reads, plain
 functions run on the reader thread, in ``runtime.ledger_reads``.
@@ -56,7 +69,9 @@ functions run on the reader thread, in ``runtime.ledger_reads``.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
+import math
 import random
 import sqlite3
 import time
@@ -67,6 +82,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runtime import ledger_accounts as accounts_ops
 from runtime import ledger_reads as reads
 from runtime.errors import (
     AccountNotFound,
@@ -76,12 +92,16 @@ from runtime.errors import (
     InsufficientCredits,
     JoblineError,
     JobNotFound,
+    LedgerError,
+    LedgerFault,
     LedgerUnavailable,
+    SubmitRateLimited,
     TooManyJobsInFlight,
 )
 from runtime.invariants import check_invariants
 from runtime.ledger_schema import (
     BUSY_TIMEOUT_S,
+    DEAD_LETTERS_OPEN,
     JOB_COLUMNS,
     MUTABLE_COLUMNS,
     SELECT_JOB,
@@ -90,33 +110,49 @@ from runtime.ledger_schema import (
     job_from_row,
     job_from_update,
     migrate,
+    outputs_to_json,
     sql_set,
 )
 from runtime.models import (
+    AccountLimits,
     AccountPage,
+    ApiKeyPage,
     Balance,
     Cancel,
     Complete,
     CreateAccount,
-    CreditEntry,
-    DeadLetter,
+    CreateApiKey,
+    DeadLetterPage,
+    EndOrphan,
     EntryKind,
+    EntryPage,
     Fail,
     Grant,
     Job,
     JobHistoryEntry,
+    KeyMatch,
+    KeyRevocation,
     LedgerOp,
     MarkProcessing,
     OpenJob,
+    Orphan,
     Outcome,
     Page,
+    RecordKeyUse,
+    RecordOrphan,
     RecordWebhook,
     Redrive,
+    RevokeApiKey,
     ScheduleRetry,
+    SetAccountLimits,
     StartAttempt,
     Violation,
 )
+from runtime.policies import TokenBucket
 from runtime.states import TRANSITIONS, JobEvent, JobStatus, sources_of, transition
+from runtime.telemetry import get_logger
+
+log = get_logger("ledger")
 
 T = TypeVar("T")
 MAX_BATCH = 2048  # operations per transaction; bounds one batch's latency
@@ -147,6 +183,16 @@ _params_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encod
 def _unavailable(exc: BaseException) -> LedgerUnavailable:
     """The one place where SQLite (and thread) failures become ``LedgerUnavailable``."""
     return LedgerUnavailable(f"{type(exc).__name__}: {exc}")
+
+
+def _fault(what: str, exc: BaseException) -> LedgerError:
+    """What the caller of a failed operation or read gets: a broken constraint or a bug is a
+    ``LedgerFault`` (logged here with its traceback), anything else of SQLite's is
+    ``LedgerUnavailable`` (worth retrying: a lock, a full disk)."""
+    if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+        return _unavailable(exc)
+    log.error("ledger %s failed", what, exc_info=exc, extra={"error": repr(exc)})
+    return LedgerFault(what, f"{type(exc).__name__}: {exc}")
 
 
 # --- the write side: one batch, one transaction -----------------------------------------
@@ -202,7 +248,7 @@ def _settle(event: JobEvent, sets: str, params: tuple[str, ...]) -> _Update:
 
 
 INSERT_JOB = f"""INSERT INTO jobs ({JOB_COLUMNS})
-    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, NULL, 0, 0, ?, ?, NULL, NULL, ?, ?, ?, ?)"""
+    VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, NULL, 0, 0, ?, ?, NULL, NULL, ?, ?, ?, ?, NULL)"""
 INSERT_JOB_UNLESS_EXISTS = INSERT_JOB + " ON CONFLICT (id) DO NOTHING"
 START_PARAMS = ("vendor", "route_position", "now", "job_id", "attempt")
 # The usual attempt stays on the job's vendor: no vendor/position in the SET list, so
@@ -246,14 +292,19 @@ SCHEDULE_RETRY = _Update(
     ("route_position", "vendor", "not_before", "error", "now", "job_id", "attempt"),
 )
 COMPLETE = _settle(
-    JobEvent.SUCCEEDED, "result_key = {result_key}, error = NULL", ("result_key", "now", "job_id")
+    JobEvent.SUCCEEDED,
+    "result_key = {result_key}, outputs = {outputs}, error = NULL",
+    ("result_key", "outputs", "now", "job_id"),
 )
 FAIL = _settle(JobEvent.FAILED, "error = {error}", ("error", "now", "job_id"))
 EXPIRE = _settle(JobEvent.EXPIRED, "error = {error}", ("error", "now", "job_id"))
 CANCEL = _settle(JobEvent.CANCELED, "error = {error}", ("error", "now", "job_id"))
 CANCEL_OWN = _settle(JobEvent.CANCELED, "error = {error}", ("error", "now", "job_id", "account_id"))
 
-BALANCE, HELD, IN_FLIGHT = 0, 1, 2
+# The columns of an account a batch keeps (``_Batch.account``); the first three are cached
+# sums the batch writes back, the others the account's own limits (None: the default).
+BALANCE, HELD, IN_FLIGHT, MAX_IN_FLIGHT, SUBMIT_RATE, SUBMIT_BURST = range(6)
+ACCOUNT_COLUMNS = "balance, held, in_flight, max_jobs_in_flight, submits_per_second, submit_burst"
 
 
 class _FixedColumns:
@@ -276,22 +327,52 @@ class _FixedColumns:
         rows[job.id] = fixed_fields(job)
 
 
+class _SubmitBuckets:
+    """Each account's submit-rate token bucket, owned by the writer thread (see the module
+    docstring). A batch takes copies (``_Batch.bucket``) and ``keep`` stores them once the
+    batch has committed. Bounded: the least recently used buckets go first."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def keep(self, changed: dict[str, TokenBucket]) -> None:
+        buckets = self.buckets
+        for account_id, bucket in changed.items():
+            buckets.pop(account_id, None)
+            buckets[account_id] = bucket
+        while len(buckets) > self.capacity:
+            del buckets[next(iter(buckets))]
+
+
+@dataclass(slots=True)
+class _WriterState:
+    """What the writer thread remembers between batches (nothing a restart needs)."""
+
+    fixed: _FixedColumns
+    buckets: _SubmitBuckets
+
+
 class _Batch:
     """The operations of one transaction, applied on the writer thread.
 
     Account rows are read once and written back in ``flush``; entries and history rows
-    are appended to lists and inserted in ``flush``. Each ``_op_*`` method checks before
-    it writes: when it raises a ``JoblineError`` it has changed nothing.
+    are appended to lists and inserted in ``flush``; so are the counters' changes. Each
+    ``_op_*`` method checks before it writes: when it raises a ``JoblineError`` it has
+    changed nothing.
     """
 
-    def __init__(self, conn: sqlite3.Connection, now: float, fixed: _FixedColumns) -> None:
+    def __init__(self, conn: sqlite3.Connection, now: float, state: _WriterState) -> None:
         self.conn = conn
         self.now = now
-        self.fixed = fixed
-        self.accounts: dict[str, list[int]] = {}  # [balance, held, in_flight]
+        self.fixed = state.fixed
+        self.submit_buckets = state.buckets
+        self.accounts: dict[str, list[Any]] = {}  # ACCOUNT_COLUMNS
         self.dirty: set[str] = set()
         self.entries: list[tuple[str, str, int, str, float]] = []
         self.history: list[tuple[str, str, str, float, str | None]] = []
+        self.counters: dict[str, int] = {}  # name -> change
+        self.buckets: dict[str, TokenBucket] = {}  # copies taken by this batch
 
     def apply_all(self, ops: Sequence[LedgerOp]) -> list[Outcome]:
         """Each op's Outcome, in order: runs of one kind together, the others one by one."""
@@ -378,21 +459,40 @@ class _Batch:
         if self.dirty:
             conn.executemany(
                 "UPDATE accounts SET balance = ?, held = ?, in_flight = ? WHERE id = ?",
-                [(*self.accounts[a], a) for a in self.dirty],
+                [(*self.accounts[a][:3], a) for a in self.dirty],
             )
+        changed = [(n, name) for name, n in self.counters.items() if n]
+        if changed:
+            conn.executemany("UPDATE ledger_counters SET n = n + ? WHERE name = ?", changed)
 
     # --- helpers ---
 
-    def account(self, account_id: str) -> list[int]:
+    def account(self, account_id: str) -> list[Any]:
+        """The account's ``ACCOUNT_COLUMNS``, read once per batch."""
         cached = self.accounts.get(account_id)
         if cached is None:
             row = self.conn.execute(
-                "SELECT balance, held, in_flight FROM accounts WHERE id = ?", (account_id,)
+                f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,)
             ).fetchone()
             if row is None:
                 raise AccountNotFound(account_id)
             cached = self.accounts[account_id] = list(row)
         return cached
+
+    def count(self, name: str, change: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + change
+
+    def bucket(self, account_id: str, rate: float, burst: int) -> TokenBucket:
+        """This batch's copy of the account's submit bucket (a new one if the rate changed)."""
+        bucket = self.buckets.get(account_id)
+        if bucket is None:
+            kept = self.submit_buckets.buckets.get(account_id)
+            if kept is not None and kept.rate == rate and kept.burst == burst:
+                bucket = copy.copy(kept)
+            else:
+                bucket = TokenBucket(rate, burst)
+            self.buckets[account_id] = bucket
+        return bucket
 
     def job(self, job_id: str) -> Job:
         job = self.maybe_job(job_id)
@@ -438,6 +538,7 @@ class _Batch:
         self.dirty.add(job.account_id)
         self.entries.append((job.account_id, kind.value, job.cost, job.id, self.now))
         self.history.append((job.id, job.account_id, job.status.value, self.now, detail))
+        self.count(f"jobs_{job.status.value}")
         self.fixed.rows.pop(job.id, None)
         return job
 
@@ -460,39 +561,9 @@ class _Batch:
 
     # --- operations ---
 
-    def _op_create_account(self, op: CreateAccount) -> tuple[str, bool]:
-        exists = self.conn.execute(
-            "SELECT 1 FROM accounts WHERE id = ?", (op.account_id,)
-        ).fetchone()
-        if exists:
-            return op.account_id, False
-        self.conn.execute(
-            "INSERT INTO accounts (id, name, api_key_hash, created_at) VALUES (?, ?, ?, ?)",
-            (op.account_id, op.name, op.api_key_hash, self.now),
-        )
-        return op.account_id, True
-
-    def _op_grant(self, op: Grant) -> tuple[Balance, bool]:
-        if op.amount <= 0:
-            raise ValueError(f"a grant must be positive, not {op.amount}")
-        account = self.account(op.account_id)
-        seen = self.conn.execute(
-            "SELECT 1 FROM credit_entries WHERE ref = ?", (op.grant_id,)
-        ).fetchone()
-        if not seen:
-            self.conn.execute(
-                "INSERT INTO credit_entries (account_id, kind, amount, job_id, ref, created_at) "
-                "VALUES (?, 'grant', ?, NULL, ?, ?)",
-                (op.account_id, op.amount, op.grant_id, self.now),
-            )
-            account[BALANCE] += op.amount
-            self.dirty.add(op.account_id)
-        balance, held = account[BALANCE], account[HELD]
-        return Balance(op.account_id, balance, held, balance - held), not seen
-
     def _op_open_job(self, op: OpenJob) -> tuple[Job, bool]:
-        if op.price <= 0:
-            raise ValueError(f"a job's price must be positive, not {op.price}")
+        if op.price < 0:
+            raise ValueError(f"a job's price cannot be negative, not {op.price}")
         conn = self.conn
         if op.idempotency_key is not None:
             row = conn.execute(
@@ -505,11 +576,7 @@ class _Batch:
                     raise IdempotencyConflict(op.idempotency_key, row[0])
                 return self.job(row[0]), False
         account = self.account(op.account_id)
-        refusal: JoblineError | None = None
-        if op.max_in_flight is not None and account[IN_FLIGHT] >= op.max_in_flight:
-            refusal = TooManyJobsInFlight(op.account_id, op.max_in_flight)
-        elif account[BALANCE] - account[HELD] < op.price:
-            refusal = InsufficientCredits(op.account_id, op.price, account[BALANCE] - account[HELD])
+        refusal = self.refusal(op, account)
         if refusal is not None:
             existing = self.maybe_job(op.job_id)  # a replay of a job opened before
             if existing is None:
@@ -537,6 +604,7 @@ class _Batch:
         ).rowcount
         if not inserted:
             return self.job(op.job_id), False
+        self.take_submit_token(op, account)
         if op.idempotency_key is not None:
             conn.execute(
                 "INSERT INTO idempotency_keys (account_id, key, job_id, request_hash, created_at)"
@@ -567,6 +635,31 @@ class _Batch:
         )
         self.hold(job, "opened" if op.redriven_from is None else f"redrive of {op.redriven_from}")
         return job, True
+
+    def refusal(self, op: OpenJob, account: list[Any]) -> JoblineError | None:
+        """Why the account may not open this job now (its own limits before the defaults)."""
+        cap = account[MAX_IN_FLIGHT] if account[MAX_IN_FLIGHT] is not None else op.max_in_flight
+        if cap is not None and account[IN_FLIGHT] >= cap:
+            return TooManyJobsInFlight(op.account_id, cap)
+        available = account[BALANCE] - account[HELD]
+        if available < op.price:
+            return InsufficientCredits(op.account_id, op.price, available)
+        rate, burst = self.submit_rate(op, account)
+        if rate > 0:
+            delay = self.bucket(op.account_id, rate, burst).delay_until_available(self.now)
+            if delay > 0:
+                return SubmitRateLimited(op.account_id, rate, delay)
+        return None
+
+    def submit_rate(self, op: OpenJob, account: list[Any]) -> tuple[float, int]:
+        rate = account[SUBMIT_RATE] if account[SUBMIT_RATE] is not None else op.submits_per_second
+        burst = account[SUBMIT_BURST] if account[SUBMIT_BURST] is not None else op.submit_burst
+        return float(rate), max(1, int(burst))
+
+    def take_submit_token(self, op: OpenJob, account: list[Any]) -> None:
+        rate, burst = self.submit_rate(op, account)
+        if rate > 0:
+            self.bucket(op.account_id, rate, burst).try_acquire(self.now)
 
     def _op_start_attempt(self, op: StartAttempt) -> tuple[Job, bool]:
         params = _start_params(op, self.now)
@@ -625,6 +718,7 @@ class _Batch:
         if job is None:
             return self.absorbed(self.job(op.job_id), event)
         self.settle(job, EntryKind.RELEASE, op.error)
+        self.count(DEAD_LETTERS_OPEN)
         self.conn.execute(
             "INSERT INTO dead_letters (job_id, account_id, model, vendor, error, attempts, "
             "trace_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -661,6 +755,22 @@ class _Batch:
             (op.vendor, op.webhook_id, self.now),
         ).rowcount
         return bool(new), bool(new)
+
+    def _op_record_orphan(self, op: RecordOrphan) -> tuple[bool, bool]:
+        new = self.conn.execute(
+            "INSERT INTO orphans (job_id, attempt, vendor, model, since, until) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (op.job_id, op.attempt, op.vendor, op.model, op.since, op.until),
+        ).rowcount
+        return bool(new), bool(new)
+
+    def _op_end_orphan(self, op: EndOrphan) -> tuple[bool, bool]:
+        ended = self.conn.execute(
+            "UPDATE orphans SET ended_at = ?, task_id = ? "
+            "WHERE job_id = ? AND attempt = ? AND ended_at IS NULL",
+            (self.now, op.task_id, op.job_id, op.attempt),
+        ).rowcount
+        return bool(ended), bool(ended)
 
     def _op_redrive(self, op: Redrive) -> tuple[Job, bool]:
         conn = self.conn
@@ -705,14 +815,19 @@ class _Batch:
         conn.execute(
             "UPDATE dead_letters SET redriven_to = ? WHERE job_id = ?", (op.new_job_id, dead.id)
         )
+        self.count(DEAD_LETTERS_OPEN, -1)
         job = self.job(op.new_job_id)
         self.hold(job, f"redrive of {dead.id}")
         return job, True
 
 
 _HANDLERS: dict[type[Any], Callable[[_Batch, Any], tuple[Any, bool]]] = {
-    CreateAccount: _Batch._op_create_account,
-    Grant: _Batch._op_grant,
+    CreateAccount: accounts_ops.create_account,
+    Grant: accounts_ops.grant,
+    CreateApiKey: accounts_ops.create_api_key,
+    RevokeApiKey: accounts_ops.revoke_api_key,
+    RecordKeyUse: accounts_ops.record_key_use,
+    SetAccountLimits: accounts_ops.set_account_limits,
     OpenJob: _Batch._op_open_job,
     StartAttempt: _Batch._op_start_attempt,
     MarkProcessing: _Batch._op_mark_processing,
@@ -722,6 +837,8 @@ _HANDLERS: dict[type[Any], Callable[[_Batch, Any], tuple[Any, bool]]] = {
     Cancel: _Batch._op_cancel,
     RecordWebhook: _Batch._op_record_webhook,
     Redrive: _Batch._op_redrive,
+    RecordOrphan: _Batch._op_record_orphan,
+    EndOrphan: _Batch._op_end_orphan,
 }
 
 
@@ -734,7 +851,7 @@ def _processing_params(op: MarkProcessing, now: float) -> tuple[Any, ...]:
 
 
 def _complete_params(op: Complete, now: float) -> tuple[Any, ...]:
-    return (op.result_key, now, op.job_id)
+    return (op.result_key, outputs_to_json(op.outputs), now, op.job_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -758,40 +875,42 @@ _RUNS: dict[type[Any], _Run] = {
     Complete: _Run(COMPLETE, _complete_params, _Batch.completed),
 }
 
-Result = Outcome | BaseException  # an Outcome, or an unexpected error for that caller
-
 
 def run_batch(
-    conn: sqlite3.Connection, ops: Sequence[LedgerOp], now: float, fixed: _FixedColumns
-) -> list[Result]:
+    conn: sqlite3.Connection, ops: Sequence[LedgerOp], now: float, state: _WriterState
+) -> list[Outcome]:
     """Apply ``ops`` in one transaction and commit once; one result per op, in order.
 
     Runs on the writer thread. A ``JoblineError`` raised by an op becomes that op's
     ``Outcome.error`` (the op wrote nothing). Anything else rolls the whole batch back
-    and the ops are re-run one per transaction, so only the guilty op fails.
+    and the ops are re-run one per transaction, so only the guilty op fails (with a
+    ``LedgerFault``, or ``LedgerUnavailable`` for SQLite trouble a retry may outlast).
     """
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:  # locked past busy_timeout, disk gone: nobody can proceed
         return [Outcome(error=_unavailable(exc), changed=False)] * len(ops)
     try:
-        batch = _Batch(conn, now, fixed)
-        results: list[Result] = list(batch.apply_all(ops))
+        batch = _Batch(conn, now, state)
+        results = batch.apply_all(ops)
         batch.flush()
-    except BaseException as exc:
+    except Exception as exc:
         _rollback(conn)
-        fixed.rows.clear()  # it may name jobs the rollback just un-inserted
+        state.fixed.rows.clear()  # it may name jobs the rollback just un-inserted
         if len(ops) > 1:
-            return [run_batch(conn, [op], now, fixed)[0] for op in ops]
-        if isinstance(exc, sqlite3.Error):
-            return [Outcome(error=_unavailable(exc), changed=False)]
-        return [exc]
+            return [run_batch(conn, [op], now, state)[0] for op in ops]
+        return [Outcome(error=_fault(type(ops[0]).__name__, exc), changed=False)]
+    except BaseException:
+        _rollback(conn)
+        state.fixed.rows.clear()
+        raise
     try:
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
         _rollback(conn)
-        fixed.rows.clear()
+        state.fixed.rows.clear()
         return [Outcome(error=_unavailable(exc), changed=False)] * len(ops)
+    state.buckets.keep(batch.buckets)
     return results
 
 
@@ -837,13 +956,18 @@ class _Connection:
         self._conn: sqlite3.Connection | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(connection, *args)`` on this connection's thread (or inline); sqlite3
-        errors become LedgerUnavailable."""
+        """``fn(connection, *args)`` on this connection's thread (or inline). Raises only
+        ``JoblineError``s: sqlite3 errors become LedgerUnavailable, anything unexpected a
+        LedgerFault (logged)."""
         if self._executor is None:
             try:
                 return fn(self._conn, *args)
+            except JoblineError:
+                raise
             except sqlite3.Error as exc:
                 raise _unavailable(exc) from exc
+            except Exception as exc:
+                raise _fault(getattr(fn, "__name__", "read"), exc) from exc
         loop = asyncio.get_running_loop()
         try:
             future = loop.run_in_executor(self._executor, fn, self._conn, *args)
@@ -851,8 +975,12 @@ class _Connection:
             raise _unavailable(exc) from exc
         try:
             return await future
+        except JoblineError:
+            raise
         except sqlite3.Error as exc:
             raise _unavailable(exc) from exc
+        except Exception as exc:
+            raise _fault(getattr(fn, "__name__", "read"), exc) from exc
 
     async def open(
         self, path: Path, busy_timeout_s: float, *, writer: bool, mode: LedgerMode
@@ -899,9 +1027,10 @@ class WriterStats:
 class Ledger:
     """The single source of truth for jobs and money. Use ``await Ledger.open(path)``.
 
-    Call it from the event loop that opened it. Reads go to a separate connection and
-    thread and may run while a batch is being written (``LedgerMode``: or both run inline
-    on the event loop, for a simulation).
+    Call it from the event loop that opened it. Reads go to separate connections and
+    threads (point reads and page reads apart) and may run while a batch is being
+    written (``LedgerMode``: or all of them run inline on the event loop, for a
+    simulation).
     """
 
     def __init__(self, path: Path, clock: Callable[[], float], mode: LedgerMode = THREADED) -> None:
@@ -909,7 +1038,8 @@ class Ledger:
         self.mode = mode
         self._clock = clock
         self._writer = _Connection("jobline-ledger-writer", inline=mode.inline)
-        self._reader = _Connection("jobline-ledger-reader", inline=mode.inline)
+        self._reader = _Connection("jobline-ledger-reader", inline=mode.inline)  # a few rows
+        self._lists = _Connection("jobline-ledger-lists", inline=mode.inline)  # pages, scans
         self._queue: list[tuple[LedgerOp, asyncio.Future[Outcome]]] = []
         self._wakeup = asyncio.Event()
         # The loop that opens the ledger serves it; asking for the running loop on each
@@ -918,7 +1048,7 @@ class Ledger:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.stats = WriterStats()
-        self._fixed = _FixedColumns()  # used on the writer thread only
+        self._state = _WriterState(_FixedColumns(), _SubmitBuckets())  # writer thread only
 
     @classmethod
     async def open(
@@ -936,9 +1066,11 @@ class Ledger:
         try:
             await ledger._writer.open(path, busy_timeout_s, writer=True, mode=mode)
             await ledger._reader.open(path, busy_timeout_s, writer=False, mode=mode)
+            await ledger._lists.open(path, busy_timeout_s, writer=False, mode=mode)
         except BaseException:
             await ledger._writer.close()
             await ledger._reader.close()
+            await ledger._lists.close()
             raise
         ledger._task = ledger._loop.create_task(ledger._write_loop(), name="jobline-ledger-writer")
         return ledger
@@ -953,6 +1085,7 @@ class Ledger:
             await self._task
         await self._writer.close()
         await self._reader.close()
+        await self._lists.close()
 
     async def __aenter__(self) -> Ledger:
         return self
@@ -995,11 +1128,9 @@ class Ledger:
     async def _run(self, batch: list[tuple[LedgerOp, asyncio.Future[Outcome]]]) -> None:
         ops = [op for op, _ in batch]
         try:
-            results: list[Result] = await self._writer.call(
-                run_batch, ops, self._clock(), self._fixed
-            )
+            results = await self._writer.call(run_batch, ops, self._clock(), self._state)
         except BaseException as exc:  # the thread is gone: the outcome is unknown
-            error = exc if isinstance(exc, LedgerUnavailable) else _unavailable(exc)
+            error = exc if isinstance(exc, LedgerError) else _unavailable(exc)
             for _, future in batch:
                 if not future.done():
                     future.set_result(Outcome(error=error, changed=False))
@@ -1011,12 +1142,8 @@ class Ledger:
         stats.ops += len(ops)
         stats.largest_batch = max(stats.largest_batch, len(ops))
         for (_, future), result in zip(batch, results, strict=True):
-            if future.done():  # the caller gave up waiting; the op still happened
-                continue
-            if isinstance(result, Outcome):
+            if not future.done():  # else the caller gave up waiting; the op still happened
                 future.set_result(result)
-            else:
-                future.set_exception(result)
 
     async def check_invariants(self) -> list[Violation]:
         """Every violation of I1, I2 and I5 in the database now
@@ -1053,29 +1180,34 @@ class Ledger:
                 before = int(cursor)
             except ValueError:
                 raise InputInvalid(f"invalid cursor {cursor!r}") from None
-        return await self._reader.call(reads.page, account_id, status, limit, before)
+        return await self._lists.call(reads.page, account_id, status, limit, before)
 
     async def jobs_for_vendor(
         self,
         vendor: str,
         statuses: Sequence[JobStatus] = (JobStatus.QUEUED, JobStatus.PROCESSING),
     ) -> list[Job]:
-        return await self._reader.call(reads.jobs_for_vendor, vendor, list(statuses))
+        return await self._lists.call(reads.jobs_for_vendor, vendor, list(statuses))
 
     async def submits_in_doubt(self, vendor: str, updated_after: float) -> list[Job]:
         """Jobs of ``vendor`` (any status) whose last submit may have created a vendor task
         jobline never recorded, last updated after ``updated_after``."""
-        return await self._reader.call(reads.in_doubt, vendor, updated_after)
+        return await self._lists.call(reads.in_doubt, vendor, updated_after)
+
+    async def orphans(self, vendor: str, now: float) -> list[Orphan]:
+        """The open orphans of ``vendor`` (``RecordOrphan``) the vendor may still run at
+        ``now``: not ended, ``until`` later than ``now``."""
+        return await self._reader.call(reads.orphans, vendor, now)
 
     async def jobs_by_status(
         self, status: JobStatus, updated_before: float | None = None, limit: int = 1000
     ) -> list[Job]:
         """Jobs in ``status``, least recently updated first."""
-        return await self._reader.call(reads.jobs_by_status, status, updated_before, limit)
+        return await self._lists.call(reads.jobs_by_status, status, updated_before, limit)
 
     async def expired_jobs(self, now: float, limit: int = 1000) -> list[Job]:
         """Non-terminal jobs whose deadline has passed, earliest deadline first."""
-        return await self._reader.call(reads.expired, now, limit)
+        return await self._lists.call(reads.expired, now, limit)
 
     async def history(self, job_id: str, after_seq: int = 0) -> list[JobHistoryEntry]:
         """The job's status changes in order (those after ``after_seq``, to resume)."""
@@ -1085,31 +1217,31 @@ class Ledger:
         self, account_id: str, after_seq: int, limit: int = 500
     ) -> list[JobHistoryEntry]:
         """The status changes of the account's jobs after ``after_seq``, oldest first."""
-        return await self._reader.call(reads.account_history, account_id, after_seq, limit)
+        return await self._lists.call(reads.account_history, account_id, after_seq, limit)
 
     async def accounts_changed(
         self, after_seq: int | None, limit: int = 5000
     ) -> tuple[int, list[str]]:
         """(last seq read, accounts with status changes after ``after_seq``); see reads."""
-        return await self._reader.call(reads.accounts_changed, after_seq, limit)
+        return await self._lists.call(reads.accounts_changed, after_seq, limit)
 
     async def accounts(self, limit: int = 50, cursor: str | None = None) -> AccountPage:
         """Accounts newest first with their grants; pass ``next_cursor`` back for more."""
         if limit < 1:
             raise InputInvalid(f"limit must be at least 1, not {limit}")
-        before: tuple[float, str] | None = None
-        if cursor is not None:
-            created, _, account_id = cursor.partition("/")
-            try:
-                before = (float(created), account_id)
-            except ValueError:
-                raise InputInvalid(f"invalid cursor {cursor!r}") from None
-            if not account_id or before[0] != before[0]:  # NaN compares unequal
-                raise InputInvalid(f"invalid cursor {cursor!r}")
-        return await self._reader.call(reads.accounts, limit, before)
+        return await self._lists.call(reads.accounts, limit, _time_cursor(cursor))
 
-    async def statement(self, account_id: str) -> list[CreditEntry]:
-        return await self._reader.call(reads.statement, account_id)
+    async def statement(
+        self,
+        account_id: str,
+        limit: int = 100,
+        cursor: str | None = None,
+        newest_first: bool = False,
+    ) -> EntryPage:
+        """One page of the account's credit entries, oldest first (or newest first); pass
+        ``next_cursor`` back for the next page. A keyset read: every page costs the same."""
+        after = _int_cursor(cursor, limit)
+        return await self._lists.call(reads.statement, account_id, limit, after, newest_first)
 
     async def balance(self, account_id: str) -> Balance:
         balance = await self._reader.call(reads.balance, account_id)
@@ -1117,15 +1249,69 @@ class Ledger:
             raise AccountNotFound(account_id)
         return balance
 
-    async def account_for_key(self, api_key_hash: str) -> str | None:
-        return await self._reader.call(reads.account_for_key, api_key_hash)
+    async def keys_for_hashes(self, key_hashes: Sequence[str]) -> list[KeyMatch | None]:
+        """The account and key of each API key hash, in the order asked (None: unknown).
+        A revoked key is still matched, with its ``expires_at``: the caller compares it."""
+        return await self._reader.call(reads.keys_for_hashes, list(key_hashes))
+
+    async def revocations(
+        self, after_seq: int | None, limit: int = 1000
+    ) -> tuple[int, list[KeyRevocation]]:
+        """The revocation feed: (last seq read, keys revoked after ``after_seq``); with
+        None, where the feed ends now and nothing. Gateways follow it to drop keys."""
+        return await self._reader.call(reads.revocations, after_seq, limit)
+
+    async def api_keys(
+        self, account_id: str, limit: int = 50, cursor: str | None = None
+    ) -> ApiKeyPage:
+        """The account's API keys, newest first (never a key or its hash)."""
+        before = _int_cursor(cursor, limit)
+        return await self._lists.call(reads.api_keys, account_id, limit, before)
+
+    async def account_limits(self, account_id: str) -> AccountLimits:
+        limits = await self._reader.call(reads.account_limits, account_id)
+        if limits is None:
+            raise AccountNotFound(account_id)
+        return limits
 
     async def dead_letters(
-        self, limit: int = 100, include_redriven: bool = False
-    ) -> list[DeadLetter]:
-        """Dead letters, newest first."""
-        return await self._reader.call(reads.dead_letters, limit, include_redriven)
+        self, limit: int = 100, include_redriven: bool = False, cursor: str | None = None
+    ) -> DeadLetterPage:
+        """Dead letters, newest first, a page at a time."""
+        if limit < 1:
+            raise InputInvalid(f"limit must be at least 1, not {limit}")
+        before = _time_cursor(cursor)
+        return await self._lists.call(reads.dead_letters, limit, include_redriven, before)
+
+    async def open_dead_letters(self) -> int:
+        """Dead letters not re-driven: one counter row, however many there are."""
+        return await self._reader.call(reads.counter, DEAD_LETTERS_OPEN)
 
     async def counts(self) -> dict[str, int]:
-        """Jobs by status (every status present), for metrics."""
-        return await self._reader.call(reads.counts)
+        """Jobs by status (every status present), for metrics: the open ones counted from
+        their small index, the terminal ones kept as counters."""
+        return await self._lists.call(reads.counts)
+
+
+def _int_cursor(cursor: str | None, limit: int) -> int | None:
+    if limit < 1:
+        raise InputInvalid(f"limit must be at least 1, not {limit}")
+    if cursor is None:
+        return None
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
+        raise InputInvalid(f"invalid cursor {cursor!r}")
+    return int(cursor)
+
+
+def _time_cursor(cursor: str | None) -> tuple[float, str] | None:
+    """A ``"<created_at>/<id>"`` cursor (a float time and an id), as pages hand it out."""
+    if cursor is None:
+        return None
+    created, _, item = cursor.partition("/")
+    try:
+        at = float(created)
+    except ValueError:
+        raise InputInvalid(f"invalid cursor {cursor!r}") from None
+    if not item or math.isnan(at):  # an infinite time compares fine in SQL
+        raise InputInvalid(f"invalid cursor {cursor!r}")
+    return at, item

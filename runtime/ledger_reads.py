@@ -1,5 +1,6 @@
-"""The ledger's read side: plain functions of the reader thread's ``query_only``
-connection, which ``Ledger`` runs there (WAL lets them run while a batch is written)."""
+"""The ledger's read side: plain functions of a reader thread's ``query_only``
+connection, which ``Ledger`` runs there (WAL lets them run while a batch is written):
+point reads on one reader, pages and scans on the other."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sqlite3
 from typing import Any
 
 from runtime.ledger_schema import (
+    COUNTED_STATUSES,
     JOB_COLUMNS,
     OPEN_SQL,
     SELECT_JOB,
@@ -16,13 +18,20 @@ from runtime.ledger_schema import (
     job_from_row,
 )
 from runtime.models import (
+    AccountLimits,
     AccountPage,
     AccountSummary,
+    ApiKey,
+    ApiKeyPage,
     Balance,
-    CreditEntry,
     DeadLetter,
+    DeadLetterPage,
+    EntryPage,
     Job,
     JobHistoryEntry,
+    KeyMatch,
+    KeyRevocation,
+    Orphan,
     Page,
 )
 from runtime.states import TERMINAL, JobStatus
@@ -90,6 +99,15 @@ def in_doubt(conn: sqlite3.Connection, vendor: str, updated_after: float) -> lis
         (vendor, updated_after),
     ).fetchall()
     return [job_from_row(row) for row in rows]
+
+
+def orphans(conn: sqlite3.Connection, vendor: str, now: float) -> list[Orphan]:
+    rows = conn.execute(
+        "SELECT job_id, attempt, vendor, model, since, until FROM orphans INDEXED BY orphans_open "
+        "WHERE vendor = ? AND ended_at IS NULL AND until > ? ORDER BY until",
+        (vendor, now),
+    ).fetchall()
+    return [Orphan(*row) for row in rows]
 
 
 def jobs_by_status(
@@ -189,13 +207,27 @@ def accounts(conn: sqlite3.Connection, limit: int, before: tuple[float, str] | N
     return AccountPage(items, cursor)
 
 
-def statement(conn: sqlite3.Connection, account_id: str) -> list[CreditEntry]:
+def statement(
+    conn: sqlite3.Connection, account_id: str, limit: int, after: int | None, newest_first: bool
+) -> EntryPage:
+    """A page of the account's entries by id (index ``(account_id, id)``); ``after`` is the
+    last id of the previous page, in the page's own direction."""
+    where = "account_id = ?"
+    params: list[Any] = [account_id]
+    if after is not None:
+        where += " AND id < ?" if newest_first else " AND id > ?"
+        params.append(after)
+    order = "DESC" if newest_first else "ASC"
     rows = conn.execute(
         "SELECT id, account_id, kind, amount, job_id, created_at, ref FROM credit_entries "
-        "WHERE account_id = ? ORDER BY id",
-        (account_id,),
+        f"INDEXED BY credit_entries_account WHERE {where} ORDER BY id {order} LIMIT ?",
+        (*params, limit + 1),
     ).fetchall()
-    return [entry_from_row(row) for row in rows]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return EntryPage(
+        [entry_from_row(row) for row in rows], str(rows[-1][0]) if more and rows else None
+    )
 
 
 def balance(conn: sqlite3.Connection, account_id: str) -> Balance | None:
@@ -203,23 +235,109 @@ def balance(conn: sqlite3.Connection, account_id: str) -> Balance | None:
     return None if row is None else Balance(account_id, row[0], row[1], row[0] - row[1])
 
 
-def account_for_key(conn: sqlite3.Connection, api_key_hash: str) -> str | None:
-    row = conn.execute("SELECT id FROM accounts WHERE api_key_hash = ?", (api_key_hash,)).fetchone()
-    return None if row is None else str(row[0])
+def keys_for_hashes(conn: sqlite3.Connection, hashes: list[str]) -> list[KeyMatch | None]:
+    rows = conn.execute(
+        "SELECT hash, account_id, id, expires_at FROM api_keys "
+        "WHERE hash IN (SELECT value FROM json_each(?))",
+        (json.dumps(hashes),),
+    ).fetchall()
+    found = {row[0]: KeyMatch(row[1], row[2], row[3]) for row in rows}
+    return [found.get(h) for h in hashes]
 
 
-def dead_letters(conn: sqlite3.Connection, limit: int, include_redriven: bool) -> list[DeadLetter]:
-    where = "" if include_redriven else "WHERE redriven_to IS NULL "
+def revocations(
+    conn: sqlite3.Connection, after_seq: int | None, limit: int
+) -> tuple[int, list[KeyRevocation]]:
+    if after_seq is None:
+        row = conn.execute("SELECT coalesce(max(revoked_seq), 0) FROM api_keys").fetchone()
+        return int(row[0]), []
+    rows = conn.execute(
+        "SELECT revoked_seq, id, expires_at FROM api_keys WHERE revoked_seq > ? "
+        "ORDER BY revoked_seq LIMIT ?",
+        (after_seq, limit),
+    ).fetchall()
+    if not rows:
+        return after_seq, []
+    return int(rows[-1][0]), [KeyRevocation(row[0], row[1], row[2]) for row in rows]
+
+
+API_KEY_COLUMNS = "id, account_id, prefix, name, created_at, revoked_at, expires_at, last_used_at"
+
+
+def api_key_from_row(row: Any) -> ApiKey:
+    return ApiKey(*row)
+
+
+def api_keys(
+    conn: sqlite3.Connection, account_id: str, limit: int, before: int | None
+) -> ApiKeyPage:
+    where = "account_id = ?"
+    params: list[Any] = [account_id]
+    if before is not None:
+        where += " AND seq < ?"
+        params.append(before)
+    rows = conn.execute(
+        f"SELECT seq, {API_KEY_COLUMNS} FROM api_keys WHERE {where} ORDER BY seq DESC LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return ApiKeyPage(
+        [api_key_from_row(row[1:]) for row in rows], str(rows[-1][0]) if more and rows else None
+    )
+
+
+def account_limits(conn: sqlite3.Connection, account_id: str) -> AccountLimits | None:
+    row = conn.execute(
+        "SELECT max_jobs_in_flight, submits_per_second, submit_burst FROM accounts WHERE id = ?",
+        (account_id,),
+    ).fetchone()
+    return None if row is None else AccountLimits(account_id, *row)
+
+
+def dead_letters(
+    conn: sqlite3.Connection,
+    limit: int,
+    include_redriven: bool,
+    before: tuple[float, str] | None,
+) -> DeadLetterPage:
+    """Newest first by (created_at, job_id); the open ones from their partial index."""
+    where: list[str] = []
+    params: list[Any] = []
+    if not include_redriven:
+        where.append("redriven_to IS NULL")
+    if before is not None:
+        where.append("(created_at, job_id) < (?, ?)")
+        params.extend(before)
+    index = "dead_letters_created" if include_redriven else "dead_letters_open"
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
     rows = conn.execute(
         "SELECT job_id, account_id, model, vendor, error, attempts, trace_id, created_at, "
-        f"redriven_to FROM dead_letters {where}ORDER BY created_at DESC, job_id LIMIT ?",
-        (limit,),
+        f"redriven_to FROM dead_letters INDEXED BY {index} {clause}"
+        "ORDER BY created_at DESC, job_id DESC LIMIT ?",
+        (*params, limit + 1),
     ).fetchall()
-    return [DeadLetter(*row) for row in rows]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = f"{rows[-1][7]!r}/{rows[-1][0]}" if more and rows else None
+    return DeadLetterPage([DeadLetter(*row) for row in rows], cursor)
+
+
+def counter(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute("SELECT n FROM ledger_counters WHERE name = ?", (name,)).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def counts(conn: sqlite3.Connection) -> dict[str, int]:
     counts = {s.value: 0 for s in JobStatus}
-    for status, n in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
+    for status, n in conn.execute(
+        f"SELECT status, count(*) FROM jobs INDEXED BY jobs_open WHERE {OPEN_SQL} GROUP BY status"
+    ):
         counts[status] = n
+    names = [f"jobs_{status}" for status in COUNTED_STATUSES]
+    for name, n in conn.execute(
+        "SELECT name, n FROM ledger_counters WHERE name IN (SELECT value FROM json_each(?))",
+        (json.dumps(names),),
+    ):
+        counts[name.removeprefix("jobs_")] = n
     return counts

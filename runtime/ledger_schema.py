@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from runtime.errors import LedgerUnavailable
-from runtime.models import CreditEntry, EntryKind, Job
+from runtime.models import CreditEntry, EntryKind, Job, StoredOutput
 from runtime.states import TERMINAL, JobStatus
 
 BUSY_TIMEOUT_S = 5.0
@@ -38,7 +38,49 @@ TERMINAL_SQL = sql_set(TERMINAL)
 
 # --- schema ---------------------------------------------------------------------------
 
-MIGRATIONS: list[list[str]] = [
+# A migration step is SQL, or a function of the connection for what SQL alone cannot say.
+Step = str | Callable[[sqlite3.Connection], None]
+
+# Kept in a counter table, updated in the same transaction as what they count, so that
+# gauges read one row instead of counting millions (``ledger_counters``). The open
+# statuses are counted from the small ``jobs_open`` index instead.
+COUNTED_STATUSES = tuple(sorted(s.value for s in TERMINAL))
+DEAD_LETTERS_OPEN = "dead_letters_open"
+
+# Migration 7 lets a price be 0 (a free model): a free job has a hold of 0 and a capture
+# or release of 0, so I2 ("exactly one hold, exactly one settlement") holds as written.
+# Grants stay positive. Relaxing a CHECK changes no stored row, so the table is not
+# rebuilt: its CREATE statement is edited in place, the procedure SQLite documents for
+# removing CHECK constraints (https://www.sqlite.org/lang_altertable.html, "Making Other
+# Kinds Of Table Schema Changes"); every row that passed the old check passes the new.
+RELAXED_CHECKS = (
+    ("jobs", "cost INTEGER NOT NULL CHECK (cost > 0)", "cost INTEGER NOT NULL CHECK (cost >= 0)"),
+    (
+        "credit_entries",
+        "amount INTEGER NOT NULL CHECK (amount > 0)",
+        "amount INTEGER NOT NULL CHECK (amount > 0 OR (amount = 0 AND kind <> 'grant'))",
+    ),
+)
+
+
+def _relax_checks(conn: sqlite3.Connection) -> None:
+    version = int(conn.execute("PRAGMA schema_version").fetchone()[0])
+    conn.execute("PRAGMA writable_schema = ON")
+    try:
+        for table, old, new in RELAXED_CHECKS:
+            edited = conn.execute(
+                "UPDATE sqlite_schema SET sql = replace(sql, ?, ?) "
+                "WHERE type = 'table' AND name = ? AND instr(sql, ?) > 0",
+                (old, new, table, old),
+            ).rowcount
+            if edited != 1:
+                raise LedgerUnavailable(f"schema migration 7: {table} does not read {old!r}")
+        conn.execute(f"PRAGMA schema_version = {version + 1}")  # other connections reload
+    finally:
+        conn.execute("PRAGMA writable_schema = OFF")
+
+
+MIGRATIONS: list[list[Step]] = [
     # 1: accounts, jobs, credit entries, idempotency keys.
     [
         """CREATE TABLE accounts (
@@ -193,6 +235,103 @@ MIGRATIONS: list[list[str]] = [
             WHERE kind = 'grant'""",
         "CREATE INDEX accounts_created ON accounts(created_at, id)",
     ],
+    # 6: every output of a job, and orphans. ``outputs`` is a JSON list of a completed
+    # job's outputs (key, content type, size, name, source), ``result_key`` staying the
+    # first one's key. An orphan is a submit in doubt whose job moved on to a new attempt:
+    # the vendor may run the task it may have created until ``until``, so a restarted
+    # processor holds a slot for it until then, or until it showed itself ended.
+    [
+        "ALTER TABLE jobs ADD COLUMN outputs TEXT",
+        """CREATE TABLE orphans (
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            attempt INTEGER NOT NULL,
+            vendor TEXT NOT NULL,
+            model TEXT NOT NULL,  -- the vendor's name for the model
+            since REAL NOT NULL,  -- when the submit went out
+            until REAL NOT NULL,
+            ended_at REAL,
+            task_id TEXT,
+            PRIMARY KEY (job_id, attempt)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX orphans_open ON orphans(vendor, until) WHERE ended_at IS NULL",
+    ],
+    # 7: many customers. API keys get a table of their own (several per account, revoked
+    # or rotated, with a revocation feed and their last use); the account's one key hash
+    # moves there, and the accounts table is rebuilt without it, with the per-account
+    # limits the admin sets (NULL: the [gateway] default). Grants remember their grant id,
+    # amount and answer per account (Stripe-style replays); the creation grant has no id,
+    # so it never collides with a later one. Counters for the gauges; a partial index for
+    # the open dead letters; prices of 0 (see RELAXED_CHECKS).
+    [
+        """CREATE TABLE accounts_v7 (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            balance INTEGER NOT NULL DEFAULT 0,  -- cached: grants - captures
+            held INTEGER NOT NULL DEFAULT 0,     -- cached: open holds
+            in_flight INTEGER NOT NULL DEFAULT 0,  -- cached: jobs not yet terminal
+            max_jobs_in_flight INTEGER CHECK (max_jobs_in_flight >= 1),
+            submits_per_second REAL CHECK (submits_per_second >= 0),
+            submit_burst INTEGER CHECK (submit_burst >= 1),
+            CHECK (held >= 0 AND balance >= held)
+        ) WITHOUT ROWID""",
+        """INSERT INTO accounts_v7 (id, name, created_at, balance, held, in_flight)
+            SELECT id, name, created_at, balance, held, in_flight FROM accounts""",
+        """CREATE TABLE api_keys (
+            seq INTEGER PRIMARY KEY,  -- creation order: keyset pagination
+            id TEXT NOT NULL UNIQUE,
+            account_id TEXT NOT NULL REFERENCES accounts(id),
+            hash TEXT NOT NULL UNIQUE,  -- sha256 hex of the key; the key is never stored
+            prefix TEXT NOT NULL,
+            name TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            revoked_at REAL,
+            expires_at REAL,  -- refused from then on; NULL: until revoked
+            revoked_seq INTEGER UNIQUE,  -- position in the revocation feed gateways follow
+            last_used_at REAL
+        )""",
+        """INSERT INTO api_keys (id, account_id, hash, prefix, name, created_at)
+            SELECT 'key_' || lower(hex(randomblob(12))), id, api_key_hash, '',
+                'created with the account', created_at
+            FROM accounts ORDER BY created_at, id""",
+        "DROP TABLE accounts",  # and its indexes; foreign keys are off while migrating
+        "ALTER TABLE accounts_v7 RENAME TO accounts",
+        "CREATE INDEX accounts_created ON accounts(created_at, id)",
+        "CREATE INDEX api_keys_account ON api_keys(account_id, seq)",
+        """CREATE TABLE grant_requests (
+            account_id TEXT NOT NULL REFERENCES accounts(id),
+            grant_id TEXT NOT NULL,
+            amount INTEGER NOT NULL,
+            balance INTEGER,  -- the first answer, replayed; NULL for grants before v7
+            held INTEGER,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (account_id, grant_id)
+        ) WITHOUT ROWID""",
+        # Grants before v7 had refs "<account>:<grant id>" (the creation grant's id was
+        # "initial"; it stays taken on those accounts, answered 409 or replayed, never
+        # silently). New user grants keep that ref; the creation grant's ref is the bare
+        # account id.
+        """INSERT OR IGNORE INTO grant_requests (account_id, grant_id, amount, created_at)
+            SELECT account_id,
+                CASE WHEN substr(ref, 1, length(account_id) + 1) = account_id || ':'
+                     THEN substr(ref, length(account_id) + 2) ELSE ref END,
+                amount, created_at
+            FROM credit_entries WHERE kind = 'grant' AND ref IS NOT NULL ORDER BY id""",
+        """CREATE TABLE ledger_counters (
+            name TEXT PRIMARY KEY,
+            n INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        *(
+            f"""INSERT INTO ledger_counters (name, n)
+                SELECT 'jobs_{status}', count(*) FROM jobs WHERE status = '{status}'"""
+            for status in COUNTED_STATUSES
+        ),
+        f"""INSERT INTO ledger_counters (name, n)
+            SELECT '{DEAD_LETTERS_OPEN}', count(*) FROM dead_letters WHERE redriven_to IS NULL""",
+        """CREATE INDEX dead_letters_open ON dead_letters(created_at, job_id)
+            WHERE redriven_to IS NULL""",
+        _relax_checks,
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -238,26 +377,46 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
 
     Each step runs in its own ``BEGIN IMMEDIATE`` transaction and re-reads the version
     under the write lock, so two processes opening one old database migrate it once.
+    Foreign keys are off while a step runs, so a step may rebuild a table others refer
+    to (SQLite's procedure: it cannot switch them off inside a transaction); before it
+    commits, ``PRAGMA foreign_key_check`` must find nothing.
     """
     version = _user_version(conn)
     if version > SCHEMA_VERSION:
         raise LedgerUnavailable(
             f"database schema version {version} is newer than this jobline ({SCHEMA_VERSION})"
         )
-    while version < target:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = _user_version(conn)
-            if version < target:
-                for statement in MIGRATIONS[version]:
-                    conn.execute(statement)
-                version += 1
-                conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    if version >= target:
+        return version
+    foreign_keys = int(conn.execute("PRAGMA foreign_keys").fetchone()[0])
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        while version < target:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = _user_version(conn)
+                if version < target:
+                    _apply(conn, MIGRATIONS[version], version + 1)
+                    version += 1
+                    conn.execute(f"PRAGMA user_version = {version}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+    finally:
+        conn.execute(f"PRAGMA foreign_keys = {foreign_keys}")
     return version
+
+
+def _apply(conn: sqlite3.Connection, steps: list[Step], version: int) -> None:
+    for step in steps:
+        if isinstance(step, str):
+            conn.execute(step)
+        else:
+            step(conn)
+    broken = conn.execute("PRAGMA foreign_key_check").fetchmany(5)
+    if broken:
+        raise LedgerUnavailable(f"schema migration {version} breaks foreign keys: {broken}")
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
@@ -268,15 +427,17 @@ def _user_version(conn: sqlite3.Connection) -> int:
 
 # The jobs table's columns that make a Job, in the dataclass's field order (a unit test
 # holds the two and the schema together). ``seq`` and ``submit_in_doubt`` stay in SQL.
+# ``outputs`` came with schema 6, so it is last in both.
 JOB_FIELDS = (
     "id", "account_id", "model", "input", "status", "cost", "trace_id", "route_position",
     "vendor", "vendor_task_id", "attempts", "vendor_attempts", "not_before", "deadline",
     "result_key", "error", "idempotency_key", "redriven_from", "created_at", "updated_at",
+    "outputs",
 )  # fmt: skip
 # The columns an update can change; every other one is fixed when the job is opened.
 MUTABLE_FIELDS = (
     "status", "route_position", "vendor", "vendor_task_id", "attempts", "vendor_attempts",
-    "not_before", "result_key", "error", "updated_at",
+    "not_before", "result_key", "error", "updated_at", "outputs",
 )  # fmt: skip
 FIXED_FIELDS = tuple(name for name in JOB_FIELDS if name not in MUTABLE_FIELDS)
 JOB_COLUMNS = ", ".join(JOB_FIELDS)
@@ -308,6 +469,7 @@ def job_from_row(row: Any) -> Job:
         redriven_from=row[17],
         created_at=row[18],
         updated_at=row[19],
+        outputs=outputs_from_json(row[20]),
     )
 
 
@@ -330,7 +492,20 @@ def job_from_update(fixed: dict[str, Any], row: Any) -> Job:
         result_key=row[7],
         error=row[8],
         updated_at=row[9],
+        outputs=outputs_from_json(row[10]),
     )
+
+
+def outputs_from_json(text: str | None) -> tuple[StoredOutput, ...]:
+    """A job's ``outputs`` column (NULL before completion and before schema 6)."""
+    if not text:
+        return ()
+    return tuple(StoredOutput.from_json(item) for item in json.loads(text))
+
+
+def outputs_to_json(outputs: Iterable[StoredOutput]) -> str | None:
+    items = [output.to_json() for output in outputs]
+    return json.dumps(items, separators=(",", ":")) if items else None
 
 
 def entry_from_row(row: Any) -> CreditEntry:

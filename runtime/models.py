@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.results import content_type_of
 from runtime.states import JobStatus
 
 JSON = dict[str, Any]
@@ -20,6 +21,41 @@ class EntryKind(enum.StrEnum):
     HOLD = "hold"
     CAPTURE = "capture"
     RELEASE = "release"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOutput:
+    """One output of a completed job, as the result store holds it.
+
+    ``key``: its result-store key. ``content_type``: checked against its bytes. ``size``:
+    bytes. ``name``: the vendor's file name, if it gave one. ``source``: where it was in
+    the vendor's answer (``images[1]``, ``video``, ``output``).
+    """
+
+    key: str
+    content_type: str
+    size: int
+    name: str | None = None
+    source: str | None = None
+
+    def to_json(self) -> JSON:
+        return {
+            "key": self.key,
+            "content_type": self.content_type,
+            "size": self.size,
+            "name": self.name,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, data: JSON) -> StoredOutput:
+        return cls(
+            str(data["key"]),
+            str(data["content_type"]),
+            int(data["size"]),
+            data.get("name"),
+            data.get("source"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +80,19 @@ class Job:
     redriven_from: str | None
     created_at: float
     updated_at: float
+    # Every output of a completed job, in the vendor's order (``result_key`` is the
+    # first one's key). Empty before completion, and for jobs completed before schema 6.
+    outputs: tuple[StoredOutput, ...] = ()
 
     @property
     def terminal(self) -> bool:
         return self.status.terminal
+
+    def stored_outputs(self) -> tuple[StoredOutput, ...]:
+        """Every output; a job completed before schema 6 has its one ``result_key``."""
+        if self.outputs or self.result_key is None:
+            return self.outputs
+        return (StoredOutput(self.result_key, content_type_of(self.result_key), -1),)
 
     def to_api(self) -> JSON:
         """The job as ``GET /v1/jobs/{id}`` shows it."""
@@ -64,11 +109,27 @@ class Job:
             "result_url": (
                 f"/v1/jobs/{self.id}/result" if self.status is JobStatus.COMPLETED else None
             ),
+            "outputs": self.outputs_to_api(),
             "trace_id": self.trace_id,
             "redriven_from": self.redriven_from,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+
+    def outputs_to_api(self) -> list[JSON]:
+        """``GET /v1/jobs/{id}``'s ``outputs``: each one's index, type, size, name, URL."""
+        if self.status is not JobStatus.COMPLETED:
+            return []
+        return [
+            {
+                "index": index,
+                "content_type": output.content_type,
+                "size": output.size if output.size >= 0 else None,
+                "name": output.name,
+                "url": f"/v1/jobs/{self.id}/outputs/{index}",
+            }
+            for index, output in enumerate(self.stored_outputs())
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +227,83 @@ class AccountPage:
 
 
 @dataclass(frozen=True, slots=True)
+class EntryPage:
+    """One page of an account's statement; pass ``next_cursor`` back for the next."""
+
+    items: list[CreditEntry] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterPage:
+    items: list[DeadLetter] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An account's API key as it may be shown: never the key, never its hash."""
+
+    id: str  # key_…: names the key in lists and revokes
+    account_id: str
+    prefix: str  # the key's first characters, to recognise it ("" for keys made before v7)
+    name: str
+    created_at: float
+    revoked_at: float | None  # when a revoke (or a rotation) was asked
+    expires_at: float | None  # refused from then on (revoked_at + grace); None: valid
+    last_used_at: float | None  # recorded in batches: up to a flush interval behind
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+    def to_api(self, now: float) -> JSON:
+        return {
+            "id": self.id,
+            "prefix": self.prefix,
+            "name": self.name,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+            "expires_at": self.expires_at,
+            "last_used_at": self.last_used_at,
+            "active": self.active(now),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyPage:
+    items: list[ApiKey] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMatch:
+    """What a gateway learns from an API key's hash: whose it is, and until when."""
+
+    account_id: str
+    key_id: str
+    expires_at: float | None  # None: until revoked
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRevocation:
+    """One entry of the revocation feed gateways follow (``Ledger.revocations``)."""
+
+    seq: int
+    key_id: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccountLimits:
+    """An account's own limits; None: the ``[gateway]`` default applies."""
+
+    account_id: str
+    max_jobs_in_flight: int | None = None
+    submits_per_second: float | None = None  # 0: no submit rate limit
+    submit_burst: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class JobHistoryEntry:
     """One row of the append-only history of a job's status changes (SSE reads it)."""
 
@@ -196,16 +334,61 @@ class Violation:
 
 @dataclass(frozen=True, slots=True)
 class CreateAccount:
+    """The account, its first API key and its starting credits, in one transaction."""
+
     account_id: str
     api_key_hash: str  # sha256 hex of the API key; the key itself is never stored
     name: str = ""
+    credits: int = 0  # the creation grant (no grant id: it never collides with one)
+    key_id: str | None = None  # None: "key_" + the account id
+    key_prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
+    """Credits for an account. ``grant_id`` is scoped to the account: the same id with the
+    same amount replays the first grant (its Balance, ``changed`` False); with another
+    amount it is a ``GrantConflict``."""
+
     account_id: str
     amount: int
-    grant_id: str  # unique: a repeated grant_id grants nothing more
+    grant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateApiKey:
+    """A new API key for the account; with ``replaces``, the old key is revoked in the same
+    transaction, still accepted for ``grace`` seconds (a rotation)."""
+
+    account_id: str
+    key_id: str
+    key_hash: str
+    prefix: str
+    name: str = ""
+    replaces: str | None = None
+    grace: float = 0.0
+    max_keys: int = 50  # keys in use (not yet expired) per account
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeApiKey:
+    """Refuse the key from ``grace`` seconds on (a second revoke may only bring that closer)."""
+
+    account_id: str
+    key_id: str
+    grace: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordKeyUse:
+    """When keys were last used, as a gateway saw them (a batch, not a write per request)."""
+
+    uses: tuple[tuple[str, float], ...]  # (key id, time of use)
+
+
+@dataclass(frozen=True, slots=True)
+class SetAccountLimits:
+    limits: AccountLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +403,12 @@ class OpenJob:
     deadline: float
     idempotency_key: str | None = None
     request_hash: str | None = None  # hash of the request body, for key reuse checks
-    max_in_flight: int | None = None  # the account's cap on non-terminal jobs
+    max_in_flight: int | None = None  # the cap on non-terminal jobs, unless the account's own
     redriven_from: str | None = None
     route_position: int = 0  # the first vendor of the route whose circuit is not open
+    # The submit rate, unless the account has its own (AccountLimits): per second, 0 none.
+    submits_per_second: float = 0.0
+    submit_burst: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +439,8 @@ class ScheduleRetry:
 @dataclass(frozen=True, slots=True)
 class Complete:
     job_id: str
-    result_key: str
+    result_key: str  # the first output's key
+    outputs: tuple[StoredOutput, ...] = ()  # every output, the first included
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +454,40 @@ class Fail:
 class Cancel:
     job_id: str
     account_id: str | None = None  # when given, the job must belong to this account
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOrphan:
+    """A submit in doubt whose job moved on: the task it may have created may still run
+    at ``vendor`` until ``until``; a restarted processor holds a slot for it till then."""
+
+    job_id: str
+    attempt: int
+    vendor: str
+    model: str  # the vendor's name for the model
+    since: float  # when the submit went out
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class EndOrphan:
+    """The orphan of ``(job_id, attempt)`` is known to have ended (or was adopted)."""
+
+    job_id: str
+    attempt: int
+    task_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """An open orphan (``Ledger.orphans``)."""
+
+    job_id: str
+    attempt: int
+    vendor: str
+    model: str
+    since: float
+    until: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +518,12 @@ LedgerOp = (
     | Cancel
     | RecordWebhook
     | Redrive
+    | CreateApiKey
+    | RevokeApiKey
+    | RecordKeyUse
+    | SetAccountLimits
+    | RecordOrphan
+    | EndOrphan
 )
 
 

@@ -1,5 +1,5 @@
-"""Retry, circuit breaker, rate limit, error classification and the decision after a
-failed attempt: pure policies.
+"""Retry, rate limit, error classification and the decision after a failed attempt: pure
+policies (the circuit breaker is ``runtime.circuit``'s, re-exported here).
 
 Theory of operation
 -------------------
@@ -37,9 +37,15 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections import deque
 from dataclasses import dataclass
 
+from runtime.circuit import (
+    CIRCUIT_TRANSITIONS,
+    CircuitBreaker,
+    CircuitEvent,
+    CircuitPolicy,
+    CircuitState,
+)
 from runtime.errors import VendorPermanentError, VendorRefused, VendorTransientError
 
 __all__ = [
@@ -146,196 +152,6 @@ class RetryPolicy:
     def exhausted(self, attempt: int) -> bool:
         """True when ``attempt`` attempts spent this vendor's budget: fail over."""
         return self.attempts_left(attempt) == 0
-
-
-# --- circuit breaker ------------------------------------------------------------------
-
-
-class CircuitState(enum.StrEnum):
-    CLOSED = "closed"  # calls flow; failures are counted
-    OPEN = "open"  # calls are refused until the cooldown ends
-    HALF_OPEN = "half_open"  # a few probe calls decide: close or open again
-
-
-class CircuitEvent(enum.StrEnum):
-    TRIPPED = "tripped"  # too many consecutive failures, or too high a failure rate
-    COOLDOWN_ELAPSED = "cooldown_elapsed"  # open for `cooldown` seconds
-    PROBE_SUCCEEDED = "probe_succeeded"
-    PROBE_FAILED = "probe_failed"
-
-
-CIRCUIT_TRANSITIONS: dict[CircuitState, dict[CircuitEvent, CircuitState]] = {
-    CircuitState.CLOSED: {CircuitEvent.TRIPPED: CircuitState.OPEN},
-    CircuitState.OPEN: {CircuitEvent.COOLDOWN_ELAPSED: CircuitState.HALF_OPEN},
-    CircuitState.HALF_OPEN: {
-        CircuitEvent.PROBE_SUCCEEDED: CircuitState.CLOSED,
-        CircuitEvent.PROBE_FAILED: CircuitState.OPEN,
-    },
-}
-
-
-@dataclass(frozen=True, slots=True)
-class CircuitPolicy:
-    """When a vendor's circuit opens, and how it recovers.
-
-    It opens after ``failure_threshold`` consecutive failures, or when the failures
-    among the calls recorded in the last ``window`` seconds reach ``failure_rate``
-    (a fraction in ``(0, 1]``; checked only once ``min_calls`` calls are in the
-    window, so two failures out of three calls do not open it). Both are judged when
-    a failure is recorded: a success never opens the circuit. After ``cooldown``
-    seconds it lets ``half_open_probes`` probe calls through.
-    """
-
-    failure_threshold: int = 5
-    failure_rate: float = 0.5
-    window: float = 60.0
-    min_calls: int = 10
-    cooldown: float = 30.0
-    half_open_probes: int = 1
-
-    def __post_init__(self) -> None:
-        _require(
-            self.failure_threshold >= 1,
-            f"CircuitPolicy.failure_threshold must be >= 1, got {self.failure_threshold!r}",
-        )
-        _require(
-            _finite(self.failure_rate) and 0 < self.failure_rate <= 1,
-            f"CircuitPolicy.failure_rate must be in (0, 1], got {self.failure_rate!r}",
-        )
-        _require(
-            _finite(self.window) and self.window > 0,
-            f"CircuitPolicy.window must be a finite number of seconds > 0, got {self.window!r}",
-        )
-        _require(
-            self.min_calls >= 1,
-            f"CircuitPolicy.min_calls must be >= 1, got {self.min_calls!r}",
-        )
-        _require(
-            _finite(self.cooldown) and self.cooldown >= 0,
-            f"CircuitPolicy.cooldown must be a finite number of seconds >= 0, "
-            f"got {self.cooldown!r}",
-        )
-        _require(
-            self.half_open_probes >= 1,
-            f"CircuitPolicy.half_open_probes must be >= 1, got {self.half_open_probes!r}",
-        )
-
-
-class CircuitBreaker:
-    """One vendor's circuit: the state machine in ``CIRCUIT_TRANSITIONS``.
-
-    ::
-
-        closed ──tripped──▶ open ──cooldown_elapsed──▶ half_open ──probe_succeeded──▶ closed
-                             ▲                             │
-                             └────────probe_failed─────────┘
-
-    Every method takes ``now``; ``open`` becomes ``half_open`` by time alone, when
-    the breaker is next asked. Entering any state starts it clean: no counted
-    failures, no probes out, an empty window.
-
-    Results that arrive while ``open`` are ignored: they belong to calls made
-    before the circuit opened. In ``half_open`` the first result decides, whether or
-    not it came from a probe. If every probe was handed out and none reported back
-    within ``cooldown`` seconds (the caller was canceled, say), the probes count as
-    lost and new ones are handed out, so a lost probe cannot shut a vendor out for
-    good.
-    """
-
-    def __init__(self, policy: CircuitPolicy | None = None) -> None:
-        self.policy = policy if policy is not None else CircuitPolicy()
-        self._state = CircuitState.CLOSED
-        self._entered_at = 0.0  # when the current state began (open: the cooldown start)
-        self._consecutive_failures = 0
-        self._calls: deque[tuple[float, bool]] = deque()  # (when, failed), closed only
-        self._failures_in_window = 0
-        self._probes_out = 0
-        self._last_probe_at = 0.0
-
-    def __repr__(self) -> str:
-        return f"CircuitBreaker(state={self._state.value}, policy={self.policy!r})"
-
-    def state(self, now: float) -> CircuitState:
-        """The state at ``now`` (an elapsed cooldown turns ``open`` into ``half_open``)."""
-        if self._state is CircuitState.OPEN and now - self._entered_at >= self.policy.cooldown:
-            self._move(CircuitEvent.COOLDOWN_ELAPSED, self._entered_at + self.policy.cooldown)
-        return self._state
-
-    def allow(self, now: float) -> bool:
-        """May a call go to the vendor now? In ``half_open`` this hands out a probe."""
-        state = self.state(now)
-        if state is CircuitState.CLOSED:
-            return True
-        if state is CircuitState.OPEN:
-            return False
-        if self._probes_lost(now):
-            self._probes_out = 0
-        if self._probes_out < self.policy.half_open_probes:
-            self._probes_out += 1
-            self._last_probe_at = now
-            return True
-        return False
-
-    def delay_until_allowed(self, now: float) -> float:
-        """Seconds until ``allow`` can next return True (0 if it can now)."""
-        state = self.state(now)
-        if state is CircuitState.OPEN:
-            return self._entered_at + self.policy.cooldown - now
-        if state is CircuitState.HALF_OPEN and self._probes_out >= self.policy.half_open_probes:
-            return max(0.0, self._last_probe_at + self.policy.cooldown - now)
-        return 0.0
-
-    def record_success(self, now: float) -> None:
-        state = self.state(now)
-        if state is CircuitState.CLOSED:
-            self._consecutive_failures = 0
-            self._remember(now, failed=False)
-        elif state is CircuitState.HALF_OPEN:
-            self._move(CircuitEvent.PROBE_SUCCEEDED, now)
-
-    def record_failure(self, now: float) -> None:
-        state = self.state(now)
-        if state is CircuitState.CLOSED:
-            self._consecutive_failures += 1
-            self._remember(now, failed=True)
-            if self._should_trip():
-                self._move(CircuitEvent.TRIPPED, now)
-        elif state is CircuitState.HALF_OPEN:
-            self._move(CircuitEvent.PROBE_FAILED, now)
-
-    # -- internals ---------------------------------------------------------------------
-
-    def _move(self, event: CircuitEvent, at: float) -> None:
-        self._state = CIRCUIT_TRANSITIONS[self._state][event]
-        self._entered_at = at
-        self._consecutive_failures = 0
-        self._calls.clear()
-        self._failures_in_window = 0
-        self._probes_out = 0
-
-    def _remember(self, now: float, *, failed: bool) -> None:
-        """Add a call to the sliding window and drop the ones older than ``window``."""
-        self._calls.append((now, failed))
-        self._failures_in_window += failed
-        horizon = now - self.policy.window
-        while self._calls and self._calls[0][0] <= horizon:
-            _, old_failed = self._calls.popleft()
-            self._failures_in_window -= old_failed
-
-    def _should_trip(self) -> bool:
-        if self._consecutive_failures >= self.policy.failure_threshold:
-            return True
-        calls = len(self._calls)
-        return (
-            calls >= self.policy.min_calls
-            and self._failures_in_window >= self.policy.failure_rate * calls
-        )
-
-    def _probes_lost(self, now: float) -> bool:
-        return (
-            self._probes_out >= self.policy.half_open_probes
-            and now - self._last_probe_at >= self.policy.cooldown
-        )
 
 
 # --- rate limit -----------------------------------------------------------------------
@@ -503,7 +319,7 @@ def classify_http_status(status: int) -> ErrorClass:
 class Next(enum.StrEnum):
     RETRY = "retry"  # on this vendor again, not before ``Decision.not_before``
     FAIL_OVER = "fail_over"  # to the next vendor of the route, now
-    WAIT = "wait"  # queued on this vendor until its circuit lets a call through
+    WAIT = "wait"  # queued on this vendor until its circuit lets a probe through
     FAIL = "fail"  # the error is permanent for this job: refund, dead letter
     ROUTE_SPENT = "route_spent"  # no vendor of the route is left to try: refund, dead letter
     EXPIRE = "expire"  # the deadline comes before the next retry: refund, dead letter
@@ -520,12 +336,14 @@ class Failure:
     has_next_vendor: bool  # the route has a vendor after this one
     now: float
     deadline: float  # the job's whole deadline
+    # When the vendor's circuit next lets a call through (a probe), if it is not closed.
+    probe_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     next: Next
-    not_before: float | None = None  # RETRY: the earliest time of the next attempt
+    not_before: float | None = None  # RETRY, WAIT: the earliest time of the next attempt
 
 
 def after_failure(failure: Failure, policy: RetryPolicy, rng: random.Random) -> Decision:
@@ -538,14 +356,19 @@ def after_failure(failure: Failure, policy: RetryPolicy, rng: random.Random) -> 
     before the deadline, and not (Retry-After > cap and a
     next vendor exists)                                         RETRY
     a next vendor exists                                        FAIL_OVER
+    circuit open (no vendor left): its probe comes before
+    the deadline                                                WAIT
+    circuit open (no vendor left), the probe comes too late     EXPIRE
     the backoff would end at or after the deadline              EXPIRE
-    otherwise (circuit open or attempts spent, no vendor left)  ROUTE_SPENT
+    otherwise (attempts spent, circuit closed, no vendor left)  ROUTE_SPENT
     ==========================================================  ===========
 
-    The backoff is ``policy.next_delay`` (one draw from ``rng``, made only when the
-    circuit is closed and attempts are left, so a seeded run replays exactly). A vendor
-    asking for a wait beyond ``policy.cap`` is down for a while: the next vendor is
-    preferred.
+    WAIT: the job stays queued on this vendor until ``not_before``, the circuit's next
+    probe (a vendor-wide refusal opens the circuit first, so the job waits out the
+    refusal instead of failing; an outage of the only vendor is waited out too). The
+    backoff is ``policy.next_delay`` (one draw from ``rng``, made only when the circuit
+    is closed and attempts are left, so a seeded run replays exactly). A vendor asking
+    for a wait beyond ``policy.cap`` is down for a while: the next vendor is preferred.
     """
     if failure.error_class is ErrorClass.PERMANENT:
         return Decision(Next.FAIL)
@@ -554,7 +377,8 @@ def after_failure(failure: Failure, policy: RetryPolicy, rng: random.Random) -> 
         # the route may serve the job at once.
         return Decision(Next.FAIL_OVER)
     retry_at: float | None = None
-    if not failure.circuit_open and not policy.exhausted(failure.vendor_attempts):
+    retry_here = failure.error_class is ErrorClass.TRANSIENT and not failure.circuit_open
+    if retry_here and not policy.exhausted(failure.vendor_attempts):
         delay = policy.next_delay(failure.vendor_attempts, rng, failure.retry_after)
         retry_at = failure.now + delay
         long_wait = failure.retry_after is not None and failure.retry_after > policy.cap
@@ -562,6 +386,10 @@ def after_failure(failure: Failure, policy: RetryPolicy, rng: random.Random) -> 
             return Decision(Next.RETRY, retry_at)
     if failure.has_next_vendor:
         return Decision(Next.FAIL_OVER)
+    if failure.circuit_open and failure.probe_at is not None:
+        if failure.probe_at < failure.deadline:
+            return Decision(Next.WAIT, max(failure.probe_at, failure.now))
+        return Decision(Next.EXPIRE)
     if retry_at is not None:  # the backoff ends too late
         return Decision(Next.EXPIRE)
     return Decision(Next.ROUTE_SPENT)

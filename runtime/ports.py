@@ -12,13 +12,18 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from runtime.models import (
+    AccountLimits,
     AccountPage,
+    ApiKeyPage,
     Balance,
-    CreditEntry,
-    DeadLetter,
+    DeadLetterPage,
+    EntryPage,
     Job,
     JobHistoryEntry,
+    KeyMatch,
+    KeyRevocation,
     LedgerOp,
+    Orphan,
     Outcome,
     Page,
 )
@@ -46,6 +51,8 @@ class LedgerPort(Protocol):
 
     async def submits_in_doubt(self, vendor: str, updated_after: float) -> list[Job]: ...
 
+    async def orphans(self, vendor: str, now: float) -> list[Orphan]: ...
+
     async def jobs_by_status(
         self, status: JobStatus, updated_before: float | None = None, limit: int = 1000
     ) -> list[Job]: ...
@@ -64,15 +71,33 @@ class LedgerPort(Protocol):
 
     async def accounts(self, limit: int = 50, cursor: str | None = None) -> AccountPage: ...
 
-    async def statement(self, account_id: str) -> list[CreditEntry]: ...
+    async def statement(
+        self,
+        account_id: str,
+        limit: int = 100,
+        cursor: str | None = None,
+        newest_first: bool = False,
+    ) -> EntryPage: ...
 
     async def balance(self, account_id: str) -> Balance: ...
 
-    async def account_for_key(self, api_key_hash: str) -> str | None: ...
+    async def keys_for_hashes(self, key_hashes: Sequence[str]) -> list[KeyMatch | None]: ...
+
+    async def revocations(
+        self, after_seq: int | None, limit: int = 1000
+    ) -> tuple[int, list[KeyRevocation]]: ...
+
+    async def api_keys(
+        self, account_id: str, limit: int = 50, cursor: str | None = None
+    ) -> ApiKeyPage: ...
+
+    async def account_limits(self, account_id: str) -> AccountLimits: ...
 
     async def dead_letters(
-        self, limit: int = 100, include_redriven: bool = False
-    ) -> list[DeadLetter]: ...
+        self, limit: int = 100, include_redriven: bool = False, cursor: str | None = None
+    ) -> DeadLetterPage: ...
+
+    async def open_dead_letters(self) -> int: ...
 
     async def counts(self) -> dict[str, int]: ...
 

@@ -1,4 +1,5 @@
-"""How the gateway answers ``GET /v1/jobs/{id}/result``: the bytes, or a redirect to them.
+"""How the gateway answers ``GET /v1/jobs/{id}/result`` and ``GET /v1/jobs/{id}/outputs/{n}``:
+the bytes, or a redirect to them.
 
 - **stream** (every store; the default): the result is read from the store a chunk at a
   time and written to the client with its content type and ``Content-Length``; a result
@@ -36,8 +37,11 @@ async def result_response(
     *,
     redirect: bool,
     headers: Mapping[str, str],
+    content_type: str | None = None,
 ) -> web.StreamResponse:
     """The answer for the result under ``key``, with ``headers`` added (e.g. the trace id).
+    ``content_type``: as the ledger recorded it (checked against the bytes when stored);
+    None: as the store says.
 
     Raises ``ResultNotFound`` (nothing sent yet) and ``ResultStoreUnavailable`` (before
     the first byte; after it, the connection is cut).
@@ -54,7 +58,7 @@ async def result_response(
         response = web.StreamResponse(
             headers={
                 **headers,
-                "Content-Type": result.content_type,
+                "Content-Type": content_type or result.content_type,
                 "Cache-Control": STREAM_CACHE_CONTROL,
             }
         )

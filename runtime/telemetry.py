@@ -156,6 +156,28 @@ class Metrics:
             ["from_vendor", "to_vendor"],
             registry=r,
         )
+        self.vendor_refusals = Counter(
+            "jobline_vendor_refusals",
+            "Vendor-wide refusals (the account or the model refused: 401, 402, 403, 404), "
+            "each opening the vendor's circuit for circuit.refused_cooldown",
+            ["vendor", "reason"],
+            registry=r,
+        )
+        self.vendor_wasted_tasks = Counter(
+            "jobline_vendor_wasted_tasks",
+            "Billable vendor tasks whose output did not become the result of a completed "
+            "job, by reason (late_orphan: a submit in doubt whose task showed itself after "
+            "the job moved on)",
+            ["vendor", "reason"],
+            registry=r,
+        )
+        self.submits_in_doubt = Counter(
+            "jobline_submits_in_doubt",
+            "Submits whose answer was lost, by how they were resolved (adopted: the task "
+            "was found and used; not_created; orphaned: the job moved on without it)",
+            ["vendor", "outcome"],
+            registry=r,
+        )
         self.circuit_state = Gauge(
             "jobline_circuit_state",
             "Circuit breaker: 0 closed, 1 half-open, 2 open",

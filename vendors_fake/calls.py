@@ -87,8 +87,16 @@ def dumps(obj: Any) -> bytes:
 
 
 def error_answer(core: VendorCore, status: int, message: str, retry_after: float | None) -> Answer:
-    headers = None if retry_after is None else {"Retry-After": str(max(math.ceil(retry_after), 0))}
+    headers = None if retry_after is None else {"Retry-After": retry_after_value(retry_after)}
     return json_answer(core.shape.error_body(status, message), status, headers)
+
+
+def retry_after_value(seconds: float) -> str:
+    """Whole seconds; a value that is no number (``inf``, ``nan``: a profile may ask for
+    them, as a hostile vendor sends them) goes out as it is."""
+    if not math.isfinite(seconds):
+        return str(seconds)
+    return str(max(math.ceil(seconds), 0))
 
 
 def created(task: Task, body: bytes, status: int) -> Answer:

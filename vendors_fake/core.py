@@ -47,7 +47,7 @@ from typing import Any, Literal, Protocol
 
 from vendors_fake.delivery import PostWebhook, WebhookSender
 from vendors_fake.fal_shape import FalShape
-from vendors_fake.outputs import MAX_DATA_URI_BYTES, OutputFile, make_files
+from vendors_fake.outputs import OutputFile, make_files
 from vendors_fake.profile import FaultProfile, RouteFaults, merge_profile
 from vendors_fake.replicate_shape import ReplicateShape
 from vendors_fake.signing import DEV_WEBHOOK_SECRET
@@ -400,7 +400,7 @@ class VendorCore:
 
     def file_ref(self, task: Task, file: OutputFile) -> str:
         """Where the client finds a file: its URL, or the file itself as a data URI."""
-        if task.fate.data_uri and file.size <= MAX_DATA_URI_BYTES:
+        if task.inline(file):
             return file.data_uri()
         return f"{self.base_url}/files/{task.id}/{file.name}"
 

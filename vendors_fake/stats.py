@@ -27,7 +27,8 @@ Shape of :meth:`FakeStats.snapshot` (all counts are integers)::
       "task_ids": ["<id>", ...],                    # in creation order
       "task_info": {"<id>": {"index", "model", "status", "outcome", "trace_id",
                              "job_id", "attempt", "webhook_url", "billable",
-                             "delivered", "answer_lost", "files"}},
+                             "delivered", "ended_at" (wall clock), "answer_lost",
+                             "files"}},
       "attempts": {"<job_id>#<attempt>": tasks started for it},
       "duplicate_attempts": ["<job_id>#<attempt>", ...],   # started more than once
       "outage": {"active": bool, "remaining": seconds},
@@ -140,6 +141,7 @@ class FakeStats:
                     "webhook_url": task.webhook_url,
                     "billable": task.billable,
                     "delivered": task.delivered,
+                    "ended_at": task.completed_at,
                     "answer_lost": (
                         task.fate.lost_answer[0].value if task.fate.lost_answer else None
                     ),

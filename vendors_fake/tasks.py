@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from vendors_fake.outputs import MAX_DATA_URI_BYTES
 from vendors_fake.profile import (
     Distribution,
     FaultProfile,
@@ -152,13 +153,18 @@ class Task:
 
     @property
     def delivered(self) -> bool:
-        """Its work reached the client: every file downloaded, or (no files) the result
-        read. Only a succeeded task delivers anything."""
+        """Its work reached the client: every file downloaded, or (no files, or files
+        sent inline as data URIs) the result read. Only a succeeded task delivers."""
         if self.phase is not Phase.SUCCEEDED:
             return False
-        if self.files:
-            return set(self.files) <= self.downloaded
-        return self.result_read
+        inline = {name for name, file in self.files.items() if self.inline(file)}
+        if not set(self.files) - inline <= self.downloaded:
+            return False
+        return not (inline or not self.files) or self.result_read
+
+    def inline(self, file: Any) -> bool:
+        """Is this file given as a data URI (in the result itself) rather than a URL?"""
+        return bool(self.fate.data_uri and file.size <= MAX_DATA_URI_BYTES)
 
 
 def draw_latency(latency: Distribution, rng: random.Random) -> float:

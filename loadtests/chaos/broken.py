@@ -17,7 +17,14 @@ from typing import Any
 
 from actors.wiring import Customization
 from runtime.config import VendorConfig
-from runtime.vendors import Download, Output, TaskStatus, VendorClient, WebhookEvent
+from runtime.vendors import (
+    Download,
+    FoundTask,
+    Output,
+    TaskStatus,
+    VendorClient,
+    WebhookEvent,
+)
 
 BROKEN_BUILDS = ("ignore-slot-limit", "double-submit")
 NO_LIMIT = 1_000_000  # slots: as good as none
@@ -78,6 +85,17 @@ class DoubleSubmit:
 
     async def status(self, model: str, task_id: str, *, trace_id: str) -> TaskStatus:
         return await self._client.status(model, task_id, trace_id=trace_id)
+
+    @property
+    def can_find_tasks(self) -> bool:
+        return self._client.can_find_tasks
+
+    async def find_task(
+        self, model: str, *, job_id: str, attempt: int, created_after: float, trace_id: str
+    ) -> FoundTask | None:
+        return await self._client.find_task(
+            model, job_id=job_id, attempt=attempt, created_after=created_after, trace_id=trace_id
+        )
 
     async def cancel(self, model: str, task_id: str, *, trace_id: str | None = None) -> None:
         await self._client.cancel(model, task_id, trace_id=trace_id)

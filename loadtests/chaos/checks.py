@@ -1,4 +1,4 @@
-"""The full check after a chaos scenario: DESIGN §4, I1 to I6, from three independent sources.
+"""The full check after a chaos scenario: DESIGN §4, I1 to I7, from three independent sources.
 
 - the ledger database (``runtime.invariants.check_invariants``: I1 conservation, I2
   exactly-once settlement, I5 idempotency keys, webhook receipts, terminal history);
@@ -9,7 +9,14 @@
 - what the fake vendors counted themselves: the highest number of tasks in flight
   against the vendor's configured limit (I4), tasks started more than once for one
   attempt (I5), and every vendor task jobline recorded exists at that vendor for that
-  job; plus each processor's own slot count once everything is quiet (no slot leaked).
+  job; plus each processor's own slot count once everything is quiet (no slot leaked);
+  and paid work (I7): every task the vendor ran to success while its job was open
+  delivered its output (its files downloaded in full, or its result read), unless its
+  submit's answer was lost (an orphan that showed itself too late: counted apart). A
+  scenario expecting ``no_waste`` also counts a task canceled after it started (billed)
+  as a violation, unless its job was canceled by its client.
+
+``wasted_work`` counts, per vendor, what the fakes say was billed and not delivered.
 
 Each finding is a ``Violation``; an empty list means the scenario passed.
 """
@@ -26,6 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 from loadtests.chaos.load import TERMINAL, Load
+from loadtests.chaos.report import PaidWork
 from runtime.config import JoblineConfig
 from runtime.invariants import check_invariants
 from runtime.models import Violation
@@ -49,6 +57,7 @@ class Expectations:
     check_limits: bool = True
     check_slots: bool = True  # processors report 0 slots taken once quiet
     retry_after: float | None = None  # 429 retries wait at least this long
+    no_waste: bool = False  # I7 strict: no billed task thrown away but late orphans
 
 
 def read_jobs(db: Path) -> dict[str, LedgerJob]:
@@ -111,7 +120,74 @@ def full_check(
         found += exact_acceptance(load, expect.exactly_accepted, db)
     if expect.retry_after is not None:
         found += backoff_honoured(read_history(db), expect.retry_after)
+    found += paid_work_kept(fakes, jobs, job_ends(read_history(db)), strict=expect.no_waste)
     return found
+
+
+@dataclass(frozen=True)
+class Waste:
+    """One vendor's paid work, as the fake counted it."""
+
+    billable: int  # tasks that started running (billed), canceled or not
+    delivered: int  # succeeded tasks whose output reached jobline
+    wasted: int  # billed, succeeded or canceled, not delivered, not the client's cancel
+    late_orphans: int  # of them: submits whose answer was lost (orphans)
+
+
+def job_ends(history: list[tuple[str, str, float, str | None]]) -> dict[str, float]:
+    """When each job reached its terminal status (wall clock, as the ledger wrote it)."""
+    return {job: at for job, status, at, _ in history if status in TERMINAL}
+
+
+def _thrown_away(
+    info: Mapping[str, Any], jobs: Mapping[str, LedgerJob], ends: Mapping[str, float]
+) -> bool:
+    """A billed task whose work jobline did not keep, for a reason of jobline's own."""
+    job = jobs.get(str(info.get("job_id")))
+    if job is None or not info.get("billable") or info.get("delivered"):
+        return False
+    if info.get("status") not in ("succeeded", "canceled"):
+        return False  # the vendor failed it (or never ran it): not jobline's waste
+    if job.status == "canceled":
+        return False  # its client canceled it
+    ended, job_end = info.get("ended_at"), ends.get(job.id)
+    return not (ended is not None and job_end is not None and job_end <= float(ended))
+
+
+def wasted_work(
+    fakes: Mapping[str, Mapping[str, Any]], jobs: Mapping[str, LedgerJob], ends: Mapping[str, float]
+) -> dict[str, Waste]:
+    counts: dict[str, Waste] = {}
+    for vendor, stats in fakes.items():
+        thrown = [i for i in stats.get("task_info", {}).values() if _thrown_away(i, jobs, ends)]
+        counts[vendor] = Waste(
+            int(stats["tasks"]["billable"]),
+            int(stats["tasks"]["delivered"]),
+            len(thrown),
+            sum(1 for info in thrown if info.get("answer_lost")),
+        )
+    return counts
+
+
+def paid_work_kept(
+    fakes: Mapping[str, Mapping[str, Any]],
+    jobs: Mapping[str, LedgerJob],
+    ends: Mapping[str, float],
+    *,
+    strict: bool = False,
+) -> Iterable[Violation]:
+    """I7 from the vendors' own counts (see the module docstring)."""
+    for vendor, stats in fakes.items():
+        for task_id, info in stats.get("task_info", {}).items():
+            if not _thrown_away(info, jobs, ends) or info.get("answer_lost"):
+                continue
+            if info.get("status") == "succeeded" or strict:
+                yield Violation(
+                    "I7",
+                    f"{vendor}/{task_id}",
+                    f"{info.get('status')} task of job {info.get('job_id')} (attempt "
+                    f"{info.get('attempt')}) billed and its output not kept",
+                )
 
 
 def load_problems(load: Load) -> Iterable[Violation]:
@@ -230,3 +306,32 @@ def backoff_honoured(
         text = detail or ""
         if status == "queued" and "HTTP 429" in text and "failover" not in text:
             pending[job] = at
+
+
+def paid_work(
+    config: JoblineConfig,
+    fake_stats: dict[str, dict[str, Any]],
+    processors: dict[str, dict[str, Any]] | None,
+) -> list[PaidWork]:
+    """Each vendor's billed and delivered work (the fake's counts) and the waste jobline
+    counted itself (``jobline_vendor_wasted_tasks_total``, via the processors' stats)."""
+    db = config.storage.database
+    waste = wasted_work(fake_stats, read_jobs(db), job_ends(read_history(db)))
+    work = []
+    for vendor, counted in waste.items():
+        stats = (processors or {}).get(vendor, {})
+        own, in_doubt = stats.get("wasted"), stats.get("in_doubt")
+        tasks = fake_stats[vendor].get("task_info", {}).values()
+        work.append(
+            PaidWork(
+                vendor,
+                counted.billable,
+                counted.delivered,
+                counted.wasted,
+                counted.late_orphans,
+                sum(own.values()) if isinstance(own, dict) else None,
+                sum(1 for task in tasks if task.get("answer_lost")),
+                in_doubt.get("adopted") if isinstance(in_doubt, dict) else None,
+            )
+        )
+    return work

@@ -83,6 +83,10 @@ REQUEST_TIMEOUT = 20.0  # seconds for one request; no answer by then is a proble
 NO_ANSWER = 0  # the status recorded for a request that got no HTTP answer
 BIG_SIZES = (65_537, 1 << 20, 4 << 20)  # oversized bodies, in bytes
 HEADER_LIMIT = 8_000  # past this a header may be refused by dropping the connection
+REPLAYED_HEADER = "Idempotent-Replayed"  # an answer repeated for a reused idempotency key
+LIMITS_OPERATION = "setAccountLimits"  # reset after each category (see reset_limits)
+SETUP_RETRIES = 30  # a set-up or audit read answered 429 or 503 is tried again ...
+SETUP_RETRY_PAUSE = 1.0  # ... this many seconds later
 _SECRET_NAMES = ("api_key", "other_api_key", "admin_token")
 
 
@@ -426,6 +430,8 @@ class _Planner:
         """Real ids a path parameter can take."""
         if "enum" in param.schema:
             return tuple(str(v) for v in param.schema["enum"])
+        if param.schema.get("type") == "integer":  # an index, e.g. a job's outputs/{n}
+            return (str(param.schema.get("minimum", 0)),)
         k = self.known
         if "/accounts/" in op.path:
             return tuple(a for a in (k.account, k.other_account) if a)
@@ -629,7 +635,7 @@ class _Planner:
             for param in op.params_in("path"):
                 ids = self.ids(op, param)
                 segments = [*_ODD_SEGMENTS, *_derived_ids(ids), *self.random_segments()]
-                for segment in segments:
+                for segment in (s for s in segments if not _valid_integer(param.schema, s)):
                     path = self.path(op, {param.name: segment})
                     big = len(path) > HEADER_LIMIT
                     yield self.request(
@@ -955,6 +961,13 @@ _ODD_PATHS = (
 )
 
 
+def _valid_integer(schema: Mapping[str, Any], segment: str) -> bool:
+    """Is ``segment`` a value an integer path parameter accepts (not an odd one)?"""
+    if schema.get("type") != "integer" or not segment.isdigit() or segment != str(int(segment)):
+        return False
+    return int(schema.get("minimum", 0)) <= int(segment) <= int(schema.get("maximum", 2**31))
+
+
 def _derived_ids(ids: Sequence[str]) -> Iterator[str]:
     """Near misses of a real id: case, whitespace, a slash, cut short, made longer."""
     for real in ids[:1]:
@@ -1053,6 +1066,7 @@ class _Answer:
     status: int
     content_type: str
     body: bytes
+    replayed: bool = False  # Idempotent-Replayed: true (the answer of an earlier request)
 
 
 @dataclass
@@ -1115,7 +1129,8 @@ class _Runner:
             content_type = response.headers.get("Content-Type", "")
             # An event stream stays open until its job ends: the status is enough.
             body = b"" if "text/event-stream" in content_type else await response.read()
-            return _Answer(response.status, content_type, body)
+            replayed = response.headers.get(REPLAYED_HEADER, "").lower() == "true"
+            return _Answer(response.status, content_type, body, replayed)
 
     async def exchange_raw(self, request: FuzzRequest) -> _Answer:
         parts = urlsplit(self.base_url)
@@ -1226,6 +1241,8 @@ class _Runner:
             (self.canceled if path.endswith("/cancel") else self.accepted).add(job)
             return
         value = _json_or_none(answer.body)
+        if answer.replayed:  # a grant answered again: granted by the first request
+            return
         if isinstance(value, dict) and value.get("granted") is True:
             sent = _json_or_none(request.body or b"")
             amount = sent.get("amount") if isinstance(sent, dict) else None
@@ -1249,8 +1266,14 @@ class _Runner:
     # --- set-up and audit ----------------------------------------------------------------
 
     async def get_json(self, path: str, auth: str) -> Any:
+        """A read of the set-up or the audit. A 429 (the gateway may hold back this address
+        after the fuzzer's own bad keys) or a 503 is waited out, as a client would."""
         request = FuzzRequest("setup", "GET", path, (("Authorization", auth),))
-        answer = await self.exchange(request)
+        for _ in range(SETUP_RETRIES):
+            answer = await self.exchange(request)
+            if isinstance(answer, str) or answer.status not in (429, 503):
+                break
+            await asyncio.sleep(SETUP_RETRY_PAUSE)
         if isinstance(answer, str) or answer.status != 200:
             status = answer if isinstance(answer, str) else answer.status
             raise RuntimeError(f"GET {path} for the fuzzer's set-up failed: {status}")
@@ -1269,7 +1292,13 @@ class _Runner:
                 cursor = f"&cursor={page['next_cursor']}"
         entries: list[dict[str, Any]] = []
         if "getCreditEntries" in self.ops:
-            entries = (await self.get_json("/v1/credits/entries", auth))["entries"]
+            cursor = ""
+            while True:
+                page = await self.get_json(f"/v1/credits/entries?limit=200{cursor}", auth)
+                entries += page["entries"]
+                if not page.get("next_cursor"):
+                    break
+                cursor = f"&cursor={page['next_cursor']}"
         return jobs, entries
 
     async def setup(self, bodies: Mapping[str, list[Any]]) -> Known:
@@ -1338,6 +1367,26 @@ class _Runner:
                     f"{account} was granted {grants} credits, but grants answered 2xx add up "
                     f"to {self.granted.get(account, 0)}",
                 )
+
+    async def reset_limits(self) -> None:
+        """Give both accounts the default limits again: a fuzzed ``PUT .../limits`` may have
+        throttled the fuzzer's own account, which would starve the categories after it."""
+        op = self.ops.get(LIMITS_OPERATION)
+        if op is None:
+            return
+        for account in (self.known.account, self.known.other_account):
+            request = FuzzRequest(
+                "setup",
+                op.method,
+                op.path.replace("{id}", quote(account, safe="")),
+                (("Authorization", ADMIN), ("Content-Type", JSON)),
+                b"{}",
+                op.operation_id,
+            )
+            answer = await self.exchange(request)
+            if isinstance(answer, str) or answer.status != 200:
+                status = answer if isinstance(answer, str) else answer.status
+                self.problem(request, NO_ANSWER, f"could not reset the limits: {status}", "setup")
 
     def once(self, category: str, reason: str) -> None:
         if reason not in self.reported:
@@ -1428,6 +1477,7 @@ async def fuzz_api(
         for category, requests in plan.items():
             await runner.run(requests)
             await runner.audit(category)
+            await runner.reset_limits()
     return FuzzReport(
         seed=seed,
         examples=examples,

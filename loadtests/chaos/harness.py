@@ -32,7 +32,14 @@ from typing import Any
 import aiohttp
 
 from loadtests.chaos.broken import broken_build
-from loadtests.chaos.checks import full_check, open_jobs, read_entries, read_history, read_jobs
+from loadtests.chaos.checks import (
+    full_check,
+    open_jobs,
+    paid_work,
+    read_entries,
+    read_history,
+    read_jobs,
+)
 from loadtests.chaos.load import Load
 from loadtests.chaos.report import ScenarioReport, VendorLoad, render_summary, to_json
 from loadtests.chaos.scenarios import FAST, QUICK, SCENARIOS, ChaosContext, Scenario
@@ -165,6 +172,7 @@ async def _drive(
     found = full_check(config, load, fake_stats, processors, scenario.expect)
     report.add_violations([*ctx.findings, *quiet_problems, *found])
     _count(report, config, load, fake_stats)
+    report.paid_work = paid_work(config, fake_stats, processors)
 
 
 async def _wait_quiet(

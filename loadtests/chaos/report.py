@@ -19,6 +19,30 @@ class VendorLoad:
 
 
 @dataclass
+class PaidWork:
+    """One vendor's paid work: the fake's own counts next to jobline's."""
+
+    vendor: str
+    billable: int  # tasks the fake billed (they started running)
+    delivered: int  # succeeded tasks whose output reached jobline (the fake's count)
+    wasted: int  # billed and thrown away, as the fake saw it (late orphans included)
+    late_orphans: int  # of them: submits in doubt whose task showed itself too late
+    jobline_wasted: int | None  # jobline_vendor_wasted_tasks_total, all reasons (None: unknown)
+    answers_lost: int = 0  # tasks the fake created whose submit answer it lost
+    adopted: int | None = None  # submits in doubt whose task jobline found and used
+
+    def render(self) -> str:
+        own = "?" if self.jobline_wasted is None else str(self.jobline_wasted)
+        adopted = "?" if self.adopted is None else str(self.adopted)
+        return (
+            f"  paid work   {self.vendor:<10} billable {self.billable:>3}  delivered "
+            f"{self.delivered:>3}  wasted {self.wasted - self.late_orphans:>2} + late orphans "
+            f"{self.late_orphans}  (jobline counted {own}); answers lost {self.answers_lost}, "
+            f"adopted {adopted}"
+        )
+
+
+@dataclass
 class ScenarioReport:
     scenario: str
     seed: int
@@ -35,6 +59,7 @@ class ScenarioReport:
     retries: int = 0
     failovers: int = 0
     vendors: list[VendorLoad] = field(default_factory=list)
+    paid_work: list[PaidWork] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)  # what the schedule did, in order
     violations: list[str] = field(default_factory=list)
     error: str | None = None  # the scenario itself broke (set-up, a timeout)
@@ -68,6 +93,7 @@ class ScenarioReport:
                 f"  in flight   {v.vendor:<10} highest {v.highest_in_flight:>3}"
                 f" / limit {v.limit:<3} {mark}  ({v.tasks_created} tasks)"
             )
+        lines.extend(work.render() for work in self.paid_work)
         if self.faults:
             lines.append("  faults      " + "; ".join(self.faults[:12]))
             if len(self.faults) > 12:
@@ -78,7 +104,7 @@ class ScenarioReport:
             lines.append(f"  VIOLATIONS  {len(self.violations)}")
             lines.extend(f"    {v}" for v in self.violations[:20])
         else:
-            lines.append("  invariants  I1-I6 held")
+            lines.append("  invariants  I1-I7 held")
         if not self.passed:
             lines.append(f"  replay      {self.replay}")
         return "\n".join(lines)
@@ -98,7 +124,9 @@ def render_summary(reports: Sequence[ScenarioReport], duration: float) -> str:
         lines.append(
             f"  {r.scenario:<{width}}  seed {r.seed:<5} {mark:<6} {r.duration:6.1f}s  "
             f"accepted {r.accepted:>3}  completed {r.completed:>3}  failed {r.failed:>3}  "
-            f"canceled {r.canceled:>3}  retries {r.retries:>3}  failovers {r.failovers:>3}"
+            f"canceled {r.canceled:>3}  retries {r.retries:>3}  failovers {r.failovers:>3}  "
+            f"wasted {sum(w.wasted - w.late_orphans for w in r.paid_work):>2} "
+            f"(+{sum(w.late_orphans for w in r.paid_work)} late orphans)"
         )
     for r in failed:
         lines.append(f"  replay: {r.replay}")

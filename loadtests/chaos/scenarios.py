@@ -36,6 +36,33 @@ FAST: dict[str, dict[str, Any]] = {
 }
 
 
+MiB = 1024 * 1024
+# The flaky preset's vendor behaviours (vendors_fake/profiles.toml), at higher rates so
+# that a run of 60 jobs meets each of them several times.
+PAID_WORK_PROFILE: dict[str, Any] = {
+    "run_time": {"kind": "uniform", "low": 0.3, "high": 1.5},
+    "cold_start": 0.1,
+    "cold_start_time": {"kind": "uniform", "low": 1.0, "high": 3.0},
+    "failure": 0.03,
+    "lost_answers": {"hang": 0.04, "server_error": 0.04, "cut_off": 0.04},
+    "hang_for": 3.0,
+    "data_uri": 0.15,
+    "payload_error": 0.15,
+    "logs": {"kind": "lognormal", "p50": 2048, "p99": 262144},
+    "download": {"server_error": 0.05},
+    "webhooks": {
+        "lost": 0.05,
+        "delayed": 0.1,
+        "delay": {"kind": "uniform", "low": 0.3, "high": 2.0},
+        "retries": 3,
+    },
+    "outputs": {
+        "*": {"kind": "image", "count": 1, "count_max": 4},
+        "*video*": {"kind": "video", "size": {"kind": "uniform", "low": MiB, "high": 4 * MiB}},
+    },
+}
+
+
 @dataclass
 class ChaosContext:
     """What a fault schedule works with."""
@@ -245,6 +272,23 @@ async def lose_processor_node(ctx: ChaosContext) -> None:
     ctx.note(f"node {removed['removed'][:8]} removed with {', '.join(removed['roles_there'])}")
 
 
+async def refusals_and_kills(ctx: ChaosContext) -> None:
+    """fal refuses the account for a while (403 "User is locked"), then processors are
+    killed again and again, while the profile loses submit answers, drops payloads,
+    sends data URIs, several images, videos of megabytes and cold starts."""
+    await ctx.mid_load(0.4)
+    ctx.note("fal refuses the account (403, locked balance)")
+    await ctx.fake_control("fal", "profile", {"refusal": {"status": 403}})
+    await ctx.sleep(1.0, 2.0)
+    await ctx.fake_control("fal", "profile", {"refusal": None})
+    ctx.note("fal serves the account again")
+    for _ in range(3):
+        if not ctx.load_running():
+            return
+        await ctx.kill(ctx.rng.choice(["processor-fal", "processor-replicate"]))
+        await ctx.sleep(1.5, 3.0)
+
+
 async def hostile_input(ctx: ChaosContext) -> None:
     """The API fuzzer (``loadtests.chaos.fuzz``) against the gateway while the load runs."""
     try:
@@ -412,7 +456,7 @@ _SCENARIOS = [
         "stuck-tasks",
         "vendor tasks that never finish and cancels that fail: given up, canceled, retried",
         profile={"never_finish": 0.2, "cancel": {"server_error": 0.5}},
-        overrides={"vendors.fal": {"stuck_after": 2.0}},
+        overrides={"models.flux-schnell": {"max_run_time": 2.0}},
         load=LoadSpec(jobs=40, models=("flux-schnell",), spread=1.0),
     ),
     Scenario(
@@ -428,10 +472,28 @@ _SCENARIOS = [
             "max_task_time": 8.0,
         },
         overrides={
-            "vendors.fal": {"stuck_after": 4.0, "max_task_time": 8.0},
-            "vendors.replicate": {"stuck_after": 4.0, "max_task_time": 8.0},
+            "vendors.fal": {"max_task_time": 8.0},
+            "vendors.replicate": {"max_task_time": 8.0},
+            "models.flux-schnell": {"max_run_time": 4.0},
+            "models.sdxl": {"max_run_time": 4.0},
         },
         load=LoadSpec(jobs=50, spread=4.0, cancel_rate=0.4, cancel_delay=(0.3, 3.0)),
+    ),
+    Scenario(
+        "paid-work",
+        "real vendors' ways under load and processor kills: lost submit answers, payload "
+        "errors, data URIs, several outputs, videos, cold starts, a locked account; no paid "
+        "work thrown away (I7) but late orphans",
+        refusals_and_kills,
+        profile=PAID_WORK_PROFILE,
+        overrides={
+            "circuit": {"refused_cooldown": 2.0},
+            "vendors.fal": {"submit_timeout": 2.0, "orphan_wait": 15.0},
+            "vendors.replicate": {"submit_timeout": 2.0},
+        },
+        load=LoadSpec(jobs=60, models=("flux-schnell", "sdxl", "video-short"), spread=8.0),
+        expect=Expectations(no_waste=True),
+        quiet_timeout=120.0,
     ),
     Scenario(
         "fuzz",
@@ -447,4 +509,5 @@ QUICK = (
     "webhook-storm",
     "credit-exhaustion",
     "cancel-under-kills",
+    "paid-work",
 )  # the subset in `make test`

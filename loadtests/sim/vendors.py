@@ -184,11 +184,14 @@ class Vendors:
 
 
 def in_memory_config(config: JoblineConfig) -> JoblineConfig:
-    """``config`` with every vendor at an address of its own that no socket serves."""
+    """``config`` with every vendor at an address of its own that no socket serves, its
+    outputs fetched from there."""
     vendors = {}
     for name, vendor in config.vendors.items():
-        url = f"http://{name}.vendor.invalid"
-        update: dict[str, Any] = {"base_url": url}
+        host = f"{name}.vendor.invalid"
+        url = f"http://{host}"
+        # Its files are served from the same address: the one output host it may name.
+        update: dict[str, Any] = {"base_url": url, "output_hosts": (host,)}
         if vendor.api == "fal":
             update["webhook_jwks_url"] = f"{url}/.well-known/jwks.json"
         vendors[name] = vendor.model_copy(update=update)

@@ -176,7 +176,9 @@ class Watch:
             return
         if kind is CreateAccount:
             assert isinstance(op, CreateAccount)
-            self.accounts.setdefault(op.account_id, AccountRecord())
+            account = self.accounts.setdefault(op.account_id, AccountRecord())
+            if outcome.changed:
+                account.granted += op.credits  # the creation grant
             return
         if kind is Grant:
             assert isinstance(op, Grant)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
-from runtime.api.bodies import DEFAULT_DEAD_LETTERS, MAX_DEAD_LETTERS, REPLAYED_HEADER
+from runtime.api.bodies import (
+    DEFAULT_DEAD_LETTERS,
+    MAX_DEAD_LETTERS,
+    REPLAYED_HEADER,
+    TIME_CURSOR_PATTERN,
+)
 from runtime.api.context import Api, job_fields, log
+from runtime.api.errors import bad_request
 from runtime.api.params import bool_param, int_param
 from runtime.errors import DeadLetterNotFound
 from runtime.ledger import new_job_id
 from runtime.models import Job, Redrive
 from runtime.telemetry import TRACE_HEADER, new_trace_id
+
+_CURSOR = re.compile(TIME_CURSOR_PATTERN)
 
 
 class AdminRoutes:
@@ -28,8 +38,16 @@ class AdminRoutes:
         api.require_admin(request)
         limit = int_param(request.query, "limit", DEFAULT_DEAD_LETTERS, MAX_DEAD_LETTERS)
         include = bool_param(request.query, "include_redriven")
-        letters = await api.read(api.ctx.ledger.dead_letters(limit, include))
-        return web.json_response({"dead_letters": [letter.to_api() for letter in letters]})
+        cursor = request.query.get("cursor")
+        if cursor is not None and not _CURSOR.fullmatch(cursor):
+            raise bad_request("cursor must be the next_cursor of an earlier page")
+        page = await api.read(api.ctx.ledger.dead_letters(limit, include, cursor))
+        return web.json_response(
+            {
+                "dead_letters": [letter.to_api() for letter in page.items],
+                "next_cursor": page.next_cursor,
+            }
+        )
 
     async def redrive(self, request: web.Request) -> web.Response:
         api = self.api
@@ -48,7 +66,8 @@ class AdminRoutes:
             job_id=dead_job_id,
             new_job_id="job_" + new_job_id(now, ctx.rng).replace("-", ""),
             trace_id=trace_id,
-            deadline=now + ctx.config.sweeper.job_deadline,
+            deadline=now
+            + (ctx.config.job_deadline(model) if model else ctx.config.sweeper.job_deadline),
             vendor=model.route[position].vendor if model else None,
             route_position=position,
         )

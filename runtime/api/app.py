@@ -30,6 +30,8 @@ from runtime.api.context import (
 from runtime.api.errors import HTTP_CODES, error_response, refusal_for
 from runtime.api.events import EventRoutes
 from runtime.api.jobs import JobRoutes
+from runtime.api.keys import KeyRoutes
+from runtime.api.limits import SlowClientGuard
 from runtime.api.operations import OperationRoutes
 from runtime.api.webhooks import WebhookRoutes
 from runtime.console import console_routes
@@ -47,6 +49,7 @@ class RouteModule(Protocol):
 
 ROUTE_MODULES: tuple[Callable[[Api], RouteModule], ...] = (
     AccountRoutes,
+    KeyRoutes,
     JobRoutes,
     EventRoutes,
     WebhookRoutes,
@@ -63,13 +66,18 @@ def build_app(
     *,
     sse_poll_interval: float = SSE_POLL_INTERVAL,
     sse_heartbeat_interval: float = SSE_HEARTBEAT_INTERVAL,
+    guard: SlowClientGuard | None = None,
 ) -> web.Application:
-    """The gateway's aiohttp application (DESIGN §5)."""
+    """The gateway's aiohttp application (DESIGN §5); ``guard``: the slow-client guard of
+    the site that serves it (``runtime.api.limits``)."""
     api = Api(
         ctx, sse_poll_interval=sse_poll_interval, sse_heartbeat_interval=sse_heartbeat_interval
     )
+    middlewares: list[Middleware] = [_count_requests(api), _render_errors]
+    if guard is not None:
+        middlewares.insert(0, guard.middleware())
     app = web.Application(
-        middlewares=[_count_requests(api), _render_errors],
+        middlewares=middlewares,
         client_max_size=ctx.config.gateway.max_body_bytes,
     )
     for module in ROUTE_MODULES:
@@ -132,6 +140,8 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     code = HTTP_CODES.get(exc.status, "bad_request" if exc.status < 500 else "error")
     headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
     message = exc.text if exc.status != 404 else f"no route {request.method} {request.path}"
+    if exc.status == 413:
+        message = f"{message} (gateway.max_body_bytes)"
     return error_response(exc.status, code, message or exc.reason, headers)
 
 

@@ -11,11 +11,24 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-MAX_CREDITS = 10**12  # per account and per grant; keeps every sum far inside SQLite's int64
+# The most one grant (or an account's starting credits) may add. It bounds each grant,
+# not a balance: a balance reaches SQLite's int64 only after millions of such grants.
+MAX_CREDITS = 10**12
 MAX_PAGE = 200  # GET /v1/jobs?limit=
 DEFAULT_PAGE = 50
 MAX_DEAD_LETTERS = 1000
 DEFAULT_DEAD_LETTERS = 100
+MAX_STATEMENT_PAGE = 200  # GET /v1/credits/entries?limit=
+DEFAULT_STATEMENT_PAGE = 100
+MAX_KEYS_PAGE = 100
+DEFAULT_KEYS_PAGE = 50
+MAX_API_KEYS = 50  # keys not revoked, per account
+MAX_GRACE_PERIOD = 7 * 24 * 3600  # seconds a rotated key may still be used
+MAX_SUBMIT_RATE = 10_000.0  # submits per second an account may be given
+MAX_IN_FLIGHT_LIMIT = 1_000_000
+MAX_SUBMIT_BURST = 100_000
+# "<created_at>/<id>", as a page's next_cursor gives it (dead letters).
+TIME_CURSOR_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?(e[+-]?[0-9]{1,3})?/[\x21-\x7e]{1,128}$"
 # Printable ASCII, 1..255 characters, no leading or trailing space (HTTP strips those).
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$"
 CURSOR_PATTERN = r"^[0-9]{1,18}$"
@@ -49,10 +62,49 @@ class GrantBody(_Body):
         min_length=1,
         max_length=255,
         description=(
-            "Makes the grant idempotent: a repeated grant_id for the account grants "
-            "nothing more. Falls back to the Idempotency-Key header; without either, "
-            "every request grants."
+            "Makes the grant idempotent, per account: the same grant_id with the same "
+            "amount answers what the first request answered (with the header "
+            "Idempotent-Replayed: true) and grants nothing more; with another amount it is "
+            "a 409 naming the conflict. Falls back to the Idempotency-Key header; without "
+            "either, every request grants."
         ),
+    )
+
+
+class CreateKeyBody(_Body):
+    name: str = Field(default="", max_length=100, description="A label for the key")
+    replaces: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description=(
+            "Rotate: the id of a key of this account to revoke in the same step (it "
+            "still works for grace_period seconds)"
+        ),
+    )
+    grace_period: JsonInt = Field(
+        default=0,
+        ge=0,
+        le=MAX_GRACE_PERIOD,
+        description="Seconds the replaced key keeps working (only with replaces)",
+    )
+
+
+class LimitsBody(_Body):
+    """An account's own limits; null (or absent): the [gateway] default applies."""
+
+    max_jobs_in_flight: JsonInt | None = Field(
+        default=None, ge=1, le=MAX_IN_FLIGHT_LIMIT, description="Jobs not yet ended"
+    )
+    submits_per_second: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SUBMIT_RATE,
+        allow_inf_nan=False,
+        description="Submits per second over time (0: no limit)",
+    )
+    submit_burst: JsonInt | None = Field(
+        default=None, ge=1, le=MAX_SUBMIT_BURST, description="Submits at once after a pause"
     )
 
 

@@ -245,6 +245,13 @@ class ConsoleRoutes:
         for key, field in _VENDOR_STATS:
             value = stats.get(key)
             shown[field] = value if isinstance(value, int | str) else None
+        wasted = stats.get("wasted")
+        counts = (
+            [n for n in wasted.values() if isinstance(n, int)] if isinstance(wasted, dict) else None
+        )
+        shown["wasted"] = sum(counts) if counts is not None else None
+        late = wasted.get("late_orphan") if isinstance(wasted, dict) else None
+        shown["late_orphans"] = late if isinstance(late, int) else None
         return shown
 
     async def list_accounts(self, request: web.Request) -> web.Response:

@@ -2,24 +2,27 @@
 
 ``Api`` owns the gateway's few pieces of memory, none of which another replica or a
 restart needs: the coalesced ledger calls (many concurrent requests share one actor
-call), the coalesced calls to each vendor's processor, the API key cache, and the
-background tasks that send work on after the client has its answer.
+call), the coalesced calls to each vendor's processor, the API keys it has checked
+(``runtime.api.auth``), the per-account bound on expensive reads
+(``runtime.api.limits``), and the background tasks that send work on after the client
+has its answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import hmac
 import random
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from runtime.api.auth import Authenticator, bearer
 from runtime.api.bodies import IDEMPOTENCY_KEY_PATTERN
 from runtime.api.circuits import CircuitView
 from runtime.api.errors import (
@@ -30,11 +33,12 @@ from runtime.api.errors import (
     ledger_failure,
     read_body,
 )
+from runtime.api.limits import AccountReads
 from runtime.batching import Coalescer
 from runtime.clock import Clock
 from runtime.config import JoblineConfig
 from runtime.errors import JoblineError, JobNotFound, LedgerUnavailable, Unauthorized
-from runtime.models import Job, LedgerOp, Outcome
+from runtime.models import Job, KeyMatch, LedgerOp, Outcome
 from runtime.ports import LedgerPort, Router
 from runtime.results import ResultStore
 from runtime.telemetry import Family, Metrics, get_logger
@@ -45,7 +49,6 @@ log = get_logger("gateway")
 
 LEDGER_TIMEOUT = 30.0  # a ledger call slower than this answers 503 (retry with the same key)
 PROCESSOR_TIMEOUT = 30.0  # background calls to processors give up after this
-KEY_CACHE_SIZE = 100_000
 SSE_POLL_INTERVAL = 0.3  # seconds between reads of a job an event stream follows
 SSE_HEARTBEAT_INTERVAL = 15.0
 
@@ -96,22 +99,6 @@ class _ProcessorCalls:
         return [None] * len(job_ids)
 
 
-class _KeyCache:
-    """API key hash -> account id, positive answers only (an account's key never changes)."""
-
-    def __init__(self, capacity: int = KEY_CACHE_SIZE) -> None:
-        self._capacity = capacity
-        self._accounts: dict[str, str] = {}
-
-    def get(self, hashed: str) -> str | None:
-        return self._accounts.get(hashed)
-
-    def put(self, hashed: str, account_id: str) -> None:
-        if len(self._accounts) >= self._capacity:
-            self._accounts.pop(next(iter(self._accounts)))  # the oldest entry
-        self._accounts[hashed] = account_id
-
-
 class Api:
     """The core the route modules share, bound to one GatewayContext."""
 
@@ -131,8 +118,15 @@ class Api:
         self._ops: Coalescer[LedgerOp, Outcome] = Coalescer(self._execute_many)
         self._job_reads: Coalescer[str, Job | None] = Coalescer(self.get_jobs)
         self._processors: dict[str, _ProcessorCalls] = {}
-        self._keys = _KeyCache()
-        self._key_lookups: dict[str, asyncio.Future[str | None]] = {}
+        gateway = ctx.config.gateway
+        self.auth = Authenticator(
+            gateway,
+            ctx.clock,
+            self._keys_for_hashes,
+            lambda after_seq: self.read(ctx.ledger.revocations(after_seq)),
+            self.execute,
+        )
+        self.reads = AccountReads(gateway.reads_in_flight_per_account)
         self._background: set[asyncio.Task[None]] = set()
         self.circuits = CircuitView(ctx.router, ctx.clock, self.spawn)
 
@@ -148,6 +142,9 @@ class Api:
 
     async def get_jobs(self, job_ids: list[str]) -> list[Job | None]:
         return await self.read(self.ctx.ledger.get_jobs(job_ids))
+
+    async def _keys_for_hashes(self, hashes: list[str]) -> list[KeyMatch | None]:
+        return await self.read(self.ctx.ledger.keys_for_hashes(hashes))
 
     async def read(self, call: Awaitable[T]) -> T:
         """A ledger call's answer; a ledger that fails or takes too long is a 503."""
@@ -218,29 +215,14 @@ class Api:
     # --- request parts --------------------------------------------------------------------
 
     async def account(self, request: web.Request) -> str:
-        """The account of the request's API key; 401 without a known one."""
-        api_key = bearer(request)
-        if api_key is None:
-            raise Unauthorized("send the API key as Authorization: Bearer <key>")
-        hashed = key_hash(api_key)
-        account_id = self._keys.get(hashed)
-        if account_id is None:
-            account_id = await self._lookup_key(hashed)
-            if account_id is None:
-                raise Unauthorized("unknown API key")
-        return account_id
+        """The account of the request's API key; 401 without a valid one."""
+        return await self.auth.account(request)
 
-    async def _lookup_key(self, hashed: str) -> str | None:
-        """One ledger read per key however many requests ask for it at once."""
-        pending = self._key_lookups.get(hashed)
-        if pending is None:
-            pending = asyncio.ensure_future(self.read(self.ctx.ledger.account_for_key(hashed)))
-            self._key_lookups[hashed] = pending
-            pending.add_done_callback(lambda _: self._key_lookups.pop(hashed, None))
-        account_id = await asyncio.shield(pending)
-        if account_id is not None:
-            self._keys.put(hashed, account_id)
-        return account_id
+    @contextlib.asynccontextmanager
+    async def bounded_read(self, account_id: str) -> AsyncIterator[None]:
+        """Run an expensive read (a statement, a job list) in one of the account's slots."""
+        async with self.reads.slot(account_id):
+            yield
 
     def require_admin(self, request: web.Request) -> None:
         token = self.ctx.admin_token
@@ -262,16 +244,20 @@ class Api:
             raise HttpRefusal(
                 415, "unsupported_media_type", f"send application/json, not {ctype or 'nothing'}"
             )
-        raw = await read_body(request)
+        raw = await self.body(request)
         if not raw:
             raise bad_request("the request body is empty")
-        data = check_json(raw)
+        data = check_json(raw, self.ctx.config.gateway.max_json_depth)
         if not isinstance(data, dict):
             raise bad_request("the body must be a JSON object")
         try:
             return model.model_validate(data), data
         except ValidationError as exc:
             raise bad_request(describe_validation(exc)) from None
+
+    async def body(self, request: web.Request) -> bytes:
+        """The request body, read within ``gateway.body_timeout`` (else 408, closed)."""
+        return await read_body(request, self.ctx.config.gateway.body_timeout)
 
     def idempotency_key(self, request: web.Request) -> str | None:
         key = request.headers.get("Idempotency-Key")
@@ -290,6 +276,7 @@ class Api:
         self.closing.set()  # event streams end, so shutdown does not wait for them
         for hook in self.shutdown_hooks:
             hook()
+        await self.auth.close()  # and the last key uses are written
 
     async def on_cleanup(self, app: web.Application) -> None:
         if self._background:
@@ -297,19 +284,6 @@ class Api:
             for task in pending:  # the jobs are in the ledger; the sweeper has them
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-
-
-def bearer(request: web.Request) -> str | None:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    value = value.strip()
-    if scheme.lower() != "bearer" or not value or not value.isascii():
-        return None
-    return value
-
-
-def key_hash(api_key: str) -> str:
-    """What the ledger stores of an API key: its SHA-256, hex."""
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
 
 
 def job_fields(job: Job) -> dict[str, Any]:

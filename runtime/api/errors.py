@@ -2,12 +2,18 @@
 
 ``ERRORS`` maps jobline's exceptions to a status and an error code (the first matching
 class decides; subclasses come before their bases); ``HttpRefusal`` is a refusal the
-HTTP layer itself decides. ``runtime.api.app``'s middleware applies them.
+HTTP layer itself decides. ``runtime.api.app``'s middleware applies them. An exception
+not in the table is a 500 whose details only the gateway's log has: among them
+``LedgerFault`` and ``ActorCallFailed``, a bug somewhere that a retry cannot outlast
+(never a 503 with ``Retry-After``). No 5xx message carries a traceback
+(``public_message``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +22,9 @@ from pydantic import ValidationError
 
 from runtime.errors import (
     AccountNotFound,
+    ApiKeyNotFound,
     DeadLetterNotFound,
+    GrantConflict,
     IdempotencyConflict,
     IllegalTransition,
     InputInvalid,
@@ -27,6 +35,8 @@ from runtime.errors import (
     RequestError,
     ResultNotFound,
     ResultStoreUnavailable,
+    SubmitRateLimited,
+    TooManyApiKeys,
     TooManyJobsInFlight,
     Unauthorized,
     UnknownModel,
@@ -35,6 +45,9 @@ from runtime.errors import (
     WebhookSignatureInvalid,
     WebhookTimestampStale,
 )
+from runtime.telemetry import get_logger
+
+log = get_logger("gateway")
 
 RETRY_AFTER_IN_FLIGHT = 5  # seconds, for 429 TooManyJobsInFlight
 RETRY_AFTER_UNAVAILABLE = 1  # seconds, for 503
@@ -65,7 +78,11 @@ ERRORS: tuple[tuple[type[JoblineError], int, str], ...] = (
     (ResultStoreUnavailable, 503, "result_store_unavailable"),
     (InsufficientCredits, 402, "insufficient_credits"),
     (IdempotencyConflict, 422, "idempotency_conflict"),
+    (GrantConflict, 409, "grant_conflict"),
     (TooManyJobsInFlight, 429, "too_many_jobs_in_flight"),
+    (SubmitRateLimited, 429, "too_many_submits"),
+    (ApiKeyNotFound, 404, "api_key_not_found"),
+    (TooManyApiKeys, 409, "too_many_api_keys"),
     (LedgerUnavailable, 503, "ledger_unavailable"),
     (WebhookSignatureInvalid, 401, "webhook_signature_invalid"),
     (WebhookTimestampStale, 401, "webhook_timestamp_stale"),
@@ -81,17 +98,30 @@ _RETRY_AFTER = {
 HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+MAX_MESSAGE = 500  # characters of a 5xx message a client sees (one line)
 
 
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
+    if status >= 500:
+        message = public_message(message)
     return web.json_response(
         {"error": {"code": code, "message": message}}, status=status, headers=headers
     )
+
+
+def public_message(message: str) -> str:
+    """A server error's message as a client may see it: its first line, cut short. A
+    traceback (a remote exception's text, say) never leaves the gateway in an answer."""
+    first = message.strip().splitlines()[0] if message.strip() else "error"
+    if "Traceback" in first or 'File "' in first:
+        return "internal error; the gateway logged it"
+    return first if len(first) <= MAX_MESSAGE else first[:MAX_MESSAGE] + "…"
 
 
 def refusal_for(exc: JoblineError) -> HttpRefusal | None:
@@ -102,6 +132,8 @@ def refusal_for(exc: JoblineError) -> HttpRefusal | None:
         if isinstance(exc, kind):
             headers: dict[str, str] = {}
             retry = _RETRY_AFTER.get(type(exc))
+            if isinstance(exc, SubmitRateLimited):
+                retry = max(1, math.ceil(exc.retry_after))
             if retry is not None:
                 headers["Retry-After"] = str(retry)
             if isinstance(exc, Unauthorized):
@@ -115,21 +147,30 @@ def bad_request(message: str) -> HttpRefusal:
 
 
 def ledger_failure(exc: Exception) -> LedgerUnavailable:
-    return LedgerUnavailable(f"{type(exc).__name__}: {exc}")
+    """The ledger could not be reached (its actor gone or restarting): worth a retry. The
+    client learns the kind of failure; the details go to the gateway's log."""
+    log.warning("ledger call failed: %r", exc)
+    return LedgerUnavailable(f"{type(exc).__name__} (the gateway logged the details)")
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request body, decoded: 413 past client_max_size, 400 if it cannot be decoded.
+async def read_body(request: web.Request, timeout: float | None = None) -> bytes:
+    """The request body, decoded: 413 past client_max_size, 400 if it cannot be decoded,
+    408 if it has not arrived within ``timeout`` seconds (a client sending it a byte at a
+    time holds a connection and a handler).
 
-    An undecodable body (say, not the Content-Encoding it claims) leaves the rest of it
-    in the connection, so the 400 closes the connection.
+    An undecodable or unfinished body leaves the rest of it in the connection, so those
+    answers close the connection.
     """
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
     except web.RequestPayloadError as exc:
         encoding = request.headers.get("Content-Encoding", "identity")
         message = f"the body could not be read (Content-Encoding {encoding})"
         raise HttpRefusal(400, "bad_request", message, {"Connection": "close"}) from exc
+    except TimeoutError:
+        message = f"the body did not arrive within {timeout:g}s (gateway.body_timeout)"
+        raise HttpRefusal(408, "request_timeout", message, {"Connection": "close"}) from None
 
 
 def reject_constant(name: str) -> Any:
@@ -143,11 +184,41 @@ def describe_validation(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-def check_json(raw: bytes) -> Any:
-    """The body's JSON value; 400 for malformed JSON, NaN/Infinity or lone surrogates."""
+def check_json(raw: bytes, max_depth: int) -> Any:
+    """The body's JSON value; 400 for malformed JSON, NaN/Infinity, lone surrogates, or
+    nesting deeper than ``max_depth`` (deep values cannot cross the actors: named in the
+    answer, as ``gateway.max_json_depth``)."""
+    too_deep = bad_request(f"JSON nested deeper than {max_depth} levels (gateway.max_json_depth)")
     try:
         data = json.loads(raw, parse_constant=reject_constant)
+    except RecursionError:
+        raise too_deep from None
+    except (ValueError, UnicodeError) as exc:
+        raise bad_request(f"malformed JSON: {exc}") from None
+    if json_depth(data, max_depth) > max_depth:
+        raise too_deep
+    try:
         json.dumps(data, ensure_ascii=False).encode("utf-8")  # lone surrogates
-    except (ValueError, RecursionError, UnicodeError) as exc:
+    except UnicodeError as exc:
         raise bad_request(f"malformed JSON: {exc}") from None
     return data
+
+
+def json_depth(value: Any, stop_after: int) -> int:
+    """How deep ``value`` nests (a scalar 0, ``[]`` 1, ``[[1]]`` 2), without recursion;
+    it stops counting past ``stop_after``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest

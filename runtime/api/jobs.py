@@ -1,5 +1,5 @@
 """Jobs: submit (the hold and the queue in one ledger transaction), read, list, fetch the
-result, cancel.
+result and each output, cancel.
 
 A job is durable once ``OpenJob`` returns; the dispatch to its processor is sent
 afterwards, in the background, and may fail: a restarted processor or the sweeper picks
@@ -57,6 +57,7 @@ class JobRoutes:
             web.get("/v1/jobs", self.list_jobs, allow_head=False),
             web.get("/v1/jobs/{id}", self.get_job, allow_head=False),
             web.get("/v1/jobs/{id}/result", self.job_result, allow_head=False),
+            web.get("/v1/jobs/{id}/outputs/{n}", self.job_output, allow_head=False),
             web.post("/v1/jobs/{id}/cancel", self.cancel_job),
         ]
 
@@ -80,10 +81,12 @@ class JobRoutes:
             trace_id=trace_id,
             vendor=model.route[position].vendor,
             route_position=position,
-            deadline=now + ctx.config.sweeper.job_deadline,
+            deadline=now + ctx.config.job_deadline(model),
             idempotency_key=idempotency_key,
             request_hash=request_hash(raw),
             max_in_flight=ctx.config.gateway.max_jobs_in_flight_per_account,
+            submits_per_second=ctx.config.gateway.submits_per_second_per_account,
+            submit_burst=ctx.config.gateway.submit_burst_per_account,
         )
         with api.tracer.root("submit", trace_id, model=model.name) as span:
             outcome = await api.execute(op)
@@ -119,25 +122,43 @@ class JobRoutes:
         if cursor is not None and not _CURSOR.fullmatch(cursor):
             raise bad_request("cursor must be the next_cursor of an earlier page")
         ledger = self.api.ctx.ledger
-        page = await self.api.read(ledger.list_jobs(account_id, status, limit, cursor))
+        async with self.api.bounded_read(account_id):
+            page = await self.api.read(ledger.list_jobs(account_id, status, limit, cursor))
         return web.json_response(
             {"jobs": [job.to_api() for job in page.items], "next_cursor": page.next_cursor}
         )
 
     async def job_result(self, request: web.Request) -> web.StreamResponse:
+        """The first output (``/outputs/0``)."""
+        return await self._serve_output(request, 0)
+
+    async def job_output(self, request: web.Request) -> web.StreamResponse:
+        n = request.match_info["n"]
+        if not (n.isascii() and n.isdigit() and len(n) <= 4 and n == str(int(n))):
+            raise HttpRefusal(404, "output_not_found", f"no output {n[:20]!r}: an index is 0, 1, …")
+        return await self._serve_output(request, int(n))
+
+    async def _serve_output(self, request: web.Request, index: int) -> web.StreamResponse:
         account_id = await self.api.account(request)
         job = await self.api.owned_job(request.match_info["id"], account_id)
-        if job.status is not JobStatus.COMPLETED or job.result_key is None:
+        outputs = job.stored_outputs()
+        if job.status is not JobStatus.COMPLETED or not outputs:
             raise HttpRefusal(
                 409, "job_not_completed", f"job {job.id} is {job.status.value}, not completed"
             )
+        if index >= len(outputs):
+            raise HttpRefusal(
+                404, "output_not_found", f"job {job.id} has {len(outputs)} outputs, no {index}"
+            )
+        output = outputs[index]
         try:
             return await result_response(
                 request,
                 self.api.ctx.results,
-                job.result_key,
+                output.key,
                 redirect=self.api.ctx.config.storage.serve_by_redirect,
                 headers={TRACE_HEADER: job.trace_id},
+                content_type=output.content_type,
             )
         except ResultNotFound:
             log.error("result missing from the store", extra=job_fields(job))

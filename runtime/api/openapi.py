@@ -14,13 +14,25 @@ from runtime.api.bodies import (
     CURSOR_PATTERN,
     DEFAULT_DEAD_LETTERS,
     DEFAULT_PAGE,
+    DEFAULT_STATEMENT_PAGE,
     IDEMPOTENCY_KEY_PATTERN,
     MAX_DEAD_LETTERS,
     MAX_PAGE,
+    MAX_STATEMENT_PAGE,
     REPLAYED_HEADER,
+    TIME_CURSOR_PATTERN,
 )
 from runtime.api.openapi_console import console_paths, console_schemas
-from runtime.api.schemas import component_schemas, errors, internal_error, json_content, ref
+from runtime.api.openapi_keys import key_paths
+from runtime.api.schemas import (
+    component_schemas,
+    error_response,
+    errors,
+    event_stream,
+    internal_error,
+    json_content,
+    ref,
+)
 from runtime.config import JoblineConfig
 from runtime.states import JobStatus
 
@@ -51,6 +63,24 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
+def _output_responses() -> dict[str, Any]:
+    return {
+        "200": {
+            "description": "The output's bytes, with its content type",
+            "content": {
+                "*/*": {
+                    "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+                }
+            },
+        },
+        "302": {
+            "description": "The output at a presigned URL, valid presign_expiry s",
+            "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+        },
+        **errors("401", "404", "409"),
+    }
+
+
 def _job_response(description: str) -> dict[str, Any]:
     return json_content(
         ref("Job"),
@@ -64,9 +94,27 @@ def _job_response(description: str) -> dict[str, Any]:
     )
 
 
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    param = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        param["description"] = description
+    return param
+
+
 def _paths(config: JoblineConfig) -> dict[str, Any]:
     vendors = sorted(config.vendors)
     text_plain = {"text/plain": {"schema": {"type": "string"}}}
+    granted = json_content(
+        ref("GrantResult"),
+        "The balance after the grant (for a replay: after the first request's grant)",
+        headers={
+            REPLAYED_HEADER: {
+                "description": "`true` when this grant_id was granted before: the answer is "
+                "the first one's, and nothing more was granted",
+                "schema": {"type": "string", "enum": ["true"]},
+            }
+        },
+    )
     submitted = _job_response("The job (queued), or the same job again for a replayed key")
     submitted["headers"][REPLAYED_HEADER] = {
         "description": "`true` when an earlier request with this Idempotency-Key made the job",
@@ -100,8 +148,17 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                 ],
                 "requestBody": _body(ref("Grant")),
                 "responses": {
-                    "200": json_content(ref("GrantResult"), "The balance after the grant"),
-                    **errors("400", "401", "404", "413", "415", admin=True),
+                    "200": granted,
+                    **errors(
+                        "400",
+                        "401",
+                        "404",
+                        "409",
+                        "413",
+                        "415",
+                        admin=True,
+                        e409="This grant_id was used for another amount (code grant_conflict)",
+                    ),
                 },
             }
         },
@@ -120,10 +177,37 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
             "get": {
                 "operationId": "getCreditEntries",
                 "summary": "The account's statement: grants, holds, captures, releases",
+                "description": (
+                    "A page at a time (keyset: every page costs the same). An account may "
+                    "have gateway.reads_in_flight_per_account statement and job-list reads "
+                    "running at once per gateway; more wait, and past four times as many "
+                    "the answer is 429 (code too_many_reads)."
+                ),
                 "security": _API_KEY,
+                "parameters": [
+                    _query(
+                        "limit",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_STATEMENT_PAGE,
+                            "default": DEFAULT_STATEMENT_PAGE,
+                        },
+                    ),
+                    _query(
+                        "cursor",
+                        {"type": "string", "pattern": CURSOR_PATTERN},
+                        "next_cursor of the previous page (asked with the same order)",
+                    ),
+                    _query(
+                        "order",
+                        {"type": "string", "enum": ["asc", "desc"], "default": "asc"},
+                        "asc: oldest first; desc: newest first",
+                    ),
+                ],
                 "responses": {
-                    "200": json_content(ref("Statement"), "Every credit entry, oldest first"),
-                    **errors("401"),
+                    "200": json_content(ref("Statement"), "One page of credit entries"),
+                    **errors("400", "401", "429"),
                 },
             }
         },
@@ -179,7 +263,7 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": json_content(ref("JobPage"), "One page of jobs"),
-                    **errors("400", "401"),
+                    **errors("400", "401", "429"),
                 },
             },
         },
@@ -216,19 +300,48 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                     },
                 ],
                 "responses": {
-                    "200": {
-                        "description": "An event stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    },
+                    "200": event_stream(
+                        "The job's status changes as server-sent events",
+                        (
+                            "status",
+                            ref("JobEvent"),
+                            "A status change; the terminal one carries the job and ends the stream",
+                        ),
+                    ),
                     "204": {"description": "The job has ended and every event was sent"},
                     **errors("401", "404"),
                 },
             }
         },
+        "/v1/jobs/{id}/outputs/{n}": {
+            "get": {
+                "operationId": "getJobOutput",
+                "summary": "One stored output of a completed job (the job's `outputs[n]`)",
+                "description": (
+                    "Every output a vendor task produced is kept: images of a list, a video, "
+                    "audio, other files, JSON and text results. Each is served with its "
+                    "content type, streamed by the gateway or, with `[storage.s3] serve = "
+                    '"redirect"`, as a 302 to a short-lived presigned URL. 404 '
+                    "`output_not_found` past the last index."
+                ),
+                "security": _API_KEY,
+                "parameters": [
+                    _JOB_ID,
+                    {
+                        "name": "n",
+                        "in": "path",
+                        "required": True,
+                        "description": "The output's index, from 0",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 9999},
+                    },
+                ],
+                "responses": _output_responses(),
+            }
+        },
         "/v1/jobs/{id}/result": {
             "get": {
                 "operationId": "getJobResult",
-                "summary": "The stored output bytes of a completed job",
+                "summary": "The first stored output of a completed job (`outputs/0`)",
                 "description": (
                     'Streamed by the gateway, or, with `[storage.s3] serve = "redirect"`, '
                     "a 302 to a short-lived presigned URL of the bucket. 503 also when the "
@@ -236,23 +349,7 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                 ),
                 "security": _API_KEY,
                 "parameters": [_JOB_ID],
-                "responses": {
-                    "200": {
-                        "description": "The output",
-                        "content": {
-                            "image/png": {
-                                "schema": {"type": "string", "contentMediaType": "image/png"}
-                            }
-                        },
-                    },
-                    "302": {
-                        "description": "The output at a presigned URL, valid presign_expiry s",
-                        "headers": {
-                            "Location": {"schema": {"type": "string", "format": "uri"}},
-                        },
-                    },
-                    **errors("401", "404", "409"),
-                },
+                "responses": _output_responses(),
             }
         },
         "/v1/jobs/{id}/cancel": {
@@ -271,12 +368,17 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
         "/v1/webhooks/{vendor}": {
             "post": {
                 "operationId": "vendorWebhook",
-                "summary": "Vendor callbacks, verified with Standard Webhooks signatures",
+                "summary": "Vendor callbacks, verified in each vendor's own scheme",
                 "description": (
-                    "Signed with `webhook-id`, `webhook-timestamp` and `webhook-signature` "
-                    "(v1, HMAC-SHA256 of `id.timestamp.body`). A bad signature or a stale "
+                    "replicate-shaped vendors sign with Standard Webhooks (`webhook-id`, "
+                    "`webhook-timestamp`, `webhook-signature`: v1, HMAC-SHA256 of "
+                    "`id.timestamp.body`); fal-shaped ones with ED25519 "
+                    "(`X-Fal-Webhook-Request-Id`, `-User-Id`, `-Timestamp`, `-Signature`, "
+                    "checked against the keys fal publishes). A bad signature or a stale "
                     "timestamp is 401, an unreadable payload 400; neither changes anything. "
-                    "A webhook id seen before is acknowledged and ignored."
+                    "A webhook id seen before is acknowledged and ignored. The body may be up "
+                    "to `gateway.max_webhook_body_bytes` (413 past it), apart from the API's "
+                    "limit. Every rejection is counted in `jobline_webhook_rejections_total`."
                 ),
                 "security": _NO_AUTH,
                 "parameters": [
@@ -329,6 +431,11 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                         "required": False,
                         "schema": {"type": "boolean", "default": False},
                     },
+                    _query(
+                        "cursor",
+                        {"type": "string", "pattern": TIME_CURSOR_PATTERN},
+                        "next_cursor of the previous page",
+                    ),
                 ],
                 "responses": {
                     "200": json_content(ref("DeadLetterList"), "The dead letters"),
@@ -394,6 +501,20 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
     }
 
 
+def _with_shared_refusals(paths: dict[str, Any]) -> dict[str, Any]:
+    """Refusals every operation of a kind may give: 408 where a body is read (too slowly),
+    429 where an API key is looked up (too many unknown keys from one address)."""
+    for item in paths.values():
+        for operation in item.values():
+            responses = operation["responses"]
+            if "requestBody" in operation:
+                responses.setdefault("408", error_response("408"))
+            if operation.get("security") == _API_KEY:
+                responses.setdefault("429", error_response("429"))
+            operation["responses"] = dict(sorted(responses.items()))
+    return paths
+
+
 def openapi_document(config: JoblineConfig) -> dict[str, Any]:
     """The OpenAPI 3.1 description of every route ``runtime.api.build_app`` serves."""
     admin_env = config.gateway.admin_token_env
@@ -409,7 +530,7 @@ def openapi_document(config: JoblineConfig) -> dict[str, Any]:
         },
         "servers": [{"url": config.gateway.public_url}],
         "security": _API_KEY,
-        "paths": {**_paths(config), **console_paths(config)},
+        "paths": _with_shared_refusals({**_paths(config), **key_paths(), **console_paths(config)}),
         "components": {
             "schemas": {**component_schemas(config), **console_schemas(config)},
             "securitySchemes": {

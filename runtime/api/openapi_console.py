@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.api.schemas import event_stream
 from runtime.config import JoblineConfig
 from runtime.console import PAGES
 from runtime.states import JobStatus
@@ -66,6 +67,16 @@ def console_schemas(config: JoblineConfig) -> dict[str, Any]:
         "failovers": nullable_int,
         "completed": nullable_int,
         "failed": nullable_int,
+        "wasted": {
+            **nullable_int,
+            "description": "Billable vendor tasks whose output did not become a completed "
+            "job's result, since the processor started (late orphans included)",
+        },
+        "late_orphans": {
+            **nullable_int,
+            "description": "Of them: submits in doubt whose task showed itself after the job "
+            "moved on",
+        },
     }
     account_props: dict[str, Any] = {
         "account_id": {"type": "string"},
@@ -208,16 +219,19 @@ def console_paths(config: JoblineConfig) -> dict[str, Any]:
                     }
                 ],
                 "responses": {
-                    "200": {
-                        "description": "An event stream; each `data:` of a status event is "
-                        "an AccountEvent",
-                        "content": {
-                            "text/event-stream": {
-                                "schema": {"type": "string"},
-                                "x-event-data": _ref("AccountEvent"),
-                            }
-                        },
-                    },
+                    "200": event_stream(
+                        "The account's status changes as server-sent events",
+                        (
+                            "ready",
+                            {
+                                "type": "object",
+                                "required": ["seq"],
+                                "properties": {"seq": {"type": "integer"}},
+                            },
+                            "First: where the stream starts (its id, and data.seq)",
+                        ),
+                        ("status", _ref("AccountEvent"), "A status change of one of its jobs"),
+                    ),
                     **_errors("401"),
                 },
             }

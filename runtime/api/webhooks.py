@@ -3,6 +3,13 @@
 A webhook is verified by its vendor's client, then recorded (``RecordWebhook``) before
 it is forwarded to the vendor's processor, so a webhook id is applied at most once; a
 repeat is acknowledged and dropped.
+
+Its body has its own limit, ``gateway.max_webhook_body_bytes`` (replicate posts the whole
+prediction, input and logs; fal the whole result, data URIs in sync mode: several MB),
+apart from the API's ``max_body_bytes``. Every rejection is counted in
+``jobline_webhook_rejections_total{vendor,reason}``: ``signature``, ``stale``,
+``keys_unavailable``, ``malformed``, ``too_large`` (413), ``unreadable`` (a body that
+cannot be decoded), and ``unknown_vendor`` (counted under ``vendor="unknown"``).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from runtime.api.context import PROCESSOR_TIMEOUT, Api, log
-from runtime.api.errors import HttpRefusal, read_body
+from runtime.api.errors import HttpRefusal
 from runtime.errors import (
     WebhookKeysUnavailable,
     WebhookRejected,
@@ -34,14 +41,19 @@ WEBHOOK_REASONS = (
     (WebhookKeysUnavailable, "keys_unavailable"),
     (WebhookRejected, "malformed"),
 )
+BODY_REASONS = {413: "too_large", 400: "unreadable", 408: "too_slow"}
+UNKNOWN_VENDOR = "unknown"  # the label of webhooks for a vendor jobline does not have
+CHUNK = 64 * 1024
 
 
 class WebhookRoutes:
     def __init__(self, api: Api) -> None:
         self.api = api
+        reasons = [reason for _, reason in WEBHOOK_REASONS] + list(BODY_REASONS.values())
         for vendor in api.ctx.webhook_parsers:  # exported at 0 before the first rejection
-            for _, reason in WEBHOOK_REASONS:
+            for reason in reasons:
                 api.ctx.metrics.webhook_rejections.labels(vendor, reason)
+        api.ctx.metrics.webhook_rejections.labels(UNKNOWN_VENDOR, "unknown_vendor")
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/webhooks/{vendor}", self.webhook)]
@@ -50,11 +62,22 @@ class WebhookRoutes:
         api = self.api
         vendor = request.match_info["vendor"]
         parser = api.ctx.webhook_parsers.get(vendor)
-        if parser is None:
-            raise HttpRefusal(404, "unknown_vendor", f"no vendor named {vendor!r}")
-        body = await read_body(request)
-        headers = {name.lower(): value for name, value in request.headers.items()}
         metrics = api.ctx.metrics
+        if parser is None:
+            metrics.webhook_rejections.labels(UNKNOWN_VENDOR, "unknown_vendor").inc()
+            raise HttpRefusal(404, "unknown_vendor", f"no vendor named {vendor[:64]!r}")
+        gateway = api.ctx.config.gateway
+        try:
+            body = await read_webhook_body(
+                request, gateway.max_webhook_body_bytes, gateway.body_timeout
+            )
+        except HttpRefusal as refusal:
+            reason = BODY_REASONS.get(refusal.status, "unreadable")
+            metrics.webhook_rejections.labels(vendor, reason).inc()
+            metrics.webhooks.labels(vendor, "rejected").inc()
+            log.warning("webhook rejected (%s): %s", reason, refusal, extra={"vendor": vendor})
+            raise
+        headers = {name.lower(): value for name, value in request.headers.items()}
         try:
             event = await parser.parse_webhook(
                 headers, body, api.ctx.clock.time(), api.ctx.config.gateway.webhook_tolerance
@@ -65,7 +88,7 @@ class WebhookRoutes:
             metrics.webhooks.labels(vendor, "rejected").inc()
             log.warning("webhook rejected (%s): %s", reason, exc, extra={"vendor": vendor})
             raise
-        event = _with_reference(event, request.query)
+        event = with_reference(event, request.query)
         outcome = await api.execute(RecordWebhook(vendor, event.webhook_id))
         if not outcome.unwrap():
             metrics.webhooks.labels(vendor, "duplicate").inc()
@@ -90,7 +113,39 @@ class WebhookRoutes:
             )
 
 
-def _with_reference(event: WebhookEvent, query: Mapping[str, str]) -> WebhookEvent:
+async def read_webhook_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The webhook's body, decoded, up to ``limit`` bytes (the API's ``client_max_size``
+    does not apply: it is read from the stream). 413 past the limit, 400 if it cannot be
+    decoded, 408 if it has not arrived within ``timeout`` seconds; each closes the
+    connection (the rest of the body is left unread)."""
+    too_large = HttpRefusal(
+        413,
+        "payload_too_large",
+        f"webhook body larger than gateway.max_webhook_body_bytes ({limit} bytes)",
+        {"Connection": "close"},
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except web.RequestPayloadError as exc:
+        encoding = request.headers.get("Content-Encoding", "identity")
+        message = f"the body could not be read (Content-Encoding {encoding})"
+        raise HttpRefusal(400, "bad_request", message, {"Connection": "close"}) from exc
+    except TimeoutError:
+        message = f"the body did not arrive within {timeout:g}s (gateway.body_timeout)"
+        raise HttpRefusal(408, "request_timeout", message, {"Connection": "close"}) from None
+    return b"".join(chunks)
+
+
+def with_reference(event: WebhookEvent, query: Mapping[str, str]) -> WebhookEvent:
     """The event with the job and attempt its URL names; a malformed hint is dropped."""
     job_id = query.get(JOB_PARAM)
     attempt = query.get(ATTEMPT_PARAM, "")

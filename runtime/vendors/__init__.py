@@ -30,6 +30,7 @@ from runtime.config import VendorConfig
 from runtime.errors import ConfigError
 from runtime.vendors.base import (
     Download,
+    FoundTask,
     Output,
     TaskState,
     TaskStatus,
@@ -44,6 +45,7 @@ __all__ = [
     "MAX_OUTPUT_BYTES",
     "Download",
     "FalClient",
+    "FoundTask",
     "Output",
     "ReplicateClient",
     "TaskState",

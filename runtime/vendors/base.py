@@ -80,6 +80,14 @@ class TaskStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class FoundTask:
+    """A task found by the job and attempt it was submitted for (``find_task``)."""
+
+    task_id: str
+    status: TaskStatus
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookEvent:
     """A verified vendor callback: which task, and its status at the event."""
 
@@ -132,6 +140,22 @@ class VendorClient(Protocol):
 
     async def status(self, model: str, task_id: str, *, trace_id: str) -> TaskStatus:
         """The task now; a ``SUCCEEDED`` status carries every output."""
+        ...
+
+    @property
+    def can_find_tasks(self) -> bool:
+        """Whether ``find_task`` can tell if a submit in doubt created a task (replicate
+        lists predictions; fal lists nothing: its orphans show themselves by webhook)."""
+        ...
+
+    async def find_task(
+        self, model: str, *, job_id: str, attempt: int, created_after: float, trace_id: str
+    ) -> FoundTask | None:
+        """The task a submit in doubt created for ``(job_id, attempt)``, found by the
+        webhook URL it was given (which names both), or None when the vendor's list
+        shows none created since ``created_after`` (seconds since the epoch). Raises a
+        transient ``VendorError`` when the vendor cannot tell now, ``VendorPermanentError``
+        when it never can (``can_find_tasks`` is False)."""
         ...
 
     async def cancel(self, model: str, task_id: str, *, trace_id: str | None = None) -> None:

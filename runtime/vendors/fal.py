@@ -57,6 +57,7 @@ from runtime.vendors.http import (
     CANCEL_NOOP,
     JOB_ID_HEADER,
     MAX_OUTPUT_BYTES,
+    WEBHOOK_BODY_ERRORS,
     ErrorStatus,
     HttpClient,
     Malformed,
@@ -68,6 +69,7 @@ from runtime.vendors.http import (
     segments,
     string_field,
     task_path,
+    unreadable_webhook,
 )
 from runtime.vendors.outputs import find_outputs
 from runtime.webhooks import (
@@ -295,8 +297,8 @@ class FalClient(HttpClient):
         try:
             data = json_object(json.loads(body))
             task_id, status = webhook_status(data)
-        except (ValueError, Malformed) as exc:
-            raise WebhookRejected(f"{self._name}: unreadable webhook body: {exc}") from None
+        except WEBHOOK_BODY_ERRORS as exc:
+            raise unreadable_webhook(self._name, exc) from None
         if task_id != signed.request_id:
             raise WebhookRejected(
                 f"{self._name}: the body names request {task_id}, the signature {signed.request_id}"
@@ -347,8 +349,12 @@ def webhook_status(data: dict[str, Any]) -> tuple[str, TaskStatus]:
 def failure(code: int | None, error_type: Any, detail: Any) -> TaskStatus:
     """A fal request that ended badly (see the module docstring for the rule)."""
     types = {error_type} if isinstance(error_type, str) else set()
-    if isinstance(detail, list):
-        types |= {item["type"] for item in detail if isinstance(item, dict) and "type" in item}
+    if isinstance(detail, list):  # fal's typed errors: [{"type": "...", "msg": ...}, ...]
+        types |= {
+            item["type"]
+            for item in detail
+            if isinstance(item, dict) and isinstance(item.get("type"), str)
+        }
     message = message_of(detail)
     if CANCELED_TYPE in types or (code == 400 and "cancel" in message.lower()):
         return TaskStatus(TaskState.CANCELED)

@@ -9,6 +9,9 @@ translated by :func:`vendor_errors` (as httpx's ``map_httpcore_exceptions``)::
     truncated body, other aiohttp.ClientError       -> VendorUnavailable
     HTTP 429                                        -> VendorRateLimited(retry_after)
     HTTP 5xx, 425                                   -> VendorUnavailable(retry_after)
+    on a submit: a timeout, a 5xx other than 503
+    with Retry-After, a reset, disconnect or cut-off
+    answer, a 2xx that is not the shape's JSON      -> VendorSubmitInDoubt
     HTTP 408                                        -> VendorTimeout
     HTTP 401                                        -> VendorAuthError        (vendor-wide)
     HTTP 402                                        -> VendorBillingError     (vendor-wide)
@@ -19,14 +22,16 @@ translated by :func:`vendor_errors` (as httpx's ``map_httpcore_exceptions``)::
     404 / 410 on an output download                 -> VendorTaskFailed (the file is gone)
     any other 4xx                                   -> VendorPermanentError
     a 2xx body that is not the shape's JSON         -> VendorUnavailable
-    a body over its size cap                        -> VendorPermanentError
+    a body over its size cap                        -> VendorOutputTooLarge (permanent)
 
 ``Retry-After`` of any form (seconds, an HTTP date, garbage, ``inf``, ``nan``, negative,
 huge) becomes a number of seconds in ``[0, MAX_RETRY_AFTER]`` or None, and never raises
 (:func:`retry_after_seconds`).
 
-A submit that fails with a transient error may have created the task (the answer was
-lost): callers treat it as *in doubt*, never as "nothing happened".
+A submit whose answer was lost may have created the task: it raises
+``VendorSubmitInDoubt``, which callers treat as *in doubt*, never as "nothing happened".
+A submit that certainly created nothing (429, a 503 with ``Retry-After``: the vendor
+refused it; the connection could not be opened) raises the plain transient error.
 """
 
 from __future__ import annotations
@@ -54,15 +59,22 @@ from runtime.errors import (
     VendorError,
     VendorInputRejected,
     VendorModelGone,
+    VendorOutputTooLarge,
     VendorPermanentError,
     VendorRateLimited,
+    VendorSubmitInDoubt,
     VendorTaskFailed,
     VendorTimeout,
+    VendorTransientError,
     VendorUnavailable,
+    WebhookRejected,
 )
 from runtime.policies import ErrorClass, classify_http_status
-from runtime.vendors.base import Download, Output, TaskState, TaskStatus
+from runtime.telemetry import get_logger
+from runtime.vendors.base import Download, FoundTask, Output, TaskState, TaskStatus
 from runtime.vendors.outputs import decode_data_uri
+
+log = get_logger("vendors")
 
 TRACE_HEADER = "X-Jobline-Trace-Id"
 JOB_ID_HEADER = "X-Jobline-Job-Id"
@@ -119,6 +131,26 @@ class Malformed(Exception):
     """A 2xx answer that is not the JSON the shape promises."""
 
 
+# What reading a signed webhook body of an unexpected shape can raise: the vendor signed
+# it, but it is not what the vendor documents. Each becomes a 400 (``WebhookRejected``),
+# never a 500; a shape that fails inside a parser (not as ``Malformed``) is logged.
+WEBHOOK_BODY_ERRORS = (
+    ValueError,
+    Malformed,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RecursionError,
+)
+
+
+def unreadable_webhook(vendor: str, exc: BaseException) -> WebhookRejected:
+    if not isinstance(exc, ValueError | Malformed):
+        log.error("%s webhook parser failed on a signed body", vendor, exc_info=exc)
+    return WebhookRejected(f"{vendor}: unreadable webhook body: {type(exc).__name__}: {exc}")
+
+
 class TooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
@@ -137,15 +169,24 @@ def vendor_errors(
     except ErrorStatus as exc:
         raise status_error(vendor, op, exc.reply, clock()) from None
     except Malformed as exc:
-        raise VendorUnavailable(vendor, f"{op}: unexpected answer: {exc}") from None
+        raise _lost(op, VendorUnavailable(vendor, f"{op}: unexpected answer: {exc}")) from None
     except TooLarge as exc:
-        raise VendorPermanentError(vendor, f"{op}: answer larger than {exc.limit} bytes") from None
+        raise VendorOutputTooLarge(vendor, f"{op}: answer larger than {exc.limit} bytes") from None
     except TimeoutError as exc:  # asyncio.TimeoutError and aiohttp.ServerTimeoutError
-        raise VendorTimeout(vendor, f"{op}: no answer within {timeout:g}s") from exc
+        raise _lost(op, VendorTimeout(vendor, f"{op}: no answer within {timeout:g}s")) from exc
     except aiohttp.InvalidURL as exc:
         raise VendorPermanentError(vendor, f"{op}: invalid URL {exc}") from exc
-    except (aiohttp.ClientError, ConnectionError) as exc:  # refused, reset, disconnected
+    except aiohttp.ClientConnectorError as exc:  # nothing was sent: refused, no route
         raise VendorUnavailable(vendor, f"{op}: {_describe(exc)}") from exc
+    except (aiohttp.ClientError, ConnectionError) as exc:  # reset, disconnected, cut off
+        raise _lost(op, VendorUnavailable(vendor, f"{op}: {_describe(exc)}")) from exc
+
+
+def _lost(op: Op, exc: VendorTransientError) -> VendorTransientError:
+    """On a submit, an answer lost after the request went out: the submit is in doubt."""
+    if op != "submit":
+        return exc
+    return VendorSubmitInDoubt(exc.vendor, f"{exc.message} (the task may exist)", exc.retry_after)
 
 
 def status_error(vendor: str, op: Op, reply: Reply, now: float) -> VendorError:
@@ -163,7 +204,11 @@ def status_error(vendor: str, op: Op, reply: Reply, now: float) -> VendorError:
         return VendorRateLimited(vendor, message, retry_after)
     if status == 408:
         return VendorTimeout(vendor, message, retry_after)
-    if status >= 500 or classify_http_status(status) is ErrorClass.TRANSIENT:
+    if status == 503 and retry_after is not None:  # the vendor refused it: created nothing
+        return VendorUnavailable(vendor, message, retry_after)
+    if status >= 500:
+        return _lost(op, VendorUnavailable(vendor, message, retry_after))
+    if classify_http_status(status) is ErrorClass.TRANSIENT:
         return VendorUnavailable(vendor, message, retry_after)
     if op == "submit":
         if status in (404, 410):
@@ -176,7 +221,8 @@ def status_error(vendor: str, op: Op, reply: Reply, now: float) -> VendorError:
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:
     """``Retry-After`` (RFC 9110 §10.2.3: delay-seconds or an HTTP date) in seconds,
-    clamped to ``[0, MAX_RETRY_AFTER]``; None when absent or unreadable. Never raises.
+    clamped to ``[0, MAX_RETRY_AFTER]``; None when absent or unreadable (garbage, ``inf``,
+    ``nan``: no number of seconds, so no hint; the usual backoff applies). Never raises.
 
     Field case: ``Retry-After: inf`` was taken as infinity and crashed the attempt."""
     if not value:
@@ -187,7 +233,7 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
         seconds = float(value)
     except ValueError:
         seconds = _http_date_seconds(value, now)
-    if seconds is None or math.isnan(seconds):
+    if seconds is None or not math.isfinite(seconds):
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
@@ -307,6 +353,16 @@ class HttpClient:
     def name(self) -> str:
         return self._name
 
+    @property
+    def can_find_tasks(self) -> bool:
+        return False
+
+    async def find_task(
+        self, model: str, *, job_id: str, attempt: int, created_after: float, trace_id: str
+    ) -> FoundTask | None:
+        """See ``VendorClient.find_task``: this shape lists no tasks."""
+        raise VendorPermanentError(self._name, "this vendor lists no tasks to find one by")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._name!r}, {self.config.base_url!r})"
 
@@ -325,7 +381,7 @@ class HttpClient:
         if output.kind != "url":
             content_type, data = self._inline(output)
             if max_bytes is not None and len(data) > max_bytes:
-                raise VendorPermanentError(self._name, f"output larger than {max_bytes} bytes")
+                raise VendorOutputTooLarge(self._name, f"output larger than {max_bytes} bytes")
             yield Download(content_type, len(data), _once(data))
             return
         seconds = self.config.poll_timeout

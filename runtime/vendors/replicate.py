@@ -18,6 +18,10 @@ official ``replicate`` Python client (``replicate/prediction.py``, ``helpers.py`
   failure (``... please retry (code: PA)``, out of memory, ...) is transient.
 - Webhooks post the whole prediction (input and logs: often over 64 KiB) and are signed
   with Standard Webhooks (``runtime.webhooks.verify``); ``webhook-id`` deduplicates.
+- A submit whose answer was lost is looked up in ``GET /v1/predictions`` (the account's
+  predictions, newest first, ``{next, previous, results}``; the client's
+  ``predictions.list``): each prediction carries the ``webhook`` URL it was created
+  with, which names the job and attempt (:meth:`ReplicateClient.find_task`).
 """
 
 from __future__ import annotations
@@ -27,16 +31,20 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
+from yarl import URL
+
 from runtime.config import VendorConfig
-from runtime.errors import ConfigError, WebhookRejected
-from runtime.vendors.base import TaskState, TaskStatus, WebhookEvent
+from runtime.errors import ConfigError, VendorUnavailable
+from runtime.vendors.base import FoundTask, TaskState, TaskStatus, WebhookEvent
 from runtime.vendors.http import (
     ATTEMPT_HEADER,
     CANCEL_NOOP,
     JOB_ID_HEADER,
     MAX_OUTPUT_BYTES,
+    WEBHOOK_BODY_ERRORS,
     HttpClient,
     Malformed,
     Reply,
@@ -47,12 +55,15 @@ from runtime.vendors.http import (
     segments,
     string_field,
     task_path,
+    unreadable_webhook,
 )
 from runtime.vendors.outputs import find_outputs
-from runtime.webhooks import ID_HEADER, secret_key, verify
+from runtime.webhooks import ATTEMPT_PARAM, ID_HEADER, JOB_PARAM, secret_key, verify
 
 CANCEL_AFTER_HEADER = "Cancel-After"  # replicate: the prediction's own deadline
 PERMANENT = re.compile(r"\bE005\b")  # "flagged as sensitive": content rejected
+MAX_LIST_PAGES = 20  # pages of GET /v1/predictions read to find one submit in doubt
+LIST_CLOCK_SKEW = 60.0  # seconds: replicate's created_at against our clock
 
 
 class ReplicateClient(HttpClient):
@@ -132,6 +143,42 @@ class ReplicateClient(HttpClient):
             "status", "GET", self.url(path), read, trace_id=trace_id, accept=frozenset({404})
         )
 
+    @property
+    def can_find_tasks(self) -> bool:
+        return True
+
+    async def find_task(
+        self, model: str, *, job_id: str, attempt: int, created_after: float, trace_id: str
+    ) -> FoundTask | None:
+        """See ``VendorClient.find_task``: pages of ``GET /v1/predictions``, newest first,
+        until a prediction created before ``created_after`` (less a clock skew) ends the
+        search. ``VendorUnavailable`` if ``MAX_LIST_PAGES`` pages did not get that far."""
+        url: URL | None = self.url("/v1/predictions")
+        horizon = created_after - LIST_CLOCK_SKEW
+        for _ in range(MAX_LIST_PAGES):
+            if url is None:
+                return None  # the whole list was read
+            page = await self.call("status", "GET", url, _read_page, trace_id=trace_id)
+            for prediction in page.get("results") or ():
+                if not isinstance(prediction, dict):
+                    continue
+                if _names(prediction.get("webhook"), job_id, attempt):
+                    task_id = string_field(prediction, "id")
+                    return FoundTask(task_id, prediction_status(prediction))
+                created = _created_at(prediction)
+                if created is not None and created < horizon:
+                    return None  # older than the submit: it created nothing
+            url = self._next_page(page.get("next"))
+        raise VendorUnavailable(self._name, f"no answer in {MAX_LIST_PAGES} pages of predictions")
+
+    def _next_page(self, link: Any) -> URL | None:
+        if not isinstance(link, str) or not link:
+            return None
+        url = URL(link)
+        if not self._same_origin(url):  # the key goes nowhere else
+            raise VendorUnavailable(self._name, f"a prediction page elsewhere: {link[:100]}")
+        return url
+
     async def cancel(self, model: str, task_id: str, *, trace_id: str | None = None) -> None:
         path = f"/v1/predictions/{task_path(self._name, task_id)}/cancel"
         await self.call(
@@ -146,9 +193,34 @@ class ReplicateClient(HttpClient):
         try:
             data = json_object(json.loads(body))
             task_id, status = string_field(data, "id"), prediction_status(data)
-        except (ValueError, Malformed) as exc:
-            raise WebhookRejected(f"{self._name}: unreadable webhook body: {exc}") from None
+        except WEBHOOK_BODY_ERRORS as exc:
+            raise unreadable_webhook(self._name, exc) from None
         return WebhookEvent(self._name, webhook_id, task_id, status)
+
+
+def _read_page(reply: Reply) -> dict[str, Any]:
+    page = json_object(reply.json())
+    if not isinstance(page.get("results", []), list):
+        raise Malformed("a prediction page without a results list")
+    return page
+
+
+def _names(webhook: Any, job_id: str, attempt: int) -> bool:
+    """Does a prediction's ``webhook`` URL name this job and attempt?"""
+    if not isinstance(webhook, str) or JOB_PARAM not in webhook:
+        return False
+    query = URL(webhook).query
+    return query.get(JOB_PARAM) == job_id and query.get(ATTEMPT_PARAM) == str(attempt)
+
+
+def _created_at(prediction: dict[str, Any]) -> float | None:
+    text = prediction.get("created_at")
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def prediction_status(prediction: dict[str, Any]) -> TaskStatus:

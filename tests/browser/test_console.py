@@ -180,7 +180,9 @@ async def test_the_operator_redrives_a_dead_letter_and_it_completes(console: Con
     await expect(vendors).to_have_count(2)
     await expect(page.locator('#vendors tr[data-vendor="fal"]')).to_contain_text("/ 8")
     await expect(page.locator('#vendors tr[data-vendor="fal"] mark')).to_have_text("closed")
-    await expect(page.get_by_text("not exported yet").first).to_be_visible()
+    await expect(page.locator('#vendors tr[data-vendor="fal"] [data-field="wasted"]')).to_have_text(
+        "0"
+    )
     await expect(page.locator("#accounts tr")).to_have_count(1)
     await expect(page.locator("#accounts tr")).to_contain_text("1 (100000 credits)")
     await expect(page.get_by_role("list").get_by_text("jobline / jobs and credits")).to_be_visible()

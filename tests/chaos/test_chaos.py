@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from loadtests.chaos.checks import LedgerJob, backoff_honoured, clients_against_ledger
+from loadtests.chaos.checks import (
+    LedgerJob,
+    backoff_honoured,
+    clients_against_ledger,
+    paid_work_kept,
+    wasted_work,
+)
 from loadtests.chaos.harness import run_scenario
 from loadtests.chaos.load import ClientJob, Load, LoadSpec
 from loadtests.chaos.scenarios import QUICK
@@ -70,6 +76,40 @@ def test_a_retry_sooner_than_retry_after_is_reported() -> None:
     ]
     found = list(backoff_honoured(history, 1.0))
     assert [v.subject for v in found] == ["j1"]
+
+
+def test_paid_work_thrown_away_is_reported_and_late_orphans_apart() -> None:
+    """I7 from the fakes' counts: a task that succeeded while its job was open and was
+    not delivered breaks it; the client's cancels, the vendor's failures, tasks ending
+    after their job and orphans whose answer was lost do not (orphans are counted apart);
+    a task canceled after it started breaks it only where a scenario expects no waste."""
+    jobs = {
+        "j1": LedgerJob("j1", "completed", "fal", "t2", 2, 3),
+        "j2": LedgerJob("j2", "canceled", "fal", "t3", 1, 3),
+        "j3": LedgerJob("j3", "failed", "fal", None, 2, 3),
+    }
+    ends = {"j1": 10.0, "j2": 10.0, "j3": 10.0}
+
+    def task(job: str, status: str, *, delivered: bool = False, **more: Any) -> dict[str, Any]:
+        info = {"job_id": job, "attempt": "1", "billable": True, "delivered": delivered}
+        return info | {"status": status, "ended_at": 5.0, "answer_lost": None} | more
+
+    tasks = {
+        "t1": task("j1", "succeeded"),  # thrown away: I7
+        "t2": task("j1", "succeeded", delivered=True),
+        "t3": task("j2", "canceled"),  # the client's cancel
+        "t4": task("j1", "succeeded", answer_lost="hang"),  # a late orphan
+        "t5": task("j3", "canceled"),  # canceled after it started: waste
+        "t6": task("j3", "failed"),  # the vendor's failure
+        "t7": task("j1", "succeeded", ended_at=12.0),  # after its job ended
+        "t8": task("j1", "succeeded", billable=False),
+    }
+    fakes = {"fal": {"tasks": {"billable": 7, "delivered": 1}, "task_info": tasks}}
+    assert [v.subject for v in paid_work_kept(fakes, jobs, ends)] == ["fal/t1"]
+    strict = paid_work_kept(fakes, jobs, ends, strict=True)
+    assert [v.subject for v in strict] == ["fal/t1", "fal/t5"]
+    waste = wasted_work(fakes, jobs, ends)["fal"]
+    assert (waste.billable, waste.delivered, waste.wasted, waste.late_orphans) == (7, 1, 3, 1)
 
 
 def test_what_clients_saw_is_checked_against_the_ledger() -> None:

@@ -162,8 +162,8 @@ class ApiHarness:
 MakeApi = Callable[..., Awaitable[ApiHarness]]
 
 
-def _config(overrides: dict[str, Any]) -> JoblineConfig:
-    config = load_config(ROOT_CONFIG)
+def _config(overrides: dict[str, Any], config: JoblineConfig | None = None) -> JoblineConfig:
+    config = config or load_config(ROOT_CONFIG)
     if overrides:
         config = config.model_copy(update={"gateway": config.gateway.model_copy(update=overrides)})
     return config
@@ -173,7 +173,9 @@ def _config(overrides: dict[str, Any]) -> JoblineConfig:
 async def make_api_fixture(tmp_path: Path) -> AsyncIterator[MakeApi]:
     """``await make_api(admin_token=..., results=..., storage=..., **gateway_overrides)``:
     a served API, torn down after (``results``: a store instead of a fresh directory;
-    ``storage``: the ``[storage]`` the gateway is told about)."""
+    ``storage``: the ``[storage]`` the gateway is told about; ``config``: instead of the
+    root jobline.toml; ``wrap_ledger``: what the gateway gets instead of the ledger,
+    made from it)."""
     opened: list[tuple[TestClient[Any, Any], Ledger, list[VendorClient]]] = []
 
     async def make(
@@ -181,9 +183,11 @@ async def make_api_fixture(tmp_path: Path) -> AsyncIterator[MakeApi]:
         clock: Clock = SYSTEM_CLOCK,
         results: ResultStore | None = None,
         storage: StorageConfig | None = None,
+        config: JoblineConfig | None = None,
+        wrap_ledger: Callable[[Ledger], Any] | None = None,
         **overrides: Any,
     ) -> ApiHarness:
-        config = _config(overrides)
+        config = _config(overrides, config)
         if storage is not None:
             config = config.model_copy(update={"storage": storage})
         data = tmp_path / f"api-{len(opened)}"
@@ -207,7 +211,7 @@ async def make_api_fixture(tmp_path: Path) -> AsyncIterator[MakeApi]:
 
         ctx = GatewayContext(
             config=config,
-            ledger=ledger,
+            ledger=ledger if wrap_ledger is None else wrap_ledger(ledger),
             router=router,
             results=results,
             webhook_parsers=parsers,

@@ -18,6 +18,7 @@ from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from tests.integration.processor_rig import rig  # noqa: F401  (the processor rig fixture)
 from vendors_fake import FakeVendor, FaultProfile
 from vendors_fake.server import Shape
 

@@ -260,7 +260,11 @@ async def test_vendors_shows_each_processor_and_an_unreachable_one(api: ApiHarne
     async def unreachable() -> dict[str, Any]:
         raise ConnectionError("processor restarting")
 
+    async def fal_stats() -> dict[str, Any]:
+        return {"inflight": 3, "wasted": {"timeout": 2, "late_orphan": 1}}
+
     api.router.processors["replicate"].stats = unreachable  # type: ignore[method-assign]
+    api.router.processors["fal"].stats = fal_stats  # type: ignore[method-assign]
     response = await api.client.get("/v1/admin/vendors", headers=api.admin)
     assert response.status == 200
     vendors = {v["vendor"]: v for v in (await response.json())["vendors"]}
@@ -268,8 +272,13 @@ async def test_vendors_shows_each_processor_and_an_unreachable_one(api: ApiHarne
     fal = vendors["fal"]
     assert (fal["limit"], fal["api"], fal["reachable"]) == (8, "fal", True)
     assert fal["rate_limit"] == api.config.vendors["fal"].requests_per_second
+    assert (fal["in_flight"], fal["wasted"], fal["late_orphans"]) == (3, 3, 1)
     replicate = vendors["replicate"]
-    assert (replicate["reachable"], replicate["in_flight"]) == (False, None)
+    assert (replicate["reachable"], replicate["in_flight"], replicate["wasted"]) == (
+        False,
+        None,
+        None,
+    )
     assert "processor restarting" in replicate["error"]
 
 

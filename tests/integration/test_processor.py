@@ -1,150 +1,28 @@
-"""VendorProcessor in one process: a real ledger file, real fake vendors on loopback,
-the real vendor adapters and result store, no Ray, no gateway."""
+"""VendorProcessor in one process (``tests.integration.processor_rig``): a real ledger
+file, real fake vendors on loopback, the real vendor adapters and result store, no Ray."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from actors.processor import VendorProcessor
 from actors.sweeper import Sweeper
-from actors.wiring import SWEEPER, Ports, Wiring, build_role, processor_role
-from loadtests.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
-from runtime.config import JoblineConfig, load_config
+from actors.wiring import SWEEPER
 from runtime.errors import LedgerUnavailable
-from runtime.invariants import check_invariants
 from runtime.ledger import Ledger, new_job_id
-from runtime.models import (
-    Cancel,
-    CreateAccount,
-    Grant,
-    Job,
-    LedgerOp,
-    MarkProcessing,
-    OpenJob,
-    Outcome,
-)
-from runtime.ports import LedgerPort, ProcessorPort
-from runtime.results import LocalResultStore, result_key_for
+from runtime.models import Cancel, Job, LedgerOp, MarkProcessing, OpenJob, Outcome
+from runtime.results import result_key_for
 from runtime.states import JobStatus
-from runtime.vendors import TaskState, TaskStatus, WebhookEvent, make_client
+from runtime.vendors import TaskState, TaskStatus, WebhookEvent
+from tests.integration.processor_rig import IDS, Rig, no_slot_taken, until
 from tests.ledger_ops import apply_op
 from vendors_fake.png import expected_png
-from vendors_fake.profile import merge_profile, preset
-from vendors_fake.runner import FakeVendorSet, start_fake_vendors, vendor_credentials
-
-IDS = random.Random(5)
-FAST = {
-    "retry": {"base": 0.02, "cap": 0.2},
-    "circuit": {"cooldown": 1.0},
-    "vendors.fal": {"poll_interval": 0.1},
-    "vendors.replicate": {"poll_interval": 0.1},
-}
-
-
-@dataclass
-class Rig:
-    config: JoblineConfig
-    ledger: Ledger
-    fakes: FakeVendorSet
-    processors: dict[str, VendorProcessor]
-    results: LocalResultStore
-
-    def processor(self, vendor: str) -> ProcessorPort:
-        return self.processors[vendor]
-
-    def vendors(self) -> list[str]:
-        return list(self.processors)
-
-    def build(self, role: str, seed: int = 0, ledger: LedgerPort | None = None) -> Any:
-        """The role as the wiring builds it, on this rig's ledger, fakes and store."""
-        wiring = Wiring(
-            seed=seed,
-            vendor_clients=lambda v: make_client(v, *vendor_credentials(v)),
-            result_stores=lambda _: self.results,
-        )
-        ports = Ports(
-            ledger=lambda: ledger or cast(LedgerPort, self.ledger),
-            processor=self.processor,
-            metric_sources=list,
-            vendors=self.vendors(),
-        )
-        return build_role(role, self.config, wiring, ports)
-
-    def make_processor(
-        self, vendor: str, seed: int = 0, ledger: LedgerPort | None = None
-    ) -> VendorProcessor:
-        processor: VendorProcessor = self.build(processor_role(vendor), seed, ledger)
-        return processor
-
-    async def open(self, model: str, n: int = 1, **input: Any) -> list[Job]:
-        jobs = []
-        for i in range(n):
-            route = self.config.models[model].route
-            job = await apply_op(
-                self.ledger,
-                OpenJob(
-                    new_job_id(time.time(), IDS),
-                    "acct",
-                    model,
-                    {"prompt": f"p{i}", **input},
-                    self.config.models[model].price,
-                    f"trace{i:028d}",
-                    route[0].vendor,
-                    time.time() + 60,
-                ),
-            )
-            jobs.append(job)
-        return jobs
-
-    async def dispatch(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            await self.processors[job.vendor].dispatch([job])
-
-    async def wait(self, jobs: list[Job], timeout: float = 30) -> list[Job]:
-        deadline = time.monotonic() + timeout
-        while True:
-            now = await self.ledger.get_jobs([j.id for j in jobs])
-            if all(j is not None and j.terminal for j in now):
-                assert check_invariants(self.ledger.path) == []
-                return [j for j in now if j is not None]
-            assert time.monotonic() < deadline, [j and (j.id, j.status) for j in now]
-            await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
-    marker = request.node.get_closest_marker("profile")
-    profile = merge_profile(preset("calm"), marker.args[0] if marker else {})
-    overrides = request.node.get_closest_marker("overrides")
-    base = load_config(ROOT_CONFIG)
-    ensure_dev_secrets(base)
-    fakes = await start_fake_vendors(
-        base, profile.model_copy(update={"concurrency_limit": 10_000}), ports="free"
-    )
-    config = local_config(
-        base, tmp_path, fakes.urls, overrides={**FAST, **(overrides.args[0] if overrides else {})}
-    )
-    ledger = await Ledger.open(tmp_path / "ledger.db")
-    await apply_op(ledger, CreateAccount("acct", "hash"))
-    await apply_op(ledger, Grant("acct", 10_000, "g"))
-    rig = Rig(config, ledger, fakes, {}, LocalResultStore(tmp_path / "results"))
-    for vendor in config.vendors:
-        rig.processors[vendor] = rig.make_processor(vendor)
-        await rig.processors[vendor].start()
-    yield rig
-    for processor in rig.processors.values():
-        await processor.stop()
-    await ledger.close()
-    await fakes.stop()
 
 
 async def test_a_job_goes_from_queue_to_stored_result(rig: Rig) -> None:
@@ -192,7 +70,7 @@ async def test_a_retry_after_a_failed_vendor_task_counts_the_task_failure(rig: R
     replicate = rig.processors["replicate"]
     [job] = await rig.open("video-short")
     await rig.dispatch([job])
-    await _until(lambda: retries_by_reason(replicate).get("VendorTaskFailed", 0) >= 1)
+    await until(lambda: retries_by_reason(replicate).get("VendorTaskFailed", 0) >= 1)
     rig.fakes["replicate"].update_profile({"failure": 0.0})  # the next attempt succeeds
     [done] = await rig.wait([job])
     assert done.status is JobStatus.COMPLETED and done.attempts >= 2
@@ -200,12 +78,12 @@ async def test_a_retry_after_a_failed_vendor_task_counts_the_task_failure(rig: R
 
 
 @pytest.mark.profile({"never_finish": 1.0})
-@pytest.mark.overrides({"vendors.replicate": {"stuck_after": 0.5, "poll_interval": 0.1}})
+@pytest.mark.overrides({"models.video-short": {"max_run_time": 0.5}})
 async def test_a_retry_after_giving_up_on_a_task_counts_a_timeout(rig: Rig) -> None:
     replicate = rig.processors["replicate"]
     [job] = await rig.open("video-short")
     await rig.dispatch([job])
-    await _until(lambda: retries_by_reason(replicate).get("VendorTimeout", 0) >= 1)
+    await until(lambda: retries_by_reason(replicate).get("VendorTimeout", 0) >= 1)
     rig.fakes["replicate"].update_profile({"never_finish": 0.0})
     [done] = await rig.wait([job])
     assert done.status is JobStatus.COMPLETED
@@ -220,7 +98,7 @@ async def test_permanent_failure_fails_at_once_and_refunds(rig: Rig) -> None:
     assert {j.status for j in done} == {JobStatus.FAILED}
     assert all(j.attempts == 1 for j in done)
     assert (await rig.ledger.balance("acct")).available == 10_000
-    assert len(await rig.ledger.dead_letters()) == 3
+    assert len((await rig.ledger.dead_letters()).items) == 3
 
 
 @pytest.mark.profile({"run_time": {"kind": "uniform", "low": 0.05, "high": 0.15}})
@@ -290,16 +168,8 @@ async def test_a_queued_job_past_its_deadline_fails_and_refunds(rig: Rig) -> Non
     assert "deadline" in (done.error or "")
 
 
-async def _until(check: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0) -> None:
-    """Until ``check()`` (a plain or an async predicate) holds."""
-    deadline = time.monotonic() + timeout
-    while not await _value(check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.profile({"never_finish": 1.0, "cancel": {"server_error": 1.0}})
-@pytest.mark.overrides({"vendors.fal": {"stuck_after": 0.5, "poll_interval": 0.1}})
+@pytest.mark.overrides({"models.flux-schnell": {"max_run_time": 0.5}})
 async def test_a_task_given_up_keeps_its_slot_until_the_vendor_confirms_the_cancel(
     rig: Rig,
 ) -> None:
@@ -312,7 +182,7 @@ async def test_a_task_given_up_keeps_its_slot_until_the_vendor_confirms_the_canc
     async def cancel_refused() -> bool:
         return fal.snapshot()["faults"].get("server_error", 0) >= 2
 
-    await _until(cancel_refused)
+    await until(cancel_refused)
     assert (await rig.processors["fal"].stats())["inflight"] == 1
     assert fal.snapshot()["tasks"]["created"] == 1  # no retry while the task may still run
 
@@ -321,7 +191,7 @@ async def test_a_task_given_up_keeps_its_slot_until_the_vendor_confirms_the_canc
     async def retried_elsewhere() -> bool:
         return fal.snapshot()["tasks"]["created"] >= 2
 
-    await _until(retried_elsewhere)
+    await until(retried_elsewhere)
     tasks = fal.snapshot()["task_info"]
     first = next(t for t in tasks.values() if t["attempt"] == "1")
     assert first["status"] == "canceled"
@@ -350,14 +220,10 @@ async def test_a_cancel_reaching_a_restarted_processor_still_cancels_the_vendor_
     async def vendor_task_canceled() -> bool:
         return bool(fal.snapshot()["tasks"]["canceled"] == 1)
 
-    await _until(vendor_task_canceled)
-    await _until(lambda: _no_slot_taken(rig))
+    await until(vendor_task_canceled)
+    await until(lambda: no_slot_taken(rig))
     assert fal.snapshot()["tasks"]["in_flight"] == 0
     assert (await rig.ledger.balance("acct")).available == 10_000
-
-
-async def _no_slot_taken(rig: Rig, vendor: str = "fal") -> bool:
-    return bool((await rig.processors[vendor].stats())["inflight"] == 0)
 
 
 class _DiesBeforeMarking:
@@ -389,7 +255,7 @@ async def _lose_a_submit(rig: Rig, vendor: str, model: str) -> Job:
     await dying.start()
     await dying.dispatch([job])
     fake = rig.fakes[vendor]
-    await _until(lambda: fake.snapshot()["tasks"]["created"] == 1)
+    await until(lambda: fake.snapshot()["tasks"]["created"] == 1)
     await dying.stop()
     assert (await rig.ledger.get_job(job.id)).status is JobStatus.QUEUED
     fake.update_profile({"never_finish": 0.0})  # the retry finishes
@@ -398,32 +264,58 @@ async def _lose_a_submit(rig: Rig, vendor: str, model: str) -> Job:
     return job
 
 
-async def _value(result: bool | Awaitable[bool]) -> bool:
-    return await result if inspect.isawaitable(result) else result
-
-
-@pytest.mark.profile({"never_finish": 1.0})
-@pytest.mark.overrides(
-    {"vendors.replicate": {"concurrency": 1, "max_task_time": 1.5, "submit_timeout": 1.0}}
-)
-async def test_a_task_whose_id_was_never_recorded_keeps_a_slot_until_the_vendor_ends_it(
+@pytest.mark.profile({"run_time": {"kind": "fixed", "seconds": 1.0}})
+@pytest.mark.overrides({"vendors.replicate": {"concurrency": 1}})
+async def test_a_restarted_processor_adopts_the_task_its_stopped_submit_created(
     rig: Rig,
 ) -> None:
     # Found by the chaos suite (cancel-under-kills): a processor killed between submit and
     # MarkProcessing left a vendor task nobody knew of; the restarted processor started a
-    # new attempt next to it, over the vendor's limit, and the task ran forever.
+    # new attempt next to it, over the vendor's limit. replicate lists its predictions:
+    # the restarted processor finds the task by its webhook URL and follows it.
     replicate = rig.fakes["replicate"]
     job = await _lose_a_submit(rig, "replicate", "video-short")
-    stats = await rig.processors["replicate"].stats()
-    assert (stats["unrecorded"], stats["inflight"]) == (1, 1)
+    [done] = await rig.wait([job])
+    assert (done.status, done.attempts) == (JobStatus.COMPLETED, 1)
+    snapshot = replicate.snapshot()
+    assert snapshot["tasks"]["created"] == 1 and snapshot["tasks"]["max_in_flight"] == 1
+    [task] = snapshot["task_info"].values()
+    assert task["delivered"] and done.vendor_task_id == snapshot["task_ids"][0]
+    assert (await rig.processors["replicate"].stats())["in_doubt"]["adopted"] == 1
+    await until(lambda: no_slot_taken(rig, "replicate"))
+
+
+@pytest.mark.profile({"never_finish": 1.0, "webhooks": {"lost": 1.0}, "max_task_time": 1.5})
+@pytest.mark.overrides(
+    {
+        "vendors.fal": {
+            "concurrency": 1,
+            "max_task_time": 1.5,
+            "orphan_wait": 0.3,
+            "submit_timeout": 1.0,
+        }
+    }
+)
+async def test_a_task_that_never_shows_itself_keeps_a_slot_until_the_vendor_ends_it(
+    rig: Rig,
+) -> None:
+    # fal lists nothing and this task's webhook is lost: after orphan_wait the job moves on,
+    # and the orphan keeps a slot until the vendor must have ended it (max_task_time), so
+    # the new attempt (concurrency 1) waits for it: never two tasks in flight.
+    fal = rig.fakes["fal"]
+    job = await _lose_a_submit(rig, "fal", "flux-schnell")
+    fal.update_profile({"webhooks": {"lost": 0.0}})
+    stats = await rig.processors["fal"].stats()
+    assert stats["inflight"] == 1
     [done] = await rig.wait([job])
     assert (done.status, done.attempts) == (JobStatus.COMPLETED, 2)
-    snapshot = replicate.snapshot()
+    snapshot = fal.snapshot()
     first = next(t for t in snapshot["task_info"].values() if t["attempt"] == "1")
-    assert first["status"] == "canceled"  # by Cancel-After: replicate ended it itself
+    assert first["status"] == "failed"  # the vendor ended it at its own limit
     assert snapshot["tasks"]["max_in_flight"] == 1
     assert snapshot["duplicate_attempts"] == []
-    await _until(lambda: _no_slot_taken(rig, "replicate"))
+    assert (await rig.processors["fal"].stats())["in_doubt"]["orphaned"] == 1
+    await until(lambda: no_slot_taken(rig, "fal"))
 
 
 @pytest.mark.profile({"never_finish": 1.0})
@@ -452,8 +344,8 @@ async def test_an_attempt_that_cannot_record_its_task_cancels_it(rig: Rig) -> No
     rig.processors["fal"] = rig.make_processor("fal", ledger=_DiesBeforeMarking(rig.ledger, True))  # type: ignore[arg-type]
     await rig.processors["fal"].start()
     await rig.dispatch([job])
-    await _until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
-    await _until(lambda: _no_slot_taken(rig))
+    await until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
+    await until(lambda: no_slot_taken(rig))
     assert fal.snapshot()["tasks"]["in_flight"] == 0
 
 
@@ -492,6 +384,6 @@ async def test_an_expired_job_whose_cancel_failed_has_its_task_canceled_later(
     assert fal.snapshot()["tasks"]["in_flight"] == 1  # the sweeper's cancel was refused
     assert (await rig.processors["fal"].stats())["inflight"] == 1  # its slot is held
     fal.update_profile({"cancel": {"server_error": 0.0}})
-    await _until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
-    await _until(lambda: _no_slot_taken(rig))
+    await until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
+    await until(lambda: no_slot_taken(rig))
     await sweeper.stop()

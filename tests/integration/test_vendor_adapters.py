@@ -22,6 +22,7 @@ from runtime.errors import (
     VendorInputRejected,
     VendorPermanentError,
     VendorRateLimited,
+    VendorSubmitInDoubt,
     VendorTaskFailed,
     VendorTimeout,
     VendorUnavailable,
@@ -218,7 +219,8 @@ async def test_5xx_is_unavailable(
     client = client_for(fake)
     task_id = await submit(client, shape)
     fake.update_profile({"submit": {"server_error": 1}, "status": {"server_error": 1}})
-    with pytest.raises(VendorUnavailable, match=r"HTTP 50[023]"):
+    # A submit's 5xx may come after the task was created: in doubt, not "nothing happened".
+    with pytest.raises(VendorSubmitInDoubt, match=r"HTTP 50[023]"):
         await submit(client, shape)
     with pytest.raises(VendorUnavailable):
         await client.status(MODEL[shape], task_id, trace_id="t")
@@ -232,6 +234,7 @@ async def test_outage_503_carries_retry_after(
     with pytest.raises(VendorUnavailable) as caught:
         await submit(client_for(fake), "replicate")
     assert caught.value.retry_after is not None and 29 <= caught.value.retry_after <= 30
+    assert not isinstance(caught.value, VendorSubmitInDoubt)  # a refusal created nothing
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -244,7 +247,7 @@ async def test_hang_times_out_within_the_configured_timeout(
     fake.update_profile({"submit": {"hang": 1}, "status": {"hang": 1}})
 
     started = time.monotonic()
-    with pytest.raises(VendorTimeout, match=r"0\.3s"):
+    with pytest.raises(VendorSubmitInDoubt, match=r"0\.3s"):
         await submit(client, shape)
     assert 0.25 <= time.monotonic() - started < 1.0
 
@@ -259,7 +262,7 @@ async def test_connection_reset_is_unavailable(
     start_fake: StartFake, client_for: MakeClient, shape: Shape
 ) -> None:
     fake = await start_fake(shape, FaultProfile(submit=RouteFaults(reset=1)))
-    with pytest.raises(VendorUnavailable):
+    with pytest.raises(VendorSubmitInDoubt):  # the request was sent: it may have landed
         await submit(client_for(fake), shape)
     assert fake.snapshot()["faults"]["reset"] >= 1
 
@@ -270,8 +273,9 @@ async def test_connection_refused_is_unavailable(
     fake = await start_fake("fal")
     client = client_for(fake)
     await fake.stop()  # nobody listens on the port any more
-    with pytest.raises(VendorUnavailable):
+    with pytest.raises(VendorUnavailable) as caught:
         await submit(client, "fal")
+    assert not isinstance(caught.value, VendorSubmitInDoubt)  # nothing was sent
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -177,3 +177,41 @@ def test_fal_vendors_name_a_key_set_and_replicate_vendors_a_secret() -> None:
         parse_config(raw)
     assert info.value.key == "vendors.replicate.webhook_secret_env"
     assert "required" in info.value.reason
+
+
+def test_each_model_has_its_own_bounds_cap_and_deadline() -> None:
+    config = load_config(ROOT / "jobline.toml")
+    video = config.models["video-short"]
+    assert (video.max_queue_time, video.max_run_time) == (900.0, 900.0)
+    assert video.max_output_bytes > 60 * 1024 * 1024  # field case 5: a 60 MiB mp4
+    assert config.job_deadline(video) == 2400.0 > video.task_bound
+    flux = config.models["flux-schnell"]
+    assert config.job_deadline(flux) == config.sweeper.job_deadline
+    replicate, fal = config.vendors["replicate"], config.vendors["fal"]
+    assert replicate.task_lifetime_for(video) == video.task_bound  # sent as Cancel-After
+    capped = replicate.model_copy(update={"max_task_time": 60.0})
+    assert capped.task_lifetime_for(video) == 60.0
+    assert fal.model_copy(update={"max_task_time": 3600.0}).task_lifetime_for(flux) == 3600.0
+
+
+def test_orphan_waits_per_vendor_shape() -> None:
+    raw = default_raw()
+    for vendor in raw["vendors"].values():
+        vendor.pop("orphan_wait", None)
+    config = parse_config(raw)
+    flux = config.models["flux-schnell"]
+    assert config.vendors["replicate"].orphan_wait_for(flux) == 60.0  # a list read answers
+    assert config.vendors["fal"].orphan_wait_for(flux) == flux.task_bound  # its webhook comes
+
+
+def test_output_hosts_default_to_the_vendors_cdn_and_are_validated() -> None:
+    raw = default_raw()
+    for vendor in raw["vendors"].values():
+        vendor.pop("output_hosts", None)
+    config = parse_config(raw)
+    assert "*.fal.media" in (config.vendors["fal"].output_hosts or ())
+    assert "replicate.delivery" in (config.vendors["replicate"].output_hosts or ())
+    raw["vendors"]["fal"]["output_hosts"] = ["http://evil/"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "vendors.fal.output_hosts"

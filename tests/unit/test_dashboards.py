@@ -145,6 +145,9 @@ def test_the_dashboards_show_what_operators_need() -> None:
         "jobline_webhook_rejections_total",
         "jobline_sweeper_recoveries_total",
         "jobline_invariant_violations",
+        "jobline_vendor_wasted_tasks_total",
+        "jobline_submits_in_doubt_total",
+        "jobline_vendor_refusals_total",
     }
 
 
@@ -157,6 +160,7 @@ def test_every_alert_names_exported_metrics_and_says_what_to_do() -> None:
         "JoblineCircuitOpen",
         "JoblineZombieJobs",
         "JoblineVendorAtLimit",
+        "JoblineVendorRefused",
     }
     for rule in rules:
         named = metrics_in(rule["expr"])

@@ -19,10 +19,11 @@ from runtime.policies import (
 
 POLICY = RetryPolicy(base=1.0, factor=2.0, cap=60.0, max_attempts=5)
 NOW = 1_000.0
-T, P = ErrorClass.TRANSIENT, ErrorClass.PERMANENT
+T, P, V = ErrorClass.TRANSIENT, ErrorClass.PERMANENT, ErrorClass.VENDOR_WIDE
+PROBE = 15.0  # an open circuit's next probe, seconds from now
 
 # (error class, Retry-After, attempts here, circuit open, next vendor, seconds to deadline)
-#   -> what happens next
+#   -> what happens next. An open circuit probes PROBE seconds from now.
 TABLE: list[tuple[ErrorClass, float | None, int, bool, bool, float, Next]] = [
     # Permanent: fail at once, whatever else holds.
     (P, None, 1, False, True, 600, Next.FAIL),
@@ -45,10 +46,20 @@ TABLE: list[tuple[ErrorClass, float | None, int, bool, bool, float, Next]] = [
     (T, None, 5, False, True, 600, Next.FAIL_OVER),
     (T, None, 5, False, False, 600, Next.ROUTE_SPENT),
     (T, None, 9, False, False, 600, Next.ROUTE_SPENT),
-    # Circuit open: no retry here.
+    # Circuit open: no retry here; with no vendor left, wait for its probe (field case 3:
+    # an outage of the only vendor failed jobs 1.5 s into a 900 s deadline) ...
     (T, None, 1, True, True, 600, Next.FAIL_OVER),
-    (T, None, 1, True, False, 600, Next.ROUTE_SPENT),
-    (T, 5.0, 1, True, False, 0.5, Next.ROUTE_SPENT),  # no backoff drawn: not EXPIRE
+    (T, None, 1, True, False, 600, Next.WAIT),
+    (T, None, 5, True, False, 600, Next.WAIT),  # attempts spent: the probe decides
+    # ... unless the probe comes at or after the deadline.
+    (T, 5.0, 1, True, False, 0.5, Next.EXPIRE),
+    (T, None, 1, True, False, PROBE, Next.EXPIRE),
+    # Vendor-wide (account locked, billing, key refused, model gone), field case 2: the
+    # next vendor at once; with none, wait out the circuit the refusal opened.
+    (V, None, 1, True, True, 600, Next.FAIL_OVER),
+    (V, None, 1, False, True, 600, Next.FAIL_OVER),
+    (V, None, 1, True, False, 600, Next.WAIT),
+    (V, None, 1, True, False, 10.0, Next.EXPIRE),
 ]
 
 
@@ -60,7 +71,10 @@ def facts(
     next_vendor: bool,
     to_deadline: float,
 ) -> Failure:
-    return Failure(error, retry_after, attempts, circuit_open, next_vendor, NOW, NOW + to_deadline)
+    probe = NOW + PROBE if circuit_open else None
+    return Failure(
+        error, retry_after, attempts, circuit_open, next_vendor, NOW, NOW + to_deadline, probe
+    )
 
 
 @pytest.mark.parametrize(("error", "after", "attempts", "open_", "next_", "left", "want"), TABLE)
@@ -82,8 +96,20 @@ def test_every_row(
         ceiling = NOW + max(after or 0.0, POLICY.ceiling(attempts))
         assert floor <= decision.not_before <= ceiling
         assert decision.not_before < NOW + left
+    elif want is Next.WAIT:
+        assert decision.not_before == NOW + PROBE  # the circuit's next probe
     else:
         assert decision.not_before is None
+
+
+def test_a_vendor_wide_refusal_is_never_retried_on_the_same_vendor() -> None:
+    """Even with attempts left and the circuit (somehow) closed, a refusal is not a
+    backoff: the account stays locked for hours."""
+    for next_vendor in (True, False):
+        decision = after_failure(
+            facts(V, None, 1, False, next_vendor, 600), POLICY, random.Random(1)
+        )
+        assert decision.next is not Next.RETRY
 
 
 def test_the_backoff_is_the_policys_draw_so_a_seed_replays_it() -> None:
@@ -103,8 +129,7 @@ def test_no_draw_is_made_when_no_retry_is_possible() -> None:
 
 
 def test_every_outcome_of_the_table_is_reachable() -> None:
-    reached = {row[-1] for row in TABLE} | {when_circuit_refuses(False)}
-    assert reached == set(Next)
+    assert {row[-1] for row in TABLE} == set(Next)
 
 
 @pytest.mark.parametrize(("next_vendor", "want"), [(True, Next.FAIL_OVER), (False, Next.WAIT)])

@@ -17,6 +17,12 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "InsufficientCredits": ("acct_1", 5, 2),
     "IdempotencyConflict": ("key-1", "job_1"),
     "TooManyJobsInFlight": ("acct_1", 100),
+    "GrantConflict": ("acct_1", "invoice-7", 5, 7),
+    "SubmitRateLimited": ("acct_1", 2.0, 0.5),
+    "ApiKeyNotFound": ("key_1",),
+    "TooManyApiKeys": ("acct_1", 50),
+    "LedgerFault": ("OpenJob", "ValueError: boom"),
+    "ActorCallFailed": ("jobline-ledger.balance", "TypeError"),
     "LedgerError": (),
     "LedgerUnavailable": ("disk I/O error",),
     "RequestError": ("bad",),
@@ -43,6 +49,8 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "VendorAuthError": ("fal", "401"),
     "VendorBillingError": ("fal", "403: User is locked. Reason: Exhausted balance"),
     "VendorModelGone": ("replicate", "404: model not found"),
+    "VendorSubmitInDoubt": ("fal", "submit: no answer within 10s (the task may exist)", None),
+    "VendorOutputTooLarge": ("replicate", "output larger than 1024 bytes"),
 }
 
 CLASSES = [

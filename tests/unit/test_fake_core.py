@@ -220,3 +220,17 @@ def test_the_flaky_presets_new_behaviours_come_at_their_rates() -> None:
     )
     assert {f.output_count for f in fates} == {1, 2, 3, 4}
     assert sum(f.logs_bytes > 64 * 1024 for f in fates) > 0
+
+
+def test_a_task_answered_with_data_uris_is_delivered_once_its_result_is_read() -> None:
+    """Its files travel inside the result: nothing is downloaded, reading is delivery
+    (they were never counted delivered, so every data-URI task looked wasted)."""
+    vendor, clock = core(data_uri=1.0, run_time={"kind": "fixed", "seconds": 1.0})
+    task = vendor.create_task("acme/painter", "v1", {"prompt": "p"})
+    clock.advance(2.0)
+    assert task.phase is Phase.SUCCEEDED and task.files
+    assert all(vendor.file_ref(task, file).startswith("data:") for file in task.files.values())
+    assert not task.delivered
+    vendor.result_read(task)
+    assert task.delivered
+    assert vendor.snapshot()["tasks"]["delivered"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 import sqlite3
 import tempfile
@@ -23,6 +24,7 @@ from runtime.errors import (
     InputInvalid,
     InsufficientCredits,
     JobNotFound,
+    LedgerFault,
     LedgerUnavailable,
     TooManyJobsInFlight,
 )
@@ -54,6 +56,7 @@ from runtime.models import (
     Redrive,
     ScheduleRetry,
     StartAttempt,
+    StoredOutput,
 )
 from runtime.states import JobStatus
 from tests.ledger_ops import apply_op
@@ -199,8 +202,8 @@ async def test_unknown_account(ledger: Ledger) -> None:
 async def test_grants_are_idempotent_by_grant_id(ledger: Ledger) -> None:
     assert (await apply_op(ledger, Grant("acct", 50, "topup-1"))).balance == 150
     assert (await apply_op(ledger, Grant("acct", 50, "topup-1"))).balance == 150
-    assert await ledger.account_for_key("hash-acct") == "acct"
-    assert await ledger.account_for_key("nope") is None
+    [match, unknown] = await ledger.keys_for_hashes(["hash-acct", "nope"])
+    assert match is not None and match.account_id == "acct" and unknown is None
     assert not (await ledger.execute(CreateAccount("acct", "hash-acct"))).changed
 
 
@@ -228,7 +231,7 @@ async def test_a_job_from_open_to_complete_captures_its_hold(ledger: Ledger, clo
         JobStatus.PROCESSING,
         JobStatus.COMPLETED,
     ]
-    assert [e.kind for e in await ledger.statement("acct")] == [
+    assert [e.kind for e in (await ledger.statement("acct")).items] == [
         EntryKind.GRANT,
         EntryKind.HOLD,
         EntryKind.CAPTURE,
@@ -322,7 +325,7 @@ async def test_fail_releases_and_dead_letters(ledger: Ledger) -> None:
     assert (job.status, job.error) == (JobStatus.FAILED, "content rejected")
     assert entries(ledger.path, "job-1") == ["hold", "release"]
     assert (await ledger.balance("acct")).available == 100
-    [dead] = await ledger.dead_letters()
+    [dead] = (await ledger.dead_letters()).items
     assert (dead.job_id, dead.error, dead.attempts, dead.trace_id) == (
         "job-1",
         "content rejected",
@@ -521,7 +524,8 @@ async def test_an_unexpected_error_fails_only_its_own_operation(ledger: Ledger) 
     )
     assert ledger.stats.batches == batches + 1
     assert outcomes[0].changed and outcomes[2].changed
-    assert isinstance(outcomes[1].error, LedgerUnavailable)
+    # A broken constraint is no outage: retrying cannot help (a 500, not a 503).
+    assert isinstance(outcomes[1].error, LedgerFault)
     assert "UNIQUE" in str(outcomes[1].error)
     assert entries(ledger.path, "job-1") == ["hold"]
     assert entries(ledger.path, "job-2") == ["hold"]
@@ -529,15 +533,14 @@ async def test_an_unexpected_error_fails_only_its_own_operation(ledger: Ledger) 
 
 
 async def test_a_bug_in_an_operation_reaches_only_its_caller(ledger: Ledger) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(LedgerFault, match="ValueError"):
         await apply_op(ledger, Grant("acct", -5, "negative"))
     results = await asyncio.gather(
         ledger.execute(open_op("job-1")),
-        ledger.execute(open_op("job-2", price=0)),
-        return_exceptions=True,
+        ledger.execute(open_op("job-2", price=-1)),
     )
-    assert results[0].changed  # type: ignore[union-attr]
-    assert isinstance(results[1], ValueError)
+    assert results[0].changed
+    assert isinstance(results[1].error, LedgerFault)  # an Outcome, never a raw exception
 
 
 RUN_OPS = st.lists(
@@ -638,8 +641,8 @@ async def test_redrive_opens_a_new_job_once(ledger: Ledger) -> None:
     assert await apply_op(ledger, Redrive("job-1", "job-1c", "trace-c", DEADLINE)) == new
     assert (await ledger.get_job("job-1")).status is JobStatus.FAILED  # never moved again
     assert entries(ledger.path, "job-1b") == ["hold"]
-    assert await ledger.dead_letters() == []
-    [dead] = await ledger.dead_letters(include_redriven=True)
+    assert (await ledger.dead_letters()).items == []
+    [dead] = (await ledger.dead_letters(include_redriven=True)).items
     assert dead.redriven_to == "job-1b"
     assert check_invariants(ledger.path) == []
 
@@ -750,9 +753,15 @@ def test_a_job_is_read_from_exactly_the_columns_of_the_jobs_table(tmp_path: Path
     assert [c for c in table if c in JOB_FIELDS] == list(JOB_FIELDS)
     assert set(table) - set(JOB_FIELDS) == {"seq", "submit_in_doubt"}  # kept in SQL only
     # Each column lands in the field of its name.
-    row = {name: f"<{name}>" for name in JOB_FIELDS} | {"input": '{"k": 1}', "status": "queued"}
+    output = {"key": "k.png", "content_type": "image/png", "size": 3, "name": None, "source": None}
+    row = {name: f"<{name}>" for name in JOB_FIELDS} | {
+        "input": '{"k": 1}',
+        "status": "queued",
+        "outputs": json.dumps([output]),
+    }
     job = job_from_row(tuple(row[name] for name in JOB_FIELDS))
-    expected = row | {"input": {"k": 1}, "status": JobStatus.QUEUED}
+    stored = (StoredOutput("k.png", "image/png", 3),)
+    expected = row | {"input": {"k": 1}, "status": JobStatus.QUEUED, "outputs": stored}
     assert {name: getattr(job, name) for name in JOB_FIELDS} == expected
 
 

@@ -218,7 +218,42 @@ def test_transition_table_is_the_documented_machine() -> None:
         ("open", "cooldown_elapsed", "half_open"),
         ("half_open", "probe_succeeded", "closed"),
         ("half_open", "probe_failed", "open"),
+        ("closed", "refused", "open"),
+        ("open", "refused", "open"),
+        ("half_open", "refused", "open"),
     }
+
+
+def test_a_refusal_opens_the_circuit_at_once_for_its_own_cooldown() -> None:
+    """Field case 2: a locked account left the circuit closed while every job failed."""
+    cb = breaker()  # cooldown 30
+    cb.trip(100.0, 300.0)
+    assert cb.state(100.0) is OPEN
+    assert cb.probe_at(100.0) == 400.0
+    assert cb.state(399.0) is OPEN and not cb.allow(399.0)
+    assert cb.state(400.0) is HALF_OPEN and cb.allow(400.0)
+
+
+def test_a_failed_probe_after_a_refusal_uses_the_usual_cooldown_unless_refused_again() -> None:
+    cb = breaker()
+    cb.trip(0.0, 300.0)
+    assert cb.allow(300.0)  # the probe
+    cb.record_failure(300.0)  # a transient failure: the usual 30 s
+    assert cb.probe_at(300.0) == 330.0
+    assert cb.allow(330.0)
+    cb.trip(330.0, 300.0)  # refused again
+    assert cb.probe_at(330.0) == 630.0
+
+
+def test_a_refusal_never_shortens_an_open_period() -> None:
+    cb = breaker()
+    cb.trip(0.0, 300.0)
+    cb.trip(10.0, 30.0)
+    assert cb.probe_at(10.0) == 300.0
+
+
+def test_a_closed_circuit_has_no_probe_time() -> None:
+    assert breaker().probe_at(5.0) is None
 
 
 def test_starts_closed_and_allows() -> None:

@@ -40,3 +40,13 @@ def test_an_exception_in_the_block_gives_the_slot_back() -> None:
 def test_a_limit_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Slots(0)
+
+
+def test_a_handed_over_slot_keeps_its_place_until_the_new_holder_releases() -> None:
+    slots = Slots(1)
+    slot = slots.take()
+    kept = slot.hand_over()
+    slot.release()  # the old holder's release gives nothing back
+    assert slots.taken == 1 and not slots.has_room()
+    kept.release()
+    assert slots.taken == 0

@@ -33,11 +33,13 @@ def http_date(offset: float) -> str:
         ("0.5", 0.5),
         ("0", 0.0),
         ("-3", 0.0),
-        ("inf", MAX_RETRY_AFTER),  # field case 7: crashed the attempt
-        ("Infinity", MAX_RETRY_AFTER),
-        ("-inf", 0.0),
+        # Field case 7 crashed the attempt; no number of seconds is no hint: the usual
+        # backoff spends the job's retry budget (an hour would end it at once).
+        ("inf", None),
+        ("Infinity", None),
+        ("-inf", None),
         ("nan", None),
-        ("1e400", MAX_RETRY_AFTER),
+        ("1e400", None),  # overflows to inf
         ("99999999999999999999", MAX_RETRY_AFTER),
         ("86400", MAX_RETRY_AFTER),
         ("soon", None),

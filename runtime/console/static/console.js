@@ -195,8 +195,9 @@ export function setStatus(element, status) {
 }
 
 /**
- * The outputs of a job as [{url, content_type?}]: today one, at result_url; a job that
- * lists `outputs` (every output of a job) is shown the same way, one figure each.
+ * The outputs of a job as [{url, content_type?}]: every one it lists in `outputs` (images
+ * of a list, a video, audio, JSON and text results), one figure each; a job from before
+ * `outputs` existed has its one result at result_url.
  */
 export function outputsOf(job) {
   if (Array.isArray(job.outputs)) return job.outputs;
@@ -206,7 +207,7 @@ export function outputsOf(job) {
 const EXTENSIONS = {
   "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif",
   "video/mp4": "mp4", "video/webm": "webm", "audio/mpeg": "mp3", "audio/wav": "wav",
-  "application/json": "json",
+  "application/json": "json", "text/plain": "txt",
 };
 
 /** Fetch each output with the key and show it (image, video, audio, JSON) with a download link. */
@@ -240,7 +241,7 @@ export async function renderOutputs(container, job, auth, { compact = false } = 
         media = document.createElement(type.startsWith("video/") ? "video" : "audio");
         media.controls = true;
         media.setAttribute("aria-label", label);
-      } else if (type.includes("json")) {
+      } else if (type.includes("json") || type.startsWith("text/")) {
         media = document.createElement("pre");
         media.textContent = await blob.text();
       }

@@ -13,8 +13,7 @@ const states = new JobStates();
 let key = null;
 let cursors = [null]; // cursors[i]: the cursor of page i (null: the newest page)
 let nextCursor = null;
-let entries = [];
-let entriesShown = 0;
+let statementCursor = null; // next_cursor of the statement's last page shown
 let creditsTimer = null;
 
 async function main() {
@@ -25,7 +24,7 @@ async function main() {
   filter.addEventListener("change", () => { cursors = [null]; loadPage(); });
   document.getElementById("older").addEventListener("click", () => { cursors.push(nextCursor); loadPage(); });
   document.getElementById("newer").addEventListener("click", () => { cursors.pop(); loadPage(); });
-  document.getElementById("entries-more").addEventListener("click", () => showEntries(STATEMENT_STEP));
+  document.getElementById("entries-more").addEventListener("click", () => moreEntries());
   loadStatement();
   const live = document.getElementById("live");
   let loaded = false;
@@ -125,25 +124,34 @@ function scheduleCredits() {
   }, 300);
 }
 
-async function loadStatement() {
-  const body = await api("/v1/credits/entries", { auth: key });
-  entries = [...body.entries].sort((a, b) => b.id - a.id);
-  const shown = Math.max(entriesShown, STATEMENT_STEP);
-  entriesShown = 0;
-  document.getElementById("entries").replaceChildren();
-  showEntries(shown);
+// The statement newest first, a page at a time (the server's keyset pages: an account
+// with a million entries costs the same as one with ten).
+function statementPage(cursor) {
+  const params = new URLSearchParams({ order: "desc", limit: STATEMENT_STEP });
+  if (cursor) params.set("cursor", cursor);
+  return api(`/v1/credits/entries?${params}`, { auth: key });
 }
 
-function showEntries(count) {
+async function loadStatement() {
+  const page = await statementPage(null);
+  document.getElementById("entries").replaceChildren();
+  showEntries(page);
+}
+
+async function moreEntries() {
+  if (statementCursor) showEntries(await statementPage(statementCursor));
+}
+
+function showEntries(page) {
   const body = document.getElementById("entries");
-  for (const entry of entries.slice(entriesShown, entriesShown + count)) {
+  for (const entry of page.entries) {
     const tr = fromTemplate("entry-row");
     setFields(tr, { at: formatTime(entry.created_at), kind: entry.kind, amount: entry.amount, job: entry.job_id });
     tr.dataset.kind = entry.kind;
     body.append(tr);
   }
-  entriesShown = Math.min(entries.length, entriesShown + count);
-  document.getElementById("entries-more").hidden = entriesShown >= entries.length;
+  statementCursor = page.next_cursor;
+  document.getElementById("entries-more").hidden = !statementCursor;
 }
 
 main().catch((error) => announce(error.message));

@@ -40,6 +40,8 @@ function showVendors(body) {
       failovers: vendor.failovers ?? "",
       completed: vendor.completed ?? "",
       failed: vendor.failed ?? "",
+      wasted: vendor.wasted == null ? "" : vendor.late_orphans
+        ? `${vendor.wasted} (${vendor.late_orphans} late orphans)` : String(vendor.wasted),
     });
     const meter = tr.querySelector("[data-meter]");
     meter.max = vendor.limit;

@@ -1,0 +1,132 @@
+"""Waiting on one vendor task until it ends: its webhook, or polling as the fallback,
+within its model's bounds; and canceling a task until the vendor confirms.
+
+A ``Followed`` task carries its ``TaskWatch`` (``runtime.task_bounds``: how long it may
+queue, run, and stay unreadable) and the channel its webhook arrives on. ``TaskWaiter``
+waits on it: a webhook ends the wait at once; otherwise the status is polled with backoff
+(from the vendor's ``poll_interval`` up to ``MAX_POLL_INTERVAL``), never sleeping past the
+moment the watch could say the task is overdue. A task the vendor reports queued or
+running within its model's bounds is never given up on; an overdue one is canceled until
+the vendor confirms (it counts against the vendor's limit until then) and ``wait``
+answers None, the reason in ``Followed.gave_up``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.clock import Clock
+from runtime.config import VendorConfig
+from runtime.errors import JoblineError, VendorError, VendorPermanentError
+from runtime.task_bounds import TaskWatch
+from runtime.telemetry import get_logger
+from runtime.vendors import TaskStatus, VendorClient
+
+log = get_logger("processor")
+
+MAX_POLL_INTERVAL = 10.0
+
+
+@dataclass(slots=True)
+class Followed:
+    """A vendor task being waited on."""
+
+    task_id: str
+    watch: TaskWatch
+    gave_up: str | None = None  # why it was given up on (canceled), if it was
+    _pushed: asyncio.Future[TaskStatus] | None = field(default=None, repr=False)
+
+    def push(self, status: TaskStatus) -> None:
+        """A webhook's status (only an end wakes the waiter)."""
+        if status.state.ended and self._pushed is not None and not self._pushed.done():
+            self._pushed.set_result(status)
+
+
+class TaskWaiter:
+    """Waits on a vendor's tasks for one processor (see the module docstring)."""
+
+    def __init__(self, vendor: VendorConfig, client: VendorClient, clock: Clock) -> None:
+        self._vendor = vendor
+        self._client = client
+        self._clock = clock
+
+    async def wait(
+        self,
+        followed: Followed,
+        model: str,
+        trace_id: str,
+        known: TaskStatus | None = None,
+        *,
+        cancel_until: float,
+    ) -> TaskStatus | None:
+        """Until the task ends: its final status (with every output), or None when it was
+        given up on (``followed.gave_up``) and canceled until the vendor confirmed (or
+        until ``cancel_until``). ``known``: a status learned before (a webhook that came
+        first, a found task); an end that carries its outputs is the answer."""
+        if known is not None and known.state.ended and not known.result_pending:
+            return known
+        loop = asyncio.get_running_loop()
+        followed._pushed = loop.create_future()
+        interval = 0.0 if known is not None and known.result_pending else self._vendor.poll_interval
+        watch = followed.watch
+        while True:
+            wait = min(interval, max(watch.next_deadline() - self._clock.time(), 0.0))
+            try:
+                pushed = await asyncio.wait_for(asyncio.shield(followed._pushed), timeout=wait)
+                if not pushed.result_pending:
+                    return pushed
+                followed._pushed = loop.create_future()  # the outputs are at the vendor: read
+            except TimeoutError:
+                pass
+            status = await self._read(followed, model, trace_id)
+            if status is not None and status.state.ended:
+                return status
+            reason = watch.overdue(self._clock.time())
+            if reason is not None:
+                followed.gave_up = reason
+                await self.cancel_until_confirmed(model, followed.task_id, cancel_until)
+                return None
+            interval = min(max(interval * 1.5, self._vendor.poll_interval), MAX_POLL_INTERVAL)
+
+    async def _read(self, followed: Followed, model: str, trace_id: str) -> TaskStatus | None:
+        try:
+            status = await self._client.status(model, followed.task_id, trace_id=trace_id)
+        except VendorError:  # cannot read it now: the watch bounds how long that may last
+            followed.watch.unreadable(self._clock.time())
+            return None
+        followed.watch.saw(status.state, self._clock.time())
+        return status
+
+    async def cancel_until_confirmed(
+        self, model: str, task_id: str, give_up_at: float, **fields: Any
+    ) -> bool:
+        """Cancel a task, retrying until the vendor confirms (True) or ``give_up_at`` (False).
+
+        The caller holds the task's slot meanwhile: a task whose cancel failed still runs
+        at the vendor and counts against its limit (I4), so the slot goes back only once
+        the vendor said the task is canceled (or had ended), or once it must have ended
+        it itself."""
+        interval = self._vendor.poll_interval
+        while not await self.cancel(model, task_id, **fields):
+            if self._clock.time() >= give_up_at:
+                log.error(
+                    "vendor never confirmed the cancel; giving the slot back",
+                    extra={"vendor": self._vendor.name, "task_id": task_id, **fields},
+                )
+                return False
+            await self._clock.sleep(interval)
+            interval = min(interval * 1.5, MAX_POLL_INTERVAL)
+        return True
+
+    async def cancel(self, model: str, task_id: str, **fields: Any) -> bool:
+        """One try; True when the vendor took the cancel or will never run the task."""
+        try:
+            await self._client.cancel(model, task_id)
+        except JoblineError as exc:
+            log.warning(
+                "vendor cancel failed", extra={"task_id": task_id, "error": str(exc), **fields}
+            )
+            return isinstance(exc, VendorPermanentError)
+        return True
