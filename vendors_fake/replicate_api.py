@@ -8,7 +8,8 @@ Routes::
     POST /v1/models/{owner}/{name}/predictions  {"input": {...}, "webhook": ...}
     POST /v1/deployments/{owner}/{name}/predictions
     GET  /v1/predictions                        the account's predictions, newest first
-                                                (``{"next", "previous", "results"}``, 100 a page)
+                                                (``{"next", "previous", "results"}``, 100 a page;
+                                                without logs, as replicate's own example)
     GET  /v1/predictions/{id}
     POST /v1/predictions/{id}/cancel
 
@@ -22,14 +23,18 @@ started. The JSON itself is :mod:`vendors_fake.replicate_shape`'s.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
+from itertools import islice
 from typing import Any
 
 from vendors_fake.calls import Answer, Call, Route, created, identify, json_answer
 from vendors_fake.core import Refused, VendorCore
 from vendors_fake.replicate_shape import EVENTS, ReplicateShape, dumps, parse_duration
+from vendors_fake.tasks import Phase, Task
 
 MAX_WAIT = 60.0
 PAGE = 100
+LISTED_KEPT = 4 * PAGE  # list entries kept rendered: the newest pages are the ones read
 
 
 class ReplicateRoutes:
@@ -37,6 +42,8 @@ class ReplicateRoutes:
         self.core = core
         assert isinstance(core.shape, ReplicateShape)
         self.shape = core.shape
+        # task id -> (its phase, its list entry): a phase change renders it again
+        self._listed: OrderedDict[str, tuple[Phase, bytes]] = OrderedDict()
 
     def routes(self) -> list[Route]:
         return [
@@ -79,17 +86,27 @@ class ReplicateRoutes:
         return await self._create(call, body, model, version_id)
 
     async def list(self, call: Call) -> Answer:
-        tasks = list(self.core.tasks.values())[::-1]
-        start = _int(call.query.get("cursor"), 0)
-        page = tasks[start : start + PAGE]
-        more = start + PAGE < len(tasks)
+        start = max(_int(call.query.get("cursor"), 0), 0)
+        newest_first = reversed(self.core.tasks.values())
+        page = list(islice(newest_first, start, start + PAGE + 1))
+        more = len(page) > PAGE
         url = f"{self.core.base_url}/v1/predictions"
-        answer = {
-            "previous": None,
-            "next": f"{url}?cursor={start + PAGE}" if more else None,
-            "results": [self.shape.prediction(task) for task in page],
-        }
-        return json_answer(dumps(answer))
+        link = f"{url}?cursor={start + PAGE}" if more else None
+        results = b",".join([self._entry(task) for task in page[:PAGE]])
+        return json_answer(
+            b'{"previous":null,"next":' + dumps(link) + b',"results":[' + results + b"]}"
+        )
+
+    def _entry(self, task: Task) -> bytes:
+        kept = self._listed.get(task.id)
+        if kept is not None and kept[0] is task.phase:
+            return kept[1]
+        entry = dumps(self.shape.prediction(task, listed=True))
+        self._listed[task.id] = (task.phase, entry)
+        self._listed.move_to_end(task.id)
+        if len(self._listed) > LISTED_KEPT:
+            self._listed.popitem(last=False)
+        return entry
 
     async def get(self, call: Call) -> Answer:
         task = self.core.task(call.params["id"])

@@ -90,14 +90,17 @@ class ReplicateShape:
     def new_id(self, bits: int) -> str:
         return "".join(_ALPHABET[(bits >> (5 * i)) & 31] for i in range(26))
 
-    def prediction(self, task: Task) -> dict[str, Any]:
+    def prediction(self, task: Task, *, listed: bool = False) -> dict[str, Any]:
+        """The prediction as ``GET /v1/predictions/{id}`` answers it; ``listed``: as an
+        entry of ``GET /v1/predictions`` (no logs, its ``source``: replicate's OpenAPI
+        example of predictions.list)."""
         url = f"{self.core.base_url}/v1/predictions/{task.id}"
         prediction: dict[str, Any] = {
             "id": task.id,
             "model": task.model,
             "version": task.version,
             "input": task.input,
-            "logs": _logs(task),
+            **({"source": "api"} if listed else {"logs": _logs(task)}),
             "output": self.output(task),
             "data_removed": False,
             "error": task.error,
