@@ -237,12 +237,8 @@ class Outcomes:
             position,
             target,
         )
-        try:
-            outcome = await self._writer.settle(op, job.deadline)
-        finally:
-            # Not held here any more, whatever the ledger answered: a job the ledger still
-            # has queued on this vendor is handed back by the sweeper, and adopted.
-            self._drop(job.id)
+        outcome = await self._writer.settle(op, job.deadline)
+        self._drop(job.id)
         if not outcome.changed:
             return
         self.counters["failovers"] += 1
@@ -258,12 +254,9 @@ class Outcomes:
             log.warning("failover dispatch failed", extra={"job_id": job.id, "vendor": target})
 
     async def fail(self, job: Job, error: str, *, expired: bool = False) -> None:
-        try:
-            with self._span("settle", job, outcome="failed", error=error):
-                op = Fail(job.id, error, expired=expired)
-                outcome = await self._writer.settle(op, job.deadline)
-        finally:
-            self._drop(job.id)  # the sweeper hands back a job the ledger has not ended
+        with self._span("settle", job, outcome="failed", error=error):
+            outcome = await self._writer.settle(Fail(job.id, error, expired=expired), job.deadline)
+        self._drop(job.id)
         if outcome.changed:
             self.counters["failed"] += 1
             self._finisher.count_terminal(outcome.value)

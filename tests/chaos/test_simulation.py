@@ -113,8 +113,9 @@ def test_a_lost_submit_answer_keeps_its_slot_at_the_vendor(config: JoblineConfig
     """Field case of the simulation (flaky, seed 1, 500 jobs at 8/s, no other fault): a
     submit answered 5xx after the vendor created the task gave its slot back, the job's
     next attempt started another task, and replicate counted 7 tasks in flight against a
-    limit of 6 (I4) at 17 s. A submit in doubt now holds a slot until its task shows
-    itself or must have ended."""
+    limit of 6 (I4) at 17 s. A submit in doubt (``VendorSubmitInDoubt``) now has its
+    task looked for, adopted if found, or held as an orphan with its slot
+    (``actors.in_doubt``)."""
     settings = SimSettings(
         config, preset("flaky"), Traffic(rate=8.0, jobs=500), seed=1, stop_at_violation=True
     )
@@ -141,8 +142,9 @@ def test_a_failover_the_ledger_refused_leaves_the_job_to_the_sweeper(config: Job
     to replicate in background steps; when the ledger refused one of those writes, the
     step died with the exception nobody retrieved and the job stayed "held" by fal's
     processor, which then refused the sweeper's hand-back: the job sat until its deadline
-    (15 minutes) and was refunded. A failover or a failure the ledger refused now lets go
-    of the job, and a background step that fails is logged."""
+    (15 minutes) and was refunded. The writes that end an attempt are now retried until
+    they land or the deadline passes (``actors.ledger_writes``), and a background step
+    that fails is logged, not left for asyncio to complain about."""
     roles = ["ledger", "sweeper", "processor-fal", "processor-replicate", "gateway-0"]
     faults = parse_schedule("outage:fal@1+60,ledger-flaky:ledger@1+60", list(config.vendors), roles)
     traffic = Traffic(rate=10.0, jobs=150, accounts=2)
