@@ -1,6 +1,7 @@
 """The ``jobline`` command's product half: run the runtime and operate it.
 
-    jobline serve          run the runtime on Ray until stopped
+    jobline serve          run jobline on Ray (a local Ray, or deploy onto a cluster)
+    jobline status | logs | stop | init     the app's lifecycle (``actors.lifecycle``)
     jobline accounts create --name N --credits C
     jobline dead-letters list | redrive JOB_ID
     jobline check          run the invariant checker on a ledger file
@@ -14,20 +15,18 @@ product's commands alone. Commands import what they need when they run, so
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from actors.lifecycle import add_lifecycle_commands
 from runtime.config import DEFAULT_CONFIG_PATH, JoblineConfig, load_config
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, DeploymentError
 
 
 @dataclass
@@ -54,9 +53,10 @@ class Cli:
             return 2
         try:
             code: int = args.run(args)
-        except ConfigError as exc:
-            print(f"jobline: {exc}", file=sys.stderr)
-            return 2
+        except (ConfigError, DeploymentError) as exc:
+            for line in exc.lines():  # every problem, one line each
+                print(f"jobline: {line}", file=sys.stderr)
+            return 2 if isinstance(exc, ConfigError) else 1
         except KeyboardInterrupt:
             return 130
         return code
@@ -76,9 +76,7 @@ def build_cli() -> Cli:
     )
     cli = Cli(parser, common, parser.add_subparsers(metavar="COMMAND"), {})
 
-    serve = cli.add("serve", help="run the runtime on Ray until stopped")
-    serve.add_argument("--address", help="join a running Ray cluster (host:port or 'auto')")
-    serve.set_defaults(run=serve_command)
+    add_lifecycle_commands(lambda name, help: cli.add(name, help=help))
 
     accounts = cli.add("accounts", help="manage accounts (admin)")
     accounts_sub = accounts.add_subparsers(metavar="ACTION")
@@ -117,32 +115,6 @@ def _add_gateway_args(parser: argparse.ArgumentParser) -> None:
 
 
 # --- commands -----------------------------------------------------------------------------
-
-
-def serve_command(
-    args: argparse.Namespace, prepare: Callable[[JoblineConfig], None] | None = None
-) -> int:
-    """Run the runtime on Ray until SIGINT or SIGTERM; ``prepare`` sees the config first."""
-    from actors.hosting import RayRuntime
-
-    config = load_config(args.config)
-    if prepare is not None:
-        prepare(config)
-    runtime = RayRuntime.start(config, address=args.address)
-    print(f"jobline serving on {config.gateway.public_url} (Ctrl-C to stop)", flush=True)
-    stop = asyncio.Event()
-
-    async def wait() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-
-    try:
-        asyncio.run(wait())
-    finally:
-        runtime.stop()
-    return 0
 
 
 def _accounts_create(args: argparse.Namespace) -> int:

@@ -6,14 +6,23 @@ the reads of ``runtime.ports.LedgerPort``, one explicit method each (mypy checks
 class against the port, below). Every write arrives as a list of operations
 (``execute_many``), which the ledger commits together with any other caller's pending
 operations in one transaction.
+
+Opening: where a ledger must already exist (``must_exist`` says why: the config, the
+deployment's record, a restart), a missing file raises ``LedgerMissing`` instead of
+creating a second, empty ledger. Stopping: every write already submitted lands, both
+connections close, and the WAL is checkpointed into the main file and truncated, so
+that the ``.db`` file alone then holds everything (a copy of it is a whole backup).
 """
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.clock import Clock
+from runtime.errors import LedgerMissing
 from runtime.ledger import THREADED, Ledger, LedgerMode
 from runtime.models import (
     AccountLimits,
@@ -40,24 +49,51 @@ log = get_logger("ledger")
 
 class CreditLedger:
     def __init__(
-        self, path: Path, clock: Clock, metrics: Metrics, mode: LedgerMode = THREADED
+        self,
+        path: Path,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        must_exist: str | None = None,
+        mode: LedgerMode = THREADED,
     ) -> None:
         self._path = path
         self._clock = clock
+        self._must_exist = must_exist  # why the file must be there; None: create it
         self._mode = mode
         self._ledger: Ledger | None = None
         self.metrics = metrics
 
+    @property
+    def path(self) -> Path:
+        return self._path
+
     async def start(self) -> None:
         if self._ledger is None:
+            if self._must_exist is not None and not self._path.is_file():
+                raise LedgerMissing(str(self._path), self._must_exist)
+            created = not self._path.exists()
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._ledger = await Ledger.open(self._path, clock=self._clock.time, mode=self._mode)
-            log.info("ledger open", extra={"error": str(self._path)})
+            verb = "created" if created else "opened"
+            log.info("ledger %s at %s", verb, self._path, extra={"notice": True})
 
     async def stop(self) -> None:
+        """Let every submitted write land, close, and fold the WAL into the ``.db`` file."""
         if self._ledger is not None:
-            await self._ledger.close()
-            self._ledger = None
+            ledger, self._ledger = self._ledger, None
+            await ledger.close()
+            if self._mode.memory:  # no file, no WAL (a simulation's ledger)
+                return
+            busy = await asyncio.to_thread(checkpoint, self._path)
+            if busy:
+                log.warning(
+                    "ledger closed, but another connection kept its WAL from being "
+                    "checkpointed: %s",
+                    self._path,
+                )
+            else:
+                log.info("ledger closed and checkpointed: %s", self._path, extra={"notice": True})
 
     @property
     def ledger(self) -> Ledger:
@@ -172,6 +208,18 @@ class CreditLedger:
 
     async def counts(self) -> dict[str, int]:
         return await self.ledger.counts()
+
+
+def checkpoint(path: Path) -> bool:
+    """``PRAGMA wal_checkpoint(TRUNCATE)`` on a closed ledger: every transaction of the WAL
+    copied into the database file and the WAL emptied (SQLite removes it when this, the
+    last connection, closes). True if another connection kept it busy."""
+    conn = sqlite3.connect(path, timeout=10.0)
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.close()
+    return bool(busy)
 
 
 # mypy checks here that the actor offers every call of the port, with the port's types.

@@ -125,6 +125,7 @@ class VendorProcessor:
         self._router = router
         self._clock = clock
         self._breaker = CircuitBreaker(config.circuit.policy())
+        self._circuit_seen = CircuitState.CLOSED  # the last state logged
         self._bucket = TokenBucket(vendor.requests_per_second or None)
         self.metrics = metrics
         self._tracer = tracer
@@ -612,9 +613,18 @@ class VendorProcessor:
         name = self.vendor.name
         self.metrics.vendor_inflight.labels(name).set(self._slots.taken)
         self.metrics.queue_depth.labels(name).set(len(self._queue))
-        self.metrics.circuit_state.labels(name).set(
-            CIRCUIT_GAUGE[self._breaker.state(self._clock.time())]
-        )
+        state = self._breaker.state(self._clock.time())
+        self.metrics.circuit_state.labels(name).set(CIRCUIT_GAUGE[state])
+        if state is not self._circuit_seen:
+            self._circuit_seen = state
+            if state is CircuitState.OPEN:
+                log.warning("circuit opened: jobs fail over", extra={"vendor": name})
+            else:
+                log.info(
+                    "circuit %s",
+                    state.value.replace("_", "-"),
+                    extra={"vendor": name, "notice": True},
+                )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

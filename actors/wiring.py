@@ -38,6 +38,7 @@ from runtime.ledger import THREADED, LedgerMode
 from runtime.ports import LedgerPort, ProcessorPort
 from runtime.results import ResultStore
 from runtime.results_s3 import build_result_store
+from runtime.startup import required_environment
 from runtime.telemetry import Family, Metrics
 from runtime.tracing import JobTracer, tracer_for
 from runtime.vendors import VendorClient, make_client
@@ -78,12 +79,9 @@ def all_roles(config: JoblineConfig, gateways: int | None = None) -> list[str]:
 
 
 def secret_env_names(config: JoblineConfig) -> list[str]:
-    names = [config.gateway.admin_token_env]
-    for vendor in config.vendors.values():
-        names.append(vendor.api_key_env)
-        if vendor.webhook_secret_env:  # replicate-shaped; fal publishes public keys
-            names.append(vendor.webhook_secret_env)
-    return names
+    """Every environment variable holding a secret: the admin token, vendor keys,
+    webhook secrets, the S3 credentials (read on each node, never sent through Ray)."""
+    return [requirement.variable for requirement in required_environment(config)]
 
 
 def vendor_secrets(vendor: VendorConfig) -> tuple[str, str | None]:
@@ -137,6 +135,9 @@ class Wiring:
     result_stores: Callable[[JoblineConfig], ResultStore] = build_results
     tracers: Callable[[str, JoblineConfig], JobTracer] = tracer_for
     ledger_mode: LedgerMode = THREADED  # inline: no threads (a simulation)
+    # Why the ledger's file must already exist (a deployment record, a restarted ledger
+    # actor); None: as ``[storage] create_ledger`` says.
+    ledger_must_exist: str | None = None
 
     def rng(self, role: str) -> random.Random:
         """The role's own generator: the same seed and role give the same stream."""
@@ -153,7 +154,7 @@ class Ports:
         self,
         ledger: Callable[[], LedgerPort],
         processor: Callable[[str], ProcessorPort],
-        metric_sources: Callable[[], list[MetricSource]],
+        metric_sources: Callable[[], dict[str, MetricSource]],  # by role
         vendors: list[str],
     ) -> None:
         self.ledger = ledger
@@ -173,7 +174,11 @@ def build_role(role: str, config: JoblineConfig, wiring: Wiring, ports: Ports) -
     clock = wiring.clock
     metrics = Metrics(role)
     if role == LEDGER:
-        return CreditLedger(Path(config.storage.database), clock, metrics, wiring.ledger_mode)
+        must_exist = wiring.ledger_must_exist
+        if must_exist is None and not config.storage.create_ledger:
+            must_exist = "[storage] create_ledger is false (`jobline init` creates a new one)"
+        path = Path(config.storage.database)
+        return CreditLedger(path, clock, metrics, must_exist=must_exist, mode=wiring.ledger_mode)
     tracer = wiring.tracers(role, config)
     if role == SWEEPER:
         clients = {name: wiring.client(v) for name, v in config.vendors.items()}
@@ -200,7 +205,11 @@ def build_role(role: str, config: JoblineConfig, wiring: Wiring, ports: Ports) -
     if role.startswith("gateway-"):
 
         async def collect_all() -> list[Family]:
-            return await collect(ports.metric_sources())
+            return await collect(list(ports.metric_sources().values()))
+
+        async def collect_of(actor: str) -> list[Family] | None:
+            source = ports.metric_sources().get(actor)
+            return None if source is None else await collect([source])
 
         async def is_ready() -> bool:
             try:
@@ -218,6 +227,7 @@ def build_role(role: str, config: JoblineConfig, wiring: Wiring, ports: Ports) -
             metrics=metrics,
             tracer=tracer,
             collect_all_metrics=collect_all,
+            collect_metrics_of=collect_of,
             clock=clock,
             rng=wiring.rng(role),
             admin_token=config.gateway.admin_token(),
@@ -266,7 +276,7 @@ class InProcessRuntime:
         ports = Ports(
             ledger=lambda: cast(LedgerPort, objects[LEDGER]),
             processor=lambda vendor: cast(ProcessorPort, objects[processor_role(vendor)]),
-            metric_sources=lambda: [o.collect_metrics for o in objects.values()],
+            metric_sources=lambda: {r: o.collect_metrics for r, o in objects.items()},
             vendors=list(config.vendors),
         )
         roles = all_roles(config, gateways=1)

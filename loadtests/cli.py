@@ -19,7 +19,9 @@ import os
 import sys
 from pathlib import Path
 
-from actors.cli import Cli, build_cli, serve_command
+from actors.cli import Cli, build_cli
+from actors.lifecycle import serve_command
+from runtime.config import JoblineConfig
 
 
 def build_harness_cli() -> Cli:
@@ -86,7 +88,18 @@ def _serve(args: argparse.Namespace) -> int:
         return serve_command(args)
     from loadtests.testbed import ensure_dev_secrets
 
-    return serve_command(args, prepare=ensure_dev_secrets)
+    def prepare(config: JoblineConfig) -> None:
+        name = config.gateway.admin_token_env
+        made_up = not os.environ.get(name)
+        ensure_dev_secrets(config)
+        if made_up:  # the operator needs it for every admin call
+            print(
+                f"jobline: --dev: {name} was not set; the admin token is {os.environ[name]}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return serve_command(args, prepare=prepare)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -380,10 +380,22 @@ class S3StoreConfig(_Section):
 
 
 class StorageConfig(_Section):
+    """``[storage]``: the ledger's SQLite file and where results go.
+
+    Paths must be absolute on a Ray cluster (a relative path would be resolved on
+    whichever node opens it); on one machine ``jobline serve`` resolves a relative path
+    once, against its own working directory (``runtime.startup.resolve_paths``).
+    """
+
     database: Path = Path("data/jobline.db")
     results: Path = Path("data/results")  # the directory store's root
     result_store: Literal["directory", "s3"] = "directory"
     s3: S3StoreConfig | None = Field(default=None, validate_default=True)
+    # True: the ledger creates its database file when it is missing (a first start, a
+    # laptop). False once a deployment has its ledger: a missing file then stops
+    # start-up (restore a backup, or create it once with `jobline init`) rather than
+    # quietly starting a second, empty ledger (a volume not mounted, a wrong path).
+    create_ledger: bool = True
 
     @field_validator("s3")
     @classmethod
@@ -410,11 +422,63 @@ class StorageConfig(_Section):
         return self.s3.credential_env_names() if self.s3 is not None else []
 
 
+_RESOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
 class RayConfig(_Section):
+    """``[ray]``: the cluster jobline runs on and where each role is placed.
+
+    The app's name on the cluster is its ``namespace``: ``jobline serve`` deploys it
+    detached under that name, ``status`` and ``stop`` find it by it. The ledger runs on
+    the one node offering the custom resource ``ledger_resource``; one gateway (times
+    ``[gateway] replicas``) runs on every node offering ``gateway_resource``; processors
+    ask for ``processor_resources``. A Ray that jobline starts itself offers all three.
+    """
+
     address: str = ""  # empty: start a local Ray; "auto" or host:port: join a cluster
     namespace: str = "jobline"
+    ledger_resource: str = "jobline_ledger"
+    gateway_resource: str = "jobline_gateway"
     processor_resources: dict[str, float] = Field(default_factory=dict)
     max_restarts: int = Field(default=-1, ge=-1)  # -1: restart actors forever
+    # A Ray start-up (or join) that times out on a loaded machine is tried this often.
+    start_attempts: int = Field(default=3, ge=1)
+
+    @field_validator("ledger_resource", "gateway_resource")
+    @classmethod
+    def _resource_name(cls, value: str) -> str:
+        if not _RESOURCE_NAME.fullmatch(value) or value in {"CPU", "GPU", "memory"}:
+            raise ValueError(f"must be a custom resource name like 'jobline_ledger', got {value!r}")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if not _RESOURCE_NAME.fullmatch(value):
+            raise ValueError(f"must be a name of letters, digits, '_', '.', '-', got {value!r}")
+        return value
+
+    @property
+    def joins_cluster(self) -> bool:
+        return bool(self.address)
+
+
+class LoggingConfig(_Section):
+    """``[logging]``: every role logs JSON lines (time, level, role, job id, trace id)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # JSON lines appended to this file, on every node, by every role placed there (and
+    # by `jobline serve`); unset: only stderr (Ray's worker logs, a container's log).
+    file: Path | None = None
+
+
+class MetricsConfig(_Section):
+    """``[metrics]``: where Prometheus finds every role's metrics on a cluster."""
+
+    # A Prometheus file_sd file, rewritten whenever the roles move: one target per role,
+    # scraped through a gateway (its node's own, when it has one). Written on the
+    # ledger's node (the head), like Ray's own prom_metrics_service_discovery.json.
+    targets_file: Path | None = None
 
 
 class JoblineConfig(_Section):
@@ -425,6 +489,8 @@ class JoblineConfig(_Section):
     circuit: CircuitConfig = CircuitConfig()
     sweeper: SweeperConfig = SweeperConfig()
     console: ConsoleConfig = ConsoleConfig()
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     vendors: dict[str, VendorConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
 
@@ -452,15 +518,25 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> JoblineConfig:
 
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> JoblineConfig:
-    """Validate an already-parsed TOML document (tests and tools build these in memory)."""
+    """Validate an already-parsed TOML document (tests and tools build these in memory).
+
+    Raises one ConfigError naming every wrong key (``ConfigError.lines()``), in the
+    order of the file's sections."""
     raw = _with_names(raw)
     try:
         config = JoblineConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(source, _key_path(first["loc"]), _reason(first)) from None
-    _check_routes(config, source)
+        problems = [(_key_path(error["loc"]), _reason(error)) for error in exc.errors()]
+        raise _config_error(source, problems) from None
+    problems = _route_problems(config)
+    if problems:
+        raise _config_error(source, problems)
     return config
+
+
+def _config_error(source: str, problems: list[tuple[str, str]]) -> ConfigError:
+    (key, reason), *more = problems
+    return ConfigError(source, key, reason, tuple(more))
 
 
 def _with_names(raw: dict[str, Any]) -> dict[str, Any]:
@@ -476,16 +552,17 @@ def _with_names(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def _check_routes(config: JoblineConfig, source: str) -> None:
+def _route_problems(config: JoblineConfig) -> list[tuple[str, str]]:
     known = ", ".join(sorted(config.vendors))
-    for model in config.models.values():
-        for i, step in enumerate(model.route):
-            if step.vendor not in config.vendors:
-                raise ConfigError(
-                    source,
-                    f"models.{model.name}.route[{i}].vendor",
-                    f"unknown vendor {step.vendor!r} (known: {known})",
-                )
+    return [
+        (
+            f"models.{model.name}.route[{i}].vendor",
+            f"unknown vendor {step.vendor!r} (known: {known})",
+        )
+        for model in config.models.values()
+        for i, step in enumerate(model.route)
+        if step.vendor not in config.vendors
+    ]
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

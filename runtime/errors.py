@@ -5,7 +5,11 @@ pickling across Ray actor boundaries (``pickle.loads(pickle.dumps(e))`` gives an
 equal exception back; a test checks every class below).
 
     JoblineError
-    ├── ConfigError                  jobline.toml is wrong: file, key path, reason
+    ├── ConfigError                  jobline.toml is wrong: file, key path, reason (each one)
+    ├── LedgerMissing                the ledger's database is not where a deployment has it
+    ├── DeploymentError              jobline cannot be deployed on this Ray cluster as asked
+    │   ├── AppAlreadyRunning        an app of that name runs there already
+    │   └── AppNotRunning            no app of that name runs there
     ├── IllegalTransition            a job state machine move the table forbids
     ├── LedgerError                  the ledger refused an operation
     │   ├── AccountNotFound
@@ -75,17 +79,88 @@ class JoblineError(Exception):
 
 
 class ConfigError(JoblineError):
-    """The configuration file is wrong; names the file, the key path and why."""
+    """The configuration file is wrong; names the file, the key path and why.
 
-    def __init__(self, path: str, key: str, reason: str) -> None:
-        super().__init__(path, key, reason)
+    ``more`` holds the other wrong keys of the same file as ``(key, reason)`` pairs, so
+    that one start-up names every one of them (one line each, ``lines()``)."""
+
+    def __init__(
+        self, path: str, key: str, reason: str, more: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        super().__init__(path, key, reason, more)
         self.path = path
         self.key = key
         self.reason = reason
+        self.more = more
+
+    @property
+    def problems(self) -> list[tuple[str, str]]:
+        """Every ``(key, reason)``, the first one first."""
+        return [(self.key, self.reason), *self.more]
+
+    def lines(self) -> list[str]:
+        return [
+            f"{self.path}: {key}: {reason}" if key else f"{self.path}: {reason}"
+            for key, reason in self.problems
+        ]
 
     def __str__(self) -> str:
-        where = f"{self.key}: " if self.key else ""
-        return f"{self.path}: {where}{self.reason}"
+        return "\n".join(self.lines())
+
+
+class LedgerMissing(JoblineError):
+    """The ledger's database file is missing where one was expected: a deployment that
+    has a ledger (``[storage] create_ledger = false``, the cluster's deployment record,
+    or a restarted ledger actor) never starts a second, empty one."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(path, why)
+        self.path = path
+        self.why = why
+
+    def __str__(self) -> str:
+        return (
+            f"the ledger {self.path} does not exist, but {self.why}; jobline does not start "
+            "a new, empty ledger in its place. Restore it from a backup (deploy/README.md, "
+            "'Backing up the ledger') or fix [storage] database"
+        )
+
+
+class DeploymentError(JoblineError):
+    """jobline cannot run on this Ray cluster as asked: no node offers a role's resource,
+    the app already runs under that name, a node lacks a secret, a role failed to start.
+    One line per problem (``lines``), never a secret's value."""
+
+    def __init__(self, problems: tuple[str, ...]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+    def lines(self) -> list[str]:
+        return list(self.problems)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+class AppAlreadyRunning(DeploymentError):
+    def __init__(self, namespace: str, where: str = "on this Ray cluster") -> None:
+        JoblineError.__init__(self, namespace, where)
+        self.namespace = namespace
+        self.where = where
+        self.problems = (
+            f"app {namespace!r} already runs {where}: `jobline status` shows it, "
+            "`jobline stop` stops it (a second app needs another [ray] namespace)",
+        )
+
+
+class AppNotRunning(DeploymentError):
+    def __init__(self, namespace: str, why: str = "", leftovers: tuple[str, ...] = ()) -> None:
+        JoblineError.__init__(self, namespace, why, leftovers)
+        self.namespace = namespace
+        self.why = why
+        self.leftovers = leftovers  # actors a deployment left behind, by name
+        where = f" ({why})" if why else ""
+        self.problems = (f"app {namespace!r} does not run on this Ray cluster{where}",)
 
 
 class IllegalTransition(JoblineError):

@@ -83,6 +83,29 @@ def build_result_store(
     return S3ResultStore.from_config(storage.s3, environ)
 
 
+def bucket_problems(storage: StorageConfig, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """For start-up (``jobline serve``, and on every node of a cluster): one line if the
+    bucket cannot be reached with the credentials of ``environ``; none for a directory
+    store or when the credentials are missing (named by ``runtime.startup``)."""
+    s3 = storage.s3
+    if s3 is None or not all(environ.get(name) for name in s3.credential_env_names()):
+        return []
+
+    async def check() -> None:
+        store = S3ResultStore.from_config(s3, environ)
+        try:
+            await store.check()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(check())
+    except ResultStoreUnavailable as exc:
+        where = s3.endpoint_url or f"AWS S3 ({s3.region})"
+        return [f"storage.s3: bucket {s3.bucket!r} at {where}: {exc.reason}"]
+    return []
+
+
 class S3ResultStore:
     """Results as objects ``{prefix}{key}`` in one S3-compatible bucket (module docstring)."""
 

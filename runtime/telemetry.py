@@ -8,19 +8,26 @@ runtime, on one node or many. Each series carries its actor's label, so a restar
 actor's counters reset on their own series, as Prometheus expects.
 
 Logs: one JSON object per line on stderr (Ray keeps each worker's stderr in its log
-directory), with time, level, component, and job id / trace id when there is a job.
+directory) and, when ``[logging] file`` is set, appended to that file: time, level, the
+role that wrote it (``gateway-0``, ``processor-fal``, ``ledger``, ``sweeper``, ``serve``),
+component, and job id / trace id when there is a job. A few lines are *notices*, what
+an operator watching ``jobline serve`` wants to see (roles ready, circuits opening and
+closing, jobs failing, every warning and error): ``is_notice`` picks them and
+``readable`` prints one as a line of text.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import random
 import secrets
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -47,31 +54,96 @@ def traceparent(trace_id: str) -> str:
 class JsonFormatter(logging.Formatter):
     FIELDS = ("job_id", "trace_id", "vendor", "account_id", "attempt", "task_id", "error")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "component": record.name.removeprefix("jobline."),
-            "msg": record.getMessage(),
-        }
+    def __init__(self, role: str | None = None) -> None:
+        super().__init__()
+        self.role = role
+
+    def as_dict(self, record: logging.LogRecord) -> dict[str, Any]:
+        line: dict[str, Any] = {"ts": round(record.created, 6), "level": record.levelname.lower()}
+        if self.role is not None:
+            line["role"] = self.role
+        line["component"] = record.name.removeprefix("jobline.")
+        line["msg"] = record.getMessage()
         for name in self.FIELDS:
             value = getattr(record, name, None)
             if value is not None:
                 line[name] = value
+        if is_notice(record):
+            line["notice"] = True
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return line
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.as_dict(record), default=str)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send jobline's logs to stderr as JSON lines (idempotent)."""
+def is_notice(record: logging.LogRecord) -> bool:
+    """A line for the operator's terminal: every warning and error, and the info lines
+    logged with ``extra={"notice": True}`` (a role ready, a circuit closing, ...)."""
+    return record.levelno >= logging.WARNING or bool(getattr(record, "notice", False))
+
+
+class ReadableFormatter(logging.Formatter):
+    """A terminal's view of a JSON line: ``readable(JsonFormatter.as_dict(record))``."""
+
+    def __init__(self, json_formatter: JsonFormatter) -> None:
+        super().__init__()
+        self.json = json_formatter
+
+    def format(self, record: logging.LogRecord) -> str:
+        return readable(self.json.as_dict(record))
+
+
+def configure_logging(
+    level: str = "INFO",
+    *,
+    role: str | None = None,
+    file: Path | None = None,
+    readable_stderr: bool = False,
+) -> JsonFormatter:
+    """Send jobline's logs to stderr (JSON lines, or text with ``readable_stderr``), and
+    to ``file`` if given, as JSON lines naming ``role``. Calling it again replaces the
+    role, the level and the file."""
     root = logging.getLogger("jobline")
     root.setLevel(level.upper())
-    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        root.addHandler(handler)
     root.propagate = False
+    for handler in [h for h in root.handlers if getattr(h, "_jobline", False)]:
+        root.removeHandler(handler)
+        handler.close()
+    formatter = JsonFormatter(role)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(ReadableFormatter(formatter) if readable_stderr else formatter)
+    handlers: list[logging.Handler] = [stream]
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        # Reopened when logrotate moves it; every role of a node appends whole lines.
+        appender = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+        appender.setFormatter(formatter)
+        handlers.append(appender)
+    for handler in handlers:
+        handler._jobline = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    return formatter
+
+
+def readable(line: dict[str, Any]) -> str:
+    """A JSON log line as one line of text for a terminal:
+    ``12:03:04 processor-fal  WARNING job failed (job j_1, vendor fal): 422 rejected``."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(float(line.get("ts", 0))))
+    level = str(line.get("level", "info"))
+    mark = "" if level == "info" else f"{level.upper()} "
+    context = ", ".join(
+        f"{name.removesuffix('_id')} {line[name]}"
+        for name in ("job_id", "vendor", "account_id")
+        if line.get(name)
+    )
+    text = str(line.get("msg", ""))
+    if context:
+        text += f" ({context})"
+    if line.get("error"):
+        text += f": {line['error']}"
+    return f"{stamp} {line.get('role') or line.get('component', '?'):<14} {mark}{text}"
 
 
 def get_logger(component: str) -> logging.Logger:

@@ -28,6 +28,8 @@ def ray_session() -> Iterator[Any]:
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
+            # jobline places its ledger and gateways on the nodes offering these.
+            resources={"jobline_ledger": 1, "jobline_gateway": 1},
             include_dashboard=False,
             logging_level="ERROR",
             log_to_driver=os.environ.get("JOBLINE_TEST_RAY_LOGS") == "1",

@@ -323,6 +323,8 @@ def main(
 
     started_ray = False
     if any(SCENARIOS[n].hosting == "shared" for n in names):
+        # The actors read their secrets from the environment Ray's workers inherit.
+        ensure_dev_secrets(load_config(ROOT_CONFIG))
         started_ray = start_local_ray()
     started = time.monotonic()
     try:

@@ -186,7 +186,7 @@ class World:
         self.ports = Ports(
             ledger=lambda: cast(LedgerPort, self.ledger),
             processor=lambda vendor: cast(ProcessorPort, self.objects[processor_role(vendor)]),
-            metric_sources=lambda: [],
+            metric_sources=lambda: {},
             vendors=list(self.config.vendors),
         )
         self.api: InMemoryApi | None = None

@@ -74,6 +74,8 @@ class GatewayContext:
     rng: random.Random  # job ids, trace ids, grant ids (never API keys: those use secrets)
     admin_token: str | None
     is_ready: Callable[[], Awaitable[bool]]
+    # One role's metrics (``/metrics?actor=ROLE``); None: no role of that name.
+    collect_metrics_of: Callable[[str], Awaitable[list[Family] | None]] | None = None
 
 
 class _ProcessorCalls:

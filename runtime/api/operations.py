@@ -31,15 +31,28 @@ class OperationRoutes:
         ]
 
     async def metrics(self, request: web.Request) -> web.Response:
+        """Every actor's metrics; ``?actor=ROLE``: only that role's (a cluster's Prometheus
+        scrapes each role as its own target, ``deploy/prometheus-cluster.yml``)."""
         ctx = self.api.ctx
         own = ctx.metrics.collect()
+        actor = request.query.get("actor")
+        if actor is not None and actor != ctx.metrics.actor:
+            return await self._metrics_of(actor)
+        if actor is not None:
+            return _exposition(own)
         try:
             others = await ctx.collect_all_metrics()
         except Exception as exc:
             log.warning("collecting the other actors' metrics failed: %r", exc)
             others = []
-        body = render([*_without_actor(others, ctx.metrics.actor), *own])
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+        return _exposition([*_without_actor(others, ctx.metrics.actor), *own])
+
+    async def _metrics_of(self, actor: str) -> web.Response:
+        collect = self.api.ctx.collect_metrics_of
+        families = None if collect is None else await collect(actor)
+        if families is None:
+            return error_response(404, "not_found", f"no role named {actor!r}")
+        return _exposition(families)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -55,6 +68,10 @@ class OperationRoutes:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type="application/json")
+
+
+def _exposition(families: Iterable[Family]) -> web.Response:
+    return web.Response(body=render(families), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
 
 def _without_actor(families: Iterable[Family], actor: str) -> list[Family]:

@@ -92,6 +92,8 @@ async def test_cancel_in_the_studio_refunds_the_job(console: Console) -> None:
 
 
 async def test_history_rows_turn_completed_live_on_one_event_stream(console: Console) -> None:
+    # Tasks long enough to be seen processing however slowly the page loads.
+    console.tb.fakes["fal"].set_profile(slow_profile(8))
     job_ids = []
     for i in range(3):
         status, job = await console.tb.client.submit("flux-schnell", {"prompt": f"job {i}"})

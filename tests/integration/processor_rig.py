@@ -71,7 +71,7 @@ class Rig:
         ports = Ports(
             ledger=lambda: ledger or cast(LedgerPort, self.ledger),
             processor=self.processor,
-            metric_sources=list,
+            metric_sources=dict,
             vendors=self.vendors(),
         )
         return build_role(role, self.config, wiring, ports)

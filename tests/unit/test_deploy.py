@@ -468,6 +468,39 @@ def test_prometheus_scrapes_the_gateway_service_once_and_every_ray_node(
         assert annotations["prometheus.io/port"] == str(RAY_METRICS_PORT)
 
 
+def test_the_cluster_prometheus_reads_jobline_targets_and_rays_own_discovery(
+    cluster: JoblineConfig,
+) -> None:
+    path = DEPLOY / "prometheus-cluster.yml"
+    done = subprocess.run(
+        [tool("promtool"), "check", "config", path.name],
+        cwd=path.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = {job["job_name"]: job for job in yaml.safe_load(path.read_text())["scrape_configs"]}
+    assert jobs["jobline"]["file_sd_configs"][0]["files"] == [str(cluster.metrics.targets_file)]
+    (ray_file,) = jobs["ray"]["file_sd_configs"][0]["files"]
+    assert ray_file == "/tmp/ray/prom_metrics_service_discovery.json"  # Ray's default place
+    assert cluster.metrics.targets_file is not None
+    assert cluster.metrics.targets_file.parent == cluster.storage.database.parent  # the head
+
+
+def test_the_head_stops_jobline_cleanly_before_it_goes(
+    manifest: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    head = groups(manifest)["head"]["template"]["spec"]
+    (deployer,) = [c for c in head["containers"] if c["name"] == "jobline"]
+    assert deployer["command"][-2:] == ["auto", "--attach"]  # restarted: follows, no 2nd app
+    stop = deployer["lifecycle"]["preStop"]["exec"]["command"]
+    assert stop[-1] == "stop"
+    assert run_cli(local_config_args(stop[1:], DEPLOY / "jobline.cluster.toml")).returncode == 0
+    assert head["terminationGracePeriodSeconds"] >= 120
+    assert not any(e["name"] == "JOBLINE_ADMIN_TOKEN" for e in deployer["env"])  # needs none
+
+
 # --- systemd --------------------------------------------------------------------------------
 
 
@@ -503,7 +536,6 @@ def test_the_unit_restarts_always_and_reads_secrets_from_a_file(
     assert run_cli(local_config_args(start[1:], DEPLOY / "jobline.toml")).returncode == 0
 
 
-@pytest.mark.xfail(strict=True, reason="`jobline stop` comes with the lifecycle work (issue 14)")
 def test_the_unit_stops_jobline_with_its_stop_command(unit: configparser.ConfigParser) -> None:
     stop = shlex.split(unit["Service"]["ExecStop"])
     assert stop[-1] == "stop"

@@ -10,6 +10,10 @@ import runtime.errors as errors
 
 ARGS: dict[str, tuple[Any, ...]] = {
     "ConfigError": ("jobline.toml", "vendors.fal.concurrency", "must be ≥ 1, got 0"),
+    "LedgerMissing": ("/var/lib/jobline/jobline.db", "[storage] create_ledger is false"),
+    "DeploymentError": (("no node offers the custom resource 'jobline_ledger'",),),
+    "AppAlreadyRunning": ("jobline", "on this machine (`jobline serve`, pid 7)"),
+    "AppNotRunning": ("jobline", "", ("jobline-ledger",)),
     "IllegalTransition": ("queued", "succeeded"),
     "AccountNotFound": ("acct_1",),
     "JobNotFound": ("job_1",),

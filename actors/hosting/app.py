@@ -1,0 +1,405 @@
+"""The app's own actor, ``JoblineApp`` (``jobline-app``, beside the ledger): it places,
+creates, watches and stops every role, keeps their notices and answers status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from actors.hosting.cluster import (
+    APP,
+    NOTICES_KEPT,
+    READY_TIMEOUT,
+    RECONCILE_INTERVAL,
+    STOP_TIMEOUT,
+    actor_info,
+    actor_name,
+    app_actors,
+    cluster_nodes,
+    on_node,
+    one_line,
+)
+from actors.hosting.roles import RoleHost, node_problems
+from actors.placement import (
+    Node,
+    RoleStatus,
+    gateway_nodes,
+    gateways_to_add,
+    ledger_node,
+    metric_targets,
+)
+from actors.wiring import (
+    LEDGER,
+    SWEEPER,
+    Customization,
+    processor_role,
+)
+from runtime.config import JoblineConfig
+from runtime.errors import DeploymentError
+from runtime.telemetry import JsonFormatter, configure_logging, get_logger, is_notice
+
+log = get_logger("hosting")
+
+
+# --- the app ------------------------------------------------------------------------------
+
+
+class _Notices:
+    """The app's recent notices, numbered; readers wait for the next ones."""
+
+    def __init__(self) -> None:
+        self._lines: deque[tuple[int, dict[str, Any]]] = deque(maxlen=NOTICES_KEPT)
+        self._seq = 0
+        self._changed = asyncio.Event()
+
+    def add(self, lines: Sequence[dict[str, Any]]) -> None:
+        for line in lines:
+            self._seq += 1
+            self._lines.append((self._seq, line))
+        self._changed.set()
+
+    async def since(self, after: int, wait: float) -> tuple[int, list[dict[str, Any]]]:
+        if self._seq <= after and wait > 0:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+        return self._seq, [line for seq, line in self._lines if seq > after]
+
+
+class _NoticeKeeper(logging.Handler):
+    """The app's own notices go straight into its list (from any thread)."""
+
+    def __init__(self, formatter: JsonFormatter, notices: _Notices) -> None:
+        super().__init__()
+        self._formatter = formatter
+        self._notices = notices
+        self._loop = asyncio.get_running_loop()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if is_notice(record):
+            line = self._formatter.as_dict(record)
+            self._loop.call_soon_threadsafe(self._notices.add, [line])
+
+
+class JoblineApp:
+    """The app on the cluster (module docstring): places, creates, watches and stops
+    every role; keeps their notices; answers status."""
+
+    def __init__(
+        self,
+        config: JoblineConfig,
+        seed: int | None,
+        customization: Customization,
+        env: dict[str, str],
+        ledger_must_exist: str | None,
+    ) -> None:
+        self._config = config
+        self._namespace = config.ray.namespace
+        self._seed = seed
+        self._customization = customization
+        self._env = env
+        self._ledger_must_exist = ledger_must_exist
+        formatter = configure_logging(config.logging.level, role=APP, file=config.logging.file)
+        self._notices = _Notices()
+        logging.getLogger("jobline").addHandler(_NoticeKeeper(formatter, self._notices))
+        self._handles: dict[str, Any] = {}
+        self._details: dict[str, str] = {}  # role -> what it serves (a gateway's host:port)
+        self._targets: list[dict[str, Any]] | None = None
+        self._stopped = False
+        self._reconciler: asyncio.Task[None] | None = None
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            for name in app_actors(self._namespace):
+                if name != actor_name(APP):
+                    role = name.removeprefix("jobline-")
+                    self._handles[role] = ray.get_actor(name, namespace=self._namespace)
+            self._reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
+            log.warning("the app's actor restarted and found %d roles", len(self._handles))
+
+    def __repr__(self) -> str:
+        return APP
+
+    # --- deploy ---
+
+    async def deploy(self, check_nodes: bool, timeout: float) -> list[RoleStatus]:
+        """Create every role where it belongs and wait until all are ready; on any
+        failure remove them again and raise DeploymentError, one line per problem."""
+        config = self._config
+        nodes = await asyncio.to_thread(cluster_nodes)
+        ledger = ledger_node(nodes, config)
+        gateway_nodes(nodes, config)
+        if check_nodes:
+            await self._check_environment(nodes)
+        # The ledger first: if its file is missing where it must exist, nothing else
+        # starts (every other role reads it as it starts).
+        self._create(LEDGER, strategy=on_node(ledger.node_id))
+        problems = await self._wait_ready([LEDGER], timeout)
+        if problems:
+            await self._kill([LEDGER])
+            raise DeploymentError(tuple(problems))
+        self._create(SWEEPER, strategy=on_node(ledger.node_id))
+        for vendor in config.vendors:
+            self._create(processor_role(vendor))
+        for role, node_id in gateways_to_add({}, nodes, config):
+            self._create(role, strategy=on_node(node_id))
+        problems = await self._wait_ready([r for r in self._handles if r != LEDGER], timeout)
+        if problems:
+            await self._kill(list(self._handles))
+            raise DeploymentError(tuple(problems))
+        await self._reconcile()
+        self._reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
+        log.info(
+            "app %r ready: %d roles", self._namespace, len(self._handles), extra={"notice": True}
+        )
+        return await self.status()
+
+    async def _check_environment(self, nodes: Sequence[Node]) -> None:
+        """Every node that may host a role has every secret in its own environment."""
+        resources = {
+            self._config.ray.ledger_resource,
+            self._config.ray.gateway_resource,
+            *self._config.ray.processor_resources,
+        }
+        anywhere = not self._config.ray.processor_resources
+        hosts = [n for n in nodes if n.alive and (anywhere or any(n.offers(r) for r in resources))]
+        check = ray.remote(num_cpus=0)(node_problems)
+        answers = await asyncio.gather(
+            *(
+                check.options(scheduling_strategy=on_node(n.node_id)).remote(self._config)
+                for n in hosts
+            ),
+            return_exceptions=True,
+        )
+        problems = []
+        for node, answer in zip(hosts, answers, strict=True):
+            if isinstance(answer, BaseException):
+                problems.append(f"node {node.label}: cannot check it: {one_line(answer)}")
+            else:
+                problems += [f"node {node.label}: {line}" for line in answer]
+        if problems:
+            raise DeploymentError(
+                (
+                    *problems,
+                    "set them in the environment of `ray start` on those nodes "
+                    "(deploy/README.md, 'Secrets'); jobline never sends secrets through Ray",
+                )
+            )
+
+    def _create(self, role: str, strategy: NodeAffinitySchedulingStrategy | None = None) -> None:
+        config = self._config
+        options: dict[str, Any] = {
+            "name": actor_name(role),
+            "namespace": self._namespace,
+            "lifetime": "detached",
+            "max_restarts": config.ray.max_restarts,
+            "max_task_retries": 0 if role.startswith("gateway-") else -1,
+            "num_cpus": 0,
+            "max_concurrency": 10_000,
+        }
+        if strategy is not None:
+            options["scheduling_strategy"] = strategy
+        if role.startswith("processor-") and config.ray.processor_resources:
+            options["resources"] = dict(config.ray.processor_resources)
+        must_exist = self._ledger_must_exist if role == LEDGER else None
+        host = ray.remote(RoleHost).options(**options)
+        self._handles[role] = host.remote(
+            role, config, self._seed, self._customization, self._env, must_exist
+        )
+
+    async def _wait_ready(self, roles: Sequence[str], timeout: float) -> list[str]:
+        """One line per role that did not start; the ledger's alone if it failed (the
+        others then fail only because it did)."""
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(self._ready(role), timeout) for role in roles),
+            return_exceptions=True,
+        )
+        failed = {}
+        for role, answer in zip(roles, answers, strict=True):
+            if isinstance(answer, BaseException):
+                reason = (
+                    "not ready in time" if isinstance(answer, TimeoutError) else (one_line(answer))
+                )
+                failed[role] = reason
+        if LEDGER in failed:
+            return [f"{LEDGER}: {failed[LEDGER]}"]
+        return [f"{role}: {reason}" for role, reason in failed.items()]
+
+    async def _ready(self, role: str) -> dict[str, Any]:
+        info: dict[str, Any] = await self._handles[role].ready.remote()
+        self._details[role] = info["detail"]
+        return info
+
+    async def _kill(self, roles: Sequence[str]) -> None:
+        for role in roles:
+            handle = self._handles.pop(role, None)
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(handle, no_restart=True)
+
+    # --- watch ---
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_INTERVAL)
+            try:
+                await self._reconcile()
+            except Exception:
+                log.exception("looking at the cluster failed")
+
+    async def _reconcile(self) -> None:
+        """Gateways for nodes that joined, none for nodes that left; the targets file."""
+        nodes = {node.node_id: node for node in await asyncio.to_thread(cluster_nodes)}
+        where: dict[str, Node] = {}
+        gateways: dict[str, str] = {}
+        for role, handle in list(self._handles.items()):
+            info = await asyncio.to_thread(actor_info, handle)
+            node = nodes.get(info.get("Address", {}).get("NodeID", ""))
+            state = info.get("State", "DEAD")
+            lost = node is not None and not node.alive
+            if role.startswith("gateway-") and (state == "DEAD" or lost):
+                # Pinned to its node: it cannot come back elsewhere. A new node gets new ones.
+                await self._kill([role])
+                gone_with = node.label if node is not None else "its node"
+                log.warning("%s is gone with %s", role, gone_with, extra={"notice": True})
+                continue
+            if state == "ALIVE" and node is not None:
+                where[role] = node
+                if role.startswith("gateway-"):
+                    gateways[role] = node.node_id
+        pending = {r: "" for r in self._handles if r.startswith("gateway-") and r not in gateways}
+        for role, node_id in gateways_to_add(
+            {**gateways, **pending}, list(nodes.values()), self._config
+        ):
+            self._create(role, strategy=on_node(node_id))
+            asyncio.get_running_loop().create_task(self._announce(role, nodes[node_id]))
+        await self._write_targets(where)
+
+    async def _announce(self, role: str, node: Node) -> None:
+        """A gateway placed on a node that joined: its own notice says when it is ready."""
+        try:
+            await asyncio.wait_for(self._ready(role), READY_TIMEOUT)
+        except Exception as exc:
+            log.error("%s did not start on %s: %s", role, node.label, one_line(exc))
+
+    async def _write_targets(self, where: dict[str, Node]) -> None:
+        path = self._config.metrics.targets_file
+        if path is None:
+            return
+        gateways = {}
+        for role, node in where.items():
+            host, _, port = self._details.get(role, "").rpartition(":")
+            if role.startswith("gateway-") and port.isdigit():
+                gateways[role] = (node, host, int(port))
+        targets = metric_targets(where, gateways)
+        if targets != self._targets:
+            await asyncio.to_thread(_write_json, path, targets)
+            self._targets = targets
+
+    # --- the calls of the driver and of the roles ---
+
+    async def role_names(self) -> list[str]:
+        return _ordered(self._handles)
+
+    async def post(self, lines: list[dict[str, Any]]) -> None:
+        self._notices.add(lines)
+
+    async def notices(self, after: int, wait: float) -> tuple[int, list[dict[str, Any]], bool]:
+        """The notices after number ``after`` (waiting up to ``wait`` s for one), the
+        last number, and whether the app has stopped."""
+        seq, lines = await self._notices.since(after, 0 if self._stopped else wait)
+        return seq, lines, self._stopped
+
+    async def status(self) -> list[RoleStatus]:
+        nodes = {node.node_id: node for node in await asyncio.to_thread(cluster_nodes)}
+        roles = _ordered(self._handles)
+        infos = [await asyncio.to_thread(actor_info, self._handles[r]) for r in roles]
+        pings = await asyncio.gather(
+            *(asyncio.wait_for(self._ready(r), 2.0) for r in roles), return_exceptions=True
+        )
+        rows = []
+        for role, info, ping in zip(roles, infos, pings, strict=True):
+            error = ""
+            if isinstance(ping, BaseException):
+                error = (
+                    "no answer within 2s" if isinstance(ping, TimeoutError) else (one_line(ping))
+                )
+            rows.append(
+                RoleStatus(
+                    role=role,
+                    state=str(info.get("State", "DEAD")),
+                    ready=not error,
+                    node=nodes.get(info.get("Address", {}).get("NodeID", "")),
+                    restarts=int(info.get("NumRestarts", 0)),
+                    detail=self._details.get(role, ""),
+                    error=error,
+                )
+            )
+        return rows
+
+    async def stop(self) -> list[str]:
+        """Drain the gateways, stop processors and sweeper, close and checkpoint the
+        ledger, remove every role. One line per step."""
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+        roles = _ordered(self._handles)
+        gateways = [r for r in roles if r.startswith("gateway-")]
+        workers = [r for r in roles if r not in gateways and r != LEDGER]
+        log.info("stopping: draining %d gateways", len(gateways), extra={"notice": True})
+        lines = [await self._stop_group(gateways, "drained (open requests finished)")]
+        lines.append(await self._stop_group(workers, "stopped"))
+        if LEDGER in self._handles:
+            done = await self._stop_group([LEDGER], "closed")
+            where = self._details.get(LEDGER, str(self._config.storage.database))
+            lines.append(
+                f"{done}; its WAL checkpointed into {where}" if "failed" not in done else done
+            )
+        await self._kill(roles)
+        self._stopped = True
+        await self._write_targets({})
+        log.info("app %r stopped", self._namespace, extra={"notice": True})
+        return [line for line in lines if line]
+
+    async def _stop_group(self, roles: Sequence[str], verb: str) -> str:
+        if not roles:
+            return ""
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(self._handles[r].call.remote("stop"), STOP_TIMEOUT) for r in roles),
+            return_exceptions=True,
+        )
+        failed = [
+            f"{role} ({one_line(answer) or type(answer).__name__})"
+            for role, answer in zip(roles, answers, strict=True)
+            if isinstance(answer, BaseException)
+        ]
+        done = [role for role in roles if not any(f.startswith(f"{role} ") for f in failed)]
+        text = f"{', '.join(done)} {verb}" if done else ""
+        if failed:
+            text += ("; " if text else "") + "failed to stop: " + ", ".join(failed)
+        return text
+
+
+def _ordered(roles: Sequence[str] | dict[str, Any]) -> list[str]:
+    """Ledger, sweeper, processors, gateways (by number)."""
+
+    def key(role: str) -> tuple[int, int, str]:
+        if role.startswith("gateway-"):
+            return (3, int(role.removeprefix("gateway-")), role)
+        order = {LEDGER: 0, SWEEPER: 1}
+        return (order.get(role, 2), 0, role)
+
+    return sorted(roles, key=key)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1), encoding="utf-8")
+    partial.replace(path)  # Prometheus never reads half a file

@@ -1,0 +1,221 @@
+"""One role in one Ray actor (``RoleHost``), how the others call it (``RemoteProxy``), and
+how its notices reach the app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import ray
+
+from actors.hosting.cluster import APP, NOTICE_FLUSH, RECONCILE_INTERVAL, actor_name
+from actors.wiring import (
+    LEDGER,
+    Customization,
+    MetricSource,
+    Ports,
+    Role,
+    Wiring,
+    all_roles,
+    build_role,
+    processor_role,
+)
+from runtime.config import JoblineConfig
+from runtime.errors import ActorCallFailed, JoblineError
+from runtime.ports import LedgerPort, ProcessorPort
+from runtime.results_s3 import bucket_problems
+from runtime.startup import missing_environment
+from runtime.telemetry import Family, JsonFormatter, configure_logging, get_logger, is_notice
+
+log = get_logger("hosting")
+
+
+# --- one role in one actor ----------------------------------------------------------------
+
+
+class RemoteProxy:
+    """``await proxy.method(*args)`` runs ``method`` on the object inside a Ray actor.
+
+    What the remote method raised comes back as itself when it is a ``JoblineError``
+    (Ray's wrapper would make its message the remote traceback, which must not reach an
+    HTTP answer); any other exception it raised is an ``ActorCallFailed`` (a bug there:
+    retrying cannot help), its traceback logged here. Ray's own failures to reach the
+    actor (it died, is restarting) stay Ray's errors: the caller may retry those.
+    """
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        handle = self._handle
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await handle.call.remote(name, *args, **kwargs)
+            except ray.exceptions.RayTaskError as exc:
+                raise _remote_error(exc, name) from None
+
+        return call
+
+
+def _remote_error(exc: ray.exceptions.RayTaskError, method: str) -> BaseException:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, JoblineError | ray.exceptions.RayError | OSError | TimeoutError):
+        return cause
+    log.error("remote call %s raised: %s", method, exc)
+    return ActorCallFailed(method, type(cause).__name__ if cause is not None else "error")
+
+
+class _NoticeForwarder(logging.Handler):
+    """Sends this process's notices (``telemetry.is_notice``) to the app, in batches."""
+
+    def __init__(self, formatter: JsonFormatter, namespace: str) -> None:
+        super().__init__()
+        self._formatter = formatter
+        self._namespace = namespace
+        self._pending: deque[dict[str, Any]] = deque(maxlen=1000)
+        self._app: Any = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if is_notice(record):
+            try:
+                self._pending.append(self._formatter.as_dict(record))
+            except Exception:
+                self.handleError(record)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(NOTICE_FLUSH)
+            batch = []
+            while self._pending:
+                batch.append(self._pending.popleft())
+            if not batch:
+                continue
+            try:
+                if self._app is None:
+                    self._app = ray.get_actor(actor_name(APP), namespace=self._namespace)
+                await self._app.post.remote(batch)
+            except Exception:  # no app (a harness, a stop under way): the notices go
+                self._app = None
+
+
+class RoleHost:
+    """Runs one jobline object inside a Ray actor and forwards calls to it."""
+
+    def __init__(
+        self,
+        role: str,
+        config: JoblineConfig,
+        seed: int | None,
+        customization: Customization,
+        env: dict[str, str],
+        ledger_must_exist: str | None,
+    ) -> None:
+        self._role = role
+        for name, value in env.items():
+            os.environ.setdefault(name, value)
+        formatter = configure_logging(config.logging.level, role=role, file=config.logging.file)
+        self._notices = _NoticeForwarder(formatter, config.ray.namespace)
+        logging.getLogger("jobline").addHandler(self._notices)
+        namespace = config.ray.namespace
+        handles: dict[str, RemoteProxy] = {}
+        self._role_names = all_roles(config)
+
+        def proxy(target: str) -> RemoteProxy:
+            if target not in handles:
+                handles[target] = RemoteProxy(
+                    ray.get_actor(actor_name(target), namespace=namespace)
+                )
+            return handles[target]
+
+        def sources() -> dict[str, MetricSource]:
+            return {
+                r: (self._own_metrics if r == role else proxy(r).collect_metrics)
+                for r in self._role_names
+            }
+
+        ports = Ports(
+            ledger=lambda: cast(LedgerPort, proxy(LEDGER)),
+            processor=lambda vendor: cast(ProcessorPort, proxy(processor_role(vendor))),
+            metric_sources=sources,
+            vendors=list(config.vendors),
+        )
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            # A restarted actor must not replay the ids and draws it made before its
+            # crash (the same seed would hand out the same job ids again), and a
+            # restarted ledger never creates a file: it had one open.
+            seed = None
+            ledger_must_exist = "the ledger actor restarted, and a restart never creates a ledger"
+            log.warning("%s restarted", role, extra={"notice": True})
+        wiring = Wiring(seed=seed, customization=customization, ledger_must_exist=ledger_must_exist)
+        self._object: Role = build_role(role, config, wiring, ports)
+        loop = asyncio.get_running_loop()
+        self._background = [loop.create_task(self._notices.run())]
+        if role.startswith("gateway-"):
+            self._background.append(loop.create_task(self._follow_roles(namespace)))
+        self._started = loop.create_task(self._start())
+
+    def __repr__(self) -> str:  # Ray prefixes this actor's log lines with it
+        return self._role
+
+    async def _start(self) -> None:
+        await self._object.start()
+        detail = self._detail()
+        log.info(
+            "%s ready on node %s%s",
+            self._role,
+            self.node_id()[:8],
+            f", serving {detail}" if detail else "",
+            extra={"notice": True},
+        )
+
+    def _detail(self) -> str:
+        if self._role == LEDGER:
+            return str(getattr(self._object, "path", ""))
+        if self._role.startswith("gateway-"):
+            return f"{getattr(self._object, 'host', '')}:{getattr(self._object, 'port', '')}"
+        return ""
+
+    async def _follow_roles(self, namespace: str) -> None:
+        """A gateway's ``/metrics`` asks every role; the app knows which exist now."""
+        while True:
+            with contextlib.suppress(Exception):
+                app = ray.get_actor(actor_name(APP), namespace=namespace)
+                self._role_names = await app.role_names.remote()
+            await asyncio.sleep(RECONCILE_INTERVAL)
+
+    async def _own_metrics(self) -> list[Family]:
+        return await self._object.collect_metrics()
+
+    async def ready(self) -> dict[str, Any]:
+        """Once started: the role, its node, its process and what it serves."""
+        await asyncio.shield(self._started)
+        return {
+            "role": self._role,
+            "node_id": self.node_id(),
+            "pid": os.getpid(),
+            "detail": self._detail(),
+        }
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.shield(self._started)
+        return await getattr(self._object, method)(*args, **kwargs)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def node_id(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
+
+def node_problems(config: JoblineConfig) -> list[str]:
+    """Runs on one node: the secrets its environment lacks (names only), and whether
+    the result bucket answers to its credentials."""
+    return [*missing_environment(config, os.environ), *bucket_problems(config.storage)]

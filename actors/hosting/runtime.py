@@ -1,0 +1,247 @@
+"""The driver's side (``RayRuntime``): deploy the app, attach to it, operate it."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import ray
+
+from actors.hosting.app import JoblineApp
+from actors.hosting.cluster import (
+    APP,
+    READY_TIMEOUT,
+    STOP_TIMEOUT,
+    actor_name,
+    app_actors,
+    cluster_nodes,
+    connect,
+    join_address,
+    ledger_expectation,
+    on_node,
+    one_line,
+    public_env,
+    read_record,
+    write_record,
+)
+from actors.hosting.roles import RemoteProxy
+from actors.placement import (
+    RoleStatus,
+    ledger_node,
+)
+from actors.wiring import (
+    Customization,
+)
+from runtime.config import JoblineConfig
+from runtime.errors import AppAlreadyRunning, AppNotRunning, DeploymentError
+from runtime.telemetry import get_logger
+
+log = get_logger("hosting")
+
+
+# --- the driver's side --------------------------------------------------------------------
+
+
+@dataclass
+class RayRuntime:
+    """The app as the driver (the CLI, a test, the chaos harness) sees it."""
+
+    config: JoblineConfig
+    app: Any
+    owns_ray: bool = False  # this process started Ray: it goes when the app stops
+    connected: bool = False  # this process connected to Ray: it disconnects on stop
+    _handles: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def start(
+        cls,
+        config: JoblineConfig,
+        *,
+        address: str | None = None,
+        seed: int | None = None,
+        ready_timeout: float = READY_TIMEOUT,
+        customization: Customization | None = None,
+        check_nodes: bool | None = None,
+    ) -> RayRuntime:
+        """Deploy the app ``[ray] namespace``: every role built by ``actors.wiring`` with
+        ``customization`` (a harness's; the product's changes nothing). Joins the cluster
+        at ``address`` (else ``[ray] address``) or starts a local Ray. DeploymentError
+        (one line per problem) if the app already runs, a role has no node, a node
+        lacks a secret (``check_nodes``: default, when joining a cluster) or a role
+        fails to start."""
+        connecting = not ray.is_initialized()
+        joining = bool(join_address(config, address))
+        owns = connect(config, address)
+        try:
+            app = deploy_app(
+                config,
+                seed,
+                customization or Customization(),
+                joining if check_nodes is None else check_nodes,
+                ready_timeout,
+            )
+        except BaseException:
+            if connecting:
+                ray.shutdown()
+            raise
+        return cls(config, app, owns_ray=owns, connected=connecting)
+
+    @classmethod
+    def attach(cls, config: JoblineConfig, address: str | None = None) -> RayRuntime:
+        """The running app ``[ray] namespace`` on the cluster at ``address`` (never starts
+        Ray); AppNotRunning if it does not run there."""
+        connecting = not ray.is_initialized()
+        if connecting and not join_address(config, address):
+            raise AppNotRunning(config.ray.namespace, "no Ray cluster to look on")
+        connect(config, address, attempts=1)
+        try:
+            app = ray.get_actor(actor_name(APP), namespace=config.ray.namespace)
+        except ValueError:
+            leftovers = app_actors(config.ray.namespace)
+            if connecting:
+                ray.shutdown()
+            raise AppNotRunning(config.ray.namespace, "", tuple(leftovers)) from None
+        return cls(config, app, connected=connecting)
+
+    # --- operating it ---
+
+    @property
+    def cluster_address(self) -> str:
+        """The Ray cluster's GCS address (host:port)."""
+        return str(ray.get_runtime_context().gcs_address)
+
+    def status(self, timeout: float = 60.0) -> list[RoleStatus]:
+        return cast(list[RoleStatus], ray.get(self.app.status.remote(), timeout=timeout))
+
+    def notices(self, after: int, wait: float) -> tuple[int, list[dict[str, Any]], bool]:
+        """Notices after ``after`` (waiting up to ``wait`` s), the last number, stopped?"""
+        answer = ray.get(self.app.notices.remote(after, wait), timeout=wait + 30)
+        return cast(tuple[int, list[dict[str, Any]], bool], answer)
+
+    def stop(self) -> list[str]:
+        """Stop the app in order (``JoblineApp.stop``), remove it, and let go of Ray."""
+        namespace = self.config.ray.namespace
+        try:
+            lines = cast(list[str], ray.get(self.app.stop.remote(), timeout=STOP_TIMEOUT * 4))
+        except Exception as exc:
+            lines = [f"the app did not stop in order ({one_line(exc)}); its actors were killed"]
+        record = read_record(namespace)
+        if record is not None:
+            write_record(namespace, {**record, "stopped": time.time()})
+        with contextlib.suppress(Exception):
+            ray.kill(self.app, no_restart=True)
+        remove_leftovers(namespace)
+        self._handles.clear()
+        if self.connected:
+            ray.shutdown()
+        return lines
+
+    # --- the harness's calls ---
+
+    def roles(self) -> list[str]:
+        return cast(list[str], ray.get(self.app.role_names.remote(), timeout=60))
+
+    @property
+    def handles(self) -> dict[str, Any]:
+        return {role: self.handle(role) for role in self.roles()}
+
+    def handle(self, role: str) -> Any:
+        if role not in self._handles:
+            self._handles[role] = ray.get_actor(
+                actor_name(role), namespace=self.config.ray.namespace
+            )
+        return self._handles[role]
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        ray.get([h.ready.remote() for h in self.handles.values()], timeout=timeout)
+
+    def proxy(self, role: str) -> RemoteProxy:
+        return RemoteProxy(self.handle(role))
+
+    def call(self, role: str, method: str, *args: Any, timeout: float = 60.0) -> Any:
+        """A blocking call from the driver (CLI, tests, chaos harness)."""
+        return ray.get(self.handle(role).call.remote(method, *args), timeout=timeout)
+
+    def pid(self, role: str) -> int:
+        return cast(int, ray.get(self.handle(role).pid.remote(), timeout=30))
+
+    def kill(self, role: str, *, restart: bool = True) -> None:
+        """Kill an actor's process (chaos); Ray restarts it unless ``restart`` is False."""
+        ray.kill(self.handle(role), no_restart=not restart)
+
+    def node_of(self, role: str) -> str:
+        """The id of the Ray node the role's actor runs on now."""
+        return cast(str, ray.get(self.handle(role).node_id.remote(), timeout=60))
+
+
+def deploy_app(
+    config: JoblineConfig,
+    seed: int | None,
+    customization: Customization,
+    check_nodes: bool,
+    ready_timeout: float,
+) -> Any:
+    namespace = config.ray.namespace
+    names = app_actors(namespace)
+    if actor_name(APP) in names:
+        raise AppAlreadyRunning(namespace)
+    if names:
+        raise DeploymentError(
+            (
+                f"actors of app {namespace!r} are left on this Ray cluster ({', '.join(names)}) "
+                "by a deployment that did not stop cleanly: `jobline stop` removes them",
+            )
+        )
+    must_exist = ledger_expectation(config)
+    ledger = ledger_node(cluster_nodes(), config)
+    options = {
+        "name": actor_name(APP),
+        "namespace": namespace,
+        "lifetime": "detached",
+        "max_restarts": -1,
+        "num_cpus": 0,
+        "max_concurrency": 1000,
+        "scheduling_strategy": on_node(ledger.node_id),
+    }
+    try:
+        app: Any = (
+            ray.remote(JoblineApp)
+            .options(**options)
+            .remote(config, seed, customization, public_env(), must_exist)
+        )
+    except ValueError:  # the name was taken between our look and now
+        raise AppAlreadyRunning(namespace) from None
+    try:
+        ray.get(app.deploy.remote(check_nodes, ready_timeout), timeout=ready_timeout + 30)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            ray.kill(app, no_restart=True)
+        remove_leftovers(namespace)
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, DeploymentError):
+            raise DeploymentError(cause.problems) from None
+        if isinstance(exc, ray.exceptions.GetTimeoutError):
+            raise DeploymentError(
+                (f"the roles were not ready within {ready_timeout:.0f}s",)
+            ) from None
+        raise
+    now = time.time()
+    record = read_record(namespace) or {
+        "database": str(config.storage.database),
+        "first_served": now,
+    }
+    write_record(
+        namespace, {**record, "served": now, "stopped": None, "ledger_node": ledger.address}
+    )
+    return app
+
+
+def remove_leftovers(namespace: str) -> list[str]:
+    """Kill every jobline actor left in ``namespace``; their names."""
+    names = app_actors(namespace)
+    for name in names:
+        with contextlib.suppress(Exception):
+            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    return names
