@@ -63,6 +63,7 @@ class _InMemory(HttpClient):
         json_body: Any = None,
         accept: frozenset[int] = frozenset(),
         auth: bool = True,
+        limit: int = MAX_API_BYTES,
     ) -> T:
         seconds = self.config.submit_timeout if op == "submit" else self.config.poll_timeout
         sent = self._headers(trace_id, auth=auth, extra=headers)
@@ -77,8 +78,8 @@ class _InMemory(HttpClient):
                 raise
             self._traced(op, sent, answer.status)
             data = answer.body
-            if len(data) > MAX_API_BYTES:
-                raise TooLarge(MAX_API_BYTES)
+            if len(data) > limit:
+                raise TooLarge(limit)
             reply = Reply(answer.status, answer.headers, data)
             if reply.status >= 400 and reply.status not in accept:
                 raise ErrorStatus(reply)
