@@ -1,5 +1,5 @@
-"""Roles -> plain objects, every dependency injected. No Ray here (``actors.hosting`` is
-the only module that imports it).
+"""Roles -> plain objects, every dependency injected. No Ray here
+(``actors.hosting.ray_calls`` is the only module that imports it).
 
 A *role* is one object of the running system: the ledger, the sweeper, one processor per
 vendor, N gateways. ``build_role`` makes each from the config and a ``Wiring``: the clock

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -22,18 +21,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[Any]:
-    import ray
+def ray_session() -> Iterator[None]:
+    """A private local Ray offering jobline's ledger and gateway resources (the actors'
+    output copied here with ``JOBLINE_TEST_RAY_LOGS=1``)."""
+    from actors.hosting import start_local_ray, stop_local_ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            # jobline places its ledger and gateways on the nodes offering these.
-            resources={"jobline_ledger": 1, "jobline_gateway": 1},
-            include_dashboard=False,
-            logging_level="ERROR",
-            log_to_driver=os.environ.get("JOBLINE_TEST_RAY_LOGS") == "1",
-            namespace="jobline-tests",
-        )
-    yield ray
-    ray.shutdown()
+    start_local_ray(num_cpus=2, log_to_driver=os.environ.get("JOBLINE_TEST_RAY_LOGS") == "1")
+    yield
+    stop_local_ray()

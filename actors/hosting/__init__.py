@@ -1,4 +1,5 @@
-"""Where jobline's plain actor classes meet Ray. All Ray API calls are made in this package.
+"""Where jobline's plain actor classes meet Ray. All Ray API calls are made in one module
+of this package, ``ray_calls.py``: the only module of jobline that imports ``ray``.
 
 ``actors.wiring`` builds every role (the CreditLedger, one VendorProcessor per vendor,
 the Gateways, the Sweeper) as a plain object with its dependencies injected; this
@@ -17,8 +18,9 @@ package hosts those objects in Ray actors and runs them as one named, detached a
   database, reloads its jobs and re-binds its port by itself. It logs JSON lines naming its role
   (and is named by it in Ray's own log prefixes) and forwards its notices to the app.
   Other actors reach it through ``RemoteProxy``: ``await proxy.method(*args)`` becomes
-  ``host.call.remote("method", *args)``, retried across restarts (``max_task_retries``),
-  which is safe because every ledger operation and processor call is idempotent.
+  a call of the actor's ``call("method", *args)``, retried across restarts
+  (``max_task_retries``), which is safe because every ledger operation and processor
+  call is idempotent.
 - ``RayRuntime`` (``runtime.py``) is the driver's side: ``start`` (deploy, refusing a
   second app of the same name), ``attach``, ``status``, ``notices``, ``stop``, and the
   harness's calls (``call``, ``kill``, ``node_of``).
@@ -26,6 +28,10 @@ package hosts those objects in Ray actors and runs them as one named, detached a
   jobline's resources, retrying a start-up that timed out; the cluster's record of each
   app. ``LocalCluster`` (``local.py``): a multi-node cluster on this machine (the chaos
   suite's node loss).
+- ``ray_calls.py``: the Ray primitives the modules above call (start, join or leave a
+  Ray; create, find, call and kill an actor; the nodes, the named actors, the cluster's
+  key-value store; what the current actor knows of itself) and Ray's errors turned into
+  jobline's. Everywhere else an actor handle is an opaque object.
 
 Secrets never travel through Ray: every actor reads them from its own node's
 environment (a local Ray's workers inherit the driver's; on a cluster, the environment

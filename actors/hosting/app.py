@@ -12,20 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
+from actors.hosting import ray_calls
 from actors.hosting.cluster import (
     APP,
     NOTICES_KEPT,
     READY_TIMEOUT,
     RECONCILE_INTERVAL,
     STOP_TIMEOUT,
-    actor_info,
     actor_name,
     app_actors,
-    cluster_nodes,
-    on_node,
     one_line,
 )
 from actors.hosting.roles import RoleHost, node_problems
@@ -111,16 +106,16 @@ class JoblineApp:
         formatter = configure_logging(config.logging.level, role=APP, file=config.logging.file)
         self._notices = _Notices()
         logging.getLogger("jobline").addHandler(_NoticeKeeper(formatter, self._notices))
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[str, ray_calls.Handle] = {}
         self._details: dict[str, str] = {}  # role -> what it serves (a gateway's host:port)
         self._targets: list[dict[str, Any]] | None = None
         self._stopped = False
         self._reconciler: asyncio.Task[None] | None = None
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        if ray_calls.restarted():
             for name in app_actors(self._namespace):
                 if name != actor_name(APP):
                     role = name.removeprefix("jobline-")
-                    self._handles[role] = ray.get_actor(name, namespace=self._namespace)
+                    self._handles[role] = ray_calls.get_actor(name, self._namespace)
             self._reconciler = asyncio.get_running_loop().create_task(self._reconcile_forever())
             log.warning("the app's actor restarted and found %d roles", len(self._handles))
 
@@ -133,23 +128,23 @@ class JoblineApp:
         """Create every role where it belongs and wait until all are ready; on any
         failure remove them again and raise DeploymentError, one line per problem."""
         config = self._config
-        nodes = await asyncio.to_thread(cluster_nodes)
+        nodes = await asyncio.to_thread(ray_calls.nodes)
         ledger = ledger_node(nodes, config)
         gateway_nodes(nodes, config)
         if check_nodes:
             await self._check_environment(nodes)
         # The ledger first: if its file is missing where it must exist, nothing else
         # starts (every other role reads it as it starts).
-        self._create(LEDGER, strategy=on_node(ledger.node_id))
+        self._create(LEDGER, node_id=ledger.node_id)
         problems = await self._wait_ready([LEDGER], timeout)
         if problems:
             await self._kill([LEDGER])
             raise DeploymentError(tuple(problems))
-        self._create(SWEEPER, strategy=on_node(ledger.node_id))
+        self._create(SWEEPER, node_id=ledger.node_id)
         for vendor in config.vendors:
             self._create(processor_role(vendor))
         for role, node_id in gateways_to_add({}, nodes, config):
-            self._create(role, strategy=on_node(node_id))
+            self._create(role, node_id=node_id)
         problems = await self._wait_ready([r for r in self._handles if r != LEDGER], timeout)
         if problems:
             await self._kill(list(self._handles))
@@ -170,12 +165,8 @@ class JoblineApp:
         }
         anywhere = not self._config.ray.processor_resources
         hosts = [n for n in nodes if n.alive and (anywhere or any(n.offers(r) for r in resources))]
-        check = ray.remote(num_cpus=0)(node_problems)
         answers = await asyncio.gather(
-            *(
-                check.options(scheduling_strategy=on_node(n.node_id)).remote(self._config)
-                for n in hosts
-            ),
+            *ray_calls.run_on_nodes(node_problems, [n.node_id for n in hosts], self._config),
             return_exceptions=True,
         )
         problems = []
@@ -193,25 +184,21 @@ class JoblineApp:
                 )
             )
 
-    def _create(self, role: str, strategy: NodeAffinitySchedulingStrategy | None = None) -> None:
+    def _create(self, role: str, node_id: str | None = None) -> None:
+        """Create the role's actor: on ``node_id`` if given, else where Ray finds room."""
         config = self._config
-        options: dict[str, Any] = {
-            "name": actor_name(role),
-            "namespace": self._namespace,
-            "lifetime": "detached",
-            "max_restarts": config.ray.max_restarts,
-            "max_task_retries": 0 if role.startswith("gateway-") else -1,
-            "num_cpus": 0,
-            "max_concurrency": 10_000,
-        }
-        if strategy is not None:
-            options["scheduling_strategy"] = strategy
-        if role.startswith("processor-") and config.ray.processor_resources:
-            options["resources"] = dict(config.ray.processor_resources)
         must_exist = self._ledger_must_exist if role == LEDGER else None
-        host = ray.remote(RoleHost).options(**options)
-        self._handles[role] = host.remote(
-            role, config, self._seed, self._customization, self._env, must_exist
+        processor = role.startswith("processor-")
+        self._handles[role] = ray_calls.create_actor(
+            RoleHost,
+            (role, config, self._seed, self._customization, self._env, must_exist),
+            name=actor_name(role),
+            namespace=self._namespace,
+            max_restarts=config.ray.max_restarts,
+            max_task_retries=0 if role.startswith("gateway-") else -1,
+            max_concurrency=10_000,
+            node_id=node_id,
+            resources=config.ray.processor_resources if processor else None,
         )
 
     async def _wait_ready(self, roles: Sequence[str], timeout: float) -> list[str]:
@@ -233,7 +220,7 @@ class JoblineApp:
         return [f"{role}: {reason}" for role, reason in failed.items()]
 
     async def _ready(self, role: str) -> dict[str, Any]:
-        info: dict[str, Any] = await self._handles[role].ready.remote()
+        info: dict[str, Any] = await ray_calls.send(self._handles[role], "ready")
         self._details[role] = info["detail"]
         return info
 
@@ -242,7 +229,7 @@ class JoblineApp:
             handle = self._handles.pop(role, None)
             if handle is not None:
                 with contextlib.suppress(Exception):
-                    ray.kill(handle, no_restart=True)
+                    ray_calls.kill(handle)
 
     # --- watch ---
 
@@ -256,13 +243,13 @@ class JoblineApp:
 
     async def _reconcile(self) -> None:
         """Gateways for nodes that joined, none for nodes that left; the targets file."""
-        nodes = {node.node_id: node for node in await asyncio.to_thread(cluster_nodes)}
+        nodes = {node.node_id: node for node in await asyncio.to_thread(ray_calls.nodes)}
         where: dict[str, Node] = {}
         gateways: dict[str, str] = {}
         for role, handle in list(self._handles.items()):
-            info = await asyncio.to_thread(actor_info, handle)
-            node = nodes.get(info.get("Address", {}).get("NodeID", ""))
-            state = info.get("State", "DEAD")
+            actor = await asyncio.to_thread(ray_calls.actor_state, handle)
+            node = nodes.get(actor.node_id)
+            state = actor.state
             lost = node is not None and not node.alive
             if role.startswith("gateway-") and (state == "DEAD" or lost):
                 # Pinned to its node: it cannot come back elsewhere. A new node gets new ones.
@@ -278,7 +265,7 @@ class JoblineApp:
         for role, node_id in gateways_to_add(
             {**gateways, **pending}, list(nodes.values()), self._config
         ):
-            self._create(role, strategy=on_node(node_id))
+            self._create(role, node_id=node_id)
             asyncio.get_running_loop().create_task(self._announce(role, nodes[node_id]))
         await self._write_targets(where)
 
@@ -318,14 +305,14 @@ class JoblineApp:
         return seq, lines, self._stopped
 
     async def status(self) -> list[RoleStatus]:
-        nodes = {node.node_id: node for node in await asyncio.to_thread(cluster_nodes)}
+        nodes = {node.node_id: node for node in await asyncio.to_thread(ray_calls.nodes)}
         roles = _ordered(self._handles)
-        infos = [await asyncio.to_thread(actor_info, self._handles[r]) for r in roles]
+        actors = [await asyncio.to_thread(ray_calls.actor_state, self._handles[r]) for r in roles]
         pings = await asyncio.gather(
             *(asyncio.wait_for(self._ready(r), 2.0) for r in roles), return_exceptions=True
         )
         rows = []
-        for role, info, ping in zip(roles, infos, pings, strict=True):
+        for role, actor, ping in zip(roles, actors, pings, strict=True):
             error = ""
             if isinstance(ping, BaseException):
                 error = (
@@ -334,10 +321,10 @@ class JoblineApp:
             rows.append(
                 RoleStatus(
                     role=role,
-                    state=str(info.get("State", "DEAD")),
+                    state=actor.state,
                     ready=not error,
-                    node=nodes.get(info.get("Address", {}).get("NodeID", "")),
-                    restarts=int(info.get("NumRestarts", 0)),
+                    node=nodes.get(actor.node_id),
+                    restarts=actor.restarts,
                     detail=self._details.get(role, ""),
                     error=error,
                 )
@@ -371,7 +358,10 @@ class JoblineApp:
         if not roles:
             return ""
         answers = await asyncio.gather(
-            *(asyncio.wait_for(self._handles[r].call.remote("stop"), STOP_TIMEOUT) for r in roles),
+            *(
+                asyncio.wait_for(ray_calls.send(self._handles[r], "call", "stop"), STOP_TIMEOUT)
+                for r in roles
+            ),
             return_exceptions=True,
         )
         failed = [

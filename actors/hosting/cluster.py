@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import time
 from collections.abc import Callable
 from typing import Any, cast
 
-import ray
-from ray._private import state as ray_state
-from ray.experimental import internal_kv
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-from actors.placement import (
-    Node,
-)
+from actors.hosting import ray_calls
 from runtime.config import JoblineConfig
 from runtime.errors import DeploymentError
 from runtime.telemetry import get_logger
@@ -56,30 +48,24 @@ def connect(config: JoblineConfig, address: str | None = None, *, attempts: int 
     Ray (it goes when this process does). A start-up that times out is tried again,
     ``attempts`` (else ``[ray] start_attempts``) times in all; DeploymentError when none
     succeeds."""
-    if ray.is_initialized():
+    if ray_calls.is_connected():
         return False
     target = join_address(config, address)
-    options: dict[str, Any] = {
-        "namespace": config.ray.namespace,
-        "logging_level": logging.WARNING,
-        "log_to_driver": False,
-    }
-    if target:
-        options["address"] = target
-    else:
-        # "local" never joins a cluster someone else started on this machine.
-        options |= {
-            "address": "local",
-            "resources": local_resources(config),
-            "include_dashboard": False,
-        }
-    start_with_retries(lambda: ray.init(**options), attempts or config.ray.start_attempts)
+    namespace = config.ray.namespace
+
+    def start() -> None:
+        if target:
+            ray_calls.join(target, namespace)
+        else:  # never a cluster someone else started on this machine
+            ray_calls.start_local(local_resources(config), namespace=namespace)
+
+    start_with_retries(start, attempts or config.ray.start_attempts)
     return not target
 
 
 def disconnect() -> None:
     """Leave the Ray cluster this process joined (a Ray it started goes with it)."""
-    ray.shutdown()
+    ray_calls.shutdown()
 
 
 def join_address(config: JoblineConfig, address: str | None) -> str:
@@ -93,7 +79,7 @@ def start_with_retries(
     attempts: int,
     *,
     sleep: Callable[[float], None] = time.sleep,
-    cleanup: Callable[[], None] = ray.shutdown,
+    cleanup: Callable[[], None] = ray_calls.shutdown,
 ) -> None:
     """``start()``, again after a start-up that timed out (``cleanup()`` between
     attempts), up to ``attempts`` times; DeploymentError naming the last failure."""
@@ -130,8 +116,8 @@ def _timed_out(exc: BaseException) -> bool:
 
 def one_line(exc: BaseException) -> str:
     """The last meaningful line of an error (Ray's carry their whole traceback)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and cause is not exc:
+    cause = ray_calls.remote_cause(exc)
+    if cause is not None and cause is not exc:
         return one_line(cause)
     if isinstance(exc, DeploymentError):
         return "; ".join(exc.lines())
@@ -139,40 +125,13 @@ def one_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def cluster_nodes() -> list[Node]:
-    return [
-        Node(
-            node_id=str(n["NodeID"]),
-            address=str(n["NodeManagerAddress"]),
-            resources={k: float(v) for k, v in n.get("Resources", {}).items()},
-            alive=bool(n["Alive"]),
-            head="node:__internal_head__" in n.get("Resources", {}),
-        )
-        for n in ray.nodes()  # type: ignore[no-untyped-call]
-    ]
-
-
-def on_node(node_id: str, soft: bool = False) -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(node_id, soft=soft)
-
-
 def public_env() -> dict[str, str]:
     return {name: os.environ[name] for name in PUBLIC_ENV if name in os.environ}
 
 
-def actor_info(handle: Any) -> dict[str, Any]:
-    """Ray's record of an actor: State, NumRestarts, Address.NodeID, Pid ({} if none)."""
-    info: dict[str, Any] = ray_state.actors(handle._actor_id.hex())
-    return info
-
-
 def app_actors(namespace: str) -> list[str]:
     """The names of every jobline actor alive in ``namespace``."""
-    return sorted(
-        entry["name"]
-        for entry in ray.util.list_named_actors(all_namespaces=True)
-        if entry["namespace"] == namespace and entry["name"].startswith("jobline-")
-    )
+    return sorted(name for name in ray_calls.named_actors(namespace) if name.startswith("jobline-"))
 
 
 # --- the deployment record ------------------------------------------------------------------
@@ -184,14 +143,12 @@ def _record_key(namespace: str) -> bytes:
 
 def read_record(namespace: str) -> dict[str, Any] | None:
     """What this Ray cluster remembers of the app ``namespace``: where its ledger is."""
-    raw = internal_kv._internal_kv_get(_record_key(namespace))
+    raw = ray_calls.kv_get(_record_key(namespace))
     return None if raw is None else cast(dict[str, Any], json.loads(raw))
 
 
 def write_record(namespace: str, record: dict[str, Any]) -> None:
-    internal_kv._internal_kv_put(
-        _record_key(namespace), json.dumps(record).encode(), overwrite=True
-    )
+    ray_calls.kv_put(_record_key(namespace), json.dumps(record).encode())
 
 
 def ledger_expectation(config: JoblineConfig) -> str | None:

@@ -3,42 +3,28 @@ chaos suite's node loss)."""
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+from actors.hosting import ray_calls
 
-import ray
-
-from runtime.telemetry import get_logger
-
-log = get_logger("hosting")
+DEFAULT_HEAD_RESOURCES = {"jobline_ledger": 1.0, "jobline_gateway": 1.0}
 
 
 # --- local clusters -----------------------------------------------------------------------
 
 
-def start_local_ray(num_cpus: int | None = None) -> bool:
+def start_local_ray(num_cpus: int | None = None, *, log_to_driver: bool = False) -> bool:
     """A private local Ray for this process (never one found on the machine), offering
-    jobline's default ledger and gateway resources.
+    jobline's default ledger and gateway resources; ``log_to_driver`` copies the actors'
+    output to this process's.
 
     Returns False if this process had Ray running already (nothing was started)."""
-    if ray.is_initialized():
+    if ray_calls.is_connected():
         return False
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        resources=dict(DEFAULT_HEAD_RESOURCES),
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    ray_calls.start_local(DEFAULT_HEAD_RESOURCES, num_cpus=num_cpus, log_to_driver=log_to_driver)
     return True
 
 
 def stop_local_ray() -> None:
-    ray.shutdown()
-
-
-DEFAULT_HEAD_RESOURCES = {"jobline_ledger": 1.0, "jobline_gateway": 1.0}
+    ray_calls.shutdown()
 
 
 class LocalCluster:
@@ -51,25 +37,15 @@ class LocalCluster:
     """
 
     def __init__(self, head_cpus: int = 1) -> None:
-        from ray.cluster_utils import Cluster
-
-        self._cluster = Cluster(
-            initialize_head=True,
-            head_node_args={
-                "num_cpus": head_cpus,
-                "include_dashboard": False,
-                "resources": dict(DEFAULT_HEAD_RESOURCES),
-            },
-        )
-        self._workers: dict[str, Any] = {}
+        self._cluster = ray_calls.start_cluster_here(head_cpus, DEFAULT_HEAD_RESOURCES)
+        self._workers: dict[str, ray_calls.Handle] = {}
 
     @property
     def address(self) -> str:
-        return str(self._cluster.address)
+        return ray_calls.cluster_address(self._cluster)
 
     def add_worker(self, resources: dict[str, float], num_cpus: int = 1) -> str:
-        node = self._cluster.add_node(num_cpus=num_cpus, resources=dict(resources))
-        node_id = str(node.node_id)
+        node_id, node = ray_calls.add_node(self._cluster, num_cpus, resources)
         self._workers[node_id] = node
         return node_id
 
@@ -78,7 +54,7 @@ class LocalCluster:
 
     def remove_worker(self, node_id: str) -> None:
         """Kill every process of a worker node at once (no graceful shutdown)."""
-        self._cluster.remove_node(self._workers.pop(node_id), allow_graceful=False)
+        ray_calls.kill_node(self._cluster, self._workers.pop(node_id))
 
     def shutdown(self) -> None:
-        self._cluster.shutdown()  # type: ignore[no-untyped-call]
+        ray_calls.stop_cluster(self._cluster)

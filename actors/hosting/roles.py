@@ -11,8 +11,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-import ray
-
+from actors.hosting import ray_calls
 from actors.hosting.cluster import APP, NOTICE_FLUSH, RECONCILE_INTERVAL, actor_name
 from actors.wiring import (
     LEDGER,
@@ -26,7 +25,6 @@ from actors.wiring import (
     processor_role,
 )
 from runtime.config import JoblineConfig
-from runtime.errors import ActorCallFailed, JoblineError
 from runtime.ports import LedgerPort, ProcessorPort
 from runtime.results_s3 import bucket_problems
 from runtime.startup import missing_environment
@@ -39,16 +37,12 @@ log = get_logger("hosting")
 
 
 class RemoteProxy:
-    """``await proxy.method(*args)`` runs ``method`` on the object inside a Ray actor.
+    """``await proxy.method(*args)`` runs ``method`` on the object inside a ``RoleHost``
+    actor (``ray_calls.forward``: what it raised comes back as itself when it is a
+    ``JoblineError``, else as ``ActorCallFailed``; Ray's failures to reach the actor stay
+    Ray's, for the caller to retry)."""
 
-    What the remote method raised comes back as itself when it is a ``JoblineError``
-    (Ray's wrapper would make its message the remote traceback, which must not reach an
-    HTTP answer); any other exception it raised is an ``ActorCallFailed`` (a bug there:
-    retrying cannot help), its traceback logged here. Ray's own failures to reach the
-    actor (it died, is restarting) stay Ray's errors: the caller may retry those.
-    """
-
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: ray_calls.Handle) -> None:
         self._handle = handle
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
@@ -57,20 +51,9 @@ class RemoteProxy:
         handle = self._handle
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await handle.call.remote(name, *args, **kwargs)
-            except ray.exceptions.RayTaskError as exc:
-                raise _remote_error(exc, name) from None
+            return await ray_calls.forward(handle, name, *args, **kwargs)
 
         return call
-
-
-def _remote_error(exc: ray.exceptions.RayTaskError, method: str) -> BaseException:
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, JoblineError | ray.exceptions.RayError | OSError | TimeoutError):
-        return cause
-    log.error("remote call %s raised: %s", method, exc)
-    return ActorCallFailed(method, type(cause).__name__ if cause is not None else "error")
 
 
 class _NoticeForwarder(logging.Handler):
@@ -81,7 +64,7 @@ class _NoticeForwarder(logging.Handler):
         self._formatter = formatter
         self._namespace = namespace
         self._pending: deque[dict[str, Any]] = deque(maxlen=1000)
-        self._app: Any = None
+        self._app: ray_calls.Handle = None
 
     def emit(self, record: logging.LogRecord) -> None:
         if is_notice(record):
@@ -100,8 +83,8 @@ class _NoticeForwarder(logging.Handler):
                 continue
             try:
                 if self._app is None:
-                    self._app = ray.get_actor(actor_name(APP), namespace=self._namespace)
-                await self._app.post.remote(batch)
+                    self._app = ray_calls.get_actor(actor_name(APP), self._namespace)
+                await ray_calls.send(self._app, "post", batch)
             except Exception:  # no app (a harness, a stop under way): the notices go
                 self._app = None
 
@@ -130,9 +113,7 @@ class RoleHost:
 
         def proxy(target: str) -> RemoteProxy:
             if target not in handles:
-                handles[target] = RemoteProxy(
-                    ray.get_actor(actor_name(target), namespace=namespace)
-                )
+                handles[target] = RemoteProxy(ray_calls.get_actor(actor_name(target), namespace))
             return handles[target]
 
         def sources() -> dict[str, MetricSource]:
@@ -147,7 +128,7 @@ class RoleHost:
             metric_sources=sources,
             vendors=list(config.vendors),
         )
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        if ray_calls.restarted():
             # A restarted actor must not replay the ids and draws it made before its
             # crash (the same seed would hand out the same job ids again), and a
             # restarted ledger never creates a file: it had one open.
@@ -187,8 +168,8 @@ class RoleHost:
         """A gateway's ``/metrics`` asks every role; the app knows which exist now."""
         while True:
             with contextlib.suppress(Exception):
-                app = ray.get_actor(actor_name(APP), namespace=namespace)
-                self._role_names = await app.role_names.remote()
+                app = ray_calls.get_actor(actor_name(APP), namespace)
+                self._role_names = await ray_calls.send(app, "role_names")
             await asyncio.sleep(RECONCILE_INTERVAL)
 
     async def _own_metrics(self) -> list[Family]:
@@ -212,7 +193,7 @@ class RoleHost:
         return os.getpid()
 
     def node_id(self) -> str:
-        return str(ray.get_runtime_context().get_node_id())
+        return ray_calls.node_id()
 
 
 def node_problems(config: JoblineConfig) -> list[str]:

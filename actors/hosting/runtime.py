@@ -7,8 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import ray
-
+from actors.hosting import ray_calls
 from actors.hosting.app import JoblineApp
 from actors.hosting.cluster import (
     APP,
@@ -16,11 +15,9 @@ from actors.hosting.cluster import (
     STOP_TIMEOUT,
     actor_name,
     app_actors,
-    cluster_nodes,
     connect,
     join_address,
     ledger_expectation,
-    on_node,
     one_line,
     public_env,
     read_record,
@@ -49,10 +46,10 @@ class RayRuntime:
     """The app as the driver (the CLI, a test, the chaos harness) sees it."""
 
     config: JoblineConfig
-    app: Any
+    app: ray_calls.Handle
     owns_ray: bool = False  # this process started Ray: it goes when the app stops
     connected: bool = False  # this process connected to Ray: it disconnects on stop
-    _handles: dict[str, Any] = field(default_factory=dict)
+    _handles: dict[str, ray_calls.Handle] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -71,7 +68,7 @@ class RayRuntime:
         (one line per problem) if the app already runs, a role has no node, a node
         lacks a secret (``check_nodes``: default, when joining a cluster) or a role
         fails to start."""
-        connecting = not ray.is_initialized()
+        connecting = not ray_calls.is_connected()
         joining = bool(join_address(config, address))
         owns = connect(config, address)
         try:
@@ -84,7 +81,7 @@ class RayRuntime:
             )
         except BaseException:
             if connecting:
-                ray.shutdown()
+                ray_calls.shutdown()
             raise
         return cls(config, app, owns_ray=owns, connected=connecting)
 
@@ -92,16 +89,16 @@ class RayRuntime:
     def attach(cls, config: JoblineConfig, address: str | None = None) -> RayRuntime:
         """The running app ``[ray] namespace`` on the cluster at ``address`` (never starts
         Ray); AppNotRunning if it does not run there."""
-        connecting = not ray.is_initialized()
+        connecting = not ray_calls.is_connected()
         if connecting and not join_address(config, address):
             raise AppNotRunning(config.ray.namespace, "no Ray cluster to look on")
         connect(config, address, attempts=1)
         try:
-            app = ray.get_actor(actor_name(APP), namespace=config.ray.namespace)
-        except ValueError:
+            app = ray_calls.get_actor(actor_name(APP), config.ray.namespace)
+        except ray_calls.ActorNotFound:
             leftovers = app_actors(config.ray.namespace)
             if connecting:
-                ray.shutdown()
+                ray_calls.shutdown()
             raise AppNotRunning(config.ray.namespace, "", tuple(leftovers)) from None
         return cls(config, app, connected=connecting)
 
@@ -110,70 +107,71 @@ class RayRuntime:
     @property
     def cluster_address(self) -> str:
         """The Ray cluster's GCS address (host:port)."""
-        return str(ray.get_runtime_context().gcs_address)
+        return ray_calls.gcs_address()
 
     def status(self, timeout: float = 60.0) -> list[RoleStatus]:
-        return cast(list[RoleStatus], ray.get(self.app.status.remote(), timeout=timeout))
+        return cast(list[RoleStatus], self._ask("status", timeout=timeout))
 
     def notices(self, after: int, wait: float) -> tuple[int, list[dict[str, Any]], bool]:
         """Notices after ``after`` (waiting up to ``wait`` s), the last number, stopped?"""
-        answer = ray.get(self.app.notices.remote(after, wait), timeout=wait + 30)
+        answer = self._ask("notices", after, wait, timeout=wait + 30)
         return cast(tuple[int, list[dict[str, Any]], bool], answer)
 
     def stop(self) -> list[str]:
         """Stop the app in order (``JoblineApp.stop``), remove it, and let go of Ray."""
         namespace = self.config.ray.namespace
         try:
-            lines = cast(list[str], ray.get(self.app.stop.remote(), timeout=STOP_TIMEOUT * 4))
+            lines = cast(list[str], self._ask("stop", timeout=STOP_TIMEOUT * 4))
         except Exception as exc:
             lines = [f"the app did not stop in order ({one_line(exc)}); its actors were killed"]
         record = read_record(namespace)
         if record is not None:
             write_record(namespace, {**record, "stopped": time.time()})
         with contextlib.suppress(Exception):
-            ray.kill(self.app, no_restart=True)
+            ray_calls.kill(self.app)
         remove_leftovers(namespace)
         self._handles.clear()
         if self.connected:
-            ray.shutdown()
+            ray_calls.shutdown()
         return lines
+
+    def _ask(self, method: str, *args: Any, timeout: float) -> Any:
+        return ray_calls.wait(ray_calls.send(self.app, method, *args), timeout)
 
     # --- the harness's calls ---
 
     def roles(self) -> list[str]:
-        return cast(list[str], ray.get(self.app.role_names.remote(), timeout=60))
+        return cast(list[str], self._ask("role_names", timeout=60))
 
     @property
-    def handles(self) -> dict[str, Any]:
+    def handles(self) -> dict[str, ray_calls.Handle]:
         return {role: self.handle(role) for role in self.roles()}
 
-    def handle(self, role: str) -> Any:
+    def handle(self, role: str) -> ray_calls.Handle:
         if role not in self._handles:
-            self._handles[role] = ray.get_actor(
-                actor_name(role), namespace=self.config.ray.namespace
-            )
+            self._handles[role] = ray_calls.get_actor(actor_name(role), self.config.ray.namespace)
         return self._handles[role]
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        ray.get([h.ready.remote() for h in self.handles.values()], timeout=timeout)
+        ray_calls.wait([ray_calls.send(h, "ready") for h in self.handles.values()], timeout)
 
     def proxy(self, role: str) -> RemoteProxy:
         return RemoteProxy(self.handle(role))
 
     def call(self, role: str, method: str, *args: Any, timeout: float = 60.0) -> Any:
         """A blocking call from the driver (CLI, tests, chaos harness)."""
-        return ray.get(self.handle(role).call.remote(method, *args), timeout=timeout)
+        return ray_calls.wait(ray_calls.send(self.handle(role), "call", method, *args), timeout)
 
     def pid(self, role: str) -> int:
-        return cast(int, ray.get(self.handle(role).pid.remote(), timeout=30))
+        return cast(int, ray_calls.wait(ray_calls.send(self.handle(role), "pid"), 30))
 
     def kill(self, role: str, *, restart: bool = True) -> None:
         """Kill an actor's process (chaos); Ray restarts it unless ``restart`` is False."""
-        ray.kill(self.handle(role), no_restart=not restart)
+        ray_calls.kill(self.handle(role), restart=restart)
 
     def node_of(self, role: str) -> str:
         """The id of the Ray node the role's actor runs on now."""
-        return cast(str, ray.get(self.handle(role).node_id.remote(), timeout=60))
+        return cast(str, ray_calls.wait(ray_calls.send(self.handle(role), "node_id"), 60))
 
 
 def deploy_app(
@@ -195,34 +193,31 @@ def deploy_app(
             )
         )
     must_exist = ledger_expectation(config)
-    ledger = ledger_node(cluster_nodes(), config)
-    options = {
-        "name": actor_name(APP),
-        "namespace": namespace,
-        "lifetime": "detached",
-        "max_restarts": -1,
-        "num_cpus": 0,
-        "max_concurrency": 1000,
-        "scheduling_strategy": on_node(ledger.node_id),
-    }
+    ledger = ledger_node(ray_calls.nodes(), config)
     try:
-        app: Any = (
-            ray.remote(JoblineApp)
-            .options(**options)
-            .remote(config, seed, customization, public_env(), must_exist)
+        app = ray_calls.create_actor(
+            JoblineApp,
+            (config, seed, customization, public_env(), must_exist),
+            name=actor_name(APP),
+            namespace=namespace,
+            max_restarts=-1,
+            max_concurrency=1000,
+            node_id=ledger.node_id,
         )
-    except ValueError:  # the name was taken between our look and now
+    except ray_calls.ActorNameTaken:  # between our look and now
         raise AppAlreadyRunning(namespace) from None
     try:
-        ray.get(app.deploy.remote(check_nodes, ready_timeout), timeout=ready_timeout + 30)
+        ray_calls.wait(
+            ray_calls.send(app, "deploy", check_nodes, ready_timeout), ready_timeout + 30
+        )
     except BaseException as exc:
         with contextlib.suppress(Exception):
-            ray.kill(app, no_restart=True)
+            ray_calls.kill(app)
         remove_leftovers(namespace)
-        cause = getattr(exc, "cause", None)
+        cause = ray_calls.remote_cause(exc)
         if isinstance(cause, DeploymentError):
             raise DeploymentError(cause.problems) from None
-        if isinstance(exc, ray.exceptions.GetTimeoutError):
+        if isinstance(exc, ray_calls.NoReply):
             raise DeploymentError(
                 (f"the roles were not ready within {ready_timeout:.0f}s",)
             ) from None
@@ -243,5 +238,5 @@ def remove_leftovers(namespace: str) -> list[str]:
     names = app_actors(namespace)
     for name in names:
         with contextlib.suppress(Exception):
-            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+            ray_calls.kill(ray_calls.get_actor(name, namespace))
     return names
