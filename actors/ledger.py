@@ -23,8 +23,7 @@ from pathlib import Path
 
 from runtime.clock import Clock
 from runtime.errors import LedgerMissing
-from runtime.invariants import check_invariants
-from runtime.ledger import Ledger
+from runtime.ledger import THREADED, Ledger, LedgerMode
 from runtime.models import (
     AccountLimits,
     AccountPage,
@@ -51,11 +50,18 @@ log = get_logger("ledger")
 
 class CreditLedger:
     def __init__(
-        self, path: Path, clock: Clock, metrics: Metrics, *, must_exist: str | None = None
+        self,
+        path: Path,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        must_exist: str | None = None,
+        mode: LedgerMode = THREADED,
     ) -> None:
         self._path = path
         self._clock = clock
         self._must_exist = must_exist  # why the file must be there; None: create it
+        self._mode = mode
         self._ledger: Ledger | None = None
         self.metrics = metrics
 
@@ -69,7 +75,7 @@ class CreditLedger:
                 raise LedgerMissing(str(self._path), self._must_exist)
             created = not self._path.exists()
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._ledger = await Ledger.open(self._path, clock=self._clock.time)
+            self._ledger = await Ledger.open(self._path, clock=self._clock.time, mode=self._mode)
             verb = "created" if created else "opened"
             log.info("ledger %s at %s", verb, self._path, extra={"notice": True})
 
@@ -78,6 +84,8 @@ class CreditLedger:
         if self._ledger is not None:
             ledger, self._ledger = self._ledger, None
             await ledger.close()
+            if self._mode.memory:  # no file, no WAL (a simulation's ledger)
+                return
             busy = await asyncio.to_thread(checkpoint, self._path)
             if busy:
                 log.warning(
@@ -106,7 +114,7 @@ class CreditLedger:
 
     async def check_invariants(self) -> int:
         """Check I1, I2, I5 on the database (off the event loop); exported as a gauge."""
-        violations = await asyncio.to_thread(check_invariants, self._path)
+        violations = await self.ledger.check_invariants()
         self.metrics.invariant_violations.set(len(violations))
         return len(violations)
 

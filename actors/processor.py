@@ -696,4 +696,11 @@ class VendorProcessor:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._step_ended)
+
+    def _step_ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The ledger or a vendor failed under a background step (a failover, a drop, a
+            # cancel): the job stays in the ledger, where the sweeper finds it.
+            log.error("background step failed", exc_info=task.exception())

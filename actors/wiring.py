@@ -3,8 +3,9 @@
 
 A *role* is one object of the running system: the ledger, the sweeper, one processor per
 vendor, N gateways. ``build_role`` makes each from the config and a ``Wiring``: the clock
-every role reads and sleeps on, a seeded ``random.Random`` per role, the vendor-client
-and result-store factories, and the harness's ``Customization``. A role reaches the
+every role reads and sleeps on, a seeded ``random.Random`` per role, the vendor-client,
+result-store and tracer factories, how the ledger runs its database work, and the
+harness's ``Customization``. A role reaches the
 others through ``Ports``: Ray proxies (``actors.hosting``) or the plain objects
 themselves (``InProcessRuntime``, below, which runs every role in one event loop on the
 clock it is given).
@@ -33,12 +34,13 @@ from runtime.api import GatewayContext
 from runtime.clock import SYSTEM_CLOCK, Clock
 from runtime.config import JoblineConfig, VendorConfig
 from runtime.errors import ConfigError
+from runtime.ledger import THREADED, LedgerMode
 from runtime.ports import LedgerPort, ProcessorPort
 from runtime.results import ResultStore
 from runtime.results_s3 import build_result_store
 from runtime.startup import CREATE_LEDGER_FALSE, required_environment
 from runtime.telemetry import Family, Metrics
-from runtime.tracing import tracer_for
+from runtime.tracing import JobTracer, tracer_for
 from runtime.vendors import VendorClient, make_client
 
 LEDGER = "ledger"
@@ -131,6 +133,8 @@ class Wiring:
     customization: Customization = field(default_factory=Customization)
     vendor_clients: Callable[[VendorConfig], VendorClient] = build_client
     result_stores: Callable[[JoblineConfig], ResultStore] = build_results
+    tracers: Callable[[str, JoblineConfig], JobTracer] = tracer_for
+    ledger_mode: LedgerMode = THREADED  # inline: no threads (a simulation)
     # Why the ledger's file must already exist (a deployment record, a restarted ledger
     # actor); None: as ``[storage] create_ledger`` says.
     ledger_must_exist: str | None = None
@@ -173,8 +177,9 @@ def build_role(role: str, config: JoblineConfig, wiring: Wiring, ports: Ports) -
         must_exist = wiring.ledger_must_exist
         if must_exist is None and not config.storage.create_ledger:
             must_exist = CREATE_LEDGER_FALSE
-        return CreditLedger(Path(config.storage.database), clock, metrics, must_exist=must_exist)
-    tracer = tracer_for(role, config)
+        path = Path(config.storage.database)
+        return CreditLedger(path, clock, metrics, must_exist=must_exist, mode=wiring.ledger_mode)
+    tracer = wiring.tracers(role, config)
     if role == SWEEPER:
         clients = {name: wiring.client(v) for name, v in config.vendors.items()}
         results = wiring.result_stores(config)

@@ -14,7 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtests import bench_cpu, bench_fake, bench_ledger, bench_runtime, bench_tenants
+from loadtests import (
+    bench_cpu,
+    bench_fake,
+    bench_ledger,
+    bench_runtime,
+    bench_sim,
+    bench_tenants,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     runtime = asyncio.run(bench_runtime.run(quick=args.quick))
     results.update(runtime)
     print(bench_runtime.render(runtime))
+
+    print("\n== the simulator: its speed, and the same traffic simulated and run for real")
+    results["simulator"] = bench_sim.run(quick=args.quick)
+    print(bench_sim.render(results["simulator"]))
 
     print("\n== many tenants: hostile clients and bounded reads (jobline on local Ray)")
     results["tenants"] = asyncio.run(bench_tenants.run(quick=args.quick))

@@ -4,6 +4,7 @@
     jobline demo           the main job on the embedded defaults, with a report
     jobline fake-vendors   serve the fake vendors of jobline.toml
     jobline chaos          chaos scenarios with the full invariant check, and a report
+    jobline simulate       the runtime on virtual time: a capacity report, or --explore
 
 and the operator's commands of ``actors.cli`` (accounts, dead-letters, check). The
 harness may import everything; the product never imports it. Commands import what they
@@ -65,6 +66,16 @@ def build_harness_cli() -> Cli:
         "to see the checks fail",
     )
     chaos.set_defaults(run=_chaos)
+
+    simulate = cli.add(
+        "simulate",
+        help="run jobline on virtual time against in-memory vendors: a capacity report, "
+        "or --explore many seeded fault schedules",
+    )
+    from loadtests.sim.arguments import add_arguments
+
+    add_arguments(simulate)
+    simulate.set_defaults(run=_simulate)
     return cli
 
 
@@ -117,6 +128,12 @@ def _chaos(args: argparse.Namespace) -> int:
     return chaos_main(
         args.scenario, args.seed, as_json=args.json, broken=args.broken, quick=args.quick
     )
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from loadtests.sim.command import run_command
+
+    return run_command(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

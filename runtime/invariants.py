@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from runtime.errors import NotALedger
-from runtime.ledger_schema import ledger_file_problem
+from runtime.ledger_schema import ledger_file_problem, memory_uri
 from runtime.models import Violation
 from runtime.states import TERMINAL, JobStatus
 
@@ -31,18 +31,23 @@ _SETTLEMENT = {
 }
 
 
-def check_invariants(db_path: str | Path) -> list[Violation]:
-    """Every violation of I1, I2 and I5 in the ledger database at ``db_path``.
+def check_invariants(db_path: str | Path, *, memory: bool = False) -> list[Violation]:
+    """Every violation of I1, I2 and I5 in the ledger database at ``db_path`` (``memory``:
+    the in-memory database of that name open in this process, ``LedgerMode.memory``).
 
     Raises ``FileNotFoundError`` when there is no file, ``NotALedger`` when the file is
     not a ledger of this jobline's schema version (``ledger_file_problem``)."""
     path = Path(db_path)
-    if not path.is_file():
+    if memory:
+        uri = memory_uri(path)
+    elif not path.is_file():
         raise FileNotFoundError(f"no ledger database at {path}")
-    problem = ledger_file_problem(path, current=True)
-    if problem is not None:
-        raise problem
-    conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=rw", uri=True)
+    else:
+        problem = ledger_file_problem(path, current=True)
+        if problem is not None:
+            raise problem
+        uri = f"file:{quote(str(path.resolve()))}?mode=rw"
+    conn = sqlite3.connect(uri, uri=True)
     try:
         conn.execute("PRAGMA query_only = ON")
         conn.execute("BEGIN")  # one snapshot for every query below

@@ -99,6 +99,7 @@ from runtime.errors import (
     SubmitRateLimited,
     TooManyJobsInFlight,
 )
+from runtime.invariants import check_invariants
 from runtime.ledger_schema import (
     BUSY_TIMEOUT_S,
     DEAD_LETTERS_OPEN,
@@ -152,6 +153,7 @@ from runtime.models import (
     SetAccountLimits,
     StartAttempt,
     VendorCharge,
+    Violation,
 )
 from runtime.policies import TokenBucket
 from runtime.refunds import RejectionThrottle
@@ -1017,19 +1019,52 @@ def _rollback(conn: sqlite3.Connection) -> None:
         pass
 
 
-# --- threads --------------------------------------------------------------------------
+# --- where the database work runs ----------------------------------------------------
 
 
-class _DatabaseThread:
-    """One thread that owns one connection; everything on the connection runs there."""
+@dataclass(frozen=True)
+class LedgerMode:
+    """How a ledger runs its database work.
 
-    def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    ``inline=False`` (the runtime): each connection is owned by a thread of its own, so
+    a commit's fsync never blocks the event loop. ``inline=True`` (a simulation on
+    virtual time): every call runs on the event loop itself, one after the other, so no
+    thread runs and a seeded run is repeatable. ``durable=False`` turns SQLite's
+    ``synchronous`` off: a crash of the machine may lose the last commits; ``memory=True``
+    keeps the whole database in this process's memory (SQLite's shared cache, named after
+    the path; gone when its last connection closes). Only a simulation, whose database is
+    thrown away at the end, can accept either.
+    """
+
+    inline: bool = False
+    durable: bool = True
+    memory: bool = False
+
+
+THREADED = LedgerMode()  # the runtime's: a thread per connection, durable commits
+
+
+class _Connection:
+    """One connection and where the work on it runs: on a thread of its own (the
+    default), or inline on the event loop (``LedgerMode.inline``)."""
+
+    def __init__(self, name: str, *, inline: bool = False) -> None:
+        self._executor = None if inline else ThreadPoolExecutor(1, thread_name_prefix=name)
         self._conn: sqlite3.Connection | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(connection, *args)`` on this thread. Raises only ``JoblineError``s: sqlite3
-        errors become LedgerUnavailable, anything unexpected a LedgerFault (logged)."""
+        """``fn(connection, *args)`` on this connection's thread (or inline). Raises only
+        ``JoblineError``s: sqlite3 errors become LedgerUnavailable, anything unexpected a
+        LedgerFault (logged)."""
+        if self._executor is None:
+            try:
+                return fn(self._conn, *args)
+            except JoblineError:
+                raise
+            except sqlite3.Error as exc:
+                raise _unavailable(exc) from exc
+            except Exception as exc:
+                raise _fault(getattr(fn, "__name__", "read"), exc) from exc
         loop = asyncio.get_running_loop()
         try:
             future = loop.run_in_executor(self._executor, fn, self._conn, *args)
@@ -1044,9 +1079,13 @@ class _DatabaseThread:
         except Exception as exc:
             raise _fault(getattr(fn, "__name__", "read"), exc) from exc
 
-    async def open(self, path: Path, busy_timeout_s: float, *, writer: bool) -> None:
+    async def open(
+        self, path: Path, busy_timeout_s: float, *, writer: bool, mode: LedgerMode
+    ) -> None:
         def opened(_: None) -> sqlite3.Connection:
-            conn = connect(path, busy_timeout_s=busy_timeout_s)
+            conn = connect(
+                path, busy_timeout_s=busy_timeout_s, durable=mode.durable, memory=mode.memory
+            )
             if writer:
                 migrate(conn)
             else:
@@ -1059,7 +1098,15 @@ class _DatabaseThread:
         if self._conn is not None:
             await self.call(lambda conn: conn.close())
             self._conn = None
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, blocking work that needs no connection of ours: on a
+        thread of its own, or inline."""
+        if self._executor is None:
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 @dataclass(slots=True)
@@ -1079,15 +1126,17 @@ class Ledger:
 
     Call it from the event loop that opened it. Reads go to separate connections and
     threads (point reads and page reads apart) and may run while a batch is being
-    written.
+    written (``LedgerMode``: or all of them run inline on the event loop, for a
+    simulation).
     """
 
-    def __init__(self, path: Path, clock: Callable[[], float]) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float], mode: LedgerMode = THREADED) -> None:
         self.path = path
+        self.mode = mode
         self._clock = clock
-        self._writer = _DatabaseThread("jobline-ledger-writer")
-        self._reader = _DatabaseThread("jobline-ledger-reader")  # reads of a few rows
-        self._lists = _DatabaseThread("jobline-ledger-lists")  # pages and scans
+        self._writer = _Connection("jobline-ledger-writer", inline=mode.inline)
+        self._reader = _Connection("jobline-ledger-reader", inline=mode.inline)  # a few rows
+        self._lists = _Connection("jobline-ledger-lists", inline=mode.inline)  # pages, scans
         self._queue: list[tuple[LedgerOp, asyncio.Future[Outcome]]] = []
         self._wakeup = asyncio.Event()
         # The loop that opens the ledger serves it; asking for the running loop on each
@@ -1105,15 +1154,16 @@ class Ledger:
         clock: Callable[[], float] = time.time,
         *,
         busy_timeout_s: float = BUSY_TIMEOUT_S,
+        mode: LedgerMode = THREADED,
     ) -> Ledger:
         """Open (creating or migrating) the database at ``path`` and start the writer."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        ledger = cls(path, clock)
+        ledger = cls(path, clock, mode)
         try:
-            await ledger._writer.open(path, busy_timeout_s, writer=True)
-            await ledger._reader.open(path, busy_timeout_s, writer=False)
-            await ledger._lists.open(path, busy_timeout_s, writer=False)
+            await ledger._writer.open(path, busy_timeout_s, writer=True, mode=mode)
+            await ledger._reader.open(path, busy_timeout_s, writer=False, mode=mode)
+            await ledger._lists.open(path, busy_timeout_s, writer=False, mode=mode)
         except BaseException:
             await ledger._writer.close()
             await ledger._reader.close()
@@ -1191,6 +1241,12 @@ class Ledger:
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():  # else the caller gave up waiting; the op still happened
                 future.set_result(result)
+
+    async def check_invariants(self) -> list[Violation]:
+        """Every violation of I1, I2 and I5 in the database now
+        (``runtime.invariants.check_invariants``: a connection of its own, off the event
+        loop unless the ledger runs inline)."""
+        return await self._reader.offload(check_invariants, self.path, memory=self.mode.memory)
 
     # --- reads ---
 

@@ -382,17 +382,37 @@ MIGRATIONS: list[list[Step]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+def memory_uri(path: str | Path) -> str:
+    """The URI of the in-memory database named after ``path``, shared by every connection
+    of this process that opens it (SQLite's shared cache): gone when the last one closes."""
+    return f"file:{quote(str(Path(path).resolve()))}?mode=memory&cache=shared"
+
+
+def connect(
+    path: str | Path,
+    *,
+    busy_timeout_s: float = BUSY_TIMEOUT_S,
+    durable: bool = True,
+    memory: bool = False,
+) -> sqlite3.Connection:
     """A connection with the ledger's pragmas; autocommit mode (transactions are explicit).
 
-    Also used by the benchmark, so that raw SQLite is measured with the same settings.
+    ``durable=False``: no fsync at commit (``synchronous = OFF``); ``memory=True``: the
+    database is in this process's memory (``memory_uri``), nothing reaches a disk. Both
+    are for a simulation's throw-away database only. Also used by the benchmark, so that
+    raw SQLite is measured with the same settings.
     """
     conn = sqlite3.connect(
-        str(path), isolation_level=None, timeout=busy_timeout_s, cached_statements=256
+        memory_uri(path) if memory else str(path),
+        isolation_level=None,
+        timeout=busy_timeout_s,
+        cached_statements=256,
+        uri=memory,
     )
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
+    if not memory:  # an in-memory database keeps its journal in memory; WAL needs a file
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'OFF'}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
     return conn

@@ -287,10 +287,15 @@ class JobTracer:
         self.provider = provider
         self.ratio = ratio  # the provider's sampling ratio (job_sampler)
         self._tracer = provider.get_tracer("jobline")
+        # Tracing switched off: a span is nothing, so skip building its context and ids.
+        self._off = isinstance(provider, trace.NoOpTracerProvider)
 
     @contextlib.contextmanager
     def root(self, name: str, trace_id: str, **attributes: Any) -> Iterator[Span]:
         """The job's root span (the gateway's submit), with ids taken from ``trace_id``."""
+        if self._off:
+            yield trace.INVALID_SPAN
+            return
         ids = (int(trace_id, 16), root_span_id(trace_id)) if _TRACE_ID.fullmatch(trace_id) else None
         token = _FIXED_IDS.set(ids)
         try:
@@ -306,6 +311,9 @@ class JobTracer:
     def span(self, name: str, trace_id: str, **attributes: Any) -> Iterator[Span]:
         """A span in the job's trace: under this task's current span of the same job,
         else directly under the job's root span."""
+        if self._off:
+            yield trace.INVALID_SPAN
+            return
         current = trace.get_current_span().get_span_context()
         same_job = current.is_valid and f"{current.trace_id:032x}" == trace_id
         parent = None if same_job else job_context(trace_id, self.ratio)

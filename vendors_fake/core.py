@@ -22,10 +22,11 @@ connection to drop.
 A task's phases change on scheduler timers: queued -> running (it is now *billable*)
 -> succeeded, failed, or canceled / aborted at its deadline (replicate's
 ``Cancel-After``: ``canceled`` once it ran, ``aborted`` before) or by a cancel. At each
-change the shape re-renders the task's status JSON once (a status read returns stored
-bytes) and the core sends the webhooks due, with their drawn faults: a task's webhooks
-leave in the order of its events (a delayed one holds back those after it), except the
-out-of-order fault, which withholds the progress event until after the final one. A
+change the task's status JSON is due again (rendered by the shape when first read, then
+kept: a status read returns stored bytes) and the core sends the webhooks due, with their
+drawn faults: a task's webhooks leave in the order of its events (a delayed one holds back
+those after it), except the out-of-order fault, which withholds the progress event until
+after the final one. A
 final event that is not delivered is retried with backoff; every attempt is signed
 afresh. The host gives the core the coroutine that posts a webhook.
 
@@ -40,6 +41,7 @@ import asyncio
 import bisect
 import contextlib
 import random
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
@@ -79,6 +81,20 @@ class Scheduler(Protocol):
     def time(self) -> float: ...
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Any: ...
+
+
+class RunningLoop:
+    """A scheduler: the asyncio event loop running at the time of the call (the wall's
+    time under a plain loop, virtual time under a virtual-time loop)."""
+
+    def time(self) -> float:
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:  # not started yet; asyncio's loop.time() is this clock too
+            return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Any:
+        return asyncio.get_running_loop().call_later(delay, callback, *args)
 
 
 class Refused(Exception):
@@ -317,7 +333,7 @@ class VendorCore:
         task.queue_seq = self._next_seq
         self._next_seq += 1
         self._queue.append(task.queue_seq)
-        task.body = shape.render(task)
+        task.renderer = shape.render
         task.timer = self.scheduler.call_later(fate.queue_delay, self._start_running, task)
         deadlines = [(cancel_after, Phase.CANCELED), (profile.max_task_time, Phase.FAILED)]
         set_deadlines = [(after, phase) for after, phase in deadlines if after is not None]
@@ -397,11 +413,20 @@ class VendorCore:
 
     def file_downloaded(self, task: Task, name: str) -> None:
         task.downloaded.add(name)
+        self._forget_body_once_delivered(task)
 
     def result_read(self, task: Task) -> None:
         """The client read the task's finished result (its outputs, when it has no files)."""
         if task.phase is Phase.SUCCEEDED:
             task.result_read = True
+            self._forget_body_once_delivered(task)
+
+    @staticmethod
+    def _forget_body_once_delivered(task: Task) -> None:
+        """A delivered task is rarely read again: its status JSON (a replicate prediction
+        carries its logs) is rendered again if it is, so a long run does not keep them."""
+        if task.delivered:
+            task.rendered = None
 
     # --- phases ------------------------------------------------------------------------------
 
@@ -435,7 +460,7 @@ class VendorCore:
         task.billable = True
         self.stats.task_started()
         task.started_at = self.wall_clock()
-        task.body = self.shape.render(task)
+        task.rendered = None
         progress = self.shape.progress_event
         if progress is not None and not task.fate.out_of_order:
             self.webhooks.emit(task, progress)
@@ -452,7 +477,7 @@ class VendorCore:
         if task.deadline_timer is not None:
             task.deadline_timer.cancel()
             task.deadline_timer = None
-        stale_body = task.body
+        stale_body = task.body if task.fate.out_of_order else None
         task.phase = phase
         task.completed_at = self.wall_clock()
         if phase is Phase.FAILED:
@@ -460,11 +485,10 @@ class VendorCore:
         if phase is Phase.SUCCEEDED:
             files = make_files(task.input, task.spec, task.fate.output_count, task.fate.output_size)
             task.files = {file.name: file for file in files}
-        task.body = self.shape.render(task)
+        task.rendered = None
         rejected = phase is Phase.FAILED and task.outcome is Outcome.REJECT
         self.stats.task_ended(phase, rejected=rejected)
-        out_of_order = stale_body if task.fate.out_of_order else None
-        self.webhooks.emit(task, self.shape.final_event, stale_after=out_of_order)
+        self.webhooks.emit(task, self.shape.final_event, stale_after=stale_body)
         if task.waiters:
             for waiter in task.waiters:
                 if not waiter.done():

@@ -17,6 +17,7 @@ replicate's sync API); larger ones than :data:`MAX_DATA_URI_BYTES` stay URLs.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import struct
@@ -75,6 +76,7 @@ def _canonical(input: dict[str, Any]) -> str:
     return json.dumps(input, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+@functools.lru_cache(maxsize=1024)  # a task's files are sized when it ends, then served
 def _png(canonical: str, index: int) -> bytes:
     """Image 0 is ``expected_png(input)``; image i > 0 that of the input plus ``_output: i``."""
     input = json.loads(canonical)

@@ -1,4 +1,5 @@
-"""The replicate-shaped HTTP routes (enough of them for the official ``replicate`` client).
+"""The replicate-shaped routes (enough of them for the official ``replicate`` client),
+written once for both hosts (:mod:`vendors_fake.calls`).
 
 Routes::
 
@@ -7,7 +8,8 @@ Routes::
     POST /v1/models/{owner}/{name}/predictions  {"input": {...}, "webhook": ...}
     POST /v1/deployments/{owner}/{name}/predictions
     GET  /v1/predictions                        the account's predictions, newest first
-                                                (``{"next", "previous", "results"}``, 100 a page)
+                                                (``{"next", "previous", "results"}``, 100 a page;
+                                                without logs, as replicate's own example)
     GET  /v1/predictions/{id}
     POST /v1/predictions/{id}/cancel
 
@@ -21,109 +23,121 @@ started. The JSON itself is :mod:`vendors_fake.replicate_shape`'s.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
+from itertools import islice
 from typing import Any
 
-from aiohttp import web
-
-from vendors_fake.core import RouteGroup
+from vendors_fake.calls import Answer, Call, Route, created, identify, json_answer
+from vendors_fake.core import Refused, VendorCore
 from vendors_fake.replicate_shape import EVENTS, ReplicateShape, dumps, parse_duration
-from vendors_fake.server import FakeVendor, Handler, json_response
+from vendors_fake.tasks import Phase, Task
 
 MAX_WAIT = 60.0
 PAGE = 100
+LISTED_KEPT = 4 * PAGE  # list entries kept rendered: the newest pages are the ones read
 
 
 class ReplicateRoutes:
-    def __init__(self, vendor: FakeVendor) -> None:
-        self.vendor = vendor
-        self.core = vendor.core
-        assert isinstance(vendor.core.shape, ReplicateShape)
-        self.shape = vendor.core.shape
+    def __init__(self, core: VendorCore) -> None:
+        self.core = core
+        assert isinstance(core.shape, ReplicateShape)
+        self.shape = core.shape
+        # task id -> (its phase, its list entry): a phase change renders it again
+        self._listed: OrderedDict[str, tuple[Phase, bytes]] = OrderedDict()
 
-    def routes(self) -> list[tuple[str, str, str, RouteGroup, Handler]]:
+    def routes(self) -> list[Route]:
         return [
-            ("POST", "/v1/predictions", "predictions.create", "submit", self.create),
-            (
+            Route("POST", "/v1/predictions", "predictions.create", "submit", self.create),
+            Route(
                 "POST",
                 "/v1/models/{owner}/{name}/predictions",
                 "models.predictions.create",
                 "submit",
                 self.create_for_model,
             ),
-            (
+            Route(
                 "POST",
                 "/v1/deployments/{owner}/{name}/predictions",
                 "deployments.predictions.create",
                 "submit",
                 self.create_for_model,
             ),
-            ("GET", "/v1/predictions", "predictions.list", "status", self.list),
-            ("GET", "/v1/predictions/{id}", "predictions.get", "status", self.get),
-            ("POST", "/v1/predictions/{id}/cancel", "predictions.cancel", "cancel", self.cancel),
+            Route("GET", "/v1/predictions", "predictions.list", "status", self.list),
+            Route("GET", "/v1/predictions/{id}", "predictions.get", "status", self.get),
+            Route(
+                "POST", "/v1/predictions/{id}/cancel", "predictions.cancel", "cancel", self.cancel
+            ),
         ]
 
-    async def create(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
+    async def create(self, call: Call) -> Answer:
+        body = self._body(call)
         version = body.get("version")
         if not isinstance(version, str) or not version:
-            raise self.vendor.reply(422, "version is required")
+            raise Refused(422, "version is required")
         model, _, version_id = version.rpartition(":")
         if not model:
             model = "fake/model"  # a bare version id names no model
-        return await self._create(request, body, model, version_id)
+        return await self._create(call, body, model, version_id)
 
-    async def create_for_model(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        model = f"{request.match_info['owner']}/{request.match_info['name']}"
+    async def create_for_model(self, call: Call) -> Answer:
+        body = self._body(call)
+        model = f"{call.params['owner']}/{call.params['name']}"
         version_id = hashlib.sha256(model.encode()).hexdigest()
-        return await self._create(request, body, model, version_id)
+        return await self._create(call, body, model, version_id)
 
-    async def list(self, request: web.Request) -> web.StreamResponse:
-        tasks = list(self.core.tasks.values())[::-1]
-        start = _int(request.query.get("cursor"), 0)
-        page = tasks[start : start + PAGE]
-        more = start + PAGE < len(tasks)
+    async def list(self, call: Call) -> Answer:
+        start = max(_int(call.query.get("cursor"), 0), 0)
+        newest_first = reversed(self.core.tasks.values())
+        page = list(islice(newest_first, start, start + PAGE + 1))
+        more = len(page) > PAGE
         url = f"{self.core.base_url}/v1/predictions"
-        answer = {
-            "previous": None,
-            "next": f"{url}?cursor={start + PAGE}" if more else None,
-            "results": [self.shape.prediction(task) for task in page],
-        }
-        return json_response(dumps(answer))
+        link = f"{url}?cursor={start + PAGE}" if more else None
+        results = b",".join([self._entry(task) for task in page[:PAGE]])
+        return json_answer(
+            b'{"previous":null,"next":' + dumps(link) + b',"results":[' + results + b"]}"
+        )
 
-    async def get(self, request: web.Request) -> web.StreamResponse:
-        task = self.core.task(request.match_info["id"])
+    def _entry(self, task: Task) -> bytes:
+        kept = self._listed.get(task.id)
+        if kept is not None and kept[0] is task.phase:
+            return kept[1]
+        entry = dumps(self.shape.prediction(task, listed=True))
+        self._listed[task.id] = (task.phase, entry)
+        self._listed.move_to_end(task.id)
+        if len(self._listed) > LISTED_KEPT:
+            self._listed.popitem(last=False)
+        return entry
+
+    async def get(self, call: Call) -> Answer:
+        task = self.core.task(call.params["id"])
         self.core.result_read(task)
-        return json_response(task.body)
+        return json_answer(task.body)
 
-    async def cancel(self, request: web.Request) -> web.StreamResponse:
-        task = self.core.task(request.match_info["id"])
+    async def cancel(self, call: Call) -> Answer:
+        task = self.core.task(call.params["id"])
         self.core.cancel(task)
-        return json_response(task.body)
+        return json_answer(task.body)
 
-    async def _create(
-        self, request: web.Request, body: dict[str, Any], model: str, version: str
-    ) -> web.StreamResponse:
+    async def _create(self, call: Call, body: dict[str, Any], model: str, version: str) -> Answer:
         input = body.get("input")
         if not isinstance(input, dict):
-            raise self.vendor.reply(422, "input is required and must be an object")
+            raise Refused(422, "input is required and must be an object")
         webhook = body.get("webhook")
         if webhook is not None and not isinstance(webhook, str):
-            raise self.vendor.reply(422, "webhook must be a URL")
+            raise Refused(422, "webhook must be a URL")
         events = body.get("webhook_events_filter")
         if events is None:
             subscribed = EVENTS
         elif isinstance(events, list) and set(events) <= EVENTS:
             subscribed = frozenset(events)
         else:
-            raise self.vendor.reply(422, f"webhook_events_filter must be a subset of {EVENTS}")
+            raise Refused(422, f"webhook_events_filter must be a subset of {EVENTS}")
         cancel_after = None
-        if "Cancel-After" in request.headers:
-            text = request.headers["Cancel-After"]
+        if "Cancel-After" in call.headers:
+            text = call.headers["Cancel-After"]
             cancel_after = parse_duration(text)
             if cancel_after is None:
-                message = f"Cancel-After must be a duration like 5m, not {text!r}"
-                raise self.vendor.reply(400, message)
+                raise Refused(400, f"Cancel-After must be a duration like 5m, not {text!r}")
         task = self.core.create_task(
             model,
             version,
@@ -131,19 +145,19 @@ class ReplicateRoutes:
             webhook_url=webhook,
             webhook_events=subscribed,
             cancel_after=cancel_after,
-            origin=self.vendor.identify(request, webhook),
+            origin=identify(call, webhook),
         )
-        wait = _prefer_wait(request.headers.get("Prefer"))
+        wait = _prefer_wait(call.headers.get("Prefer"))
         if wait:
             await self.core.wait(task, wait)
             if task.fate.lost_answer is None:
                 self.core.result_read(task)
-        return await self.vendor.answer_created(request, task, task.body, 201)
+        return created(task, task.body, 201)
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        body = await self.vendor.json_body(request)
+    def _body(self, call: Call) -> dict[str, Any]:
+        body = call.json()
         if not isinstance(body, dict):
-            raise self.vendor.reply(400, "The request body must be a JSON object")
+            raise Refused(400, "The request body must be a JSON object")
         return body
 
 

@@ -90,14 +90,17 @@ class ReplicateShape:
     def new_id(self, bits: int) -> str:
         return "".join(_ALPHABET[(bits >> (5 * i)) & 31] for i in range(26))
 
-    def prediction(self, task: Task) -> dict[str, Any]:
+    def prediction(self, task: Task, *, listed: bool = False) -> dict[str, Any]:
+        """The prediction as ``GET /v1/predictions/{id}`` answers it; ``listed``: as an
+        entry of ``GET /v1/predictions`` (no logs, its ``source``: replicate's OpenAPI
+        example of predictions.list)."""
         url = f"{self.core.base_url}/v1/predictions/{task.id}"
         prediction: dict[str, Any] = {
             "id": task.id,
             "model": task.model,
             "version": task.version,
             "input": task.input,
-            "logs": _logs(task),
+            **({"source": "api"} if listed else {"logs": _logs(task)}),
             "output": self.output(task),
             "data_removed": False,
             "error": task.error,
@@ -137,7 +140,7 @@ class ReplicateShape:
         return dumps(self.prediction(task))
 
     def webhook_body(self, task: Task, event: str) -> bytes:
-        return self.render(task)  # replicate posts the prediction as it is at the event
+        return task.body  # replicate posts the prediction as it is at the event
 
     def error_body(self, status: int, message: str) -> bytes:
         return dumps({"title": TITLES.get(status, "Error"), "detail": message, "status": status})
@@ -150,15 +153,13 @@ def _logs(task: Task) -> str:
     """The prediction's logs so far: progress lines up to its drawn size once it runs."""
     if task.phase is Phase.QUEUED or task.fate.logs_bytes <= 0:
         return ""
-    lines = []
-    size = 0
-    step = 0
-    while size < task.fate.logs_bytes:
-        step += 1
-        line = f"{step:>6}it [00:{step % 60:02d}, 12.34it/s] denoising latents for {task.id}\n"
-        lines.append(line)
-        size += len(line)
-    return "".join(lines)[: task.fate.logs_bytes]
+    size = task.fate.logs_bytes
+    # Every line is at least as long as the first: this many lines reach the size.
+    count = -(-size // len(f"{1:>6}it [00:01, 12.34it/s] denoising latents for {task.id}\n"))
+    tail = f", 12.34it/s] denoising latents for {task.id}\n"
+    return "".join([f"{step:>6}it [00:{step % 60:02d}{tail}" for step in range(1, count + 1)])[
+        :size
+    ]
 
 
 def _iso(wall: float | None) -> str | None:

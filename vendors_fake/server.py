@@ -1,12 +1,12 @@
 """The fake vendor's HTTP host: one aiohttp app serving one :class:`VendorCore`.
 
-A request to a vendor route passes the gate (:meth:`FakeVendor._route`): the core's
-:meth:`~vendors_fake.core.VendorCore.admit` (outage window, a drawn fault, the key),
-where a drawn hang holds the request unanswered until the client gives up or
-``hang_for`` passes (then the connection is aborted), and a reset aborts it with a TCP
-RST at once. A :class:`~vendors_fake.core.Refused` becomes the shape's error body. A
-submit whose answer the task's fate says is lost is acted out here, after the task was
-created: held and dropped, answered 5xx, or cut off mid-body.
+Every vendor route (:mod:`vendors_fake.calls`, the same routes the in-memory host
+serves) becomes an aiohttp handler: the request is read into a ``Call``, the gate and the
+route answer, and what the answer asks the host to act out is acted out here: a drawn
+hang holds the request unanswered until the client gives up or ``hang_for`` passes (then
+the connection is aborted), a reset aborts it with a TCP RST at once, and a submit whose
+answer the task's fate says is lost (after the task was created) is held and dropped,
+answered 5xx, or cut off mid-body.
 
 Output files are served at ``/files/{task_id}/{name}`` (no key, as a CDN would), streamed
 in chunks with their real content type and length; a download that reaches its end
@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import socket
 import struct
 import time
@@ -37,28 +36,22 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
+from vendors_fake.calls import Answer, Call, Route, serve, vendor_routes
 from vendors_fake.core import (
     REJECTED_ERROR,
     TRANSIENT_ERROR,
-    Refused,
     RouteGroup,
+    RunningLoop,
     Shape,
     VendorCore,
 )
+from vendors_fake.fal_api import JWKS_PATH
 from vendors_fake.profile import FaultProfile, merge_profile, preset
 from vendors_fake.signing import DEV_WEBHOOK_SECRET
-from vendors_fake.tasks import LostAnswer, RequestFault, Task
+from vendors_fake.tasks import Task
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-TRACE_HEADER = "X-Jobline-Trace-Id"
-JOB_ID_HEADER = "X-Jobline-Job-Id"
-ATTEMPT_HEADER = "X-Jobline-Attempt"
-JOB_ID_PARAM = "jobline_job_id"
-ATTEMPT_PARAM = "jobline_attempt"
-JWKS_PATH = "/.well-known/jwks.json"
 
 DEV_API_KEY = "dev-key"
 MAX_BODY = 16 * 1024 * 1024
@@ -73,18 +66,9 @@ __all__ = [
     "TRANSIENT_ERROR",
     "FakeVendor",
     "Handler",
-    "Reply",
     "RouteGroup",
     "Shape",
 ]
-
-
-class Reply(Exception):
-    """Raised by a handler to answer at once with ``response``."""
-
-    def __init__(self, response: web.StreamResponse) -> None:
-        super().__init__(response.status)
-        self.response = response
 
 
 def json_response(
@@ -95,19 +79,6 @@ def json_response(
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
-
-
-class _RunningLoop:
-    """The core's scheduler: the event loop running at the time of the call."""
-
-    def time(self) -> float:
-        try:
-            return asyncio.get_running_loop().time()
-        except RuntimeError:  # not started yet; asyncio's loop.time() is this clock too
-            return time.monotonic()
-
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Any:
-        return asyncio.get_running_loop().call_later(delay, callback, *args)
 
 
 class FakeVendor:
@@ -133,7 +104,7 @@ class FakeVendor:
             seed=seed,
             api_key=api_key,
             webhook_secret=webhook_secret,
-            scheduler=_RunningLoop(),
+            scheduler=RunningLoop(),
             wall_clock=wall_clock,
             post_webhook=self._post_webhook,
         )
@@ -146,7 +117,6 @@ class FakeVendor:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._url = ""
-        self.routes = _make_routes(shape, self)
         self.app = self._build_app()
 
     # --- what the core holds, for tests and harnesses ------------------------------------
@@ -266,112 +236,50 @@ class FakeVendor:
                 web.get("/_control/stats", self._get_stats),
             ]
         )
-        app.router.add_get(
-            "/files/{task_id}/{filename}",
-            self._route("files.get", "download", self._get_file, auth=False),
-        )
-        if self.shape_name == "fal":
-            app.router.add_get(JWKS_PATH, self._route("jwks", "jwks", self._get_jwks, auth=False))
-        for method, path, route, group, handler in self.routes.routes():
-            app.router.add_route(method, path, self._route(route, group, handler))
+        for route in vendor_routes(self.core):
+            app.router.add_route(route.method, route.path, self._handler(route))
         return app
 
-    def _route(self, route: str, group: RouteGroup, handler: Handler, auth: bool = True) -> Handler:
-        """Wrap a vendor handler in the gate (see the module docstring) and count it."""
-        stats = self.core.stats
-        codes = stats.route_counter(route)
+    def _handler(self, route: Route) -> Handler:
+        """The route as an aiohttp handler (see the module docstring)."""
 
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            if TRACE_HEADER not in request.headers:
-                stats.trace_id_missing[route] += 1
-            try:
-                authorized = not auth or request.headers.get("Authorization") == self._auth
-                fault = self.core.admit(group, authorized)
-                if fault is RequestFault.HANG:
-                    codes["hang"] += 1
-                    return await self.hang(request)
-                if fault is RequestFault.RESET:
-                    codes["reset"] += 1
-                    return reset_connection(request)
-                response = await handler(request)
-            except Refused as refused:
-                response = self.error(refused.status, refused.message, refused.retry_after)
-            except Reply as reply:
-                response = reply.response
-            codes[str(response.status)] += 1
+        async def handle(request: web.Request) -> web.StreamResponse:
+            call = Call(request.match_info, request.query, request.headers, await request.read())
+            answer = await serve(self.core, route, call, self._auth)
+            return await self._act_out(request, answer)
+
+        return handle
+
+    async def _act_out(self, request: web.Request, answer: Answer) -> web.StreamResponse:
+        if answer.drop == "hang":
+            return await self.hang(request)
+        if answer.drop == "reset":
+            return reset_connection(request)
+        if answer.drop == "cut_off":
+            body = answer.body
+            headers = {**answer.headers, "Content-Length": str(len(body))}
+            response = web.StreamResponse(status=answer.status, headers=headers)
+            await response.prepare(request)
+            await response.write(body[: len(body) // 2])
+            reset_connection(request)
             return response
-
-        return guarded
-
-    def error(self, status: int, message: str, retry_after: float | None = None) -> web.Response:
-        headers = None if retry_after is None else {"Retry-After": _retry_after(retry_after)}
-        return json_response(self.core.shape.error_body(status, message), status, headers)
-
-    def reply(self, status: int, message: str, retry_after: float | None = None) -> Reply:
-        return Reply(self.error(status, message, retry_after))
+        if answer.file is not None:
+            task, file = answer.file
+            response = web.StreamResponse(status=answer.status, headers=answer.headers)
+            await response.prepare(request)
+            for chunk in file.chunks():
+                await response.write(chunk)
+            await response.write_eof()
+            self.core.file_downloaded(task, file.name)
+            return response
+        return web.Response(body=answer.body, status=answer.status, headers=answer.headers)
 
     async def hang(self, request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), self.core.profile.hang_for)
         return reset_connection(request)
 
-    async def answer_created(
-        self, request: web.Request, task: Task, body: bytes, status: int
-    ) -> web.StreamResponse:
-        """Answer a submit that created ``task``, unless its fate says the answer is lost."""
-        lost = task.fate.lost_answer
-        if lost is None:
-            return json_response(body, status)
-        kind, code = lost
-        if kind is LostAnswer.HANG:
-            raise Reply(await self.hang(request))
-        if kind is LostAnswer.SERVER_ERROR:
-            raise self.reply(code, "Internal server error")
-        response = web.StreamResponse(
-            status=status, headers={**_HEADERS_JSON, "Content-Length": str(len(body))}
-        )
-        await response.prepare(request)
-        await response.write(body[: len(body) // 2])
-        reset_connection(request)
-        raise Reply(response)
-
-    # --- what every shape's routes share ------------------------------------------------
-
-    def identify(
-        self, request: web.Request, webhook_url: str | None
-    ) -> tuple[str | None, str | None, str | None]:
-        """The trace id, job id and attempt a submit names (headers, else the webhook URL)."""
-        headers = request.headers
-        job_id = headers.get(JOB_ID_HEADER)
-        attempt = headers.get(ATTEMPT_HEADER)
-        if job_id is None and webhook_url:
-            query = URL(webhook_url).query
-            job_id = query.get(JOB_ID_PARAM)
-            attempt = attempt or query.get(ATTEMPT_PARAM)
-        return headers.get(TRACE_HEADER), job_id, attempt
-
-    async def json_body(self, request: web.Request) -> Any:
-        try:
-            return await request.json()
-        except ValueError:
-            raise self.reply(400, "The request body is not valid JSON") from None
-
     # --- files, keys and control ----------------------------------------------------------
-
-    async def _get_file(self, request: web.Request) -> web.StreamResponse:
-        task, file = self.core.file(request.match_info["task_id"], request.match_info["filename"])
-        response = web.StreamResponse(
-            headers={"Content-Type": file.content_type, "Content-Length": str(file.size)}
-        )
-        await response.prepare(request)
-        for chunk in file.chunks():
-            await response.write(chunk)
-        await response.write_eof()
-        self.core.file_downloaded(task, file.name)
-        return response
-
-    async def _get_jwks(self, request: web.Request) -> web.StreamResponse:
-        return json_response(dumps(self.core.fal_signer.jwks()))
 
     async def _get_profile(self, request: web.Request) -> web.StreamResponse:
         return json_response(self.core.profile.model_dump_json().encode())
@@ -419,14 +327,6 @@ class FakeVendor:
         return json_response(dumps(self.snapshot()))
 
 
-def _retry_after(seconds: float) -> str:
-    """Whole seconds; a value that is no number (``inf``, ``nan``: a profile may ask for
-    them, as a hostile vendor sends them) goes out as it is."""
-    if not math.isfinite(seconds):
-        return str(seconds)
-    return str(max(math.ceil(seconds), 0))
-
-
 def reset_connection(request: web.Request) -> web.StreamResponse:
     """Abort the connection with a TCP RST; the client sees 'connection reset by peer'."""
     transport = request.transport
@@ -438,14 +338,3 @@ def reset_connection(request: web.Request) -> web.StreamResponse:
         transport.abort()
     # Never sent: aiohttp finds the transport closed and drops the response quietly.
     return web.Response(status=400)
-
-
-def _make_routes(shape: Shape, vendor: FakeVendor) -> Any:
-    # Imported here: the route modules import this one for FakeVendor and its helpers.
-    if shape == "replicate":
-        from vendors_fake.replicate_api import ReplicateRoutes
-
-        return ReplicateRoutes(vendor)
-    from vendors_fake.fal_api import FalRoutes
-
-    return FalRoutes(vendor)

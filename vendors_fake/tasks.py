@@ -127,7 +127,8 @@ class Task:
     completed_at: float | None = None  # wall clock
     error: str | None = None
     queue_seq: int = 0
-    body: bytes = b""  # the shape's status JSON, re-rendered at each phase change
+    renderer: Any = None  # the shape's render(task): its status JSON
+    rendered: bytes | None = None  # that JSON for the current phase, once read
     billable: bool = False  # it started running: the vendor charges for it
     result_read: bool = False  # its finished result reached the client (read or webhook)
     downloaded: set[str] = field(default_factory=set)  # its files downloaded in full
@@ -136,6 +137,15 @@ class Task:
     deadline_timer: Any = None  # the handle ending it at its deadline, if it has one
     waiters: list[Any] | None = None  # futures resolved when the task ends
     last_delivery: Any = None  # the asyncio.Task sending its latest webhook; they go in order
+
+    @property
+    def body(self) -> bytes:
+        """The shape's status JSON for the task's current phase. Rendered when first read
+        after a phase change (most are never read) and kept until the next one: a status
+        read returns stored bytes."""
+        if self.rendered is None:
+            self.rendered = self.renderer(self) if self.renderer is not None else b""
+        return self.rendered
 
     @property
     def outcome(self) -> Outcome:

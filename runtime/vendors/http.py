@@ -476,10 +476,12 @@ class HttpClient:
         json_body: Any = None,
         accept: frozenset[int] = frozenset(),
         auth: bool = True,
+        limit: int = MAX_API_BYTES,
     ) -> T:
         """One request, its answer read by ``read``; every error is a ``VendorError``.
 
-        A status >= 400 raises unless it is in ``accept`` (then ``read`` sees it).
+        A status >= 400 raises unless it is in ``accept`` (then ``read`` sees it); an
+        answer over ``limit`` bytes raises ``VendorOutputTooLarge``.
         """
         seconds = self.config.submit_timeout if op == "submit" else self.config.poll_timeout
         with vendor_errors(self._name, op, seconds, self._clock):
@@ -491,7 +493,7 @@ class HttpClient:
                 timeout=aiohttp.ClientTimeout(total=seconds),
                 allow_redirects=False,
             ) as response:
-                body = await _read_body(response, MAX_API_BYTES)
+                body = await _read_body(response, limit)
                 reply = Reply(response.status, response.headers, body)
             if reply.status >= 400 and reply.status not in accept:
                 raise ErrorStatus(reply)

@@ -63,6 +63,10 @@ from runtime.webhooks import ATTEMPT_PARAM, ID_HEADER, JOB_PARAM, secret_key, ve
 CANCEL_AFTER_HEADER = "Cancel-After"  # replicate: the prediction's own deadline
 PERMANENT = re.compile(r"\bE005\b")  # "flagged as sensitive": content rejected
 MAX_LIST_PAGES = 20  # pages of GET /v1/predictions read to find one submit in doubt
+# A page holds 100 predictions, each with its input and output: inputs sent as data URIs
+# (an image to edit) and outputs given as data URIs make a page far larger than one
+# answer (``MAX_API_BYTES``); at that limit a submit in doubt could never be looked up.
+MAX_LIST_PAGE_BYTES = 64 * 1024 * 1024
 LIST_CLOCK_SKEW = 60.0  # seconds: replicate's created_at against our clock
 
 
@@ -158,7 +162,9 @@ class ReplicateClient(HttpClient):
         for _ in range(MAX_LIST_PAGES):
             if url is None:
                 return None  # the whole list was read
-            page = await self.call("status", "GET", url, _read_page, trace_id=trace_id)
+            page = await self.call(
+                "status", "GET", url, _read_page, trace_id=trace_id, limit=MAX_LIST_PAGE_BYTES
+            )
             for prediction in page.get("results") or ():
                 if not isinstance(prediction, dict):
                     continue

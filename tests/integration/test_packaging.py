@@ -74,3 +74,9 @@ def test_the_wheel_carries_every_subpackage_and_its_commands_run(tmp_path: Path)
         python, "-c", "import vendors_fake; print(vendors_fake.preset_names())", cwd=tmp_path
     )
     assert "calm" in profiles  # the package data (profiles.toml) came along
+    report = tmp_path / "simulated"
+    config = ROOT / "jobline.toml"
+    simulated = run(
+        jobline, "simulate", "--config", config, "--jobs", "20", "--out", report, cwd=tmp_path
+    )
+    assert "all held" in simulated and (report / "report.png").is_file()

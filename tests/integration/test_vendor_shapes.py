@@ -387,6 +387,36 @@ async def test_replicate_finds_the_task_of_a_lost_answer_by_its_webhook_url(
     assert none is None
 
 
+async def test_replicate_finds_a_lost_task_behind_a_page_larger_than_one_answer(
+    start_fake: StartFake, client_for: Make
+) -> None:
+    """Field case of the simulation (flaky, seed 1, 2400 jobs at 2/s): a page of 100
+    predictions, some with data URIs, was larger than one API answer may be (4 MiB), so
+    every lookup of a submit in doubt failed; each became an orphan holding its slot for
+    the task's whole lifetime, and replicate's 6 slots sat on orphans while 148 jobs
+    queued and the vendor ran nothing. Here: inputs of 60 KB (an image sent inline)."""
+    fake = await start_fake("replicate", FaultProfile(run_time=QUICK))
+    client = client_for(fake)
+    hook = "http://127.0.0.1:1/v1/webhooks/replicate?jobline_job_id=job-9&jobline_attempt="
+    since = time.time()
+    fake.update_profile({"lost_answers": {"server_error": 1.0}})
+    with pytest.raises(VendorSubmitInDoubt):
+        await client.submit(
+            "acme/m", {}, job_id="job-9", attempt=1, trace_id="t", webhook_url=hook + "1"
+        )
+    fake.update_profile({"lost_answers": {"server_error": 0.0}})
+    image = {"image": "data:image/png;base64," + "A" * 60_000}
+    for i in range(110):  # the newest page alone: 100 x 60 KB, over 4 MiB
+        await client.submit(
+            "acme/m", image, job_id=f"o{i}", attempt=1, trace_id="t", webhook_url=None
+        )
+    found = await client.find_task(
+        "acme/m", job_id="job-9", attempt=1, created_after=since, trace_id="t"
+    )
+    assert found is not None
+    assert fake.snapshot()["task_info"][found.task_id]["job_id"] == "job-9"
+
+
 async def test_fal_lists_no_tasks(start_fake: StartFake, client_for: Make) -> None:
     client = client_for(await start_fake("fal"))
     assert not client.can_find_tasks

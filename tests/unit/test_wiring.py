@@ -52,3 +52,27 @@ def test_a_broken_build_pickles_and_changes_only_what_it_names() -> None:
     assert broken_build([]) is None
     with pytest.raises(ValueError, match="unknown broken builds"):
         broken_build(["ignore-the-ledger"])
+
+
+def test_the_wiring_chooses_the_ledgers_mode_and_the_tracers() -> None:
+    """A simulation wires an inline, in-memory ledger and no-op tracing; the runtime's
+    defaults are a threaded, durable ledger and the configured tracing."""
+    from opentelemetry.trace import INVALID_SPAN, NoOpTracerProvider
+
+    from actors.ledger import CreditLedger
+    from actors.wiring import LEDGER, Ports, build_role
+    from runtime.ledger import THREADED, LedgerMode
+    from runtime.tracing import JobTracer, tracer_for
+
+    assert Wiring().ledger_mode == THREADED and not THREADED.inline and THREADED.durable
+    assert Wiring().tracers is tracer_for
+    config = load_config(ROOT_CONFIG)
+    mode = LedgerMode(inline=True, durable=False, memory=True)
+    ports = Ports(lambda: None, lambda _: None, lambda: [], [])  # type: ignore[arg-type,return-value]
+    ledger = build_role(LEDGER, config, Wiring(ledger_mode=mode), ports)
+    assert isinstance(ledger, CreditLedger) and ledger._mode == mode
+    off = JobTracer("processor-fal", NoOpTracerProvider())
+    with off.span("vendor.submit", "0" * 31 + "1", job_id="j") as span:
+        assert span is INVALID_SPAN
+    with off.root("submit", "not a trace id") as root:
+        assert root is INVALID_SPAN

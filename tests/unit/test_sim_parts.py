@@ -1,0 +1,168 @@
+"""The simulation's parts on their own: virtual time, fault schedules, the traffic model,
+seeds, the in-memory vendor host, percentiles, and the ledger running inline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from yarl import URL
+
+from loadtests.sim.explore import parse_seeds
+from loadtests.sim.faults import draw_schedule, format_schedule, parse_schedule
+from loadtests.sim.loop import VirtualClock, run_virtual
+from loadtests.sim.report import percentile
+from loadtests.sim.traffic import Traffic, arrivals
+from runtime.config import load_config
+from runtime.ledger import Ledger, LedgerMode
+from runtime.models import CreateAccount, Grant, OpenJob
+from vendors_fake import FaultProfile
+from vendors_fake.memory import MemoryVendor
+
+ROOT = Path(__file__).resolve().parents[2]
+VENDORS = ["fal", "replicate"]
+ROLES = ["ledger", "sweeper", "processor-fal", "processor-replicate", "gateway-0"]
+
+
+def test_virtual_time_jumps_to_the_next_timer_and_costs_no_wall_time() -> None:
+    async def main() -> tuple[float, float, list[str]]:
+        clock = VirtualClock()
+        order: list[str] = []
+
+        async def sleeper(name: str, seconds: float) -> None:
+            await clock.sleep(seconds)
+            order.append(name)
+
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(clock.sleep(3600), timeout=600)
+        await asyncio.gather(sleeper("late", 90.0), sleeper("early", 30.0))
+        return clock.elapsed(), clock.time() - clock.epoch, order
+
+    started = time.perf_counter()
+    elapsed, since_epoch, order = run_virtual(main())
+    assert elapsed == pytest.approx(690.0) and since_epoch == pytest.approx(690.0)
+    assert order == ["early", "late"]
+    assert time.perf_counter() - started < 5
+
+
+def test_a_fault_schedule_reads_back_as_written_and_names_what_is_wrong() -> None:
+    spec = "crash:processor-fal@12.5+3,outage:replicate@1+30,ledger-lost:ledger@4+2"
+    faults = parse_schedule(spec, VENDORS, ROLES)
+    assert [f.kind for f in faults] == ["outage", "ledger-lost", "crash"]  # by time
+    assert parse_schedule(format_schedule(faults), VENDORS, ROLES) == faults
+    assert parse_schedule("none", VENDORS, ROLES) == []
+    with pytest.raises(ValueError, match="unknown fault 'meteor'"):
+        parse_schedule("meteor:fal@1+1", VENDORS, ROLES)
+    with pytest.raises(ValueError, match="outage needs one of fal, replicate"):
+        parse_schedule("outage:ledger@1+1", VENDORS, ROLES)
+    with pytest.raises(ValueError, match="kind:target@at"):
+        parse_schedule("outage fal", VENDORS, ROLES)
+
+
+def test_a_drawn_schedule_depends_on_its_seed_only() -> None:
+    def draw(seed: int) -> str:
+        return format_schedule(draw_schedule(random.Random(seed), VENDORS, ROLES, 60.0))
+
+    assert draw(3) == draw(3)
+    assert len({draw(seed) for seed in range(20)}) > 15
+    for fault in parse_schedule(draw(4), VENDORS, ROLES):
+        assert 0 <= fault.at <= 60.0
+
+
+def test_seeds_are_ranges_and_lists() -> None:
+    assert parse_seeds("1-3,7,10-11") == [1, 2, 3, 7, 10, 11]
+    for bad in ("", "5-2", "x"):
+        with pytest.raises(ValueError):
+            parse_seeds(bad)
+
+
+def test_the_traffic_model_follows_its_rate_mix_and_bounds() -> None:
+    config = load_config(ROOT / "jobline.toml")
+    traffic = Traffic(rate=20.0, duration=500.0, models={"sdxl": 3, "flux-schnell": 1})
+    jobs = list(arrivals(traffic, config, random.Random(1)))
+    assert 20.0 * 500 * 0.9 < len(jobs) < 20.0 * 500 * 1.1
+    assert all(0 < job.at < 500 for job in jobs) and jobs == sorted(jobs, key=lambda j: j.at)
+    share = sum(job.model == "sdxl" for job in jobs) / len(jobs)
+    assert 0.7 < share < 0.8
+    assert {job.account for job in jobs} == set(range(traffic.accounts))
+    spike = Traffic(rate=10.0, duration=100.0, shape="spike", spike={"at": 40, "length": 10})
+    times = [job.at for job in arrivals(spike, config, random.Random(2))]
+    in_spike = sum(40 <= t < 50 for t in times)
+    assert in_spike > 3 * sum(20 <= t < 30 for t in times)
+    assert len(list(arrivals(Traffic(rate=5.0, jobs=37), config, random.Random(3)))) == 37
+    with pytest.raises(ValueError, match="duration or jobs"):
+        Traffic(rate=5.0)
+    with pytest.raises(ValueError, match="lacks: nope"):
+        list(arrivals(Traffic(jobs=3, models={"nope": 1}), config, random.Random(1)))
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 0.5), percentile(values, 0.99)) == (50.0, 99.0)
+    assert percentile([], 0.5) is None
+
+
+def test_the_in_memory_host_serves_the_fake_routes_on_virtual_time() -> None:
+    """A create, a status read, the file, a cancel; a hung request waits hang_for."""
+
+    async def main() -> None:
+        clock = VirtualClock()
+        profile = FaultProfile.model_validate(
+            {
+                "queue_delay": {"kind": "fixed", "seconds": 2.0},
+                "run_time": {"kind": "fixed", "seconds": 3.0},
+            }
+        )
+        vendor = MemoryVendor("replicate", profile, api_key="k", wall_clock=clock.time)
+        auth = {"Authorization": "Bearer k"}
+        base = URL(vendor.url)
+        body = json.dumps({"input": {"prompt": "p"}}).encode()
+        created = await vendor.request(
+            "POST", base / "v1/models/acme/painter/predictions", auth, body
+        )
+        assert created.status == 201
+        task_id = json.loads(created.body)["id"]
+        await clock.sleep(5.5)
+        done = json.loads(
+            (await vendor.request("GET", base / f"v1/predictions/{task_id}", auth)).body
+        )
+        assert done["status"] == "succeeded"
+        file = await vendor.request("GET", URL(done["output"][0]), {})
+        assert file.status == 200 and file.body.startswith(b"\x89PNG")
+        assert vendor.core.tasks[task_id].delivered
+        refused = await vendor.request("GET", base / f"v1/predictions/{task_id}", {})
+        assert refused.status == 401
+        missing = await vendor.request("GET", base / "v1/nothing", auth)
+        assert missing.status == 404
+        vendor.core.update_profile({"status": {"hang": 1.0}})
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                vendor.request("GET", base / f"v1/predictions/{task_id}", auth), 5.0
+            )
+        assert clock.elapsed() == pytest.approx(10.5)
+
+    run_virtual(main())
+
+
+def test_the_ledger_runs_inline_in_memory_without_a_thread(tmp_path: Path) -> None:
+    async def main() -> None:
+        before = threading.active_count()
+        ledger = await Ledger.open(
+            tmp_path / "l.db", lambda: 1000.0, mode=LedgerMode(inline=True, memory=True)
+        )
+        await ledger.execute(CreateAccount("a", "h"))
+        await ledger.execute(Grant("a", 100, "g"))
+        op = OpenJob("j1", "a", "m", {"p": 1}, 3, "0" * 32, "fal", 2000.0)
+        assert (await ledger.execute(op)).changed
+        assert (await ledger.balance("a")).available == 97
+        assert await ledger.check_invariants() == []
+        assert threading.active_count() == before  # no writer, reader or checker thread
+        await ledger.close()
+
+    run_virtual(main())
+    assert not (tmp_path / "l.db").exists()  # nothing reached the disk
