@@ -93,7 +93,7 @@ class _InMemory(HttpClient):
 
     @contextlib.asynccontextmanager
     async def download(
-        self, output: Output, *, trace_id: str | None = None, max_bytes: int | None = None
+        self, output: Output, *, trace_id: str, max_bytes: int | None = None
     ) -> AsyncIterator[Download]:
         if output.kind != "url":  # a data URI, JSON or text: no request
             async with super().download(output, trace_id=trace_id, max_bytes=max_bytes) as found:
