@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The suite needs the real Prometheus and a headless Chromium: installed here if missing.
+# Two workers (pytest-xdist), each with its own local Ray, a test file per worker at a time:
+# most tests wait on timers and vendors, not on the CPU.
+TEST_WORKERS ?= 2
 test: $(STAMP) prometheus browser-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP)
 	$(BIN)/jobline demo
