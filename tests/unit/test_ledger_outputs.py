@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runtime.ledger import Ledger
-from runtime.ledger_schema import MIGRATIONS, SCHEMA_VERSION
+from runtime.ledger_migrations import MIGRATIONS, SCHEMA_VERSION
 from runtime.models import (
     Complete,
     CreateAccount,

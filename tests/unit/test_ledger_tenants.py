@@ -21,7 +21,8 @@ from runtime.errors import (
 )
 from runtime.invariants import check_invariants
 from runtime.ledger import Ledger
-from runtime.ledger_schema import SCHEMA_VERSION, migrate
+from runtime.ledger_migrations import SCHEMA_VERSION
+from runtime.ledger_schema import migrate
 from runtime.models import (
     AccountLimits,
     Cancel,
