@@ -22,13 +22,10 @@ __all__ = [
 ]
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``ok``: a policy's constructor checks."""
     if not ok:
         raise ValueError(message)
-
-
-def _finite(value: float) -> bool:
-    return math.isfinite(value)
 
 
 class CircuitState(enum.StrEnum):
@@ -84,28 +81,28 @@ class CircuitPolicy:
     half_open_probes: int = 1
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.failure_threshold >= 1,
             f"CircuitPolicy.failure_threshold must be >= 1, got {self.failure_threshold!r}",
         )
-        _require(
-            _finite(self.failure_rate) and 0 < self.failure_rate <= 1,
+        require(
+            math.isfinite(self.failure_rate) and 0 < self.failure_rate <= 1,
             f"CircuitPolicy.failure_rate must be in (0, 1], got {self.failure_rate!r}",
         )
-        _require(
-            _finite(self.window) and self.window > 0,
+        require(
+            math.isfinite(self.window) and self.window > 0,
             f"CircuitPolicy.window must be a finite number of seconds > 0, got {self.window!r}",
         )
-        _require(
+        require(
             self.min_calls >= 1,
             f"CircuitPolicy.min_calls must be >= 1, got {self.min_calls!r}",
         )
-        _require(
-            _finite(self.cooldown) and self.cooldown >= 0,
+        require(
+            math.isfinite(self.cooldown) and self.cooldown >= 0,
             f"CircuitPolicy.cooldown must be a finite number of seconds >= 0, "
             f"got {self.cooldown!r}",
         )
-        _require(
+        require(
             self.half_open_probes >= 1,
             f"CircuitPolicy.half_open_probes must be >= 1, got {self.half_open_probes!r}",
         )
@@ -199,7 +196,9 @@ class CircuitBreaker:
         """The vendor refused the account or the model: open now for ``cooldown`` seconds
         (an open circuit stays open, from now, for the longer of what it had left and
         ``cooldown``), then probe as usual."""
-        _require(_finite(cooldown) and cooldown >= 0, f"cooldown must be >= 0, got {cooldown!r}")
+        require(
+            math.isfinite(cooldown) and cooldown >= 0, f"cooldown must be >= 0, got {cooldown!r}"
+        )
         state = self.state(now)
         left = self._entered_at + self._open_for - now if state is CircuitState.OPEN else 0.0
         self._move(CircuitEvent.REFUSED, now, max(cooldown, left))

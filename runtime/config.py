@@ -13,22 +13,20 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import jsonschema
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
     field_validator,
 )
 
+from runtime.config_base import MAX_CREDITS, Section, http_url
 from runtime.config_money import RefundsConfig, ThrottleConfig
+from runtime.config_storage import StorageConfig
 from runtime.errors import ConfigError
 from runtime.policies import CircuitPolicy, RetryPolicy
 from runtime.refunds import input_rejected_fee
@@ -52,55 +50,7 @@ _OUTPUT_HOST = re.compile(
 )
 
 
-# The most credits one grant may add (the API's cap, ``runtime.api.bodies``): a price
-# above it can never be paid. It is also every other number's bound (bytes, counts,
-# seconds: 10^12 s is 30,000 years), well inside SQLite's 64-bit integers.
-MAX_CREDITS = 10**12
-
-
-def http_url(value: str, *, empty_ok: bool = False, empty_means: str = "") -> str:
-    """``value`` without a trailing slash if it is an http(s) URL with a host (or empty,
-    when ``empty_ok``; ``empty_means`` says what empty stands for in the error).
-    ValueError saying what is wrong otherwise."""
-    if not value and empty_ok:
-        return value
-    wanted = "an http:// or https:// URL with a host"
-    if empty_ok:
-        wanted = f"empty{f' ({empty_means})' if empty_means else ''} or {wanted}"
-    try:
-        parts = urlsplit(value)
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # a port that is no number, a malformed IPv6 host
-        parts, port_ok = None, False
-    if (
-        parts is None
-        or not port_ok
-        or parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or any(c.isspace() for c in value)
-    ):
-        raise ValueError(f"must be {wanted}, got {value!r}")
-    return value.rstrip("/")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*")
-    @classmethod
-    def _bounded_number(cls, value: Any) -> Any:
-        """Every number in the file is finite (TOML has ``inf`` and ``nan``) and at most
-        ``MAX_CREDITS``: a larger one is a typo, and SQLite cannot hold some of them."""
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return value
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"must be a finite number, got {value!r}")
-        if abs(value) > MAX_CREDITS:
-            raise ValueError(f"must be at most {MAX_CREDITS:_}, got {value!r}")
-        return value
-
-
-class VendorConfig(_Section):
+class VendorConfig(Section):
     name: str = ""  # filled in from the table key
     api: Literal["replicate", "fal"]
     base_url: str
@@ -221,7 +171,7 @@ class VendorConfig(_Section):
 MICROS = 1_000_000  # the ledger keeps vendor costs in millionths of a currency unit
 
 
-class RouteStep(_Section):
+class RouteStep(Section):
     vendor: str
     model: str  # the vendor's own name for the model
     # What the vendor charges the operator for one task of this model that runs (billed,
@@ -234,7 +184,7 @@ class RouteStep(_Section):
         return round(self.cost * MICROS)
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name: str = ""
     price: int = Field(ge=0, le=MAX_CREDITS)  # credits; more could never be paid
     route: tuple[RouteStep, ...] = Field(min_length=1)
@@ -276,7 +226,7 @@ class ModelConfig(_Section):
         return value
 
 
-class RetryConfig(_Section):
+class RetryConfig(Section):
     base: float = Field(default=1.0, gt=0)
     factor: float = Field(default=2.0, ge=1)
     cap: float = Field(default=60.0, gt=0)
@@ -288,7 +238,7 @@ class RetryConfig(_Section):
         )
 
 
-class CircuitConfig(_Section):
+class CircuitConfig(Section):
     failure_threshold: int = Field(default=5, ge=1)
     failure_rate: float = Field(default=0.5, gt=0, le=1)
     window: float = Field(default=30.0, gt=0)
@@ -311,12 +261,12 @@ class CircuitConfig(_Section):
         )
 
 
-class SweeperConfig(_Section):
+class SweeperConfig(Section):
     interval: float = Field(default=15.0, gt=0)
     job_deadline: float = Field(default=900.0, gt=0)  # seconds from submit to the end
 
 
-class GatewayConfig(_Section):
+class GatewayConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str = "http://127.0.0.1:8080"  # where vendors send webhooks
@@ -363,7 +313,7 @@ class GatewayConfig(_Section):
         return os.environ.get(self.admin_token_env)
 
 
-class TracingConfig(_Section):
+class TracingConfig(Section):
     # The share of jobs whose spans are exported (decided by the trace id, so every actor
     # agrees without a message). A span that ends in an error is exported whatever the ratio.
     sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -371,7 +321,7 @@ class TracingConfig(_Section):
     export_interval: float = Field(default=1.0, gt=0)
 
 
-class ConsoleConfig(_Section):
+class ConsoleConfig(Section):
     # Where operators open Grafana (e.g. "https://grafana.example.com"): the console's
     # operator view links each dashboard of dashboards/ there. Empty: no links.
     grafana_url: str = ""
@@ -382,124 +332,10 @@ class ConsoleConfig(_Section):
         return http_url(value, empty_ok=True)
 
 
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_PREFIX = re.compile(r"([A-Za-z0-9._-]+/)*")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-PRESIGN_MAX = 7 * 24 * 3600  # SigV4 presigned URLs live at most 7 days
-
-
-class S3StoreConfig(_Section):
-    """``[storage.s3]``: results in an S3-compatible bucket (AWS S3, R2, MinIO, ...).
-
-    Credentials come from the two environment variables named here, on every node that
-    stores or serves results; they are never written in the file.
-    """
-
-    bucket: str
-    prefix: str = ""  # "" or "a/b/": keys live at {prefix}{key}
-    endpoint_url: str = (
-        ""  # "" = AWS S3 in `region`; R2: https://<account>.r2.cloudflarestorage.com
-    )
-    region: str = "us-east-1"  # R2: "auto"
-    addressing_style: Literal["auto", "path", "virtual"] = "auto"
-    presign_expiry: int = Field(default=300, ge=1, le=PRESIGN_MAX)  # seconds
-    serve: Literal["stream", "redirect"] = "stream"  # how the gateway answers GET .../result
-    access_key_id_env: str = "AWS_ACCESS_KEY_ID"
-    secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket_name(cls, value: str) -> str:
-        if not _BUCKET.fullmatch(value) or ".." in value:
-            raise ValueError(
-                f"must be an S3 bucket name (3-63 lowercase letters, digits, '.', '-'), "
-                f"got {value!r}"
-            )
-        return value
-
-    @field_validator("prefix")
-    @classmethod
-    def _key_prefix(cls, value: str) -> str:
-        if not _PREFIX.fullmatch(value) or any(p in {".", ".."} for p in value.split("/")):
-            raise ValueError(
-                f"must be empty or folder names each ending in '/' (e.g. 'jobline/results/'), "
-                f"got {value!r}"
-            )
-        return value
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        return http_url(value, empty_ok=True, empty_means="AWS")
-
-    @field_validator("access_key_id_env", "secret_access_key_env")
-    @classmethod
-    def _env_name(cls, value: str) -> str:
-        if not _ENV_NAME.fullmatch(value):
-            raise ValueError(f"must be an environment variable name, got {value!r}")
-        return value
-
-    def credential_env_names(self) -> list[str]:
-        return [self.access_key_id_env, self.secret_access_key_env]
-
-    def credentials(self, environ: Mapping[str, str]) -> tuple[str, str]:
-        """(access key id, secret access key) from ``environ``; ConfigError naming every
-        variable that is missing or empty."""
-        missing = [name for name in self.credential_env_names() if not environ.get(name)]
-        if missing:
-            raise ConfigError(
-                "environment", ", ".join(missing), "not set (storage.s3 needs the credentials)"
-            )
-        return environ[self.access_key_id_env], environ[self.secret_access_key_env]
-
-
-class StorageConfig(_Section):
-    """``[storage]``: the ledger's SQLite file and where results go.
-
-    Paths must be absolute on a Ray cluster (a relative path would be resolved on
-    whichever node opens it); on one machine ``jobline serve`` resolves a relative path
-    once, against its own working directory (``runtime.startup.resolve_paths``).
-    """
-
-    database: Path = Path("data/jobline.db")
-    results: Path = Path("data/results")  # the directory store's root
-    result_store: Literal["directory", "s3"] = "directory"
-    s3: S3StoreConfig | None = Field(default=None, validate_default=True)
-    # True: the ledger creates its database file when it is missing (a first start, a
-    # laptop). False once a deployment has its ledger: a missing file then stops
-    # start-up (restore a backup, or create it once with `jobline init`) rather than
-    # quietly starting a second, empty ledger (a volume not mounted, a wrong path).
-    create_ledger: bool = True
-
-    @field_validator("s3")
-    @classmethod
-    def _s3_matches_choice(
-        cls, value: S3StoreConfig | None, info: ValidationInfo
-    ) -> S3StoreConfig | None:
-        choice = info.data.get("result_store")
-        if choice == "s3" and value is None:
-            raise ValueError('required when storage.result_store = "s3"')
-        if choice == "directory" and value is not None:
-            raise ValueError(
-                'set, but storage.result_store is "directory": set result_store = "s3" '
-                "or remove [storage.s3]"
-            )
-        return value
-
-    @property
-    def serve_by_redirect(self) -> bool:
-        """The gateway answers a result with a presigned redirect rather than the bytes."""
-        return self.s3 is not None and self.s3.serve == "redirect"
-
-    def secret_env_names(self) -> list[str]:
-        """The environment variables storage reads secrets from (none for a directory)."""
-        return self.s3.credential_env_names() if self.s3 is not None else []
-
-
 _RESOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
-class RayConfig(_Section):
+class RayConfig(Section):
     """``[ray]``: the cluster jobline runs on and where each role is placed.
 
     The app's name on the cluster is its ``namespace``: ``jobline serve`` deploys it
@@ -537,7 +373,7 @@ class RayConfig(_Section):
         return bool(self.address)
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     """``[logging]``: every role logs JSON lines (time, level, role, job id, trace id)."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -546,7 +382,7 @@ class LoggingConfig(_Section):
     file: Path | None = None
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     """``[metrics]``: where Prometheus finds every role's metrics on a cluster."""
 
     # A Prometheus file_sd file, rewritten whenever the roles move: one target per role,
@@ -555,7 +391,7 @@ class MetricsConfig(_Section):
     targets_file: Path | None = None
 
 
-class JoblineConfig(_Section):
+class JoblineConfig(Section):
     gateway: GatewayConfig = GatewayConfig()
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()

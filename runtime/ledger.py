@@ -62,8 +62,9 @@ answers the reads of a few rows (a job, a balance, an API key), the other the pa
 scans (statements, job lists, dead letters, the sweeper's scans), so a point read never
 waits behind a page another account asked for.
 
-The schema and its migrations are in ``runtime.ledger_schema``; the reads, plain
-functions run on the reader thread, in ``runtime.ledger_reads``.
+The schema is in ``runtime.ledger_migrations``, the file's settings and rows -> values in
+``runtime.ledger_schema``; the reads, plain functions run on the reader thread, in
+``runtime.ledger_reads``.
 """
 
 from __future__ import annotations
@@ -100,9 +101,9 @@ from runtime.errors import (
     TooManyJobsInFlight,
 )
 from runtime.invariants import check_invariants
+from runtime.ledger_migrations import DEAD_LETTERS_OPEN, sql_set
 from runtime.ledger_schema import (
     BUSY_TIMEOUT_S,
-    DEAD_LETTERS_OPEN,
     JOB_COLUMNS,
     MUTABLE_COLUMNS,
     SELECT_JOB,
@@ -112,7 +113,6 @@ from runtime.ledger_schema import (
     job_from_update,
     migrate,
     outputs_to_json,
-    sql_set,
 )
 from runtime.models import (
     FEE_NOTE,

@@ -8,11 +8,10 @@ import json
 import sqlite3
 from typing import Any
 
+from runtime.ledger_migrations import COUNTED_STATUSES, OPEN_SQL
 from runtime.ledger_schema import (
-    COUNTED_STATUSES,
     ENTRY_COLUMNS,
     JOB_COLUMNS,
-    OPEN_SQL,
     SELECT_JOB,
     STATUS_BY_VALUE,
     entry_from_row,

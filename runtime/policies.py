@@ -45,6 +45,7 @@ from runtime.circuit import (
     CircuitEvent,
     CircuitPolicy,
     CircuitState,
+    require,
 )
 from runtime.errors import VendorPermanentError, VendorRefused, VendorTransientError
 
@@ -67,15 +68,6 @@ __all__ = [
 ]
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _finite(value: float) -> bool:
-    return math.isfinite(value)
-
-
 # --- retry / backoff ------------------------------------------------------------------
 
 
@@ -96,26 +88,26 @@ class RetryPolicy:
     max_attempts: int = 5
 
     def __post_init__(self) -> None:
-        _require(
-            _finite(self.base) and self.base >= 0,
+        require(
+            math.isfinite(self.base) and self.base >= 0,
             f"RetryPolicy.base must be a finite number >= 0, got {self.base!r}",
         )
-        _require(
-            _finite(self.factor) and self.factor >= 1,
+        require(
+            math.isfinite(self.factor) and self.factor >= 1,
             f"RetryPolicy.factor must be a finite number >= 1, got {self.factor!r}",
         )
-        _require(
-            _finite(self.cap) and self.cap >= self.base,
+        require(
+            math.isfinite(self.cap) and self.cap >= self.base,
             f"RetryPolicy.cap must be a finite number >= base ({self.base!r}), got {self.cap!r}",
         )
-        _require(
+        require(
             self.max_attempts >= 1,
             f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts!r}",
         )
 
     def ceiling(self, attempt: int) -> float:
         """The largest backoff after ``attempt`` failed attempts (before Retry-After)."""
-        _require(attempt >= 1, f"attempt must be >= 1, got {attempt!r}")
+        require(attempt >= 1, f"attempt must be >= 1, got {attempt!r}")
         try:
             growth = self.factor ** (attempt - 1)
         except OverflowError:  # a float power past 1e308: far beyond any cap
@@ -137,8 +129,8 @@ class RetryPolicy:
         ceiling = self.ceiling(attempt)
         floor = 0.0
         if retry_after is not None:
-            _require(
-                _finite(retry_after) and retry_after >= 0,
+            require(
+                math.isfinite(retry_after) and retry_after >= 0,
                 f"retry_after must be a finite number of seconds >= 0, got {retry_after!r}",
             )
             floor = retry_after
@@ -146,7 +138,7 @@ class RetryPolicy:
 
     def attempts_left(self, attempt: int) -> int:
         """Attempts still allowed on this vendor after ``attempt`` were made."""
-        _require(attempt >= 0, f"attempt must be >= 0, got {attempt!r}")
+        require(attempt >= 0, f"attempt must be >= 0, got {attempt!r}")
         return max(0, self.max_attempts - attempt)
 
     def exhausted(self, attempt: int) -> bool:
@@ -176,11 +168,11 @@ class TokenBucket:
     def __init__(self, rate: float | None, burst: float | None = None) -> None:
         self.unlimited = rate is None or rate <= 0
         self.rate = 0.0 if rate is None or rate <= 0 else float(rate)
-        _require(_finite(self.rate), f"TokenBucket.rate must be finite or None, got {rate!r}")
+        require(math.isfinite(self.rate), f"TokenBucket.rate must be finite or None, got {rate!r}")
         if burst is None:
             burst = max(1.0, self.rate)
-        _require(
-            _finite(burst) and burst > 0,
+        require(
+            math.isfinite(burst) and burst > 0,
             f"TokenBucket.burst must be a finite number > 0, got {burst!r}",
         )
         self.burst = float(burst)
@@ -225,8 +217,8 @@ class TokenBucket:
         return delay
 
     def _check(self, n: float) -> None:
-        _require(_finite(n) and n > 0, f"n must be a finite number > 0, got {n!r}")
-        _require(
+        require(math.isfinite(n) and n > 0, f"n must be a finite number > 0, got {n!r}")
+        require(
             self.unlimited or n <= self.burst,
             f"n={n!r} exceeds the bucket's burst of {self.burst!r}: it could never be granted",
         )
@@ -307,7 +299,7 @@ def classify_http_status(status: int) -> ErrorClass:
     Every other 4xx is permanent (bad input, bad key, unknown model). A status
     below 400 is not an error and raises ``ValueError``.
     """
-    _require(400 <= status <= 599, f"HTTP status {status!r} is not an error status (400-599)")
+    require(400 <= status <= 599, f"HTTP status {status!r} is not an error status (400-599)")
     if status >= 500 or status in _TRANSIENT_4XX:
         return ErrorClass.TRANSIENT
     return ErrorClass.PERMANENT

@@ -44,7 +44,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from runtime.config import S3StoreConfig, StorageConfig
+from runtime.config_storage import S3StoreConfig, StorageConfig
 from runtime.errors import ResultNotFound, ResultStoreUnavailable, ResultTooLarge
 from runtime.results import (
     CHUNK_SIZE,

@@ -27,7 +27,7 @@ from hypothesis import seed as seeded
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from loadtests.chaos.fuzz import Operation, Param
+from loadtests.chaos.fuzz.document import Operation, Param
 
 T = TypeVar("T")
 

@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from runtime.config import MAX_CREDITS
+from runtime.config_base import MAX_CREDITS
 
-# MAX_CREDITS (runtime.config): the most one grant (or an account's starting credits)
+# MAX_CREDITS (runtime.config_base): the most one grant (or an account's starting credits)
 # may add, and the most a model may cost. It bounds each grant, not a balance: a balance
 # reaches SQLite's int64 only after millions of such grants.
 MAX_PAGE = 200  # GET /v1/jobs?limit=

@@ -24,7 +24,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from loadtests.testbed import ROOT_CONFIG
 from runtime.api import GatewayContext, build_app
 from runtime.clock import SYSTEM_CLOCK, Clock
-from runtime.config import JoblineConfig, StorageConfig, load_config
+from runtime.config import JoblineConfig, load_config
+from runtime.config_storage import StorageConfig
 from runtime.ledger import Ledger
 from runtime.models import Complete, Job, MarkProcessing, StartAttempt
 from runtime.results import LocalResultStore, ResultStore, result_key_for

@@ -16,7 +16,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from runtime.config import S3StoreConfig
+from runtime.config_storage import S3StoreConfig
 from runtime.results_s3 import S3ResultStore
 
 if TYPE_CHECKING:

@@ -288,9 +288,16 @@ async def serve(api: ApiHarness) -> Gateway:
 
 
 async def closed_after(reader: asyncio.StreamReader, within: float) -> tuple[float, bytes]:
-    """Seconds until the server closed the connection, and what it sent before."""
+    """Seconds until the server closed the connection, and what it sent before.
+
+    A close while the client's bytes are still unread arrives as a reset (RST, not FIN):
+    that is a closed connection too, having sent nothing.
+    """
     started = time.monotonic()
-    data = await asyncio.wait_for(reader.read(), within)
+    try:
+        data = await asyncio.wait_for(reader.read(), within)
+    except ConnectionResetError:
+        data = b""
     return time.monotonic() - started, data
 
 

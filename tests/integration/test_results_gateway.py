@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from runtime.config import StorageConfig
+from runtime.config_storage import StorageConfig
 from runtime.errors import ResultStoreUnavailable
 from runtime.models import Complete, MarkProcessing, StartAttempt
 from runtime.results import LocalResultStore, StoredResult, result_key_for

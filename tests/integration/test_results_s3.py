@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from runtime.config import S3StoreConfig, StorageConfig
+from runtime.config_storage import S3StoreConfig, StorageConfig
 from runtime.errors import (
     ConfigError,
     InvalidResultKey,

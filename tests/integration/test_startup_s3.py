@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.config import StorageConfig
+from runtime.config_storage import StorageConfig
 from runtime.results_s3 import bucket_problems
 from tests.integration.s3_fixtures import CREDENTIALS, S3Server, s3_server_fixture  # noqa: F401
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from runtime.config import JoblineConfig, S3StoreConfig, load_config, parse_config
+from runtime.config import JoblineConfig, load_config, parse_config
+from runtime.config_storage import S3StoreConfig
 from runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -59,22 +59,9 @@ from runtime.models import (
     StoredOutput,
 )
 from runtime.states import JobStatus
-from tests.ledger_ops import apply_op
+from tests.ledger_ops import Clock, apply_op
 
 DEADLINE = 10_000.0
-
-
-class Clock:
-    """A settable clock: replays happen at a later time, so a replay that writes shows."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float = 1.0) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

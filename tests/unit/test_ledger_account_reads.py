@@ -11,7 +11,8 @@ import pytest
 from runtime.errors import InputInvalid
 from runtime.invariants import check_invariants
 from runtime.ledger import Ledger
-from runtime.ledger_schema import SCHEMA_VERSION, migrate
+from runtime.ledger_migrations import SCHEMA_VERSION
+from runtime.ledger_schema import migrate
 from runtime.models import Cancel, Complete, CreateAccount, Grant, OpenJob
 from runtime.states import JobStatus
 from tests.ledger_ops import apply_op

@@ -32,18 +32,10 @@ from runtime.models import (
     VendorCharge,
 )
 from runtime.refunds import RejectionThrottle
-from tests.ledger_ops import apply_op
+from tests.ledger_ops import Clock, apply_op, funded_ledger
 from tests.unit.test_invariants import corrupt
 
 DEADLINE = 10_000.0
-
-
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -53,8 +45,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def ledger(tmp_path: Path, clock: Clock) -> AsyncIterator[Ledger]:
-    ledger = await Ledger.open(tmp_path / "ledger.db", clock)
-    await apply_op(ledger, CreateAccount("acct", "hash-acct", credits=100, key_id="key-1"))
+    ledger = await funded_ledger(tmp_path / "ledger.db", clock)
     yield ledger
     await ledger.close()
 

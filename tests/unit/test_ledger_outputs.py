@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runtime.ledger import Ledger
-from runtime.ledger_schema import MIGRATIONS, SCHEMA_VERSION
+from runtime.ledger_migrations import MIGRATIONS, SCHEMA_VERSION
 from runtime.models import (
     Complete,
     CreateAccount,
@@ -18,8 +18,8 @@ from runtime.models import (
     RecordOrphan,
     StoredOutput,
 )
-from tests.ledger_ops import apply_op
-from tests.unit.test_ledger import Clock, to_processing
+from tests.ledger_ops import Clock, apply_op
+from tests.unit.test_ledger import to_processing
 
 OUTPUTS = (
     StoredOutput("job-1.png", "image/png", 120, "a.png", "images[0]"),

@@ -21,7 +21,8 @@ from runtime.errors import (
 )
 from runtime.invariants import check_invariants
 from runtime.ledger import Ledger
-from runtime.ledger_schema import SCHEMA_VERSION, migrate
+from runtime.ledger_migrations import SCHEMA_VERSION
+from runtime.ledger_schema import migrate
 from runtime.models import (
     AccountLimits,
     Cancel,
@@ -39,17 +40,9 @@ from runtime.models import (
     StartAttempt,
 )
 from runtime.states import JobStatus
-from tests.ledger_ops import apply_op
+from tests.ledger_ops import Clock, apply_op, funded_ledger
 
 DEADLINE = 10_000.0
-
-
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -59,8 +52,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def ledger(tmp_path: Path, clock: Clock) -> AsyncIterator[Ledger]:
-    ledger = await Ledger.open(tmp_path / "ledger.db", clock)
-    await apply_op(ledger, CreateAccount("acct", "hash-acct", credits=100, key_id="key-1"))
+    ledger = await funded_ledger(tmp_path / "ledger.db", clock)
     yield ledger
     await ledger.close()
 
