@@ -28,7 +28,7 @@ from pydantic import (
     field_validator,
 )
 
-from runtime.config_money import RefundsConfig, ThrottleConfig
+from runtime.config_money import FairnessConfig, RefundsConfig, ThrottleConfig
 from runtime.errors import ConfigError
 from runtime.policies import CircuitPolicy, RetryPolicy
 from runtime.refunds import input_rejected_fee
@@ -568,6 +568,7 @@ class JoblineConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     refunds: RefundsConfig = RefundsConfig()
     throttle: ThrottleConfig = ThrottleConfig()
+    fairness: FairnessConfig = FairnessConfig()
     vendors: dict[str, VendorConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
 
