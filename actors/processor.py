@@ -463,7 +463,9 @@ class VendorProcessor:
             if rate_wait > 0:
                 await self._clock.sleep(rate_wait)
             attempt = job.attempts + 1
-            if not await self._start_attempt(held, attempt):
+            with self._span("ledger.start_attempt", job, attempt=attempt):
+                started = await self._start_attempt(held, attempt)
+            if not started:
                 slot.release()
                 return
             job = held.job
