@@ -17,10 +17,12 @@ ledger's invariants. It prints the quiet tenants' job latency (submit to end: p5
 p99) in both runs side by side, where it went (from the ledger's job history: accepted
 to a vendor task recorded, which is mostly the wait for a slot; then the vendor's task
 and storing its result), and what the flooder got through. With the fair share
-of vendor slots (``runtime.fairness``), the quiet tenants' p95 stays within noise of
-the baseline: the last free slot (``[fairness] headroom``) is kept for them, so their
-jobs start at once, however deep the flooder's queue (``--headroom 0``: without it,
-each waits for about one slot turnover). The CSV files and Locust's logs stay under
+of vendor slots (``runtime.fairness``) a quiet job waits for one slot turnover at most,
+however deep the flooder's queue; the last free slots (``[fairness] headroom``) are
+kept for the quiet tenants, so one whose job arrives while they are free starts at
+once (``--headroom 0``: none kept; more than the quiet tenants' jobs at once: the rest
+wait a turnover). The flood also takes CPU every job shares: this tool runs the fakes,
+jobline and Locust on one machine. The CSV files and Locust's logs stay under
 ``results/flood-<time>/``.
 
     python -m loadtests.flood [--duration 60] [--tenants 3] [--flooders 8] [--slots 4]
