@@ -13,7 +13,9 @@ step's ``cost`` (with the Complete when it succeeded; a ``RecordCharge`` otherwi
 whatever then becomes of the job. A job the vendor rejected for its own input (a task
 failed ``permanent``, a submit refused with ``VendorInputRejected``) fails keeping the
 model's fee (``JoblineConfig.input_rejected_fee``) and counts against its account's
-throttle (``[throttle]``); every other failure is refunded in full.
+throttle (``[throttle]``); every other failure is refunded in full. A vendor model name
+in jobline.toml that cannot exist at the vendor (``VendorModelInvalid``) is a config
+error, not the job's input: refunded in full, counted in ``jobline_config_errors_total``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from runtime.errors import (
     VendorAuthError,
     VendorBillingError,
     VendorInputRejected,
+    VendorModelInvalid,
     VendorPermanentError,
     VendorRefused,
     VendorTaskFailed,
@@ -234,6 +237,13 @@ class Outcomes:
             await self.fail(job, f"the deadline comes before the next try: {exc}", expired=True)
         elif decision.next is Next.ROUTE_SPENT:
             await self.fail(job, f"every vendor of the route failed; last: {exc}")
+        elif isinstance(exc, VendorModelInvalid):  # jobline.toml's, not the job's input
+            self.metrics.config_errors.labels(self.vendor.name, job.model).inc()
+            log.error(
+                "config error: fix models.%s.route", job.model,
+                extra={"job_id": job.id, "vendor": self.vendor.name, "error": str(exc)},
+            )  # fmt: skip
+            await self.fail(job, f"config error: {exc}")
         else:  # Next.FAIL: permanent for this job
             await self.fail(job, str(exc), input_rejected=isinstance(exc, VendorInputRejected))
 

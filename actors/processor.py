@@ -27,7 +27,9 @@ The next job to start is taken round-robin across the accounts with a job ready
 (``runtime.fairness.FairQueue``, weighted by each account's ``slot_weight``, read from
 the ledger when an account first queues here and every ``WEIGHTS_TTL`` seconds): one
 account's burst delays another account's job by about one slot turnover, not by the
-whole burst.
+whole burst. The last ``[fairness] headroom`` free slots are kept for accounts holding
+none while one was active lately (``runtime.fairness.Headroom``), so a quiet account's
+job next to a flood starts at once instead of after a turnover.
 
 What happens after a failure is decided by a pure function of values
 (``runtime.policies.after_failure``), applied here. Slots are ``actors.slots.Slot``
@@ -56,7 +58,7 @@ import asyncio
 import contextlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -78,7 +80,7 @@ from runtime.errors import (
     VendorSubmitInDoubt,
     VendorTransientError,
 )
-from runtime.fairness import DEFAULT_WEIGHT, FairQueue
+from runtime.fairness import DEFAULT_WEIGHT, FairQueue, Headroom
 from runtime.models import (
     Job,
     MarkProcessing,
@@ -147,6 +149,7 @@ class VendorProcessor:
         self._slots = slots
         slots.on_release(self._slot_freed)
         self._queue = FairQueue()
+        self._headroom = Headroom(config.fairness.headroom, config.fairness.window)
         self._weights: dict[str, float] = {}  # account -> slot weight, as last read
         self._unweighed: set[str] = set()  # accounts queued here whose weight is not read
         self._weights_read_at = -math.inf
@@ -326,7 +329,7 @@ class VendorProcessor:
         held = HeldJob(job, task_id=job.vendor_task_id)
         self._held[job.id] = held
         if job.status is JobStatus.PROCESSING and job.vendor_task_id:
-            slot = self._slots.take()  # the vendor is running it: it holds a slot already
+            slot = self._take_slot(job.account_id)  # the vendor runs it: it holds a slot
             self._by_task[job.vendor_task_id] = job.id
             self._spawn(self._resume(held, slot))
         else:
@@ -337,7 +340,7 @@ class VendorProcessor:
     def _take_in_doubt(self, job: Job) -> None:
         """A job whose last submit is in doubt (this processor stopped mid-submit): its
         task is looked for before anything else; a terminal job's keeps a slot."""
-        slot = self._slots.take()
+        slot = self._take_slot(job.account_id)
         since = job.updated_at  # its StartAttempt, just before the submit
         model = vendor_model(self.config, job)
         if job.terminal or job.status is not JobStatus.QUEUED:
@@ -370,10 +373,13 @@ class VendorProcessor:
             if not self._slots.has_room():
                 return None  # a slot freed wakes us
             now = self._clock.time()
-            entry = self._queue.peek(now)
+            skip = self._skip_at(now)
+            entry = self._queue.peek(now, skip)
             if entry is None:
-                ready_at = self._queue.next_ready_at()
-                return None if ready_at is None else ready_at - now
+                # Nothing ready, or only accounts the headroom holds back for now.
+                kept = self._headroom.wake_at(now) if skip is not None else None
+                times = [t for t in (self._queue.next_ready_at(), kept) if t is not None]
+                return min(times) - now if times else None
             held = self._held.get(entry.job_id)
             if held is None or not held.queued:
                 self._queue.discard(entry.job_id)  # a stale entry
@@ -391,10 +397,24 @@ class VendorProcessor:
                     continue
                 return max(self._breaker.delay_until_allowed(now), 0.05)  # Next.WAIT
             wait = self._bucket.reserve(now)
-            self._queue.pop(now)  # its account's turn is used
+            self._queue.pop(now, skip)  # its account's turn is used
             held.queued = False
-            self._spawn(self._attempt(held, wait, self._slots.take()))
+            self._spawn(self._attempt(held, wait, self._take_slot(entry.account)))
         return None
+
+    def _skip_at(self, now: float) -> Callable[[str], bool] | None:
+        """Which accounts pass their turn now: those the headroom holds back (when the
+        slots free are the headroom), or None."""
+        free = self._slots.limit - self._slots.taken
+        if free > self._headroom.slots:
+            return None
+        queue, headroom = self._queue, self._headroom
+        return lambda account: not headroom.may_take(account, free, now, queue.queued)
+
+    def _take_slot(self, account: str) -> Slot:
+        """A slot held for ``account``'s job (counted by the headroom until given back)."""
+        self._headroom.took(account)
+        return self._slots.take(account)
 
     def _fail_over_queue(self, reason: str) -> None:
         """Hand every queued job that has a next vendor on to it."""
@@ -443,7 +463,9 @@ class VendorProcessor:
             if rate_wait > 0:
                 await self._clock.sleep(rate_wait)
             attempt = job.attempts + 1
-            if not await self._start_attempt(held, attempt):
+            with self._span("ledger.start_attempt", job, attempt=attempt):
+                started = await self._start_attempt(held, attempt)
+            if not started:
                 slot.release()
                 return
             job = held.job
@@ -631,6 +653,7 @@ class VendorProcessor:
         if weight is None:
             self._unweighed.add(job.account_id)
         self._queue.push(job.id, job.account_id, at, weight)
+        self._headroom.queued(job.account_id, self._clock.time())
         self._wakeup.set()
 
     def _requeue(self, held: HeldJob, job: Job) -> None:
@@ -654,7 +677,9 @@ class VendorProcessor:
         if self._held.get(held.job.id) is held and not held.queued:
             self._drop(held.job.id)
 
-    def _slot_freed(self) -> None:
+    def _slot_freed(self, owner: str | None) -> None:
+        if owner is not None:
+            self._headroom.gave_back(owner, self._clock.time())
         self._wakeup.set()
         self._publish_gauges()
 

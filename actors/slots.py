@@ -10,7 +10,8 @@ have started) without giving it back in between.
 
 ``take()`` never refuses: a task the vendor is running holds a slot whether or not
 there was room (a resumed task, a submit in doubt). ``has_room()`` is what decides
-whether a new attempt may start.
+whether a new attempt may start. A slot may name its ``owner`` (the job's account); the
+release callbacks get it (``runtime.fairness.Headroom`` counts each account's slots).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Slots:
             raise ValueError(f"a slot limit must be at least 1, not {limit}")
         self.limit = limit
         self.taken = 0
-        self._released: list[Callable[[], None]] = []
+        self._released: list[Callable[[str | None], None]] = []
 
     def __repr__(self) -> str:
         return f"Slots(taken={self.taken}, limit={self.limit})"
@@ -34,28 +35,29 @@ class Slots:
         """May one more attempt start now?"""
         return self.taken < self.limit
 
-    def take(self) -> Slot:
+    def take(self, owner: str | None = None) -> Slot:
         self.taken += 1
-        return Slot(self)
+        return Slot(self, owner)
 
-    def on_release(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` every time a slot is given back (the processor wakes up)."""
+    def on_release(self, callback: Callable[[str | None], None]) -> None:
+        """Call ``callback(owner)`` every time a slot is given back (the processor wakes up)."""
         self._released.append(callback)
 
-    def _give_back(self) -> None:
+    def _give_back(self, owner: str | None) -> None:
         self.taken -= 1
         for callback in self._released:
-            callback()
+            callback(owner)
 
 
 class Slot:
     """One slot, held until ``release()`` (or the end of a ``with`` block)."""
 
-    __slots__ = ("_held", "_slots")
+    __slots__ = ("_held", "_slots", "owner")
 
-    def __init__(self, slots: Slots) -> None:
+    def __init__(self, slots: Slots, owner: str | None = None) -> None:
         self._slots = slots
         self._held = True
+        self.owner = owner
 
     @property
     def held(self) -> bool:
@@ -65,7 +67,7 @@ class Slot:
         """Give the slot back; a second call does nothing."""
         if self._held:
             self._held = False
-            self._slots._give_back()
+            self._slots._give_back(self.owner)
 
     def hand_over(self) -> Slot:
         """A new ``Slot`` holding this one's place, which this one gives up without giving
@@ -74,7 +76,7 @@ class Slot:
         if not self._held:
             raise RuntimeError("a released slot cannot be handed over")
         self._held = False
-        return Slot(self._slots)
+        return Slot(self._slots, self.owner)
 
     def __enter__(self) -> Slot:
         return self

@@ -14,22 +14,30 @@ Each quiet tenant follows the job it has in hand to its end after a run (Locust'
 ``--stop-timeout``), so a job stuck behind the flood is timed, not dropped. Between the
 two runs, and after, it waits until every job has ended, then checks the
 ledger's invariants. It prints the quiet tenants' job latency (submit to end: p50, p95,
-p99) in both runs side by side, and what the flooder got through. With the fair share
-of vendor slots (``runtime.fairness``), the quiet tenants' p95 stays within noise of
-the baseline: each of their jobs waits for about one slot turnover at most, however deep
-the flooder's queue. The CSV files and Locust's logs stay under
+p99) in both runs side by side, where it went (from the ledger's job history: accepted
+to a vendor task recorded, which is mostly the wait for a slot; then the vendor's task
+and storing its result), and what the flooder got through. With the fair share
+of vendor slots (``runtime.fairness``) a quiet job waits for one slot turnover at most,
+however deep the flooder's queue; the last free slots (``[fairness] headroom``) are
+kept for the quiet tenants, so one whose job arrives while they are free starts at
+once (``--headroom 0``: none kept; more than the quiet tenants' jobs at once: the rest
+wait a turnover). The flood also takes CPU every job shares: this tool runs the fakes,
+jobline and Locust on one machine. The CSV files and Locust's logs stay under
 ``results/flood-<time>/``.
 
     python -m loadtests.flood [--duration 60] [--tenants 3] [--flooders 8] [--slots 4]
+                              [--headroom N] [--mode ray|in-process]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import os
+import sqlite3
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -63,6 +71,17 @@ class Latency:
 
 
 @dataclass
+class Phases:
+    """Where the quiet tenants' jobs spent their time, from the ledger's job history
+    (seconds, p50 and p95): accepted (``queued``) to the vendor task recorded
+    (``processing``: the wait for a slot, then the submit), and from there to the end."""
+
+    jobs: int = 0
+    to_vendor: tuple[float, float] = (0.0, 0.0)
+    at_vendor: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass
 class FloodReport:
     duration: float
     tenants: int
@@ -76,6 +95,7 @@ class FloodReport:
     flooder_refused: int  # its 429s (its in-flight cap, its submit rate)
     quiet: bool
     violations: list[str]
+    phases: dict[str, Phases]  # "baseline" / "flood" -> the quiet tenants' jobs
 
     @property
     def ok(self) -> bool:
@@ -108,6 +128,12 @@ class FloodReport:
                 line("baseline (no flood)", self.baseline),
                 line("next to the flood", self.flood),
                 f"  p95 next to the flood / baseline: {change}",
+                *(
+                    f"  {name:<22} accepted -> vendor task p50/p95 {p.to_vendor[0] * 1000:,.0f}/"
+                    f"{p.to_vendor[1] * 1000:,.0f} ms; vendor task -> end "
+                    f"{p.at_vendor[0] * 1000:,.0f}/{p.at_vendor[1] * 1000:,.0f} ms"
+                    for name, p in self.phases.items()
+                ),
                 f"  the flooder: {self.flooder_accepted:,} jobs accepted, "
                 f"{self.flooder_refused:,} submits refused (429)",
                 f"  invariants: {'hold' if not self.violations else self.violations[:3]}"
@@ -180,6 +206,41 @@ def read_rows(out: Path) -> dict[str, Latency]:
     return rows
 
 
+def phases(database: str | Path, flood_start: float, tenant_ids: list[str]) -> dict[str, Phases]:
+    """The quiet tenants' completed jobs, split into baseline and flood (jobs opened from
+    ``flood_start`` on, wall clock), each split at its vendor task's record (``Phases``)."""
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        rows = conn.execute(
+            "SELECT j.created_at, min(CASE WHEN h.status = 'queued' THEN h.at END), "
+            "min(CASE WHEN h.status = 'processing' THEN h.at END), "
+            "min(CASE WHEN h.status = 'completed' THEN h.at END) "
+            "FROM jobs j JOIN job_history h ON h.job_id = j.id "
+            "WHERE j.account_id IN (SELECT value FROM json_each(?)) GROUP BY j.id",
+            (json.dumps(tenant_ids),),
+        ).fetchall()
+    split: dict[str, list[tuple[float, float]]] = {"baseline": [], "flood": []}
+    for created, queued, processing, completed in rows:
+        if None not in (queued, processing, completed):
+            phase = "flood" if created >= flood_start else "baseline"
+            split[phase].append((processing - queued, completed - processing))
+    return {
+        name: Phases(
+            len(times),
+            _p50_p95([t[0] for t in times]),
+            _p50_p95([t[1] for t in times]),
+        )
+        for name, times in split.items()
+    }
+
+
+def _p50_p95(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return (0.0, 0.0)
+    ordered = sorted(values)
+    last = len(ordered) - 1
+    return ordered[round(0.5 * last)], ordered[round(0.95 * last)]
+
+
 def _number(raw: str | None) -> float:
     try:
         return float(raw or 0)
@@ -198,7 +259,10 @@ async def flood(
     quiet_timeout: float = 180.0,
 ) -> FloodReport:
     """The baseline run, then the flood run, against a started Testbed (module docstring)."""
-    keys = [(await tb.client.create_account(100_000, f"tenant-{i}"))[1] for i in range(tenants)]
+    tenant_accounts = [
+        await tb.client.create_account(100_000, f"tenant-{i}") for i in range(tenants)
+    ]
+    keys = [key for _, key in tenant_accounts]
     flooder_id, flooder_key = await tb.client.create_account(10_000_000, "flooder")
     status, body = await tb.client.request(
         "PUT", f"/v1/accounts/{flooder_id}/limits", admin=True,
@@ -213,6 +277,7 @@ async def flood(
         host, target, out / "baseline", duration, tenants, ["QuietTenant"]
     )
     quiet, _ = await wait_quiet(tb, quiet_timeout)
+    flood_start = time.time()  # the ledger's clock: the system's
     exits["flood"] = await run_phase(
         host, target, out / "flood", duration, tenants + flooders, ["QuietTenant", "Flooder"]
     )
@@ -233,19 +298,29 @@ async def flood(
         flooder_refused=flooded.get(FLOOD_ROWS[1], Latency()).requests,
         quiet=quiet and quiet_after,
         violations=[str(v) for v in violations],
+        phases=phases(
+            tb.config.storage.database, flood_start, [account for account, _ in tenant_accounts]
+        ),
     )
     (out / "summary.json").write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
     return report
 
 
 def flood_testbed(
-    data: Path, slots: int, mode: Literal["ray", "in-process"] = "ray", seed: int = 0
+    data: Path,
+    slots: int,
+    mode: Literal["ray", "in-process"] = "ray",
+    seed: int = 0,
+    headroom: int | None = None,
 ) -> Testbed:
-    """Fake vendors with half-second tasks and ``slots`` slots per vendor, and jobline."""
+    """Fake vendors with half-second tasks and ``slots`` slots per vendor, and jobline
+    (``headroom``: its ``[fairness] headroom``; None: jobline.toml's)."""
     overrides: dict[str, dict[str, Any]] = {
         f"vendors.{name}": {"concurrency": slots, "poll_interval": 0.2}
         for name in ("fal", "replicate")
     }
+    if headroom is not None:
+        overrides["fairness"] = {"headroom": headroom}
     profile = merge_profile(load_profile("calm"), TASKS)
     return Testbed(
         data, profile=profile, seed=seed, mode=mode, overrides=overrides, fake_limit=None
@@ -255,7 +330,7 @@ def flood_testbed(
 async def _main(args: argparse.Namespace) -> FloodReport:
     out = args.out / f"flood-{time.strftime('%Y%m%d-%H%M%S')}"
     print("starting fake vendors and jobline ...", flush=True)
-    async with flood_testbed(out / "data", args.slots, args.mode, args.seed) as tb:
+    async with flood_testbed(out / "data", args.slots, args.mode, args.seed, args.headroom) as tb:
         print(
             f"baseline, then flood: {args.duration:g}s each against {tb.config.gateway.public_url}",
             flush=True,
@@ -279,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flooders", type=int, default=8, help="users of the flooding account")
     parser.add_argument("--flood-cap", type=int, default=300, help="the flooder's jobs in flight")
     parser.add_argument("--slots", type=int, default=4, help="concurrency of each vendor")
+    parser.add_argument(
+        "--headroom", type=int, default=None, help="[fairness] headroom (default: jobline.toml's)"
+    )
     parser.add_argument("--mode", choices=("ray", "in-process"), default="ray")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "results")

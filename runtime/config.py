@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from runtime.config_base import MAX_CREDITS, Section, http_url
-from runtime.config_money import RefundsConfig, ThrottleConfig
+from runtime.config_money import FairnessConfig, RefundsConfig, ThrottleConfig
 from runtime.config_storage import StorageConfig
 from runtime.errors import ConfigError
 from runtime.policies import CircuitPolicy, RetryPolicy
@@ -404,6 +404,7 @@ class JoblineConfig(Section):
     metrics: MetricsConfig = MetricsConfig()
     refunds: RefundsConfig = RefundsConfig()
     throttle: ThrottleConfig = ThrottleConfig()
+    fairness: FairnessConfig = FairnessConfig()
     vendors: dict[str, VendorConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
 

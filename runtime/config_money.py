@@ -1,5 +1,6 @@
-"""The money sections of jobline.toml: ``[refunds]`` and ``[throttle]`` (``runtime.config``
-reads them; ``runtime.refunds`` holds the rules they configure).
+"""The money and tenant sections of jobline.toml: ``[refunds]``, ``[throttle]`` and
+``[fairness]`` (``runtime.config`` reads them; ``runtime.refunds`` and
+``runtime.fairness`` hold the rules they configure).
 
 What each vendor charges is a route step's ``cost`` (``models.X.route``), and a model's
 own fee for a job rejected for its input is ``models.X.input_rejected_fee``: both live
@@ -39,3 +40,16 @@ class ThrottleConfig(BaseModel):
 
     def policy(self) -> RejectionThrottle:
         return RejectionThrottle(self.input_rejections, self.window, self.duration)
+
+
+class FairnessConfig(BaseModel):
+    """``[fairness]``: how accounts share a vendor's slots beyond the round-robin. The last
+    ``headroom`` free slots of a vendor are kept for accounts holding none of its slots
+    while one of them queued a job or finished one there within ``window`` seconds, so a
+    quiet account's job next to a flooding one starts at once (``runtime.fairness.
+    Headroom``). Alone, an account uses every slot. 0: no headroom."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    headroom: int = Field(default=1, ge=0)
+    window: float = Field(default=10.0, ge=0)

@@ -58,7 +58,9 @@ equal exception back; a test checks every class below).
         │   │                        (402; 403 saying locked / balance / billing)
         │   └── VendorModelGone      the model is not there (404 / 410 on submit)
         └── VendorPermanentError     permanent for the job: fail it, refund
-            ├── VendorInputRejected  invalid input, content rejected
+            ├── VendorInputRejected  invalid input, content rejected (may keep a fee)
+            ├── VendorModelInvalid   the configured vendor model name cannot name a model
+            │                        there: a config error, refunded in full
             └── VendorOutputTooLarge an output past the caller's byte cap
 
 Three classes, three reactions (DESIGN §3.5): a transient error is retried here with
@@ -571,6 +573,15 @@ class VendorPermanentError(VendorError):
 
 class VendorInputRejected(VendorPermanentError):
     pass
+
+
+class VendorModelInvalid(VendorPermanentError):
+    """The vendor's model name in jobline.toml (``models.X.route[].model``) cannot name a
+    model at that vendor (not ``owner/name[:version]`` for replicate, not an endpoint id
+    fal-client would accept): a config error, found before any request goes out. Not the
+    job's input: the job is refunded in full (no ``input_rejected_fee``), never counts
+    against its account's throttle, and the operator is told
+    (``jobline_config_errors_total``, the dead letter's error says "config error")."""
 
 
 class VendorOutputTooLarge(VendorPermanentError):

@@ -30,6 +30,20 @@ lazy (``discard``).
     if entry is not None and slot_free:
         queue.pop(now)             # it starts: its account's pass moves on
     queue.next_ready_at()          # when a job waiting for its not_before may be ready
+
+Headroom
+--------
+Fair share alone still lets a flooding account hold every slot whenever nobody else has
+a job queued, so another account's job that arrives then waits for a slot to free: up
+to one slot turnover, every time (issue 13's Locust flood: the quiet tenants' wait for
+a slot went from 32 to 296 ms at the median, and was the whole of their extra latency).
+``Headroom`` keeps the last ``slots`` free slots of a vendor for accounts that hold none
+of its slots and have no job queued, while such an account has been active there (a
+job queued, or a slot given back) within the last ``window`` seconds: an account already
+holding slots skips its turn rather than take them (``peek``/``pop`` with ``skip``).
+Alone, or next to accounts that hold slots or have jobs queued already (the round-robin
+shares among those), an account uses every slot (work-conserving); an account holding
+none may always take them, so a quiet tenant's next job starts at once.
 """
 
 from __future__ import annotations
@@ -37,10 +51,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_WEIGHT", "FairQueue", "Queued"]
+__all__ = ["DEFAULT_WEIGHT", "FairQueue", "Headroom", "Queued"]
 
 DEFAULT_WEIGHT = 1.0
 
@@ -96,6 +111,11 @@ class FairQueue:
         """Every queued job, in no particular order."""
         return iter(list(self._live.values()))
 
+    def queued(self, account: str) -> bool:
+        """Has ``account`` a job in the queue (ready or waiting for its not_before)?"""
+        lane = self._lanes.get(account)
+        return lane is not None and self._top(lane) is not None
+
     def accounts(self) -> list[str]:
         """The accounts with a job queued."""
         return [lane.account for lane in self._lanes.values() if lane.state != "idle"]
@@ -133,34 +153,23 @@ class FairQueue:
 
     # --- the next job ----------------------------------------------------------------------
 
-    def peek(self, now: float) -> Queued | None:
-        """The job that would start next at ``now``, or None when no job is ready."""
-        self._promote(now)
-        ready = self._ready
-        while ready:
-            _, _, account, stamp = ready[0]
-            lane = self._lanes.get(account)
-            if lane is None or lane.stamp != stamp:
-                heapq.heappop(ready)
-                continue
-            top = self._top(lane)
-            if top is not None and top.not_before <= now:
-                return top
-            heapq.heappop(ready)
-            if top is None:
-                self._idle(lane)
-            else:
-                self._wait(lane, top.not_before)
-        return None
+    def peek(self, now: float, skip: Callable[[str], bool] | None = None) -> Queued | None:
+        """The job that would start next at ``now``, or None when no job is ready.
+        ``skip(account)`` True: that account's turn is passed over (not used) this time."""
+        top, aside = self._choose(now, skip)
+        self._put_back(aside)
+        return top
 
-    def pop(self, now: float) -> Queued:
-        """Take the job ``peek(now)`` names: it starts, and its account's turn is used.
-        Raises ``IndexError`` when no job is ready."""
-        top = self.peek(now)
+    def pop(self, now: float, skip: Callable[[str], bool] | None = None) -> Queued:
+        """Take the job ``peek(now, skip)`` names: it starts, and its account's turn is
+        used. Raises ``IndexError`` when no job is ready."""
+        top, aside = self._choose(now, skip)
         if top is None:
+            self._put_back(aside)
             raise IndexError("no job is ready")
         lane = self._lanes[top.account]
-        heapq.heappop(self._ready)
+        heapq.heappop(self._ready)  # the chosen lane's entry: on top once the skipped are aside
+        self._put_back(aside)
         heapq.heappop(lane.jobs)
         del self._live[top.job_id]
         self._vtime = max(self._vtime, lane.passed)
@@ -173,6 +182,37 @@ class FairQueue:
         else:
             self._wait(lane, following.not_before)
         return top
+
+    def _choose(
+        self, now: float, skip: Callable[[str], bool] | None
+    ) -> tuple[Queued | None, list[tuple[float, int, str, int]]]:
+        """The next job, its lane's entry left on top of ``_ready``; the skipped lanes'
+        entries are taken out meanwhile (the caller puts them back)."""
+        self._promote(now)
+        ready = self._ready
+        aside: list[tuple[float, int, str, int]] = []
+        while ready:
+            _, _, account, stamp = ready[0]
+            lane = self._lanes.get(account)
+            if lane is None or lane.stamp != stamp:
+                heapq.heappop(ready)
+                continue
+            top = self._top(lane)
+            if top is not None and top.not_before <= now:
+                if skip is not None and skip(account):
+                    aside.append(heapq.heappop(ready))
+                    continue
+                return top, aside
+            heapq.heappop(ready)
+            if top is None:
+                self._idle(lane)
+            else:
+                self._wait(lane, top.not_before)
+        return None, aside
+
+    def _put_back(self, aside: list[tuple[float, int, str, int]]) -> None:
+        for entry in aside:
+            heapq.heappush(self._ready, entry)
 
     def next_ready_at(self) -> float | None:
         """The earliest ``not_before`` of a job not yet ready (None: none is waiting). A
@@ -232,6 +272,69 @@ class FairQueue:
         lane.stamp += 1
         lane.state = "idle"
         del self._lanes[lane.account]
+
+
+class Headroom:
+    """The last ``slots`` free slots of one vendor, kept for accounts holding none of its
+    slots while such an account was active there within ``window`` seconds (module
+    docstring). Pure: every call takes ``now``; the caller reports each slot taken and
+    given back (``took``/``gave_back``) and each job queued (``queued``).
+
+        headroom.took("acct_a")                     # a job of acct_a started: a slot
+        headroom.may_take("acct_a", free=1, now=t)  # may acct_a take one of the free slots?
+        headroom.gave_back("acct_a", now=t)         # its task ended
+    """
+
+    def __init__(self, slots: int, window: float) -> None:
+        if slots < 0:
+            raise ValueError(f"headroom slots must be >= 0, not {slots!r}")
+        if not (math.isfinite(window) and window >= 0):
+            raise ValueError(f"a headroom window must be a finite number >= 0, not {window!r}")
+        self.slots = slots
+        self.window = window
+        self._holds: Counter[str] = Counter()
+        self._seen: dict[str, float] = {}  # account -> when it last queued or gave one back
+
+    def holds(self, account: str) -> int:
+        return self._holds[account]
+
+    def took(self, account: str) -> None:
+        self._holds[account] += 1
+
+    def gave_back(self, account: str, now: float) -> None:
+        self._holds[account] -= 1
+        if self._holds[account] <= 0:
+            del self._holds[account]
+        self._seen[account] = now
+
+    def queued(self, account: str, now: float) -> None:
+        self._seen[account] = now
+
+    def may_take(
+        self, account: str, free: int, now: float, queued: Callable[[str], bool] = lambda _: False
+    ) -> bool:
+        """May ``account`` start a job on one of ``free`` free slots now? Yes unless the
+        slots free are the headroom, the account holds slots already and another account
+        holding none, with no job ``queued(other)``, was active within the window."""
+        if free > self.slots or not self._holds[account]:
+            return True
+        return not self._kept_for_others(account, now, queued)
+
+    def wake_at(self, now: float) -> float | None:
+        """When the headroom may stop being kept (the soonest an account active now, and
+        holding no slot, stops counting as active); None when nobody counts now."""
+        ends = [at + self.window for a, at in self._seen.items() if not self._holds[a]]
+        ends = [end for end in ends if end > now]
+        return min(ends, default=None)
+
+    def _kept_for_others(self, account: str, now: float, queued: Callable[[str], bool]) -> bool:
+        since = now - self.window
+        for other, at in list(self._seen.items()):
+            if at < since:
+                del self._seen[other]  # no longer active: forgotten
+            elif other != account and not self._holds[other] and not queued(other):
+                return True
+        return False
 
 
 def _checked(weight: float) -> float:

@@ -264,6 +264,13 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.config_errors = Counter(
+            "jobline_config_errors",
+            "Jobs failed because jobline.toml names a vendor model that cannot exist there "
+            "(models.X.route[].model): refunded in full; fix the route",
+            ["vendor", "model"],
+            registry=r,
+        )
         self.submits_in_doubt = Counter(
             "jobline_submits_in_doubt",
             "Submits whose answer was lost, by how they were resolved (adopted: the task "

@@ -123,6 +123,7 @@ class AccountRoutes:
             body.slot_weight,
         )
         outcome = await api.execute(SetAccountLimits(limits))
+        api.refusals.forget(account_id)
         log.info("account limits set", extra={"account_id": account_id})
         return web.json_response(limits_to_api(outcome.unwrap(), api.ctx.config.gateway))
 
@@ -139,6 +140,7 @@ class AccountRoutes:
         await api.require_admin(request)
         account_id = request.match_info["id"]
         throttle = (await api.execute(ClearThrottle(account_id))).unwrap()
+        api.refusals.forget(account_id)
         log.info("account throttle cleared", extra={"account_id": account_id})
         return web.json_response(throttle_to_api(throttle, api))
 

@@ -6,7 +6,9 @@ Theory of operation: the account-wide event stream
 --------------------------------------------------
 Every status change of a job is one row of ``job_history``, numbered by a global ``seq``
 in commit order, and carries its job's account. ``GET /v1/events`` sends an account's
-rows as events whose ``id`` is the seq, so ``Last-Event-ID`` resumes after any of them.
+rows as events whose ``id`` is the seq made opaque for that account
+(``runtime.api.event_ids``: a global seq would count every tenant's traffic), so
+``Last-Event-ID`` resumes after any of them.
 
 Streams do not poll the ledger each. One ``HistoryWatch`` per gateway runs while any
 stream is open: each poll interval it reads the history's tail after the last seq it
@@ -30,6 +32,7 @@ from aiohttp import web
 
 from runtime.api.context import Api
 from runtime.api.errors import HttpRefusal
+from runtime.api.event_ids import EventIds
 from runtime.api.openapi_console import (
     ACCOUNT_CURSOR_PATTERN,
     DEFAULT_ACCOUNTS,
@@ -45,7 +48,7 @@ log = get_logger("gateway")
 EVENTS_PAGE = 500  # history rows per read of one account's stream
 WATCH_PAGE = 5000  # history rows per read of the watcher
 VENDOR_STATS_TIMEOUT = 2.0  # a processor slower than this is shown unreachable
-MAX_EVENT_ID_DIGITS = 18
+MAX_EVENT_ID_CHARS = 64  # a longer Last-Event-ID is no id of ours
 
 _ACCOUNT_CURSOR = re.compile(ACCOUNT_CURSOR_PATTERN)
 
@@ -135,6 +138,7 @@ class ConsoleRoutes:
             api.sse_poll_interval,
         )
         api.shutdown_hooks.append(self.watch.close)
+        self.ids = EventIds(api.ctx.admin_token)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -160,7 +164,8 @@ class ConsoleRoutes:
         account_id = await self.api.account(request)
         head, wakeup = await self.watch.subscribe(account_id)
         try:
-            after = _resume_after(request, head)
+            sent = self.ids.decode(account_id, _last_id(request))
+            after = head if sent is None else min(sent, head)  # never past the head
             response = web.StreamResponse(
                 headers={
                     "Content-Type": "text/event-stream",
@@ -188,8 +193,10 @@ class ConsoleRoutes:
         wakeup: asyncio.Event,
     ) -> None:
         """Write the account's rows after ``after`` as they come, until the client leaves."""
-        ready = json.dumps({"seq": after})
-        await response.write(f"id: {after}\nevent: ready\ndata: {ready}\n\n".encode())
+        ids = self.ids
+        start = ids.encode(account_id, after)
+        ready = json.dumps({"event_id": start})
+        await response.write(f"id: {start}\nevent: ready\ndata: {ready}\n\n".encode())
         loop = asyncio.get_running_loop()
         heartbeat = self.api.sse_heartbeat_interval
         next_heartbeat = loop.time() + heartbeat
@@ -203,7 +210,12 @@ class ConsoleRoutes:
                     self.ctx.ledger.get_jobs(list(dict.fromkeys(e.job_id for e in entries)))
                 )
                 current = {job.id: job for job in jobs if job is not None}
-                await response.write(b"".join(_event(e, current.get(e.job_id)) for e in entries))
+                await response.write(
+                    b"".join(
+                        _event(e, ids.encode(account_id, e.seq), current.get(e.job_id))
+                        for e in entries
+                    )
+                )
                 after = entries[-1].seq
                 if len(entries) == EVENTS_PAGE:
                     continue  # more to send before waiting
@@ -285,12 +297,8 @@ _VENDOR_STATS = (
 )
 
 
-def _resume_after(request: web.Request, head: int) -> int:
-    """The seq to send rows after: Last-Event-ID if it is one we may have sent, else now."""
-    raw = request.headers.get("Last-Event-ID", "")
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_EVENT_ID_DIGITS):
-        return head
-    return min(int(raw), head)
+def _last_id(request: web.Request) -> str:
+    return request.headers.get("Last-Event-ID", "")[:MAX_EVENT_ID_CHARS]
 
 
 def _gone(request: web.Request) -> bool:
@@ -298,14 +306,14 @@ def _gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-def _event(entry: JobHistoryEntry, job: Job | None) -> bytes:
+def _event(entry: JobHistoryEntry, event_id: str, job: Job | None) -> bytes:
     data = {
         "job_id": entry.job_id,
-        "seq": entry.seq,
+        "event_id": event_id,
         "status": entry.status.value,
         "at": entry.at,
         "detail": entry.detail,
         "job": None if job is None else job.to_api(),
     }
     payload = json.dumps(data, separators=(",", ":"))
-    return f"id: {entry.seq}\nevent: status\ndata: {payload}\n\n".encode()
+    return f"id: {event_id}\nevent: status\ndata: {payload}\n\n".encode()

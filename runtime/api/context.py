@@ -37,6 +37,7 @@ from runtime.api.errors import (
     read_body,
 )
 from runtime.api.limits import AccountReads
+from runtime.api.refusals import RecentRefusals
 from runtime.batching import Coalescer
 from runtime.clock import Clock
 from runtime.config import JoblineConfig
@@ -175,6 +176,7 @@ class Api:
             self.execute,
         )
         self.reads = AccountReads(gateway.reads_in_flight_per_account)
+        self.refusals = RecentRefusals()  # submits its limits refused a moment ago
         self._background: set[asyncio.Task[None]] = set()
         self.circuits = CircuitView(ctx.router, ctx.clock, self.spawn)
 

@@ -1,5 +1,6 @@
 """Server-sent events: every status change of a job until it ends (``GET
-/v1/jobs/{id}/events``), resumable with ``Last-Event-ID``.
+/v1/jobs/{id}/events``), resumable with ``Last-Event-ID`` (ids opaque to the account:
+``runtime.api.event_ids``).
 
 A stream polls the job row through the coalesced reader (shared by every stream on this
 gateway) and reads the job's history only when the row changed.
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from runtime.api.context import Api, job_fields, log
+from runtime.api.event_ids import EventIds
 from runtime.errors import LedgerUnavailable
 from runtime.models import Job, JobHistoryEntry
 from runtime.telemetry import TRACE_HEADER
@@ -25,6 +27,7 @@ SSE_GRACE_AFTER_DEADLINE = 60.0  # a stream outlives its job's deadline by at mo
 class EventRoutes:
     def __init__(self, api: Api) -> None:
         self.api = api
+        self.ids = EventIds(api.ctx.admin_token)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/jobs/{id}/events", self.job_events, allow_head=False)]
@@ -32,7 +35,8 @@ class EventRoutes:
     async def job_events(self, request: web.Request) -> web.StreamResponse:
         account_id = await self.api.account(request)
         job = await self.api.owned_job(request.match_info["id"], account_id)
-        after_seq = _last_event_id(request)
+        sent = self.ids.decode(job.account_id, request.headers.get("Last-Event-ID", "")[:64])
+        after_seq = sent or 0  # not an id of ours: the job's whole history
         if job.terminal and not await self.api.read(self.api.ctx.ledger.history(job.id, after_seq)):
             # Ended, and the client has every event: 204 is what makes a browser's
             # EventSource stop reconnecting (an empty 200 has it back every few seconds).
@@ -69,9 +73,9 @@ class EventRoutes:
                 for entry in entries:
                     if entry.status.terminal:
                         latest = await api.job(job.id)
-                        await _send_event(response, entry, latest or job)
+                        await _send_event(response, entry, self._id(job, entry), latest or job)
                         return
-                    await _send_event(response, entry, None)
+                    await _send_event(response, entry, self._id(job, entry), None)
                     after_seq = entry.seq
                 if job.terminal:  # resumed after the terminal event: nothing more to come
                     return
@@ -89,10 +93,8 @@ class EventRoutes:
                 return
             job = latest
 
-
-def _last_event_id(request: web.Request) -> int:
-    raw = request.headers.get("Last-Event-ID", "")
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else 0
+    def _id(self, job: Job, entry: JobHistoryEntry) -> str:
+        return self.ids.encode(job.account_id, entry.seq)
 
 
 def _change_marker(job: Job) -> tuple[Any, ...]:
@@ -106,11 +108,11 @@ def _gone(request: web.Request) -> bool:
 
 
 async def _send_event(
-    response: web.StreamResponse, entry: JobHistoryEntry, terminal_job: Job | None
+    response: web.StreamResponse, entry: JobHistoryEntry, event_id: str, terminal_job: Job | None
 ) -> None:
     data: dict[str, Any] = {
         "job_id": entry.job_id,
-        "seq": entry.seq,
+        "event_id": event_id,
         "status": entry.status.value,
         "at": entry.at,
         "detail": entry.detail,
@@ -118,4 +120,4 @@ async def _send_event(
     if terminal_job is not None:
         data["job"] = terminal_job.to_api()
     payload = json.dumps(data, separators=(",", ":"))
-    await response.write(f"id: {entry.seq}\nevent: status\ndata: {payload}\n\n".encode())
+    await response.write(f"id: {event_id}\nevent: status\ndata: {payload}\n\n".encode())

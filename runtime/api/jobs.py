@@ -28,7 +28,14 @@ from runtime.api.context import Api, job_fields, log
 from runtime.api.errors import HttpRefusal, bad_request, echo
 from runtime.api.params import int_param, only_params
 from runtime.config import ModelConfig
-from runtime.errors import InputInvalid, ResultNotFound, UnknownModel
+from runtime.errors import (
+    AccountThrottled,
+    InputInvalid,
+    ResultNotFound,
+    SubmitRateLimited,
+    TooManyJobsInFlight,
+    UnknownModel,
+)
 from runtime.ledger import new_job_id
 from runtime.models import Cancel, Job, OpenJob
 from runtime.results_http import result_response
@@ -64,6 +71,8 @@ class JobRoutes:
     async def submit_job(self, request: web.Request) -> web.Response:
         api = self.api
         account_id = await api.account(request)
+        refusals = api.refusals
+        refusals.check(account_id, api.ctx.clock.time())  # its limit refused it a moment ago
         idempotency_key = api.idempotency_key(request)
         body, raw = await api.json_body(request, SubmitJobBody)
         model = self._model(body.model)
@@ -90,7 +99,11 @@ class JobRoutes:
         )
         with api.tracer.root("submit", trace_id, model=model.name) as span:
             outcome = await api.execute(op)
-            job: Job = outcome.unwrap()
+            try:
+                job: Job = outcome.unwrap()
+            except (TooManyJobsInFlight, SubmitRateLimited, AccountThrottled) as exc:
+                refusals.remember(account_id, exc, ctx.clock.time())
+                raise
             span.set_attributes({"jobline.job_id": job.id, "jobline.replayed": not outcome.changed})
         headers = {"Location": f"/v1/jobs/{job.id}", TRACE_HEADER: job.trace_id}
         if outcome.changed:

@@ -281,8 +281,9 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                 "operationId": "jobEvents",
                 "summary": "Server-sent events: every status change until the job ends",
                 "description": (
-                    "Each status change is `event: status`, `id: <seq>` and `data:` a JSON "
-                    "object `{job_id, seq, status, at, detail}`; the terminal event's data also "
+                    "Each status change is `event: status`, `id:` an opaque event id and "
+                    "`data:` a JSON object `{job_id, event_id, status, at, detail}` (the id "
+                    "tells nothing of other accounts' traffic); the terminal event's data also "
                     "holds the whole job under `job`, and the stream then ends. Comment lines "
                     "are heartbeats. Send `Last-Event-ID` to resume after an event. A job that "
                     "has ended with no event after `Last-Event-ID` answers 204 (so a "
@@ -295,7 +296,8 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                         "name": "Last-Event-ID",
                         "in": "header",
                         "required": False,
-                        "description": "Resume after this event id (ignored unless an integer)",
+                        "description": "Resume after this event id (ignored unless one sent "
+                        "for this job's account: the job's whole history)",
                         "schema": {"type": "string"},
                     },
                 ],

@@ -101,7 +101,10 @@ def console_schemas(config: JoblineConfig) -> dict[str, Any]:
     }
     event_props: dict[str, Any] = {
         "job_id": {"type": "string"},
-        "seq": {"type": "integer", "description": "Also the event's id"},
+        "event_id": {
+            "type": "string",
+            "description": "Also the event's id: opaque (send it as Last-Event-ID)",
+        },
         "status": {"type": "string", "enum": [s.value for s in JobStatus]},
         "at": {"type": "number", "description": "Seconds since the epoch"},
         "detail": {"type": ["string", "null"]},
@@ -174,10 +177,12 @@ def _limit(maximum: int, default: int) -> dict[str, Any]:
 _EVENTS_TEXT = (
     "The status changes of every job of the account, as server-sent events, for as long "
     "as the client stays. The first event is `event: ready` with `id:` the position the "
-    'stream starts after and `data: {"seq": …}`. Then each change is `event: status`, '
-    "`id: <seq>` and `data:` an AccountEvent (JSON). Comment lines are heartbeats. Send "
-    "`Last-Event-ID` (browsers do when they reconnect) to resume after an event; without "
-    "it, or with one that is not an event id, the stream starts now."
+    'stream starts after and `data: {"event_id": …}`. Then each change is `event: status`, '
+    "`id:` its event id and `data:` an AccountEvent (JSON). Event ids are opaque: they "
+    "tell nothing of other accounts' traffic. Comment lines are heartbeats. Send "
+    "`Last-Event-ID` (browsers do when they reconnect) to resume after an event (`0`: "
+    "from the start of the history); without it, or with one that is not an event id "
+    "sent to this account, the stream starts now."
 )
 
 
@@ -228,10 +233,10 @@ def console_paths(config: JoblineConfig) -> dict[str, Any]:
                             "ready",
                             {
                                 "type": "object",
-                                "required": ["seq"],
-                                "properties": {"seq": {"type": "integer"}},
+                                "required": ["event_id"],
+                                "properties": {"event_id": {"type": "string"}},
                             },
-                            "First: where the stream starts (its id, and data.seq)",
+                            "First: where the stream starts (its id, and data.event_id)",
                         ),
                         ("status", _ref("AccountEvent"), "A status change of one of its jobs"),
                     ),

@@ -97,7 +97,11 @@ def event_stream(description: str, *events: tuple[str, dict[str, Any], str]) -> 
             "required": ["event", "id", "data"],
             "properties": {
                 "event": {"const": name},
-                "id": {"type": "string", "pattern": "^[0-9]+$", "description": "Last-Event-ID"},
+                "id": {
+                    "type": "string",
+                    "pattern": "^[A-Za-z0-9_-]{22}$",
+                    "description": "Opaque; send it back as Last-Event-ID",
+                },
                 "data": {
                     "type": "string",
                     "contentMediaType": "application/json",
@@ -338,10 +342,13 @@ def component_schemas(config: JoblineConfig) -> dict[str, Any]:
         },
         "JobEvent": {
             "type": "object",
-            "required": ["job_id", "seq", "status", "at", "detail"],
+            "required": ["job_id", "event_id", "status", "at", "detail"],
             "properties": {
                 "job_id": {"type": "string"},
-                "seq": {"type": "integer", "description": "Also the event's id"},
+                "event_id": {
+                    "type": "string",
+                    "description": "Also the event's id: opaque (send it as Last-Event-ID)",
+                },
                 "status": {"type": "string", "enum": statuses},
                 "at": {"type": "number", "description": "Seconds since the epoch"},
                 "detail": nullable("string"),

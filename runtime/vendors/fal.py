@@ -46,7 +46,7 @@ from yarl import URL
 from runtime.config import VendorConfig
 from runtime.errors import (
     VendorError,
-    VendorInputRejected,
+    VendorModelInvalid,
     WebhookKeysUnavailable,
     WebhookRejected,
     WebhookSignatureInvalid,
@@ -101,14 +101,15 @@ class QueueUrls:
 
 def queue_app(vendor: str, endpoint_id: str) -> str:
     """The app part of an endpoint id, as fal-client's ``AppId.from_endpoint_id`` reads
-    it: ``owner/alias``, ``namespace/owner/alias``; ``VendorInputRejected`` if none."""
+    it: ``owner/alias``, ``namespace/owner/alias``; ``VendorModelInvalid`` (a config
+    error) if none."""
     match = _LEGACY_ID.match(endpoint_id)
     if match:
         endpoint_id = f"{match.group(1)}/{match.group(2)}"
     parts = segments(vendor, endpoint_id, 2, 8)
     if parts[0] in NAMESPACES:
         if len(parts) < 3:
-            raise VendorInputRejected(vendor, f"{endpoint_id!r}: {parts[0]}/ apps are owner/app")
+            raise VendorModelInvalid(vendor, f"{endpoint_id!r}: {parts[0]}/ apps are owner/app")
         return "/".join(parts[:3])
     return "/".join(parts[:2])
 

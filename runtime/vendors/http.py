@@ -59,6 +59,7 @@ from runtime.errors import (
     VendorError,
     VendorInputRejected,
     VendorModelGone,
+    VendorModelInvalid,
     VendorOutputTooLarge,
     VendorPermanentError,
     VendorRateLimited,
@@ -287,9 +288,11 @@ CANCEL_NOOP = frozenset({400, 404, 409, 410, 422})  # already ended, or unknown
 
 
 def segments(vendor: str, model: str, low: int, high: int) -> list[str]:
+    """A configured vendor model name's parts; ``VendorModelInvalid`` (a config error, not
+    the job's input) when it is not ``low`` to ``high`` plain segments."""
     parts = model.split("/")
     if not low <= len(parts) <= high or not all(_SEGMENT.fullmatch(part) for part in parts):
-        raise VendorInputRejected(vendor, f"not a valid model name for this vendor: {model!r}")
+        raise VendorModelInvalid(vendor, f"not a valid model name for this vendor: {model!r}")
     return parts
 
 

@@ -480,7 +480,7 @@ async def test_events_stream_every_status_change_to_the_end(api: ApiHarness) -> 
     assert all("job" not in e for e in events[:-1])
 
     # Resuming after the terminal event ends at once; resuming earlier replays the rest.
-    resume = {**account.auth, "Last-Event-ID": str(events[0]["seq"])}
+    resume = {**account.auth, "Last-Event-ID": events[0]["event_id"]}
     response = await api.client.get(f"/v1/jobs/{job['id']}/events", headers=resume)
     assert [e["status"] for e in await read_events(response)] == ["processing", "completed"]
 

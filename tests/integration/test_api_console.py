@@ -112,7 +112,7 @@ async def test_account_events_carry_every_change_of_the_accounts_jobs_only(
     assert (response.status, response.content_type) == (200, "text/event-stream")
     events = EventReader(response)
     ready = await events.next()
-    assert ready.name == "ready" and ready.id == str(ready.data["seq"])
+    assert ready.name == "ready" and ready.id == ready.data["event_id"]
 
     job = await api.submitted(mine)
     await api.submitted(other)  # never on this stream
@@ -125,8 +125,8 @@ async def test_account_events_carry_every_change_of_the_accounts_jobs_only(
         (job["id"], "processing"),
         (job["id"], "completed"),
     ]
-    assert [e.id for e in got] == [str(e.data["seq"]) for e in got]
-    assert [e.data["seq"] for e in got] == sorted(e.data["seq"] for e in got)
+    assert [e.id for e in got] == [e.data["event_id"] for e in got]
+    assert len({ready.id, *(e.id for e in got)}) == 5
     assert got[3].data["job"]["result_url"] == f"/v1/jobs/{job['id']}/result"
     assert {e.data["job"]["id"] for e in got} <= {job["id"], second["id"]}
     response.close()
@@ -146,7 +146,7 @@ async def test_account_events_resume_after_last_event_id(api: ApiHarness) -> Non
     response = await api.client.get("/v1/events", headers=resume)
     events = EventReader(response)
     ready = await events.next()
-    assert ready.data["seq"] == int(processing.id or 0)
+    assert ready.id == processing.id
     (completed,) = await events.statuses(1)
     assert (completed.data["job_id"], completed.data["status"]) == (first["id"], "completed")
     response.close()
@@ -161,17 +161,54 @@ async def test_account_events_resume_after_last_event_id(api: ApiHarness) -> Non
         "completed",
     ]
     replay.close()
-    head = completed.data["seq"]
-    for bogus in ("nope", "-1", "9" * 40, "99999999"):
+    head = completed.id
+    for bogus in ("nope", "-1", "9" * 40, "99999999", "A" * 22, head[:-1] + "x"):
         fresh = await api.client.get("/v1/events", headers={**account.auth, "Last-Event-ID": bogus})
         events = EventReader(fresh)
         ready = await events.next()
-        assert ready.data["seq"] == head, bogus  # now: not the start, not the future
+        assert ready.id == head, bogus  # now: not the start, not the future
         later = await api.submitted(account)
         (event,) = await events.statuses(1)
         assert event.data["job_id"] == later["id"]
-        head = event.data["seq"]
+        head = event.id or ""
         fresh.close()
+
+
+async def test_account_event_ids_tell_nothing_of_other_accounts_traffic(api: ApiHarness) -> None:
+    # issue 13's leftover: ids were the global history seq, so two of one's own events
+    # (or two connections a minute apart) counted every other tenant's status changes.
+    mine, other = await api.account(), await api.account(name="other")
+    response = await api.client.get("/v1/events", headers=mine.auth)
+    events = EventReader(response)
+    ready = await events.next()
+    first = await api.submitted(mine)
+    (before,) = await events.statuses(1)
+    for _ in range(5):
+        await api.submitted(other)  # five status changes of another tenant
+    second = await api.submitted(mine)
+    (after,) = await events.statuses(1)
+    response.close()
+    assert (before.data["job_id"], after.data["job_id"]) == (first["id"], second["id"])
+    shown = [ready.id or "", before.id or "", after.id or ""]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", i) for i in shown), shown
+    assert not any(i.isdigit() for i in shown)
+    assert all(k not in e.data for e in (ready, before, after) for k in ("seq",))
+    # An id works for its own account only: another account's stream starts now with it.
+    theirs = await api.client.get(
+        "/v1/events", headers={**other.auth, "Last-Event-ID": before.id or ""}
+    )
+    their_ready = await EventReader(theirs).next()
+    assert their_ready.id != before.id
+    theirs.close()
+    # ... and resumes its own account's stream exactly after it.
+    resumed = await api.client.get(
+        "/v1/events", headers={**mine.auth, "Last-Event-ID": before.id or ""}
+    )
+    reader = EventReader(resumed)
+    assert (await reader.next()).id == before.id
+    (again,) = await reader.statuses(1)
+    assert (again.id, again.data["job_id"]) == (after.id, second["id"])
+    resumed.close()
 
 
 async def test_account_events_send_heartbeats_and_end_when_the_client_leaves(
@@ -240,7 +277,7 @@ async def test_a_finished_jobs_stream_is_204_once_every_event_was_sent(api: ApiH
     response = await api.client.get(f"/v1/jobs/{job['id']}/events", headers=account.auth)
     assert response.status == 200
     body = await response.text()
-    ids = re.findall(r"^id: (\d+)$", body, re.MULTILINE)
+    ids = re.findall(r"^id: ([A-Za-z0-9_-]{22})$", body, re.MULTILINE)
     assert len(ids) == 3
     # The browser reconnects with the last id: 204, and it stops.
     again = {**account.auth, "Last-Event-ID": ids[-1]}

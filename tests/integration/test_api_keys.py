@@ -16,6 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
 from runtime.api import GATEWAY_API, build_app
+from runtime.api.refusals import MEMORY
+from runtime.models import OpenJob
 from tests.integration.api_fixtures import (  # noqa: F401
     Account,
     ApiHarness,
@@ -248,6 +250,36 @@ async def test_the_admin_sets_an_accounts_in_flight_cap_and_submit_rate(
     assert (await error_of(unknown))[:2] == (404, "account_not_found")
     wrong = await api.client.put(url, json={"submits_per_second": -1}, headers=api.admin)
     assert (await error_of(wrong))[:2] == (400, "bad_request")
+
+
+async def test_a_client_ignoring_retry_after_costs_the_ledger_one_call_a_second(
+    api: ApiHarness,
+) -> None:
+    # issue 13: each refused submit was a ledger operation, so a client hammering past its
+    # in-flight cap spent the ledger time every other account's submits and reads share.
+    account = await api.account(credits=1_000)
+    url = f"/v1/accounts/{account.id}/limits"
+    await api.client.put(url, json={"max_jobs_in_flight": 1}, headers=api.admin)
+    await api.submitted(account, prompt="one")
+    ledger, opened = api.ledger, 0
+    original = ledger.execute_many
+
+    async def counted(ops: list[Any]) -> list[Any]:
+        nonlocal opened
+        opened += sum(isinstance(op, OpenJob) for op in ops)
+        return await original(ops)
+
+    ledger.execute_many = counted  # type: ignore[method-assign]
+    started = time.monotonic()
+    answers = [await api.submit(account, prompt=f"again {i}") for i in range(20)]
+    elapsed = time.monotonic() - started
+    for answer in answers:
+        assert (await error_of(answer))[:2] == (429, "too_many_jobs_in_flight")
+        assert int(answer.headers["Retry-After"]) >= 1
+    assert 1 <= opened <= 1 + int(elapsed / MEMORY), (opened, elapsed)
+    # The admin raising the cap through this gateway takes effect at once.
+    await api.client.put(url, json={"max_jobs_in_flight": 5}, headers=api.admin)
+    await api.submitted(account, prompt="two")
 
 
 async def test_the_submit_rate_holds_across_gateway_replicas(

@@ -96,3 +96,51 @@ async def test_an_accounts_weight_is_its_share_of_the_slots(rig: Rig) -> None:
     heavy_ids = {job.id for job in heavy}
     first = order[2:14]  # the twelve starts after the first two, with both backlogged
     assert sum(job_id in heavy_ids for job_id in first) == 9, first
+
+
+HEADROOM = {**SCARCE, "fairness": {"headroom": 1, "window": 30.0}}
+
+
+@pytest.mark.profile(SLOW)
+@pytest.mark.overrides(HEADROOM)
+async def test_a_flood_leaves_a_slot_free_for_an_account_active_lately(
+    rig: Rig, record_property: Callable[[str, object], None]
+) -> None:
+    # issue 13's Locust flood: fair share alone let the flood hold every slot between a
+    # quiet tenant's jobs, so each of its jobs waited a slot turnover (its whole extra
+    # latency). B was active a moment ago and holds no slot: the flood leaves it one.
+    await add_account(rig, "acct_b")
+    [first] = await rig.open("flux-schnell", account="acct_b")
+    await rig.dispatch([first])
+    await rig.wait([first])
+    flood = await rig.open("flux-schnell", 12)
+    await rig.dispatch(flood)
+    await until(lambda: started(rig, flood) >= 3)  # a turnover of A's jobs, with one slot
+    stats = await rig.processors["fal"].stats()
+    assert (stats["inflight"], stats["queued"] > 0) == (SLOTS - 1, True)  # one kept for B
+    before = started(rig, flood)
+    [late] = await rig.open("flux-schnell", account="acct_b")
+    dispatched = time.time()
+    await rig.dispatch([late])
+    await rig.wait([late])
+    order = start_order(rig, [*flood, late])
+    assert order.index(late.id) in (before, before + 1)  # at once: the free slot
+    record_property("b_start_delay_s", round(started_at(rig, late) - dispatched, 3))
+    await rig.wait(flood, timeout=60)
+
+
+@pytest.mark.profile(SLOW)
+@pytest.mark.overrides({**SCARCE, "fairness": {"headroom": 1, "window": 0.5}})
+async def test_an_account_alone_uses_every_slot_once_the_others_went_quiet(rig: Rig) -> None:
+    await add_account(rig, "acct_b")
+    [first] = await rig.open("flux-schnell", account="acct_b")
+    await rig.dispatch([first])
+    await rig.wait([first])
+    flood = await rig.open("flux-schnell", 8)
+    await rig.dispatch(flood)
+    await until(lambda: slots_full(rig))  # B's half second passed: work-conserving again
+    await rig.wait(flood, timeout=60)
+
+
+def started(rig: Rig, jobs: list[Job]) -> int:
+    return len(start_order(rig, jobs))

@@ -24,6 +24,10 @@ async def test_a_flooding_tenant_next_to_quiet_ones_runs_and_the_money_holds(
     assert report.flooder_accepted > 0
     assert report.flooder_refused > 0  # its in-flight cap answered 429, and it waited
     assert report.quiet and report.violations == []
+    # Where the quiet tenants' time went, from the ledger: every completed job of theirs.
+    assert report.phases["baseline"].jobs >= report.baseline.requests
+    assert report.phases["flood"].jobs >= report.flood.requests
+    assert 0 < report.phases["flood"].at_vendor[0] <= report.phases["flood"].at_vendor[1]
     assert report.ok
     # The baseline ran the quiet tenants alone: no flood request in it.
     assert set(read_rows(tmp_path / "out" / "baseline")) >= {JOB_ROW}

@@ -8,6 +8,7 @@ import sqlite3
 
 import pytest
 
+from runtime.config import RouteStep
 from runtime.errors import AccountThrottled
 from runtime.models import FEE_NOTE, REFUND_LESS_FEE_NOTE
 from runtime.states import JobStatus
@@ -102,3 +103,32 @@ async def test_by_default_an_input_rejection_is_refunded_in_full(rig: Rig) -> No
     await rig.wait(jobs)
     assert (await rig.ledger.balance("acct")).available == 10_000
     assert samples(rig, "fal", "jobline_input_rejections_total") == {("flux-schnell",): 2}
+
+
+@pytest.mark.overrides(
+    {
+        "refunds": {"input_rejected_fee_share": 0.34},
+        "throttle": {"input_rejections": 1, "window": 600.0, "duration": 300.0},
+        "models.flux-schnell": {
+            "route": [RouteStep(vendor="fal", model="fal-ai/flux schnell", cost=0.003)]
+        },
+    }
+)
+async def test_a_vendor_model_name_that_cannot_exist_is_a_config_error_refunded_in_full(
+    rig: Rig,
+) -> None:
+    # issue 13's leftover: the adapter refused the configured name as the job's input
+    # (VendorInputRejected), so the user paid the input-rejected fee and was throttled
+    # for the operator's typo.
+    jobs = await rig.open("flux-schnell", 2)
+    await rig.dispatch(jobs)
+    done = await rig.wait(jobs)
+    assert {job.status for job in done} == {JobStatus.FAILED}
+    assert (await rig.ledger.balance("acct")).available == 10_000  # no fee kept
+    with sqlite3.connect(rig.ledger.path) as conn:
+        errors = [e for (e,) in conn.execute("SELECT error FROM dead_letters")]
+    assert len(errors) == 2 and all(e.startswith("config error: ") for e in errors), errors
+    assert charges(rig) == []  # nothing reached the vendor
+    assert samples(rig, "fal", "jobline_config_errors_total") == {("flux-schnell", "fal"): 2}
+    assert samples(rig, "fal", "jobline_input_rejections_total") == {}
+    await rig.open("flux-schnell")  # not throttled

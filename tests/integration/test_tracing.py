@@ -29,7 +29,15 @@ from runtime.tracing import (
 )
 
 RNG = random.Random(11)
-JOB_SPANS = {"submit", "dispatch", "vendor.submit", "vendor.wait", "download", "settle"}
+JOB_SPANS = {
+    "submit",
+    "dispatch",
+    "ledger.start_attempt",
+    "vendor.submit",
+    "vendor.wait",
+    "download",
+    "settle",
+}
 
 
 def read_spans(path: Path, trace_id: str) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from runtime.config import VendorConfig
 from runtime.errors import (
     VendorAuthError,
     VendorInputRejected,
+    VendorModelInvalid,
     VendorPermanentError,
     VendorRateLimited,
     VendorSubmitInDoubt,
@@ -324,11 +325,11 @@ async def test_rejected_submit_is_input_rejected() -> None:
     ("shape", "model"),
     [("replicate", "a/b/c"), ("replicate", "../x"), ("fal", "single"), ("fal", "a/../b")],
 )
-async def test_a_malformed_model_name_is_rejected_before_any_request(
+async def test_a_malformed_model_name_is_a_config_error_before_any_request(
     start_fake: StartFake, client_for: MakeClient, shape: Shape, model: str
 ) -> None:
     fake = await start_fake(shape)
-    with pytest.raises(VendorInputRejected):
+    with pytest.raises(VendorModelInvalid):
         await client_for(fake).submit(
             model, INPUT, job_id="j", attempt=1, trace_id="t", webhook_url=None
         )

@@ -52,6 +52,7 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "VendorTaskFailed": ("fal", "CUDA out of memory"),
     "VendorPermanentError": ("fal", "bad"),
     "VendorInputRejected": ("fal", "content rejected"),
+    "VendorModelInvalid": ("fal", "not a valid model name for this vendor: 'single'"),
     "VendorRefused": ("fal", "refused"),
     "VendorAuthError": ("fal", "401"),
     "VendorBillingError": ("fal", "403: User is locked. Reason: Exhausted balance"),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.fairness import FairQueue
+from runtime.fairness import FairQueue, Headroom
 
 
 def drain(queue: FairQueue, now: float = 0.0) -> list[str]:
@@ -192,3 +193,68 @@ def test_a_newcomer_waits_at_most_one_turn_of_each_ready_account(others: int, be
     while queue.pop(0.0).job_id != "new":
         ahead += 1
     assert ahead <= others
+
+
+# --- skipping an account's turn, and the headroom ------------------------------------------
+
+
+def test_a_skipped_account_keeps_its_place_and_its_turn() -> None:
+    queue = FairQueue()
+    for i in range(3):
+        queue.push(f"a{i}", "A", 0.0)
+    queue.push("b0", "B", 0.0)
+    assert queue.pop(0.0).job_id == "a0"
+    # A's turn is passed over: B's job starts, and A has not used a turn for it.
+    assert queue.peek(0.0, skip=lambda account: account == "A") == queue.pop(
+        0.0, skip=lambda account: account == "A"
+    )
+    assert queue.peek(0.0, skip=lambda account: True) is None
+    with pytest.raises(IndexError):
+        queue.pop(0.0, skip=lambda account: True)
+    assert drain(queue) == ["a1", "a2"]  # nothing lost while skipped
+
+
+def test_the_headroom_is_kept_for_an_account_holding_no_slot_while_it_is_active() -> None:
+    headroom = Headroom(slots=1, window=10.0)
+    for _ in range(3):
+        headroom.took("flood")
+    # Alone, the flooder may take the last free slot: nobody else is around.
+    assert headroom.may_take("flood", free=1, now=0.0)
+    headroom.queued("quiet", now=1.0)  # a quiet tenant's job arrives
+    headroom.took("quiet")
+    assert headroom.may_take("flood", free=1, now=1.0)  # it holds one: nothing kept for it
+    headroom.gave_back("quiet", now=2.0)  # its job ended; it holds none and was active
+    assert not headroom.may_take("flood", free=1, now=2.0)  # the last slot is kept
+    assert headroom.may_take("flood", free=2, now=2.0)  # beyond the headroom: taken
+    assert headroom.may_take("quiet", free=1, now=2.0)  # the quiet tenant takes it at once
+    assert headroom.may_take("other", free=1, now=2.0)  # as does any account holding none
+    assert headroom.wake_at(2.0) == 12.0
+    assert headroom.may_take("flood", free=1, now=12.5)  # the quiet tenant went quiet
+    assert headroom.wake_at(12.5) is None
+
+
+def test_accounts_that_all_hold_slots_keep_no_headroom_from_each_other() -> None:
+    headroom = Headroom(slots=1, window=10.0)
+    for account in ("A", "B"):
+        headroom.queued(account, now=0.0)
+        headroom.took(account)
+    assert headroom.may_take("A", free=1, now=1.0) and headroom.may_take("B", free=1, now=1.0)
+    assert Headroom(slots=0, window=10.0).may_take("A", free=1, now=0.0)
+
+
+def test_headroom_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="slots"):
+        Headroom(slots=-1, window=1.0)
+    with pytest.raises(ValueError, match="window"):
+        Headroom(slots=1, window=math.inf)
+
+
+def test_an_account_with_a_job_queued_gets_no_headroom_the_round_robin_serves_it() -> None:
+    headroom, queue = Headroom(slots=1, window=10.0), FairQueue()
+    headroom.took("A")
+    headroom.queued("B", now=0.0)
+    queue.push("b1", "B", 0.0)
+    assert headroom.may_take("A", free=1, now=1.0, queued=queue.queued)  # B is in the round
+    queue.discard("b1")
+    assert not queue.queued("B")
+    assert not headroom.may_take("A", free=1, now=1.0, queued=queue.queued)

@@ -21,7 +21,7 @@ def test_room_is_the_limit_but_a_running_task_takes_a_slot_anyway() -> None:
 def test_a_slot_released_early_is_not_given_back_again_at_the_end_of_its_block() -> None:
     slots = Slots(1)
     freed: list[int] = []
-    slots.on_release(lambda: freed.append(slots.taken))
+    slots.on_release(lambda owner: freed.append(slots.taken))
     with slots.take() as slot:
         slot.release()  # the vendor task ended: free it before the download
         assert not slot.held

@@ -10,7 +10,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from runtime.errors import MAX_RETRY_AFTER, VendorInputRejected
+from runtime.errors import MAX_RETRY_AFTER, VendorModelInvalid
 from runtime.vendors import Output, TaskState, TaskStatus, retry_after_seconds
 from runtime.vendors.fal import queue_app, queue_base, webhook_status
 from runtime.vendors.outputs import decode_data_uri, find_outputs
@@ -168,8 +168,8 @@ def test_app_ids_as_fal_client_reads_them(endpoint: str, app: str) -> None:
 
 
 @pytest.mark.parametrize("endpoint", ["single", "workflows/acme", "fal-ai/../x", "a//b", ""])
-def test_malformed_app_ids_are_refused(endpoint: str) -> None:
-    with pytest.raises(VendorInputRejected):
+def test_malformed_app_ids_are_refused_as_a_config_error(endpoint: str) -> None:
+    with pytest.raises(VendorModelInvalid):
         queue_app("fal", endpoint)
 
 
