@@ -157,7 +157,7 @@ def _logs(task: Task) -> str:
     return _log_lines(task.id, task.fate.logs_bytes)
 
 
-@functools.lru_cache(maxsize=256)  # a task's body is rendered at each of its changes
+@functools.lru_cache(maxsize=32)  # the tasks running now (logs reach 256 KiB each)
 def _log_lines(task_id: str, size: int) -> str:
     # Every line is at least as long as the first: this many lines reach the size.
     count = -(-size // len(f"{1:>6}it [00:01, 12.34it/s] denoising latents for {task_id}\n"))
