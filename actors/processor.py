@@ -138,6 +138,12 @@ class VendorProcessor:
         self._circuit_seen = CircuitState.CLOSED  # the last state logged
         self._bucket = TokenBucket(vendor.requests_per_second or None)
         self.metrics = metrics
+        # This vendor's gauges, labelled once: they are set at every step of every job.
+        self._gauges = (
+            metrics.vendor_inflight.labels(vendor.name),
+            metrics.queue_depth.labels(vendor.name),
+            metrics.circuit_state.labels(vendor.name),
+        )
         self._tracer = tracer
         self._finisher = JobFinisher(
             config, self._writer, {vendor.name: client}, results, metrics, tracer, clock
@@ -703,10 +709,11 @@ class VendorProcessor:
 
     def _publish_gauges(self) -> None:
         name = self.vendor.name
-        self.metrics.vendor_inflight.labels(name).set(self._slots.taken)
-        self.metrics.queue_depth.labels(name).set(len(self._queue))
+        inflight, queue_depth, circuit = self._gauges
+        inflight.set(self._slots.taken)
+        queue_depth.set(len(self._queue))
         state = self._breaker.state(self._clock.time())
-        self.metrics.circuit_state.labels(name).set(CIRCUIT_GAUGE[state])
+        circuit.set(CIRCUIT_GAUGE[state])
         if state is not self._circuit_seen:
             self._circuit_seen = state
             if state is CircuitState.OPEN:

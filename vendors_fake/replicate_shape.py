@@ -18,6 +18,7 @@ Written from replicate's HTTP API reference ("Create a prediction", "Get a predi
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from datetime import UTC, datetime
@@ -153,10 +154,14 @@ def _logs(task: Task) -> str:
     """The prediction's logs so far: progress lines up to its drawn size once it runs."""
     if task.phase is Phase.QUEUED or task.fate.logs_bytes <= 0:
         return ""
-    size = task.fate.logs_bytes
+    return _log_lines(task.id, task.fate.logs_bytes)
+
+
+@functools.lru_cache(maxsize=32)  # the tasks running now (logs reach 256 KiB each)
+def _log_lines(task_id: str, size: int) -> str:
     # Every line is at least as long as the first: this many lines reach the size.
-    count = -(-size // len(f"{1:>6}it [00:01, 12.34it/s] denoising latents for {task.id}\n"))
-    tail = f", 12.34it/s] denoising latents for {task.id}\n"
+    count = -(-size // len(f"{1:>6}it [00:01, 12.34it/s] denoising latents for {task_id}\n"))
+    tail = f", 12.34it/s] denoising latents for {task_id}\n"
     return "".join([f"{step:>6}it [00:{step % 60:02d}{tail}" for step in range(1, count + 1)])[
         :size
     ]

@@ -23,6 +23,7 @@ from loadtests.chaos.broken import broken_build
 from loadtests.sim.explore import (
     EXPLORE_JOBS,
     Finding,
+    describe,
     explore,
     explore_settings,
     explore_traffic,
@@ -128,11 +129,15 @@ def _explore(
     jobs = 0
     for result in explore(seeds, make):
         jobs += result.clients.accepted
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(failed=len(findings) + (not result.ok))
         if not result.ok:
             findings.append(Finding(result.seed, result))
+        if bar is not None:  # a terminal: a bar, and the failing seeds as they come
+            bar.update(1)
+            bar.set_postfix(failed=len(findings))
+            if not result.ok:
+                bar.write(describe(result))
+        elif not args.no_progress:  # a log: one line a seed, as each ends
+            print(describe(result), flush=True)
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - started

@@ -104,6 +104,20 @@ def explore(
         yield result
 
 
+def describe(result: SimResult) -> str:
+    """One line for a seed's run, printed as the exploration goes: what it ran, and its
+    first violation if it broke one."""
+    faults = len(result.faults)
+    line = (
+        f"seed {result.seed}: {result.clients.accepted} jobs, {faults} fault"
+        f"{'' if faults == 1 else 's'}, {result.virtual_seconds:.0f} s virtual in "
+        f"{result.wall_seconds:.2f} s wall: "
+    )
+    if result.ok:
+        return line + "every invariant held"
+    return line + f"{len(result.violations)} violations, first {result.violations[0]}"
+
+
 def shrink(settings: SimSettings, invariant: str, budget: int = 12) -> SimSettings:
     """A smaller schedule (and fewer jobs) that still breaks ``invariant`` (see the module
     docstring); at most ``budget`` runs are spent looking."""

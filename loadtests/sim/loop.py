@@ -1,21 +1,22 @@
 """Virtual time: an asyncio event loop whose clock jumps to the next timer whenever every
 task is waiting, and the ``Clock`` the roles read from it.
 
-The loop is ``looptime``'s (PyPI: "fast-forward asyncio event loop time"): a mixin over
-asyncio's own selector loop that keeps the loop's time as an integer count of
-microseconds and, instead of sleeping in ``select()``, moves that count to the next
-scheduled handle. Everything that waits on the loop runs on it unchanged: ``asyncio.sleep``,
-``wait_for`` timeouts, ``call_later``, so the processors' backoff, token buckets, circuit
-cooldowns, polling, the sweeper's interval, the fake vendors' latencies and every
-deadline. Nothing else is patched: the simulation never opens a socket or a thread, so
-the loop's only events are its own timers and ready callbacks, in an order that depends on
-nothing but the program and the seed.
+:class:`VirtualLoop` is asyncio's own selector loop with two things changed: ``time()``
+reads a virtual count of seconds (starting at 0), and its selector (:class:`NoSockets`),
+instead of sleeping in ``select(timeout)``, moves that count to the loop's next timer,
+the head of asyncio's own timer heap. Everything that waits on the loop runs on it
+unchanged: ``asyncio.sleep``, ``wait_for`` timeouts, ``call_later``, so the processors'
+backoff, token buckets, circuit cooldowns, polling, the sweeper's interval, the fake
+vendors' latencies and every deadline. The simulation never opens a socket or a thread,
+so the loop's only events are its own timers and ready callbacks, in an order that
+depends on nothing but the program and the seed; a loop with nothing ready and no timer
+can never wake up again, and says so (:class:`Deadlock`) instead of hanging.
 
-``noop_cycles=0``: looptime by default lets 42 idle loop turns pass before it moves time,
-to give threads and sockets a chance to answer first. A simulation has neither, and one
-turn is enough. For the same reason the loop polls no file descriptors: its selector
-(:class:`NoSockets`) answers "nothing ready" without a system call, which was a tenth of
-the run's time with epoll.
+It was ``looptime``'s loop (PyPI: "fast-forward asyncio event loop time") until the
+simulation had to run 100k jobs a minute: looptime scans every task and executor future
+on each turn of the loop (a tenth of the run's CPU, growing with the tasks alive) and
+converts its integer microseconds on every ``time()``; the jump to the heap's head is all
+the simulation needs of it, and is these few lines.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import asyncio
 import selectors
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
-
-import looptime
 
 T = TypeVar("T")
 
@@ -54,12 +53,18 @@ class VirtualClock:
         return f"VirtualClock(epoch={self.epoch})"
 
 
+class Deadlock(RuntimeError):
+    """Every task waits and no timer is set: nothing can ever run again."""
+
+
 class NoSockets(selectors.BaseSelector):
     """A selector for a loop that waits on no file descriptor: registering one is kept
-    (asyncio registers its self-pipe), and nothing is ever ready."""
+    (asyncio registers its self-pipe), nothing is ever ready, and a wait moves the
+    loop's virtual time to its next timer instead of sleeping."""
 
     def __init__(self) -> None:
         self._keys: dict[Any, selectors.SelectorKey] = {}
+        self.loop: VirtualLoop | None = None
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         key = selectors.SelectorKey(fileobj, _fd(fileobj), events, data)
@@ -70,6 +75,10 @@ class NoSockets(selectors.BaseSelector):
         return self._keys.pop(fileobj)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            raise Deadlock("every task waits on another and no timer is set")
+        if timeout > 0 and self.loop is not None:
+            self.loop.jump()
         return []
 
     def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
@@ -79,14 +88,34 @@ class NoSockets(selectors.BaseSelector):
         self._keys.clear()
 
 
+class VirtualLoop(asyncio.SelectorEventLoop):
+    """asyncio's selector loop on virtual time (see the module docstring)."""
+
+    def __init__(self) -> None:
+        selector = NoSockets()
+        super().__init__(selector)
+        self._now = 0.0
+        selector.loop = self
+
+    def time(self) -> float:
+        return self._now
+
+    def jump(self) -> None:
+        """Move time to the earliest timer: the head of asyncio's heap, from which it has
+        dropped the cancelled ones before it waits (and it waits only when nothing is
+        ready)."""
+        scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
+        if scheduled:
+            self._now = max(self._now, scheduled[0].when())
+
+
 def _fd(fileobj: Any) -> int:
     return fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
 
 
 def run_virtual(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` to its end on a fresh virtual-time loop starting at 0."""
-    base = asyncio.SelectorEventLoop(NoSockets())
-    loop = looptime.patch_event_loop(base, start=0.0, noop_cycles=0)
+    loop = VirtualLoop()
     try:
         asyncio.set_event_loop(loop)
         return loop.run_until_complete(main)

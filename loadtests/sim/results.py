@@ -31,13 +31,23 @@ class MemoryResultStore:
         check_key(key)
         parts: list[bytes] = []
         size = 0
+        keep = self.kept < self.keep_bytes  # past the cap only sizes are kept: no copies
         async for chunk in chunks:
             size += len(chunk)
             if size > max_bytes:
                 raise ResultTooLarge(key, max_bytes)
-            parts.append(chunk)
-        self._keep(key, b"".join(parts), content_type)
+            if keep:
+                parts.append(chunk)
+        if keep:
+            self._keep(key, b"".join(parts), content_type)
+        else:
+            self._count(key, size, content_type)
         return size
+
+    def _count(self, key: str, size: int, content_type: str) -> None:
+        if key not in self.results:
+            self.stored_bytes += size
+        self.results[key] = (content_type, size)
 
     def _keep(self, key: str, data: bytes, content_type: str) -> None:
         if key not in self.results:

@@ -4,17 +4,19 @@ each from its seed to the same violation. No Ray, no sockets: all in virtual tim
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from loadtests.chaos.broken import broken_build
-from loadtests.sim.explore import explore_settings
+from loadtests.sim.explore import describe, explore, explore_settings
 from loadtests.sim.faults import parse_schedule
 from loadtests.sim.run import SimSettings, simulate
 from loadtests.sim.traffic import Traffic
@@ -22,7 +24,7 @@ from runtime.config import JoblineConfig, load_config
 from vendors_fake.profile import preset
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPLORE_SEEDS = range(1, 41)  # about a minute
+EXPLORE_SEEDS = range(1, 25)  # about a minute on a loaded 2-core CI runner
 FAULTS = (
     "outage:fal@4+10,crash:processor-replicate@6+2,webhooks:replicate@2+20,"
     "lost-answers:fal@3+15,ledger-lost:ledger@9+2,crash:ledger@14+2,crash:gateway-0@16+1"
@@ -73,11 +75,17 @@ def test_exploring_seeded_fault_schedules_holds_every_invariant(config: JoblineC
     started = time.perf_counter()
     failed = []
     jobs = 0
-    for seed in EXPLORE_SEEDS:
-        result = simulate(explore_settings(seed, config, preset("flaky")))
+
+    def make(seed: int) -> SimSettings:
+        return explore_settings(seed, config, preset("flaky"))
+
+    for result in explore(EXPLORE_SEEDS, make):
+        print(describe(result), flush=True)  # as it goes (pytest -s shows it live)
         jobs += result.clients.accepted
         if not result.ok:
-            failed.append((seed, [str(v) for v in result.violations[:3]], result.context[-15:]))
+            failed.append(
+                (result.seed, [str(v) for v in result.violations[:3]], result.context[-15:])
+            )
     assert failed == [], f"jobline simulate --explore --seeds {failed[0][0]}: {failed[0]}"
     assert jobs > 100 * len(EXPLORE_SEEDS)
     print(
@@ -152,3 +160,29 @@ def test_a_failover_the_ledger_refused_leaves_the_job_to_the_sweeper(config: Job
     assert result.violations == [] and result.unhandled == 0
     assert result.counts.expired == 0
     assert result.virtual_seconds < 400  # over long before any deadline
+
+
+def test_exploring_many_seeds_in_one_process_keeps_no_memory_per_seed(
+    config: JoblineConfig,
+) -> None:
+    """Field case: exploring grew by ~5 MB a seed (aiohttp's process-wide cache of
+    middleware chains kept every run's gateway application, and through it the run)."""
+    traffic = Traffic(rate=12.0, jobs=40, accounts=2)
+
+    def run(seed: int) -> None:
+        result = simulate(explore_settings(seed, config, preset("flaky"), traffic=traffic))
+        assert result.ok, result.violations[:3]
+
+    run(1)  # caches the process fills once (imports, the fakes' images)
+    tracemalloc.start()
+    try:
+        run(2)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for seed in range(3, 7):
+            run(seed)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 4 * 256 * 1024, f"{grown / 2**20:.1f} MB kept by 4 more seeds"

@@ -15,7 +15,7 @@ from yarl import URL
 
 from loadtests.sim.explore import parse_seeds
 from loadtests.sim.faults import draw_schedule, format_schedule, parse_schedule
-from loadtests.sim.loop import VirtualClock, run_virtual
+from loadtests.sim.loop import Deadlock, VirtualClock, run_virtual
 from loadtests.sim.report import percentile
 from loadtests.sim.traffic import Traffic, arrivals
 from runtime.config import load_config
@@ -48,6 +48,15 @@ def test_virtual_time_jumps_to_the_next_timer_and_costs_no_wall_time() -> None:
     assert elapsed == pytest.approx(690.0) and since_epoch == pytest.approx(690.0)
     assert order == ["early", "late"]
     assert time.perf_counter() - started < 5
+
+
+def test_a_run_that_can_never_wake_up_again_says_so_instead_of_hanging() -> None:
+    async def main() -> None:
+        await asyncio.sleep(5)
+        await asyncio.get_running_loop().create_future()  # nobody will ever set it
+
+    with pytest.raises(Deadlock):
+        run_virtual(main())
 
 
 def test_a_fault_schedule_reads_back_as_written_and_names_what_is_wrong() -> None:

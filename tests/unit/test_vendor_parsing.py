@@ -131,6 +131,9 @@ def test_data_uris_are_outputs_and_decode_without_a_request() -> None:
         "="
     )
     assert decode_data_uri(unpadded)[1] == b"ab"
+    encoded = base64.b64encode(png).decode()
+    wrapped = f"data:image/png;base64,{encoded[:8]}\r\n {encoded[8:12]}%0A\t{encoded[12:]}\n"
+    assert decode_data_uri(wrapped)[1] == png  # line breaks, raw or percent-encoded, dropped
     for bad in ("data:image/png;base64,@@@", "https://x", "data:no-comma"):
         with pytest.raises(ValueError):
             decode_data_uri(bad)
