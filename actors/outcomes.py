@@ -132,6 +132,7 @@ class Outcomes:
         for name, model in config.models.items():  # money, exported at 0 from the start
             if any(step.vendor == vendor.name for step in model.route):
                 metrics.input_rejections.labels(name)
+                metrics.config_errors.labels(vendor.name, name)
                 for ended in CHARGE_OUTCOMES:
                     metrics.vendor_cost.labels(vendor.name, name, ended)
         for ended in CHARGE_OUTCOMES:
