@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import ledger_reads as reads
+from runtime.ledger_schema import JOB_COLUMNS, job_from_row
 from runtime.models import Job
 from runtime.telemetry import get_logger
 
@@ -158,3 +159,121 @@ class NearbyLedgerReads:
             executor.shutdown(wait=False)
         elif conn is not None:
             conn.close()
+
+
+PULL_INTERVAL = 0.01  # seconds between two looks at the ledger's file for new jobs
+
+
+class NearbyQueue:
+    """One vendor's newly opened jobs, pulled from the ledger's file on its machine.
+
+    The gateway used to send every new job to its processor in a message of its own
+    (an actor call per job at a paced rate). A processor on the ledger's machine instead
+    looks at the file every ``PULL_INTERVAL`` seconds: ``max(seq)`` of the jobs (a few
+    microseconds, inline: with no busy wait a look that finds the file busy is skipped),
+    and only when it grew, the rows after its cursor that are queued on its vendor. The
+    cursor is the processor's own and the jobs stay in the ledger until they end, so a
+    look that fails loses nothing; the next one, or the sweeper, finds them.
+
+    ``prime`` is called before the processor loads its queue from the ledger, so the
+    cursor is at or before that load: no job falls between the two (one found by both
+    is taken once, as a repeated dispatch is).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        vendor: str,
+        identity: Callable[[], Awaitable[FileIdentity | None]],
+        now: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        interval: float = PULL_INTERVAL,
+    ) -> None:
+        self._path = path
+        self._vendor = vendor
+        self._identity = identity
+        self._now = now
+        self._sleep = sleep
+        self._interval = interval
+        self._conn: sqlite3.Connection | None = None
+        self._verified: FileIdentity | None = None
+        self._cursor = 0
+        self._checked_at: float | None = None
+
+    @property
+    def pulling(self) -> bool:
+        """Whether new jobs of this vendor are pulled from the file (so gateways need not
+        send them)."""
+        return self._conn is not None
+
+    async def prime(self) -> None:
+        """Open the file if it is the ledger's, and put the cursor at its newest job."""
+        await self._verify()
+
+    async def run(self, take: Callable[[list[Job]], object], stopped: Callable[[], object]) -> None:
+        """Hand every newly queued job of the vendor to ``take``; call ``stopped`` when
+        the pulls stop (the file is no longer the ledger's), so the caller can load what
+        gateways did not send meanwhile. Runs until cancelled."""
+        while True:
+            due = self._checked_at is None or self._now() - self._checked_at >= RECHECK_INTERVAL
+            was_pulling = self.pulling
+            if due:
+                await self._verify()
+            jobs = self._pull() if self.pulling else []
+            if was_pulling and not self.pulling:
+                stopped()
+            if jobs:
+                take(jobs)
+            await self._sleep(self._interval if self.pulling else RECHECK_INTERVAL)
+
+    def close(self) -> None:
+        conn, self._conn, self._verified = self._conn, None, None
+        if conn is not None:
+            conn.close()
+
+    async def _verify(self) -> None:
+        self._checked_at = self._now()
+        try:
+            theirs = await self._identity()
+        except Exception:  # the ledger unreachable: keep what was verified, ask again later
+            theirs = self._verified
+        if theirs is None or file_identity(self._path) != theirs:
+            self.close()
+            return
+        if self._conn is not None and self._verified == theirs:
+            return
+        self.close()
+        try:
+            conn = sqlite3.connect(str(self._path), isolation_level=None, timeout=0.0)
+            conn.execute("PRAGMA query_only = ON")
+            newest = conn.execute("SELECT max(seq) FROM jobs").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("the ledger's file cannot be read here; new jobs come by message",
+                        extra={"vendor": self._vendor, "error": str(exc)})  # fmt: skip
+            return
+        self._conn, self._verified, self._cursor = conn, theirs, int(newest or 0)
+
+    def _pull(self) -> list[Job]:
+        conn = self._conn
+        assert conn is not None
+        if file_identity(self._path) != self._verified:  # another file in its place
+            self.close()
+            return []
+        try:
+            newest = int(conn.execute("SELECT max(seq) FROM jobs").fetchone()[0] or 0)
+            if newest <= self._cursor:
+                return []
+            rows = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq > ? AND seq <= ? AND vendor = ? "
+                "AND status = 'queued' ORDER BY seq",
+                (self._cursor, newest, self._vendor),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return []  # the next look
+            log.warning("reading the ledger's file failed; new jobs come by message",
+                        extra={"vendor": self._vendor, "error": str(exc)})  # fmt: skip
+            self.close()
+            return []
+        self._cursor = newest
+        return [job_from_row(row) for row in rows]
