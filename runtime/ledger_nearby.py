@@ -23,6 +23,9 @@ ledger has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import math
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -49,6 +52,16 @@ class FileIdentity:
     boot_id: str
     device: int
     inode: int
+
+
+def same_file(path: Path, identity: FileIdentity) -> bool:
+    """Whether the file at ``path`` is still ``identity``'s (the machine cannot change
+    under a running process: only the device and inode are looked at)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    return (stat.st_dev, stat.st_ino) == (identity.device, identity.inode)
 
 
 def file_identity(path: Path) -> FileIdentity | None:
@@ -95,7 +108,7 @@ class NearbyLedgerReads:
         conn, verified = self._conn, self._verified
         if conn is None or verified is None or self._executor is None:
             return None
-        if file_identity(self._path) != verified:  # renamed over, removed: stop at once
+        if not same_file(self._path, verified):  # renamed over, removed: stop at once
             self._close()
             self._checked_at = None  # and ask the ledger again at the next read
             return None
@@ -161,7 +174,71 @@ class NearbyLedgerReads:
             conn.close()
 
 
-PULL_INTERVAL = 0.01  # seconds between two looks at the ledger's file for new jobs
+PULL_INTERVAL = 0.01  # seconds between two looks where the WAL file cannot be watched
+IN_MODIFY = 0x00000002  # inotify(7): the file was written
+# A commit is written to the WAL before it becomes visible (its fsync and the WAL index
+# come after the last write), so after a write the file is looked at every PULL_INTERVAL
+# for this long (longer than a slow fsync); with no write for as long, the watcher
+# sleeps until the next one.
+HOT_WINDOW = 1.0
+
+
+class WalWatch:
+    """Wakes when the ledger's WAL file is written: every commit appends to it.
+
+    Linux's inotify, reached through libc with ``ctypes`` (about twenty lines; the
+    ``inotify_simple`` package would do the same): an idle ledger costs the watcher
+    nothing, and a commit wakes it at once. ``open`` answers None where inotify is not
+    there (another system) or the WAL file is missing; the caller then polls.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._written = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.written_at = -math.inf  # the loop's time of the last write seen
+
+    @classmethod
+    def open(cls, wal: Path) -> WalWatch | None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+        except (OSError, AttributeError):
+            return None
+        if fd < 0:
+            return None
+        if int(libc.inotify_add_watch(fd, os.fsencode(wal), IN_MODIFY)) < 0:
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    async def wait(self, timeout: float) -> None:
+        """Until the file is written after the last ``wait`` returned, or ``timeout``."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._fd, self._readable)
+        if not self._written.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._written.wait(), timeout)
+        self._written.clear()  # before the caller looks: a later write wakes the next wait
+
+    def hot(self) -> bool:
+        """Whether the file was written within the last ``HOT_WINDOW`` seconds."""
+        return self._loop is not None and self._loop.time() - self.written_at < HOT_WINDOW
+
+    def _readable(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self._fd, 4096):
+                pass
+        if self._loop is not None:
+            self.written_at = self._loop.time()
+        self._written.set()
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop = None
+        os.close(self._fd)
 
 
 class NearbyQueue:
@@ -199,6 +276,7 @@ class NearbyQueue:
         self._verified: FileIdentity | None = None
         self._cursor = 0
         self._checked_at: float | None = None
+        self._watch: WalWatch | None = None
 
     @property
     def pulling(self) -> bool:
@@ -224,10 +302,24 @@ class NearbyQueue:
                 stopped()
             if jobs:
                 take(jobs)
-            await self._sleep(self._interval if self.pulling else RECHECK_INTERVAL)
+            await self._wait()
+
+    async def _wait(self) -> None:
+        """Until the next look: ``PULL_INTERVAL`` while the WAL file is being written (or
+        where it cannot be watched); else until it is written again (at most until the
+        identity is due again)."""
+        if not self.pulling:
+            await self._sleep(RECHECK_INTERVAL)
+        elif self._watch is not None and not self._watch.hot():
+            await self._watch.wait(RECHECK_INTERVAL)
+        else:
+            await self._sleep(self._interval)
 
     def close(self) -> None:
         conn, self._conn, self._verified = self._conn, None, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.close()
         if conn is not None:
             conn.close()
 
@@ -252,11 +344,12 @@ class NearbyQueue:
                         extra={"vendor": self._vendor, "error": str(exc)})  # fmt: skip
             return
         self._conn, self._verified, self._cursor = conn, theirs, int(newest or 0)
+        self._watch = WalWatch.open(self._path.with_name(self._path.name + "-wal"))
 
     def _pull(self) -> list[Job]:
         conn = self._conn
         assert conn is not None
-        if file_identity(self._path) != self._verified:  # another file in its place
+        if self._verified is None or not same_file(self._path, self._verified):
             self.close()
             return []
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,19 +168,18 @@ async def test_a_processor_pulls_each_new_job_of_its_vendor_once_and_stops_on_an
         opened = OpenJob("job_canceled", "a", "m", {}, 5, "t", "fal", 1e12)
         for outcome in await ledger.execute_many([opened, Cancel("job_canceled")]):
             outcome.unwrap()  # one transaction: canceled before any look could see it
-        for _ in range(5):
-            await asyncio.sleep(0.01)
+        await _until(lambda: "job_1" in taken)
         await _open(ledger, "job_2", "fal")
+        await _until(lambda: "job_2" in taken)
         for _ in range(5):
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # more looks: nothing is taken twice
         assert taken == ["job_1", "job_2"]  # each once, in order, only queued ones of fal
 
         copy = tmp_path / "copy.db"
         shutil.copy(path, copy)
         copy.replace(path)  # another file in the ledger's place
-        for _ in range(3):
-            await asyncio.sleep(0.01)
-        assert not queue.pulling and stops == [True]  # the processor reloads from the ledger
+        await _until(lambda: stops == [True])
+        assert not queue.pulling  # the processor reloads from the ledger
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
         queue.close()
@@ -199,6 +198,13 @@ async def test_no_pulls_from_a_file_the_ledger_does_not_have(tmp_path: Path) -> 
             assert not queue.pulling
     finally:
         await ledger.close()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not within the timeout"
+        await asyncio.sleep(0.005)
 
 
 async def _value(identity: FileIdentity | None) -> FileIdentity | None:
