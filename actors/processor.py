@@ -57,7 +57,6 @@ import contextlib
 import math
 import random
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -80,7 +79,6 @@ from runtime.errors import (
     VendorTransientError,
 )
 from runtime.fairness import DEFAULT_WEIGHT, FairQueue
-from runtime.ledger_nearby import NearbyQueue
 from runtime.models import (
     Job,
     MarkProcessing,
@@ -108,7 +106,6 @@ log = get_logger("processor")
 CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 EARLY_EVENT_TTL = 600.0  # seconds a webhook for a not-yet-known task is kept
 START_BACKOFF = 1.0  # seconds before a job whose attempt could not be recorded is tried again
-PULL_HANDOVER = 3.0  # seconds gateways may take to send new jobs again (2 stats refreshes)
 WEIGHTS_TTL = 10.0  # seconds the accounts' slot weights are trusted before they are read again
 
 
@@ -127,7 +124,6 @@ class VendorProcessor:
         slots: Slots,
         metrics: Metrics,
         tracer: JobTracer,
-        pull_from_file: bool = False,
     ) -> None:
         self.vendor = vendor
         self.config = config
@@ -161,15 +157,6 @@ class VendorProcessor:
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pump_task: asyncio.Task[None] | None = None
-        # New jobs pulled from the ledger's file on its machine instead of sent by the
-        # gateways (runtime.ledger_nearby): one actor call per job fewer.
-        self._nearby: NearbyQueue | None = None
-        if pull_from_file:
-            self._nearby = NearbyQueue(
-                Path(config.storage.database), vendor.name, lambda: ledger.file_identity(),
-                clock.time, clock.sleep,
-            )  # fmt: skip
-        self._pull_task: asyncio.Task[None] | None = None
         self._outcomes = Outcomes(
             vendor,
             config,
@@ -196,8 +183,6 @@ class VendorProcessor:
         """Load this vendor's unfinished jobs, submits in doubt and orphans; start working."""
         if self._pump_task is not None:
             return
-        if self._nearby is not None:
-            await self._nearby.prime()  # its cursor before the load below: no job between
         now = self._clock.time()
         in_doubt = await self._ledger.submits_in_doubt(self.vendor.name, now - self._longest_life())
         orphans = await self._ledger.orphans(self.vendor.name, now)
@@ -214,10 +199,6 @@ class VendorProcessor:
         for job in jobs:
             self._take(job)
         self._pump_task = asyncio.create_task(self._pump())
-        if self._nearby is not None:
-            self._pull_task = asyncio.create_task(
-                self._nearby.run(self.dispatch_now, self._pulls_stopped)
-            )
         log.info(
             "started",
             extra={
@@ -228,14 +209,11 @@ class VendorProcessor:
         )
 
     async def stop(self) -> None:
-        tasks = [self._pump_task, self._pull_task, self._weights_task, *self._tasks]
+        tasks = [t for t in (self._pump_task, self._weights_task, *self._tasks) if t is not None]
         for task in tasks:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*[t for t in tasks if t is not None], return_exceptions=True)
-        self._pump_task = self._pull_task = None
-        if self._nearby is not None:
-            self._nearby.close()
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pump_task = None
         with contextlib.suppress(Exception):
             await self._client.close()
 
@@ -251,25 +229,8 @@ class VendorProcessor:
     # --- the port other actors call -----------------------------------------------------
 
     async def dispatch(self, jobs: Sequence[Job]) -> None:
-        self.dispatch_now(jobs)
-
-    def dispatch_now(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
             self._take(job)
-
-    def _pulls_stopped(self) -> None:
-        """The ledger's file can no longer be read here: gateways send new jobs again once
-        they see it in ``stats`` (``PULL_HANDOVER`` s at most); load what they did not."""
-        log.warning(
-            "new jobs no longer pulled from the ledger's file", extra={"vendor": self.vendor.name}
-        )
-
-        async def reload() -> None:
-            await self._clock.sleep(PULL_HANDOVER)
-            jobs = await self._ledger.jobs_for_vendor(self.vendor.name, [JobStatus.QUEUED])
-            self.dispatch_now(jobs)
-
-        self._spawn(reload())
 
     async def adopt(self, jobs: Sequence[Job]) -> int:
         return sum(1 for job in jobs if self._take(job))
@@ -346,7 +307,6 @@ class VendorProcessor:
             "held": len(self._held),
             "unrecorded": self._doubt.held,
             "circuit": self._breaker.state(now).value,
-            "pulls_new_jobs": self._nearby is not None and self._nearby.pulling,
             **self._outcomes.counters,
             "in_doubt": dict(self._doubt.counts),
             "wasted": {**self._outcomes.wasted, "late_orphan": self._doubt.counts["late_orphans"]},

@@ -201,7 +201,6 @@ def build_role(role: str, config: JoblineConfig, wiring: Wiring, ports: Ports) -
             slots=Slots(wiring.customization.slot_limit(vendor)),
             metrics=metrics,
             tracer=tracer,
-            pull_from_file=not wiring.ledger_mode.memory,  # no file to read in memory
         )
     if role.startswith("gateway-"):
 

@@ -23,9 +23,6 @@ ledger has.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import math
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -34,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import ledger_reads as reads
-from runtime.ledger_schema import JOB_COLUMNS, job_from_row
 from runtime.models import Job
 from runtime.telemetry import get_logger
 
@@ -56,7 +52,7 @@ class FileIdentity:
 
 def same_file(path: Path, identity: FileIdentity) -> bool:
     """Whether the file at ``path`` is still ``identity``'s (the machine cannot change
-    under a running process: only the device and inode are looked at)."""
+    under a running process: only the device and inode are looked at, one ``stat``)."""
     try:
         stat = os.stat(path)
     except OSError:
@@ -172,201 +168,3 @@ class NearbyLedgerReads:
             executor.shutdown(wait=False)
         elif conn is not None:
             conn.close()
-
-
-PULL_INTERVAL = 0.01  # seconds between two looks where the WAL file cannot be watched
-IN_MODIFY = 0x00000002  # inotify(7): the file was written
-# A commit is written to the WAL before it becomes visible (its fsync and the WAL index
-# come after the last write), so after a write the file is looked at every PULL_INTERVAL
-# for this long (longer than a slow fsync); with no write for as long, the watcher
-# sleeps until the next one.
-HOT_WINDOW = 1.0
-
-
-class WalWatch:
-    """Wakes when the ledger's WAL file is written: every commit appends to it.
-
-    Linux's inotify, reached through libc with ``ctypes`` (about twenty lines; the
-    ``inotify_simple`` package would do the same): an idle ledger costs the watcher
-    nothing, and a commit wakes it at once. ``open`` answers None where inotify is not
-    there (another system) or the WAL file is missing; the caller then polls.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._written = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.written_at = -math.inf  # the loop's time of the last write seen
-
-    @classmethod
-    def open(cls, wal: Path) -> WalWatch | None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
-        except (OSError, AttributeError):
-            return None
-        if fd < 0:
-            return None
-        if int(libc.inotify_add_watch(fd, os.fsencode(wal), IN_MODIFY)) < 0:
-            os.close(fd)
-            return None
-        return cls(fd)
-
-    async def wait(self, timeout: float) -> None:
-        """Until the file is written after the last ``wait`` returned, or ``timeout``."""
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-            self._loop.add_reader(self._fd, self._readable)
-        if not self._written.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._written.wait(), timeout)
-        self._written.clear()  # before the caller looks: a later write wakes the next wait
-
-    def hot(self) -> bool:
-        """Whether the file was written within the last ``HOT_WINDOW`` seconds."""
-        return self._loop is not None and self._loop.time() - self.written_at < HOT_WINDOW
-
-    def _readable(self) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            while os.read(self._fd, 4096):
-                pass
-        if self._loop is not None:
-            self.written_at = self._loop.time()
-        self._written.set()
-
-    def close(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(self._fd)
-            self._loop = None
-        os.close(self._fd)
-
-
-class NearbyQueue:
-    """One vendor's newly opened jobs, pulled from the ledger's file on its machine.
-
-    The gateway used to send every new job to its processor in a message of its own
-    (an actor call per job at a paced rate). A processor on the ledger's machine instead
-    looks at the file every ``PULL_INTERVAL`` seconds: ``max(seq)`` of the jobs (a few
-    microseconds, inline: with no busy wait a look that finds the file busy is skipped),
-    and only when it grew, the rows after its cursor that are queued on its vendor. The
-    cursor is the processor's own and the jobs stay in the ledger until they end, so a
-    look that fails loses nothing; the next one, or the sweeper, finds them.
-
-    ``prime`` is called before the processor loads its queue from the ledger, so the
-    cursor is at or before that load: no job falls between the two (one found by both
-    is taken once, as a repeated dispatch is).
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        vendor: str,
-        identity: Callable[[], Awaitable[FileIdentity | None]],
-        now: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]],
-        interval: float = PULL_INTERVAL,
-    ) -> None:
-        self._path = path
-        self._vendor = vendor
-        self._identity = identity
-        self._now = now
-        self._sleep = sleep
-        self._interval = interval
-        self._conn: sqlite3.Connection | None = None
-        self._verified: FileIdentity | None = None
-        self._cursor = 0
-        self._checked_at: float | None = None
-        self._watch: WalWatch | None = None
-
-    @property
-    def pulling(self) -> bool:
-        """Whether new jobs of this vendor are pulled from the file (so gateways need not
-        send them)."""
-        return self._conn is not None
-
-    async def prime(self) -> None:
-        """Open the file if it is the ledger's, and put the cursor at its newest job."""
-        await self._verify()
-
-    async def run(self, take: Callable[[list[Job]], object], stopped: Callable[[], object]) -> None:
-        """Hand every newly queued job of the vendor to ``take``; call ``stopped`` when
-        the pulls stop (the file is no longer the ledger's), so the caller can load what
-        gateways did not send meanwhile. Runs until cancelled."""
-        while True:
-            due = self._checked_at is None or self._now() - self._checked_at >= RECHECK_INTERVAL
-            was_pulling = self.pulling
-            if due:
-                await self._verify()
-            jobs = self._pull() if self.pulling else []
-            if was_pulling and not self.pulling:
-                stopped()
-            if jobs:
-                take(jobs)
-            await self._wait()
-
-    async def _wait(self) -> None:
-        """Until the next look: ``PULL_INTERVAL`` while the WAL file is being written (or
-        where it cannot be watched); else until it is written again (at most until the
-        identity is due again)."""
-        if not self.pulling:
-            await self._sleep(RECHECK_INTERVAL)
-        elif self._watch is not None and not self._watch.hot():
-            await self._watch.wait(RECHECK_INTERVAL)
-        else:
-            await self._sleep(self._interval)
-
-    def close(self) -> None:
-        conn, self._conn, self._verified = self._conn, None, None
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.close()
-        if conn is not None:
-            conn.close()
-
-    async def _verify(self) -> None:
-        self._checked_at = self._now()
-        try:
-            theirs = await self._identity()
-        except Exception:  # the ledger unreachable: keep what was verified, ask again later
-            theirs = self._verified
-        if theirs is None or file_identity(self._path) != theirs:
-            self.close()
-            return
-        if self._conn is not None and self._verified == theirs:
-            return
-        self.close()
-        try:
-            conn = sqlite3.connect(str(self._path), isolation_level=None, timeout=0.0)
-            conn.execute("PRAGMA query_only = ON")
-            newest = conn.execute("SELECT max(seq) FROM jobs").fetchone()[0]
-        except sqlite3.Error as exc:
-            log.warning("the ledger's file cannot be read here; new jobs come by message",
-                        extra={"vendor": self._vendor, "error": str(exc)})  # fmt: skip
-            return
-        self._conn, self._verified, self._cursor = conn, theirs, int(newest or 0)
-        self._watch = WalWatch.open(self._path.with_name(self._path.name + "-wal"))
-
-    def _pull(self) -> list[Job]:
-        conn = self._conn
-        assert conn is not None
-        if self._verified is None or not same_file(self._path, self._verified):
-            self.close()
-            return []
-        try:
-            newest = int(conn.execute("SELECT max(seq) FROM jobs").fetchone()[0] or 0)
-            if newest <= self._cursor:
-                return []
-            rows = conn.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq > ? AND seq <= ? AND vendor = ? "
-                "AND status = 'queued' ORDER BY seq",
-                (self._cursor, newest, self._vendor),
-            ).fetchall()
-        except sqlite3.Error as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                return []  # the next look
-            log.warning("reading the ledger's file failed; new jobs come by message",
-                        extra={"vendor": self._vendor, "error": str(exc)})  # fmt: skip
-            self.close()
-            return []
-        self._cursor = newest
-        return [job_from_row(row) for row in rows]

@@ -7,12 +7,6 @@ processor's ``stats()`` at most every ``REFRESH_INTERVAL`` seconds, in the backg
 and only while jobs arrive: no extra call per job, none on an idle gateway. The view
 may lag by about that long; the processor still decides (it fails a job over, or keeps
 it waiting, by its own circuit).
-
-The same answers say which processors pull their new jobs from the ledger's file
-(``runtime.ledger_nearby.NearbyQueue``): a new job of such a vendor is not sent to it.
-That is believed for ``PULLS_FRESH`` seconds after the answer only; a processor that stops
-pulling loads its queued jobs again after that (``PULL_HANDOVER``), and by default (no
-recent answer) jobs are sent.
 """
 
 from __future__ import annotations
@@ -31,7 +25,6 @@ log = get_logger("gateway")
 
 REFRESH_INTERVAL = 1.0  # seconds between two refreshes of the view
 STATS_TIMEOUT = 2.0
-PULLS_FRESH = 2.0  # seconds an answer "pulls new jobs" is believed (< PULL_HANDOVER)
 
 
 class CircuitView:
@@ -47,18 +40,11 @@ class CircuitView:
         self._spawn = spawn
         self._interval = interval
         self._open: set[str] = set()
-        self._pulls_seen: dict[str, float] = {}  # vendor -> when its processor said it pulls
         self._refreshed_at: float | None = None
         self._refreshing = False
 
     def is_open(self, vendor: str) -> bool:
         return vendor in self._open
-
-    def pulls_new_jobs(self, vendor: str) -> bool:
-        """Whether ``vendor``'s processor recently said it pulls new jobs from the
-        ledger's file (then a new job need not be sent to it)."""
-        seen = self._pulls_seen.get(vendor)
-        return seen is not None and self._clock.time() - seen <= PULLS_FRESH
 
     def route_position(self, route: Sequence[RouteStep]) -> int:
         """Where a new job starts on ``route``: the first vendor whose circuit is not open;
@@ -83,25 +69,17 @@ class CircuitView:
             answers = await asyncio.gather(
                 *(self._circuit(vendor) for vendor in vendors), return_exceptions=True
             )
-            now = self._clock.time()
             for vendor, answer in zip(vendors, answers, strict=True):
                 if isinstance(answer, BaseException):
                     continue  # unreachable now: keep what was known
-                circuit, pulls = answer
-                if pulls:
-                    self._pulls_seen[vendor] = now
-                else:
-                    self._pulls_seen.pop(vendor, None)
-                if circuit == CircuitState.OPEN.value:
+                if answer == CircuitState.OPEN.value:
                     self._open.add(vendor)
                 else:
                     self._open.discard(vendor)
         finally:
             self._refreshing = False
 
-    async def _circuit(self, vendor: str) -> tuple[str | None, bool]:
-        """The processor's circuit state, and whether it pulls new jobs itself."""
+    async def _circuit(self, vendor: str) -> str | None:
         stats = await asyncio.wait_for(self._router.processor(vendor).stats(), STATS_TIMEOUT)
         circuit = stats.get("circuit")
-        pulls = stats.get("pulls_new_jobs") is True
-        return (circuit if isinstance(circuit, str) else None), pulls
+        return circuit if isinstance(circuit, str) else None

@@ -279,10 +279,7 @@ class Api:
         return task
 
     def dispatch(self, job: Job) -> None:
-        """Hand a new job to its processor, in the background (not when the processor
-        pulls its new jobs from the ledger's file itself: ``CircuitView.pulls_new_jobs``)."""
-        if self.circuits.pulls_new_jobs(job.vendor):
-            return
+        """Hand a new job to its processor, in the background."""
         self.in_background(self._traced_dispatch(job), "dispatch", job)
 
     async def _traced_dispatch(self, job: Job) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,9 @@ from actors.ledger import CreditLedger
 from runtime.clock import SYSTEM_CLOCK
 from runtime.config import StorageConfig
 from runtime.ledger import Ledger
-from runtime.ledger_nearby import FileIdentity, NearbyQueue, file_identity
+from runtime.ledger_nearby import FileIdentity, file_identity
 from runtime.ledger_reads import jobs as read_jobs
-from runtime.models import Cancel, CreateAccount, Grant, Job, MarkProcessing, OpenJob, StartAttempt
+from runtime.models import Job, MarkProcessing, StartAttempt
 from runtime.telemetry import Metrics
 from tests.integration.api_fixtures import MakeApi, make_api_fixture  # noqa: F401
 
@@ -125,87 +125,3 @@ async def test_the_ledger_actor_tells_the_identity_of_the_file_it_opened(tmp_pat
     finally:
         await ledger.stop()
     assert await ledger.file_identity() is None
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-async def _open(ledger: Ledger, job_id: str, vendor: str) -> None:
-    op = OpenJob(job_id, "a", "m", {"prompt": job_id}, 5, "t-" + job_id, vendor, 1e12)
-    (await ledger.execute(op)).unwrap()
-
-
-async def test_a_processor_pulls_each_new_job_of_its_vendor_once_and_stops_on_another_file(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "jobline.db"
-    ledger = await Ledger.open(path, clock=lambda: 1000.0)
-    try:
-        await ledger.execute(CreateAccount("a", "h"))
-        await ledger.execute(Grant("a", 1000, "g"))
-        await _open(ledger, "job_before", "fal")  # loaded by the processor's start instead
-        identity = file_identity(path)
-        clock = _Clock()
-        queue = NearbyQueue(path, "fal", lambda: _value(identity), clock.time, clock.sleep)
-        await queue.prime()
-        assert queue.pulling
-        taken: list[str] = []
-        stops: list[bool] = []
-        runner = asyncio.create_task(
-            queue.run(lambda jobs: taken.extend(j.id for j in jobs), lambda: stops.append(True))
-        )
-        await _open(ledger, "job_1", "fal")
-        await _open(ledger, "job_other", "replicate")  # another vendor's
-        opened = OpenJob("job_canceled", "a", "m", {}, 5, "t", "fal", 1e12)
-        for outcome in await ledger.execute_many([opened, Cancel("job_canceled")]):
-            outcome.unwrap()  # one transaction: canceled before any look could see it
-        await _until(lambda: "job_1" in taken)
-        await _open(ledger, "job_2", "fal")
-        await _until(lambda: "job_2" in taken)
-        for _ in range(5):
-            await asyncio.sleep(0.01)  # more looks: nothing is taken twice
-        assert taken == ["job_1", "job_2"]  # each once, in order, only queued ones of fal
-
-        copy = tmp_path / "copy.db"
-        shutil.copy(path, copy)
-        copy.replace(path)  # another file in the ledger's place
-        await _until(lambda: stops == [True])
-        assert not queue.pulling  # the processor reloads from the ledger
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        queue.close()
-    finally:
-        await ledger.close()
-
-
-async def test_no_pulls_from_a_file_the_ledger_does_not_have(tmp_path: Path) -> None:
-    path = tmp_path / "jobline.db"
-    ledger = await Ledger.open(path, clock=lambda: 1000.0)
-    try:
-        clock = _Clock()
-        for theirs in (None, FileIdentity("another machine", 1, 2)):
-            queue = NearbyQueue(path, "fal", lambda t=theirs: _value(t), clock.time, clock.sleep)
-            await queue.prime()
-            assert not queue.pulling
-    finally:
-        await ledger.close()
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "not within the timeout"
-        await asyncio.sleep(0.005)
-
-
-async def _value(identity: FileIdentity | None) -> FileIdentity | None:
-    return identity
