@@ -24,6 +24,7 @@ from pathlib import Path
 from runtime.clock import Clock
 from runtime.errors import LedgerMissing
 from runtime.ledger import THREADED, Ledger, LedgerMode
+from runtime.ledger_nearby import FileIdentity, file_identity
 from runtime.models import (
     AccountLimits,
     AccountPage,
@@ -63,6 +64,7 @@ class CreditLedger:
         self._must_exist = must_exist  # why the file must be there; None: create it
         self._mode = mode
         self._ledger: Ledger | None = None
+        self._identity: FileIdentity | None = None  # the file it opened (not in memory)
         self.metrics = metrics
 
     @property
@@ -76,6 +78,8 @@ class CreditLedger:
             created = not self._path.exists()
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._ledger = await Ledger.open(self._path, clock=self._clock.time, mode=self._mode)
+            if not self._mode.memory:
+                self._identity = file_identity(self._path)
             verb = "created" if created else "opened"
             log.info("ledger %s at %s", verb, self._path, extra={"notice": True})
 
@@ -83,6 +87,7 @@ class CreditLedger:
         """Let every submitted write land, close, and fold the WAL into the ``.db`` file."""
         if self._ledger is not None:
             ledger, self._ledger = self._ledger, None
+            self._identity = None
             await ledger.close()
             if self._mode.memory:  # no file, no WAL (a simulation's ledger)
                 return
@@ -120,6 +125,12 @@ class CreditLedger:
 
     async def ping(self) -> bool:
         return self._ledger is not None
+
+    async def file_identity(self) -> FileIdentity | None:
+        """The identity of the database file this ledger has open (None: none open, or
+        in memory): a process on the same machine that finds this file at the configured
+        path may read it directly (``runtime.ledger_nearby``)."""
+        return self._identity
 
     # --- the reads of LedgerPort (see runtime.ledger.Ledger for each) --------------------
 

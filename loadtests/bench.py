@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from loadtests import (
     bench_ledger,
     bench_runtime,
     bench_sim,
+    bench_table,
     bench_tenants,
 )
 
@@ -70,42 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(results: dict[str, Any]) -> str:
-    """The headline rows: jobline, its floor, the ratio (issue 16's table)."""
-    cpu = results["cpu"]["median"]
-    steady, burst, floor = cpu["steady"], cpu["burst"], cpu["floor"]
-    u, o = results["utilization"], results["overhead"]
-    a, r, ledger = results["accepts"], results["status_reads"], results["ledger"]
-    live = results["status_reads_live"]
-    rows = [
-        ("CPU ms/job, steady (all processes)", f"{steady['cpu_ms_per_job']:.1f}",
-         f"{steady['floor_ms_per_job']:.1f}", f"{steady['ratio_to_floor']:.1f}"),
-        ("CPU ms/job, backlog burst", f"{burst['cpu_ms_per_job']:.1f}",
-         f"{burst['floor_ms_per_job']:.1f}", f"{burst['ratio_to_floor']:.1f}"),
-        ("ledger actor CPU ms/job, steady", f"{steady['ledger_ms_per_job']:.2f}",
-         f"{floor['ledger_floor_ms_per_job']:.2f}",
-         f"{steady['ledger_ms_per_job'] / floor['ledger_floor_ms_per_job']:.0f}"),
-        ("ledger actor ceiling, jobs/s (burst)", f"{burst['ledger_ceiling_jobs_per_s']:,.0f}",
-         f"{floor['ledger_floor_jobs_per_s']:,.0f}",
-         f"{burst['ledger_ceiling_jobs_per_s'] / floor['ledger_floor_jobs_per_s']:.3f}"),
-        ("accepts/s vs bare aiohttp", f"{a['jobline_per_s']:,.0f}", f"{a['bare_per_s']:,.0f}",
-         f"{a['ratio']:.2f}"),
-        ("status reads/s (ended jobs) vs bare", f"{r['jobline_per_s']:,.0f}",
-         f"{r['bare_per_s']:,.0f}", f"{r['ratio']:.2f}"),
-        ("status reads/s (live jobs) vs bare", f"{live['jobline_per_s']:,.0f}",
-         f"{live['bare_per_s']:,.0f}", f"{live['ratio']:.2f}"),
-        ("end-to-end p99 s vs the fake directly", f"{o['jobline']['p99_s']:.3f}",
-         f"{o['direct']['p99_s']:.3f}", f"{o['p99_ratio']:.2f}"),
-        ("vendor-slot utilization, jobs/s", f"{u['completed_per_s']:.1f}",
-         f"{u['bound_per_s']:.1f}", f"{u['ratio']:.2f}"),
-        ("ledger durable ops/s vs raw SQLite rows/s", f"{ledger['ledger_ops_per_s']:,.0f}",
-         f"{ledger['raw_rows_per_s']:,.0f}", f"{ledger['ratio']:.2f}"),
-    ]  # fmt: skip
-    header = ("measure", "jobline", "floor", "ratio")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
-    return "\n".join(
-        "  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
-        for row in [header, *rows]
-    )
+    """The headline rows: jobline, its floor, the ratio (issue 16's table;
+    ``python -m loadtests.bench_table --runs 3`` prints them alone, as medians)."""
+    table = bench_table.medians([bench_table.rows(results)])
+    return bench_table.render(table, 1, [os.getloadavg()[0]])
 
 
 if __name__ == "__main__":

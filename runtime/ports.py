@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from runtime.ledger_nearby import FileIdentity
 from runtime.models import (
     AccountLimits,
     AccountPage,
@@ -35,6 +36,8 @@ from runtime.vendors import WebhookEvent
 
 class LedgerPort(Protocol):
     async def execute_many(self, ops: Sequence[LedgerOp]) -> list[Outcome]: ...
+
+    async def file_identity(self) -> FileIdentity | None: ...
 
     async def get_jobs(self, job_ids: Sequence[str]) -> list[Job | None]: ...
 

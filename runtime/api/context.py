@@ -20,6 +20,7 @@ import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -48,6 +49,7 @@ from runtime.errors import (
     LedgerUnavailable,
     Unauthorized,
 )
+from runtime.ledger_nearby import FileIdentity, NearbyLedgerReads
 from runtime.models import Job, KeyMatch, LedgerOp, Outcome
 from runtime.ports import LedgerPort, Router
 from runtime.results import ResultStore
@@ -166,6 +168,9 @@ class Api:
         self._ops: Coalescer[LedgerOp, Outcome] = Coalescer(self._execute_many)
         self._job_reads: Coalescer[str, Job | None] = Coalescer(self.get_jobs)
         self.ended = EndedJobs()
+        self.nearby = NearbyLedgerReads(
+            Path(ctx.config.storage.database), self._ledger_file_identity, ctx.clock.time
+        )
         self._processors: dict[str, _ProcessorCalls] = {}
         gateway = ctx.config.gateway
         self.auth = Authenticator(
@@ -191,7 +196,22 @@ class Api:
             raise ledger_failure(exc) from exc
 
     async def get_jobs(self, job_ids: list[str]) -> list[Job | None]:
-        return await self.read(self.ctx.ledger.get_jobs(job_ids))
+        """The jobs, in the order asked: from the ledger's file where this replica runs
+        on the ledger's machine (``runtime.ledger_nearby``: exact, no actor call), else,
+        and for any job not found there, through the ledger actor."""
+        jobs = await self.nearby.jobs(job_ids)
+        if jobs is None:
+            return await self.read(self.ctx.ledger.get_jobs(job_ids))
+        missing = [job_id for job_id, job in zip(job_ids, jobs, strict=True) if job is None]
+        if missing:
+            found = dict(
+                zip(missing, await self.read(self.ctx.ledger.get_jobs(missing)), strict=True)
+            )
+            jobs = [job or found[job_id] for job_id, job in zip(job_ids, jobs, strict=True)]
+        return jobs
+
+    async def _ledger_file_identity(self) -> FileIdentity | None:
+        return await self.read(self.ctx.ledger.file_identity())
 
     async def _keys_for_hashes(self, hashes: list[str]) -> list[KeyMatch | None]:
         return await self.read(self.ctx.ledger.keys_for_hashes(hashes))
@@ -346,6 +366,7 @@ class Api:
         await self.auth.close()  # and the last key uses are written
 
     async def on_cleanup(self, app: web.Application) -> None:
+        self.nearby.close()
         if self._background:
             _, pending = await asyncio.wait(list(self._background), timeout=2.0)
             for task in pending:  # the jobs are in the ledger; the sweeper has them
