@@ -33,6 +33,7 @@ from runtime.clock import Clock
 from runtime.config import MICROS, JoblineConfig
 from runtime.errors import (
     JoblineError,
+    OutputRefused,
     ResultStoreUnavailable,
     ResultTooLarge,
     VendorOutputTooLarge,
@@ -50,13 +51,11 @@ from runtime.vendors import Output, VendorClient
 
 log = get_logger("finishing")
 
+__all__ = ["DownloadsExpired", "JobFinisher", "OutputRefused", "OutputTooLarge"]
+
 SNIFF_BYTES = 64  # the first bytes a content type is checked against
 DOWNLOAD_BACKOFF = 0.5  # seconds before downloading again; doubles up to the cap
 DOWNLOAD_BACKOFF_CAP = 15.0
-
-
-class OutputRefused(VendorPermanentError):
-    """An output named a place outside the vendor's output hosts: nothing was fetched."""
 
 
 class OutputTooLarge(VendorOutputTooLarge):

@@ -586,3 +586,8 @@ class VendorModelInvalid(VendorPermanentError):
 
 class VendorOutputTooLarge(VendorPermanentError):
     """An output (or an answer) larger than the caller's byte cap; nothing of it was kept."""
+
+
+class OutputRefused(VendorPermanentError):
+    """An output named a place outside the vendor's output hosts (``runtime.origins``),
+    directly or by a redirect: nothing was fetched from there."""
