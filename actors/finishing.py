@@ -5,12 +5,14 @@ sweeper.
   lists, video, audio, other files, JSON and text results), each
 
   * checked against the vendor's output hosts (``runtime.origins``; refused unfetched:
-    ``OutputRefused``),
+    ``OutputRefused``), and so is every redirect (by the vendor client's ``download``),
   * read as a stream (a ``data:`` URI decoded, a JSON or text output as it is) into the
     result store (``ResultStore.put_stream``) under the model's ``max_output_bytes``
     (``OutputTooLarge`` past it),
   * stored with the content type the vendor declared, checked against its first bytes
-    (``runtime.results.sniff_content_type``: the bytes win when they say what they are),
+    (``runtime.results.sniff_content_type``: the bytes win when they say what they are;
+    a declared image/video/audio type the bytes do not bear out, or a type a browser
+    would run, is stored as ``application/octet-stream``),
   * under ``<job id><ext>`` for the first and ``<job id>-<n><ext>`` for the others.
 
 - ``complete``: ``store_outputs``, trying the *downloads* again with backoff (a timeout, a
