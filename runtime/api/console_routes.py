@@ -30,8 +30,9 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime import strict_json
 from runtime.api.context import Api
-from runtime.api.errors import HttpRefusal
+from runtime.api.errors import HttpRefusal, json_response
 from runtime.api.event_ids import EventIds
 from runtime.api.openapi_console import (
     ACCOUNT_CURSOR_PATTERN,
@@ -156,7 +157,7 @@ class ConsoleRoutes:
             {"name": name, "price": model.price, "input_schema": model.input_schema}
             for name, model in sorted(self.ctx.config.models.items())
         ]
-        return web.json_response({"models": models})
+        return json_response({"models": models})
 
     # --- the account-wide event stream ----------------------------------------------------
 
@@ -235,7 +236,7 @@ class ConsoleRoutes:
         await self.api.require_admin(request)
         names = sorted(self.ctx.config.vendors)
         stats = await asyncio.gather(*(self._vendor_stats(name) for name in names))
-        return web.json_response({"vendors": stats})
+        return json_response({"vendors": stats})
 
     async def _vendor_stats(self, name: str) -> dict[str, Any]:
         vendor = self.ctx.config.vendors[name]
@@ -276,7 +277,7 @@ class ConsoleRoutes:
                 400, "bad_request", "cursor must be the next_cursor of an earlier page"
             )
         page = await self.api.read(self.ctx.ledger.accounts(limit, cursor))
-        return web.json_response(
+        return json_response(
             {
                 "accounts": [summary.to_api() for summary in page.items],
                 "next_cursor": page.next_cursor,
@@ -315,5 +316,5 @@ def _event(entry: JobHistoryEntry, event_id: str, job: Job | None) -> bytes:
         "detail": entry.detail,
         "job": None if job is None else job.to_api(),
     }
-    payload = json.dumps(data, separators=(",", ":"))
+    payload = strict_json.dumps(data, separators=(",", ":"))
     return f"id: {event_id}\nevent: status\ndata: {payload}\n\n".encode()

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any
 
 from aiohttp import web
 
+from runtime import strict_json
 from runtime.api.context import Api, job_fields, log
 from runtime.api.event_ids import EventIds
 from runtime.errors import LedgerUnavailable
@@ -119,5 +119,5 @@ async def _send_event(
     }
     if terminal_job is not None:
         data["job"] = terminal_job.to_api()
-    payload = json.dumps(data, separators=(",", ":"))
+    payload = strict_json.dumps(data, separators=(",", ":"))
     await response.write(f"id: {event_id}\nevent: status\ndata: {payload}\n\n".encode())

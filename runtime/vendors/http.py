@@ -51,6 +51,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from runtime import strict_json
 from runtime.config import VendorConfig
 from runtime.errors import (
     MAX_RETRY_AFTER,
@@ -107,14 +108,14 @@ class Reply:
 
     def json(self) -> Any:
         try:
-            return json.loads(self.body)
+            return strict_json.loads(self.body)
         except ValueError:
             raise Malformed(f"HTTP {self.status} body is not JSON: {self.body[:200]!r}") from None
 
     def detail(self) -> str:
         """A short message from an error body (problem JSON, fal's detail, or text)."""
         try:
-            data = json.loads(self.body)
+            data = strict_json.loads(self.body)
         except ValueError:
             return self.body[:200].decode("utf-8", "replace").strip()
         if isinstance(data, dict):
@@ -151,6 +152,8 @@ WEBHOOK_BODY_ERRORS = (
 
 
 def unreadable_webhook(vendor: str, exc: BaseException) -> WebhookRejected:
+    if isinstance(exc, strict_json.NotJson):  # NaN, 1e400, nested too deep: said plainly
+        return WebhookRejected(f"{vendor}: unreadable webhook body: {exc}")
     if not isinstance(exc, ValueError | Malformed):
         log.error("%s webhook parser failed on a signed body", vendor, exc_info=exc)
     return WebhookRejected(f"{vendor}: unreadable webhook body: {type(exc).__name__}: {exc}")
