@@ -287,6 +287,10 @@ class GatewayConfig(Section):
     # Statements and job lists one account may read at once, per replica (more wait their
     # turn, up to four times as many; past that, 429).
     reads_in_flight_per_account: int = Field(default=1, ge=1)
+    # Event streams (GET /v1/events and /v1/jobs/{id}/events) one account may hold open at
+    # once, per replica; past that, 429. Their ledger reads wait for the account's read
+    # slots like any other expensive read.
+    event_streams_per_account: int = Field(default=16, ge=1)
     # Slow clients: a connection must send a request's headers within header_timeout of
     # their first byte, and its body within body_timeout; an idle keep-alive connection
     # (or one that sends nothing) is closed after idle_timeout. Seconds.

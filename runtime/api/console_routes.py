@@ -163,6 +163,10 @@ class ConsoleRoutes:
 
     async def account_events(self, request: web.Request) -> web.StreamResponse:
         account_id = await self.api.account(request)
+        with self.api.streams.stream(account_id):  # 429 past event_streams_per_account
+            return await self._account_events(request, account_id)
+
+    async def _account_events(self, request: web.Request, account_id: str) -> web.StreamResponse:
         head, wakeup = await self.watch.subscribe(account_id)
         try:
             sent = self.ids.decode(account_id, _last_id(request))
@@ -203,13 +207,13 @@ class ConsoleRoutes:
         next_heartbeat = loop.time() + heartbeat
         while True:
             wakeup.clear()
-            entries = await self.api.read(
-                self.ctx.ledger.account_history(account_id, after, EVENTS_PAGE)
-            )
-            if entries:
-                jobs = await self.api.read(
-                    self.ctx.ledger.get_jobs(list(dict.fromkeys(e.job_id for e in entries)))
+            async with self.api.bounded_read(account_id, refuse=False):
+                entries = await self.api.read(
+                    self.ctx.ledger.account_history(account_id, after, EVENTS_PAGE)
                 )
+                wanted = list(dict.fromkeys(e.job_id for e in entries))
+                jobs = await self.api.read(self.ctx.ledger.get_jobs(wanted)) if wanted else []
+            if entries:
                 current = {job.id: job for job in jobs if job is not None}
                 await response.write(
                     b"".join(
