@@ -72,8 +72,9 @@ class JobRoutes:
         api = self.api
         account_id = await api.account(request)
         refusals = api.refusals
-        refusals.check(account_id, api.ctx.clock.time())  # its limit refused it a moment ago
         idempotency_key = api.idempotency_key(request)
+        if idempotency_key is None:  # a keyed retry goes to the ledger: it may replay its job
+            refusals.check(account_id, api.ctx.clock.time())  # refused a moment ago
         body, raw = await api.json_body(request, SubmitJobBody)
         model = self._model(body.model)
         self._validate_input(model, body.input)

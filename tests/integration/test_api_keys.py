@@ -282,6 +282,27 @@ async def test_a_client_ignoring_retry_after_costs_the_ledger_one_call_a_second(
     await api.submitted(account, prompt="two")
 
 
+async def test_a_retry_with_an_accepted_idempotency_key_replays_its_job_despite_a_refusal(
+    api: ApiHarness,
+) -> None:
+    """Review of issue 13: while the gateway remembered a refusal of the account, a retry
+    with the Idempotency-Key of an already accepted submit got 429 instead of its job."""
+    account = await api.account(credits=1_000)
+    url = f"/v1/accounts/{account.id}/limits"
+    await api.client.put(url, json={"max_jobs_in_flight": 1}, headers=api.admin)
+    accepted = await api.submit(account, key="retry-me")
+    assert accepted.status == 202
+    job = await accepted.json()
+    refused = await api.submit(account, prompt="another")  # remembered for a moment
+    assert (await error_of(refused))[:2] == (429, "too_many_jobs_in_flight")
+    retry = await api.submit(account, key="retry-me")
+    assert retry.status == 202, await retry.text()
+    assert (await retry.json())["id"] == job["id"]
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    fresh = await api.submit(account, prompt="keyed, new", key="another-key")
+    assert (await error_of(fresh))[:2] == (429, "too_many_jobs_in_flight")  # the ledger's
+
+
 async def test_the_submit_rate_holds_across_gateway_replicas(
     api: ApiHarness, second_gateway: Any
 ) -> None:
