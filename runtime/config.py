@@ -451,7 +451,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> JoblineConfig
     except ValidationError as exc:
         problems = [(_key_path(error["loc"]), _reason(error)) for error in exc.errors()]
         raise _config_error(source, problems) from None
-    problems = _route_problems(config)
+    problems = _route_problems(config) + _headroom_problems(config)
     if problems:
         raise _config_error(source, problems)
     return config
@@ -486,6 +486,20 @@ def _route_problems(config: JoblineConfig) -> list[tuple[str, str]]:
         for i, step in enumerate(model.route)
         if step.vendor not in config.vendors
     ]
+
+
+def _headroom_problems(config: JoblineConfig) -> list[tuple[str, str]]:
+    """``[fairness] headroom`` above a vendor's concurrency keeps more slots than it has."""
+    headroom = config.fairness.headroom
+    return [
+        (
+            "fairness.headroom",
+            f"{headroom} slots kept for quiet accounts, but vendors.{vendor.name}.concurrency "
+            f"is {vendor.concurrency}: at most the smallest vendor concurrency",
+        )
+        for vendor in config.vendors.values()
+        if headroom > vendor.concurrency
+    ][:1]
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
