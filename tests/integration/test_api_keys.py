@@ -101,6 +101,10 @@ async def test_an_account_creates_lists_rotates_and_revokes_its_own_keys(
     refused = await api.client.get("/v1/credits", headers=account.auth)
     assert await error_of(refused) == (401, "unauthorized", "this API key was revoked")
     assert (await api.client.get("/v1/credits", headers=third.auth)).status == 200
+    # Review of issue 13: rotating a revoked key answered 201 (a second successor).
+    again = await api.client.post("/v1/keys", json={"replaces": first_id}, headers=third.auth)
+    status, code, message = await error_of(again)
+    assert (status, code) == (409, "api_key_revoked") and "revoked already" in message
 
 
 async def test_the_admin_manages_any_accounts_keys_and_no_account_touches_anothers(
