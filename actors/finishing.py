@@ -5,12 +5,14 @@ sweeper.
   lists, video, audio, other files, JSON and text results), each
 
   * checked against the vendor's output hosts (``runtime.origins``; refused unfetched:
-    ``OutputRefused``),
+    ``OutputRefused``), and so is every redirect (by the vendor client's ``download``),
   * read as a stream (a ``data:`` URI decoded, a JSON or text output as it is) into the
     result store (``ResultStore.put_stream``) under the model's ``max_output_bytes``
     (``OutputTooLarge`` past it),
   * stored with the content type the vendor declared, checked against its first bytes
-    (``runtime.results.sniff_content_type``: the bytes win when they say what they are),
+    (``runtime.results.sniff_content_type``: the bytes win when they say what they are;
+    a declared image/video/audio type the bytes do not bear out, or a type a browser
+    would run, is stored as ``application/octet-stream``),
   * under ``<job id><ext>`` for the first and ``<job id>-<n><ext>`` for the others.
 
 - ``complete``: ``store_outputs``, trying the *downloads* again with backoff (a timeout, a
@@ -33,6 +35,7 @@ from runtime.clock import Clock
 from runtime.config import MICROS, JoblineConfig
 from runtime.errors import (
     JoblineError,
+    OutputRefused,
     ResultStoreUnavailable,
     ResultTooLarge,
     VendorOutputTooLarge,
@@ -50,13 +53,11 @@ from runtime.vendors import Output, VendorClient
 
 log = get_logger("finishing")
 
+__all__ = ["DownloadsExpired", "JobFinisher", "OutputRefused", "OutputTooLarge"]
+
 SNIFF_BYTES = 64  # the first bytes a content type is checked against
 DOWNLOAD_BACKOFF = 0.5  # seconds before downloading again; doubles up to the cap
 DOWNLOAD_BACKOFF_CAP = 15.0
-
-
-class OutputRefused(VendorPermanentError):
-    """An output named a place outside the vendor's output hosts: nothing was fetched."""
 
 
 class OutputTooLarge(VendorOutputTooLarge):

@@ -287,6 +287,10 @@ class GatewayConfig(Section):
     # Statements and job lists one account may read at once, per replica (more wait their
     # turn, up to four times as many; past that, 429).
     reads_in_flight_per_account: int = Field(default=1, ge=1)
+    # Event streams (GET /v1/events and /v1/jobs/{id}/events) one account may hold open at
+    # once, per replica; past that, 429. Their ledger reads wait for the account's read
+    # slots like any other expensive read.
+    event_streams_per_account: int = Field(default=16, ge=1)
     # Slow clients: a connection must send a request's headers within header_timeout of
     # their first byte, and its body within body_timeout; an idle keep-alive connection
     # (or one that sends nothing) is closed after idle_timeout. Seconds.
@@ -447,7 +451,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> JoblineConfig
     except ValidationError as exc:
         problems = [(_key_path(error["loc"]), _reason(error)) for error in exc.errors()]
         raise _config_error(source, problems) from None
-    problems = _route_problems(config)
+    problems = _route_problems(config) + _headroom_problems(config)
     if problems:
         raise _config_error(source, problems)
     return config
@@ -482,6 +486,20 @@ def _route_problems(config: JoblineConfig) -> list[tuple[str, str]]:
         for i, step in enumerate(model.route)
         if step.vendor not in config.vendors
     ]
+
+
+def _headroom_problems(config: JoblineConfig) -> list[tuple[str, str]]:
+    """``[fairness] headroom`` above a vendor's concurrency keeps more slots than it has."""
+    headroom = config.fairness.headroom
+    return [
+        (
+            "fairness.headroom",
+            f"{headroom} slots kept for quiet accounts, but vendors.{vendor.name}.concurrency "
+            f"is {vendor.concurrency}: at most the smallest vendor concurrency",
+        )
+        for vendor in config.vendors.values()
+        if headroom > vendor.concurrency
+    ][:1]
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

@@ -23,6 +23,7 @@ equal exception back; a test checks every class below).
     │   ├── AccountThrottled         too many of the account's jobs were rejected for
     │   │                            their input lately (429, retry_after)
     │   ├── ApiKeyNotFound           also another account's key (404)
+    │   ├── ApiKeyRevoked            a rotation replacing a key revoked already (409)
     │   ├── TooManyApiKeys           the account's cap on keys in use (409)
     │   ├── DeadLetterNotFound
     │   ├── LedgerFault              an operation failed for a reason of the ledger's
@@ -61,7 +62,9 @@ equal exception back; a test checks every class below).
             ├── VendorInputRejected  invalid input, content rejected (may keep a fee)
             ├── VendorModelInvalid   the configured vendor model name cannot name a model
             │                        there: a config error, refunded in full
-            └── VendorOutputTooLarge an output past the caller's byte cap
+            ├── VendorOutputTooLarge an output past the caller's byte cap
+            └── OutputRefused        an output (or a redirect of it) outside the vendor's
+                                     output hosts: nothing fetched from there
 
 Three classes, three reactions (DESIGN §3.5): a transient error is retried here with
 backoff; a vendor-wide refusal is the vendor's, not the job's (the same job succeeds
@@ -329,6 +332,18 @@ class ApiKeyNotFound(LedgerError):
         return f"API key {self.key_id!r} not found"
 
 
+class ApiKeyRevoked(LedgerError):
+    """A rotation named a key whose revoke was asked already (its grace period may still
+    run): rotating it again would leave two successors of one key."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(key_id)
+        self.key_id = key_id
+
+    def __str__(self) -> str:
+        return f"API key {self.key_id!r} is revoked already: rotate a key still in use"
+
+
 class TooManyApiKeys(LedgerError):
     def __init__(self, account_id: str, limit: int) -> None:
         super().__init__(account_id, limit)
@@ -586,3 +601,8 @@ class VendorModelInvalid(VendorPermanentError):
 
 class VendorOutputTooLarge(VendorPermanentError):
     """An output (or an answer) larger than the caller's byte cap; nothing of it was kept."""
+
+
+class OutputRefused(VendorPermanentError):
+    """An output named a place outside the vendor's output hosts (``runtime.origins``),
+    directly or by a redirect: nothing was fetched from there."""

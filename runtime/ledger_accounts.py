@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from runtime.errors import ApiKeyNotFound, GrantConflict, TooManyApiKeys
+from runtime.errors import ApiKeyNotFound, ApiKeyRevoked, GrantConflict, TooManyApiKeys
 from runtime.ledger_reads import API_KEY_COLUMNS, api_key_from_row
 from runtime.models import (
     AccountLimits,
@@ -112,6 +112,8 @@ def create_api_key(batch: _Batch, op: CreateApiKey) -> tuple[ApiKey, bool]:
         replaced = _key(batch, op.replaces)
         if replaced is None or replaced.account_id != op.account_id:
             raise ApiKeyNotFound(op.replaces)
+        if replaced.revoked_at is not None:
+            raise ApiKeyRevoked(op.replaces)
     # Keys not revoked count against the cap; one being rotated out does not.
     in_use = batch.conn.execute(
         "SELECT count(*) FROM api_keys WHERE account_id = ? AND revoked_at IS NULL",

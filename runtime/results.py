@@ -152,6 +152,8 @@ _SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
     ("audio/mpeg", ((0, b"ID3"),)),  # an ID3v2 tag before the first frame
 )
 _EBML = b"\x1a\x45\xdf\xa3"  # Matroska and WebM; the doctype says which
+_MEDIA_FAMILIES = ("image/", "video/", "audio/")
+_ACTIVE = frozenset({"text/html", "text/javascript", "application/javascript", "text/xsl"})
 
 
 def sniff_content_type(data: bytes, declared: str | None = None) -> str:
@@ -159,7 +161,9 @@ def sniff_content_type(data: bytes, declared: str | None = None) -> str:
 
     PNG, JPEG, GIF, WebP, MP4, WebM, MP3 (an ID3 tag or an MPEG audio frame), WAV and
     JSON are recognised; anything else is ``declared`` (what the vendor said, if it
-    said), or ``application/octet-stream``.
+    said), or ``application/octet-stream``, which is also what unrecognised bytes
+    declared as an image, a video or audio (``<html><script>`` sent as ``image/png``), or
+    as a type a browser would run (HTML, SVG, XML, JavaScript), are stored as.
     """
     head = data[:64]
     for content_type, marks in _SIGNATURES:
@@ -171,7 +175,16 @@ def sniff_content_type(data: bytes, declared: str | None = None) -> str:
         return "audio/mpeg"
     if _is_json(data):
         return "application/json"
-    return declared or OCTET_STREAM
+    if declared is None or _unbelieved(declared):
+        return OCTET_STREAM
+    return declared
+
+
+def _unbelieved(declared: str) -> bool:
+    """A declared type not taken on the vendor's word alone: a media family whose bytes
+    were not recognised above, or a type a browser runs as a page or a script."""
+    base = declared.split(";", 1)[0].strip().lower()
+    return base.startswith(_MEDIA_FAMILIES) or base in _ACTIVE or base.endswith(("+xml", "/xml"))
 
 
 def _mp3_frame(head: bytes) -> bool:

@@ -12,6 +12,9 @@ the bytes, or a redirect to them.
   is still jobline's own ``404``. The redirect is ``Cache-Control: no-store``: the URL
   expires. Stores without URLs (a directory) stream instead.
 
+Every answer says ``X-Content-Type-Options: nosniff``: a browser takes the stored content
+type (checked against the bytes when stored) and never guesses a page out of an output.
+
 The caller (the gateway route) has checked the account, the job and its state.
 """
 
@@ -28,6 +31,7 @@ from runtime.telemetry import get_logger
 log = get_logger("gateway")
 
 STREAM_CACHE_CONTROL = "private, max-age=86400"  # a stored result never changes
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 
 
 async def result_response(
@@ -52,12 +56,14 @@ async def result_response(
         url = await store.url_for(key)
         if url is not None:
             return web.Response(
-                status=302, headers={**headers, "Location": url, "Cache-Control": "no-store"}
+                status=302,
+                headers={**headers, **NOSNIFF, "Location": url, "Cache-Control": "no-store"},
             )
     async with await store.open(key) as result:
         response = web.StreamResponse(
             headers={
                 **headers,
+                **NOSNIFF,
                 "Content-Type": content_type or result.content_type,
                 "Cache-Control": STREAM_CACHE_CONTROL,
             }

@@ -20,7 +20,7 @@ from runtime.api.bodies import (
     LimitsBody,
 )
 from runtime.api.context import Api, log
-from runtime.api.errors import bad_request
+from runtime.api.errors import bad_request, json_response
 from runtime.api.params import int_param, only_params
 from runtime.config import GatewayConfig
 from runtime.fairness import DEFAULT_WEIGHT
@@ -79,7 +79,7 @@ class AccountRoutes:
         )
         balance = (await api.execute(op)).unwrap()
         log.info("account created", extra={"account_id": account_id})
-        return web.json_response(
+        return json_response(
             {
                 "account_id": account_id,
                 "name": body.name,
@@ -100,7 +100,7 @@ class AccountRoutes:
         balance = outcome.unwrap()
         # A replay answers exactly what the first request answered, and says so.
         headers = {} if outcome.changed else {REPLAYED_HEADER: "true"}
-        return web.json_response(
+        return json_response(
             {"account_id": account_id, **balance.to_api(), "granted": True}, headers=headers
         )
 
@@ -108,7 +108,7 @@ class AccountRoutes:
         api = self.api
         await api.require_admin(request)
         limits = await api.read(api.ctx.ledger.account_limits(request.match_info["id"]))
-        return web.json_response(limits_to_api(limits, api.ctx.config.gateway))
+        return json_response(limits_to_api(limits, api.ctx.config.gateway))
 
     async def set_limits(self, request: web.Request) -> web.Response:
         api = self.api
@@ -125,14 +125,14 @@ class AccountRoutes:
         outcome = await api.execute(SetAccountLimits(limits))
         api.refusals.forget(account_id)
         log.info("account limits set", extra={"account_id": account_id})
-        return web.json_response(limits_to_api(outcome.unwrap(), api.ctx.config.gateway))
+        return json_response(limits_to_api(outcome.unwrap(), api.ctx.config.gateway))
 
     async def get_throttle(self, request: web.Request) -> web.Response:
         """The account's input rejections lately and whether its submits are refused."""
         api = self.api
         await api.require_admin(request)
         throttle = await api.read(api.ctx.ledger.account_throttle(request.match_info["id"]))
-        return web.json_response(throttle_to_api(throttle, api))
+        return json_response(throttle_to_api(throttle, api))
 
     async def clear_throttle(self, request: web.Request) -> web.Response:
         """Lift the account's throttle and forget its input rejections (idempotent)."""
@@ -142,12 +142,12 @@ class AccountRoutes:
         throttle = (await api.execute(ClearThrottle(account_id))).unwrap()
         api.refusals.forget(account_id)
         log.info("account throttle cleared", extra={"account_id": account_id})
-        return web.json_response(throttle_to_api(throttle, api))
+        return json_response(throttle_to_api(throttle, api))
 
     async def get_credits(self, request: web.Request) -> web.Response:
         account_id = await self.api.account(request)
         balance = await self.api.read(self.api.ctx.ledger.balance(account_id))
-        return web.json_response({"account_id": account_id, **balance.to_api()})
+        return json_response({"account_id": account_id, **balance.to_api()})
 
     async def get_credit_entries(self, request: web.Request) -> web.Response:
         api = self.api
@@ -164,7 +164,7 @@ class AccountRoutes:
             page = await api.read(
                 api.ctx.ledger.statement(account_id, limit, cursor, order == "desc")
             )
-        return web.json_response(
+        return json_response(
             {
                 "account_id": account_id,
                 "entries": [entry.to_api() for entry in page.items],

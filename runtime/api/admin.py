@@ -13,7 +13,7 @@ from runtime.api.bodies import (
     TIME_CURSOR_PATTERN,
 )
 from runtime.api.context import Api, job_fields, log
-from runtime.api.errors import bad_request
+from runtime.api.errors import bad_request, json_response
 from runtime.api.params import bool_param, int_param, only_params
 from runtime.errors import DeadLetterNotFound
 from runtime.ledger import new_job_id
@@ -43,7 +43,7 @@ class AdminRoutes:
         if cursor is not None and not _CURSOR.fullmatch(cursor):
             raise bad_request("cursor must be the next_cursor of an earlier page")
         page = await api.read(api.ctx.ledger.dead_letters(limit, include, cursor))
-        return web.json_response(
+        return json_response(
             {
                 "dead_letters": [letter.to_api() for letter in page.items],
                 "next_cursor": page.next_cursor,
@@ -83,4 +83,4 @@ class AdminRoutes:
             api.dispatch(job)
         else:
             headers[REPLAYED_HEADER] = "true"
-        return web.json_response(job.to_api(), status=202, headers=headers)
+        return json_response(job.to_api(), status=202, headers=headers)

@@ -29,7 +29,8 @@ MAX_GRACE_PERIOD = 7 * 24 * 3600  # seconds a rotated key may still be used
 MAX_SUBMIT_RATE = 10_000.0  # submits per second an account may be given
 MAX_IN_FLIGHT_LIMIT = 1_000_000
 MAX_SUBMIT_BURST = 100_000
-MAX_SLOT_WEIGHT = 1_000.0
+MIN_SLOT_WEIGHT = 0.01  # a weight below would starve the account (1e-300 was taken)
+MAX_SLOT_WEIGHT = 100.0
 # "<created_at>/<id>", as a page's next_cursor gives it (dead letters).
 TIME_CURSOR_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?(e[+-]?[0-9]{1,3})?/[\x21-\x7e]{1,128}$"
 # Printable ASCII, 1..255 characters, no leading or trailing space (HTTP strips those).
@@ -115,10 +116,11 @@ class LimitsBody(_Body):
     )
     slot_weight: float | None = Field(
         default=None,
-        gt=0,
+        ge=MIN_SLOT_WEIGHT,
         le=MAX_SLOT_WEIGHT,
         allow_inf_nan=False,
-        description="The account's share of scarce vendor slots (1: an equal share)",
+        description="The account's share of scarce vendor slots (1: an equal share), "
+        f"{MIN_SLOT_WEIGHT:g} to {MAX_SLOT_WEIGHT:g}",
     )
 
 

@@ -30,8 +30,9 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime import strict_json
 from runtime.api.context import Api
-from runtime.api.errors import HttpRefusal
+from runtime.api.errors import HttpRefusal, json_response
 from runtime.api.event_ids import EventIds
 from runtime.api.openapi_console import (
     ACCOUNT_CURSOR_PATTERN,
@@ -156,12 +157,16 @@ class ConsoleRoutes:
             {"name": name, "price": model.price, "input_schema": model.input_schema}
             for name, model in sorted(self.ctx.config.models.items())
         ]
-        return web.json_response({"models": models})
+        return json_response({"models": models})
 
     # --- the account-wide event stream ----------------------------------------------------
 
     async def account_events(self, request: web.Request) -> web.StreamResponse:
         account_id = await self.api.account(request)
+        with self.api.streams.stream(account_id):  # 429 past event_streams_per_account
+            return await self._account_events(request, account_id)
+
+    async def _account_events(self, request: web.Request, account_id: str) -> web.StreamResponse:
         head, wakeup = await self.watch.subscribe(account_id)
         try:
             sent = self.ids.decode(account_id, _last_id(request))
@@ -202,13 +207,13 @@ class ConsoleRoutes:
         next_heartbeat = loop.time() + heartbeat
         while True:
             wakeup.clear()
-            entries = await self.api.read(
-                self.ctx.ledger.account_history(account_id, after, EVENTS_PAGE)
-            )
-            if entries:
-                jobs = await self.api.read(
-                    self.ctx.ledger.get_jobs(list(dict.fromkeys(e.job_id for e in entries)))
+            async with self.api.bounded_read(account_id, refuse=False):
+                entries = await self.api.read(
+                    self.ctx.ledger.account_history(account_id, after, EVENTS_PAGE)
                 )
+                wanted = list(dict.fromkeys(e.job_id for e in entries))
+                jobs = await self.api.read(self.ctx.ledger.get_jobs(wanted)) if wanted else []
+            if entries:
                 current = {job.id: job for job in jobs if job is not None}
                 await response.write(
                     b"".join(
@@ -235,7 +240,7 @@ class ConsoleRoutes:
         await self.api.require_admin(request)
         names = sorted(self.ctx.config.vendors)
         stats = await asyncio.gather(*(self._vendor_stats(name) for name in names))
-        return web.json_response({"vendors": stats})
+        return json_response({"vendors": stats})
 
     async def _vendor_stats(self, name: str) -> dict[str, Any]:
         vendor = self.ctx.config.vendors[name]
@@ -276,7 +281,7 @@ class ConsoleRoutes:
                 400, "bad_request", "cursor must be the next_cursor of an earlier page"
             )
         page = await self.api.read(self.ctx.ledger.accounts(limit, cursor))
-        return web.json_response(
+        return json_response(
             {
                 "accounts": [summary.to_api() for summary in page.items],
                 "next_cursor": page.next_cursor,
@@ -315,5 +320,5 @@ def _event(entry: JobHistoryEntry, event_id: str, job: Job | None) -> bytes:
         "detail": entry.detail,
         "job": None if job is None else job.to_api(),
     }
-    payload = json.dumps(data, separators=(",", ":"))
+    payload = strict_json.dumps(data, separators=(",", ":"))
     return f"id: {event_id}\nevent: status\ndata: {payload}\n\n".encode()

@@ -37,7 +37,7 @@ from runtime.api.errors import (
     ledger_failure,
     read_body,
 )
-from runtime.api.limits import AccountReads
+from runtime.api.limits import AccountReads, AccountStreams
 from runtime.api.refusals import RecentRefusals
 from runtime.batching import Coalescer
 from runtime.clock import Clock
@@ -181,6 +181,7 @@ class Api:
             self.execute,
         )
         self.reads = AccountReads(gateway.reads_in_flight_per_account)
+        self.streams = AccountStreams(gateway.event_streams_per_account)
         self.refusals = RecentRefusals()  # submits its limits refused a moment ago
         self._background: set[asyncio.Task[None]] = set()
         self.circuits = CircuitView(ctx.router, ctx.clock, self.spawn)
@@ -295,9 +296,10 @@ class Api:
         return await self.auth.account(request)
 
     @contextlib.asynccontextmanager
-    async def bounded_read(self, account_id: str) -> AsyncIterator[None]:
-        """Run an expensive read (a statement, a job list) in one of the account's slots."""
-        async with self.reads.slot(account_id):
+    async def bounded_read(self, account_id: str, *, refuse: bool = True) -> AsyncIterator[None]:
+        """Run an expensive read (a statement, a job list, an event stream's wake-up) in
+        one of the account's slots; ``refuse=False``: wait however many wait already."""
+        async with self.reads.slot(account_id, refuse=refuse):
             yield
 
     async def require_admin(self, request: web.Request) -> None:

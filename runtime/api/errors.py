@@ -20,10 +20,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from runtime import strict_json
 from runtime.errors import (
     AccountNotFound,
     AccountThrottled,
     ApiKeyNotFound,
+    ApiKeyRevoked,
     DeadLetterNotFound,
     Forbidden,
     GrantConflict,
@@ -86,6 +88,7 @@ ERRORS: tuple[tuple[type[JoblineError], int, str], ...] = (
     (SubmitRateLimited, 429, "too_many_submits"),
     (AccountThrottled, 429, "account_throttled"),
     (ApiKeyNotFound, 404, "api_key_not_found"),
+    (ApiKeyRevoked, 409, "api_key_revoked"),
     (TooManyApiKeys, 409, "too_many_api_keys"),
     (LedgerUnavailable, 503, "ledger_unavailable"),
     (WebhookSignatureInvalid, 401, "webhook_signature_invalid"),
@@ -109,12 +112,23 @@ HTTP_CODES = {
 MAX_MESSAGE = 500  # characters of a 5xx message a client sees (one line)
 
 
+def json_response(
+    data: Any,
+    *,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """``web.json_response`` that can never write NaN or Infinity (not JSON: a browser's
+    ``JSON.parse`` fails on the whole answer): such a value raises ``ValueError``, a 500."""
+    return web.json_response(data, status=status, headers=headers, dumps=strict_json.dumps)
+
+
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     if status >= 500:
         message = public_message(message)
-    return web.json_response(
+    return json_response(
         {"error": {"code": code, "message": message}}, status=status, headers=headers
     )
 
@@ -177,11 +191,6 @@ async def read_body(request: web.Request, timeout: float | None = None) -> bytes
         raise HttpRefusal(408, "request_timeout", message, {"Connection": "close"}) from None
 
 
-def reject_constant(name: str) -> Any:
-    """For ``json.loads(parse_constant=...)``: NaN and Infinity are not JSON."""
-    raise ValueError(f"{name} is not JSON")
-
-
 def describe_validation(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "body"
@@ -189,22 +198,21 @@ def describe_validation(exc: ValidationError) -> str:
 
 
 def check_json(raw: bytes, max_depth: int) -> Any:
-    """The body's JSON value; 400 for malformed JSON, NaN/Infinity, lone surrogates, or
+    """The body's JSON value; 400 for malformed JSON, NaN/Infinity, a number too large for
+    a float (``1e400``: "not JSON: a number too large"), lone surrogates, or
     nesting deeper than ``max_depth`` (deep values cannot cross the actors: named in the
     answer, as ``gateway.max_json_depth``)."""
     too_deep = bad_request(f"JSON nested deeper than {max_depth} levels (gateway.max_json_depth)")
     try:
-        data = json.loads(raw, parse_constant=reject_constant)
-    except RecursionError:
-        raise too_deep from None
+        data = strict_json.loads(raw, max_depth)
+    except strict_json.NotJson as exc:
+        raise (too_deep if "nested" in str(exc) else bad_request(str(exc))) from None
     except UnicodeDecodeError as exc:
         raise bad_request(
             f"the body is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start})"
         ) from None
     except ValueError as exc:  # json.JSONDecodeError: what is wrong, and where
         raise bad_request(f"malformed JSON: {exc}") from None
-    if json_depth(data, max_depth) > max_depth:
-        raise too_deep
     try:
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:  # "\ud800" is valid JSON, but no Unicode text
@@ -226,23 +234,3 @@ def echo(value: object, limit: int = ECHO_LIMIT) -> str:
         return text
     size = f", {len(value)} long" if isinstance(value, str | bytes | list | dict) else ""
     return f"{text[:limit]}…{size}"
-
-
-def json_depth(value: Any, stop_after: int) -> int:
-    """How deep ``value`` nests (a scalar 0, ``[]`` 1, ``[[1]]`` 2), without recursion;
-    it stops counting past ``stop_after``."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth)
-        if deepest > stop_after:
-            return deepest
-        stack.extend((child, depth + 1) for child in children)
-    return deepest

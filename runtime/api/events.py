@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any
 
 from aiohttp import web
 
+from runtime import strict_json
 from runtime.api.context import Api, job_fields, log
 from runtime.api.event_ids import EventIds
 from runtime.errors import LedgerUnavailable
@@ -34,6 +34,10 @@ class EventRoutes:
 
     async def job_events(self, request: web.Request) -> web.StreamResponse:
         account_id = await self.api.account(request)
+        with self.api.streams.stream(account_id):  # 429 past event_streams_per_account
+            return await self._job_events(request, account_id)
+
+    async def _job_events(self, request: web.Request, account_id: str) -> web.StreamResponse:
         job = await self.api.owned_job(request.match_info["id"], account_id)
         sent = self.ids.decode(job.account_id, request.headers.get("Last-Event-ID", "")[:64])
         after_seq = sent or 0  # not an id of ours: the job's whole history
@@ -69,7 +73,8 @@ class EventRoutes:
         while True:
             if _change_marker(job) != seen:
                 seen = _change_marker(job)
-                entries = await api.read(api.ctx.ledger.history(job.id, after_seq))
+                async with api.bounded_read(job.account_id, refuse=False):
+                    entries = await api.read(api.ctx.ledger.history(job.id, after_seq))
                 for entry in entries:
                     if entry.status.terminal:
                         latest = await api.job(job.id)
@@ -88,7 +93,8 @@ class EventRoutes:
             if loop.time() >= next_heartbeat:
                 await response.write(b": heartbeat\n\n")
                 next_heartbeat = loop.time() + api.sse_heartbeat_interval
-            latest = await api.job(job.id)
+            async with api.bounded_read(job.account_id, refuse=False):
+                latest = await api.job(job.id)
             if latest is None:
                 return
             job = latest
@@ -119,5 +125,5 @@ async def _send_event(
     }
     if terminal_job is not None:
         data["job"] = terminal_job.to_api()
-    payload = json.dumps(data, separators=(",", ":"))
+    payload = strict_json.dumps(data, separators=(",", ":"))
     await response.write(f"id: {event_id}\nevent: status\ndata: {payload}\n\n".encode())

@@ -25,7 +25,7 @@ from runtime.api.bodies import (
     SubmitJobBody,
 )
 from runtime.api.context import Api, job_fields, log
-from runtime.api.errors import HttpRefusal, bad_request, echo
+from runtime.api.errors import HttpRefusal, bad_request, echo, json_response
 from runtime.api.params import int_param, only_params
 from runtime.config import ModelConfig
 from runtime.errors import (
@@ -72,8 +72,9 @@ class JobRoutes:
         api = self.api
         account_id = await api.account(request)
         refusals = api.refusals
-        refusals.check(account_id, api.ctx.clock.time())  # its limit refused it a moment ago
         idempotency_key = api.idempotency_key(request)
+        if idempotency_key is None:  # a keyed retry goes to the ledger: it may replay its job
+            refusals.check(account_id, api.ctx.clock.time())  # refused a moment ago
         body, raw = await api.json_body(request, SubmitJobBody)
         model = self._model(body.model)
         self._validate_input(model, body.input)
@@ -113,12 +114,12 @@ class JobRoutes:
             api.dispatch(job)
         else:
             headers[REPLAYED_HEADER] = "true"
-        return web.json_response(job.to_api(), status=202, headers=headers)
+        return json_response(job.to_api(), status=202, headers=headers)
 
     async def get_job(self, request: web.Request) -> web.Response:
         account_id = await self.api.account(request)
         job = await self.api.owned_job(request.match_info["id"], account_id)
-        return web.json_response(job.to_api(), headers={TRACE_HEADER: job.trace_id})
+        return json_response(job.to_api(), headers={TRACE_HEADER: job.trace_id})
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         account_id = await self.api.account(request)
@@ -137,7 +138,7 @@ class JobRoutes:
         ledger = self.api.ctx.ledger
         async with self.api.bounded_read(account_id):
             page = await self.api.read(ledger.list_jobs(account_id, status, limit, cursor))
-        return web.json_response(
+        return json_response(
             {"jobs": [job.to_api() for job in page.items], "next_cursor": page.next_cursor}
         )
 
@@ -192,7 +193,7 @@ class JobRoutes:
             api.in_background(cancel, "cancel_tasks", job)
         elif job.status is not JobStatus.CANCELED:
             raise HttpRefusal(409, "job_finished", f"job {job.id} is already {job.status.value}")
-        return web.json_response(job.to_api(), headers={TRACE_HEADER: job.trace_id})
+        return json_response(job.to_api(), headers={TRACE_HEADER: job.trace_id})
 
     def _model(self, name: str) -> ModelConfig:
         model = self.api.ctx.config.models.get(name)

@@ -26,7 +26,7 @@ from runtime.api.bodies import (
     CreateKeyBody,
 )
 from runtime.api.context import Api, log
-from runtime.api.errors import bad_request
+from runtime.api.errors import bad_request, json_response
 from runtime.api.params import int_param, only_params
 from runtime.models import ApiKey, CreateApiKey, RevokeApiKey
 
@@ -86,7 +86,7 @@ class KeyRoutes:
         if not page.items:
             await api.read(api.ctx.ledger.balance(account_id))  # 404 for an unknown account
         now = api.ctx.clock.time()
-        return web.json_response(
+        return json_response(
             {
                 "account_id": account_id,
                 "keys": [key.to_api(now) for key in page.items],
@@ -118,7 +118,7 @@ class KeyRoutes:
         log.info("API key %s created%s", key.id, rotation, extra={"account_id": account_id})
         answer: dict[str, Any] = {**key.to_api(api.ctx.clock.time()), "api_key": api_key}
         answer["replaces"] = body.replaces
-        return web.json_response(answer, status=201)
+        return json_response(answer, status=201)
 
     async def _revoke(self, account_id: str, key_id: str) -> web.Response:
         api = self.api
@@ -126,4 +126,4 @@ class KeyRoutes:
         if key.expires_at is not None:
             api.auth.revoked(key.id, key.expires_at)
         log.info("API key %s revoked", key.id, extra={"account_id": account_id})
-        return web.json_response(key.to_api(api.ctx.clock.time()))
+        return json_response(key.to_api(api.ctx.clock.time()))

@@ -7,6 +7,10 @@ times as many, and past that are refused with 429. The ledger answers reads on o
 thread in arrival order, so without this one account's 16 concurrent statement reads
 would sit in front of every other account's balance read.
 
+``AccountStreams`` lets each account hold at most ``event_streams_per_account`` event
+streams open on this replica (429 past that): each stream reads the ledger on every
+wake-up, so 300 of one account's streams slowed every other account's reads 25-fold.
+
 ``SlowClientGuard`` closes connections whose request headers trickle in. aiohttp closes a
 connection idle for its ``keepalive_timeout`` (also one that never sends a byte) and
 bounds a handler's unread body with its lingering time, but a request head sent a byte
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +34,7 @@ from runtime.api.errors import HttpRefusal
 
 WAITING_PER_RUNNING = 4  # reads that may wait, per read an account may run at once
 RETRY_AFTER_READS = 1  # seconds, for the 429
+RETRY_AFTER_STREAMS = 5  # seconds, for the 429 of one stream too many
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,11 +48,12 @@ class AccountReads:
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}
 
     @contextlib.asynccontextmanager
-    async def slot(self, account_id: str) -> AsyncIterator[None]:
-        """Hold one of the account's read slots; 429 if too many already wait."""
+    async def slot(self, account_id: str, *, refuse: bool = True) -> AsyncIterator[None]:
+        """Hold one of the account's read slots; 429 if too many already wait (unless not
+        ``refuse``: an event stream, bounded by ``AccountStreams``, waits its turn)."""
         if self._running.get(account_id, 0) >= self._per_account:
             waiting = self._waiting.setdefault(account_id, [])
-            if len(waiting) >= self._per_account * WAITING_PER_RUNNING:
+            if refuse and len(waiting) >= self._per_account * WAITING_PER_RUNNING:
                 raise HttpRefusal(
                     429,
                     "too_many_reads",
@@ -89,6 +95,40 @@ class AccountReads:
 
     def running(self, account_id: str) -> int:
         return self._running.get(account_id, 0)
+
+
+class AccountStreams:
+    """At most ``per_account`` open event streams per account on this replica."""
+
+    def __init__(self, per_account: int) -> None:
+        self._per_account = per_account
+        self._open: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def stream(self, account_id: str) -> Iterator[None]:
+        """Count one open stream of the account while inside; 429 if it has too many."""
+        if self._open.get(account_id, 0) >= self._per_account:
+            raise HttpRefusal(
+                429,
+                "too_many_streams",
+                f"this account already has {self._per_account} event streams open on this "
+                "gateway (gateway.event_streams_per_account): close one (the account-wide "
+                "GET /v1/events carries every job's changes), or retry after Retry-After "
+                "seconds",
+                {"Retry-After": str(RETRY_AFTER_STREAMS)},
+            )
+        self._open[account_id] = self._open.get(account_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._open[account_id] - 1
+            if left:
+                self._open[account_id] = left
+            else:
+                del self._open[account_id]
+
+    def open(self, account_id: str) -> int:
+        return self._open.get(account_id, 0)
 
 
 class _GuardedConnection(asyncio.Protocol):

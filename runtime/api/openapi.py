@@ -287,7 +287,8 @@ def _paths(config: JoblineConfig) -> dict[str, Any]:
                     "holds the whole job under `job`, and the stream then ends. Comment lines "
                     "are heartbeats. Send `Last-Event-ID` to resume after an event. A job that "
                     "has ended with no event after `Last-Event-ID` answers 204 (so a "
-                    "browser's EventSource stops reconnecting)."
+                    "browser's EventSource stops reconnecting). It counts against "
+                    "`gateway.event_streams_per_account` (429 `too_many_streams` past it)."
                 ),
                 "security": _API_KEY,
                 "parameters": [

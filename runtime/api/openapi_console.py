@@ -179,10 +179,13 @@ _EVENTS_TEXT = (
     "as the client stays. The first event is `event: ready` with `id:` the position the "
     'stream starts after and `data: {"event_id": …}`. Then each change is `event: status`, '
     "`id:` its event id and `data:` an AccountEvent (JSON). Event ids are opaque: they "
-    "tell nothing of other accounts' traffic. Comment lines are heartbeats. Send "
+    "do not count other accounts' status changes (the `ready` id does name the ledger's "
+    "head). Comment lines are heartbeats. Send "
     "`Last-Event-ID` (browsers do when they reconnect) to resume after an event (`0`: "
     "from the start of the history); without it, or with one that is not an event id "
-    "sent to this account, the stream starts now."
+    "sent to this account, the stream starts now. An account holds at most "
+    "`gateway.event_streams_per_account` event streams (this one and per-job ones "
+    "together) open on one gateway: 429 `too_many_streams` past that."
 )
 
 

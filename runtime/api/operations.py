@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from runtime.api.context import Api, log
-from runtime.api.errors import echo, error_response
+from runtime.api.errors import echo, error_response, json_response
 from runtime.api.openapi import openapi_document
 from runtime.telemetry import Family, render
 
@@ -55,7 +55,7 @@ class OperationRoutes:
         return _exposition(families)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
         try:
@@ -64,7 +64,7 @@ class OperationRoutes:
             ready = False
         if not ready:
             return error_response(503, "not_ready", "the gateway cannot serve yet")
-        return web.json_response({"status": "ready"})
+        return json_response({"status": "ready"})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type="application/json")

@@ -32,7 +32,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from runtime.api.context import PROCESSOR_TIMEOUT, Api, log
-from runtime.api.errors import HttpRefusal
+from runtime.api.errors import HttpRefusal, json_response
 from runtime.api.quiet_log import QuietLog
 from runtime.errors import (
     WebhookKeysUnavailable,
@@ -121,11 +121,11 @@ class WebhookRoutes:
         taken = await self._offer(vendor, event)
         if taken:
             metrics.webhooks.labels(vendor, taken).inc()
-            return web.json_response({"status": taken})
+            return json_response({"status": taken})
         outcome = await api.execute(RecordWebhook(vendor, event.webhook_id))
         if not outcome.unwrap():
             metrics.webhooks.labels(vendor, "duplicate").inc()
-            return web.json_response({"status": "duplicate"})
+            return json_response({"status": "duplicate"})
         metrics.webhooks.labels(vendor, "accepted").inc()
         # Vendors give a webhook a few seconds (then count it failed, and may retry: a
         # duplicate now); a processor that is restarting can take longer. So the answer
@@ -133,7 +133,7 @@ class WebhookRoutes:
         forward = api.spawn(self._forward_webhook(vendor, event))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(forward), WEBHOOK_ANSWER_WITHIN)
-        return web.json_response({"status": "accepted"})
+        return json_response({"status": "accepted"})
 
     async def _offer(self, vendor: str, event: WebhookEvent) -> str:
         """``"accepted"`` or ``"duplicate"`` if the processor follows the event's task;

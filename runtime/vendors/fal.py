@@ -32,7 +32,6 @@ reference, "Webhooks") and the official ``fal-client`` (``fal_client/client.py``
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections import OrderedDict
@@ -43,6 +42,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from yarl import URL
 
+from runtime import strict_json
 from runtime.config import VendorConfig
 from runtime.errors import (
     VendorError,
@@ -296,7 +296,7 @@ class FalClient(HttpClient):
         await self.keys.verify(signed, now)
         check_timestamp(signed.timestamp, now, tolerance)
         try:
-            data = json_object(json.loads(body))
+            data = json_object(strict_json.loads(body))
             task_id, status = webhook_status(data)
         except WEBHOOK_BODY_ERRORS as exc:
             raise unreadable_webhook(self._name, exc) from None
@@ -365,6 +365,6 @@ def failure(code: int | None, error_type: Any, detail: Any) -> TaskStatus:
 
 def _json_or_none(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return strict_json.loads(body)
     except ValueError:
         return None

@@ -51,9 +51,11 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from runtime import strict_json
 from runtime.config import VendorConfig
 from runtime.errors import (
     MAX_RETRY_AFTER,
+    OutputRefused,
     VendorAuthError,
     VendorBillingError,
     VendorError,
@@ -70,6 +72,7 @@ from runtime.errors import (
     VendorUnavailable,
     WebhookRejected,
 )
+from runtime.origins import refusal_of
 from runtime.policies import ErrorClass, classify_http_status
 from runtime.telemetry import get_logger
 from runtime.vendors.base import Download, FoundTask, Output, TaskState, TaskStatus
@@ -84,6 +87,8 @@ USER_AGENT = "jobline/0.1"
 
 MAX_OUTPUT_BYTES = 50 * 1024 * 1024  # fetch_output's cap (VendorPermanentError past it)
 MAX_API_BYTES = 4 * 1024 * 1024  # an API answer larger than this is not one we understand
+MAX_REDIRECTS = 5  # an output's redirects followed, each checked against output_hosts
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 FETCH_TOTAL_TIMEOUT = 120.0  # fetch_output may take this long while bytes keep coming
 CHUNK = 64 * 1024
 
@@ -103,14 +108,14 @@ class Reply:
 
     def json(self) -> Any:
         try:
-            return json.loads(self.body)
+            return strict_json.loads(self.body)
         except ValueError:
             raise Malformed(f"HTTP {self.status} body is not JSON: {self.body[:200]!r}") from None
 
     def detail(self) -> str:
         """A short message from an error body (problem JSON, fal's detail, or text)."""
         try:
-            data = json.loads(self.body)
+            data = strict_json.loads(self.body)
         except ValueError:
             return self.body[:200].decode("utf-8", "replace").strip()
         if isinstance(data, dict):
@@ -147,6 +152,8 @@ WEBHOOK_BODY_ERRORS = (
 
 
 def unreadable_webhook(vendor: str, exc: BaseException) -> WebhookRejected:
+    if isinstance(exc, strict_json.NotJson):  # NaN, 1e400, nested too deep: said plainly
+        return WebhookRejected(f"{vendor}: unreadable webhook body: {exc}")
     if not isinstance(exc, ValueError | Malformed):
         log.error("%s webhook parser failed on a signed body", vendor, exc_info=exc)
     return WebhookRejected(f"{vendor}: unreadable webhook body: {type(exc).__name__}: {exc}")
@@ -392,13 +399,19 @@ class HttpClient:
         target = URL(output.value)
         async with contextlib.AsyncExitStack() as stack:
             with vendor_errors(self._name, "fetch", seconds, self._clock):
-                response = await stack.enter_async_context(
-                    self._session().get(
-                        target,
-                        headers=self._headers(trace_id, auth=self._same_origin(target)),
-                        timeout=timeout,
+                for hop in range(MAX_REDIRECTS + 1):
+                    response = await stack.enter_async_context(
+                        self._session().get(
+                            target,
+                            headers=self._headers(trace_id, auth=self._same_origin(target)),
+                            timeout=timeout,
+                            allow_redirects=False,  # every hop is checked below
+                        )
                     )
-                )
+                    if response.status not in REDIRECTS:
+                        break
+                    response.release()
+                    target = self._redirected(target, response, hop)
                 if response.status >= 400:
                     body = await _read_body(response, MAX_API_BYTES)
                     raise ErrorStatus(Reply(response.status, response.headers, body))
@@ -407,6 +420,24 @@ class HttpClient:
                     raise TooLarge(max_bytes)
             declared = response.headers.get("Content-Type") or output.content_type
             yield Download(declared, size, self._chunks(response, max_bytes))
+
+    def _redirected(self, url: URL, response: aiohttp.ClientResponse, hop: int) -> URL:
+        """Where a redirect leads, if it may be followed: at most ``MAX_REDIRECTS`` hops,
+        each to one of the vendor's output hosts (the same rule as the output's own URL,
+        ``runtime.origins``); else ``OutputRefused`` and nothing is fetched from there."""
+        location = response.headers.get("Location")
+        if not location:
+            raise VendorPermanentError(self._name, f"fetch: a {response.status} without Location")
+        if hop >= MAX_REDIRECTS:
+            raise OutputRefused(self._name, f"fetch: more than {MAX_REDIRECTS} redirects")
+        try:
+            target = url.join(URL(location))
+        except ValueError:
+            raise OutputRefused(self._name, f"fetch: redirect to {location[:80]!r}") from None
+        reason = refusal_of(str(target), self.config.output_hosts or ())
+        if reason is not None:
+            raise OutputRefused(self._name, f"fetch: redirect refused: {reason}")
+        return target
 
     async def _chunks(
         self, response: aiohttp.ClientResponse, max_bytes: int | None

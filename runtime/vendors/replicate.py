@@ -26,7 +26,6 @@ official ``replicate`` Python client (``replicate/prediction.py``, ``helpers.py`
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 from yarl import URL
 
+from runtime import strict_json
 from runtime.config import VendorConfig
 from runtime.errors import ConfigError, VendorUnavailable
 from runtime.vendors.base import FoundTask, TaskState, TaskStatus, WebhookEvent
@@ -197,7 +197,7 @@ class ReplicateClient(HttpClient):
         verify(self._webhook_secret, headers, body, now, tolerance)
         webhook_id = next(value for key, value in headers.items() if key.lower() == ID_HEADER)
         try:
-            data = json_object(json.loads(body))
+            data = json_object(strict_json.loads(body))
             task_id, status = string_field(data, "id"), prediction_status(data)
         except WEBHOOK_BODY_ERRORS as exc:
             raise unreadable_webhook(self._name, exc) from None

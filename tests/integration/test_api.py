@@ -456,6 +456,7 @@ async def test_result_download(api: ApiHarness) -> None:
     response = await api.client.get(url, headers=account.auth)
     assert response.status == 200
     assert response.content_type == "image/png"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"  # the type is never guessed
     assert await response.read() == PNG
     assert (await api.balance(account))["balance"] == 97  # captured
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from runtime.api import GATEWAY_API
 from runtime.console import IMMUTABLE, REVALIDATE
 from tests.integration.api_fixtures import (  # noqa: F401
     ApiHarness,
@@ -129,6 +130,68 @@ async def test_account_events_carry_every_change_of_the_accounts_jobs_only(
     assert len({ready.id, *(e.id for e in got)}) == 5
     assert got[3].data["job"]["result_url"] == f"/v1/jobs/{job['id']}/result"
     assert {e.data["job"]["id"] for e in got} <= {job["id"], second["id"]}
+    response.close()
+
+
+async def test_an_accounts_open_event_streams_are_capped_with_a_429_naming_the_setting(
+    make_api: MakeApi,
+) -> None:
+    """Review of issue 13: 200 concurrent GET /v1/events of one account were all taken,
+    each reading the ledger on every wake-up (300 slowed another account's reads 27-fold).
+    Account and job streams count together; another account is not affected; a closed
+    stream frees its place."""
+    api = await make_api(event_streams_per_account=2)
+    mine, other = await api.account(), await api.account(name="other")
+    job = await api.submitted(mine)
+    first = await api.client.get("/v1/events", headers=mine.auth)
+    await EventReader(first).next()
+    second = await api.client.get(f"/v1/jobs/{job['id']}/events", headers=mine.auth)
+    assert second.status == 200
+    await EventReader(second).next()
+    for path in ("/v1/events", f"/v1/jobs/{job['id']}/events"):
+        refused = await api.client.get(path, headers=mine.auth)
+        if refused.status != 429:
+            refused.close()  # a stream taken: its body never ends
+        assert refused.status == 429, path
+        body = await refused.json()
+        assert body["error"]["code"] == "too_many_streams"
+        assert "gateway.event_streams_per_account" in body["error"]["message"]
+        assert int(refused.headers["Retry-After"]) > 0
+    theirs = await api.client.get("/v1/events", headers=other.auth)
+    assert theirs.status == 200
+    theirs.close()
+    first.close()
+    deadline = time.monotonic() + 5
+    while True:  # the server notices the closed stream on its next wake-up or heartbeat
+        again = await api.client.get("/v1/events", headers=mine.auth)
+        if again.status == 200 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert again.status == 200
+    again.close()
+    second.close()
+
+
+async def test_an_account_streams_ledger_reads_wait_for_the_accounts_read_slot(
+    make_api: MakeApi,
+) -> None:
+    """Review of issue 13: event streams read the ledger outside
+    ``reads_in_flight_per_account``; while the account's one slot is taken, its stream
+    sends nothing, and it sends as soon as the slot is free."""
+    api = await make_api(reads_in_flight_per_account=1)
+    account = await api.account()
+    response = await api.client.get("/v1/events", headers=account.auth)
+    events = EventReader(response)
+    await events.next()  # ready
+    assert api.client.app is not None
+    reads = api.client.app[GATEWAY_API].reads
+    async with reads.slot(account.id):  # a statement read of the account, say
+        job = await api.submitted(account)
+        pending = asyncio.ensure_future(events.statuses(1))
+        await asyncio.sleep(0.5)
+        assert not pending.done()  # the stream waits its turn
+    (event,) = await asyncio.wait_for(pending, 5)
+    assert event.data["job_id"] == job["id"]
     response.close()
 
 

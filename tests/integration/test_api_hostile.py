@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import pytest
 from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
@@ -199,6 +200,45 @@ async def test_a_signed_fal_error_webhook_whose_type_is_a_list_is_not_a_500(
     event = api.router.processors["fal"].webhooks
     await asyncio.sleep(0.05)
     assert [e.task_id for e in event] == ["req-case-9"]
+
+
+async def test_a_number_too_large_for_a_float_is_a_400_naming_it(api: ApiHarness) -> None:
+    """Review of issue 13: ``1e400`` became ``inf`` and later answers said ``Infinity``
+    (not JSON); it is refused at the edge, by name."""
+    account = await api.account()
+    raw = b'{"model": "flux-schnell", "input": {"prompt": "x", "seed": 1e400}}'
+    response = await api.client.post(
+        "/v1/jobs", data=raw, headers={**account.auth, "Content-Type": "application/json"}
+    )
+    status, code, message = await error_of(response)
+    assert (status, code) == (400, "bad_request")
+    assert "not JSON: a number too large (1e400)" in message
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"id": "p1", "status": "succeeded", "metrics": {"predict_time": 1e400}}', "too large"),
+        (
+            b'{"id": "p1", "status": "succeeded", "output": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            "nested deeper than 64 levels",
+        ),
+    ],
+)
+async def test_a_signed_webhook_with_an_overflowing_or_too_deep_body_is_a_clean_400(
+    api: ApiHarness, body: bytes, says: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review of issue 13: ``1e400`` in a signed webhook was taken as ``inf``; a deeply
+    nested one answered "RecursionError: maximum recursion depth exceeded" and logged a
+    traceback. Both are a 400 saying what is wrong, and nothing is logged as a failure."""
+    response = await api.client.post(
+        "/v1/webhooks/replicate", data=body, headers=replicate_headers(body)
+    )
+    answer = await response.json()
+    assert response.status == 400, answer
+    assert says in answer["error"]["message"]
+    assert "RecursionError" not in answer["error"]["message"] and no_traceback(answer)
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 # The vendors' own body shapes (replicate's prediction, fal's webhook), each field either

@@ -101,6 +101,10 @@ async def test_an_account_creates_lists_rotates_and_revokes_its_own_keys(
     refused = await api.client.get("/v1/credits", headers=account.auth)
     assert await error_of(refused) == (401, "unauthorized", "this API key was revoked")
     assert (await api.client.get("/v1/credits", headers=third.auth)).status == 200
+    # Review of issue 13: rotating a revoked key answered 201 (a second successor).
+    again = await api.client.post("/v1/keys", json={"replaces": first_id}, headers=third.auth)
+    status, code, message = await error_of(again)
+    assert (status, code) == (409, "api_key_revoked") and "revoked already" in message
 
 
 async def test_the_admin_manages_any_accounts_keys_and_no_account_touches_anothers(
@@ -280,6 +284,27 @@ async def test_a_client_ignoring_retry_after_costs_the_ledger_one_call_a_second(
     # The admin raising the cap through this gateway takes effect at once.
     await api.client.put(url, json={"max_jobs_in_flight": 5}, headers=api.admin)
     await api.submitted(account, prompt="two")
+
+
+async def test_a_retry_with_an_accepted_idempotency_key_replays_its_job_despite_a_refusal(
+    api: ApiHarness,
+) -> None:
+    """Review of issue 13: while the gateway remembered a refusal of the account, a retry
+    with the Idempotency-Key of an already accepted submit got 429 instead of its job."""
+    account = await api.account(credits=1_000)
+    url = f"/v1/accounts/{account.id}/limits"
+    await api.client.put(url, json={"max_jobs_in_flight": 1}, headers=api.admin)
+    accepted = await api.submit(account, key="retry-me")
+    assert accepted.status == 202
+    job = await accepted.json()
+    refused = await api.submit(account, prompt="another")  # remembered for a moment
+    assert (await error_of(refused))[:2] == (429, "too_many_jobs_in_flight")
+    retry = await api.submit(account, key="retry-me")
+    assert retry.status == 202, await retry.text()
+    assert (await retry.json())["id"] == job["id"]
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    fresh = await api.submit(account, prompt="keyed, new", key="another-key")
+    assert (await error_of(fresh))[:2] == (429, "too_many_jobs_in_flight")  # the ledger's
 
 
 async def test_the_submit_rate_holds_across_gateway_replicas(

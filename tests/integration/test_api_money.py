@@ -68,8 +68,13 @@ async def test_an_accounts_slot_weight_is_one_of_its_limits(api: ApiHarness) -> 
     limits = await answer.json()
     assert (limits["limits"]["slot_weight"], limits["effective"]["slot_weight"]) == (2.5, 2.5)
     assert await api.ledger.slot_weights([account.id]) == {account.id: 2.5}
-    for wrong in (0, -1, "heavy", 1e9):
+    for wrong in (0, -1, "heavy", 1e9, 1e-300, 0.001, 101):  # review: 1e-300 was taken
         refused = await api.client.put(url, json={"slot_weight": wrong}, headers=api.admin)
-        assert (await error_of(refused))[:2] == (400, "bad_request"), wrong
+        status, code, message = await error_of(refused)
+        assert (status, code) == (400, "bad_request"), wrong
+        assert "slot_weight" in message, message
+    for edge in (0.01, 100):
+        taken = await api.client.put(url, json={"slot_weight": edge}, headers=api.admin)
+        assert taken.status == 200, edge
     default = await (await api.client.put(url, json={}, headers=api.admin)).json()
     assert (default["limits"]["slot_weight"], default["effective"]["slot_weight"]) == (None, 1.0)

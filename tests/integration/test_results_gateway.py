@@ -64,6 +64,7 @@ async def test_a_result_streams_from_the_bucket(make_api: MakeApi, s3_server: S3
     assert response.content_type == "image/png"
     assert response.content_length == len(RESULT)
     assert response.headers["Cache-Control"] == "private, max-age=86400"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"  # no page out of an output
     assert response.headers[TRACE_HEADER]
     assert await response.read() == RESULT
     await store.close()
@@ -77,6 +78,7 @@ async def test_a_result_redirects_to_a_short_lived_presigned_url(
     response = await api.client.get(url, headers=auth, allow_redirects=False)
     assert response.status == 302
     assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
     location = response.headers["Location"]
     assert location.startswith(s3_server.endpoint_url + "/")
     assert parse_qs(urlsplit(location).query)["X-Amz-Expires"] == ["120"]

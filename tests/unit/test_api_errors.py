@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.api.errors import HttpRefusal, check_json, echo
+from runtime.api.errors import HttpRefusal, check_json, echo, json_response
 
 
 @pytest.mark.parametrize(
@@ -15,6 +15,10 @@ from runtime.api.errors import HttpRefusal, check_json, echo
         (b'{"name": ["ok", "\\udfff"]}', "a string contains an unpaired surrogate"),
         (b'{"name": "\xff"}', "the body is not UTF-8 text (byte 0xff at 10)"),
         (b'{"name": ', "malformed JSON: Expecting value"),
+        (b'{"input": {"n": 1e400}}', "not JSON: a number too large (1e400)"),
+        (b'{"input": {"n": [-1E+999]}}', "not JSON: a number too large (-1E+999)"),
+        (b'{"input": {"n": Infinity}}', "not JSON: Infinity"),
+        (b'{"input": {"n": NaN}}', "not JSON: NaN"),
     ],
 )
 def test_unusable_json_is_named_in_the_field_s_terms(raw: bytes, says: str) -> None:
@@ -33,3 +37,12 @@ def test_an_echoed_value_is_cut_to_a_short_start() -> None:
     assert echo("sdxl") == "'sdxl'"
     long = echo("y" * 2001)
     assert long.startswith("'yyy") and long.endswith("…, 2001 long") and len(long) < 60
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_no_json_answer_can_carry_nan_or_infinity(value: float) -> None:
+    """Review of issue 13: ``1e400`` was accepted and every later answer said
+    ``Infinity``, which no browser parses; an answer can never write one."""
+    with pytest.raises(ValueError, match="JSON compliant"):
+        json_response({"input": {"n": value}})
+    assert json_response({"input": {"n": 1e308}}).text == '{"input": {"n": 1e+308}}'

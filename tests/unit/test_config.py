@@ -68,6 +68,19 @@ def test_route_to_an_unknown_vendor() -> None:
     assert "runway" in info.value.reason and "fal" in info.value.reason
 
 
+def test_a_fairness_headroom_above_a_vendors_concurrency_is_refused() -> None:
+    """Review of issue 13: headroom 50 with a vendor of 8 slots was taken silently."""
+    raw = default_raw()
+    raw["fairness"] = {"headroom": 50}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "fairness.headroom"
+    assert "concurrency is" in info.value.reason and "50" in info.value.reason
+    smallest = min(v["concurrency"] for v in raw["vendors"].values())
+    raw["fairness"] = {"headroom": smallest}
+    assert parse_config(raw).fairness.headroom == smallest
+
+
 def test_missing_required_key() -> None:
     raw = default_raw()
     del raw["vendors"]["replicate"]["base_url"]

@@ -27,6 +27,7 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "SubmitRateLimited": ("acct_1", 2.0, 0.5),
     "AccountThrottled": ("acct_1", 120.0),
     "ApiKeyNotFound": ("key_1",),
+    "ApiKeyRevoked": ("key_1",),
     "TooManyApiKeys": ("acct_1", 50),
     "LedgerFault": ("OpenJob", "ValueError: boom"),
     "ActorCallFailed": ("jobline-ledger.balance", "TypeError"),
@@ -59,6 +60,7 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "VendorModelGone": ("replicate", "404: model not found"),
     "VendorSubmitInDoubt": ("fal", "submit: no answer within 10s (the task may exist)", None),
     "VendorOutputTooLarge": ("replicate", "output larger than 1024 bytes"),
+    "OutputRefused": ("replicate", "fetch: redirect refused: 127.0.0.2 is internal"),
 }
 
 CLASSES = [

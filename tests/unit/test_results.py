@@ -206,6 +206,30 @@ def test_an_mp3_frame_without_a_tag_is_audio_but_a_utf16_text_is_not() -> None:
     assert sniff_content_type(b"\xff\xfeh\x00i\x00") == "application/octet-stream"
 
 
+@pytest.mark.parametrize(
+    "declared",
+    [
+        "image/png",
+        "IMAGE/JPEG; q=1",
+        "video/mp4",
+        "audio/mpeg",
+        "image/svg+xml",
+        "text/html",
+        "application/xhtml+xml",
+        "text/xml",
+        "application/javascript",
+    ],
+)
+def test_a_page_declared_as_media_or_as_an_active_type_is_stored_as_octet_stream(
+    declared: str,
+) -> None:
+    """Issue 13 case 12 (review): ``<html><script>`` declared ``image/png`` was stored and
+    served as image/png; bytes that are not a recognised format of the declared media
+    family, or a type a browser would run, are stored as an opaque octet stream."""
+    page = b"<html><script>fetch('/v1/keys')</script></html>"
+    assert sniff_content_type(page, declared=declared) == "application/octet-stream"
+
+
 def test_unknown_bytes_are_what_the_vendor_declared_or_octet_stream() -> None:
     assert sniff_content_type(b"plain words") == "application/octet-stream"
     assert sniff_content_type(b"plain words", declared="text/plain") == "text/plain"

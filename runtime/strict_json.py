@@ -1,0 +1,73 @@
+"""JSON as RFC 8259 has it, both ways (pure).
+
+Python's ``json`` reads ``NaN``, ``Infinity`` and a number too large for a float
+(``1e400`` becomes ``inf``), and writes them back as ``NaN``/``Infinity``, which no
+other JSON parser reads (a browser's ``JSON.parse`` fails on the whole answer). Every body
+jobline reads from a client or a vendor goes through :func:`loads`, and every JSON answer
+it writes through :func:`dumps`, so such a value is refused where it enters and can never
+leave.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+__all__ = ["DEFAULT_MAX_DEPTH", "NotJson", "dumps", "json_depth", "loads"]
+
+DEFAULT_MAX_DEPTH = 64  # vendor bodies: deeper than any vendor's documented shape
+
+
+class NotJson(ValueError):
+    """Text that Python's ``json`` would read but JSON does not allow, or nests deeper than
+    the caller's bound; the message says which."""
+
+
+def loads(raw: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+    """The JSON value of ``raw``. Raises ``NotJson`` for NaN/Infinity, a number that
+    overflows a float, or nesting deeper than ``max_depth``; ``ValueError`` (incl.
+    ``json.JSONDecodeError``, ``UnicodeDecodeError``) for anything else malformed."""
+    try:
+        value = json.loads(raw, parse_constant=_constant, parse_float=_finite)
+    except RecursionError:
+        raise NotJson(f"not JSON: nested deeper than {max_depth} levels") from None
+    if json_depth(value, max_depth) > max_depth:
+        raise NotJson(f"not JSON: nested deeper than {max_depth} levels")
+    return value
+
+
+def dumps(value: Any, **options: Any) -> str:
+    """``json.dumps`` that raises ``ValueError`` rather than write NaN or Infinity."""
+    return json.dumps(value, allow_nan=False, **options)
+
+
+def json_depth(value: Any, stop_after: int) -> int:
+    """How deep ``value`` nests (a scalar 0, ``[]`` 1, ``[[1]]`` 2), without recursion;
+    it stops counting past ``stop_after``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _constant(name: str) -> Any:
+    raise NotJson(f"not JSON: {name}")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotJson(f"not JSON: a number too large ({text[:40]})")
+    return value
