@@ -17,6 +17,7 @@ Hypothesis jobline uses.)
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -106,9 +107,15 @@ def _integer(schema: Mapping[str, Any]) -> SearchStrategy[Any]:
 
 
 def _number(schema: Mapping[str, Any]) -> SearchStrategy[Any]:
+    """Floats in the bounds, and the whole numbers among them (bounds need not be whole:
+    ``minimum: 0.01`` allows the integers from 1)."""
     low, high = schema.get("minimum"), schema.get("maximum")
     floats = st.floats(low, high, allow_nan=False, allow_infinity=False)
-    return st.one_of(_integer(schema), floats)
+    whole_low = None if low is None else math.ceil(low)
+    whole_high = None if high is None else math.floor(high)
+    if whole_low is not None and whole_high is not None and whole_low > whole_high:
+        return floats
+    return st.one_of(st.integers(min_value=whole_low, max_value=whole_high), floats)
 
 
 def _object(schema: Mapping[str, Any]) -> SearchStrategy[Any]:
