@@ -27,9 +27,9 @@ The next job to start is taken round-robin across the accounts with a job ready
 (``runtime.fairness.FairQueue``, weighted by each account's ``slot_weight``, read from
 the ledger when an account first queues here and every ``WEIGHTS_TTL`` seconds): one
 account's burst delays another account's job by about one slot turnover, not by the
-whole burst. The last ``[fairness] headroom`` free slots are kept for accounts holding
-none while one was active lately (``runtime.fairness.Headroom``), so a quiet account's
-job next to a flood starts at once instead of after a turnover.
+whole burst. A free slot is kept for each account holding none that was active lately,
+at most ``[fairness] headroom`` of them (``runtime.fairness.Headroom``), so a quiet
+account's job next to a flood starts at once instead of after a turnover.
 
 What happens after a failure is decided by a pure function of values
 (``runtime.policies.after_failure``), applied here. Slots are ``actors.slots.Slot``
@@ -410,7 +410,7 @@ class VendorProcessor:
 
     def _skip_at(self, now: float) -> Callable[[str], bool] | None:
         """Which accounts pass their turn now: those the headroom holds back (when the
-        slots free are the headroom), or None."""
+        slots free are within the headroom), or None."""
         free = self._slots.limit - self._slots.taken
         if free > self._headroom.slots:
             return None

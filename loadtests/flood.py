@@ -18,10 +18,10 @@ p99) in both runs side by side, where it went (from the ledger's job history: ac
 to a vendor task recorded, which is mostly the wait for a slot; then the vendor's task
 and storing its result), and what the flooder got through. With the fair share
 of vendor slots (``runtime.fairness``) a quiet job waits for one slot turnover at most,
-however deep the flooder's queue; the last free slots (``[fairness] headroom``) are
-kept for the quiet tenants, so one whose job arrives while they are free starts at
-once (``--headroom 0``: none kept; more than the quiet tenants' jobs at once: the rest
-wait a turnover). The flood also takes CPU every job shares: this tool runs the fakes,
+however deep the flooder's queue; a free slot is kept for each quiet tenant holding
+none, at most ``[fairness] headroom`` (``--headroom``), so one whose job arrives starts
+at once (``--headroom 0``: none kept; fewer than the quiet tenants active at once: the
+rest wait a turnover). The flood also takes CPU every job shares: this tool runs the fakes,
 jobline and Locust on one machine. The CSV files and Locust's logs stay under
 ``results/flood-<time>/``.
 

@@ -43,9 +43,9 @@ class ThrottleConfig(BaseModel):
 
 
 class FairnessConfig(BaseModel):
-    """``[fairness]``: how accounts share a vendor's slots beyond the round-robin. The last
-    ``headroom`` free slots of a vendor are kept for accounts holding none of its slots
-    while one of them queued a job or finished one there within ``window`` seconds, so a
+    """``[fairness]``: how accounts share a vendor's slots beyond the round-robin. A free
+    slot of a vendor is kept for each account holding none of its slots that queued a job
+    or finished one there within ``window`` seconds, at most ``headroom`` of them, so a
     quiet account's job next to a flooding one starts at once (``runtime.fairness.
     Headroom``). Alone, an account uses every slot. 0: no headroom."""
 

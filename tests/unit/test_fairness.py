@@ -233,6 +233,27 @@ def test_the_headroom_is_kept_for_an_account_holding_no_slot_while_it_is_active(
     assert headroom.wake_at(12.5) is None
 
 
+def test_one_slot_is_kept_for_each_quiet_account_up_to_the_headroom() -> None:
+    headroom = Headroom(slots=3, window=10.0)
+    for _ in range(5):
+        headroom.took("flood")
+    headroom.queued("q1", now=0.0)  # one quiet account active lately, holding no slot
+    assert not headroom.may_take("flood", free=1, now=1.0)  # its one slot is kept
+    assert headroom.may_take("flood", free=2, now=1.0)  # a second free slot is not
+    for quiet in ("q2", "q3", "q4"):
+        headroom.queued(quiet, now=1.0)
+    # Four quiet accounts, headroom 3: three slots kept, never more.
+    assert not headroom.may_take("flood", free=3, now=2.0)
+    assert headroom.may_take("flood", free=4, now=2.0)
+    headroom.took("q1")  # q1's job started: it holds a slot, so one fewer is kept for it
+    assert headroom.may_take("flood", free=4, now=2.0)
+    assert not headroom.may_take("flood", free=3, now=2.0)  # q2, q3, q4 still hold none
+    for quiet in ("q2", "q3"):
+        headroom.took(quiet)
+    assert headroom.may_take("flood", free=2, now=2.0)  # only q4's slot is kept now
+    assert not headroom.may_take("flood", free=1, now=2.0)
+
+
 def test_accounts_that_all_hold_slots_keep_no_headroom_from_each_other() -> None:
     headroom = Headroom(slots=1, window=10.0)
     for account in ("A", "B"):
