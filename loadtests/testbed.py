@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import socket
 import time
@@ -26,11 +27,36 @@ ROOT_CONFIG = Path(__file__).resolve().parent.parent / "jobline.toml"
 TERMINAL = frozenset({"completed", "failed", "canceled"})
 
 
+# Ports handed to processes that bind them later come from below the kernel's ephemeral
+# range (Linux: 32768-60999) and above Ray's worker ports (10002-19999): a port the kernel
+# chose for a port-0 bind could be given again to any other process (the other test
+# worker's servers, Ray's own sockets) before the process we name it to binds it.
+NAMED_PORTS = range(20_000, 32_000)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free now (held together while chosen), from
+    ``NAMED_PORTS``, drawn at random so that concurrent test workers rarely meet."""
+    sockets: list[socket.socket] = []
+    rng = random.Random(secrets.randbits(64))
+    try:
+        while len(sockets) < count:
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", rng.choice(NAMED_PORTS)))
+            except OSError:
+                sock.close()
+                continue
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """One port free now, for a process that binds it later (``free_ports``)."""
+    return free_ports(1)[0]
 
 
 def ensure_dev_secrets(config: JoblineConfig) -> None:

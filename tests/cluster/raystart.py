@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtests.testbed import free_ports
+
 VENV_BIN = Path(sys.executable).parent
 READY_LINE = "Ray runtime started"
 START_TIMEOUT = 180.0  # seconds: a loaded 2-core machine starts a node in 10-60 s
@@ -35,20 +37,6 @@ def _listens(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free now (held together while chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass
