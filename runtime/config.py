@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from runtime.config_base import MAX_CREDITS, Section, http_url
+from runtime.config_base import MAX_CREDITS, Section, http_url, submit_rate
 from runtime.config_money import FairnessConfig, RefundsConfig, ThrottleConfig
 from runtime.config_storage import StorageConfig
 from runtime.errors import ConfigError
@@ -291,6 +291,7 @@ class GatewayConfig(Section):
     # once, per replica; past that, 429. Their ledger reads wait for the account's read
     # slots like any other expensive read.
     event_streams_per_account: int = Field(default=16, ge=1)
+
     # Slow clients: a connection must send a request's headers within header_timeout of
     # their first byte, and its body within body_timeout; an idle keep-alive connection
     # (or one that sends nothing) is closed after idle_timeout. Seconds.
@@ -315,6 +316,11 @@ class GatewayConfig(Section):
 
     def admin_token(self) -> str | None:
         return os.environ.get(self.admin_token_env)
+
+    @field_validator("submits_per_second_per_account")
+    @classmethod
+    def _submit_rate(cls, value: float) -> float:
+        return submit_rate(value)
 
 
 class TracingConfig(Section):

@@ -13,6 +13,16 @@ from pydantic import BaseModel, ConfigDict, field_validator
 # above it can never be paid. It is also every other number's bound (bytes, counts,
 # seconds: 10^12 s is 30,000 years), well inside SQLite's 64-bit integers.
 MAX_CREDITS = 10**12
+# The slowest submit rate an account may be given, or 0 (no limit): one submit per ~17
+# minutes. Slower ones made a Retry-After hundreds of digits long (5e-324/s: infinite).
+MIN_SUBMIT_RATE = 0.001
+
+
+def submit_rate(value: float) -> float:
+    """``value`` if it is 0 (no limit) or at least ``MIN_SUBMIT_RATE``; else ValueError."""
+    if 0 < value < MIN_SUBMIT_RATE:
+        raise ValueError(f"must be 0 (no limit) or at least {MIN_SUBMIT_RATE:g}, got {value!r}")
+    return value
 
 
 def http_url(value: str, *, empty_ok: bool = False, empty_means: str = "") -> str:

@@ -29,7 +29,7 @@ def loads(raw: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     overflows a float, or nesting deeper than ``max_depth``; ``ValueError`` (incl.
     ``json.JSONDecodeError``, ``UnicodeDecodeError``) for anything else malformed."""
     try:
-        value = json.loads(raw, parse_constant=_constant, parse_float=_finite)
+        value = json.loads(raw, parse_constant=_constant, parse_float=_finite, parse_int=_whole)
     except RecursionError:
         raise NotJson(f"not JSON: nested deeper than {max_depth} levels") from None
     if json_depth(value, max_depth) > max_depth:
@@ -64,6 +64,15 @@ def json_depth(value: Any, stop_after: int) -> int:
 
 def _constant(name: str) -> Any:
     raise NotJson(f"not JSON: {name}")
+
+
+MAX_DIGITS = 4_300  # Python's own limit for int(str) (sys.get_int_max_str_digits)
+
+
+def _whole(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:  # int() would refuse it, naming Python internals
+        raise NotJson(f"not JSON here: a whole number of more than {MAX_DIGITS} digits")
+    return int(text)
 
 
 def _finite(text: str) -> float:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from runtime.config_base import MAX_CREDITS
+from runtime.config_base import MAX_CREDITS, MIN_SUBMIT_RATE, submit_rate
 
 # MAX_CREDITS (runtime.config_base): the most one grant (or an account's starting credits)
 # may add, and the most a model may cost. It bounds each grant, not a balance: a balance
@@ -109,7 +109,7 @@ class LimitsBody(_Body):
         ge=0,
         le=MAX_SUBMIT_RATE,
         allow_inf_nan=False,
-        description="Submits per second over time (0: no limit)",
+        description=f"Submits per second over time (0: no limit; else >= {MIN_SUBMIT_RATE:g})",
     )
     submit_burst: JsonInt | None = Field(
         default=None, ge=1, le=MAX_SUBMIT_BURST, description="Submits at once after a pause"
@@ -122,6 +122,11 @@ class LimitsBody(_Body):
         description="The account's share of scarce vendor slots (1: an equal share), "
         f"{MIN_SLOT_WEIGHT:g} to {MAX_SLOT_WEIGHT:g}",
     )
+
+    @field_validator("submits_per_second")
+    @classmethod
+    def _rate_or_none(cls, value: float | None) -> float | None:
+        return None if value is None else submit_rate(value)
 
 
 class SubmitJobBody(_Body):

@@ -226,10 +226,17 @@ class ConsoleRoutes:
                     continue  # more to send before waiting
             if self.api.closing.is_set() or _gone(request):
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), max(0.0, next_heartbeat - loop.time()))
-            if self.api.closing.is_set() or _gone(request):
-                return
+            # Until the account's next row or the heartbeat, looking every poll interval
+            # whether the client is still there: a closed stream gives its place back
+            # (gateway.event_streams_per_account) within that interval, not at a heartbeat.
+            while not wakeup.is_set() and loop.time() < next_heartbeat:
+                until_heartbeat = max(0.0, next_heartbeat - loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        wakeup.wait(), min(until_heartbeat, self.api.sse_poll_interval)
+                    )
+                if self.api.closing.is_set() or _gone(request):
+                    return
             if loop.time() >= next_heartbeat:
                 await response.write(b": heartbeat\n\n")
                 next_heartbeat = loop.time() + heartbeat

@@ -142,6 +142,17 @@ def public_message(message: str) -> str:
     return first if len(first) <= MAX_MESSAGE else first[:MAX_MESSAGE] + "…"
 
 
+MAX_RETRY_AFTER = 86_400  # seconds: a client is never told to wait longer than a day
+
+
+def retry_after_seconds(seconds: float) -> int:
+    """A ``Retry-After`` value: whole seconds, at least 1, at most ``MAX_RETRY_AFTER`` (a
+    wait that is not a finite number, from a limit too slow to refill, is the most)."""
+    if not math.isfinite(seconds):
+        return MAX_RETRY_AFTER
+    return max(1, min(MAX_RETRY_AFTER, math.ceil(seconds)))
+
+
 def refusal_for(exc: JoblineError) -> HttpRefusal | None:
     """The HTTP answer to ``exc``, or None for an error no client should see (a 500)."""
     if isinstance(exc, HttpRefusal):
@@ -151,7 +162,7 @@ def refusal_for(exc: JoblineError) -> HttpRefusal | None:
             headers: dict[str, str] = {}
             retry = _RETRY_AFTER.get(type(exc))
             if isinstance(exc, SubmitRateLimited | AccountThrottled):
-                retry = max(1, math.ceil(exc.retry_after))
+                retry = retry_after_seconds(exc.retry_after)
             if retry is not None:
                 headers["Retry-After"] = str(retry)
             if isinstance(exc, Unauthorized):

@@ -189,6 +189,7 @@ async def make_api_fixture(tmp_path: Path) -> AsyncIterator[MakeApi]:
         storage: StorageConfig | None = None,
         config: JoblineConfig | None = None,
         wrap_ledger: Callable[[Ledger], Any] | None = None,
+        sse_heartbeat_interval: float = 0.1,
         **overrides: Any,
     ) -> ApiHarness:
         config = _config(overrides, config)
@@ -227,7 +228,7 @@ async def make_api_fixture(tmp_path: Path) -> AsyncIterator[MakeApi]:
             admin_token=admin_token,
             is_ready=is_ready,
         )
-        app = build_app(ctx, sse_poll_interval=0.05, sse_heartbeat_interval=0.1)
+        app = build_app(ctx, sse_poll_interval=0.05, sse_heartbeat_interval=sse_heartbeat_interval)
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         opened.append((client, ledger, list(parsers.values())))

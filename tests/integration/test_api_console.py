@@ -140,7 +140,8 @@ async def test_an_accounts_open_event_streams_are_capped_with_a_429_naming_the_s
     each reading the ledger on every wake-up (300 slowed another account's reads 27-fold).
     Account and job streams count together; another account is not affected; a closed
     stream frees its place."""
-    api = await make_api(event_streams_per_account=2)
+    # Heartbeats far apart (as in production: 15 s): a closed stream is noticed anyway.
+    api = await make_api(event_streams_per_account=2, sse_heartbeat_interval=60.0)
     mine, other = await api.account(), await api.account(name="other")
     job = await api.submitted(mine)
     first = await api.client.get("/v1/events", headers=mine.auth)
@@ -162,7 +163,7 @@ async def test_an_accounts_open_event_streams_are_capped_with_a_429_naming_the_s
     theirs.close()
     first.close()
     deadline = time.monotonic() + 5
-    while True:  # the server notices the closed stream on its next wake-up or heartbeat
+    while True:  # the server notices the closed stream within its poll interval
         again = await api.client.get("/v1/events", headers=mine.auth)
         if again.status == 200 or time.monotonic() > deadline:
             break

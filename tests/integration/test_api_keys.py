@@ -252,8 +252,9 @@ async def test_the_admin_sets_an_accounts_in_flight_cap_and_submit_rate(
     assert got["limits"] == {"max_jobs_in_flight": None, "slot_weight": None, **body}
     unknown = await api.client.put("/v1/accounts/acct_nope/limits", json={}, headers=api.admin)
     assert (await error_of(unknown))[:2] == (404, "account_not_found")
-    wrong = await api.client.put(url, json={"submits_per_second": -1}, headers=api.admin)
-    assert (await error_of(wrong))[:2] == (400, "bad_request")
+    for rate in (-1, 5e-324, 1e-300, 0.0009):  # slower than one submit per ~17 minutes:
+        wrong = await api.client.put(url, json={"submits_per_second": rate}, headers=api.admin)
+        assert (await error_of(wrong))[:2] == (400, "bad_request"), rate  # Retry-After was inf
 
 
 async def test_a_client_ignoring_retry_after_costs_the_ledger_one_call_a_second(

@@ -3,9 +3,18 @@ and never send a client's large value back."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from runtime.api.errors import HttpRefusal, check_json, echo, json_response
+from runtime.api.errors import (
+    MAX_RETRY_AFTER,
+    HttpRefusal,
+    check_json,
+    echo,
+    json_response,
+    retry_after_seconds,
+)
 
 
 @pytest.mark.parametrize(
@@ -19,6 +28,8 @@ from runtime.api.errors import HttpRefusal, check_json, echo, json_response
         (b'{"input": {"n": [-1E+999]}}', "not JSON: a number too large (-1E+999)"),
         (b'{"input": {"n": Infinity}}', "not JSON: Infinity"),
         (b'{"input": {"n": NaN}}', "not JSON: NaN"),
+        (b'{"n": ' + b"9" * 5_000 + b"}", "a whole number of more than 4300 digits"),
+        (b'{"n": -' + b"9" * 4_301 + b"}", "a whole number of more than 4300 digits"),
     ],
 )
 def test_unusable_json_is_named_in_the_field_s_terms(raw: bytes, says: str) -> None:
@@ -26,7 +37,7 @@ def test_unusable_json_is_named_in_the_field_s_terms(raw: bytes, says: str) -> N
         check_json(raw, 32)
     assert info.value.status == 400
     assert says in info.value.message
-    assert "codec" not in info.value.message
+    assert "codec" not in info.value.message and "sys." not in info.value.message
 
 
 def test_a_paired_surrogate_is_text() -> None:
@@ -46,3 +57,9 @@ def test_no_json_answer_can_carry_nan_or_infinity(value: float) -> None:
     with pytest.raises(ValueError, match="JSON compliant"):
         json_response({"input": {"n": value}})
     assert json_response({"input": {"n": 1e308}}).text == '{"input": {"n": 1e+308}}'
+
+
+def test_retry_after_is_whole_seconds_within_a_day_whatever_the_wait() -> None:
+    assert [retry_after_seconds(s) for s in (0.0, 0.2, 1.5, 5e300)] == [1, 1, 2, MAX_RETRY_AFTER]
+    assert retry_after_seconds(math.inf) == MAX_RETRY_AFTER  # a rate too slow to refill
+    assert retry_after_seconds(math.nan) == MAX_RETRY_AFTER
