@@ -34,13 +34,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from runtime.api.errors import HttpRefusal
+from runtime.api.errors import HttpRefusal, retry_after_value
 from runtime.batching import Coalescer
 from runtime.clock import Clock
 from runtime.config import GatewayConfig
@@ -272,7 +271,7 @@ class Authenticator:
                     429,
                     "too_many_failed_authentications",
                     "too many unknown API keys from this address; retry after Retry-After seconds",
-                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                    {"Retry-After": str(retry_after_value(wait))},
                 )
         failed = False  # only a lookup that answered "no such key" takes a token
         try:

@@ -145,7 +145,7 @@ def public_message(message: str) -> str:
 MAX_RETRY_AFTER = 86_400  # seconds: a client is never told to wait longer than a day
 
 
-def retry_after_seconds(seconds: float) -> int:
+def retry_after_value(seconds: float) -> int:
     """A ``Retry-After`` value: whole seconds, at least 1, at most ``MAX_RETRY_AFTER`` (a
     wait that is not a finite number, from a limit too slow to refill, is the most)."""
     if not math.isfinite(seconds):
@@ -162,7 +162,7 @@ def refusal_for(exc: JoblineError) -> HttpRefusal | None:
             headers: dict[str, str] = {}
             retry = _RETRY_AFTER.get(type(exc))
             if isinstance(exc, SubmitRateLimited | AccountThrottled):
-                retry = retry_after_seconds(exc.retry_after)
+                retry = retry_after_value(exc.retry_after)
             if retry is not None:
                 headers["Retry-After"] = str(retry)
             if isinstance(exc, Unauthorized):

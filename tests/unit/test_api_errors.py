@@ -13,7 +13,7 @@ from runtime.api.errors import (
     check_json,
     echo,
     json_response,
-    retry_after_seconds,
+    retry_after_value,
 )
 
 
@@ -60,6 +60,6 @@ def test_no_json_answer_can_carry_nan_or_infinity(value: float) -> None:
 
 
 def test_retry_after_is_whole_seconds_within_a_day_whatever_the_wait() -> None:
-    assert [retry_after_seconds(s) for s in (0.0, 0.2, 1.5, 5e300)] == [1, 1, 2, MAX_RETRY_AFTER]
-    assert retry_after_seconds(math.inf) == MAX_RETRY_AFTER  # a rate too slow to refill
-    assert retry_after_seconds(math.nan) == MAX_RETRY_AFTER
+    assert [retry_after_value(s) for s in (0.0, 0.2, 1.5, 5e300)] == [1, 1, 2, MAX_RETRY_AFTER]
+    assert retry_after_value(math.inf) == MAX_RETRY_AFTER  # a rate too slow to refill
+    assert retry_after_value(math.nan) == MAX_RETRY_AFTER
