@@ -205,7 +205,7 @@ class JoblineApp:
         """One line per role that did not start; the ledger's alone if it failed (the
         others then fail only because it did)."""
         answers = await asyncio.gather(
-            *(asyncio.wait_for(self._ready(role), timeout) for role in roles),
+            *(asyncio.wait_for(self._ready(role, self._handles[role]), timeout) for role in roles),
             return_exceptions=True,
         )
         failed = {}
@@ -219,8 +219,8 @@ class JoblineApp:
             return [f"{LEDGER}: {failed[LEDGER]}"]
         return [f"{role}: {reason}" for role, reason in failed.items()]
 
-    async def _ready(self, role: str) -> dict[str, Any]:
-        info: dict[str, Any] = await ray_calls.send(self._handles[role], "ready")
+    async def _ready(self, role: str, handle: ray_calls.Handle) -> dict[str, Any]:
+        info: dict[str, Any] = await ray_calls.send(handle, "ready")
         self._details[role] = info["detail"]
         return info
 
@@ -266,13 +266,14 @@ class JoblineApp:
             {**gateways, **pending}, list(nodes.values()), self._config
         ):
             self._create(role, node_id=node_id)
-            asyncio.get_running_loop().create_task(self._announce(role, nodes[node_id]))
+            handle = self._handles[role]
+            asyncio.get_running_loop().create_task(self._announce(role, handle, nodes[node_id]))
         await self._write_targets(where)
 
-    async def _announce(self, role: str, node: Node) -> None:
+    async def _announce(self, role: str, handle: ray_calls.Handle, node: Node) -> None:
         """A gateway placed on a node that joined: its own notice says when it is ready."""
         try:
-            await asyncio.wait_for(self._ready(role), READY_TIMEOUT)
+            await asyncio.wait_for(self._ready(role, handle), READY_TIMEOUT)
         except Exception as exc:
             log.error("%s did not start on %s: %s", role, node.label, one_line(exc))
 
@@ -306,10 +307,14 @@ class JoblineApp:
 
     async def status(self) -> list[RoleStatus]:
         nodes = {node.node_id: node for node in await asyncio.to_thread(ray_calls.nodes)}
-        roles = _ordered(self._handles)
-        actors = [await asyncio.to_thread(ray_calls.actor_state, self._handles[r]) for r in roles]
+        # The roles as they are now: the reconciler removes a lost node's gateways while
+        # this awaits, and a row for a role it removed would name nothing.
+        handles = {role: self._handles[role] for role in _ordered(self._handles)}
+        roles = list(handles)
+        actors = [await asyncio.to_thread(ray_calls.actor_state, handles[r]) for r in roles]
         pings = await asyncio.gather(
-            *(asyncio.wait_for(self._ready(r), 2.0) for r in roles), return_exceptions=True
+            *(asyncio.wait_for(self._ready(r, handles[r]), 2.0) for r in roles),
+            return_exceptions=True,
         )
         rows = []
         for role, actor, ping in zip(roles, actors, pings, strict=True):

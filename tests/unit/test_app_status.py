@@ -1,0 +1,79 @@
+"""The app's status while its reconciler removes roles (actors/hosting/app.py).
+
+Ray's calls are replaced by plain functions here: what is tested is the app's own
+bookkeeping when a lost node's gateways are removed in the middle of a status call (CI
+saw ``KeyError: 'gateway-0'`` from ``jobline status`` right after a worker node was lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.hosting import ray_calls
+from actors.hosting.app import JoblineApp
+from actors.placement import Node
+from actors.wiring import Customization
+from runtime.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAD = Node(node_id="aa" * 14, address="127.0.0.1", resources={}, head=True)
+
+
+class FakeRay:
+    """Actor state reads that block until the test lets them go (Ray's state API is a
+    blocking call the app makes in a thread), and ``ready`` answers at once."""
+
+    def __init__(self) -> None:
+        self.reading = threading.Event()
+        self.go_on = threading.Event()
+
+    def actor_state(self, handle: Any) -> ray_calls.ActorState:
+        self.reading.set()
+        assert self.go_on.wait(10), "the test never let the state read go on"
+        return ray_calls.ActorState(state="ALIVE", node_id=HEAD.node_id)
+
+    async def send(self, handle: Any, method: str, *args: Any) -> dict[str, Any]:
+        assert method == "ready"
+        return {"detail": f"{handle}:8000"}
+
+
+@pytest.fixture
+def fake_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRay]:
+    fake = FakeRay()
+    monkeypatch.setattr(ray_calls, "restarted", lambda: False)
+    monkeypatch.setattr(ray_calls, "nodes", lambda: [HEAD])
+    monkeypatch.setattr(ray_calls, "actor_state", fake.actor_state)
+    monkeypatch.setattr(ray_calls, "send", fake.send)
+    monkeypatch.setattr(ray_calls, "kill", lambda handle, restart=False: None)
+    before = list(logging.getLogger("jobline").handlers)
+    yield fake
+    fake.go_on.set()
+    logging.getLogger("jobline").handlers[:] = before
+
+
+async def status_while_a_gateway_is_removed(fake: FakeRay) -> list[str]:
+    app = JoblineApp(load_config(ROOT / "jobline.toml"), None, Customization(), {}, None)
+    for role in ("ledger", "sweeper", "gateway-0", "gateway-1"):
+        app._handles[role] = f"handle-{role}"
+    status = asyncio.get_running_loop().create_task(app.status())
+    while not fake.reading.is_set():
+        await asyncio.sleep(0.01)
+    await app._kill(["gateway-0"])  # what _reconcile does for a lost node's gateway
+    fake.go_on.set()
+    rows = await status
+    assert all(row.ready and row.error == "" for row in rows), rows
+    return [row.role for row in rows]
+
+
+def test_status_answers_for_the_roles_it_started_with_when_one_is_removed_meanwhile(
+    fake_ray: FakeRay,
+) -> None:
+    roles = asyncio.run(status_while_a_gateway_is_removed(fake_ray))
+    assert roles == ["ledger", "sweeper", "gateway-0", "gateway-1"]
