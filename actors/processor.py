@@ -46,7 +46,10 @@ On start the processor loads every ``queued`` or ``processing`` job the ledger s
 on its vendor: ``processing`` jobs are resumed by polling their vendor task id (never
 submitted again) and take a slot each; ``queued`` jobs go back in the queue; a job whose
 last submit is in doubt (the processor stopped between the submit and recording the id)
-has its task looked for first, and every orphan the ledger knows keeps a slot.
+has its task looked for first, and every orphan the ledger knows keeps a slot. The task of
+a job canceled while processing is such an orphan, with its id, from the ledger's Cancel
+until the vendor confirms its cancel: a processor restarted meanwhile holds a slot for it
+and cancels it, before its first new attempt (I4).
 
 Work paid for and thrown away is counted by reason in
 ``jobline_vendor_wasted_tasks_total`` (``WASTE_REASONS``).
@@ -82,8 +85,11 @@ from runtime.errors import (
 )
 from runtime.fairness import DEFAULT_WEIGHT, FairQueue, Headroom
 from runtime.models import (
+    EndOrphan,
     Job,
     MarkProcessing,
+    Orphan,
+    RecordOrphan,
     RecordWebhook,
     StartAttempt,
 )
@@ -163,6 +169,7 @@ class VendorProcessor:
         self._held: dict[str, HeldJob] = {}
         self._by_task: dict[str, str] = {}  # vendor task id -> job id
         self._early: dict[str, tuple[float, TaskStatus]] = {}  # webhooks before the task id
+        self._canceling: set[str] = set()  # task ids no attempt follows, canceled here
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pump_task: asyncio.Task[None] | None = None
@@ -194,19 +201,30 @@ class VendorProcessor:
             return
         now = self._clock.time()
         in_doubt = await self._ledger.submits_in_doubt(self.vendor.name, now - self._longest_life())
-        orphans = await self._ledger.orphans(self.vendor.name, now)
         jobs = await self._ledger.jobs_for_vendor(
             self.vendor.name, [JobStatus.QUEUED, JobStatus.PROCESSING]
         )
+        # Read after the jobs: a job canceled in between is either among them (its attempt
+        # follows the task) or its task is among the orphans, never neither.
+        orphans = await self._ledger.orphans(self.vendor.name, now)
         for job in in_doubt:
             self._take_in_doubt(job)
-        for orphan in orphans:
-            self._doubt.hold(
-                orphan.job_id, orphan.attempt, orphan.model, orphan.since, orphan.until,
-                self._slots.take(), trace_id=orphan.trace_id,
-            )  # fmt: skip
         for job in jobs:
             self._take(job)
+        for orphan in orphans:
+            if orphan.task_id is None:
+                self._doubt.hold(
+                    orphan.job_id, orphan.attempt, orphan.model, orphan.since, orphan.until,
+                    self._slots.take(), trace_id=orphan.trace_id,
+                )  # fmt: skip
+        left_running = [o for o in orphans if o.task_id and o.task_id not in self._by_task]
+        if left_running:  # tasks of jobs that ended before the vendor confirmed their cancel
+            ended = await self._ledger.get_jobs([o.job_id for o in left_running])
+            for orphan, ended_job in zip(left_running, ended, strict=True):
+                assert orphan.task_id is not None
+                if ended_job is not None:
+                    task = self._unfollowed(ended_job, orphan.attempt, orphan.task_id)
+                    self._cancel_unfollowed(task)
         self._pump_task = asyncio.create_task(self._pump())
         log.info(
             "started",
@@ -295,16 +313,20 @@ class VendorProcessor:
         if not_held:
             # Not followed here (this processor restarted after the ledger ended the job,
             # so it never loaded it): its vendor task may still run, and nobody else would
-            # ever cancel it.
-            for job in await self._ledger.get_jobs(not_held):
+            # ever cancel it. A slot each is taken before the ledger is read, so no attempt
+            # starts in one meanwhile.
+            slots = [self._slots.take() for _ in not_held]
+            for job, slot in zip(await self._ledger.get_jobs(not_held), slots, strict=True):
                 if (
                     job is not None
                     and job.status in (JobStatus.CANCELED, JobStatus.FAILED)
                     and job.vendor == self.vendor.name
                     and job.vendor_task_id is not None
                 ):
-                    slot = self._slots.take()
-                    self._spawn(self._cancel_unfollowed(job, job.vendor_task_id, slot))
+                    orphan = await self._remember_unfollowed(job, job.attempts, job.vendor_task_id)
+                    self._cancel_unfollowed(orphan, slot)
+                else:
+                    slot.release()
 
     async def stats(self) -> dict[str, Any]:
         now = self._clock.time()
@@ -571,13 +593,15 @@ class VendorProcessor:
         except Exception:
             # The task runs with no record of its id: the job will get a new attempt, so
             # nobody else would ever end this one.
-            self._spawn(self._cancel_unfollowed(job, task.task_id, slot.hand_over()))
+            self._cancel_unfollowed(self._unfollowed(job, attempt, task.task_id), slot.hand_over())
             raise
         job = held.job = marked.value
         if job.terminal or held.cancel_requested:
+            await self._remember_unfollowed(job, attempt, task.task_id)
             await self._finisher.cancel_at_vendor(job, task.task_id)
         status = await self._traced_wait(held, task.task_id, attempt, since, task.status)
         slot.release()
+        self._forget_unfollowed(held, attempt, task.task_id)
         await self._outcomes.finish(held, attempt, status)
 
     async def _resume(self, held: HeldJob, slot: Slot) -> None:
@@ -588,6 +612,7 @@ class VendorProcessor:
             with slot:
                 status = await self._traced_wait(held, held.task_id, job.attempts, job.updated_at)
                 slot.release()
+                self._forget_unfollowed(held, job.attempts, held.task_id)
                 await self._outcomes.finish(held, job.attempts, status)
         except asyncio.CancelledError:
             raise
@@ -632,16 +657,61 @@ class VendorProcessor:
             )
         self._drop(job.id)
 
-    async def _cancel_unfollowed(self, job: Job, task_id: str, slot: Slot) -> None:
-        """Cancel a task no attempt follows (its job was canceled while this processor was
-        away, or its id never reached the ledger). The task counts against the vendor's
-        limit until the vendor confirms: the caller took a slot for it when it found it."""
-        with slot:
-            give_up_at = max(job.deadline, self._clock.time() + self._doubt.lifetime(job))
-            model = vendor_model(self.config, job)
-            await self._waiter.cancel_until_confirmed(
-                model, task_id, give_up_at, trace_id=job.trace_id, job_id=job.id
-            )
+    def _unfollowed(self, job: Job, attempt: int, task_id: str) -> Orphan:
+        """The task of ``(job, attempt)`` as an orphan no attempt follows: it may run until
+        the job's deadline or the vendor's own end of it, whichever is later."""
+        now = self._clock.time()
+        until = max(job.deadline, now + self._doubt.lifetime(job))
+        model = vendor_model(self.config, job)
+        return Orphan(job.id, attempt, self.vendor.name, model, now, until, job.trace_id, task_id)
+
+    async def _remember_unfollowed(self, job: Job, attempt: int, task_id: str) -> Orphan:
+        """A task whose job ended (or is ending) may still run: the ledger keeps it as an
+        orphan with its id before its cancel goes out, so a processor restarted before the
+        vendor confirms the cancel still holds its slot and cancels it (``start``).
+        One try: the slot is held here either way; only a restart at the same moment as a
+        ledger outage would forget the task."""
+        orphan = self._unfollowed(job, attempt, task_id)
+        op = RecordOrphan(
+            orphan.job_id, orphan.attempt, orphan.vendor, orphan.model, orphan.since,
+            orphan.until, task_id,
+        )  # fmt: skip
+        try:
+            await self._writer.op(op)
+        except Exception as exc:
+            log.warning("unfollowed task not recorded", extra={"job_id": job.id, "error": str(exc)})
+        return orphan
+
+    def _cancel_unfollowed(self, orphan: Orphan, slot: Slot | None = None) -> None:
+        """Cancel a task no attempt follows (its job ended while this processor was away or
+        before the vendor confirmed the cancel, or its id never reached the ledger) until
+        the vendor confirms. The task counts against the vendor's limit meanwhile: it holds
+        ``slot`` (a new one if None). A task canceled here already takes no second slot."""
+        assert orphan.task_id is not None
+        if orphan.task_id in self._canceling:
+            if slot is not None:
+                slot.release()
+            return
+        self._canceling.add(orphan.task_id)
+        self._spawn(self._cancel_until_confirmed(orphan, slot or self._slots.take()))
+
+    async def _cancel_until_confirmed(self, orphan: Orphan, slot: Slot) -> None:
+        assert orphan.task_id is not None
+        try:
+            with slot:
+                await self._waiter.cancel_until_confirmed(
+                    orphan.model, orphan.task_id, orphan.until, trace_id=orphan.trace_id,
+                    job_id=orphan.job_id,
+                )  # fmt: skip
+        finally:
+            self._canceling.discard(orphan.task_id)
+        with contextlib.suppress(Exception):  # left open, it is canceled again after a restart
+            await self._writer.op(EndOrphan(orphan.job_id, orphan.attempt, orphan.task_id))
+
+    def _forget_unfollowed(self, held: HeldJob, attempt: int, task_id: str) -> None:
+        """The task of a canceled job ended while this processor followed it."""
+        if held.cancel_requested or held.job.terminal:
+            self._spawn(self._writer.op(EndOrphan(held.job.id, attempt, task_id)))
 
     # --- small parts --------------------------------------------------------------------
 

@@ -306,6 +306,13 @@ COMPLETE = _settle(
 )
 FAIL = _settle(JobEvent.FAILED, "error = {error}", ("error", "now", "job_id"))
 EXPIRE = _settle(JobEvent.EXPIRED, "error = {error}", ("error", "now", "job_id"))
+INSERT_ORPHAN = (
+    "INSERT INTO orphans (job_id, attempt, vendor, model, since, until, task_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+# How long the task of a job canceled while processing stays an open orphan unless the
+# processor ends it (it cancels it until the vendor confirms, within its own bounds).
+CANCELED_TASK_HORIZON = 86_400.0
 CANCEL = _settle(JobEvent.CANCELED, "error = {error}", ("error", "now", "job_id"))
 CANCEL_OWN = _settle(JobEvent.CANCELED, "error = {error}", ("error", "now", "job_id", "account_id"))
 
@@ -807,6 +814,13 @@ class _Batch:
             if op.account_id is not None and job.account_id != op.account_id:
                 raise JobNotFound(op.job_id)
             return self.absorbed(job, JobEvent.CANCELED)
+        if job.vendor_task_id is not None:
+            # Processing: its task runs at the vendor until the processor's cancel is
+            # confirmed. Kept as an orphan in this transaction, so a processor that
+            # restarts before then still counts it and cancels it (RecordOrphan).
+            until = self.now + CANCELED_TASK_HORIZON
+            task = (job.id, job.attempts, job.vendor, "", self.now, until, job.vendor_task_id)
+            self.conn.execute(INSERT_ORPHAN, task)
         return self.settle(job, EntryKind.RELEASE, "canceled"), True
 
     def _op_record_webhook(self, op: RecordWebhook) -> tuple[bool, bool]:
@@ -819,9 +833,8 @@ class _Batch:
 
     def _op_record_orphan(self, op: RecordOrphan) -> tuple[bool, bool]:
         new = self.conn.execute(
-            "INSERT INTO orphans (job_id, attempt, vendor, model, since, until) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (op.job_id, op.attempt, op.vendor, op.model, op.since, op.until),
+            INSERT_ORPHAN,
+            (op.job_id, op.attempt, op.vendor, op.model, op.since, op.until, op.task_id),
         ).rowcount
         return bool(new), bool(new)
 

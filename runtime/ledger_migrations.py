@@ -231,7 +231,9 @@ MIGRATIONS: list[list[Step]] = [
     # job's outputs (key, content type, size, name, source), ``result_key`` staying the
     # first one's key. An orphan is a submit in doubt whose job moved on to a new attempt:
     # the vendor may run the task it may have created until ``until``, so a restarted
-    # processor holds a slot for it until then, or until it showed itself ended.
+    # processor holds a slot for it until then, or until it showed itself ended. (Since
+    # 2026-11-30 also the known task of a job that ended before the vendor confirmed its
+    # cancel, ``task_id`` set from the start: runtime.models.RecordOrphan.)
     [
         "ALTER TABLE jobs ADD COLUMN outputs TEXT",
         """CREATE TABLE orphans (

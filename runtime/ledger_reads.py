@@ -105,7 +105,7 @@ def in_doubt(conn: sqlite3.Connection, vendor: str, updated_after: float) -> lis
 def orphans(conn: sqlite3.Connection, vendor: str, now: float) -> list[Orphan]:
     rows = conn.execute(
         "SELECT job_id, attempt, vendor, model, since, until, "
-        "COALESCE((SELECT trace_id FROM jobs WHERE jobs.id = orphans.job_id), '') "
+        "COALESCE((SELECT trace_id FROM jobs WHERE jobs.id = orphans.job_id), ''), task_id "
         "FROM orphans INDEXED BY orphans_open "
         "WHERE vendor = ? AND ended_at IS NULL AND until > ? ORDER BY until",
         (vendor, now),

@@ -516,15 +516,20 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class RecordOrphan:
-    """A submit in doubt whose job moved on: the task it may have created may still run
-    at ``vendor`` until ``until``; a restarted processor holds a slot for it till then."""
+    """A vendor task no attempt follows, which may still run at ``vendor`` until
+    ``until``; a restarted processor holds a slot for it till then. Either a submit in
+    doubt whose job moved on (``task_id`` None: the task may not exist), or the task of a
+    job that ended before the vendor confirmed its cancel (``task_id`` known: a restarted
+    processor cancels it until the vendor confirms). The ``Cancel`` of a processing job
+    records the second kind itself, in its own transaction."""
 
     job_id: str
     attempt: int
     vendor: str
-    model: str  # the vendor's name for the model
-    since: float  # when the submit went out
+    model: str  # the vendor's name for the model ("" when the ledger's Cancel recorded it)
+    since: float  # when the submit went out, or when the task was left unfollowed
     until: float
+    task_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,6 +552,7 @@ class Orphan:
     since: float
     until: float
     trace_id: str  # the job's, sent with every request about the orphan
+    task_id: str | None = None  # known for a task left running when its job ended
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,6 +247,69 @@ async def test_a_cancel_reaching_a_restarted_processor_still_cancels_the_vendor_
     assert untraced(rig) == {}
 
 
+@pytest.mark.profile({"never_finish": 1.0, "cancel": {"server_error": 1.0}})
+async def test_a_processor_killed_before_the_vendor_confirmed_a_cancel_cancels_it_after_restart(
+    rig: Rig,
+) -> None:
+    # The processor took the cancel, and was killed before the vendor confirmed it. The
+    # ledger had ended the job, so a restarted processor never loaded it: the task ran on
+    # at the vendor, uncounted, next to a new one in its slot.
+    fal = rig.fakes["fal"]
+    [job] = await rig.open("flux-schnell")
+    await rig.dispatch([job])
+    while (await rig.ledger.get_job(job.id)).status is not JobStatus.PROCESSING:
+        await asyncio.sleep(0.02)
+    await apply_op(rig.ledger, Cancel(job.id))
+    await rig.processors["fal"].cancel_tasks([job.id])  # its first cancel is refused ...
+    await until(lambda: fal.snapshot()["faults"].get("server_error", 0) >= 1)
+    await rig.processors["fal"].stop()  # ... and the processor is killed
+    rig.processors["fal"] = rig.make_processor("fal", seed=1)
+    await rig.processors["fal"].start()
+    assert fal.snapshot()["tasks"]["in_flight"] == 1
+    assert (await rig.processors["fal"].stats())["inflight"] == 1  # the task keeps its slot
+    fal.update_profile({"cancel": {"server_error": 0.0}})
+    await until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
+    await until(lambda: no_slot_taken(rig))
+    assert await rig.ledger.orphans("fal", time.time()) == []  # ended once confirmed
+    assert fal.snapshot()["tasks"]["created"] == 1
+    assert (await rig.ledger.balance("acct")).available == 10_000
+    assert untraced(rig) == {}
+
+
+@pytest.mark.profile({"never_finish": 1.0, "cancel": {"server_error": 1.0}})
+@pytest.mark.overrides({"vendors.fal": {"concurrency": 1}})
+async def test_a_job_canceled_while_its_processor_was_down_keeps_its_slot_from_the_restart(
+    rig: Rig,
+) -> None:
+    # Found by CI (chaos cancel-under-kills under load: replicate 7 in flight, limit 6):
+    # two jobs were canceled while their processor restarted. The restarted processor did
+    # not load them (ended) and started queued jobs in every slot before the cancel
+    # messages reached it; their tasks still ran at the vendor. The ledger's Cancel now
+    # keeps the task as an orphan, which the restarted processor holds before any attempt.
+    fal = rig.fakes["fal"]
+    [running, waiting] = await rig.open("flux-schnell", 2)
+    await rig.dispatch([running])
+    while (await rig.ledger.get_job(running.id)).status is not JobStatus.PROCESSING:
+        await asyncio.sleep(0.02)
+    await rig.processors["fal"].stop()  # the processor dies ...
+    await apply_op(rig.ledger, Cancel(running.id))  # ... its job is canceled meanwhile
+    rig.processors["fal"] = rig.make_processor("fal", seed=1)
+    await rig.processors["fal"].start()  # loads `waiting`, queued, and the canceled task
+    await until(lambda: fal.snapshot()["faults"].get("server_error", 0) >= 2)
+    assert fal.snapshot()["tasks"]["created"] == 1  # `waiting` waits: the slot is taken
+    assert (await rig.processors["fal"].stats())["inflight"] == 1
+    fal.update_profile({"cancel": {"server_error": 0.0}, "never_finish": 0.0})
+    [done] = await rig.wait([waiting])
+    assert done.status is JobStatus.COMPLETED
+    assert fal.snapshot()["tasks"]["canceled"] == 1
+    assert fal.snapshot()["tasks"]["max_in_flight"] == 1
+    assert await rig.ledger.orphans("fal", time.time()) == []
+    await rig.processors["fal"].cancel_tasks([running.id])  # the late cancel message
+    await until(lambda: no_slot_taken(rig))
+    assert fal.snapshot()["tasks"]["created"] == 2
+    assert untraced(rig) == {}
+
+
 class _DiesBeforeMarking:
     """The ledger as a processor sees it, except that a MarkProcessing never returns (the
     processor is killed after its submit, before the task id is recorded) or, with

@@ -10,6 +10,7 @@ import pytest
 from runtime.ledger import Ledger
 from runtime.ledger_migrations import MIGRATIONS, SCHEMA_VERSION
 from runtime.models import (
+    Cancel,
     Complete,
     CreateAccount,
     EndOrphan,
@@ -19,7 +20,7 @@ from runtime.models import (
     StoredOutput,
 )
 from tests.ledger_ops import Clock, apply_op
-from tests.unit.test_ledger import to_processing
+from tests.unit.test_ledger import open_job, to_processing
 
 OUTPUTS = (
     StoredOutput("job-1.png", "image/png", 120, "a.png", "images[0]"),
@@ -110,3 +111,32 @@ async def test_orphans_are_open_until_they_end_or_their_time_passes(ledger: Ledg
     assert await ledger.orphans("fal", 1_500.0) == [
         Orphan("job-1", 1, "fal", "m", 900.0, 2_000.0, trace)
     ]
+
+
+async def test_the_task_of_an_ended_job_is_kept_as_an_orphan_with_its_id(ledger: Ledger) -> None:
+    # A job canceled before the vendor confirmed its task's cancel: a processor restarted
+    # meanwhile reads the task id back and cancels it (actors.processor.start).
+    await to_processing(ledger, "job-1")
+    trace = (await ledger.get_job("job-1")).trace_id
+    await apply_op(ledger, RecordOrphan("job-1", 1, "fal", "m", 900.0, 2_000.0, "req-1"))
+    assert await ledger.orphans("fal", 1_000.0) == [
+        Orphan("job-1", 1, "fal", "m", 900.0, 2_000.0, trace, "req-1")
+    ]
+    assert (await ledger.execute(EndOrphan("job-1", 1, "req-1"))).changed
+    assert await ledger.orphans("fal", 1_000.0) == []
+
+
+async def test_canceling_a_processing_job_keeps_its_task_as_an_orphan(ledger: Ledger) -> None:
+    # In the Cancel's own transaction: a processor down at that moment finds the task when
+    # it restarts, before it starts anything in the task's slot (actors.processor.start).
+    await to_processing(ledger, "job-1")
+    await open_job(ledger, "job-2")  # queued: no task at the vendor
+    await apply_op(ledger, Cancel("job-1"))
+    await apply_op(ledger, Cancel("job-2"))
+    await apply_op(ledger, Cancel("job-1"))  # a replay records nothing more
+    now = 1_000.0  # the fixture's clock
+    [orphan] = await ledger.orphans("fal", now)
+    assert (orphan.job_id, orphan.attempt, orphan.task_id) == ("job-1", 1, "task-job-1")
+    assert orphan.model == "" and orphan.since == now and orphan.until > now + 3600
+    assert (await ledger.execute(EndOrphan("job-1", 1, "task-job-1"))).changed
+    assert await ledger.orphans("fal", now) == []
