@@ -116,6 +116,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
             u["bound_per_s"], "/s"),
         Row("ledger durable ops/s vs raw SQLite rows/s", ledger["ledger_ops_per_s"],
             ledger["raw_rows_per_s"], "/s"),
+        *([Row("  the same per CPU second", ledger["ledger_ops_per_cpu_s"],
+               ledger["raw_rows_per_cpu_s"], "/s")] if "cpu_ratio" in ledger else []),
     ]  # fmt: skip
 
 
