@@ -336,7 +336,9 @@ async def side_by_side(
 # --- all of it ----------------------------------------------------------------------------
 
 
-async def run(quick: bool = False, latency: float = 1.0) -> dict[str, Any]:
+async def run(quick: bool = False, latency: float = 1.0, http: bool = True) -> dict[str, Any]:
+    """Overhead and utilization, then (``http``) accepts and status reads against a bare
+    endpoint."""
     warm, window = (3.0, 6.0) if quick else (5.0, 20.0)
     overhead_jobs, poll = (12, 0.05) if quick else (100, 0.05)
     seconds, rounds = (2.0, 1) if quick else (5.0, 2)
@@ -347,6 +349,8 @@ async def run(quick: bool = False, latency: float = 1.0) -> dict[str, Any]:
             results["overhead"] = await overhead(tb, 4.0, overhead_jobs, poll)
             print("  utilization: saturating every vendor ...", flush=True)
             results["utilization"] = await utilization(tb, latency, warm, window)
+            if not http:
+                return results
             done = _completed_ids(tb.config.storage.database)
             port = int(tb.config.gateway.port)
             key = tb.client.api_key

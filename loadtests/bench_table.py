@@ -8,6 +8,10 @@ change can be judged in one sitting:
 
     .venv/bin/python -m loadtests.bench_table --runs 3
     .venv/bin/python -m loadtests.bench_table --runs 3 --json results/after.json
+    .venv/bin/python -m loadtests.bench_table --runs 3 --only ledger
+
+``--only ledger`` leaves out the accepts and status reads (the gateway's rows): the
+ledger's and the processors' rows alone, a minute sooner.
 
 Every ratio is jobline against a floor measured in the same run; on a shared machine
 compare ratios, not absolute figures.
@@ -41,40 +45,79 @@ class Row:
 
 
 def rows(results: dict[str, Any]) -> list[Row]:
-    """The table's rows from one run's results (keys as ``make bench`` saves them)."""
+    """The table's rows from one run's results (keys as ``make bench`` saves them); a run
+    without the accepts and status reads (``--only ledger``) has no rows of theirs."""
     cpu = results["cpu"]["median"] if "median" in results["cpu"] else results["cpu"]
     steady, burst, floor = cpu["steady"], cpu["burst"], cpu["floor"]
-    u, o = results["utilization"], results["overhead"]
-    a, r, ledger = results["accepts"], results["status_reads"], results["ledger"]
-    live = results["status_reads_live"]
+    u, o, ledger = results["utilization"], results["overhead"], results["ledger"]
     by_steady = steady["by_process_ms_per_job"]
+    table = [
+        Row(
+            "CPU ms/job, steady (all processes)",
+            steady["cpu_ms_per_job"],
+            steady["floor_ms_per_job"],
+            "ms",
+        ),
+        Row("CPU ms/job, backlog burst", burst["cpu_ms_per_job"], burst["floor_ms_per_job"], "ms"),
+        Row(
+            "  of which gateways, steady",
+            _sum_of(by_steady, "actor: gateway"),
+            steady["floor_ms_per_job"],
+            "ms",
+        ),
+        Row(
+            "  of which processors, steady",
+            _sum_of(by_steady, "actor: processor"),
+            steady["floor_ms_per_job"],
+            "ms",
+        ),
+        Row(
+            "  of which Ray's own processes, steady",
+            _sum_of(by_steady, "ray: "),
+            steady["floor_ms_per_job"],
+            "ms",
+        ),
+        Row(
+            "ledger actor CPU ms/job, steady",
+            steady["ledger_ms_per_job"],
+            floor["ledger_floor_ms_per_job"],
+            "ms",
+        ),
+        Row(
+            "ledger actor CPU ms/job, burst",
+            burst["ledger_ms_per_job"],
+            floor["ledger_floor_ms_per_job"],
+            "ms",
+        ),
+        Row(
+            "ledger actor ceiling, jobs/s (burst)",
+            burst["ledger_ceiling_jobs_per_s"],
+            floor["ledger_floor_jobs_per_s"],
+            "/s",
+        ),
+    ]
+    if "accepts" in results:
+        a, r, live = results["accepts"], results["status_reads"], results["status_reads_live"]
+        table += [
+            Row("accepts/s vs bare aiohttp", a["jobline_per_s"], a["bare_per_s"], "/s"),
+            Row("status reads/s, ended jobs, vs bare", r["jobline_per_s"], r["bare_per_s"], "/s"),
+            Row(
+                "status reads/s, live jobs, vs bare",
+                live["jobline_per_s"],
+                live["bare_per_s"],
+                "/s",
+            ),
+        ]
     return [
-        Row("CPU ms/job, steady (all processes)", steady["cpu_ms_per_job"],
-            steady["floor_ms_per_job"], "ms"),
-        Row("CPU ms/job, backlog burst", burst["cpu_ms_per_job"], burst["floor_ms_per_job"],
-            "ms"),
-        Row("  of which gateways, steady", _sum_of(by_steady, "actor: gateway"),
-            steady["floor_ms_per_job"], "ms"),
-        Row("  of which processors, steady", _sum_of(by_steady, "actor: processor"),
-            steady["floor_ms_per_job"], "ms"),
-        Row("  of which Ray's own processes, steady", _sum_of(by_steady, "ray: "),
-            steady["floor_ms_per_job"], "ms"),
-        Row("ledger actor CPU ms/job, steady", steady["ledger_ms_per_job"],
-            floor["ledger_floor_ms_per_job"], "ms"),
-        Row("ledger actor CPU ms/job, burst", burst["ledger_ms_per_job"],
-            floor["ledger_floor_ms_per_job"], "ms"),
-        Row("ledger actor ceiling, jobs/s (burst)", burst["ledger_ceiling_jobs_per_s"],
-            floor["ledger_floor_jobs_per_s"], "/s"),
-        Row("accepts/s vs bare aiohttp", a["jobline_per_s"], a["bare_per_s"], "/s"),
-        Row("status reads/s, ended jobs, vs bare", r["jobline_per_s"], r["bare_per_s"], "/s"),
-        Row("status reads/s, live jobs, vs bare", live["jobline_per_s"], live["bare_per_s"],
-            "/s"),
+        *table,
         Row("end-to-end p99 s vs the fake directly", o["jobline"]["p99_s"],
             o["direct"]["p99_s"], "s"),
         Row("vendor-slot utilization vs Σ limit/latency", u["completed_per_s"],
             u["bound_per_s"], "/s"),
         Row("ledger durable ops/s vs raw SQLite rows/s", ledger["ledger_ops_per_s"],
             ledger["raw_rows_per_s"], "/s"),
+        *([Row("  the same per CPU second", ledger["ledger_ops_per_cpu_s"],
+               ledger["raw_rows_per_cpu_s"], "/s")] if "cpu_ratio" in ledger else []),
     ]  # fmt: skip
 
 
@@ -119,13 +162,13 @@ def render(table: list[tuple[Row, float, float]], runs: int, load: list[float]) 
     return "\n".join(out)
 
 
-def measure_once(quick: bool) -> dict[str, Any]:
-    """One run of everything the table needs."""
+def measure_once(quick: bool, http: bool = True) -> dict[str, Any]:
+    """One run of everything the table needs (``http``: with the accepts and reads)."""
     from loadtests import bench_cpu, bench_ledger, bench_runtime
 
     results: dict[str, Any] = {}
     results["ledger"] = bench_ledger.run(jobs=2_000 if quick else 5_000, repeats=1)
-    results.update(asyncio.run(bench_runtime.run(quick=True)))
+    results.update(asyncio.run(bench_runtime.run(quick=True, http=http)))
     seconds, burst = (6.0, 150) if quick else (10.0, 300)
     results["cpu"] = asyncio.run(bench_cpu.measure(seconds=seconds, burst=burst))
     results["load_average"] = os.getloadavg()[0]
@@ -137,11 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="shorter windows (a smoke test)")
     parser.add_argument("--json", type=Path, help="also save every run's results here")
+    parser.add_argument(
+        "--only",
+        choices=["ledger"],
+        help="ledger: the ledger's and processors' rows (no accepts or status reads)",
+    )
     args = parser.parse_args(argv)
     each: list[dict[str, Any]] = []
     for n in range(args.runs):
         started = time.monotonic()
-        each.append(measure_once(args.quick))
+        each.append(measure_once(args.quick, http=args.only is None))
         took = time.monotonic() - started
         print(f"  run {n + 1}/{args.runs}: {took:.0f} s, load {each[-1]['load_average']:.1f}",
               flush=True)  # fmt: skip

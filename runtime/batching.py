@@ -32,12 +32,18 @@ class Coalescer(Generic[T, R]):
         self._flush_scheduled = False
 
     async def call(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        return await self.submit(item)
+
+    def submit(self, item: T) -> asyncio.Future[R]:
+        """``item`` queued for the next batch now (items submitted in one loop turn go in
+        that order); its result, or exception, comes in the future."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
-        return await future
+            loop.call_soon(self._start_flush)
+        return future
 
     async def call_many(self, items: Sequence[T]) -> list[R]:
         return list(await asyncio.gather(*(self.call(item) for item in items)))

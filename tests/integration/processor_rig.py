@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from actors.processor import VendorProcessor
-from actors.wiring import Ports, Wiring, build_role, processor_role
+from actors.wiring import Customization, Ports, Wiring, build_role, processor_role
 from loadtests.testbed import ROOT_CONFIG, ensure_dev_secrets, local_config
 from runtime.api.webhooks import with_reference
 from runtime.config import JoblineConfig, load_config
@@ -62,10 +62,17 @@ class Rig:
     def vendors(self) -> list[str]:
         return list(self.processors)
 
-    def build(self, role: str, seed: int = 0, ledger: LedgerPort | None = None) -> Any:
+    def build(
+        self,
+        role: str,
+        seed: int = 0,
+        ledger: LedgerPort | None = None,
+        customization: Customization | None = None,
+    ) -> Any:
         """The role as the wiring builds it, on this rig's ledger, fakes and store."""
         wiring = Wiring(
             seed=seed,
+            customization=customization or Customization(),
             vendor_clients=lambda v: make_client(v, *vendor_credentials(v)),
             result_stores=lambda _: self.results,
         )
@@ -78,9 +85,14 @@ class Rig:
         return build_role(role, self.config, wiring, ports)
 
     def make_processor(
-        self, vendor: str, seed: int = 0, ledger: LedgerPort | None = None
+        self,
+        vendor: str,
+        seed: int = 0,
+        ledger: LedgerPort | None = None,
+        customization: Customization | None = None,
     ) -> VendorProcessor:
-        processor: VendorProcessor = self.build(processor_role(vendor), seed, ledger)
+        role = processor_role(vendor)
+        processor: VendorProcessor = self.build(role, seed, ledger, customization)
         return processor
 
     async def open(

@@ -7,13 +7,13 @@ import asyncio
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from actors.processor import VendorProcessor
 from actors.sweeper import Sweeper
-from actors.wiring import SWEEPER
+from actors.wiring import SWEEPER, Customization
 from runtime.errors import LedgerUnavailable
 from runtime.ledger import Ledger, new_job_id
 from runtime.models import (
@@ -27,7 +27,7 @@ from runtime.models import (
 )
 from runtime.results import result_key_for
 from runtime.states import JobStatus
-from runtime.vendors import TaskState, TaskStatus, WebhookEvent
+from runtime.vendors import TaskState, TaskStatus, VendorClient, WebhookEvent
 from tests.integration.processor_rig import IDS, Rig, no_slot_taken, until
 from tests.ledger_ops import apply_op
 from vendors_fake.png import expected_png
@@ -368,6 +368,62 @@ async def test_a_restarted_processor_adopts_the_task_its_stopped_submit_created(
     assert (await rig.processors["replicate"].stats())["in_doubt"]["adopted"] == 1
     await until(lambda: no_slot_taken(rig, "replicate"))
     assert untraced(rig) == {}  # the list look-ups carried the job's trace id too
+
+
+class _AnswerHeard(Customization):
+    """Every vendor client tells ``answered`` when a submit has its answer (the task id)."""
+
+    def __init__(self) -> None:
+        self.answered = asyncio.Event()
+
+    def vendor_client(self, client: VendorClient) -> VendorClient:
+        answered = self.answered
+
+        class Heard:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(client, name)
+
+            async def submit(self, *args: Any, **kwargs: Any) -> str:
+                task_id: str = await client.submit(*args, **kwargs)
+                answered.set()
+                return task_id
+
+        return cast(VendorClient, Heard())
+
+
+@pytest.mark.parametrize(
+    ("vendor", "model"), [("replicate", "video-short"), ("fal", "flux-schnell")]
+)
+@pytest.mark.profile({"run_time": {"kind": "fixed", "seconds": 1.0}})
+@pytest.mark.overrides({"vendors.replicate": {"concurrency": 1}, "vendors.fal": {"concurrency": 1}})
+async def test_a_processor_stopped_while_its_task_id_waits_to_ride_loses_nothing(
+    rig: Rig, vendor: str, model: str
+) -> None:
+    # The task id of a submit that answered waits up to RECORD_LINGER to ride in the
+    # processor's next ledger call (LedgerWriter.op(linger=...)). A processor that stops
+    # then never sends it: the job is left with its submit in doubt, and the restarted
+    # processor adopts the task (replicate: its list; fal: its webhook naming job and
+    # attempt): run once, billed once, captured once.
+    [job] = await rig.open(model)
+    await rig.processors[vendor].stop()
+    heard = _AnswerHeard()
+    stopping = rig.make_processor(vendor, customization=heard)
+    await stopping.start()
+    await stopping.dispatch([job])
+    await heard.answered.wait()
+    await stopping.stop()  # at once: its MarkProcessing lingers still
+    left = await rig.ledger.get_job(job.id)
+    assert (left.status, left.attempts, left.vendor_task_id) == (JobStatus.QUEUED, 1, None)
+    rig.processors[vendor] = rig.make_processor(vendor, seed=1)
+    await rig.processors[vendor].start()
+    [done] = await rig.wait([job])
+    assert (done.status, done.attempts) == (JobStatus.COMPLETED, 1)
+    snapshot = rig.fakes[vendor].snapshot()
+    assert snapshot["tasks"]["created"] == 1 and snapshot["duplicate_attempts"] == []
+    assert done.vendor_task_id == snapshot["task_ids"][0]
+    assert (await rig.processors[vendor].stats())["in_doubt"]["adopted"] == 1
+    balance = await rig.ledger.balance("acct")
+    assert (balance.balance, balance.held) == (10_000 - job.cost, 0)  # one capture
 
 
 @pytest.mark.profile({"never_finish": 1.0, "webhooks": {"lost": 1.0}, "max_task_time": 1.5})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loadtests.bench_table import Row, medians, render
+from loadtests.bench_table import Row, medians, render, rows
 
 
 def test_medians_take_each_rows_median_ratio_and_its_range() -> None:
@@ -19,3 +19,34 @@ def test_medians_take_each_rows_median_ratio_and_its_range() -> None:
     assert (acc_low, acc_high) == (0.1, 0.3)
     text = render(medians(runs), 3, [1.0, 2.0, 3.0])
     assert "10.000" in text and "0.250" in text and "medians of 3 runs" in text
+
+
+def _run(with_reads: bool) -> dict[str, object]:
+    phase = {
+        "cpu_ms_per_job": 30.0,
+        "floor_ms_per_job": 3.0,
+        "ledger_ms_per_job": 5.0,
+        "ledger_ceiling_jobs_per_s": 200.0,
+        "by_process_ms_per_job": {"actor: ledger": 5.0},
+    }
+    results: dict[str, object] = {
+        "cpu": {"steady": phase, "burst": phase,
+                "floor": {"ledger_floor_ms_per_job": 0.1, "ledger_floor_jobs_per_s": 10_000.0}},
+        "utilization": {"completed_per_s": 13.0, "bound_per_s": 14.0},
+        "overhead": {"jobline": {"p99_s": 1.2}, "direct": {"p99_s": 1.0}},
+        "ledger": {"ledger_ops_per_s": 20.0, "raw_rows_per_s": 100.0,
+                   "ledger_ops_per_cpu_s": 30.0, "raw_rows_per_cpu_s": 100.0, "cpu_ratio": 0.3},
+    }  # fmt: skip
+    if with_reads:
+        reads = {"jobline_per_s": 1.0, "bare_per_s": 4.0}
+        results |= {"accepts": reads, "status_reads": reads, "status_reads_live": reads}
+    return results
+
+
+def test_a_run_without_the_gateways_rows_leaves_them_out() -> None:
+    every = {row.measure: row for row in rows(_run(with_reads=True))}
+    ledger_only = {row.measure: row for row in rows(_run(with_reads=False))}
+    gateway = {m for m in every if m.startswith(("accepts", "status reads"))}
+    assert len(gateway) == 3 and set(every) - set(ledger_only) == gateway
+    assert every["  the same per CPU second"].ratio == 0.3
+    assert ledger_only["vendor-slot utilization vs Σ limit/latency"].jobline == 13.0
