@@ -45,8 +45,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     cpu = results["cpu"]["median"] if "median" in results["cpu"] else results["cpu"]
     steady, burst, floor = cpu["steady"], cpu["burst"], cpu["floor"]
     u, o = results["utilization"], results["overhead"]
-    a, r, ledger = results["accepts"], results["status_reads"], results["ledger"]
-    live = results["status_reads_live"]
+    ledger = results["ledger"]
     by_steady = steady["by_process_ms_per_job"]
     return [
         Row("CPU ms/job, steady (all processes)", steady["cpu_ms_per_job"],
@@ -65,16 +64,24 @@ def rows(results: dict[str, Any]) -> list[Row]:
             floor["ledger_floor_ms_per_job"], "ms"),
         Row("ledger actor ceiling, jobs/s (burst)", burst["ledger_ceiling_jobs_per_s"],
             floor["ledger_floor_jobs_per_s"], "/s"),
-        Row("accepts/s vs bare aiohttp", a["jobline_per_s"], a["bare_per_s"], "/s"),
-        Row("status reads/s, ended jobs, vs bare", r["jobline_per_s"], r["bare_per_s"], "/s"),
-        Row("status reads/s, live jobs, vs bare", live["jobline_per_s"], live["bare_per_s"],
-            "/s"),
+        *gateway_rows(results),
         Row("end-to-end p99 s vs the fake directly", o["jobline"]["p99_s"],
             o["direct"]["p99_s"], "s"),
         Row("vendor-slot utilization vs Σ limit/latency", u["completed_per_s"],
             u["bound_per_s"], "/s"),
         Row("ledger durable ops/s vs raw SQLite rows/s", ledger["ledger_ops_per_s"],
             ledger["raw_rows_per_s"], "/s"),
+    ]  # fmt: skip
+
+
+def gateway_rows(results: dict[str, Any]) -> list[Row]:
+    """The gateway's rows: accepts and status reads against the bare aiohttp endpoint."""
+    a, r, live = results["accepts"], results["status_reads"], results["status_reads_live"]
+    return [
+        Row("accepts/s vs bare aiohttp", a["jobline_per_s"], a["bare_per_s"], "/s"),
+        Row("status reads/s, ended jobs, vs bare", r["jobline_per_s"], r["bare_per_s"], "/s"),
+        Row("status reads/s, live jobs, vs bare", live["jobline_per_s"], live["bare_per_s"],
+            "/s"),
     ]  # fmt: skip
 
 
@@ -119,11 +126,15 @@ def render(table: list[tuple[Row, float, float]], runs: int, load: list[float]) 
     return "\n".join(out)
 
 
-def measure_once(quick: bool) -> dict[str, Any]:
-    """One run of everything the table needs."""
+def measure_once(quick: bool, gateway: bool = False) -> dict[str, Any]:
+    """One run of everything the table needs (``gateway``: only the gateway's rows)."""
     from loadtests import bench_cpu, bench_ledger, bench_runtime
 
     results: dict[str, Any] = {}
+    if gateway:
+        results.update(asyncio.run(bench_runtime.run_gateway(seconds=2.0 if quick else 3.0)))
+        results["load_average"] = os.getloadavg()[0]
+        return results
     results["ledger"] = bench_ledger.run(jobs=2_000 if quick else 5_000, repeats=1)
     results.update(asyncio.run(bench_runtime.run(quick=True)))
     seconds, burst = (6.0, 150) if quick else (10.0, 300)
@@ -137,15 +148,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="shorter windows (a smoke test)")
     parser.add_argument("--json", type=Path, help="also save every run's results here")
+    parser.add_argument(
+        "--gateway",
+        action="store_true",
+        help="only the gateway's rows (accepts, status reads): ~1 min a run",
+    )
     args = parser.parse_args(argv)
     each: list[dict[str, Any]] = []
     for n in range(args.runs):
         started = time.monotonic()
-        each.append(measure_once(args.quick))
+        each.append(measure_once(args.quick, args.gateway))
         took = time.monotonic() - started
         print(f"  run {n + 1}/{args.runs}: {took:.0f} s, load {each[-1]['load_average']:.1f}",
               flush=True)  # fmt: skip
-    table = medians([rows(r) for r in each])
+    table = medians([gateway_rows(r) if args.gateway else rows(r) for r in each])
     print(render(table, args.runs, [r["load_average"] for r in each]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
