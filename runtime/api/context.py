@@ -220,7 +220,8 @@ class Api:
     async def read(self, call: Awaitable[T]) -> T:
         """A ledger call's answer; a ledger that fails or takes too long is a 503."""
         try:
-            return await asyncio.wait_for(call, LEDGER_TIMEOUT)
+            async with asyncio.timeout(LEDGER_TIMEOUT):  # a timer, not a task per call
+                return await call
         except JoblineError:
             raise
         except TimeoutError as exc:
