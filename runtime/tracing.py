@@ -387,7 +387,8 @@ class JobTracer:
             finally:
                 otel_context.detach(token)
         except Exception as exc:
-            self._export_failed(span, exc)
+            with contextlib.suppress(Exception):  # tracing never changes what is raised
+                self._export_failed(span, exc)
             raise
 
     def _export_failed(self, span: _Unsampled, exc: Exception) -> None:
