@@ -352,53 +352,7 @@ async def run(quick: bool = False, latency: float = 1.0, http: bool = True) -> d
             if not http:
                 return results
             done = _completed_ids(tb.config.storage.database)
-            port = int(tb.config.gateway.port)
-            key = tb.client.api_key
-            db = tb.config.storage.database
-            with bare_endpoint() as bare_port:
-                print("  accepts: POST /v1/jobs vs a bare aiohttp endpoint ...", flush=True)
-                results["accepts"] = await side_by_side(
-                    lambda: run_requests(
-                        "127.0.0.1", port, submit_requests(port, key), seconds, CONNECTIONS
-                    ),
-                    lambda: run_requests(
-                        "127.0.0.1",
-                        bare_port,
-                        submit_requests(bare_port, key),
-                        seconds,
-                        CONNECTIONS,
-                    ),
-                    rounds,
-                )
-                print("  status reads: GET /v1/jobs/{id} vs the bare endpoint ...", flush=True)
-                results["status_reads"] = await side_by_side(
-                    lambda: run_requests(
-                        "127.0.0.1", port, read_requests(port, key, done), seconds, CONNECTIONS
-                    ),
-                    lambda: run_requests(
-                        "127.0.0.1",
-                        bare_port,
-                        read_requests(bare_port, key, done),
-                        seconds,
-                        CONNECTIONS,
-                    ),
-                    rounds,
-                )
-                live = _job_ids(db, ("queued", "processing"))  # the accepts' backlog
-                print("  status reads of live jobs vs the bare endpoint ...", flush=True)
-                results["status_reads_live"] = await side_by_side(
-                    lambda: run_requests(
-                        "127.0.0.1", port, read_requests(port, key, live), seconds, CONNECTIONS
-                    ),
-                    lambda: run_requests(
-                        "127.0.0.1",
-                        bare_port,
-                        read_requests(bare_port, key, live),
-                        seconds,
-                        CONNECTIONS,
-                    ),
-                    rounds,
-                )
+            results.update(await gateway_rows(tb, done, seconds, rounds))
             results["limits"] = {
                 name: {
                     "max_in_flight": tb.fake_stats(name)["tasks"]["max_in_flight"],
@@ -407,6 +361,56 @@ async def run(quick: bool = False, latency: float = 1.0, http: bool = True) -> d
                 for name in tb.config.vendors
             }
     return results
+
+
+async def gateway_rows(
+    tb: Testbed, done: list[str], seconds: float, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """The gateway's three rows against the bare endpoint: accepts, status reads of the
+    ``done`` (ended) jobs, status reads of the accepts' backlog (live jobs)."""
+    port = int(tb.config.gateway.port)
+    key = tb.client.api_key
+    db = tb.config.storage.database
+    results: dict[str, dict[str, Any]] = {}
+
+    def load(at: int, requests: list[bytes]) -> Callable[[], dict[str, Any]]:
+        return lambda: run_requests("127.0.0.1", at, requests, seconds, CONNECTIONS)
+
+    with bare_endpoint() as bare:
+        print("  accepts: POST /v1/jobs vs a bare aiohttp endpoint ...", flush=True)
+        results["accepts"] = await side_by_side(
+            load(port, submit_requests(port, key)), load(bare, submit_requests(bare, key)), rounds
+        )
+        print("  status reads: GET /v1/jobs/{id} vs the bare endpoint ...", flush=True)
+        results["status_reads"] = await side_by_side(
+            load(port, read_requests(port, key, done)),
+            load(bare, read_requests(bare, key, done)),
+            rounds,
+        )
+        live = _job_ids(db, ("queued", "processing"))  # the accepts' backlog
+        print("  status reads of live jobs vs the bare endpoint ...", flush=True)
+        results["status_reads_live"] = await side_by_side(
+            load(port, read_requests(port, key, live)),
+            load(bare, read_requests(bare, key, live)),
+            rounds,
+        )
+    return results
+
+
+async def run_gateway(seconds: float = 3.0, rounds: int = 3, jobs: int = 200) -> dict[str, Any]:
+    """Only the gateway's rows (``bench_table --gateway``): ``jobs`` jobs run to their
+    end first (the ended jobs read), then ``rounds`` alternating rounds of each row."""
+    with tempfile.TemporaryDirectory(prefix="jobline-bench-") as tmp:
+        async with testbed(Path(tmp), latency=0.2) as tb:
+            calls: list[Callable[[], Awaitable[str]]] = [
+                functools.partial(_submit, tb, model, f"{vendor}{i}")
+                for i in range(jobs // len(FIRST_MODEL))
+                for vendor, model in FIRST_MODEL.items()
+            ]
+            await _gather_limited(calls, 32)
+            await wait_all_ended(tb, timeout=120.0)
+            done = _completed_ids(tb.config.storage.database)
+            return await gateway_rows(tb, done, seconds, rounds)
 
 
 def _completed_ids(db: Path, limit: int = 500) -> list[str]:

@@ -32,9 +32,18 @@ def loads(raw: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
         value = json.loads(raw, parse_constant=_constant, parse_float=_finite, parse_int=_whole)
     except RecursionError:
         raise NotJson(f"not JSON: nested deeper than {max_depth} levels") from None
-    if json_depth(value, max_depth) > max_depth:
+    if _openings(raw) > max_depth and json_depth(value, max_depth) > max_depth:
         raise NotJson(f"not JSON: nested deeper than {max_depth} levels")
     return value
+
+
+def _openings(raw: str | bytes) -> int:
+    """At least the number of ``{`` and ``[`` in ``raw``, which bounds how deep its value
+    nests: counted in C, so most bodies skip walking the value. In bytes of any encoding
+    ``json`` reads (UTF-8, -16, -32), each bracket holds its ASCII byte."""
+    if isinstance(raw, bytes):
+        return raw.count(b"{") + raw.count(b"[")
+    return raw.count("{") + raw.count("[")
 
 
 def dumps(value: Any, **options: Any) -> str:

@@ -11,8 +11,9 @@ by route template and status.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -37,7 +38,6 @@ from runtime.api.operations import OperationRoutes
 from runtime.api.webhooks import WebhookRoutes
 from runtime.console import console_routes
 from runtime.errors import JoblineError
-from runtime.telemetry import Stopwatch
 
 UNMATCHED_ROUTE = "unmatched"  # the metrics label of requests no route matched
 
@@ -98,9 +98,15 @@ def build_app(
 
 
 def _count_requests(api: Api) -> Middleware:
+    metrics = api.ctx.metrics
+    # Each series' child, looked up once: ``labels()`` takes a lock and builds a key per
+    # call. Both are bounded (route templates times the statuses they answer).
+    counts: dict[tuple[str, int], Any] = {}
+    durations: dict[str, Any] = {}
+
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-        stopwatch = Stopwatch()
+        started = time.perf_counter()
         status = 500
         try:
             response = await handler(request)
@@ -108,9 +114,14 @@ def _count_requests(api: Api) -> Middleware:
             return response
         finally:
             route = _route_label(request)
-            metrics = api.ctx.metrics
-            metrics.http_requests.labels(route, str(status)).inc()
-            metrics.http_duration.labels(route).observe(stopwatch.elapsed())
+            count = counts.get((route, status))
+            if count is None:
+                count = counts[route, status] = metrics.http_requests.labels(route, str(status))
+            count.inc()
+            duration = durations.get(route)
+            if duration is None:
+                duration = durations[route] = metrics.http_duration.labels(route)
+            duration.observe(time.perf_counter() - started)
 
     return count_requests
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from runtime import strict_json
 from runtime.api.auth import Authenticator, bearer
 from runtime.api.bodies import IDEMPOTENCY_KEY_PATTERN
 from runtime.api.circuits import CircuitView
@@ -92,17 +93,19 @@ class GatewayContext:
 
 
 class EndedJobs:
-    """The ended jobs this replica has read, newest kept, at most ``capacity``.
+    """The ended jobs this replica has read, newest kept, at most ``capacity``, each with
+    its ``GET /v1/jobs/{id}`` body once it has been answered.
 
     Terminal states absorb (``runtime.states``: no transition leaves one, and the ledger's
     guards are in SQL), so an ended job's row never changes again: answering it from
-    memory is exact, never stale. A job not yet ended is never kept; it is read from the
-    ledger each time.
+    memory is exact, never stale, and so is the body rendered from it. A job not yet
+    ended is never kept; it is read from the ledger each time.
     """
 
     def __init__(self, capacity: int = ENDED_JOBS_KEPT) -> None:
         self.capacity = capacity
         self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._bodies: dict[str, bytes] = {}  # by job id, only of jobs in _jobs
 
     def get(self, job_id: str) -> Job | None:
         job = self._jobs.get(job_id)
@@ -113,10 +116,23 @@ class EndedJobs:
     def keep(self, job: Job | None) -> None:
         if job is None or not job.terminal or self.capacity <= 0:
             return
+        if self._jobs.get(job.id) is not job:
+            self._bodies.pop(job.id, None)
         self._jobs[job.id] = job
         self._jobs.move_to_end(job.id)
         while len(self._jobs) > self.capacity:
-            self._jobs.popitem(last=False)
+            gone, _ = self._jobs.popitem(last=False)
+            self._bodies.pop(gone, None)
+
+    def body(self, job: Job) -> bytes | None:
+        """``job``'s API body as UTF-8 JSON, rendered once, if ``job`` is the ended job kept
+        here under its id; None for any other job (not ended, not kept, or another copy)."""
+        if self._jobs.get(job.id) is not job:
+            return None
+        body = self._bodies.get(job.id)
+        if body is None:
+            body = self._bodies[job.id] = strict_json.dumps(job.to_api()).encode("utf-8")
+        return body
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -220,7 +236,8 @@ class Api:
     async def read(self, call: Awaitable[T]) -> T:
         """A ledger call's answer; a ledger that fails or takes too long is a 503."""
         try:
-            return await asyncio.wait_for(call, LEDGER_TIMEOUT)
+            async with asyncio.timeout(LEDGER_TIMEOUT):  # a timer, not a task per call
+                return await call
         except JoblineError:
             raise
         except TimeoutError as exc:

@@ -224,6 +224,10 @@ def check_json(raw: bytes, max_depth: int) -> Any:
         ) from None
     except ValueError as exc:  # json.JSONDecodeError: what is wrong, and where
         raise bad_request(f"malformed JSON: {exc}") from None
+    # A lone surrogate comes from a \u escape, or from its bytes (json decodes bytes with
+    # "surrogatepass"), which are not ASCII: an ASCII body without a backslash has none.
+    if raw.isascii() and b"\\" not in raw:
+        return data
     try:
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:  # "\ud800" is valid JSON, but no Unicode text

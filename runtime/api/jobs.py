@@ -119,7 +119,13 @@ class JobRoutes:
     async def get_job(self, request: web.Request) -> web.Response:
         account_id = await self.api.account(request)
         job = await self.api.owned_job(request.match_info["id"], account_id)
-        return json_response(job.to_api(), headers={TRACE_HEADER: job.trace_id})
+        headers = {TRACE_HEADER: job.trace_id}
+        body = self.api.ended.body(job)  # an ended job's body is rendered once
+        if body is None:
+            return json_response(job.to_api(), headers=headers)
+        return web.Response(
+            body=body, content_type="application/json", charset="utf-8", headers=headers
+        )
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         account_id = await self.api.account(request)

@@ -35,6 +35,7 @@ from runtime.api.errors import HttpRefusal
 WAITING_PER_RUNNING = 4  # reads that may wait, per read an account may run at once
 RETRY_AFTER_READS = 1  # seconds, for the 429
 RETRY_AFTER_STREAMS = 5  # seconds, for the 429 of one stream too many
+TIMER_SLACK = 0.001  # seconds: a timer asyncio runs this early counts as on time
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -132,13 +133,20 @@ class AccountStreams:
 
 
 class _GuardedConnection(asyncio.Protocol):
-    """aiohttp's protocol for one connection, with a timer for a request head."""
+    """aiohttp's protocol for one connection, with a timer for a request head.
+
+    The timer is lazy: a head's first byte notes the time, and the connection's one timer
+    (armed if none is) looks at the head it finds when it fires, closing the connection
+    if that head is ``header_timeout`` old, else waiting for the rest of its time. So a
+    busy keep-alive connection arms a timer about once per ``header_timeout``, not once
+    per request."""
 
     def __init__(self, guard: SlowClientGuard, inner: asyncio.Protocol) -> None:
         self._guard = guard
         self._inner = inner
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._head_since: float | None = None  # loop time of the waiting head's first byte
         self.busy = False  # a request of this connection is in a handler
         self.closed_slow = False
 
@@ -148,10 +156,13 @@ class _GuardedConnection(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(
-                self._guard.header_timeout, self._too_slow
-            )
+        if not self.busy and self._head_since is None:
+            loop = asyncio.get_running_loop()
+            self._head_since = loop.time()
+            if self._timer is None:
+                self._timer = loop.call_at(
+                    self._head_since + self._guard.header_timeout, self._look
+                )
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -171,22 +182,29 @@ class _GuardedConnection(asyncio.Protocol):
 
     def request_started(self) -> None:
         self.busy = True
-        self._stop_timer()
+        self._head_since = None  # the timer, if armed, finds no head waiting
 
     def request_ended(self) -> None:
-        self.busy = False  # the next request's first byte starts a new timer
+        self.busy = False  # the next request's first byte notes a new head
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _too_slow(self) -> None:
+    def _look(self) -> None:
         self._timer = None
-        if not self.busy and self._transport is not None:
-            self.closed_slow = True
-            self._guard.closed += 1
-            self._transport.close()
+        since = self._head_since
+        if self.busy or since is None or self._transport is None:
+            return  # no head waiting: the next one arms the timer again
+        due = since + self._guard.header_timeout
+        loop = asyncio.get_running_loop()
+        if due - loop.time() > TIMER_SLACK:  # a later head than the timer was armed for
+            self._timer = loop.call_at(due, self._look)
+            return
+        self.closed_slow = True
+        self._guard.closed += 1
+        self._transport.close()
 
 
 class SlowClientGuard:

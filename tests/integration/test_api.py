@@ -738,6 +738,30 @@ async def test_gateway_serves_on_a_free_port(make_api: MakeApi) -> None:
     assert not await gateway.ping()
 
 
+async def test_every_request_is_counted_by_route_template_and_status_and_timed(
+    make_api: MakeApi,
+) -> None:
+    api = await make_api()
+    account = await api.account()
+    job = await api.submitted(account, prompt="counted")
+    for path in (f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}", "/v1/jobs/job_nope"):
+        await (await api.client.get(path, headers=account.auth)).read()
+    await (await api.client.get(f"/v1/jobs/{job['id']}")).read()  # no key: 401
+    by_code: dict[str, float] = {}
+    timed = 0.0
+    for family in api.metrics.collect():
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            if labels.get("route") != "/v1/jobs/{id}":
+                continue
+            if family.name == "jobline_http_requests" and sample.name.endswith("_total"):
+                by_code[labels["code"]] = sample.value
+            if sample.name == "jobline_http_request_duration_seconds_count":
+                timed = sample.value
+    assert by_code == {"200": 2.0, "404": 1.0, "401": 1.0}
+    assert timed == 4.0
+
+
 # --- helpers ----------------------------------------------------------------------------
 
 

@@ -386,6 +386,48 @@ async def test_headers_sent_a_byte_at_a_time_are_cut_at_the_header_timeout(
         await gateway.stop()
 
 
+async def test_a_slow_head_after_quick_requests_is_cut_at_the_header_timeout_from_its_start(
+    make_api: MakeApi,
+) -> None:
+    """Quick requests on one keep-alive connection for longer than the header timeout are
+    never cut; a head that then trickles is cut ``header_timeout`` after its first byte."""
+    gateway = await serve(await make_api(idle_timeout=30.0, header_timeout=0.5))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        loop = asyncio.get_running_loop()
+        quick_until = loop.time() + 1.3
+        answered = 0
+        while loop.time() < quick_until:
+            writer.write(request)
+            await reader.readuntil(b"\r\n\r\n")
+            answered += 1
+            await asyncio.sleep(0.02)
+        assert answered >= 10 and gateway.guard is not None and gateway.guard.closed == 0
+        writer.close()
+
+        # A fresh connection: its first request arms the timer; the head that follows
+        # is still waiting when that timer fires, and is cut at its own time.
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(request)
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.2)
+
+        async def dribble() -> None:
+            for byte in request[:-2] + b"X-Slow: " + b"a" * 200:
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+
+        trickle = asyncio.ensure_future(dribble())
+        elapsed, _ = await closed_after(reader, 5.0)
+        trickle.cancel()
+        assert 0.4 <= elapsed < 3.0
+        assert gateway.guard.closed == 1
+        writer.close()
+    finally:
+        await gateway.stop()
+
+
 async def test_a_body_sent_a_byte_at_a_time_is_cut_at_the_body_timeout(
     make_api: MakeApi,
 ) -> None:

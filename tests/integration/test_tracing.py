@@ -151,6 +151,82 @@ def test_a_ratio_of_zero_exports_only_failures(tmp_path: Path) -> None:
     assert [s["name"] for s in read_spans(path, trace_id)] == ["settle"]
 
 
+def test_a_sampled_out_job_that_fails_exports_the_spans_the_sdk_would_have(
+    tmp_path: Path,
+) -> None:
+    """A job not chosen is only noted in memory; a failure makes its spans what the SDK
+    would have recorded: the root's id from the trace id, a nested span's parent the span
+    it ran in, the start before the failure, attributes set while it ran."""
+    path = tmp_path / "traces.jsonl"
+    ratio = 0.5
+    tracer = JobTracer(
+        "processor-fal", make_provider(SimpleSpanProcessor(JsonLinesExporter(path)), ratio), ratio
+    )
+    trace_id = next(
+        t for t in (new_trace_id(RNG) for _ in range(100)) if not sampled(int(t, 16), ratio)
+    )
+    with pytest.raises(RuntimeError), tracer.root("submit", trace_id, model="flux-schnell") as root:
+        root.set_attributes({"jobline.job_id": "job_1"})
+        with tracer.span("vendor.submit", trace_id, attempt=1) as outer:
+            outer.set_attribute("jobline.task_id", "t-1")
+            with tracer.span("vendor.wait", trace_id):
+                pass  # ends well: never exported
+            with tracer.span("download", trace_id):
+                raise RuntimeError("storage gone")
+    spans = read_spans(path, trace_id)
+    assert sorted(s["name"] for s in spans) == ["download", "submit", "vendor.submit"]
+    assert_one_tree(spans, trace_id)
+    by_name = {s["name"]: s for s in spans}
+    assert by_name["download"]["parent_span_id"] == by_name["vendor.submit"]["span_id"]
+    assert by_name["vendor.submit"]["parent_span_id"] == by_name["submit"]["span_id"]
+    assert all(s["status"] == "error" for s in spans)
+    assert by_name["download"]["error"] == "RuntimeError: storage gone"
+    assert by_name["submit"]["attributes"] == {
+        "jobline.model": "flux-schnell",
+        "jobline.job_id": "job_1",
+    }
+    assert by_name["vendor.submit"]["attributes"] == {
+        "jobline.attempt": 1,
+        "jobline.task_id": "t-1",
+    }
+    assert by_name["submit"]["start"] <= by_name["vendor.submit"]["start"]
+    assert by_name["vendor.submit"]["start"] <= by_name["download"]["start"]
+    assert all(s["end"] >= s["start"] > 0 for s in spans)
+
+
+def test_a_canceled_step_of_a_sampled_out_job_exports_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    tracer = JobTracer(
+        "processor-fal", make_provider(SimpleSpanProcessor(JsonLinesExporter(path)), 0.0), 0.0
+    )
+    trace_id = new_trace_id(RNG)
+    with pytest.raises(asyncio.CancelledError), tracer.span("vendor.wait", trace_id):
+        raise asyncio.CancelledError
+    assert read_spans(path, trace_id) == []
+
+
+def test_a_sampled_job_nests_its_spans_as_before(tmp_path: Path) -> None:
+    """Inside a sampled job's span, a span of another job, not sampled, is a root's
+    child of its own trace; the sampled job's next span still nests where it ran."""
+    path = tmp_path / "traces.jsonl"
+    ratio = 0.5
+    tracer = JobTracer(
+        "processor-fal", make_provider(SimpleSpanProcessor(JsonLinesExporter(path)), ratio), ratio
+    )
+    ids = [new_trace_id(RNG) for _ in range(100)]
+    chosen = next(t for t in ids if sampled(int(t, 16), ratio))
+    other = next(t for t in ids if not sampled(int(t, 16), ratio))
+    with tracer.span("vendor.submit", chosen):
+        with pytest.raises(ValueError), tracer.span("settle", other):
+            raise ValueError("refused")
+        with tracer.span("inner", chosen):
+            pass
+    (failed,) = read_spans(path, other)
+    assert failed["parent_span_id"] == f"{root_span_id(other):016x}"
+    spans = {s["name"]: s for s in read_spans(path, chosen)}
+    assert spans["inner"]["parent_span_id"] == spans["vendor.submit"]["span_id"]
+
+
 def test_spans_leave_in_batches_not_as_each_one_ends(tmp_path: Path) -> None:
     path = tmp_path / "traces.jsonl"
     batches = BatchSpanProcessor(JsonLinesExporter(path), schedule_delay_millis=60_000)

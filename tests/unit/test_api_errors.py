@@ -44,6 +44,29 @@ def test_a_paired_surrogate_is_text() -> None:
     assert check_json(b'{"e": "\\ud83d\\ude00"}', 32) == {"e": "\U0001f600"}
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"name": "\xed\xa0\x80"}',  # a surrogate's own UTF-8 bytes, no escape
+        '{"name": "\\ud800"}'.encode("utf-16-le"),  # an escape, every byte ASCII
+        '{"name": "\\udfff"}'.encode("utf-32"),
+    ],
+)
+def test_a_lone_surrogate_is_refused_however_the_body_carries_it(raw: bytes) -> None:
+    with pytest.raises(HttpRefusal) as info:
+        check_json(raw, 32)
+    assert "a string contains an unpaired surrogate" in info.value.message
+
+
+def test_depth_is_bounded_exactly_whatever_brackets_the_strings_hold() -> None:
+    assert check_json(b"[" * 32 + b"]" * 32, 32) == check_json(b"[" * 32 + b"]" * 32, 40)
+    with pytest.raises(HttpRefusal) as info:
+        check_json(b"[" * 33 + b"]" * 33, 32)
+    assert "nested deeper than 32 levels" in info.value.message
+    shallow = b'{"prompt": "' + b"[{" * 100 + b'", "list": [[1]]}'
+    assert check_json(shallow, 32)["list"] == [[1]]
+
+
 def test_an_echoed_value_is_cut_to_a_short_start() -> None:
     assert echo("sdxl") == "'sdxl'"
     long = echo("y" * 2001)
