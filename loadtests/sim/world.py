@@ -141,6 +141,7 @@ class WorldOptions:
     data: Path
     customization: Customization = dataclasses.field(default_factory=Customization)
     trace_sink: TextIO | None = None  # a file that gets every line of the trace
+    task_horizon: float | None = None  # see ``SimSettings.task_horizon``
 
 
 class World:
@@ -182,6 +183,12 @@ class World:
             self.config, self.trace, self.clock.elapsed, self.vendors.fakes, epoch=self.clock.epoch
         )
         self.ledger = WatchedLedger(self)
+        # A vendor task is asked about while its job is open (at most its deadline and
+        # the sweeper's grace) and looked for in lists back to its submit: one ended before
+        # twice that is never asked about again, and the fakes let go of it.
+        longest = max(self.config.job_deadline(model) for model in self.config.models.values())
+        self.task_horizon = options.task_horizon or 2 * (longest + self.watch.grace)
+        self.tasks_let_go = 0
         self.objects: dict[str, Role | _DownRole] = {}
         self.ports = Ports(
             ledger=lambda: cast(LedgerPort, self.ledger),
@@ -272,6 +279,11 @@ class World:
         if current is None or isinstance(current, _DownRole):
             raise LedgerUnavailable("the ledger is restarting (simulated)")
         return cast(LedgerPort, current)
+
+    def forget_old_tasks(self) -> int:
+        """The fakes let go of the tasks that ended beyond ``task_horizon``, counted into
+        the report (a long run would hold every task it ever made); how many."""
+        return self.vendors.forget_ended(self.clock.time() - self.task_horizon)
 
     async def full_check(self) -> list[Violation]:
         """The whole database checked by ``runtime.invariants`` (nothing while the ledger
