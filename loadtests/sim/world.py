@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from opentelemetry.trace import NoOpTracerProvider
-from yarl import URL
 
 from actors.gateway import Gateway
 from actors.ledger import CreditLedger
@@ -251,7 +250,7 @@ class World:
             fake.core.stats.attempts.clear()
         self.watch.jobs.clear()
         self.watch.ended.clear()
-        self.trace.recent.clear()
+        self.trace.release()
         self.objects.clear()
         self.ledger.release()
 
@@ -311,13 +310,11 @@ class World:
     async def _post_webhook(
         self, url: str, headers: Mapping[str, str], body: bytes, timeout: float
     ) -> int | None:
-        target = URL(url)
-        vendor = target.path.rsplit("/", 1)[-1]
+        path_qs = _path_and_query(url)
+        vendor = path_qs.partition("?")[0].rsplit("/", 1)[-1]
         sent = {**headers, "Content-Type": "application/json"}
         try:
-            reply = await asyncio.wait_for(
-                self.http("POST", target.raw_path_qs, sent, body), timeout
-            )
+            reply = await asyncio.wait_for(self.http("POST", path_qs, sent, body), timeout)
         except (TimeoutError, ActorDown):
             self.trace.add("webhook", vendor, "no-answer")
             return None
@@ -374,6 +371,13 @@ class World:
         for _, patch in self._patches[vendor]:
             profile = merge_profile(profile, patch)
         self.vendors[vendor].core.set_profile(profile)
+
+
+def _path_and_query(url: str) -> str:
+    """What an absolute URL puts on the request line: its path and query, as written."""
+    rest = url.partition("://")[2]
+    at = rest.find("/")
+    return "/" if at < 0 else rest[at:]
 
 
 def _no_tracing(role: str, config: JoblineConfig) -> JobTracer:
