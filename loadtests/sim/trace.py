@@ -10,7 +10,6 @@ order, so the same hash; the hash is what ``jobline simulate`` prints.
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import TextIO
@@ -25,35 +24,19 @@ class Trace:
         self._now = now
         self._hash = hashlib.blake2b(digest_size=16)
         self.events = 0
-        self._hashed = 0  # events folded into the hash so far
         self.recent: deque[str] = deque(maxlen=keep)
         self.sink = sink
 
     def add(self, kind: str, *fields: object) -> None:
         line = f"{self._now():.6f} {kind} {' '.join(map(str, fields))}"
+        self._hash.update(f"{line}\n".encode())  # the same digest as two updates
         self.events += 1
         self.recent.append(line)
-        if self.events - self._hashed == self.recent.maxlen:  # hashed a window at a time
-            self._fold()  # before its oldest line leaves: the same digest, fewer calls
         if self.sink is not None:
             self.sink.write(line + "\n")
 
-    def _fold(self) -> None:
-        fresh = self.events - self._hashed
-        if fresh:
-            lines = itertools.islice(self.recent, len(self.recent) - fresh, None)
-            self._hash.update(("\n".join(lines) + "\n").encode())
-            self._hashed = self.events
-
     def digest(self) -> str:
-        self._fold()
         return self._hash.hexdigest()
-
-    def release(self) -> None:
-        """The run is over: fold what is left into the hash and drop the kept lines."""
-        self._fold()
-        self.recent.clear()
-        self._hashed = self.events
 
     def tail(self, lines: int = 40) -> list[str]:
         return list(self.recent)[-lines:]

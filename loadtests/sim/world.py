@@ -250,7 +250,7 @@ class World:
             fake.core.stats.attempts.clear()
         self.watch.jobs.clear()
         self.watch.ended.clear()
-        self.trace.release()
+        self.trace.recent.clear()
         self.objects.clear()
         self.ledger.release()
 
