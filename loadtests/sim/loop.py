@@ -22,15 +22,12 @@ the simulation needs of it, and is these few lines.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import selectors
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-GC_YOUNG = 10_000  # allocations between two collections of the youngest generation
 EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: what the simulated wall clock starts at
 
 
@@ -121,31 +118,13 @@ def run_virtual(main: Coroutine[Any, Any, T]) -> T:
     loop = VirtualLoop()
     try:
         asyncio.set_event_loop(loop)
-        with _fewer_collections():
-            return loop.run_until_complete(main)
+        return loop.run_until_complete(main)
     finally:
         try:
             _cancel_leftovers(loop)
         finally:
             asyncio.set_event_loop(None)
             loop.close()
-
-
-@contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """While a run goes: what the process held before it (modules, the config) is left
-    out of the garbage collector's full scans, and its youngest generation is collected
-    every ``GC_YOUNG`` allocations instead of 700 (a run allocates millions of objects:
-    asyncio handles, futures, requests)."""
-    gc.collect()
-    gc.freeze()
-    saved = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG, *saved[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*saved)
-        gc.unfreeze()
 
 
 def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
