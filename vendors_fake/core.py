@@ -40,8 +40,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
@@ -64,6 +66,7 @@ from vendors_fake.tasks import (
 Shape = Literal["replicate", "fal"]
 RouteGroup = Literal["submit", "status", "cancel", "download", "jwks"]
 
+ENDED_BODIES_KEPT = 256  # ended tasks whose status JSON stays rendered (the newest ones)
 TRANSIENT_ERROR = "Prediction interrupted; please retry (code: PA)"
 REJECTED_ERROR = (
     "Content rejected: the input or output was flagged as sensitive. "
@@ -145,6 +148,7 @@ class VendorCore:
         self._task_rng = random.Random()
         self._request_rng = random.Random()
         self._queue: list[int] = []  # queue_seq of queued tasks, ascending
+        self._ended_bodies: deque[Task] = deque()  # ended tasks holding their status JSON
         self._next_seq = 0
         self._epoch = scheduler.time()  # periodic outages count from it
         self._manual_outage_until = 0.0
@@ -174,6 +178,7 @@ class VendorCore:
         self.tasks.clear()
         self.stats.clear()
         self._queue.clear()
+        self._ended_bodies.clear()
         self._next_seq = 0
         self._manual_outage_until = 0.0
         self._epoch = self.scheduler.time()
@@ -333,7 +338,7 @@ class VendorCore:
         task.queue_seq = self._next_seq
         self._next_seq += 1
         self._queue.append(task.queue_seq)
-        task.renderer = shape.render
+        task.renderer = self._render
         task.timer = self.scheduler.call_later(fate.queue_delay, self._start_running, task)
         deadlines = [(cancel_after, Phase.CANCELED), (profile.max_task_time, Phase.FAILED)]
         set_deadlines = [(after, phase) for after, phase in deadlines if after is not None]
@@ -358,6 +363,23 @@ class VendorCore:
             self._leave_queue(task)
         self._end(task, Phase.CANCELED)
         return True
+
+    def forget_ended(self, created_before: float) -> list[Task]:
+        """Drop the tasks created (wall clock) before ``created_before`` that have ended
+        and have no webhook on its way, and return them, oldest first. For a host that
+        serves a long run in memory (a simulation) and knows its client will not ask
+        about them again; a task not dropped is answered as before (list pages count only
+        the tasks kept)."""
+        gone = [
+            task
+            for task in itertools.takewhile(
+                lambda task: task.created_at < created_before, self.tasks.values()
+            )
+            if task.phase.ended and task.last_delivery is None
+        ]
+        for task in gone:
+            del self.tasks[task.id]
+        return gone
 
     def queue_position(self, task: Task) -> int:
         return bisect.bisect_left(self._queue, task.queue_seq)
@@ -427,6 +449,19 @@ class VendorCore:
         carries its logs) is rendered again if it is, so a long run does not keep them."""
         if task.delivered:
             task.rendered = None
+
+    def _render(self, task: Task) -> bytes:
+        """The task's status JSON (``Task.body`` keeps it until its next phase). An ended
+        task's is read soon after its end (polls, the result) and rarely later: the
+        newest ``ENDED_BODIES_KEPT`` rendered stay, older ones are rendered again (the
+        same bytes) if they are read. A replicate prediction carries its logs (up to 256
+        KiB): kept on every failed task, a long run held gigabytes."""
+        body = self.shape.render(task)
+        if task.phase.ended:
+            self._ended_bodies.append(task)
+            if len(self._ended_bodies) > ENDED_BODIES_KEPT:
+                self._ended_bodies.popleft().rendered = None
+        return body
 
     # --- phases ------------------------------------------------------------------------------
 

@@ -103,7 +103,14 @@ class WebhookSender:
         )
         task.last_delivery = delivery
         self._deliveries.add(delivery)
-        delivery.add_done_callback(self._deliveries.discard)
+        delivery.add_done_callback(lambda done: self._delivered(task, done))
+
+    def _delivered(self, task: Task, done: asyncio.Task[None]) -> None:
+        """A delivery is over. A task whose webhooks are all sent holds none of them: a
+        finished delivery is nothing to wait for, and every ended task kept its last one."""
+        self._deliveries.discard(done)
+        if task.last_delivery is done:
+            task.last_delivery = None
 
     async def _deliver(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from loadtests.sim.world import ADMIN_TOKEN, ActorDown, World
 
 MAX_TRIES = 8
 PROBE_EVERY = 97  # jobs between two isolation probes
+PROBE_AMONG = 50  # a probe asks for one of the latest jobs of another account
 RETRY_STATUSES = frozenset({429, 503})
 
 
@@ -48,8 +50,10 @@ class Clients:
         self.rng = rng
         self.accounts: list[Account] = []
         self.counts = ClientCounts()
-        self.jobs: dict[str, str] = {}  # idempotency key -> the job id it named
-        self.job_accounts: list[tuple[str, int]] = []  # (job id, account index), for probes
+        self.jobs: dict[str, str] = {}  # idempotency key -> the job id it named (while its
+        # client may still send it again)
+        # (job id, account index) of the latest jobs, for the probes
+        self.job_accounts: deque[tuple[str, int]] = deque(maxlen=PROBE_AMONG)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def create_accounts(self) -> None:
@@ -80,6 +84,12 @@ class Clients:
         key = f"sim-{arrival.index}"
         body = json.dumps({"model": arrival.model, "input": arrival.input}).encode()
         self.counts.submitted += 1
+        try:
+            await self._follow(arrival, account, key, body)
+        finally:
+            self.jobs.pop(key, None)  # the only client that sends it is done
+
+    async def _follow(self, arrival: Arrival, account: Account, key: str, body: bytes) -> None:
         job_id = await self._submit(account, key, body, arrival.index)
         if job_id is None:
             return
@@ -154,7 +164,7 @@ class Clients:
 
     async def _probe(self, me: int) -> None:
         """I6: another account's job is not found; a forged webhook changes nothing."""
-        others = [(job, owner) for job, owner in self.job_accounts[-50:] if owner != me]
+        others = [(job, owner) for job, owner in self.job_accounts if owner != me]
         if not others:
             return
         self.counts.probes += 1

@@ -15,8 +15,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,9 @@ from loadtests.sim.world import World, WorldOptions, logs_in_trace
 from runtime.config import JoblineConfig
 from runtime.models import Violation
 from vendors_fake.profile import FaultProfile
-from vendors_fake.tasks import Phase
 
 SAMPLE_EVERY = 1.0  # virtual seconds between two samples (and two I3/I4 checks)
+FORGET_EVERY = 60  # samples between two lettings-go of the fakes' long-ended tasks
 
 
 @dataclass
@@ -49,6 +48,9 @@ class SimSettings:
     progress: Callable[[int, int], None] | None = None  # (jobs ended, jobs accepted)
     data: Path | None = None  # where the ledger's file goes (None: a temporary directory)
     trace_file: Path | None = None  # every line of the trace goes there
+    # The fakes let go of tasks ended this long ago (virtual s; None: twice the longest job
+    # deadline and the sweeper's grace, past which jobline never asks about them again).
+    task_horizon: float | None = None
 
 
 @dataclass
@@ -77,6 +79,7 @@ class SimResult:
     results_bytes: int
     faults: list[Fault]
     settings: SimSettings
+    tasks_let_go: int = 0  # fake tasks counted into the report and dropped during the run
     errors_logged: int = 0  # jobline's own error logs during the run (in the trace)
     unhandled: int = 0  # exceptions no task handled: each one is a bug
     unhandled_seen: list[str] = field(default_factory=list)
@@ -111,7 +114,13 @@ async def _simulate(settings: SimSettings, data: Path) -> SimResult:
     profiles = {name: settings.profile for name in settings.config.vendors}
     sink = None if settings.trace_file is None else settings.trace_file.open("w", encoding="utf-8")
     options = WorldOptions(
-        settings.config, profiles, settings.seed, data, settings.customization, sink
+        settings.config,
+        profiles,
+        settings.seed,
+        data,
+        settings.customization,
+        sink,
+        task_horizon=settings.task_horizon,
     )
     try:
         world = World(options)
@@ -160,8 +169,7 @@ async def _run_world(settings: SimSettings, world: World) -> SimResult:
         jobs=list(world.watch.jobs.values()),
         samples=samples,
         vendors={
-            name: vendor_summary(list(fake.core.tasks.values()), world.clock.time())
-            for name, fake in world.vendors.fakes.items()
+            name: world.vendors.summary(name, world.clock.time()) for name in world.vendors.fakes
         },
         max_in_flight={name: world.watch.max_in_flight(name) for name in world.vendors.fakes},
         virtual_seconds=world.clock.elapsed(),
@@ -169,6 +177,7 @@ async def _run_world(settings: SimSettings, world: World) -> SimResult:
         results_bytes=world.results.stored_bytes,
         faults=list(settings.faults),
         settings=settings,
+        tasks_let_go=world.tasks_let_go,
     )
     world.release()
     return result
@@ -199,6 +208,8 @@ async def _sample(
         now = clock.elapsed()
         watch.tick()
         samples.append(await _one_sample(world, now))
+        if len(samples) % FORGET_EVERY == 0:
+            world.tasks_let_go += world.forget_old_tasks()
         if settings.progress is not None:
             settings.progress(len(watch.ended), clients.counts.accepted)
         if len(watch.ended) >= check_at:  # at 1000, 2000, 4000, ... jobs: a bounded share
@@ -226,31 +237,3 @@ async def _one_sample(world: World, now: float) -> Sample:
             slots, queue = stats["inflight"], stats["queued"]
         vendors[name] = (fake.core.stats.in_flight, slots, queue)
     return Sample(now, world.watch.open, len(world.watch.ended), vendors)
-
-
-def vendor_summary(tasks: Sequence[Any], now: float) -> dict[str, Any]:
-    """What one in-memory fake did, from its tasks (``wall`` times are the run's clock)."""
-    ended = [t for t in tasks if t.phase.ended and t.completed_at is not None]
-    durations = [t.completed_at - t.created_at for t in ended]
-    billable = [t for t in tasks if t.billable]
-
-    def run_seconds(task: Any) -> float:
-        end = task.completed_at if task.completed_at is not None else now
-        return max(end - (task.started_at or end), 0.0)
-
-    wasted = [t for t in billable if not t.delivered]
-    by_phase: dict[str, int] = defaultdict(int)
-    for task in tasks:
-        by_phase[task.phase.value] += 1
-    return {
-        "tasks": len(tasks),
-        "ended": len(ended),
-        "by_phase": dict(sorted(by_phase.items())),
-        "task_seconds_mean": sum(durations) / len(durations) if durations else None,
-        "billable_tasks": len(billable),
-        "billable_seconds": round(sum(run_seconds(t) for t in billable), 3),
-        "delivered_tasks": sum(1 for t in tasks if t.delivered),
-        "wasted_tasks": len(wasted),
-        "wasted_seconds": round(sum(run_seconds(t) for t in wasted), 3),
-        "still_running": sum(1 for t in tasks if t.phase is Phase.RUNNING),
-    }

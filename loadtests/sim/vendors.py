@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from yarl import URL
@@ -40,6 +42,7 @@ from vendors_fake.delivery import PostWebhook
 from vendors_fake.memory import MemoryReply, MemoryVendor
 from vendors_fake.profile import FaultProfile
 from vendors_fake.signing import DEV_WEBHOOK_SECRET
+from vendors_fake.tasks import Phase, Task
 
 T = TypeVar("T")
 API_KEY = "sim-key"
@@ -135,6 +138,65 @@ class MemoryFalClient(_InMemory, FalClient):
     """jobline's fal adapter, on an in-memory fake."""
 
 
+@dataclass
+class TaskTally:
+    """What a fake's tasks add up to in the report, counted as each task is let go of, so
+    that a long run holds counts rather than every task."""
+
+    tasks: int = 0
+    ended: int = 0
+    task_seconds: float = 0.0  # of the ended tasks, created to ended
+    billable: int = 0
+    billable_seconds: float = 0.0
+    delivered: int = 0
+    wasted: int = 0
+    wasted_seconds: float = 0.0
+    running: int = 0
+    by_phase: Counter[str] = field(default_factory=Counter)
+
+    def add(self, task: Task, now: float) -> None:
+        self.tasks += 1
+        self.by_phase[task.phase.value] += 1
+        if task.phase.ended and task.completed_at is not None:
+            self.ended += 1
+            self.task_seconds += task.completed_at - task.created_at
+        if task.phase is Phase.RUNNING:
+            self.running += 1
+        delivered = task.delivered
+        self.delivered += delivered
+        if task.billable:
+            end = task.completed_at if task.completed_at is not None else now
+            seconds = max(end - (task.started_at or end), 0.0)
+            self.billable += 1
+            self.billable_seconds += seconds
+            if not delivered:
+                self.wasted += 1
+                self.wasted_seconds += seconds
+
+    def plus(self, other: TaskTally) -> TaskTally:
+        both = TaskTally()
+        for name in ("tasks", "ended", "task_seconds", "billable", "billable_seconds"):
+            setattr(both, name, getattr(self, name) + getattr(other, name))
+        for name in ("delivered", "wasted", "wasted_seconds", "running"):
+            setattr(both, name, getattr(self, name) + getattr(other, name))
+        both.by_phase = self.by_phase + other.by_phase
+        return both
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tasks": self.tasks,
+            "ended": self.ended,
+            "by_phase": dict(sorted(self.by_phase.items())),
+            "task_seconds_mean": self.task_seconds / self.ended if self.ended else None,
+            "billable_tasks": self.billable,
+            "billable_seconds": round(self.billable_seconds, 3),
+            "delivered_tasks": self.delivered,
+            "wasted_tasks": self.wasted,
+            "wasted_seconds": round(self.wasted_seconds, 3),
+            "still_running": self.running,
+        }
+
+
 class Vendors:
     """One in-memory fake per vendor of the config, and jobline's clients for them."""
 
@@ -152,6 +214,7 @@ class Vendors:
         self.clock = wall_clock
         self.trace = trace
         self.fakes: dict[str, MemoryVendor] = {}
+        self.forgotten: dict[str, TaskTally] = {name: TaskTally() for name in config.vendors}
         for name, vendor in config.vendors.items():
             # A profile without a concurrency limit counts tasks in flight and refuses none:
             # what the fake counts is jobline's own restraint (I4), as in the chaos suite.
@@ -167,6 +230,24 @@ class Vendors:
                 wall_clock=wall_clock,
                 post_webhook=post_webhook,
             )
+
+    def forget_ended(self, created_before: float) -> int:
+        """Let go of the fakes' ended tasks created before ``created_before`` (wall clock),
+        counted into the report's tallies first; how many."""
+        forgotten = 0
+        for name, fake in self.fakes.items():
+            tally = self.forgotten[name]
+            for task in fake.core.forget_ended(created_before):
+                tally.add(task, created_before)
+                forgotten += 1
+        return forgotten
+
+    def summary(self, name: str, now: float) -> dict[str, Any]:
+        """What the fake ``name`` did: the tasks it let go of and those it holds."""
+        held = TaskTally()
+        for task in self.fakes[name].core.tasks.values():
+            held.add(task, now)
+        return self.forgotten[name].plus(held).summary()
 
     def __getitem__(self, name: str) -> MemoryVendor:
         return self.fakes[name]

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from opentelemetry.trace import NoOpTracerProvider
-from yarl import URL
 
 from actors.gateway import Gateway
 from actors.ledger import CreditLedger
@@ -141,6 +140,7 @@ class WorldOptions:
     data: Path
     customization: Customization = dataclasses.field(default_factory=Customization)
     trace_sink: TextIO | None = None  # a file that gets every line of the trace
+    task_horizon: float | None = None  # see ``SimSettings.task_horizon``
 
 
 class World:
@@ -182,6 +182,12 @@ class World:
             self.config, self.trace, self.clock.elapsed, self.vendors.fakes, epoch=self.clock.epoch
         )
         self.ledger = WatchedLedger(self)
+        # A vendor task is asked about while its job is open (at most its deadline and
+        # the sweeper's grace) and looked for in lists back to its submit: one ended before
+        # twice that is never asked about again, and the fakes let go of it.
+        longest = max(self.config.job_deadline(model) for model in self.config.models.values())
+        self.task_horizon = options.task_horizon or 2 * (longest + self.watch.grace)
+        self.tasks_let_go = 0
         self.objects: dict[str, Role | _DownRole] = {}
         self.ports = Ports(
             ledger=lambda: cast(LedgerPort, self.ledger),
@@ -273,6 +279,11 @@ class World:
             raise LedgerUnavailable("the ledger is restarting (simulated)")
         return cast(LedgerPort, current)
 
+    def forget_old_tasks(self) -> int:
+        """The fakes let go of the tasks that ended beyond ``task_horizon``, counted into
+        the report (a long run would hold every task it ever made); how many."""
+        return self.vendors.forget_ended(self.clock.time() - self.task_horizon)
+
     async def full_check(self) -> list[Violation]:
         """The whole database checked by ``runtime.invariants`` (nothing while the ledger
         is down)."""
@@ -299,13 +310,11 @@ class World:
     async def _post_webhook(
         self, url: str, headers: Mapping[str, str], body: bytes, timeout: float
     ) -> int | None:
-        target = URL(url)
-        vendor = target.path.rsplit("/", 1)[-1]
+        path_qs = _path_and_query(url)
+        vendor = path_qs.partition("?")[0].rsplit("/", 1)[-1]
         sent = {**headers, "Content-Type": "application/json"}
         try:
-            reply = await asyncio.wait_for(
-                self.http("POST", target.raw_path_qs, sent, body), timeout
-            )
+            reply = await asyncio.wait_for(self.http("POST", path_qs, sent, body), timeout)
         except (TimeoutError, ActorDown):
             self.trace.add("webhook", vendor, "no-answer")
             return None
@@ -362,6 +371,13 @@ class World:
         for _, patch in self._patches[vendor]:
             profile = merge_profile(profile, patch)
         self.vendors[vendor].core.set_profile(profile)
+
+
+def _path_and_query(url: str) -> str:
+    """What an absolute URL puts on the request line: its path and query, as written."""
+    rest = url.partition("://")[2]
+    at = rest.find("/")
+    return "/" if at < 0 else rest[at:]
 
 
 def _no_tracing(role: str, config: JoblineConfig) -> JobTracer:

@@ -5,6 +5,7 @@ each from its seed to the same violation. No Ray, no sockets: all in virtual tim
 from __future__ import annotations
 
 import gc
+import math
 import os
 import subprocess
 import sys
@@ -186,3 +187,19 @@ def test_exploring_many_seeds_in_one_process_keeps_no_memory_per_seed(
     finally:
         tracemalloc.stop()
     assert grown < 4 * 256 * 1024, f"{grown / 2**20:.1f} MB kept by 4 more seeds"
+
+
+def test_letting_go_of_long_ended_vendor_tasks_changes_nothing_jobline_or_the_report_sees(
+    config: JoblineConfig,
+) -> None:
+    """A long run held every fake task it made (and each failed prediction's rendered JSON,
+    logs included): 100k flaky jobs peaked at 1.3 GB. The fakes now let go of tasks ended
+    beyond the horizon jobline can ask about, counted into the report first: the same run
+    keeping every task has the same trace and the same vendor figures."""
+    traffic = Traffic(rate=0.1, jobs=600, accounts=2)
+    kept = simulate(SimSettings(config, preset("flaky"), traffic, 5, task_horizon=math.inf))
+    let_go = simulate(SimSettings(config, preset("flaky"), traffic, 5))
+    assert kept.ok and let_go.ok, (kept.violations[:3], let_go.violations[:3])
+    assert kept.tasks_let_go == 0 and let_go.tasks_let_go > 100
+    assert let_go.trace_hash == kept.trace_hash
+    assert let_go.vendors == kept.vendors

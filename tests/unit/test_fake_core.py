@@ -3,6 +3,7 @@ on virtual time gets (DESIGN §10), with no socket and no wall clock."""
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import time
@@ -14,9 +15,9 @@ from standardwebhooks import Webhook
 
 from tests.integration.conftest import fal_signature_valid
 from vendors_fake import FaultProfile, Latency, Refused, VendorCore
-from vendors_fake.core import Shape
+from vendors_fake.core import ENDED_BODIES_KEPT, Shape
 from vendors_fake.signing import DEV_WEBHOOK_SECRET
-from vendors_fake.tasks import Phase
+from vendors_fake.tasks import Outcome, Phase
 
 
 class Handle:
@@ -234,3 +235,36 @@ def test_a_task_answered_with_data_uris_is_delivered_once_its_result_is_read() -
     vendor.result_read(task)
     assert task.delivered
     assert vendor.snapshot()["tasks"]["delivered"] == 1
+
+
+def test_an_ended_tasks_status_json_is_kept_for_the_newest_only_and_renders_the_same() -> None:
+    """Every failed replicate prediction kept its rendered JSON (logs included, up to 256
+    KiB) for the whole run; now only the newest ``ENDED_BODIES_KEPT`` ended tasks do."""
+    vendor, clock = core(failure=1.0, logs={"kind": "fixed", "seconds": 4096})
+    tasks = [vendor.create_task("m/n", "v", {"i": i}) for i in range(ENDED_BODIES_KEPT + 10)]
+    clock.advance(60)
+    bodies = [task.body for task in tasks]  # each read once it ended, as a poll does
+    assert all(task.phase is Phase.FAILED for task in tasks)
+    held = [task for task in tasks if task.rendered is not None]
+    assert held == tasks[-ENDED_BODIES_KEPT:]
+    for more in range(ENDED_BODIES_KEPT):  # newer tasks end and are read
+        _ = vendor.create_task("m/n", "v", {"more": more}).body
+    clock.advance(60)
+    for task in vendor.tasks.values():
+        _ = task.body if task.input.get("more") is not None else None
+    assert all(task.rendered is None for task in tasks)
+    assert [task.body for task in tasks] == bodies  # read again: the same bytes
+
+
+def test_forgetting_ended_tasks_drops_only_old_ended_ones() -> None:
+    vendor, clock = core(never_finish=0.0, run_time={"kind": "fixed", "seconds": 1.0})
+    old = vendor.create_task("m/n", "v", {"i": 0})
+    stuck = vendor.create_task("m/n", "v", {"i": 1}, cancel_after=1000.0)
+    stuck.fate = dataclasses.replace(stuck.fate, outcome=Outcome.NEVER_FINISH)
+    clock.advance(30)
+    new = vendor.create_task("m/n", "v", {"i": 2})
+    clock.advance(30)
+    assert old.phase.ended and new.phase.ended and not stuck.phase.ended
+    assert vendor.forget_ended(created_before=new.created_at) == [old]
+    assert list(vendor.tasks.values()) == [stuck, new]
+    assert vendor.snapshot()["tasks"]["created"] == 3  # the counts stay
