@@ -32,6 +32,7 @@ from runtime.models import (
 )
 from runtime.ports import LedgerPort, ProcessorPort
 from runtime.results import LocalResultStore
+from runtime.states import JobStatus
 from runtime.vendors import WebhookEvent, make_client
 from tests.ledger_ops import apply_op
 from vendors_fake.profile import merge_profile, preset
@@ -120,6 +121,11 @@ class Rig:
     async def dispatch(self, jobs: list[Job]) -> None:
         for job in jobs:
             await self.processors[job.vendor].dispatch([job])
+
+    async def until_processing(self, job: Job) -> None:
+        """Until the ledger has ``job`` processing (its task id recorded)."""
+        while (await self.ledger.get_job(job.id)).status is not JobStatus.PROCESSING:
+            await asyncio.sleep(0.02)
 
     async def wait(self, jobs: list[Job], timeout: float = 30) -> list[Job]:
         deadline = time.monotonic() + timeout

@@ -151,8 +151,7 @@ async def test_a_restarted_processor_polls_instead_of_resubmitting(rig: Rig) -> 
 async def test_cancel_releases_and_cancels_the_vendor_task(rig: Rig) -> None:
     [job] = await rig.open("flux-schnell")
     await rig.dispatch([job])
-    while (await rig.ledger.get_job(job.id)).status is not JobStatus.PROCESSING:
-        await asyncio.sleep(0.02)
+    await rig.until_processing(job)
     await apply_op(rig.ledger, Cancel(job.id))
     await rig.processors["fal"].cancel_tasks([job.id])
     [done] = await rig.wait([job])
@@ -229,8 +228,7 @@ async def test_a_cancel_reaching_a_restarted_processor_still_cancels_the_vendor_
     fal = rig.fakes["fal"]
     [job] = await rig.open("flux-schnell")
     await rig.dispatch([job])
-    while (await rig.ledger.get_job(job.id)).status is not JobStatus.PROCESSING:
-        await asyncio.sleep(0.02)
+    await rig.until_processing(job)
     await rig.processors["fal"].stop()  # the processor dies ...
     await apply_op(rig.ledger, Cancel(job.id))  # ... the client cancels meanwhile ...
     rig.processors["fal"] = rig.make_processor("fal", seed=1)
@@ -257,8 +255,7 @@ async def test_a_processor_killed_before_the_vendor_confirmed_a_cancel_cancels_i
     fal = rig.fakes["fal"]
     [job] = await rig.open("flux-schnell")
     await rig.dispatch([job])
-    while (await rig.ledger.get_job(job.id)).status is not JobStatus.PROCESSING:
-        await asyncio.sleep(0.02)
+    await rig.until_processing(job)
     await apply_op(rig.ledger, Cancel(job.id))
     await rig.processors["fal"].cancel_tasks([job.id])  # its first cancel is refused ...
     await until(lambda: fal.snapshot()["faults"].get("server_error", 0) >= 1)
@@ -289,8 +286,7 @@ async def test_a_job_canceled_while_its_processor_was_down_keeps_its_slot_from_t
     fal = rig.fakes["fal"]
     [running, waiting] = await rig.open("flux-schnell", 2)
     await rig.dispatch([running])
-    while (await rig.ledger.get_job(running.id)).status is not JobStatus.PROCESSING:
-        await asyncio.sleep(0.02)
+    await rig.until_processing(running)
     await rig.processors["fal"].stop()  # the processor dies ...
     await apply_op(rig.ledger, Cancel(running.id))  # ... its job is canceled meanwhile
     rig.processors["fal"] = rig.make_processor("fal", seed=1)
@@ -529,8 +525,7 @@ async def test_an_expired_job_whose_cancel_failed_has_its_task_canceled_later(
         ),
     )
     await rig.dispatch([job])
-    while (await rig.ledger.get_job(job.id)).status is not JobStatus.PROCESSING:
-        await asyncio.sleep(0.02)
+    await rig.until_processing(job)
     await rig.processors["fal"].stop()  # the processor dies; it restarts below
     rig.processors["fal"] = rig.make_processor("fal", seed=1)
     sweeper: Sweeper = rig.build(SWEEPER)
