@@ -247,7 +247,8 @@ class Testbed:
             profile = profile.model_copy(update={"concurrency_limit": self.fake_limit})
         self.data.mkdir(parents=True, exist_ok=True)
         self.fakes = await start_fake_vendors(base, profile, ports="free", seed=self.seed)
-        overrides = {"ray": {"namespace": f"jobline-{secrets.token_hex(4)}"}, **self.overrides}
+        ray = {"namespace": f"jobline-{secrets.token_hex(4)}", **self.overrides.get("ray", {})}
+        overrides = {**self.overrides, "ray": ray}
         self.config = local_config(base, self.data, self.fakes.urls, overrides=overrides)
         try:
             await self._start_runtime()

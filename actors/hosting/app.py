@@ -22,6 +22,7 @@ from actors.hosting.cluster import (
     actor_name,
     app_actors,
     one_line,
+    retried_calls,
 )
 from actors.hosting.roles import RoleHost, node_problems
 from actors.placement import (
@@ -195,7 +196,7 @@ class JoblineApp:
             name=actor_name(role),
             namespace=self._namespace,
             max_restarts=config.ray.max_restarts,
-            max_task_retries=0 if role.startswith("gateway-") else -1,
+            max_task_retries=-1 if retried_calls(role) else 0,
             max_concurrency=10_000,
             node_id=node_id,
             resources=config.ray.processor_resources if processor else None,

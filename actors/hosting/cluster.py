@@ -29,6 +29,12 @@ NOTICES_KEPT = 5000
 START_BACKOFF = 2.0  # seconds before the second Ray start-up attempt, doubling
 
 
+def retried_calls(role: str) -> bool:
+    """Whether Ray sends a role's calls again to its restarted actor (``max_task_retries``):
+    every role's but a gateway's (its calls are reads a caller can make again)."""
+    return not role.startswith("gateway-")
+
+
 def actor_name(role: str) -> str:
     return f"jobline-{role}"
 

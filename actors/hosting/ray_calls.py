@@ -136,6 +136,11 @@ def node_id() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
 
+def current_actor_id() -> str:
+    """The Ray actor id (hex) of the actor this process runs."""
+    return str(ray.get_runtime_context().get_actor_id())
+
+
 def restarted() -> bool:
     """Whether the current actor is a restart of one that died (``max_restarts``)."""
     return bool(ray.get_runtime_context().was_current_actor_reconstructed)
@@ -233,6 +238,11 @@ def get_actor(name: str, namespace: str) -> Handle:
         raise ActorNotFound(name, namespace) from None
 
 
+def actor_id(handle: Handle) -> str:
+    """The Ray actor id (hex) of the actor behind ``handle``; a restart keeps it."""
+    return str(handle._actor_id.hex())
+
+
 def kill(handle: Handle, *, restart: bool = False) -> None:
     """Kill the actor's process at once; Ray restarts it only if ``restart``."""
     ray.kill(handle, no_restart=not restart)
@@ -281,10 +291,25 @@ async def forward(handle: Handle, method: str, *args: Any, **kwargs: Any) -> Any
 
 def _jobline_error(exc: ray.exceptions.RayTaskError, method: str) -> BaseException:
     cause = getattr(exc, "cause", None)
-    if isinstance(cause, JoblineError | ray.exceptions.RayError | OSError | TimeoutError):
-        return cause
+    if _passes(cause):
+        return cast(BaseException, cause)
     log.error("remote call %s raised: %s", method, exc)
     return ActorCallFailed(method, type(cause).__name__ if cause is not None else "error")
+
+
+def answerable(exc: BaseException, method: str) -> BaseException:
+    """What a caller gets for ``exc``, raised by ``method`` of a role (the same as
+    ``forward`` gives; for the calls that bypass Ray, ``nearby_calls``): the error itself,
+    or an ``ActorCallFailed`` after logging its traceback here."""
+    if _passes(exc):
+        return exc
+    log.error("call %s raised", method, exc_info=exc)
+    return ActorCallFailed(method, type(exc).__name__)
+
+
+def _passes(exc: object) -> bool:
+    """Whether a role's error reaches its caller as itself."""
+    return isinstance(exc, JoblineError | ray.exceptions.RayError | OSError | TimeoutError)
 
 
 def run_on_nodes(

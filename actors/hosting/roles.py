@@ -12,7 +12,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from actors.hosting import ray_calls
-from actors.hosting.cluster import APP, NOTICE_FLUSH, RECONCILE_INTERVAL, actor_name
+from actors.hosting.cluster import (
+    APP,
+    NOTICE_FLUSH,
+    RECONCILE_INTERVAL,
+    actor_name,
+    retried_calls,
+)
+from actors.hosting.nearby_calls import CallLost, NearbyClient, NearbyServer, NotNearby
 from actors.wiring import (
     LEDGER,
     Customization,
@@ -40,20 +47,43 @@ class RemoteProxy:
     """``await proxy.method(*args)`` runs ``method`` on the object inside a ``RoleHost``
     actor (``ray_calls.forward``: what it raised comes back as itself when it is a
     ``JoblineError``, else as ``ActorCallFailed``; Ray's failures to reach the actor stay
-    Ray's, for the caller to retry)."""
+    Ray's, for the caller to retry).
 
-    def __init__(self, handle: ray_calls.Handle) -> None:
+    ``nearby``: the call goes over the actor's socket when it is on this machine
+    (``nearby_calls``), else through Ray. A call whose connection broke is sent again
+    through Ray when ``retried`` (the actor's calls are retried across its restarts, so Ray
+    would send it again too), else it raises ``CallLost``.
+    """
+
+    def __init__(
+        self, handle: ray_calls.Handle, *, nearby: bool = False, retried: bool = False
+    ) -> None:
         self._handle = handle
+        self._nearby = NearbyClient(ray_calls.actor_id(handle)) if nearby else None
+        self._retried = retried
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         if name.startswith("_"):
             raise AttributeError(name)
-        handle = self._handle
+        handle, nearby, retried = self._handle, self._nearby, self._retried
 
         async def call(*args: Any, **kwargs: Any) -> Any:
+            if nearby is not None:
+                try:
+                    return await nearby.call(name, args, kwargs)
+                except NotNearby:
+                    pass
+                except CallLost:
+                    if not retried:
+                        raise
             return await ray_calls.forward(handle, name, *args, **kwargs)
 
         return call
+
+    @property
+    def nearby_calls(self) -> int:
+        """How many calls went over the socket (not through Ray)."""
+        return self._nearby.calls if self._nearby is not None else 0
 
 
 class _NoticeForwarder(logging.Handler):
@@ -109,11 +139,18 @@ class RoleHost:
         logging.getLogger("jobline").addHandler(self._notices)
         namespace = config.ray.namespace
         handles: dict[str, RemoteProxy] = {}
+        self._proxies = handles
         self._role_names = all_roles(config)
+
+        nearby = config.ray.nearby_calls
 
         def proxy(target: str) -> RemoteProxy:
             if target not in handles:
-                handles[target] = RemoteProxy(ray_calls.get_actor(actor_name(target), namespace))
+                handles[target] = RemoteProxy(
+                    ray_calls.get_actor(actor_name(target), namespace),
+                    nearby=nearby,
+                    retried=retried_calls(target),
+                )
             return handles[target]
 
         def sources() -> dict[str, MetricSource]:
@@ -141,6 +178,9 @@ class RoleHost:
         self._background = [loop.create_task(self._notices.run())]
         if role.startswith("gateway-"):
             self._background.append(loop.create_task(self._follow_roles(namespace)))
+        self._server = NearbyServer(ray_calls.current_actor_id(), self.call, ray_calls.answerable)
+        if nearby:
+            self._background.append(loop.create_task(self._server.start()))
         self._started = loop.create_task(self._start())
 
     def __repr__(self) -> str:  # Ray prefixes this actor's log lines with it
@@ -191,6 +231,12 @@ class RoleHost:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def nearby_calls(self) -> dict[str, int]:
+        """How many of this role's calls to each role went over the socket (not Ray), and
+        how many calls it answered over its own (``"served"``)."""
+        counts = {role: proxy.nearby_calls for role, proxy in self._proxies.items()}
+        return {**counts, "served": self._server.served}
 
     def node_id(self) -> str:
         return ray_calls.node_id()

@@ -165,6 +165,12 @@ class RayRuntime:
     def pid(self, role: str) -> int:
         return cast(int, ray_calls.wait(ray_calls.send(self.handle(role), "pid"), 30))
 
+    def nearby_calls(self, role: str) -> dict[str, int]:
+        """The role's calls that went over a socket, by role called, and ``"served"``: the
+        calls it answered over its own (``RoleHost.nearby_calls``)."""
+        counts = ray_calls.wait(ray_calls.send(self.handle(role), "nearby_calls"), 30)
+        return cast(dict[str, int], counts)
+
     def kill(self, role: str, *, restart: bool = True) -> None:
         """Kill an actor's process (chaos); Ray restarts it unless ``restart`` is False."""
         ray_calls.kill(self.handle(role), restart=restart)

@@ -83,6 +83,31 @@ async def test_happy_path_on_both_vendor_shapes(tmp_path: Path, ray_session: Any
         assert credits["available"] == tb.credits - 3 - 5
 
 
+async def test_roles_on_one_machine_call_each_other_over_sockets(
+    tmp_path: Path, ray_session: Any
+) -> None:
+    """``[ray] nearby_calls`` (the default): the gateways' and processors' calls to the
+    ledger and the processors skip Ray; off, every call goes through Ray. Jobs complete
+    either way."""
+    for nearby in (True, False):
+        async with bed(tmp_path / str(nearby), ray={"nearby_calls": nearby}) as tb:
+            jobs = await settled(tb, await submit_many(tb, FLUX, 6))
+            assert {j["status"] for j in jobs.values()} == {"completed"}
+            counts = {
+                role: await asyncio.to_thread(tb.runtime.nearby_calls, role)
+                for role in tb.runtime.roles()
+            }
+            gateways = [c for role, c in counts.items() if role.startswith("gateway-")]
+            opened = sum(c.get("ledger", 0) for c in gateways)
+            dispatched = sum(c.get("processor-fal", 0) for c in gateways)
+            if nearby:
+                assert opened > 0 and dispatched > 0, counts
+                assert counts["processor-fal"]["ledger"] > 0, counts
+                assert counts["ledger"]["served"] >= opened + counts["processor-fal"]["ledger"]
+            else:
+                assert all(n == 0 for c in counts.values() for n in c.values()), counts
+
+
 async def test_transient_errors_are_retried_until_success(tmp_path: Path, ray_session: Any) -> None:
     flaky = profile(submit={"server_error": 0.3}, failure=0.2)
     # A submit answered 5xx is in doubt; fal lists nothing, so the job waits orphan_wait
