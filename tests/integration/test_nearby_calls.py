@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from actors.hosting import nearby_calls
+from actors.hosting import nearby_calls, roles
 from actors.hosting.nearby_calls import (
     LOOK_AGAIN,
     CallLost,
@@ -25,6 +25,7 @@ from actors.hosting.nearby_calls import (
     NotNearby,
 )
 from actors.hosting.ray_calls import answerable
+from actors.hosting.roles import RemoteProxy
 from runtime.errors import ActorCallFailed, InsufficientCredits
 
 pytestmark = pytest.mark.skipif(not nearby_calls.supported(), reason="Linux only")
@@ -182,3 +183,63 @@ async def test_a_caller_that_stops_waiting_leaves_the_connection_usable(served: 
     answers = [await client.call("echo", (next(counter),), {}) for _ in range(3)]
     assert answers == [((0,), {}), ((1,), {}), ((2,), {})]
     await client.close()
+
+
+class FakeHandle:
+    """What ``ray_calls.actor_id`` reads of a Ray actor handle."""
+
+    def __init__(self, actor_id: str) -> None:
+        self._actor_id = bytes.fromhex(actor_id)
+
+
+@pytest.fixture
+def through_ray(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
+    """Calls the proxy sends through Ray (``ray_calls.forward``), answered "via ray"."""
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def forward(handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((method, args))
+        return "via ray"
+
+    monkeypatch.setattr(roles.ray_calls, "forward", forward)
+    return sent
+
+
+async def test_the_proxy_calls_over_the_socket_when_it_can(
+    served: Any, through_ray: list[Any]
+) -> None:
+    _, _, actor_id = served
+    proxy = RemoteProxy(FakeHandle(actor_id), nearby=True, retried=True)
+    assert await proxy.echo(1) == ((1,), {})
+    assert proxy.nearby_calls == 1 and through_ray == []
+    off = RemoteProxy(FakeHandle(actor_id), nearby=False, retried=True)
+    assert await off.echo(2) == "via ray"
+    assert off.nearby_calls == 0 and through_ray == [("echo", (2,))]
+
+
+async def test_the_proxy_calls_through_ray_when_nothing_serves_here(through_ray: list[Any]) -> None:
+    proxy = RemoteProxy(FakeHandle(uuid.uuid4().hex), nearby=True, retried=False)
+    assert await proxy.echo(3) == "via ray"
+    assert through_ray == [("echo", (3,))]
+
+
+@pytest.mark.parametrize("retried", [True, False])
+async def test_a_call_lost_with_its_connection_is_sent_again_through_ray_only_if_retried(
+    through_ray: list[Any], retried: bool
+) -> None:
+    actor_id = uuid.uuid4().hex
+    role = Role()
+    server = NearbyServer(actor_id, role.serve, answerable)
+    await server.start()
+    proxy = RemoteProxy(FakeHandle(actor_id), nearby=True, retried=retried)
+    call = asyncio.create_task(proxy.wait())
+    while not role.calls:
+        await asyncio.sleep(0.01)
+    await server.close()  # the actor died during the call
+    if retried:
+        assert await call == "via ray"
+        assert through_ray == [("wait", ())]
+    else:
+        with pytest.raises(CallLost):
+            await call
+        assert through_ray == []
