@@ -1,7 +1,10 @@
 """The whole path of a job on local Ray: HTTP API, actors, fake vendors on loopback.
 
-Each test starts its own fake vendors and runtime (a fresh namespace and database) on
-the session's one Ray, and checks the ledger's invariants at the end.
+A test that changes the runtime's config, its vendors' profile, or kills a role starts
+its own fake vendors and runtime (a fresh namespace and database) on the session's one
+Ray. The tests that need none of that share one calm runtime (``calm_bed``: ~10 s of
+start-up each), each with an account of its own. Every test checks the ledger's
+invariants at the end.
 """
 
 from __future__ import annotations
@@ -9,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from loadtests.testbed import Testbed
 from runtime.invariants import check_invariants
@@ -60,27 +65,48 @@ def entry_kinds(entries: list[dict[str, Any]]) -> Counter[str]:
     return Counter(e["kind"] for e in entries)
 
 
-async def test_happy_path_on_both_vendor_shapes(tmp_path: Path, ray_session: Any) -> None:
-    async with bed(tmp_path) as tb:
-        inputs = {FLUX: {"prompt": "a red fox", "seed": 1}, SDXL: {"prompt": "a lighthouse"}}
-        ids = {}
-        for model, input in inputs.items():
-            status, job = await tb.client.submit(model, input)
-            assert status == 202 and job["status"] == "queued"
-            ids[model] = job["id"]
-        jobs = await settled(tb, list(ids.values()))
-        for model, job_id in ids.items():
-            job = jobs[job_id]
-            assert job["status"] == "completed", job
-            assert job["vendor"] == {FLUX: "fal", SDXL: "replicate"}[model]
-            status, data = await tb.client.request("GET", f"/v1/jobs/{job_id}/result")
-            assert status == 200
-            assert data == expected_png(inputs[model])
-            info = tb.fake_stats(job["vendor"])["task_info"][job["vendor_task_id"]]
-            assert info["trace_id"] == job["trace_id"]
-        assert entry_kinds(await tb.client.entries()) == {"grant": 1, "hold": 2, "capture": 2}
-        credits = await tb.client.credits()
-        assert credits["available"] == tb.credits - 3 - 5
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def calm_runtime(
+    tmp_path_factory: pytest.TempPathFactory, ray_session: Any
+) -> AsyncIterator[Testbed]:
+    async with bed(tmp_path_factory.mktemp("calm")) as tb:
+        yield tb
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def calm_bed(calm_runtime: Testbed) -> Testbed:
+    """The module's calm runtime (default profile, ``FAST``) with a funded account of this
+    test's own: its balance, statement, jobs and idempotency keys are this test's alone."""
+    tb = calm_runtime
+    tb.account_id, tb.client.api_key = await tb.client.create_account(tb.credits)
+    return tb
+
+
+shared_loop = pytest.mark.asyncio(loop_scope="module")  # calm_bed's event loop
+
+
+@shared_loop
+async def test_happy_path_on_both_vendor_shapes(calm_bed: Testbed) -> None:
+    tb = calm_bed
+    inputs = {FLUX: {"prompt": "a red fox", "seed": 1}, SDXL: {"prompt": "a lighthouse"}}
+    ids = {}
+    for model, input in inputs.items():
+        status, job = await tb.client.submit(model, input)
+        assert status == 202 and job["status"] == "queued"
+        ids[model] = job["id"]
+    jobs = await settled(tb, list(ids.values()))
+    for model, job_id in ids.items():
+        job = jobs[job_id]
+        assert job["status"] == "completed", job
+        assert job["vendor"] == {FLUX: "fal", SDXL: "replicate"}[model]
+        status, data = await tb.client.request("GET", f"/v1/jobs/{job_id}/result")
+        assert status == 200
+        assert data == expected_png(inputs[model])
+        info = tb.fake_stats(job["vendor"])["task_info"][job["vendor_task_id"]]
+        assert info["trace_id"] == job["trace_id"]
+    assert entry_kinds(await tb.client.entries()) == {"grant": 1, "hold": 2, "capture": 2}
+    credits = await tb.client.credits()
+    assert credits["available"] == tb.credits - 3 - 5
 
 
 async def test_transient_errors_are_retried_until_success(tmp_path: Path, ray_session: Any) -> None:
@@ -152,25 +178,26 @@ async def test_duplicate_webhooks_are_applied_once(tmp_path: Path, ray_session: 
         assert 'result="duplicate"' in text
 
 
-async def test_forged_and_stale_webhooks_change_nothing(tmp_path: Path, ray_session: Any) -> None:
-    async with bed(tmp_path) as tb:
-        _, job = await tb.client.submit(SDXL, {"prompt": "x"})
-        done = (await settled(tb, [job["id"]]))[job["id"]]
-        body = (
-            b'{"id": "%s", "status": "failed", "error": "forged", "output": null}'
-            % done["vendor_task_id"].encode()
-        )
-        forged = signed_headers("whsec_Zm9yZ2VkLXNlY3JldA==", "msg_forged", int(time.time()), body)
-        real_secret = tb.config.vendors["replicate"].webhook_secret() or ""
-        stale = signed_headers(real_secret, "msg_stale", int(time.time()) - 3600, body)
-        for headers in (forged, stale):
-            async with tb.client.http.post(
-                f"{tb.client.base_url}/v1/webhooks/replicate", data=body, headers=headers
-            ) as response:
-                assert response.status in (400, 401), await response.text()
-        _status, after = await tb.client.job(job["id"])
-        assert after["status"] == "completed"
-        assert entry_kinds(await tb.client.entries()) == {"grant": 1, "hold": 1, "capture": 1}
+@shared_loop
+async def test_forged_and_stale_webhooks_change_nothing(calm_bed: Testbed) -> None:
+    tb = calm_bed
+    _, job = await tb.client.submit(SDXL, {"prompt": "x"})
+    done = (await settled(tb, [job["id"]]))[job["id"]]
+    body = (
+        b'{"id": "%s", "status": "failed", "error": "forged", "output": null}'
+        % done["vendor_task_id"].encode()
+    )
+    forged = signed_headers("whsec_Zm9yZ2VkLXNlY3JldA==", "msg_forged", int(time.time()), body)
+    real_secret = tb.config.vendors["replicate"].webhook_secret() or ""
+    stale = signed_headers(real_secret, "msg_stale", int(time.time()) - 3600, body)
+    for headers in (forged, stale):
+        async with tb.client.http.post(
+            f"{tb.client.base_url}/v1/webhooks/replicate", data=body, headers=headers
+        ) as response:
+            assert response.status in (400, 401), await response.text()
+    _status, after = await tb.client.job(job["id"])
+    assert after["status"] == "completed"
+    assert entry_kinds(await tb.client.entries()) == {"grant": 1, "hold": 1, "capture": 1}
 
 
 async def test_processor_killed_mid_job_resumes_without_resubmitting(
@@ -227,29 +254,29 @@ async def test_sweeper_settles_a_zombie_job(tmp_path: Path, ray_session: Any) ->
         assert tb.fake_stats("fal")["tasks"]["created"] == 1
 
 
-async def test_accounts_are_isolated_and_credits_enforced(tmp_path: Path, ray_session: Any) -> None:
-    async with bed(tmp_path) as tb:
-        status, job = await tb.client.submit(SDXL, {"prompt": "mine"})
-        _, other_key = await tb.client.create_account(credits=4, name="other")
-        assert (await tb.client.job(job["id"], api_key=other_key))[0] == 404
-        status, body = await tb.client.submit(SDXL, {"prompt": "too dear"}, api_key=other_key)
-        assert status == 402, body
-        other = await tb.client.credits(api_key=other_key)
-        assert (other["balance"], other["held"], other["available"]) == (4, 0, 4)
-        await settled(tb, [job["id"]])
+@shared_loop
+async def test_accounts_are_isolated_and_credits_enforced(calm_bed: Testbed) -> None:
+    tb = calm_bed
+    status, job = await tb.client.submit(SDXL, {"prompt": "mine"})
+    _, other_key = await tb.client.create_account(credits=4, name="other")
+    assert (await tb.client.job(job["id"], api_key=other_key))[0] == 404
+    status, body = await tb.client.submit(SDXL, {"prompt": "too dear"}, api_key=other_key)
+    assert status == 402, body
+    other = await tb.client.credits(api_key=other_key)
+    assert (other["balance"], other["held"], other["available"]) == (4, 0, 4)
+    await settled(tb, [job["id"]])
 
 
-async def test_one_idempotency_key_twenty_concurrent_submits(
-    tmp_path: Path, ray_session: Any
-) -> None:
-    async with bed(tmp_path) as tb:
-        answers = await asyncio.gather(
-            *(tb.client.submit(SDXL, {"prompt": "same"}, key="only-once") for _ in range(20))
-        )
-        assert {status for status, _ in answers} == {202}
-        assert len({job["id"] for _, job in answers}) == 1
-        await settled(tb, [answers[0][1]["id"]])
-        assert entry_kinds(await tb.client.entries())["hold"] == 1
+@shared_loop
+async def test_one_idempotency_key_twenty_concurrent_submits(calm_bed: Testbed) -> None:
+    tb = calm_bed
+    answers = await asyncio.gather(
+        *(tb.client.submit(SDXL, {"prompt": "same"}, key="only-once") for _ in range(20))
+    )
+    assert {status for status, _ in answers} == {202}
+    assert len({job["id"] for _, job in answers}) == 1
+    await settled(tb, [answers[0][1]["id"]])
+    assert entry_kinds(await tb.client.entries())["hold"] == 1
 
 
 async def test_in_flight_never_exceeds_the_vendor_limit(tmp_path: Path, ray_session: Any) -> None:
