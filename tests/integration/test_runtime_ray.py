@@ -1,10 +1,10 @@
 """The whole path of a job on local Ray: HTTP API, actors, fake vendors on loopback.
 
-A test that changes the runtime's config, its vendors' profile, or kills a role starts
-its own fake vendors and runtime (a fresh namespace and database) on the session's one
-Ray. The tests that need none of that share one calm runtime (``calm_bed``: ~10 s of
-start-up each), each with an account of its own. Every test checks the ledger's
-invariants at the end.
+A test that changes the runtime's config, starts its vendors with faults, or kills a role
+starts its own fake vendors and runtime (a fresh namespace and database) on the session's
+one Ray. The others share one calm runtime (``calm_bed``: a runtime costs ~10 s to start),
+each with an account of its own, and count only what changed during the test. Every test
+checks the ledger's invariants at the end.
 """
 
 from __future__ import annotations
@@ -74,12 +74,37 @@ async def calm_runtime(
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def calm_bed(calm_runtime: Testbed) -> Testbed:
-    """The module's calm runtime (default profile, ``FAST``) with a funded account of this
-    test's own: its balance, statement, jobs and idempotency keys are this test's alone."""
+async def calm_bed(calm_runtime: Testbed) -> AsyncIterator[Testbed]:
+    """The module's calm runtime (``FAST``) with a funded account of this test's own: its
+    balance, statement, jobs and idempotency keys are this test's alone. A test may patch
+    the fakes' profile (``vendor_profile``): the calm one is back after the test."""
     tb = calm_runtime
     tb.account_id, tb.client.api_key = await tb.client.create_account(tb.credits)
-    return tb
+    calm = {name: fake.profile for name, fake in tb.fakes.vendors.items()}
+    yield tb
+    for name, fake in tb.fakes.vendors.items():
+        fake.set_profile(calm[name])
+
+
+def vendor_profile(tb: Testbed, **patch: Any) -> None:
+    """Every fake vendor of ``tb`` with ``patch`` on its profile from now on."""
+    for fake in tb.fakes.vendors.values():
+        fake.update_profile(patch)
+
+
+def counted(metrics: str, name: str, *labels: str) -> float:
+    """The sum of the samples of ``name`` with every one of ``labels`` (``'key="value"'``)
+    in a /metrics text, whichever actor's."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(name + "{") and all(label in line for label in labels)
+    )
+
+
+async def metrics_text(tb: Testbed) -> str:
+    _status, metrics = await tb.client.request("GET", "/metrics")
+    return metrics.decode() if isinstance(metrics, bytes) else str(metrics)
 
 
 shared_loop = pytest.mark.asyncio(loop_scope="module")  # calm_bed's event loop
@@ -159,23 +184,28 @@ async def test_vendor_outage_fails_over_with_one_charge(tmp_path: Path, ray_sess
         assert tb.fake_stats("fal")["tasks"]["created"] == 0
 
 
-async def test_lost_webhooks_are_covered_by_polling(tmp_path: Path, ray_session: Any) -> None:
-    async with bed(tmp_path, profile(webhooks={"lost": 1.0})) as tb:
-        ids = await submit_many(tb, SDXL, 4)
-        jobs = await settled(tb, ids)
-        assert {j["status"] for j in jobs.values()} == {"completed"}
-        assert tb.fake_stats("replicate")["webhooks"]["by_fault"]["lost"] >= 4
+@shared_loop
+async def test_lost_webhooks_are_covered_by_polling(calm_bed: Testbed) -> None:
+    tb = calm_bed
+    lost_before = tb.fake_stats("replicate")["webhooks"]["by_fault"]["lost"]
+    vendor_profile(tb, webhooks={"lost": 1.0})
+    ids = await submit_many(tb, SDXL, 4)
+    jobs = await settled(tb, ids)
+    assert {j["status"] for j in jobs.values()} == {"completed"}
+    assert tb.fake_stats("replicate")["webhooks"]["by_fault"]["lost"] - lost_before >= 4
 
 
-async def test_duplicate_webhooks_are_applied_once(tmp_path: Path, ray_session: Any) -> None:
-    async with bed(tmp_path, profile(webhooks={"duplicated": 1.0})) as tb:
-        ids = await submit_many(tb, SDXL, 4)
-        jobs = await settled(tb, ids)
-        assert {j["status"] for j in jobs.values()} == {"completed"}
-        assert entry_kinds(await tb.client.entries())["capture"] == 4
-        _status, metrics = await tb.client.request("GET", "/metrics")
-        text = metrics.decode() if isinstance(metrics, bytes) else str(metrics)
-        assert 'result="duplicate"' in text
+@shared_loop
+async def test_duplicate_webhooks_are_applied_once(calm_bed: Testbed) -> None:
+    tb = calm_bed
+    duplicate = ("jobline_webhooks_total", 'vendor="replicate"', 'result="duplicate"')
+    before = counted(await metrics_text(tb), *duplicate)
+    vendor_profile(tb, webhooks={"duplicated": 1.0})
+    ids = await submit_many(tb, SDXL, 4)
+    jobs = await settled(tb, ids)
+    assert {j["status"] for j in jobs.values()} == {"completed"}
+    assert entry_kinds(await tb.client.entries())["capture"] == 4
+    assert counted(await metrics_text(tb), *duplicate) > before
 
 
 @shared_loop
