@@ -13,27 +13,30 @@ from collections.abc import Iterator
 
 import pytest
 
-# The files that take longest, longest first (seconds from `--durations`, two workers,
-# 2026-11-30). `make test` hands whole files to its two workers in collection order
-# (`--dist loadfile --no-loadscope-reorder`; xdist's default order puts the files with
-# fewest tests last, and so a one-test file of a minute). Starting these first leaves
-# the short files for the end, where they fill both workers until the last one is done.
+# The files that take longest, longest first (seconds from `--durations` and --junitxml:
+# two workers on this shared machine at load 5-20, 2026-11-30). `make test` hands whole
+# files to its two workers in collection order (`--dist loadfile --no-loadscope-reorder`;
+# xdist's default order puts the files with fewest tests last, and so a one-test file of
+# a minute). Starting these first leaves the short files for the end, where they fill
+# both workers until the last one is done.
 LONGEST_FILES = (
-    "tests/chaos/test_chaos.py",  # ~280 s: a runtime per scenario, chaos under load
-    "tests/integration/test_runtime_ray.py",  # ~240 s: a runtime on Ray per test
+    "tests/chaos/test_chaos.py",  # ~240 s: a runtime per scenario, chaos under load
     "tests/cluster/test_ray_start.py",  # ~170 s: a two-node `ray start` cluster
+    "tests/integration/test_runtime_ray.py",  # ~150 s: runtimes on Ray
     "tests/chaos/test_simulation.py",  # ~110 s: simulated runs, CPU-bound
+    "tests/browser/test_console.py",  # ~60 s: Chromium per test
     "tests/cluster/test_serve_local.py",  # ~55 s: `jobline serve` twice, its own Ray
-    "tests/integration/test_lifecycle_ray.py",  # ~55 s
-    "tests/browser/test_console.py",  # ~50 s: Chromium per test
+    "tests/integration/test_lifecycle_ray.py",  # ~45 s
+    "tests/integration/test_processor_field_cases.py",  # ~45 s
     "tests/chaos/test_fuzz.py",  # ~40 s
     "tests/integration/test_prometheus.py",  # ~35 s: the real Prometheus
-    "tests/integration/test_flood.py",  # ~30 s: Locust against jobline on Ray
     "tests/integration/test_fair_share.py",  # ~30 s
-    "tests/browser/test_console_ray.py",  # ~27 s
-    "tests/integration/test_loadtest.py",  # ~25 s
-    "tests/integration/test_packaging.py",  # ~22 s: builds and installs the wheel
-    "tests/integration/test_tracing.py",  # ~22 s
+    "tests/integration/test_flood.py",  # ~30 s: Locust against jobline on Ray
+    "tests/integration/test_processor.py",  # ~30 s
+    "tests/browser/test_console_ray.py",  # ~25 s
+    "tests/integration/test_loadtest.py",  # ~20 s
+    "tests/integration/test_packaging.py",  # ~20 s: builds and installs the wheel
+    "tests/integration/test_tracing.py",  # ~20 s
 )
 
 
