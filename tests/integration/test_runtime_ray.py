@@ -1,7 +1,10 @@
 """The whole path of a job on local Ray: HTTP API, actors, fake vendors on loopback.
 
-Each test starts its own fake vendors and runtime (a fresh namespace and database) on
-the session's one Ray, and checks the ledger's invariants at the end.
+A test that changes the runtime's config, starts its vendors with faults, or kills a role
+starts its own fake vendors and runtime (a fresh namespace and database) on the session's
+one Ray. The others share one calm runtime (``calm_bed``: a runtime costs ~10 s to start),
+each with an account of its own, and count only what changed during the test. Every test
+checks the ledger's invariants at the end.
 """
 
 from __future__ import annotations
@@ -9,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from loadtests.testbed import Testbed
 from runtime.invariants import check_invariants
@@ -60,27 +65,73 @@ def entry_kinds(entries: list[dict[str, Any]]) -> Counter[str]:
     return Counter(e["kind"] for e in entries)
 
 
-async def test_happy_path_on_both_vendor_shapes(tmp_path: Path, ray_session: Any) -> None:
-    async with bed(tmp_path) as tb:
-        inputs = {FLUX: {"prompt": "a red fox", "seed": 1}, SDXL: {"prompt": "a lighthouse"}}
-        ids = {}
-        for model, input in inputs.items():
-            status, job = await tb.client.submit(model, input)
-            assert status == 202 and job["status"] == "queued"
-            ids[model] = job["id"]
-        jobs = await settled(tb, list(ids.values()))
-        for model, job_id in ids.items():
-            job = jobs[job_id]
-            assert job["status"] == "completed", job
-            assert job["vendor"] == {FLUX: "fal", SDXL: "replicate"}[model]
-            status, data = await tb.client.request("GET", f"/v1/jobs/{job_id}/result")
-            assert status == 200
-            assert data == expected_png(inputs[model])
-            info = tb.fake_stats(job["vendor"])["task_info"][job["vendor_task_id"]]
-            assert info["trace_id"] == job["trace_id"]
-        assert entry_kinds(await tb.client.entries()) == {"grant": 1, "hold": 2, "capture": 2}
-        credits = await tb.client.credits()
-        assert credits["available"] == tb.credits - 3 - 5
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def calm_runtime(
+    tmp_path_factory: pytest.TempPathFactory, ray_session: Any
+) -> AsyncIterator[Testbed]:
+    async with bed(tmp_path_factory.mktemp("calm")) as tb:
+        yield tb
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def calm_bed(calm_runtime: Testbed) -> AsyncIterator[Testbed]:
+    """The module's calm runtime (``FAST``) with a funded account of this test's own: its
+    balance, statement, jobs and idempotency keys are this test's alone. A test may patch
+    the fakes' profile (``vendor_profile``): the calm one is back after the test."""
+    tb = calm_runtime
+    tb.account_id, tb.client.api_key = await tb.client.create_account(tb.credits)
+    calm = {name: fake.profile for name, fake in tb.fakes.vendors.items()}
+    yield tb
+    for name, fake in tb.fakes.vendors.items():
+        fake.set_profile(calm[name])
+
+
+def vendor_profile(tb: Testbed, **patch: Any) -> None:
+    """Every fake vendor of ``tb`` with ``patch`` on its profile from now on."""
+    for fake in tb.fakes.vendors.values():
+        fake.update_profile(patch)
+
+
+def counted(metrics: str, name: str, *labels: str) -> float:
+    """The sum of the samples of ``name`` with every one of ``labels`` (``'key="value"'``)
+    in a /metrics text, whichever actor's."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(name + "{") and all(label in line for label in labels)
+    )
+
+
+async def metrics_text(tb: Testbed) -> str:
+    _status, metrics = await tb.client.request("GET", "/metrics")
+    return metrics.decode() if isinstance(metrics, bytes) else str(metrics)
+
+
+shared_loop = pytest.mark.asyncio(loop_scope="module")  # calm_bed's event loop
+
+
+@shared_loop
+async def test_happy_path_on_both_vendor_shapes(calm_bed: Testbed) -> None:
+    tb = calm_bed
+    inputs = {FLUX: {"prompt": "a red fox", "seed": 1}, SDXL: {"prompt": "a lighthouse"}}
+    ids = {}
+    for model, input in inputs.items():
+        status, job = await tb.client.submit(model, input)
+        assert status == 202 and job["status"] == "queued"
+        ids[model] = job["id"]
+    jobs = await settled(tb, list(ids.values()))
+    for model, job_id in ids.items():
+        job = jobs[job_id]
+        assert job["status"] == "completed", job
+        assert job["vendor"] == {FLUX: "fal", SDXL: "replicate"}[model]
+        status, data = await tb.client.request("GET", f"/v1/jobs/{job_id}/result")
+        assert status == 200
+        assert data == expected_png(inputs[model])
+        info = tb.fake_stats(job["vendor"])["task_info"][job["vendor_task_id"]]
+        assert info["trace_id"] == job["trace_id"]
+    assert entry_kinds(await tb.client.entries()) == {"grant": 1, "hold": 2, "capture": 2}
+    credits = await tb.client.credits()
+    assert credits["available"] == tb.credits - 3 - 5
 
 
 async def test_roles_on_one_machine_call_each_other_over_sockets(
@@ -158,44 +209,50 @@ async def test_vendor_outage_fails_over_with_one_charge(tmp_path: Path, ray_sess
         assert tb.fake_stats("fal")["tasks"]["created"] == 0
 
 
-async def test_lost_webhooks_are_covered_by_polling(tmp_path: Path, ray_session: Any) -> None:
-    async with bed(tmp_path, profile(webhooks={"lost": 1.0})) as tb:
-        ids = await submit_many(tb, SDXL, 4)
-        jobs = await settled(tb, ids)
-        assert {j["status"] for j in jobs.values()} == {"completed"}
-        assert tb.fake_stats("replicate")["webhooks"]["by_fault"]["lost"] >= 4
+@shared_loop
+async def test_lost_webhooks_are_covered_by_polling(calm_bed: Testbed) -> None:
+    tb = calm_bed
+    lost_before = tb.fake_stats("replicate")["webhooks"]["by_fault"]["lost"]
+    vendor_profile(tb, webhooks={"lost": 1.0})
+    ids = await submit_many(tb, SDXL, 4)
+    jobs = await settled(tb, ids)
+    assert {j["status"] for j in jobs.values()} == {"completed"}
+    assert tb.fake_stats("replicate")["webhooks"]["by_fault"]["lost"] - lost_before >= 4
 
 
-async def test_duplicate_webhooks_are_applied_once(tmp_path: Path, ray_session: Any) -> None:
-    async with bed(tmp_path, profile(webhooks={"duplicated": 1.0})) as tb:
-        ids = await submit_many(tb, SDXL, 4)
-        jobs = await settled(tb, ids)
-        assert {j["status"] for j in jobs.values()} == {"completed"}
-        assert entry_kinds(await tb.client.entries())["capture"] == 4
-        _status, metrics = await tb.client.request("GET", "/metrics")
-        text = metrics.decode() if isinstance(metrics, bytes) else str(metrics)
-        assert 'result="duplicate"' in text
+@shared_loop
+async def test_duplicate_webhooks_are_applied_once(calm_bed: Testbed) -> None:
+    tb = calm_bed
+    duplicate = ("jobline_webhooks_total", 'vendor="replicate"', 'result="duplicate"')
+    before = counted(await metrics_text(tb), *duplicate)
+    vendor_profile(tb, webhooks={"duplicated": 1.0})
+    ids = await submit_many(tb, SDXL, 4)
+    jobs = await settled(tb, ids)
+    assert {j["status"] for j in jobs.values()} == {"completed"}
+    assert entry_kinds(await tb.client.entries())["capture"] == 4
+    assert counted(await metrics_text(tb), *duplicate) > before
 
 
-async def test_forged_and_stale_webhooks_change_nothing(tmp_path: Path, ray_session: Any) -> None:
-    async with bed(tmp_path) as tb:
-        _, job = await tb.client.submit(SDXL, {"prompt": "x"})
-        done = (await settled(tb, [job["id"]]))[job["id"]]
-        body = (
-            b'{"id": "%s", "status": "failed", "error": "forged", "output": null}'
-            % done["vendor_task_id"].encode()
-        )
-        forged = signed_headers("whsec_Zm9yZ2VkLXNlY3JldA==", "msg_forged", int(time.time()), body)
-        real_secret = tb.config.vendors["replicate"].webhook_secret() or ""
-        stale = signed_headers(real_secret, "msg_stale", int(time.time()) - 3600, body)
-        for headers in (forged, stale):
-            async with tb.client.http.post(
-                f"{tb.client.base_url}/v1/webhooks/replicate", data=body, headers=headers
-            ) as response:
-                assert response.status in (400, 401), await response.text()
-        _status, after = await tb.client.job(job["id"])
-        assert after["status"] == "completed"
-        assert entry_kinds(await tb.client.entries()) == {"grant": 1, "hold": 1, "capture": 1}
+@shared_loop
+async def test_forged_and_stale_webhooks_change_nothing(calm_bed: Testbed) -> None:
+    tb = calm_bed
+    _, job = await tb.client.submit(SDXL, {"prompt": "x"})
+    done = (await settled(tb, [job["id"]]))[job["id"]]
+    body = (
+        b'{"id": "%s", "status": "failed", "error": "forged", "output": null}'
+        % done["vendor_task_id"].encode()
+    )
+    forged = signed_headers("whsec_Zm9yZ2VkLXNlY3JldA==", "msg_forged", int(time.time()), body)
+    real_secret = tb.config.vendors["replicate"].webhook_secret() or ""
+    stale = signed_headers(real_secret, "msg_stale", int(time.time()) - 3600, body)
+    for headers in (forged, stale):
+        async with tb.client.http.post(
+            f"{tb.client.base_url}/v1/webhooks/replicate", data=body, headers=headers
+        ) as response:
+            assert response.status in (400, 401), await response.text()
+    _status, after = await tb.client.job(job["id"])
+    assert after["status"] == "completed"
+    assert entry_kinds(await tb.client.entries()) == {"grant": 1, "hold": 1, "capture": 1}
 
 
 async def test_processor_killed_mid_job_resumes_without_resubmitting(
@@ -252,29 +309,29 @@ async def test_sweeper_settles_a_zombie_job(tmp_path: Path, ray_session: Any) ->
         assert tb.fake_stats("fal")["tasks"]["created"] == 1
 
 
-async def test_accounts_are_isolated_and_credits_enforced(tmp_path: Path, ray_session: Any) -> None:
-    async with bed(tmp_path) as tb:
-        status, job = await tb.client.submit(SDXL, {"prompt": "mine"})
-        _, other_key = await tb.client.create_account(credits=4, name="other")
-        assert (await tb.client.job(job["id"], api_key=other_key))[0] == 404
-        status, body = await tb.client.submit(SDXL, {"prompt": "too dear"}, api_key=other_key)
-        assert status == 402, body
-        other = await tb.client.credits(api_key=other_key)
-        assert (other["balance"], other["held"], other["available"]) == (4, 0, 4)
-        await settled(tb, [job["id"]])
+@shared_loop
+async def test_accounts_are_isolated_and_credits_enforced(calm_bed: Testbed) -> None:
+    tb = calm_bed
+    status, job = await tb.client.submit(SDXL, {"prompt": "mine"})
+    _, other_key = await tb.client.create_account(credits=4, name="other")
+    assert (await tb.client.job(job["id"], api_key=other_key))[0] == 404
+    status, body = await tb.client.submit(SDXL, {"prompt": "too dear"}, api_key=other_key)
+    assert status == 402, body
+    other = await tb.client.credits(api_key=other_key)
+    assert (other["balance"], other["held"], other["available"]) == (4, 0, 4)
+    await settled(tb, [job["id"]])
 
 
-async def test_one_idempotency_key_twenty_concurrent_submits(
-    tmp_path: Path, ray_session: Any
-) -> None:
-    async with bed(tmp_path) as tb:
-        answers = await asyncio.gather(
-            *(tb.client.submit(SDXL, {"prompt": "same"}, key="only-once") for _ in range(20))
-        )
-        assert {status for status, _ in answers} == {202}
-        assert len({job["id"] for _, job in answers}) == 1
-        await settled(tb, [answers[0][1]["id"]])
-        assert entry_kinds(await tb.client.entries())["hold"] == 1
+@shared_loop
+async def test_one_idempotency_key_twenty_concurrent_submits(calm_bed: Testbed) -> None:
+    tb = calm_bed
+    answers = await asyncio.gather(
+        *(tb.client.submit(SDXL, {"prompt": "same"}, key="only-once") for _ in range(20))
+    )
+    assert {status for status, _ in answers} == {202}
+    assert len({job["id"] for _, job in answers}) == 1
+    await settled(tb, [answers[0][1]["id"]])
+    assert entry_kinds(await tb.client.entries())["hold"] == 1
 
 
 async def test_in_flight_never_exceeds_the_vendor_limit(tmp_path: Path, ray_session: Any) -> None:
