@@ -305,13 +305,23 @@ def _write_run_file(path: Path, record: dict[str, object]) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs. A zombie (it exited; its parent, e.g. a shell or
+    a supervisor, has not collected its status yet) does not: ``stop`` would otherwise wait
+    its whole ``SERVE_EXIT_WAIT`` for a ``serve`` that is gone. Its state is read from
+    ``/proc/<pid>/stat`` (Linux, proc(5)); without ``/proc`` the signal test decides."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:  # gone since the signal test, or no /proc to ask
+        return not Path("/proc/self").is_dir()
+    except OSError:
         return True
-    return True
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 def _locate(args: argparse.Namespace) -> tuple[JoblineConfig, str, int | None]:
