@@ -1045,8 +1045,8 @@ class LedgerMode:
     connection, so no thread runs and a seeded run is repeatable. ``durable=False`` turns
     SQLite's ``synchronous`` off: a crash of the machine may lose the last commits;
     ``memory=True`` keeps the whole database in this process's memory (``memory_uri``,
-    named after the path; gone when its last connection closes). Only a simulation, whose database is
-    thrown away at the end, can accept either.
+    named after the path; gone when its last connection closes). Only a simulation, whose
+    database is thrown away at the end, can accept either.
     """
 
     inline: bool = False
