@@ -1041,12 +1041,12 @@ class LedgerMode:
 
     ``inline=False`` (the runtime): each connection is owned by a thread of its own, so
     a commit's fsync never blocks the event loop. ``inline=True`` (a simulation on
-    virtual time): every call runs on the event loop itself, one after the other, so no
-    thread runs and a seeded run is repeatable. ``durable=False`` turns SQLite's
-    ``synchronous`` off: a crash of the machine may lose the last commits; ``memory=True``
-    keeps the whole database in this process's memory (SQLite's shared cache, named after
-    the path; gone when its last connection closes). Only a simulation, whose database is
-    thrown away at the end, can accept either.
+    virtual time): every call runs on the event loop itself, one after the other, on one
+    connection, so no thread runs and a seeded run is repeatable. ``durable=False`` turns
+    SQLite's ``synchronous`` off: a crash of the machine may lose the last commits;
+    ``memory=True`` keeps the whole database in this process's memory (``memory_uri``,
+    named after the path; gone when its last connection closes). Only a simulation, whose
+    database is thrown away at the end, can accept either.
     """
 
     inline: bool = False
@@ -1148,8 +1148,14 @@ class Ledger:
         self.mode = mode
         self._clock = clock
         self._writer = _Connection("jobline-ledger-writer", inline=mode.inline)
-        self._reader = _Connection("jobline-ledger-reader", inline=mode.inline)  # a few rows
-        self._lists = _Connection("jobline-ledger-lists", inline=mode.inline)  # pages, scans
+        # Inline, every call runs alone on the loop: reads take the writer's connection (the
+        # others exist for threads; on an in-memory database each one more makes every
+        # commit cost more).
+        self._reader = self._writer
+        self._lists = self._writer
+        if not mode.inline:
+            self._reader = _Connection("jobline-ledger-reader")  # a few rows
+            self._lists = _Connection("jobline-ledger-lists")  # pages, scans
         self._queue: list[tuple[LedgerOp, asyncio.Future[Outcome]]] = []
         self._wakeup = asyncio.Event()
         # The loop that opens the ledger serves it; asking for the running loop on each
@@ -1175,8 +1181,9 @@ class Ledger:
         ledger = cls(path, clock, mode)
         try:
             await ledger._writer.open(path, busy_timeout_s, writer=True, mode=mode)
-            await ledger._reader.open(path, busy_timeout_s, writer=False, mode=mode)
-            await ledger._lists.open(path, busy_timeout_s, writer=False, mode=mode)
+            if not mode.inline:
+                await ledger._reader.open(path, busy_timeout_s, writer=False, mode=mode)
+                await ledger._lists.open(path, busy_timeout_s, writer=False, mode=mode)
         except BaseException:
             await ledger._writer.close()
             await ledger._reader.close()

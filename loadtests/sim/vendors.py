@@ -73,9 +73,8 @@ class _InMemory(HttpClient):
         body = b"" if json_body is None else json.dumps(json_body).encode()
         with vendor_errors(self._name, op, seconds, self._clock):
             try:
-                answer = await asyncio.wait_for(
-                    self.vendor.request(method, url, sent, body), seconds
-                )
+                async with asyncio.timeout(seconds):  # wait_for would start a task per call
+                    answer = await self.vendor.request(method, url, sent, body)
             except (TimeoutError, ConnectionError) as exc:
                 self._traced(op, sent, type(exc).__name__)
                 raise
@@ -106,7 +105,8 @@ class _InMemory(HttpClient):
         target = URL(output.value)
         sent = self._headers(trace_id, auth=self._same_origin(target))
         with vendor_errors(self._name, "fetch", seconds, self._clock):
-            answer = await asyncio.wait_for(self.vendor.request("GET", target, sent), seconds)
+            async with asyncio.timeout(seconds):
+                answer = await self.vendor.request("GET", target, sent)
             if answer.status >= 400:
                 raise ErrorStatus(Reply(answer.status, answer.headers, answer.body))
             length = answer.headers.get("Content-Length")

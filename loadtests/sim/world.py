@@ -314,7 +314,8 @@ class World:
         vendor = path_qs.partition("?")[0].rsplit("/", 1)[-1]
         sent = {**headers, "Content-Type": "application/json"}
         try:
-            reply = await asyncio.wait_for(self.http("POST", path_qs, sent, body), timeout)
+            async with asyncio.timeout(timeout):  # no task of its own, unlike wait_for
+                reply = await self.http("POST", path_qs, sent, body)
         except (TimeoutError, ActorDown):
             self.trace.add("webhook", vendor, "no-answer")
             return None

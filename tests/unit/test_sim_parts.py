@@ -8,6 +8,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,11 @@ from loadtests.sim.explore import parse_seeds
 from loadtests.sim.faults import draw_schedule, format_schedule, parse_schedule
 from loadtests.sim.loop import Deadlock, VirtualClock, run_virtual
 from loadtests.sim.report import percentile
+from loadtests.sim.trace import Trace
 from loadtests.sim.traffic import Traffic, arrivals
+from loadtests.sim.vendors import Vendors, in_memory_config
 from runtime.config import load_config
+from runtime.errors import VendorTimeout
 from runtime.ledger import Ledger, LedgerMode
 from runtime.models import CreateAccount, Grant, OpenJob
 from vendors_fake import FaultProfile
@@ -156,6 +160,42 @@ def test_the_in_memory_host_serves_the_fake_routes_on_virtual_time() -> None:
         assert clock.elapsed() == pytest.approx(10.5)
 
     run_virtual(main())
+
+
+def test_a_hung_vendor_request_times_out_at_the_adapters_own_timeout_in_the_callers_task() -> None:
+    """jobline's adapter on an in-memory fake: a status read the vendor never answers
+    fails as ``VendorTimeout`` after ``poll_timeout`` virtual seconds, traced; the request
+    runs in the caller's task (no task started per call: 4.7 calls a job)."""
+
+    async def main() -> None:
+        clock = VirtualClock()
+        config = in_memory_config(load_config(ROOT / "jobline.toml"))
+        vendor = config.vendors["replicate"]
+        trace = Trace(clock.elapsed)
+        profile = FaultProfile.model_validate({"status": {"hang": 1.0}, "hang_for": 3600.0})
+        vendors = Vendors(
+            config,
+            {name: profile for name in config.vendors},
+            seed=1,
+            wall_clock=clock.time,
+            post_webhook=_no_webhooks,
+            trace=trace,
+        )
+        client = vendors.client(vendor)
+        tasks_before = len(asyncio.all_tasks())
+        read = asyncio.ensure_future(client.status("m", "abc", trace_id="0" * 32))
+        await clock.sleep(vendor.poll_timeout / 2)
+        assert len(asyncio.all_tasks()) == tasks_before + 1  # the read's own task only
+        with pytest.raises(VendorTimeout):
+            await read
+        assert clock.elapsed() == pytest.approx(vendor.poll_timeout)
+        assert trace.tail(1)[0].split()[1:5] == ["vendor", "replicate", "status", "TimeoutError"]
+
+    run_virtual(main())
+
+
+async def _no_webhooks(url: str, headers: Mapping[str, str], body: bytes, timeout: float) -> None:
+    raise AssertionError("no webhook expected")
 
 
 def test_the_ledger_runs_inline_in_memory_without_a_thread(tmp_path: Path) -> None:
