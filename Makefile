@@ -16,11 +16,10 @@ install: $(STAMP)
 
 # The suite needs the real Prometheus and a headless Chromium: installed here if missing.
 # Two workers (pytest-xdist), each with its own local Ray, a test file per worker at a time:
-# most tests wait on timers and vendors, not on the CPU. Files go out in collection order,
-# the longest first (tests/conftest.py), so that no worker starts a long file at the end.
+# most tests wait on timers and vendors, not on the CPU.
 TEST_WORKERS ?= 2
 test: $(STAMP) prometheus browser-deps
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP)
 	$(BIN)/jobline demo

@@ -18,7 +18,6 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -139,13 +138,9 @@ def test_serve_comes_back_under_a_supervisor_stops_into_one_file_and_prints_no_s
         assert rows["ledger"]["detail"] == str(database)
         for i in range(2):
             assert admin(accounts, {"name": f"after {i}"}) == 201
-        # `stop` waits for serve's pid to go; a supervisor reaps serve as it ends (here
-        # this process, serve's parent: an unreaped zombie would keep `stop` waiting).
-        with ThreadPoolExecutor(1) as pool:
-            stopping = pool.submit(run, root, "stop")
-            assert serve.wait(timeout=120) == 0  # serve ends by itself once its app stopped
-            stop = stopping.result()
+        stop = run(root, "stop")
         assert stop.returncode == 0, stop.stderr
+        assert serve.wait(timeout=120) == 0  # serve ends by itself once its app stopped
     finally:
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
