@@ -31,7 +31,10 @@ TERMINAL = frozenset({"completed", "failed", "canceled"})
 # range (Linux: 32768-60999) and above Ray's worker ports (10002-19999): a port the kernel
 # chose for a port-0 bind could be given again to any other process (the other test
 # worker's servers, Ray's own sockets) before the process we name it to binds it.
-NAMED_PORTS = range(20_000, 32_000)
+NAMED_PORTS = range(20_000, 30_000)
+# Windows of 100 worker ports for a `ray start` node (`--min/max-worker-port`), apart from
+# NAMED_PORTS: `ray start` refuses a node whose named ports fall inside its worker window.
+WORKER_PORT_WINDOWS = range(30_000, 32_700, 100)
 
 
 def free_ports(count: int) -> list[int]:

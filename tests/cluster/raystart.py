@@ -14,6 +14,7 @@ fake vendors, the S3 server, Prometheus) listen on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtests.testbed import free_ports
+from loadtests.testbed import WORKER_PORT_WINDOWS, free_ports
 
 VENV_BIN = Path(sys.executable).parent
 READY_LINE = "Ray runtime started"
@@ -81,6 +82,8 @@ class RayStartCluster:
         }
         self.node_env = {**os.environ, **node_env, **self.ray_env}
         self.nodes: list[RayNode] = []
+        # Each node started gets the next window, from a random one on.
+        self._windows = itertools.count(secrets.randbelow(len(WORKER_PORT_WINDOWS)))
         self.gcs_port = 0
         self.dashboard_port = 0
 
@@ -150,7 +153,7 @@ class RayStartCluster:
 
     def _launch(self, name: str, role_args: list[str], resources: Mapping[str, float]) -> RayNode:
         node_manager, object_manager, agent, agent_grpc, runtime_env, metrics = free_ports(6)
-        low = 20_000 + (os.getpid() * 97 + len(self.nodes) * 211) % 30_000
+        low = WORKER_PORT_WINDOWS[next(self._windows) % len(WORKER_PORT_WINDOWS)]
         cwd = self.root / f"node-{name}"
         cwd.mkdir(exist_ok=True)
         log = self.root / f"node-{name}.log"
