@@ -364,9 +364,8 @@ class RayConfig(Section):
     # A Ray start-up (or join) that times out on a loaded machine is tried this often.
     start_attempts: int = Field(default=3, ge=1)
     # Roles on the same machine call each other over a Unix socket instead of a Ray actor
-    # call (tens of microseconds instead of milliseconds of CPU); false (for now the
-    # default, until a race it may bring in serve's notices is understood): through Ray.
-    nearby_calls: bool = False
+    # call (tens of microseconds instead of milliseconds of CPU); false: always through Ray.
+    nearby_calls: bool = True
 
     @field_validator("ledger_resource", "gateway_resource")
     @classmethod

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,11 +80,17 @@ class _NoticeKeeper(logging.Handler):
         self._formatter = formatter
         self._notices = notices
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
 
     def emit(self, record: logging.LogRecord) -> None:
         if is_notice(record):
             line = self._formatter.as_dict(record)
-            self._loop.call_soon_threadsafe(self._notices.add, [line])
+            if threading.get_ident() == self._loop_thread:
+                # On the loop: in the list before the next statement runs, so a notice
+                # logged before a state change is seen by any reader that sees the change.
+                self._notices.add([line])
+            else:
+                self._loop.call_soon_threadsafe(self._notices.add, [line])
 
 
 class JoblineApp:
@@ -355,9 +362,11 @@ class JoblineApp:
                 f"{done}; its WAL checkpointed into {where}" if "failed" not in done else done
             )
         await self._kill(roles)
-        self._stopped = True
         await self._write_targets({})
+        # The last notice is in the list before a follower can be told the app stopped
+        # (``notices``): it stops reading at that answer.
         log.info("app %r stopped", self._namespace, extra={"notice": True})
+        self._stopped = True
         return [line for line in lines if line]
 
     async def _stop_group(self, roles: Sequence[str], verb: str) -> str:

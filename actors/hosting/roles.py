@@ -17,6 +17,7 @@ from actors.hosting.cluster import (
     NOTICE_FLUSH,
     RECONCILE_INTERVAL,
     actor_name,
+    one_line,
     retried_calls,
 )
 from actors.hosting.nearby_calls import CallLost, NearbyClient, NearbyServer, NotNearby
@@ -106,17 +107,23 @@ class _NoticeForwarder(logging.Handler):
     async def run(self) -> None:
         while True:
             await asyncio.sleep(NOTICE_FLUSH)
-            batch = []
-            while self._pending:
-                batch.append(self._pending.popleft())
-            if not batch:
-                continue
-            try:
-                if self._app is None:
-                    self._app = ray_calls.get_actor(actor_name(APP), self._namespace)
-                await ray_calls.send(self._app, "post", batch)
-            except Exception:  # no app (a harness, a stop under way): the notices go
-                self._app = None
+            await self.send_pending()
+
+    async def send_pending(self) -> None:
+        """Send what is pending now; with no app to take them (a harness, a stop under
+        way), they are dropped and the reason logged (to the role's own log only)."""
+        batch = []
+        while self._pending:
+            batch.append(self._pending.popleft())
+        if not batch:
+            return
+        try:
+            if self._app is None:
+                self._app = ray_calls.get_actor(actor_name(APP), self._namespace)
+            await ray_calls.send(self._app, "post", batch)
+        except Exception as exc:
+            self._app = None
+            log.info("%d notices not sent to the app: %s", len(batch), one_line(exc))
 
 
 class RoleHost:
@@ -227,7 +234,10 @@ class RoleHost:
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         await asyncio.shield(self._started)
-        return await getattr(self._object, method)(*args, **kwargs)
+        answer = await getattr(self._object, method)(*args, **kwargs)
+        if method == "stop":  # the app removes this actor next: its last notices go now
+            await self._notices.send_pending()
+        return answer
 
     def pid(self) -> int:
         return os.getpid()

@@ -146,8 +146,9 @@ def test_serve_comes_back_under_a_supervisor_stops_into_one_file_and_prints_no_s
             serve.send_signal(signal.SIGTERM)
             serve.wait(timeout=120)
     printed = (root / "serve-2.out").read_text()
-    assert "ledger opened at" in printed and "ready: 6 roles" in printed
-    assert "gateway-1 ready on node" in printed and "app 'jobline' stopped" in printed
+    for line in ("ledger opened at", "ready: 6 roles", "gateway-1 ready on node"):
+        assert line in printed, f"{line!r} not in serve's output:\n{printed}"
+    assert "app 'jobline' stopped" in printed.splitlines()[-1], printed
     assert not database.with_name("jobline.db-wal").exists()
     copy = root / "copy.db"
     shutil.copyfile(database, copy)  # the .db alone

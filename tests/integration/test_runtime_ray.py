@@ -138,31 +138,31 @@ def nearby_counts(tb: Testbed) -> dict[str, dict[str, int]]:
     return {role: tb.runtime.nearby_calls(role) for role in tb.runtime.roles()}
 
 
-async def test_roles_on_one_machine_call_each_other_over_sockets(
-    tmp_path: Path, ray_session: Any
-) -> None:
-    """``[ray] nearby_calls = true``: the gateways' and processors' calls to the ledger and
-    the processors skip Ray."""
-    async with bed(tmp_path, ray={"nearby_calls": True}) as tb:
-        jobs = await settled(tb, await submit_many(tb, FLUX, 6))
-        assert {j["status"] for j in jobs.values()} == {"completed"}
-        counts = await asyncio.to_thread(nearby_counts, tb)
-        gateways = [c for role, c in counts.items() if role.startswith("gateway-")]
-        opened = sum(c.get("ledger", 0) for c in gateways)
-        dispatched = sum(c.get("processor-fal", 0) for c in gateways)
-        recorded = counts["processor-fal"].get("ledger", 0)
-        assert opened > 0 and dispatched > 0 and recorded > 0, counts
-        assert counts["ledger"]["served"] >= opened + recorded
-
-
 @shared_loop
-async def test_with_nearby_calls_off_every_call_goes_through_ray(calm_bed: Testbed) -> None:
-    """The default: every call between roles goes through Ray."""
+async def test_roles_on_one_machine_call_each_other_over_sockets(calm_bed: Testbed) -> None:
+    """The default (``[ray] nearby_calls = true``): the gateways' and processors' calls to
+    the ledger and the processors skip Ray."""
     tb = calm_bed
     jobs = await settled(tb, await submit_many(tb, FLUX, 6))
     assert {j["status"] for j in jobs.values()} == {"completed"}
     counts = await asyncio.to_thread(nearby_counts, tb)
-    assert all(n == 0 for c in counts.values() for n in c.values()), counts
+    gateways = [c for role, c in counts.items() if role.startswith("gateway-")]
+    opened = sum(c.get("ledger", 0) for c in gateways)
+    dispatched = sum(c.get("processor-fal", 0) for c in gateways)
+    recorded = counts["processor-fal"].get("ledger", 0)
+    assert opened > 0 and dispatched > 0 and recorded > 0, counts
+    assert counts["ledger"]["served"] >= opened + recorded
+
+
+async def test_with_nearby_calls_off_every_call_goes_through_ray(
+    tmp_path: Path, ray_session: Any
+) -> None:
+    """``[ray] nearby_calls = false``: every call between roles goes through Ray."""
+    async with bed(tmp_path, ray={"nearby_calls": False}) as tb:
+        jobs = await settled(tb, await submit_many(tb, FLUX, 6))
+        assert {j["status"] for j in jobs.values()} == {"completed"}
+        counts = await asyncio.to_thread(nearby_counts, tb)
+        assert all(n == 0 for c in counts.values() for n in c.values()), counts
 
 
 async def test_transient_errors_are_retried_until_success(tmp_path: Path, ray_session: Any) -> None:

@@ -1,8 +1,11 @@
-"""The app's status while its reconciler removes roles (actors/hosting/app.py).
+"""The app's status while its reconciler removes roles, and its notices while it stops
+(actors/hosting/app.py).
 
 Ray's calls are replaced by plain functions here: what is tested is the app's own
 bookkeeping when a lost node's gateways are removed in the middle of a status call (CI
-saw ``KeyError: 'gateway-0'`` from ``jobline status`` right after a worker node was lost).
+saw ``KeyError: 'gateway-0'`` from ``jobline status`` right after a worker node was lost),
+and what a follower (``jobline serve``, ``jobline logs -f``) reads while the app stops (CI
+saw a local serve end without the app's last notice).
 """
 
 from __future__ import annotations
@@ -77,3 +80,40 @@ def test_status_answers_for_the_roles_it_started_with_when_one_is_removed_meanwh
 ) -> None:
     roles = asyncio.run(status_while_a_gateway_is_removed(fake_ray))
     assert roles == ["ledger", "sweeper", "gateway-0", "gateway-1"]
+
+
+async def follow_while_stopping(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Stop the app while a follower reads its notices the way ``jobline serve`` does
+    (until an answer says stopped); what the follower printed."""
+    app = JoblineApp(load_config(ROOT / "jobline.toml"), None, Customization(), {}, None)
+    for role in ("ledger", "sweeper", "gateway-0"):
+        app._handles[role] = f"handle-{role}"
+
+    async def send(handle: Any, method: str, *args: Any) -> None:
+        assert (method, args) == ("call", ("stop",))
+
+    async def slow_targets(where: dict[str, Node]) -> None:
+        await asyncio.sleep(0.3)  # the targets file written in a thread: the loop turns
+
+    monkeypatch.setattr(ray_calls, "send", send)
+    monkeypatch.setattr(app, "_write_targets", slow_targets)
+    printed: list[str] = []
+
+    async def follow() -> None:
+        after, stopped = 0, False
+        while not stopped:
+            after, lines, stopped = await app.notices(after, 0.05)
+            printed.extend(line["msg"] for line in lines)
+
+    follower = asyncio.get_running_loop().create_task(follow())
+    await app.stop()
+    await asyncio.wait_for(follower, 5)
+    return printed
+
+
+def test_a_follower_reads_the_apps_last_notice_before_it_is_told_the_app_stopped(
+    fake_ray: FakeRay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    printed = asyncio.run(follow_while_stopping(monkeypatch))
+    assert printed[0].startswith("stopping: draining 1 gateways"), printed
+    assert printed[-1] == f"app {load_config(ROOT / 'jobline.toml').ray.namespace!r} stopped"
