@@ -221,3 +221,9 @@ async def _value(result: bool | Awaitable[bool]) -> bool:
 
 async def no_slot_taken(rig: Rig, vendor: str = "fal") -> bool:
     return bool((await rig.processors[vendor].stats())["inflight"] == 0)
+
+
+async def no_orphan(rig: Rig, vendor: str = "fal") -> bool:
+    """The ledger keeps no orphan of ``vendor``: a processor ends one in the ledger just
+    after its task's slot is free (``EndOrphan``, one write later), so wait for it."""
+    return await rig.ledger.orphans(vendor, time.time()) == []
