@@ -2,8 +2,9 @@
 
 Starts the fake vendors of jobline.toml (``flaky`` preset) on free ports, the runtime
 on a local Ray, creates an account, submits a few hundred jobs through the HTTP API
-(mixed models, some repeated Idempotency-Keys, some cancels, one short vendor outage
-mid-run so failover shows), waits for every job to end, and prints what happened and
+(mixed models, some repeated Idempotency-Keys, some cancels, and mid-run an outage of
+the vendor first on most routes, lasting until its circuit opens and a little after, so
+that failover shows), waits for every job to end, and prints what happened and
 whether the ledger's invariants held. Exits 1 if any invariant failed.
 """
 
@@ -30,6 +31,8 @@ from runtime.invariants import check_invariants
 
 TERMINAL = {"completed", "failed", "canceled"}
 PROMPTS = ["a red fox", "a lighthouse at dusk", "a bowl of ramen", "a paper crane", "rain"]
+OUTAGE_LONGEST = 30.0  # s: the outage ends then even if the vendor's circuit never opened
+OUTAGE_AFTER_OPEN = 3.0  # s the outage goes on after the circuit opened: jobs fail over
 
 
 @dataclass
@@ -51,6 +54,8 @@ class DemoLoad:
     duplicates: int = 0
     cancels_sent: int = 0
     rejected: Counter[int] = field(default_factory=Counter)
+    outage: float = 0.0  # s the outage lasted
+    circuit_opened: float | None = None  # s into the outage the vendor's circuit opened
 
     def headers(self, key: str | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self.api_key}"}
@@ -100,7 +105,9 @@ async def _drive(config: JoblineConfig, runtime: Any, fakes: Any, *, jobs: int, 
         started = time.monotonic()
         outage_vendor = _outage_target(config)
         submit = asyncio.create_task(_submit_all(http, load, models, jobs))
-        outage = asyncio.create_task(_outage_midway(http, fakes, outage_vendor, load, jobs))
+        outage = asyncio.create_task(
+            _outage_midway(http, fakes, runtime, outage_vendor, load, jobs)
+        )
         await submit
         await _wait_all(http, load, jobs)
         outage.cancel()
@@ -173,12 +180,28 @@ async def _submit_all(
 
 
 async def _outage_midway(
-    http: aiohttp.ClientSession, fakes: Any, vendor: str, load: DemoLoad, total: int
+    http: aiohttp.ClientSession, fakes: Any, runtime: Any, vendor: str, load: DemoLoad, total: int
 ) -> None:
+    """Once a third of the jobs are in: ``vendor`` answers 503 until its circuit opened
+    (its processor's stats) and ``OUTAGE_AFTER_OPEN`` s more, at most ``OUTAGE_LONGEST``."""
     while len(load.jobs) < total // 3:
         await asyncio.sleep(0.1)
-    async with http.post(f"{fakes.urls[vendor]}/_control/outage", json={"duration": 6}):
+    control = f"{fakes.urls[vendor]}/_control/outage"
+    async with http.post(control, json={"duration": OUTAGE_LONGEST}):
         pass
+    began = time.monotonic()
+    try:
+        while time.monotonic() - began < OUTAGE_LONGEST:
+            stats = await asyncio.to_thread(runtime.call, f"processor-{vendor}", "stats")
+            if stats["circuit"] != "closed":
+                load.circuit_opened = time.monotonic() - began
+                await asyncio.sleep(OUTAGE_AFTER_OPEN)
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        load.outage = time.monotonic() - began
+        async with http.post(control, json={"duration": 0}):
+            pass
 
 
 async def _wait_all(http: aiohttp.ClientSession, load: DemoLoad, total: int) -> None:
@@ -261,7 +284,13 @@ def _report(
         "",
         f"jobline demo: {len(load.jobs)} jobs in {elapsed:.1f}s "
         f"({load.duplicates} duplicate submits answered with the same job, "
-        f"{load.cancels_sent} cancels sent, outage of {outage_vendor} mid-run)",
+        f"{load.cancels_sent} cancels sent, an outage of {outage_vendor} mid-run)",
+        f"  outage of {outage_vendor}: {load.outage:.1f}s, "
+        + (
+            f"its circuit opened after {load.circuit_opened:.1f}s"
+            if load.circuit_opened is not None
+            else "its circuit never opened"
+        ),
         "",
         "  jobs by final status   "
         + "  ".join(f"{s} {by_status.get(s, 0)}" for s in ("completed", "failed", "canceled")),
