@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from runtime.config import JoblineConfig, load_config
 from runtime.errors import AppAlreadyRunning, AppNotRunning, DeploymentError
@@ -100,7 +100,7 @@ def _address_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _say(line: str) -> None:
-    print(f"jobline: {line}", file=sys.stderr, flush=True)
+    _print(f"jobline: {line}", sys.stderr)
 
 
 _STDOUT = sys.stdout
@@ -108,7 +108,20 @@ _STDOUT = sys.stdout
 
 def _out(line: str) -> None:
     """A line of the command's own output (``_quiet_ray`` keeps Ray's out of stdout)."""
-    print(line, file=_STDOUT, flush=True)
+    _print(line, _STDOUT)
+
+
+def _print(line: str, stream: TextIO) -> None:
+    """``line`` on ``stream``; a stream whose reader is gone (a pipe closed: ``| tee``
+    ended by the same Ctrl-C) is sent to /dev/null from then on, so that the command goes
+    on with what it was doing (stopping the app) instead of dying of BrokenPipeError."""
+    try:
+        print(line, file=stream, flush=True)
+    except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
 
 
 def _quiet_ray() -> None:
@@ -226,14 +239,14 @@ def _follow(runtime: RayRuntime) -> int:
             after, lines, stopped = runtime.notices(after, FOLLOW_WAIT)
         except Exception as exc:
             if _stopped_on_purpose(runtime):
-                _say(f"app {name!r} was stopped (`jobline stop`)")
+                _say(f"app {name!r} was stopped")
                 return 0
             _say(f"lost app {name!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
             return EXIT_FAILED
         for notice in lines:
             _out(readable(notice))
         if stopped:
-            _say(f"app {name!r} was stopped (`jobline stop`)")
+            _say(f"app {name!r} was stopped")
             return 0
     if runtime.owns_ray:
         _say(f"stopping app {name!r}")

@@ -46,6 +46,8 @@ from runtime.telemetry import JsonFormatter, configure_logging, get_logger, is_n
 
 log = get_logger("hosting")
 
+FOLLOWERS_ANSWERED = 2.0  # s a stop waits for the followers' answers at most
+
 
 # --- the app ------------------------------------------------------------------------------
 
@@ -57,6 +59,7 @@ class _Notices:
         self._lines: deque[tuple[int, dict[str, Any]]] = deque(maxlen=NOTICES_KEPT)
         self._seq = 0
         self._changed = asyncio.Event()
+        self._readers = 0  # calls of ``since`` not yet answered
 
     def add(self, lines: Sequence[dict[str, Any]]) -> None:
         for line in lines:
@@ -65,11 +68,21 @@ class _Notices:
         self._changed.set()
 
     async def since(self, after: int, wait: float) -> tuple[int, list[dict[str, Any]]]:
-        if self._seq <= after and wait > 0:
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), wait)
-        return self._seq, [line for seq, line in self._lines if seq > after]
+        self._readers += 1
+        try:
+            if self._seq <= after and wait > 0:
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), wait)
+            return self._seq, [line for seq, line in self._lines if seq > after]
+        finally:
+            self._readers -= 1
+
+    async def answered(self, timeout: float) -> None:
+        """Until every reader waiting now has its answer (at most ``timeout`` s)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._readers and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
 
 
 class _NoticeKeeper(logging.Handler):
@@ -367,6 +380,9 @@ class JoblineApp:
         # (``notices``): it stops reading at that answer.
         log.info("app %r stopped", self._namespace, extra={"notice": True})
         self._stopped = True
+        # `jobline stop` removes this actor once this returns: a follower waiting for
+        # notices gets its answer (with the last one) first.
+        await self._notices.answered(FOLLOWERS_ANSWERED)
         return [line for line in lines if line]
 
     async def _stop_group(self, roles: Sequence[str], verb: str) -> str:

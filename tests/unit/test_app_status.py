@@ -117,3 +117,38 @@ def test_a_follower_reads_the_apps_last_notice_before_it_is_told_the_app_stopped
     printed = asyncio.run(follow_while_stopping(monkeypatch))
     assert printed[0].startswith("stopping: draining 1 gateways"), printed
     assert printed[-1] == f"app {load_config(ROOT / 'jobline.toml').ray.namespace!r} stopped"
+
+
+async def stop_with_a_waiting_follower(monkeypatch: pytest.MonkeyPatch) -> list[str] | None:
+    """What a follower reading like ``jobline serve`` (waiting 5 s at a time, until told
+    the app stopped) had printed when ``stop`` returned: ``jobline stop`` removes the app
+    right then (None: the follower was not yet told)."""
+    app = JoblineApp(load_config(ROOT / "jobline.toml"), None, Customization(), {}, None)
+    app._handles["ledger"] = "handle-ledger"
+
+    async def send(handle: Any, method: str, *args: Any) -> None:
+        assert (method, args) == ("call", ("stop",))
+
+    monkeypatch.setattr(ray_calls, "send", send)
+    printed: list[str] = []
+
+    async def follow() -> None:
+        after, stopped = 0, False
+        while not stopped:
+            after, lines, stopped = await app.notices(after, 5.0)
+            printed.extend(line["msg"] for line in lines)
+
+    follower = asyncio.get_running_loop().create_task(follow())
+    await asyncio.sleep(0.05)  # the follower waits
+    await app.stop()
+    done = follower.done()
+    follower.cancel()
+    return printed if done else None
+
+
+def test_stop_returns_only_once_a_waiting_follower_has_the_last_notice(
+    fake_ray: FakeRay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    printed = asyncio.run(stop_with_a_waiting_follower(monkeypatch))
+    assert printed is not None, "stop returned before the follower was told the app stopped"
+    assert printed[-1].endswith("stopped"), printed
