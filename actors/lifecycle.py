@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -234,9 +235,10 @@ def _follow(runtime: RayRuntime) -> int:
         signal.signal(number, on_signal)
     name = runtime.config.ray.namespace
     after = 0
+    follower = f"{socket.gethostname()}:{os.getpid()}"  # a stop waits until it has the last notice
     while not signalled:
         try:
-            after, lines, stopped = runtime.notices(after, FOLLOW_WAIT)
+            after, lines, stopped = runtime.notices(after, FOLLOW_WAIT, follower)
         except Exception as exc:
             if _stopped_on_purpose(runtime):
                 _say(f"app {name!r} was stopped")
@@ -250,7 +252,7 @@ def _follow(runtime: RayRuntime) -> int:
             return 0
     if runtime.owns_ray:
         _say(f"stopping app {name!r}")
-        for step in runtime.stop():
+        for step in runtime.stop(follower):
             _say(step)
         return 0
     _say(f"app {name!r} runs on on the cluster; `jobline stop` stops it")

@@ -46,7 +46,8 @@ from runtime.telemetry import JsonFormatter, configure_logging, get_logger, is_n
 
 log = get_logger("hosting")
 
-FOLLOWERS_ANSWERED = 2.0  # s a stop waits for the followers' answers at most
+FOLLOWERS_ANSWERED = 3.0  # s a stop waits for the followers' answers at most
+FOLLOWER_SEEN = 5.0  # s: a follower that asked this recently is still following
 
 
 # --- the app ------------------------------------------------------------------------------
@@ -59,7 +60,9 @@ class _Notices:
         self._lines: deque[tuple[int, dict[str, Any]]] = deque(maxlen=NOTICES_KEPT)
         self._seq = 0
         self._changed = asyncio.Event()
-        self._readers = 0  # calls of ``since`` not yet answered
+        # Each follower (``jobline serve``, ``jobline logs -f``): the last number it was
+        # answered with, and when (loop time).
+        self._followers: dict[str, tuple[int, float]] = {}
 
     def add(self, lines: Sequence[dict[str, Any]]) -> None:
         for line in lines:
@@ -67,21 +70,41 @@ class _Notices:
             self._lines.append((self._seq, line))
         self._changed.set()
 
-    async def since(self, after: int, wait: float) -> tuple[int, list[dict[str, Any]]]:
-        self._readers += 1
-        try:
-            if self._seq <= after and wait > 0:
-                self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), wait)
-            return self._seq, [line for seq, line in self._lines if seq > after]
-        finally:
-            self._readers -= 1
+    @property
+    def last(self) -> int:
+        return self._seq
 
-    async def answered(self, timeout: float) -> None:
-        """Until every reader waiting now has its answer (at most ``timeout`` s)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self._readers and asyncio.get_running_loop().time() < deadline:
+    async def since(
+        self, after: int, wait: float, follower: str | None = None
+    ) -> tuple[int, list[dict[str, Any]]]:
+        loop = asyncio.get_running_loop()
+        if follower is not None:  # seen now, answered with nothing new yet
+            self._followers[follower] = (after, loop.time())
+        if self._seq <= after and wait > 0:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+        if follower is not None:
+            self._followers[follower] = (self._seq, loop.time())
+        return self._seq, [line for seq, line in self._lines if seq > after]
+
+    async def followers_have(
+        self, seq: int, recent: float, timeout: float, but: str | None = None
+    ) -> None:
+        """Until every follower (``but`` one) seen in the last ``recent`` s was answered
+        with notice ``seq`` or later (at most ``timeout`` s): one between two calls is
+        waited for."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            now = loop.time()
+            behind = [
+                name
+                for name, (answered, seen) in self._followers.items()
+                if answered < seq and now - seen < recent and name != but
+            ]
+            if not behind:
+                return
             await asyncio.sleep(0.01)
 
 
@@ -320,10 +343,13 @@ class JoblineApp:
     async def post(self, lines: list[dict[str, Any]]) -> None:
         self._notices.add(lines)
 
-    async def notices(self, after: int, wait: float) -> tuple[int, list[dict[str, Any]], bool]:
+    async def notices(
+        self, after: int, wait: float, follower: str | None = None
+    ) -> tuple[int, list[dict[str, Any]], bool]:
         """The notices after number ``after`` (waiting up to ``wait`` s for one), the
-        last number, and whether the app has stopped."""
-        seq, lines = await self._notices.since(after, 0 if self._stopped else wait)
+        last number, and whether the app has stopped. A ``follower`` (a name of its own,
+        the same on every call) is waited for by ``stop`` until it has the last notice."""
+        seq, lines = await self._notices.since(after, 0 if self._stopped else wait, follower)
         return seq, lines, self._stopped
 
     async def status(self) -> list[RoleStatus]:
@@ -357,9 +383,10 @@ class JoblineApp:
             )
         return rows
 
-    async def stop(self) -> list[str]:
+    async def stop(self, follower: str | None = None) -> list[str]:
         """Drain the gateways, stop processors and sweeper, close and checkpoint the
-        ledger, remove every role. One line per step."""
+        ledger, remove every role. One line per step. Before it returns, every follower of
+        the notices but ``follower`` (the one stopping it) has the last one."""
         if self._reconciler is not None:
             self._reconciler.cancel()
         roles = _ordered(self._handles)
@@ -380,9 +407,11 @@ class JoblineApp:
         # (``notices``): it stops reading at that answer.
         log.info("app %r stopped", self._namespace, extra={"notice": True})
         self._stopped = True
-        # `jobline stop` removes this actor once this returns: a follower waiting for
-        # notices gets its answer (with the last one) first.
-        await self._notices.answered(FOLLOWERS_ANSWERED)
+        # `jobline stop` removes this actor once this returns: the followers get their
+        # answer with the last notice first.
+        await self._notices.followers_have(
+            self._notices.last, FOLLOWER_SEEN, FOLLOWERS_ANSWERED, but=follower
+        )
         return [line for line in lines if line]
 
     async def _stop_group(self, roles: Sequence[str], verb: str) -> str:

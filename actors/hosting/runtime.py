@@ -112,16 +112,21 @@ class RayRuntime:
     def status(self, timeout: float = 60.0) -> list[RoleStatus]:
         return cast(list[RoleStatus], self._ask("status", timeout=timeout))
 
-    def notices(self, after: int, wait: float) -> tuple[int, list[dict[str, Any]], bool]:
-        """Notices after ``after`` (waiting up to ``wait`` s), the last number, stopped?"""
-        answer = self._ask("notices", after, wait, timeout=wait + 30)
+    def notices(
+        self, after: int, wait: float, follower: str | None = None
+    ) -> tuple[int, list[dict[str, Any]], bool]:
+        """Notices after ``after`` (waiting up to ``wait`` s), the last number, stopped?
+        A ``follower`` name (the same on every call) makes a stop wait until it has the
+        app's last notice (``JoblineApp.notices``)."""
+        answer = self._ask("notices", after, wait, follower, timeout=wait + 30)
         return cast(tuple[int, list[dict[str, Any]], bool], answer)
 
-    def stop(self) -> list[str]:
-        """Stop the app in order (``JoblineApp.stop``), remove it, and let go of Ray."""
+    def stop(self, follower: str | None = None) -> list[str]:
+        """Stop the app in order (``JoblineApp.stop``; ``follower``: the notices' follower
+        stopping it, not waited for), remove it, and let go of Ray."""
         namespace = self.config.ray.namespace
         try:
-            lines = cast(list[str], self._ask("stop", timeout=STOP_TIMEOUT * 4))
+            lines = cast(list[str], self._ask("stop", follower, timeout=STOP_TIMEOUT * 4))
         except Exception as exc:
             lines = [f"the app did not stop in order ({one_line(exc)}); its actors were killed"]
         record = read_record(namespace)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from actors.hosting import ray_calls
-from actors.hosting.app import JoblineApp
+from actors.hosting.app import FOLLOWERS_ANSWERED, JoblineApp
 from actors.placement import Node
 from actors.wiring import Customization
 from runtime.config import load_config
@@ -120,9 +120,9 @@ def test_a_follower_reads_the_apps_last_notice_before_it_is_told_the_app_stopped
 
 
 async def stop_with_a_waiting_follower(monkeypatch: pytest.MonkeyPatch) -> list[str] | None:
-    """What a follower reading like ``jobline serve`` (waiting 5 s at a time, until told
-    the app stopped) had printed when ``stop`` returned: ``jobline stop`` removes the app
-    right then (None: the follower was not yet told)."""
+    """What a follower reading like ``jobline serve`` (waiting 5 s at a time, its calls
+    50 ms apart, until told the app stopped) had printed when ``stop`` returned: ``jobline
+    stop`` removes the app right then (None: it did not have the last notice yet)."""
     app = JoblineApp(load_config(ROOT / "jobline.toml"), None, Customization(), {}, None)
     app._handles["ledger"] = "handle-ledger"
 
@@ -135,13 +135,14 @@ async def stop_with_a_waiting_follower(monkeypatch: pytest.MonkeyPatch) -> list[
     async def follow() -> None:
         after, stopped = 0, False
         while not stopped:
-            after, lines, stopped = await app.notices(after, 5.0)
+            after, lines, stopped = await app.notices(after, 5.0, "serve")
             printed.extend(line["msg"] for line in lines)
+            await asyncio.sleep(0.05)  # the answer's way back and the next call's: remote
 
     follower = asyncio.get_running_loop().create_task(follow())
-    await asyncio.sleep(0.05)  # the follower waits
+    await asyncio.sleep(0.1)  # the follower waits
     await app.stop()
-    done = follower.done()
+    done = printed[-1:] == [f"app {app._namespace!r} stopped"]
     follower.cancel()
     return printed if done else None
 
@@ -150,5 +151,25 @@ def test_stop_returns_only_once_a_waiting_follower_has_the_last_notice(
     fake_ray: FakeRay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     printed = asyncio.run(stop_with_a_waiting_follower(monkeypatch))
-    assert printed is not None, "stop returned before the follower was told the app stopped"
-    assert printed[-1].endswith("stopped"), printed
+    assert printed is not None, "stop returned before the follower had the last notice"
+
+
+async def stop_by_its_own_follower(monkeypatch: pytest.MonkeyPatch) -> float:
+    """How long a stop takes when the one stopping the app is its only follower (serve on
+    Ctrl-C: it is not reading notices while it stops the app)."""
+    app = JoblineApp(load_config(ROOT / "jobline.toml"), None, Customization(), {}, None)
+
+    async def send(handle: Any, method: str, *args: Any) -> None:
+        raise AssertionError("no role to stop")
+
+    monkeypatch.setattr(ray_calls, "send", send)
+    await app.notices(0, 0, "serve")
+    started = asyncio.get_running_loop().time()
+    await app.stop("serve")
+    return asyncio.get_running_loop().time() - started
+
+
+def test_a_stop_does_not_wait_for_the_follower_that_stops_the_app(
+    fake_ray: FakeRay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert asyncio.run(stop_by_its_own_follower(monkeypatch)) < FOLLOWERS_ANSWERED
