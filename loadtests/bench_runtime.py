@@ -15,6 +15,11 @@ measurements, each next to what it could be:
 - status reads: ``GET /v1/jobs/{id}`` per second against the same bare endpoint, of
   completed jobs (a gateway answers an ended job from memory once it has read it ended)
   and of live ones (queued behind the accepts' backlog: a ledger read each time).
+
+For the accepts and status reads it also gives the CPU each request cost the gateways (all
+replicas' processes, from ``/proc``) next to what it cost the bare endpoint's process: the
+request rate under a flood is set by the whole machine (the processors working off the
+accepts' backlog share the two cores), the CPU per request by the gateway alone.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from loadtests.bench_cpu import cpu_seconds
 from loadtests.bench_fake import get_requests, run_requests
 from loadtests.testbed import TERMINAL, Testbed
 from runtime.vendors import make_client
@@ -252,8 +258,9 @@ def _percentile(values: list[float], p: float) -> float:
 
 
 @contextlib.contextmanager
-def bare_endpoint() -> Iterator[int]:
-    """A bare aiohttp server in its own process, answering like the two routes; its port."""
+def bare_endpoint() -> Iterator[tuple[int, int]]:
+    """A bare aiohttp server in its own process, answering like the two routes: (its port,
+    its pid)."""
     server = subprocess.Popen(
         [sys.executable, "-m", "loadtests.bench_runtime", "bare"],
         cwd=ROOT,
@@ -263,7 +270,7 @@ def bare_endpoint() -> Iterator[int]:
     )
     try:
         assert server.stdout is not None
-        yield int(json.loads(server.stdout.readline())["port"])
+        yield int(json.loads(server.stdout.readline())["port"]), server.pid
     finally:
         server.terminate()
         server.wait(10)
@@ -309,23 +316,42 @@ def read_requests(port: int, api_key: str, job_ids: list[str]) -> list[bytes]:
     return get_requests(urls, {"Authorization": f"Bearer {api_key}"})
 
 
+def cpu_of(pids: list[int]) -> Callable[[], float]:
+    """The CPU seconds the processes ``pids`` have used so far, summed."""
+    return lambda: sum(cpu_seconds(pid) or 0.0 for pid in pids)
+
+
+async def _timed(load: Callable[[], dict[str, Any]], cpu: Callable[[], float]) -> dict[str, Any]:
+    """One round of ``load``, with ``cpu_ms_per_request``: the CPU ``cpu`` counted during
+    it per request sent."""
+    before = cpu()
+    result = await asyncio.to_thread(load)
+    used = cpu() - before
+    return result | {"cpu_ms_per_request": 1000 * used / max(result["requests"], 1)}
+
+
 async def side_by_side(
     jobline: Callable[[], dict[str, Any]],
     bare: Callable[[], dict[str, Any]],
     rounds: int,
+    jobline_cpu: Callable[[], float],
+    bare_cpu: Callable[[], float],
 ) -> dict[str, Any]:
-    """Alternate rounds of the two; the medians of ok answers per second."""
+    """Alternate rounds of the two; the medians of ok answers per second, and of the CPU
+    per request of the processes serving them (the gateways; the bare server)."""
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
     for _ in range(rounds):
-        theirs.append(await asyncio.to_thread(bare))
-        ours.append(await asyncio.to_thread(jobline))
+        theirs.append(await _timed(bare, bare_cpu))
+        ours.append(await _timed(jobline, jobline_cpu))
     jobline_rate = statistics.median(r["ok_per_s"] for r in ours)
     bare_rate = statistics.median(r["ok_per_s"] for r in theirs)
     return {
         "jobline_per_s": jobline_rate,
         "bare_per_s": bare_rate,
         "ratio": jobline_rate / bare_rate,
+        "jobline_cpu_ms": statistics.median(r["cpu_ms_per_request"] for r in ours),
+        "bare_cpu_ms": statistics.median(r["cpu_ms_per_request"] for r in theirs),
         "jobline_errors": sum(r["errors"] for r in ours),
         "bare_errors": sum(r["errors"] for r in theirs),
         "rounds": rounds,
@@ -376,16 +402,25 @@ async def gateway_rows(
     def load(at: int, requests: list[bytes]) -> Callable[[], dict[str, Any]]:
         return lambda: run_requests("127.0.0.1", at, requests, seconds, CONNECTIONS)
 
-    with bare_endpoint() as bare:
+    replicas = range(tb.config.gateway.replicas)
+    gateways = cpu_of([await asyncio.to_thread(tb.runtime.pid, f"gateway-{n}") for n in replicas])
+    with bare_endpoint() as (bare, bare_pid):
+        server = cpu_of([bare_pid])
         print("  accepts: POST /v1/jobs vs a bare aiohttp endpoint ...", flush=True)
         results["accepts"] = await side_by_side(
-            load(port, submit_requests(port, key)), load(bare, submit_requests(bare, key)), rounds
+            load(port, submit_requests(port, key)),
+            load(bare, submit_requests(bare, key)),
+            rounds,
+            gateways,
+            server,
         )
         print("  status reads: GET /v1/jobs/{id} vs the bare endpoint ...", flush=True)
         results["status_reads"] = await side_by_side(
             load(port, read_requests(port, key, done)),
             load(bare, read_requests(bare, key, done)),
             rounds,
+            gateways,
+            server,
         )
         live = _job_ids(db, ("queued", "processing"))  # the accepts' backlog
         print("  status reads of live jobs vs the bare endpoint ...", flush=True)
@@ -393,6 +428,8 @@ async def gateway_rows(
             load(port, read_requests(port, key, live)),
             load(bare, read_requests(bare, key, live)),
             rounds,
+            gateways,
+            server,
         )
     return results
 

@@ -114,12 +114,22 @@ def rows(results: dict[str, Any]) -> list[Row]:
 def gateway_rows(results: dict[str, Any]) -> list[Row]:
     """The gateway's rows: accepts and status reads against the bare aiohttp endpoint."""
     a, r, live = results["accepts"], results["status_reads"], results["status_reads_live"]
-    return [
+    table = [
         Row("accepts/s vs bare aiohttp", a["jobline_per_s"], a["bare_per_s"], "/s"),
         Row("status reads/s, ended jobs, vs bare", r["jobline_per_s"], r["bare_per_s"], "/s"),
         Row("status reads/s, live jobs, vs bare", live["jobline_per_s"], live["bare_per_s"],
             "/s"),
     ]  # fmt: skip
+    if "jobline_cpu_ms" in a:  # saved results from before the gateways' CPU was measured
+        table += [
+            Row("  gateway CPU ms per accept vs bare", a["jobline_cpu_ms"], a["bare_cpu_ms"],
+                "ms"),
+            Row("  gateway CPU ms per read, ended jobs", r["jobline_cpu_ms"], r["bare_cpu_ms"],
+                "ms"),
+            Row("  gateway CPU ms per read, live jobs", live["jobline_cpu_ms"],
+                live["bare_cpu_ms"], "ms"),
+        ]  # fmt: skip
+    return table
 
 
 def _sum_of(by_process: dict[str, float], prefix: str) -> float:
@@ -142,7 +152,7 @@ def medians(runs: list[list[Row]]) -> list[tuple[Row, float, float]]:
 def render(table: list[tuple[Row, float, float]], runs: int, load: list[float]) -> str:
     def figure(value: float, unit: str) -> str:
         if unit == "ms":
-            return f"{value:.2f} ms"
+            return f"{value:.2f} ms" if value >= 0.1 else f"{value:.3f} ms"
         if unit == "s":
             return f"{value:.3f} s"
         return f"{value:,.1f}/s" if value < 100 else f"{value:,.0f}/s"

@@ -278,7 +278,8 @@ class Api:
 
         async def run() -> None:
             try:
-                await asyncio.wait_for(call, PROCESSOR_TIMEOUT)
+                async with asyncio.timeout(PROCESSOR_TIMEOUT):  # a timer, not another task
+                    await call
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

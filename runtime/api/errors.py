@@ -191,6 +191,8 @@ async def read_body(request: web.Request, timeout: float | None = None) -> bytes
     answers close the connection.
     """
     try:
+        if request.content.is_eof():  # it came whole with the head: no timer to set
+            return await request.read()
         async with asyncio.timeout(timeout):
             return await request.read()
     except web.RequestPayloadError as exc:

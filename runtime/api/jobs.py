@@ -93,7 +93,8 @@ class JobRoutes:
             route_position=position,
             deadline=now + ctx.config.job_deadline(model),
             idempotency_key=idempotency_key,
-            request_hash=request_hash(raw),
+            # Only a key's reuse is checked against the body; without a key, no hash.
+            request_hash=None if idempotency_key is None else request_hash(raw),
             max_in_flight=ctx.config.gateway.max_jobs_in_flight_per_account,
             submits_per_second=ctx.config.gateway.submits_per_second_per_account,
             submit_burst=ctx.config.gateway.submit_burst_per_account,

@@ -50,3 +50,15 @@ def test_a_run_without_the_gateways_rows_leaves_them_out() -> None:
     assert len(gateway) == 3 and set(every) - set(ledger_only) == gateway
     assert every["  the same per CPU second"].ratio == 0.3
     assert ledger_only["vendor-slot utilization vs Σ limit/latency"].jobline == 13.0
+
+
+def test_the_gateways_cpu_per_request_is_a_row_next_to_the_bare_servers() -> None:
+    results = _run(with_reads=True)
+    timed = {"jobline_per_s": 1.0, "bare_per_s": 4.0, "jobline_cpu_ms": 0.9, "bare_cpu_ms": 0.3}
+    results |= {"accepts": timed, "status_reads": timed, "status_reads_live": timed}
+    every = {row.measure: row for row in rows(results)}
+    accept = every["  gateway CPU ms per accept vs bare"]
+    assert (accept.jobline, accept.floor) == (0.9, 0.3) and round(accept.ratio, 6) == 3.0
+    assert "  gateway CPU ms per read, live jobs" in every
+    # Saved results from before the CPU was measured still make the rest of the table.
+    assert "  gateway CPU ms per accept vs bare" not in {r.measure for r in rows(_run(True))}
