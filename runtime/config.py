@@ -458,12 +458,18 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> JoblineConfig
     try:
         config = JoblineConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [(_key_path(error["loc"]), _reason(error)) for error in exc.errors()]
-        raise _config_error(source, problems) from None
+        raise _config_error(source, validation_problems(exc)) from None
     problems = _route_problems(config) + _headroom_problems(config)
     if problems:
         raise _config_error(source, problems)
     return config
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """``(key path, reason)`` of each error of ``exc``, in the words of this file's errors
+    (``ray.nearby_calls``, ``must be true or false, got 'yes'``): for other files a user
+    writes in TOML or JSON."""
+    return [(_key_path(error["loc"]), _reason(error)) for error in exc.errors()]
 
 
 def _config_error(source: str, problems: list[tuple[str, str]]) -> ConfigError:
