@@ -255,3 +255,13 @@ def test_the_docs_config_examples_load_into_the_shipped_file() -> None:
         for section, table in tomllib.loads(block).items():
             raw[section] = {**raw.get(section, {}), **table}
         parse_config(raw, source="a README example")
+
+
+def test_a_config_survives_its_own_json() -> None:
+    """The chaos harness hands a config to its child process as JSON: strict mode still
+    reads the paths, tuples and routes it wrote."""
+    config = load_config(ROOT / "jobline.toml")
+    config = config.model_copy(
+        update={"storage": config.storage.model_copy(update={"database": Path("/x/l.db")})}
+    )
+    assert JoblineConfig.model_validate_json(config.model_dump_json()) == config
