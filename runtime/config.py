@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from runtime.config_base import MAX_CREDITS, Section, http_url, submit_rate
+from runtime.config_base import MAX_CREDITS, Array, FilePath, Section, http_url, submit_rate
 from runtime.config_money import FairnessConfig, RefundsConfig, ThrottleConfig
 from runtime.config_storage import StorageConfig
 from runtime.errors import ConfigError
@@ -82,7 +82,7 @@ class VendorConfig(Section):
     # anywhere else is refused unfetched (a signed webhook is only as trustworthy as the
     # secret behind it). Loopback, private and link-local addresses are refused unless
     # listed here. None: the vendor's own CDNs (``DEFAULT_OUTPUT_HOSTS``).
-    output_hosts: tuple[str, ...] | None = Field(default=None, validate_default=True)
+    output_hosts: Array[str] | None = Field(default=None, validate_default=True)
     # How long a job whose submit is *in doubt* (the answer was lost: a timeout, a 5xx, a
     # cut-off body) waits for the task it may have created to show itself before it gets
     # a new attempt. None: replicate-shaped, ``DEFAULT_LISTING_WAIT`` (the prediction list
@@ -187,7 +187,7 @@ class RouteStep(Section):
 class ModelConfig(Section):
     name: str = ""
     price: int = Field(ge=0, le=MAX_CREDITS)  # credits; more could never be paid
-    route: tuple[RouteStep, ...] = Field(min_length=1)
+    route: Array[RouteStep] = Field(min_length=1)
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
     # How long one task may wait in the vendor's queue (replicate ``starting``, fal
     # ``IN_QUEUE``: a cold boot takes minutes) and how long it may run once started, in
@@ -392,7 +392,7 @@ class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # JSON lines appended to this file, on every node, by every role placed there (and
     # by `jobline serve`); unset: only stderr (Ray's worker logs, a container's log).
-    file: Path | None = None
+    file: FilePath | None = None
 
 
 class MetricsConfig(Section):
@@ -401,7 +401,7 @@ class MetricsConfig(Section):
     # A Prometheus file_sd file, rewritten whenever the roles move: one target per role,
     # scraped through a gateway (its node's own, when it has one). Written on the
     # ledger's node (the head), like Ray's own prom_metrics_service_discovery.json.
-    targets_file: Path | None = None
+    targets_file: FilePath | None = None
 
 
 class JoblineConfig(Section):
@@ -458,12 +458,18 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> JoblineConfig
     try:
         config = JoblineConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [(_key_path(error["loc"]), _reason(error)) for error in exc.errors()]
-        raise _config_error(source, problems) from None
+        raise _config_error(source, validation_problems(exc)) from None
     problems = _route_problems(config) + _headroom_problems(config)
     if problems:
         raise _config_error(source, problems)
     return config
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """``(key path, reason)`` of each error of ``exc``, in the words of this file's errors
+    (``ray.nearby_calls``, ``must be true or false, got 'yes'``): for other files a user
+    writes in TOML or JSON."""
+    return [(_key_path(error["loc"]), _reason(error)) for error in exc.errors()]
 
 
 def _config_error(source: str, problems: list[tuple[str, str]]) -> ConfigError:
@@ -527,6 +533,18 @@ _BOUNDS = {
     "less_than_equal": ("≤", "le"),
     "less_than": ("<", "lt"),
 }
+# A value of the wrong TOML type (every section is strict: ``runtime.config_base``).
+_TYPES = {
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "tuple_type": "must be an array",
+    "list_type": "must be an array",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "path_type": "must be a path (a string)",
+}
 
 
 def _reason(error: Any) -> str:
@@ -536,6 +554,8 @@ def _reason(error: Any) -> str:
     if kind in _BOUNDS:
         symbol, name = _BOUNDS[kind]
         return f"must be {symbol} {ctx[name]}, got {got!r}"
+    if kind in _TYPES:
+        return f"{_TYPES[kind]}, got {got!r}"
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":

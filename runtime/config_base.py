@@ -1,13 +1,15 @@
 """What every section of jobline.toml shares: the section base (unknown keys refused,
-every number finite and bounded) and the URL check."""
+every value of its own TOML type, every number finite and bounded), the two types that
+TOML has no word for (a path, an array read into a tuple) and the URL check."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Strict, field_validator
 
 # The most credits one grant may add (the API's cap, ``runtime.api.bodies``): a price
 # above it can never be paid. It is also every other number's bound (bytes, counts,
@@ -16,6 +18,14 @@ MAX_CREDITS = 10**12
 # The slowest submit rate an account may be given, or 0 (no limit): one submit per ~17
 # minutes. Slower ones made a Retry-After hundreds of digits long (5e-324/s: infinite).
 MIN_SUBMIT_RATE = 0.001
+
+T = TypeVar("T")
+# A section is strict (``Section``): each key takes only a value of its own TOML type, so
+# ``true`` is no price and ``"yes"`` no boolean. Two types TOML writes as something else
+# are read leniently, their items staying strict: a path is a TOML string, and a tuple a
+# TOML array (a list).
+FilePath = Annotated[Path, Strict(False)]
+Array = Annotated[tuple[T, ...], Strict(False)]
 
 
 def submit_rate(value: float) -> float:
@@ -51,7 +61,11 @@ def http_url(value: str, *, empty_ok: bool = False, empty_means: str = "") -> st
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A table of jobline.toml: unknown keys are refused, and so is a value of the wrong
+    TOML type (strict mode: no ``"8"`` for 8, no ``1`` or ``"yes"`` for true, no ``true``
+    for a number); an integer is a valid float (``interval = 15``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     @field_validator("*")
     @classmethod

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from runtime.config_base import Section, http_url
+from runtime.config_base import FilePath, Section, http_url
 from runtime.errors import ConfigError
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -93,8 +93,8 @@ class StorageConfig(Section):
     once, against its own working directory (``runtime.startup.resolve_paths``).
     """
 
-    database: Path = Path("data/jobline.db")
-    results: Path = Path("data/results")  # the directory store's root
+    database: FilePath = Path("data/jobline.db")
+    results: FilePath = Path("data/results")  # the directory store's root
     result_store: Literal["directory", "s3"] = "directory"
     s3: S3StoreConfig | None = Field(default=None, validate_default=True)
     # True: the ledger creates its database file when it is missing (a first start, a

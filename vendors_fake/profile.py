@@ -19,13 +19,19 @@ import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+
+T = TypeVar("T")
+# A profile is written by hand (TOML, JSON): each key takes only a value of its own type,
+# nothing converted (``"yes"`` is no boolean, ``"0.5"`` no rate); an integer is a valid
+# float. A tuple is read from an array (a list), its items staying strict.
+Array = Annotated[tuple[T, ...], Strict(False)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Distribution(_Strict):
@@ -77,7 +83,7 @@ class RouteFaults(_Strict):
     reset: float = Field(default=0.0, ge=0, le=1)
     rate_limited: float = Field(default=0.0, ge=0, le=1)
     server_error: float = Field(default=0.0, ge=0, le=1)
-    server_error_codes: tuple[int, ...] = Field(default=(500, 502, 503), min_length=1)
+    server_error_codes: Array[int] = Field(default=(500, 502, 503), min_length=1)
     retry_after: float = Field(default=1.0, ge=0)
 
     @model_validator(mode="after")
@@ -105,7 +111,7 @@ class LostAnswers(_Strict):
     hang: float = Field(default=0.0, ge=0, le=1)
     server_error: float = Field(default=0.0, ge=0, le=1)
     cut_off: float = Field(default=0.0, ge=0, le=1)
-    server_error_codes: tuple[int, ...] = Field(default=(500, 502, 503, 504), min_length=1)
+    server_error_codes: Array[int] = Field(default=(500, 502, 503, 504), min_length=1)
 
     @model_validator(mode="after")
     def _rates_fit(self) -> LostAnswers:
@@ -131,7 +137,7 @@ class Refusal(_Strict):
     """
 
     status: Literal[401, 402, 403, 404]
-    models: tuple[str, ...] = ()
+    models: Array[str] = ()
 
 
 class OutputSpec(_Strict):
@@ -289,9 +295,55 @@ class FaultProfile(_Strict):
         return refusal
 
 
+class ProfileError(ValueError):
+    """A profile document is wrong: one line per wrong key, ``source: key: reason``."""
+
+
+# A value of the wrong type, as the document's author wrote it (TOML or JSON words).
+_WANTED = {
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "tuple_type": "must be an array",
+    "dict_type": "must be a table (an object)",
+    "model_type": "must be a table (an object)",
+}
+
+
+def validate_profile(raw: Any, source: str = "profile") -> FaultProfile:
+    """``raw`` (a parsed TOML or JSON document) as a profile; ProfileError naming every
+    wrong key (``source: submit.hang: must be a number, got 'often'``)."""
+    try:
+        return FaultProfile.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{source}: {_key(error['loc'])}: {_reason(error)}" for error in exc.errors()]
+        raise ProfileError("\n".join(lines)) from None
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _reason(error: Any) -> str:
+    kind, got, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind in _WANTED:
+        return f"{_WANTED[kind]}, got {got!r}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {got!r}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    return f"{error['msg'].lower()}, got {got!r}"
+
+
 def merge_profile(base: FaultProfile, patch: Mapping[str, Any]) -> FaultProfile:
-    """``base`` with the keys of ``patch`` (nested tables merged key by key) replaced."""
-    return FaultProfile.model_validate(_deep_merge(base.model_dump(), patch))
+    """``base`` with the keys of ``patch`` (nested tables merged key by key) replaced;
+    ProfileError naming every wrong key."""
+    return validate_profile(_deep_merge(base.model_dump(), patch))
 
 
 def _deep_merge(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -313,7 +365,7 @@ def preset(name: str) -> FaultProfile:
     presets = _presets()
     if name not in presets:
         raise KeyError(f"unknown fault profile {name!r} (presets: {', '.join(sorted(presets))})")
-    return FaultProfile.model_validate(presets[name])
+    return validate_profile(presets[name], f"profiles.toml: {name}")
 
 
 def load_profile(name_or_path: str | Path) -> FaultProfile:
@@ -336,7 +388,7 @@ def load_profile(name_or_path: str | Path) -> FaultProfile:
         if len(raw) != 1:
             raise ValueError(f"{path}: holds profiles {sorted(raw)}; name one of them instead")
         (raw,) = raw.values()
-    return FaultProfile.model_validate(raw)
+    return validate_profile(raw, str(path))
 
 
 def _presets() -> dict[str, dict[str, Any]]:

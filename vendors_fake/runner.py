@@ -101,10 +101,12 @@ def read_config(path: str | Path) -> ConfigFile:
             if not isinstance(table.get(key), str):
                 raise ValueError(f"{where}.{key}: a string is required")
             fields[key] = table[key]
-        concurrency = table.get("concurrency")
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"{where}.concurrency: must be an integer >= 1")
+        concurrency = table.get("concurrency")  # true is no concurrency of 1 (bool is an int)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"{where}.concurrency: must be an integer >= 1, got {concurrency!r}")
         secret_env = table.get("webhook_secret_env")
+        if secret_env is not None and not isinstance(secret_env, str):
+            raise ValueError(f"{where}.webhook_secret_env: must be a string, got {secret_env!r}")
         vendors[name] = VendorTable(
             name,
             api,

@@ -47,7 +47,7 @@ from vendors_fake.core import (
     VendorCore,
 )
 from vendors_fake.fal_api import JWKS_PATH
-from vendors_fake.profile import FaultProfile, merge_profile, preset
+from vendors_fake.profile import FaultProfile, merge_profile, preset, validate_profile
 from vendors_fake.signing import DEV_WEBHOOK_SECRET
 from vendors_fake.tasks import Task
 
@@ -293,7 +293,7 @@ class FakeVendor:
                 if not isinstance(patch, dict):
                     raise ValueError("the body must be a JSON object")
                 if request.query.get("replace") in ("1", "true"):
-                    profile = FaultProfile.model_validate(patch)
+                    profile = validate_profile(patch)
                 else:
                     profile = merge_profile(self.core.profile, patch)
         except (ValueError, KeyError) as exc:  # pydantic's ValidationError is a ValueError

@@ -38,15 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from runtime.config import JoblineConfig
+from runtime.config import JoblineConfig, validation_problems
 from vendors_fake.profile import Latency
 from vendors_fake.tasks import chance, draw_latency
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Written by hand: each key takes only a value of its own type (no "40" for 40).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Spike(_Strict):
@@ -112,11 +113,17 @@ class Traffic(_Strict):
 
 
 def load_traffic(path: str | Path) -> Traffic:
-    """A traffic file: TOML, or JSON for a ``.json`` file."""
+    """A traffic file: TOML, or JSON for a ``.json`` file. ValueError naming every wrong
+    key, one line each (``traffic.toml: rate: must be a number, got '40'``)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     raw: Any = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    return Traffic.model_validate(raw)
+    try:
+        return Traffic.model_validate(raw)
+    except ValidationError as exc:
+        problems = validation_problems(exc)
+        lines = [f"{path}: {key}: {why}" if key else f"{path}: {why}" for key, why in problems]
+        raise ValueError("\n".join(lines)) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import statistics
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from vendors_fake import FaultProfile, Latency, load_profile, merge_profile, preset, preset_names
+from vendors_fake.profile import ProfileError
 from vendors_fake.tasks import draw_latency
 
 
@@ -109,5 +113,65 @@ def test_profiles_load_from_toml_and_json(tmp_path: Path) -> None:
         load_profile("no-such-profile")
     bad = tmp_path / "bad.toml"
     bad.write_text("fialure = 0.1\n")
-    with pytest.raises(ValidationError):
+    with pytest.raises(ProfileError) as info:
         load_profile(bad)
+    assert str(info.value) == f"{bad}: fialure: unknown key"
+
+
+def _scalars(table: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every scalar key of a profile document (arrays of scalars left out), by path."""
+    if isinstance(table, dict):
+        return [kv for k, v in table.items() for kv in _scalars(v, (*prefix, k))]
+    return [] if isinstance(table, list) else [(prefix, table)]
+
+
+def _wrong(value: Any) -> Any:
+    """A value of another TOML type: a string for a number or a boolean, else a number."""
+    if isinstance(value, bool):
+        return "yes"
+    return str(value) if isinstance(value, int | float) else 1
+
+
+_PRESETS = tomllib.loads(
+    (Path(__file__).resolve().parents[2] / "vendors_fake" / "profiles.toml").read_text()
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        pytest.param(name, key, id=f"{name}:{'.'.join(key)}")
+        for name, doc in _PRESETS.items()
+        for key, value in _scalars(doc)
+        if key != ("description",)
+    ],
+)
+def test_a_profile_key_refuses_a_value_of_another_type(
+    tmp_path: Path, name: str, key: tuple[str, ...]
+) -> None:
+    """Nothing is converted: "0.5" is no rate, 1 no boolean (was: read as 0.5 and true)."""
+    doc = copy.deepcopy(_PRESETS[name])
+    table = doc
+    for part in key[:-1]:
+        table = table[part]
+    wrong = table[key[-1]] = _wrong(table[key[-1]])
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    assert f"{path}: {'.'.join(key)}: must be " in str(info.value)
+    assert str(info.value).endswith(f", got {wrong!r}")
+
+
+def test_profile_types_the_file_writes_otherwise_still_load() -> None:
+    """An integer is a rate or a number of seconds; an array is a list of codes."""
+    profile = merge_profile(preset("calm"), {"submit": {"hang": 1, "server_error_codes": [503]}})
+    assert profile.submit.hang == 1.0 and profile.submit.server_error_codes == (503,)
+    with pytest.raises(ProfileError) as info:
+        merge_profile(
+            preset("calm"), {"cold_start": True, "refusal": {"status": 401, "models": ["a", 2]}}
+        )
+    assert str(info.value).splitlines() == [
+        "profile: cold_start: must be a number, got True",
+        "profile: refusal.models[1]: must be a string, got 2",
+    ]

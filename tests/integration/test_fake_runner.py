@@ -79,10 +79,14 @@ def test_the_runner_reads_the_config_file_itself(tmp_path: Path) -> None:
     assert config.vendors["replicate"].webhook_secret_env == "REPLICATE_WEBHOOK_SECRET"
     assert config.vendors["fal"].webhook_secret_env is None
     bad = tmp_path / "bad.toml"
+    fal = "[vendors.x]\napi = 'fal'\nbase_url = 'http://h'\napi_key_env = 'K'"
     for text, says in (
         ("[vendors.x]\napi = 'other'", "vendors.x.api"),
-        ("[vendors.x]\napi = 'fal'\nbase_url = 'http://h'\napi_key_env = 'K'", "concurrency"),
+        (fal, "concurrency"),
         ("[gateway]\nport = 1", "vendors"),
+        (f"{fal}\nconcurrency = true", r"vendors.x.concurrency: must be an integer >= 1, got True"),
+        (f"{fal}\nconcurrency = '8'", r"vendors.x.concurrency: must be an integer >= 1, got '8'"),
+        (f"{fal}\nconcurrency = 8\nwebhook_secret_env = 1", r"webhook_secret_env: must be a str"),
         ("not toml [", "not valid TOML"),
     ):
         bad.write_text(text)
