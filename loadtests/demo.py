@@ -14,7 +14,6 @@ import asyncio
 import random
 import shutil
 import statistics
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from tqdm import tqdm
 
 from loadtests.chaos.checks import paid_work
 from loadtests.chaos.report import PaidWork
@@ -216,27 +216,18 @@ async def _wait_all(http: aiohttp.ClientSession, load: DemoLoad, total: int) -> 
         if job.get("status") in TERMINAL:
             load.final[job_id] = job
 
-    while True:
-        pending = [j for j in load.jobs if j not in load.final]
-        _progress(load)
-        if not pending:
-            break
-        await asyncio.gather(*(poll(j) for j in pending))
-        await asyncio.sleep(0.5)
-    print(file=sys.stderr)
-
-
-def _progress(load: DemoLoad) -> None:
-    done = len(load.final)
-    total = max(len(load.jobs), 1)
-    width = 40
-    filled = int(width * done / total)
-    by_status = Counter(job["status"] for job in load.final.values())
-    sys.stderr.write(
-        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ended  "
-        + "  ".join(f"{s} {n}" for s, n in sorted(by_status.items()))
-    )
-    sys.stderr.flush()
+    # On a terminal, a progress bar (tqdm); elsewhere (a file, CI's log) nothing.
+    with tqdm(total=len(load.jobs), unit="job", desc="ended", disable=None) as bar:
+        while True:
+            pending = [j for j in load.jobs if j not in load.final]
+            bar.total = len(load.jobs)
+            bar.update(len(load.final) - bar.n)
+            by_status = Counter(job["status"] for job in load.final.values())
+            bar.set_postfix_str("  ".join(f"{s} {n}" for s, n in sorted(by_status.items())))
+            if not pending:
+                break
+            await asyncio.gather(*(poll(j) for j in pending))
+            await asyncio.sleep(0.5)
 
 
 async def _get(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Any:
