@@ -81,7 +81,9 @@ from runtime.errors import (
     LedgerUnavailable,
     VendorError,
     VendorSubmitInDoubt,
+    VendorTimeout,
     VendorTransientError,
+    VendorUnavailable,
 )
 from runtime.fairness import DEFAULT_WEIGHT, FairQueue, Headroom
 from runtime.models import (
@@ -158,7 +160,7 @@ class VendorProcessor:
         self._finisher = JobFinisher(
             config, self._writer, {vendor.name: client}, results, metrics, tracer, clock
         )
-        self._waiter = TaskWaiter(vendor, client, clock)
+        self._waiter = TaskWaiter(vendor, client, clock, on_unreadable=self._read_failed)
         self._doubt = SubmitsInDoubt(
             vendor, config, client, self._writer, self._waiter, clock, metrics, self._spawn
         )
@@ -765,6 +767,16 @@ class VendorProcessor:
             self._headroom.gave_back(owner, self._clock.time())
         self._wakeup.set()
         self._publish_gauges()
+
+    def _read_failed(self, exc: VendorError) -> None:
+        """A task's state could not be read: a vendor answering 5xx or nothing counts
+        against the circuit (``CircuitBreaker.record_read_failure``); a 429 or a refusal
+        does not (the vendor is up). Once open, the queued jobs fail over."""
+        if isinstance(exc, (VendorUnavailable, VendorTimeout)):
+            was = self._breaker.state(self._clock.time())
+            self._breaker.record_read_failure(self._clock.time())
+            if self._breaker.state(self._clock.time()) is not was:
+                self._wakeup.set()
 
     def _record_vendor_result(self, exc: VendorError) -> None:
         if isinstance(exc, VendorTransientError):

@@ -14,6 +14,7 @@ answers None, the reason in ``Followed.gave_up``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,10 +48,17 @@ class Followed:
 class TaskWaiter:
     """Waits on a vendor's tasks for one processor (see the module docstring)."""
 
-    def __init__(self, vendor: VendorConfig, client: VendorClient, clock: Clock) -> None:
+    def __init__(
+        self,
+        vendor: VendorConfig,
+        client: VendorClient,
+        clock: Clock,
+        on_unreadable: Callable[[VendorError], None] = lambda exc: None,
+    ) -> None:
         self._vendor = vendor
         self._client = client
         self._clock = clock
+        self._on_unreadable = on_unreadable  # a task's state could not be read
 
     async def wait(
         self,
@@ -95,8 +103,9 @@ class TaskWaiter:
     async def _read(self, followed: Followed, model: str, trace_id: str) -> TaskStatus | None:
         try:
             status = await self._client.status(model, followed.task_id, trace_id=trace_id)
-        except VendorError:  # cannot read it now: the watch bounds how long that may last
+        except VendorError as exc:  # cannot read it now: the watch bounds how long
             followed.watch.unreadable(self._clock.time())
+            self._on_unreadable(exc)
             return None
         followed.watch.saw(status.state, self._clock.time())
         return status

@@ -192,6 +192,14 @@ class CircuitBreaker:
         elif state is CircuitState.HALF_OPEN:
             self._move(CircuitEvent.PROBE_FAILED, now)
 
+    def record_read_failure(self, now: float) -> None:
+        """A read of a task's state failed (the vendor answered 5xx, or nothing in time):
+        it counts against a closed circuit as a failed call does, so an outage is seen
+        while every slot holds a running task and nothing is submitted. An open or
+        half-open circuit is left to its probes (a failed read never reopens it)."""
+        if self.state(now) is CircuitState.CLOSED:
+            self.record_failure(now)
+
     def trip(self, now: float, cooldown: float) -> None:
         """The vendor refused the account or the model: open now for ``cooldown`` seconds
         (an open circuit stays open, from now, for the longer of what it had left and

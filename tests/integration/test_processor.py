@@ -541,3 +541,31 @@ async def test_an_expired_job_whose_cancel_failed_has_its_task_canceled_later(
     await until(lambda: no_slot_taken(rig))
     await sweeper.stop()
     assert untraced(rig) == {}  # the sweeper's cancel and the processor's carried it
+
+
+@pytest.mark.profile({"never_finish": 1.0})
+@pytest.mark.overrides({"vendors.fal": {"poll_interval": 0.1, "concurrency": 1}})
+async def test_an_outage_seen_only_by_status_reads_opens_the_circuit_and_the_queue_fails_over(
+    rig: Rig,
+) -> None:
+    # Found by a newcomer running the demo: with every fal slot holding a running task, an
+    # outage (503 to every request) went unseen: nothing was submitted, failed status reads
+    # did not count against the circuit, and fal's queued jobs waited the outage out.
+    jobs = await rig.open("flux-schnell", 2)
+    await rig.dispatch(jobs)
+
+    async def one_processing() -> bool:
+        now = await rig.ledger.get_jobs([j.id for j in jobs])
+        return sum(j is not None and j.status is JobStatus.PROCESSING for j in now) == 1
+
+    await until(one_processing)
+    rig.fakes["fal"].start_outage(60)
+
+    async def failed_over() -> bool:
+        now = await rig.ledger.get_jobs([j.id for j in jobs])
+        return any(j is not None and j.vendor == "replicate" for j in now)
+
+    await until(failed_over)
+    stats = await rig.processors["fal"].stats()
+    assert stats["circuit"] == "open" and stats["failovers"] == 1, stats
+    assert rig.fakes["fal"].snapshot()["tasks"]["created"] == 1  # nothing submitted meanwhile

@@ -273,6 +273,22 @@ def test_opens_after_n_consecutive_failures() -> None:
     assert not cb.allow(3.0)
 
 
+def test_failed_reads_count_against_a_closed_circuit_and_never_reopen_a_half_open_one() -> None:
+    cb = breaker(failure_threshold=3, cooldown=10.0)
+    cb.record_read_failure(1.0)
+    cb.record_failure(2.0)
+    assert cb.state(2.0) is CLOSED
+    cb.record_read_failure(3.0)  # the third failure in a row, a read
+    assert cb.state(3.0) is OPEN
+    cb.record_read_failure(5.0)  # open: left to the cooldown
+    assert cb.state(13.0) is HALF_OPEN
+    cb.record_read_failure(13.5)  # half-open: only a probe decides
+    assert cb.state(13.5) is HALF_OPEN
+    assert cb.allow(13.5)
+    cb.record_success(14.0)
+    assert cb.state(14.0) is CLOSED
+
+
 def test_a_success_resets_the_consecutive_count() -> None:
     cb = breaker(failure_threshold=3)
     for t in range(10):
