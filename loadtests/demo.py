@@ -182,9 +182,10 @@ async def _submit_all(
 async def _outage_midway(
     http: aiohttp.ClientSession, fakes: Any, runtime: Any, vendor: str, load: DemoLoad, total: int
 ) -> None:
-    """Once a third of the jobs are in: ``vendor`` answers 503 until its circuit opened
-    (its processor's stats) and ``OUTAGE_AFTER_OPEN`` s more, at most ``OUTAGE_LONGEST``."""
-    while len(load.jobs) < total // 3:
+    """Once a third of the jobs are in and ``vendor`` runs some of them: it answers 503
+    until its circuit opened (its processor's stats) and ``OUTAGE_AFTER_OPEN`` s more, at
+    most ``OUTAGE_LONGEST``."""
+    while len(load.jobs) < total // 3 or not fakes[vendor].snapshot()["tasks"]["in_flight"]:
         await asyncio.sleep(0.1)
     control = f"{fakes.urls[vendor]}/_control/outage"
     async with http.post(control, json={"duration": OUTAGE_LONGEST}):
