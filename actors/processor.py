@@ -272,6 +272,7 @@ class VendorProcessor:
     async def on_webhooks(self, events: Sequence[WebhookEvent]) -> None:
         now = self._clock.time()
         for event in events:
+            self._waiter.webhook_came(event.task_id)
             job_id = self._by_task.get(event.task_id)
             held = self._held.get(job_id) if job_id else None
             if held is not None and held.followed is not None:
@@ -286,6 +287,7 @@ class VendorProcessor:
     async def take_webhooks(self, events: Sequence[WebhookEvent]) -> list[str]:
         answers = []
         for event in events:
+            self._waiter.webhook_came(event.task_id)
             job_id = self._by_task.get(event.task_id)
             held = self._held.get(job_id) if job_id else None
             if held is None or held.followed is None or held.followed.task_id != event.task_id:

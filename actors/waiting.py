@@ -4,11 +4,12 @@ within its model's bounds; and canceling a task until the vendor confirms.
 A ``Followed`` task carries its ``TaskWatch`` (``runtime.task_bounds``: how long it may
 queue, run, and stay unreadable) and the channel its webhook arrives on. ``TaskWaiter``
 waits on it: a webhook ends the wait at once; otherwise the status is polled with backoff
-(from the vendor's ``poll_interval`` up to ``MAX_POLL_INTERVAL``), never sleeping past the
-moment the watch could say the task is overdue. A task the vendor reports queued or
-running within its model's bounds is never given up on; an overdue one is canceled until
-the vendor confirms (it counts against the vendor's limit until then) and ``wait``
-answers None, the reason in ``Followed.gave_up``.
+from the first poll's wait up to ``MAX_POLL_INTERVAL``, never sleeping past the moment the
+watch could say the task is overdue. The first poll waits the vendor's ``poll_interval``,
+or its ``fallback_poll_interval`` while its webhooks arrive (``runtime.polling``). A task
+the vendor reports queued or running within its model's bounds is never given up on; an
+overdue one is canceled until the vendor confirms (it counts against the vendor's limit
+until then) and ``wait`` answers None, the reason in ``Followed.gave_up``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any
 from runtime.clock import Clock
 from runtime.config import VendorConfig
 from runtime.errors import JoblineError, VendorError, VendorPermanentError
+from runtime.polling import WebhookHealth
 from runtime.task_bounds import TaskWatch
 from runtime.telemetry import get_logger
-from runtime.vendors import TaskStatus, VendorClient
+from runtime.vendors import TaskState, TaskStatus, VendorClient
 
 log = get_logger("processor")
 
@@ -59,6 +61,11 @@ class TaskWaiter:
         self._client = client
         self._clock = clock
         self._on_unreadable = on_unreadable  # a task's state could not be read
+        self.webhooks = WebhookHealth(vendor.poll_interval, vendor.first_poll_while_webhooks_arrive)
+
+    def webhook_came(self, task_id: str) -> None:
+        """A webhook for ``task_id`` reached the processor (held task or not)."""
+        self.webhooks.webhook_came(task_id, self._clock.time())
 
     async def wait(
         self,
@@ -77,19 +84,24 @@ class TaskWaiter:
             return known
         loop = asyncio.get_running_loop()
         followed._pushed = loop.create_future()
-        interval = 0.0 if known is not None and known.result_pending else self._vendor.poll_interval
+        by_webhook = known is not None and known.result_pending  # its webhook said it ended
+        interval = 0.0 if by_webhook else self.webhooks.first_poll(self._clock.time())
         watch = followed.watch
         while True:
             wait = min(interval, max(watch.next_deadline() - self._clock.time(), 0.0))
             try:
                 pushed = await asyncio.wait_for(asyncio.shield(followed._pushed), timeout=wait)
+                by_webhook = True
                 if not pushed.result_pending:
+                    self.webhooks.ended_by_webhook()
                     return pushed
                 followed._pushed = loop.create_future()  # the outputs are at the vendor: read
             except TimeoutError:
                 pass
             status = await self._read(followed, model, trace_id)
             if status is not None and status.state.ended:
+                came = by_webhook or followed._pushed.done()  # it came during the read
+                self._count_end(followed.task_id, status, came)
                 return status
             reason = watch.overdue(self._clock.time())
             if reason is not None:
@@ -99,6 +111,12 @@ class TaskWaiter:
                 )
                 return None
             interval = min(max(interval * 1.5, self._vendor.poll_interval), MAX_POLL_INTERVAL)
+
+    def _count_end(self, task_id: str, status: TaskStatus, by_webhook: bool) -> None:
+        if by_webhook:
+            self.webhooks.ended_by_webhook()
+        elif status.state is not TaskState.CANCELED:  # a canceled task may get no webhook
+            self.webhooks.ended_by_poll(task_id, self._clock.time())
 
     async def _read(self, followed: Followed, model: str, trace_id: str) -> TaskStatus | None:
         try:

@@ -44,6 +44,7 @@ DEFAULT_OUTPUT_HOSTS: dict[str, tuple[str, ...]] = {
     "replicate": ("replicate.delivery", "*.replicate.delivery", "api.replicate.com"),
 }
 DEFAULT_LISTING_WAIT = 60.0  # seconds; see VendorConfig.orphan_wait
+DEFAULT_FALLBACK_POLL = 5.0  # seconds; see VendorConfig.fallback_poll_interval
 _OUTPUT_HOST = re.compile(
     r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?"  # a host name, or *. and a domain
     r"|[0-9a-fA-F:.]+(/\d{1,3})?"  # an IP address or network
@@ -66,6 +67,12 @@ class VendorConfig(Section):
     submit_timeout: float = Field(default=10.0, gt=0)
     poll_timeout: float = Field(default=5.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
+    # How long a task waits for its first status poll while this vendor's webhooks arrive
+    # (its last 10 task ends each had theirs): polling is then only the fallback for a
+    # lost webhook, not a race with every webhook. A lost one (a poll saw the end, no
+    # webhook within 5 s) puts polling back to ``poll_interval`` (``runtime.polling``).
+    # None: 5 s, or ``poll_interval`` if longer; equal to ``poll_interval``: always it.
+    fallback_poll_interval: float | None = Field(default=None, gt=0)
     # How long a task's status may stay unreadable (every status read failing) before
     # jobline gives up on the task; and how long a processing job may go without a
     # change before the sweeper hands it back to its processor. How long a task may
@@ -90,6 +97,17 @@ class VendorConfig(Section):
     # fal-shaped, the model's whole bound (fal lists nothing: its webhook, which names the
     # job, arrives by then if the task exists; a job loses no time when it does).
     orphan_wait: float | None = Field(default=None, ge=0)
+
+    @field_validator("fallback_poll_interval")
+    @classmethod
+    def _fallback_not_sooner(cls, value: float | None, info: ValidationInfo) -> float | None:
+        poll = info.data.get("poll_interval")
+        if value is not None and isinstance(poll, float | int) and value < poll:
+            raise ValueError(
+                f"must be at least poll_interval ({poll:g} s), got {value:g}: it is how long "
+                "the first poll waits while webhooks arrive, never sooner than otherwise"
+            )
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -151,6 +169,13 @@ class VendorConfig(Section):
         if self.api == "replicate":
             return min(bound, self.max_task_time)
         return self.max_task_time
+
+    @property
+    def first_poll_while_webhooks_arrive(self) -> float:
+        """``fallback_poll_interval``, or its default: 5 s, or ``poll_interval`` if longer."""
+        if self.fallback_poll_interval is not None:
+            return self.fallback_poll_interval
+        return max(DEFAULT_FALLBACK_POLL, self.poll_interval)
 
     def orphan_wait_for(self, model: ModelConfig) -> float:
         """How long a job waits for the task of a submit in doubt (see ``orphan_wait``)."""

@@ -569,3 +569,34 @@ async def test_an_outage_seen_only_by_status_reads_opens_the_circuit_and_the_que
     stats = await rig.processors["fal"].stats()
     assert stats["circuit"] == "open" and stats["failovers"] == 1, stats
     assert rig.fakes["fal"].snapshot()["tasks"]["created"] == 1  # nothing submitted meanwhile
+
+
+def status_reads(rig: Rig, vendor: str = "fal") -> int:
+    route = "requests.status" if vendor == "fal" else "predictions.get"
+    return sum(rig.fakes[vendor].snapshot()["requests"].get(route, {}).values())
+
+
+@pytest.mark.profile({"run_time": {"kind": "fixed", "seconds": 0.3}})
+@pytest.mark.overrides({"vendors.fal": {"poll_interval": 0.1, "fallback_poll_interval": 3.0}})
+async def test_tasks_are_not_polled_while_webhooks_arrive_and_a_lost_one_is_polled(
+    rig: Rig,
+) -> None:
+    # Field case (issue 16): with webhooks arriving, ~40% of tasks were polled in a race
+    # with their webhook (for fal two reads: the status and the result).
+    jobs = await rig.open("flux-schnell", 10)
+    await rig.dispatch(jobs)
+    assert {j.status for j in await rig.wait(jobs)} == {JobStatus.COMPLETED}
+    assert status_reads(rig) > 0  # 0.3-s tasks polled from 0.1 s on
+    before = status_reads(rig)
+    jobs = await rig.open("flux-schnell", 5)
+    await rig.dispatch(jobs)
+    assert {j.status for j in await rig.wait(jobs)} == {JobStatus.COMPLETED}
+    assert status_reads(rig) == before  # their webhooks ended them, no poll ran
+    rig.fakes["fal"].update_profile({"webhooks": {"lost": 1.0}})
+    [job] = await rig.open("flux-schnell")
+    started = time.monotonic()
+    await rig.dispatch([job])
+    [done] = await rig.wait([job])
+    assert done.status is JobStatus.COMPLETED  # found by the fallback poll
+    assert time.monotonic() - started >= 2.5
+    assert status_reads(rig) > before

@@ -280,3 +280,17 @@ def test_good_urls_and_large_sane_numbers_pass() -> None:
     config = parse_config(raw)
     assert config.gateway.public_url == "https://jobs.example.com:8443"
     assert config.models["sdxl"].price == 10**12
+
+
+def test_a_fallback_poll_sooner_than_the_poll_interval_is_refused() -> None:
+    raw = default_raw()
+    raw["vendors"]["fal"]["poll_interval"] = 2.0
+    raw["vendors"]["fal"]["fallback_poll_interval"] = 1.5
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.key == "vendors.fal.fallback_poll_interval"
+    assert "at least poll_interval (2 s), got 1.5" in info.value.reason
+    del raw["vendors"]["fal"]["fallback_poll_interval"]  # unset: 5 s, or the poll interval
+    assert parse_config(raw).vendors["fal"].first_poll_while_webhooks_arrive == 5.0
+    raw["vendors"]["fal"]["poll_interval"] = 8.0
+    assert parse_config(raw).vendors["fal"].first_poll_while_webhooks_arrive == 8.0

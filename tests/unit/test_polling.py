@@ -1,0 +1,66 @@
+"""When a vendor task is first polled: ``runtime.polling.WebhookHealth``."""
+
+from __future__ import annotations
+
+from runtime.polling import WebhookHealth
+
+
+def health() -> WebhookHealth:
+    return WebhookHealth(1.0, 5.0, streak_needed=3, late_within=2.0)
+
+
+def test_polls_start_at_the_poll_interval_until_webhooks_have_arrived_in_a_row() -> None:
+    webhooks = health()
+    for _ in range(2):
+        webhooks.ended_by_webhook()
+        assert webhooks.first_poll(0.0) == 1.0
+    webhooks.ended_by_webhook()
+    assert webhooks.arriving() and webhooks.first_poll(0.0) == 5.0
+
+
+def test_a_webhook_that_comes_soon_after_a_poll_saw_the_end_counts_as_arrived() -> None:
+    webhooks = health()
+    for n in range(3):  # every end seen by a poll first, each webhook 1.5 s later
+        webhooks.ended_by_poll(f"t{n}", 10.0 * n)
+        webhooks.webhook_came(f"t{n}", 10.0 * n + 1.5)
+    assert webhooks.first_poll(30.0) == 5.0 and webhooks.lost == 0
+
+
+def test_a_webhook_that_never_comes_puts_polling_back_to_the_poll_interval() -> None:
+    webhooks = health()
+    for _ in range(5):
+        webhooks.ended_by_webhook()
+    webhooks.ended_by_poll("lost", 100.0)
+    assert webhooks.first_poll(101.9) == 5.0  # it may still come
+    assert webhooks.first_poll(102.0) == 1.0  # it did not: lost
+    assert webhooks.lost == 1
+    webhooks.webhook_came("lost", 103.0)  # too late to count
+    assert webhooks.first_poll(103.0) == 1.0
+    for _ in range(3):  # the streak is rebuilt
+        webhooks.ended_by_webhook()
+    assert webhooks.first_poll(104.0) == 5.0
+
+
+def test_webhooks_for_tasks_not_awaited_change_nothing() -> None:
+    webhooks = health()
+    webhooks.webhook_came("someone-else", 0.0)
+    webhooks.webhook_came("someone-else", 0.1)
+    assert not webhooks.arriving()
+
+
+def test_a_fallback_shorter_than_the_poll_interval_is_the_poll_interval() -> None:
+    webhooks = WebhookHealth(2.0, 0.5, streak_needed=0)
+    assert webhooks.first_poll(0.0) == 2.0
+
+
+def test_the_ends_awaiting_a_webhook_are_bounded_and_the_dropped_count_as_lost() -> None:
+    from runtime import polling
+
+    webhooks = WebhookHealth(1.0, 5.0, streak_needed=1, late_within=1e9)
+    for n in range(polling.MAX_AWAITED + 2):
+        webhooks.ended_by_poll(f"t{n}", 0.0)
+    assert webhooks.lost == 2
+    webhooks.webhook_came("t0", 1.0)  # dropped: no longer awaited
+    assert not webhooks.arriving()
+    webhooks.webhook_came(f"t{polling.MAX_AWAITED + 1}", 1.0)
+    assert webhooks.arriving()
