@@ -351,6 +351,8 @@ class VendorProcessor:
             "in_doubt": dict(self._doubt.counts),
             "wasted": {**self._outcomes.wasted, "late_orphan": self._doubt.counts["late_orphans"]},
             "ledger_retries": self._writer.retried,
+            "webhooks_arriving": self._waiter.webhooks.arriving(now),
+            "webhooks_lost": self._waiter.webhooks.lost,
         }
 
     async def collect_metrics(self) -> list[Family]:

@@ -48,11 +48,11 @@ class WebhookHealth:
 
     def first_poll(self, now: float) -> float:
         """Seconds a task whose end is not known waits before its first status poll."""
-        self._expire(now)
-        return self.quiet_interval if self.arriving() else self.poll_interval
+        return self.quiet_interval if self.arriving(now) else self.poll_interval
 
-    def arriving(self) -> bool:
+    def arriving(self, now: float) -> bool:
         """True while the last ``streak_needed`` task ends each had their webhook."""
+        self._expire(now)
         return self._streak >= self._streak_needed
 
     def ended_by_webhook(self) -> None:

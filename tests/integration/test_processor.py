@@ -592,6 +592,7 @@ async def test_tasks_are_not_polled_while_webhooks_arrive_and_a_lost_one_is_poll
     await rig.dispatch(jobs)
     assert {j.status for j in await rig.wait(jobs)} == {JobStatus.COMPLETED}
     assert status_reads(rig) == before  # their webhooks ended them, no poll ran
+    assert (await rig.processors["fal"].stats())["webhooks_arriving"] is True
     rig.fakes["fal"].update_profile({"webhooks": {"lost": 1.0}})
     [job] = await rig.open("flux-schnell")
     started = time.monotonic()
@@ -600,3 +601,9 @@ async def test_tasks_are_not_polled_while_webhooks_arrive_and_a_lost_one_is_poll
     assert done.status is JobStatus.COMPLETED  # found by the fallback poll
     assert time.monotonic() - started >= 2.5
     assert status_reads(rig) > before
+
+    async def lost() -> bool:  # its webhook did not follow within 5 s: polls are back
+        stats = await rig.processors["fal"].stats()
+        return bool(stats["webhooks_lost"] == 1 and not stats["webhooks_arriving"])
+
+    await until(lost, timeout=10)

@@ -15,7 +15,7 @@ def test_polls_start_at_the_poll_interval_until_webhooks_have_arrived_in_a_row()
         webhooks.ended_by_webhook()
         assert webhooks.first_poll(0.0) == 1.0
     webhooks.ended_by_webhook()
-    assert webhooks.arriving() and webhooks.first_poll(0.0) == 5.0
+    assert webhooks.arriving(0.0) and webhooks.first_poll(0.0) == 5.0
 
 
 def test_a_webhook_that_comes_soon_after_a_poll_saw_the_end_counts_as_arrived() -> None:
@@ -45,7 +45,7 @@ def test_webhooks_for_tasks_not_awaited_change_nothing() -> None:
     webhooks = health()
     webhooks.webhook_came("someone-else", 0.0)
     webhooks.webhook_came("someone-else", 0.1)
-    assert not webhooks.arriving()
+    assert not webhooks.arriving(0.2)
 
 
 def test_a_fallback_shorter_than_the_poll_interval_is_the_poll_interval() -> None:
@@ -61,6 +61,6 @@ def test_the_ends_awaiting_a_webhook_are_bounded_and_the_dropped_count_as_lost()
         webhooks.ended_by_poll(f"t{n}", 0.0)
     assert webhooks.lost == 2
     webhooks.webhook_came("t0", 1.0)  # dropped: no longer awaited
-    assert not webhooks.arriving()
+    assert not webhooks.arriving(1.0)
     webhooks.webhook_came(f"t{polling.MAX_AWAITED + 1}", 1.0)
-    assert webhooks.arriving()
+    assert webhooks.arriving(1.0)
