@@ -10,6 +10,8 @@ threads'), so it is far steadier than a whole run on a shared machine:
   small download arrives), one output stored after the other;
 - **image, 16 at once**: the same, 16 stores in flight (a processor finishing a backlog);
 - **video**: 4 MiB in the HTTP client's 64 KiB chunks, one at a time;
+- **image, read back**: each stored image opened, read and closed, one at a time (what
+  the gateway does to serve ``GET /v1/jobs/{id}/result``);
 - **floor**: the same durable writes (a temporary file written, fsynced, renamed into a
   directory that exists, the directory fsynced), by plain synchronous code, one thread.
 
@@ -58,6 +60,16 @@ async def _store(root: Path, outputs: int, at_once: int, data: bytes) -> tuple[f
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
+async def _read_back(root: Path, outputs: int) -> tuple[float, float]:
+    store = LocalResultStore(root)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for n in range(outputs):
+        async with await store.open(f"job_{n:08d}.bin") as result:
+            async for _ in result.chunks:
+                pass
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
 def _floor(root: Path, outputs: int, data: bytes) -> tuple[float, float]:
     """The same durable writes with nothing around them (one directory, made first)."""
     root.mkdir(parents=True)
@@ -96,6 +108,9 @@ def run(outputs: int = 2_000, repeats: int = 3) -> dict[str, Any]:
                 root = Path(tmp) / f"{repeat}-{len(samples.get(name, []))}-{hash(name)}"
                 cpu, wall = asyncio.run(_store(root, count, at_once, data))
                 samples.setdefault(name, []).append((cpu, wall, count))
+                if name == "image, one at a time":
+                    cpu, wall = asyncio.run(_read_back(root, count))
+                    samples.setdefault("image, read back", []).append((cpu, wall, count))
             root = Path(tmp) / f"{repeat}-floor"
             cpu, wall = _floor(root, outputs, IMAGE)
             samples.setdefault("floor: plain durable writes, image", []).append(

@@ -10,15 +10,10 @@ counts, and the file is created with ``O_EXCL``, so two processes never share on
 a name left by a crash is skipped), written, fsynced, then renamed over its place, and
 the directory is fsynced before the caller is told it is stored: once a put returns,
 the result survives a crash of the machine, and a reader sees the whole result or
-none. A directory is made only when creating a file in it finds it missing (the
-directories made are fsynced into their parents too).
-
-**Group commit of directory fsyncs** (:class:`DirectorySyncs`): a rename is durable once
-an fsync of its directory *began after* it. A caller that finds an fsync of its
-directory under way waits for it to end, then at most one more fsync (started by the
-first waiter, after every waiter's rename) covers every waiter at once. Nobody is
-released before an fsync that covers their own rename; an fsync that fails raises in
-the caller that ran it, and the waiters try again themselves.
+none. An fsync that fails is raised (the caller stores again; the same bytes found in
+place are not rewritten, their directory is fsynced again). A directory is made only
+when creating a file in it finds it missing (the directories made are fsynced into
+their parents too).
 """
 
 from __future__ import annotations
@@ -31,59 +26,10 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 # fsync of a directory: unsupported on some file systems, which then keep renames anyway
 _NO_DIRECTORY_FSYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EBADF})
-
-
-@dataclass
-class _Directory:
-    asked: int = 0  # renames that asked for a covering fsync (tickets handed out)
-    covered: int = 0  # every ticket up to this one is durable
-    syncing: bool = False
-    callers: int = 0
-
-
-class DirectorySyncs:
-    """Directory fsyncs shared by the renames that land while one is under way (see the
-    module docstring). Thread-safe; one per store."""
-
-    def __init__(self, fsync: Callable[[str], None] | None = None) -> None:
-        self._fsync = fsync or fsync_directory  # (a test's may record or fail)
-        self._changed = threading.Condition(threading.Lock())
-        self._directories: dict[str, _Directory] = {}
-        self.fsyncs = 0  # fsyncs run, for tests and benchmarks
-
-    def sync(self, directory: str) -> None:
-        """Return once an fsync of ``directory`` that began after this call ended well;
-        raises the ``OSError`` of a failed fsync this caller ran."""
-        with self._changed:
-            state = self._directories.setdefault(directory, _Directory())
-            state.asked += 1
-            state.callers += 1
-            ticket = state.asked
-            try:
-                while state.covered < ticket:
-                    if state.syncing:
-                        self._changed.wait()
-                        continue
-                    state.syncing = True
-                    upto = state.asked  # every rename that asked so far happened before now
-                    self.fsyncs += 1
-                    self._changed.release()
-                    try:
-                        self._fsync(directory)
-                    finally:
-                        self._changed.acquire()
-                        state.syncing = False
-                        self._changed.notify_all()
-                    state.covered = max(state.covered, upto)
-            finally:
-                state.callers -= 1
-                if not state.callers:
-                    del self._directories[directory]
 
 
 def fsync_directory(directory: str) -> None:
@@ -107,9 +53,9 @@ def fsync_directory(directory: str) -> None:
 class ResultFiles:
     """Durable atomic writes under one root (blocking: call from a worker thread)."""
 
-    def __init__(self, root: str, directories: DirectorySyncs | None = None) -> None:
+    def __init__(self, root: str, sync_directory: Callable[[str], None] = fsync_directory) -> None:
         self.root = root
-        self.directories = directories or DirectorySyncs()
+        self.sync_directory = sync_directory  # (a test's may fail)
         self._writer = secrets.token_hex(4)
         self._numbers = itertools.count()
 
@@ -127,7 +73,7 @@ class ResultFiles:
                 raise
             os.close(fd)
             _replace(tmp, path)
-        self.directories.sync(directory)
+        self.sync_directory(directory)
 
     def begin(self, path: str, first: bytes) -> TempResult:
         """A temporary file for ``path`` holding ``first``: write more, then finish or
@@ -161,7 +107,7 @@ class ResultFiles:
         for made in reversed(missing):
             with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
                 os.mkdir(made)
-            self.directories.sync(os.path.dirname(made))
+            self.sync_directory(os.path.dirname(made))
 
 
 class TempResult:
@@ -200,7 +146,7 @@ class TempResult:
                 os.unlink(self._tmp)
             else:
                 _replace(self._tmp, self._path)
-        self._files.directories.sync(os.path.dirname(self._path))
+        self._files.sync_directory(os.path.dirname(self._path))
 
     def discard(self) -> None:
         """Close and remove the temporary file (nothing of it stays)."""

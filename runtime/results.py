@@ -300,14 +300,19 @@ class LocalResultStore:
         return size
 
     async def open(self, key: str) -> StoredResult:
-        file, size = await _in_thread(self._readable, key, _open_for_reading)
+        """A result of at most ``CHUNK_SIZE`` bytes (most images) is read whole in the one
+        worker-thread call that opens it; a larger one a chunk per call."""
+        opened = await _in_thread(self._readable, key, _open_for_reading)
+        if isinstance(opened, bytes):
+            return StoredResult(content_type_of(key), len(opened), _once(opened), _nothing)
+        file, size = opened
 
         async def chunks() -> AsyncIterator[bytes]:
-            while chunk := await asyncio.to_thread(file.read, CHUNK_SIZE):
+            while chunk := await _in_thread(file.read, CHUNK_SIZE):
                 yield chunk
 
         async def close() -> None:
-            await asyncio.to_thread(file.close)
+            await _in_thread(file.close)
 
         return StoredResult(content_type_of(key), size, chunks(), close)
 
@@ -329,6 +334,25 @@ def _is_file(path: Path) -> None:
         raise FileNotFoundError(path)
 
 
-def _open_for_reading(path: Path) -> tuple[IO[bytes], int]:
+def _open_for_reading(path: Path) -> bytes | tuple[IO[bytes], int]:
+    """The whole result if it fits one chunk (a stored file is never changed in place: a
+    new one replaces it), else the open file and its size."""
     file = path.open("rb")
-    return file, os.fstat(file.fileno()).st_size
+    try:
+        size = os.fstat(file.fileno()).st_size
+        if size > CHUNK_SIZE:
+            return file, size
+        with file:
+            return file.read()
+    except BaseException:
+        file.close()
+        raise
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data
+
+
+async def _nothing() -> None:
+    return None

@@ -1,6 +1,6 @@
 """Durable result files: bursts of outputs, failures mid-write, unique temporary names
-across processes, the group commit of directory fsyncs, and results stored in the
-earlier layout still read. Real files in a temporary directory, real threads and
+across processes, small results read in one call, and results stored in the earlier
+layout still read. Real files in a temporary directory, real threads and
 processes."""
 
 from __future__ import annotations
@@ -9,15 +9,13 @@ import asyncio
 import errno
 import multiprocessing
 import os
-import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from runtime.errors import ResultNotFound
-from runtime.result_files import DirectorySyncs, ResultFiles
+from runtime.result_files import ResultFiles
 from runtime.results import CHUNK_SIZE, LocalResultStore
 from tests.unit.test_results import file_size_limit
 
@@ -78,7 +76,8 @@ def test_a_failed_directory_fsync_is_raised_and_a_retry_makes_it_durable(
             raise OSError(errno.EIO, "input/output error", directory)
         synced.append(directory)
 
-    files = ResultFiles(str(tmp_path), DirectorySyncs(fsync))
+    files = ResultFiles(str(tmp_path), fsync)
+    (tmp_path / "ab").mkdir()
     path = f"{tmp_path}/ab/job_1.png"
     with pytest.raises(OSError) as caught:
         files.write_whole(path, b"png bytes")
@@ -136,40 +135,6 @@ def test_a_temporary_name_left_by_a_crash_is_skipped(tmp_path: Path) -> None:
     assert stale == [b"stale"] * 3  # untouched
 
 
-def test_one_directory_fsync_covers_every_rename_that_landed_while_another_ran(
-    tmp_path: Path,
-) -> None:
-    """Group commit: each caller is released only after an fsync that *began after* its
-    rename ended well; callers arriving during an fsync share the next one."""
-    started: list[set[str]] = []  # the directory's names as each fsync began
-    ended: list[float] = []
-
-    def slow_fsync(directory: str) -> None:
-        started.append(set(os.listdir(directory)))
-        time.sleep(0.05)
-        ended.append(time.monotonic())
-
-    syncs = DirectorySyncs(slow_fsync)
-    released: dict[str, float] = {}
-
-    def store(n: int) -> None:
-        (tmp_path / f"job_{n}.png").write_bytes(b"x")  # the rename, done
-        syncs.sync(str(tmp_path))
-        released[f"job_{n}.png"] = time.monotonic()
-
-    threads = [threading.Thread(target=store, args=(n,)) for n in range(24)]
-    for thread in threads:
-        thread.start()
-        time.sleep(0.005)  # they arrive over ~0.12 s: during two or three fsyncs
-    for thread in threads:
-        thread.join()
-    assert len(released) == 24
-    assert syncs.fsyncs == len(started) < 12  # shared, not one each
-    for name, at in released.items():
-        covering = [i for i, names in enumerate(started) if name in names]
-        assert covering and ended[covering[0]] <= at, name
-
-
 def test_an_output_stored_in_the_earlier_layout_is_still_read(tmp_path: Path) -> None:
     store = LocalResultStore(tmp_path)
     earlier = store.earlier_path_for("job_old.png")  # root/ab/cd/<key>
@@ -193,3 +158,25 @@ def test_an_output_stored_in_the_earlier_layout_is_still_read(tmp_path: Path) ->
         assert await store.get("job_old.png") == b"stored again"
 
     asyncio.run(read())
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_small_result_is_read_whole_when_opened_and_holds_no_file(
+    tmp_path: Path,
+) -> None:
+    store = LocalResultStore(tmp_path)
+    image = output(1)
+    await store.put("job_1.png", image, "image/png")
+    await store.put("job_2.json", b"", "application/json")
+    before = open_fds()
+    result = await store.open("job_1.png")
+    assert open_fds() == before  # read already: nothing left open to leak or close
+    assert (result.content_type, result.size) == ("image/png", len(image))
+    assert [chunk async for chunk in result.chunks] == [image]
+    await result.aclose()
+    async with await store.open("job_2.json") as empty:
+        assert (empty.size, [chunk async for chunk in empty.chunks]) == (0, [])
+    assert open_fds() == before
