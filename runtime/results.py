@@ -7,7 +7,7 @@ bytes go. A key is one plain file name (letters, digits, ``.``, ``_``, ``-``): n
 slashes, no ``..``, nothing absolute, so no key can name a path outside the store.
 
 :class:`LocalResultStore` keeps results in a directory, fanned out by a hash of the key
-over 256 directories (``root/3f/job_01HX.png``; results stored before wave 9 are read
+over 256 directories (``root/3f/job_01HX.png``; results stored by earlier versions are read
 where they were, ``root/3f/a2/job_01HX.png``). Writes are atomic and durable
 (:mod:`runtime.result_files`): the bytes go to a temporary file in the target
 directory, are fsynced, then ``os.replace`` moves the file into place and the directory
@@ -236,7 +236,7 @@ class LocalResultStore:
         return f"{self._files.root}/{digest[:2]}/{key}"
 
     def earlier_path_for(self, key: str) -> Path:
-        """Where results stored before wave 9 live, ``root/ab/cd/<key>`` (read only)."""
+        """Where earlier versions stored results, ``root/ab/cd/<key>`` (read only)."""
         check_key(key)
         digest = hashlib.sha256(key.encode()).hexdigest()
         return self.root / digest[:2] / digest[2:4] / key

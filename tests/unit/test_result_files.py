@@ -143,14 +143,14 @@ def test_an_output_stored_in_the_earlier_layout_is_still_read(tmp_path: Path) ->
         earlier.parent.name,
     )
     earlier.parent.mkdir(parents=True)
-    earlier.write_bytes(b"stored before wave 9")
+    earlier.write_bytes(b"stored by an earlier version")
 
     async def read() -> None:
         assert await store.exists("job_old.png")
-        assert await store.get("job_old.png") == b"stored before wave 9"
+        assert await store.get("job_old.png") == b"stored by an earlier version"
         async with await store.open("job_old.png") as result:
-            assert result.size == len(b"stored before wave 9")
-            assert b"".join([c async for c in result.chunks]) == b"stored before wave 9"
+            assert result.size == len(b"stored by an earlier version")
+            assert b"".join([c async for c in result.chunks]) == b"stored by an earlier version"
         assert not await store.exists("job_none.png")
         with pytest.raises(ResultNotFound):
             await store.open("job_none.png")
