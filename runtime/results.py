@@ -7,16 +7,15 @@ bytes go. A key is one plain file name (letters, digits, ``.``, ``_``, ``-``): n
 slashes, no ``..``, nothing absolute, so no key can name a path outside the store.
 
 :class:`LocalResultStore` keeps results in a directory, fanned out by a hash of the key
-over 256 directories (``root/3f/job_01HX.png``; results stored by earlier versions are read
-where they were, ``root/3f/a2/job_01HX.png``). Writes are atomic and durable
+over 256 directories (``root/3f/job_01HX.png``; results stored by earlier versions are
+read where they were, ``root/3f/a2/job_01HX.png``). Writes are atomic and durable
 (:mod:`runtime.result_files`): the bytes go to a temporary file in the target
 directory, are fsynced, then ``os.replace`` moves the file into place and the directory
-is fsynced (one fsync shared by the renames that land while it runs) before a put
-returns. A reader sees the whole result or none; a crash mid-write leaves at most a
-hidden ``.*.tmp`` file that is never taken for a result. Puts are idempotent: putting
-the same bytes again is a no-op, so a processor and the sweeper may both store one
-job's output. File I/O runs in a worker thread, one call per result that fits one
-buffer, never on the event loop.
+is fsynced before a put returns. A reader sees the whole result or none; a crash
+mid-write leaves at most a hidden ``.*.tmp`` file that is never taken for a result.
+Puts are idempotent: putting the same bytes again is a no-op, so a processor and the
+sweeper may both store one job's output. File I/O runs in a worker thread, one call per
+result that fits one buffer, never on the event loop.
 
 Besides whole-bytes ``put``/``get``, every store streams: ``put_stream`` takes an async
 iterable of chunks under a byte cap (past it: ``ResultTooLarge``, and nothing is kept),
