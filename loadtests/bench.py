@@ -21,6 +21,7 @@ from loadtests import (
     bench_ledger,
     bench_runtime,
     bench_sim,
+    bench_store,
     bench_table,
     bench_tenants,
 )
@@ -37,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     jobs, repeats = (2_000, 1) if args.quick else (20_000, 3)
     results["ledger"] = bench_ledger.run(jobs=jobs, repeats=repeats)
     print(bench_ledger.render(results["ledger"]))
+
+    print("\n== result store: CPU per stored output vs plain durable writes (in process)")
+    outputs, repeats = (200, 1) if args.quick else (2_000, 3)
+    results["result_store"] = bench_store.run(outputs=outputs, repeats=repeats)
+    print(bench_store.render(results["result_store"]))
 
     print("\n== fake vendor: status polls/s one fake process sustains")
     seconds = 1.0 if args.quick else 5.0

@@ -7,13 +7,15 @@ bytes go. A key is one plain file name (letters, digits, ``.``, ``_``, ``-``): n
 slashes, no ``..``, nothing absolute, so no key can name a path outside the store.
 
 :class:`LocalResultStore` keeps results in a directory, fanned out by a hash of the key
-(``root/3f/a2/job_01HX.png``) so that no directory grows huge. Writes are atomic: the
-bytes go to a temporary file in the target directory, are flushed and fsynced, then
-``os.replace`` moves the file into place (and the directory is fsynced). A reader sees
-the whole result or none; a crash mid-write leaves at most a hidden ``.*.tmp`` file that
-is never taken for a result. Puts are idempotent: putting the same bytes again is a
-no-op, so a processor and the sweeper may both store one job's output. File I/O runs in
-a worker thread (``asyncio.to_thread``), never on the event loop.
+over 256 directories (``root/3f/job_01HX.png``; results stored by earlier versions are
+read where they were, ``root/3f/a2/job_01HX.png``). Writes are atomic and durable
+(:mod:`runtime.result_files`): the bytes go to a temporary file in the target
+directory, are fsynced, then ``os.replace`` moves the file into place and the directory
+is fsynced before a put returns. A reader sees the whole result or none; a crash
+mid-write leaves at most a hidden ``.*.tmp`` file that is never taken for a result.
+Puts are idempotent: putting the same bytes again is a no-op, so a processor and the
+sweeper may both store one job's output. File I/O runs in a worker thread, one call per
+result that fits one buffer, never on the event loop.
 
 Besides whole-bytes ``put``/``get``, every store streams: ``put_stream`` takes an async
 iterable of chunks under a byte cap (past it: ``ResultTooLarge``, and nothing is kept),
@@ -26,21 +28,21 @@ without jobline in the way (S3's presigned URLs), or ``None`` where there is non
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import filecmp
 import hashlib
 import json
 import mimetypes
 import os
 import re
-import tempfile
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from runtime.errors import InvalidResultKey, ResultNotFound, ResultTooLarge
+from runtime.result_files import ResultFiles, TempResult
+
+T = TypeVar("T")
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _EXTENSIONS = {
@@ -216,69 +218,100 @@ def check_key(key: str) -> str:
 
 
 class LocalResultStore:
-    """Results as files under ``root``, written atomically (see the module docstring)."""
+    """Results as files under ``root``, written atomically and durably (see the module
+    docstring and :mod:`runtime.result_files`)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._files = ResultFiles(os.fspath(self.root))
 
     def path_for(self, key: str) -> Path:
-        """Where ``key`` lives: ``root/ab/cd/<key>``, ``abcd`` from the key's sha256."""
+        """Where ``key`` is stored: ``root/ab/<key>``, ``ab`` from the key's sha256."""
+        return Path(self._place(key))
+
+    def _place(self, key: str) -> str:
+        check_key(key)
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self._files.root}/{digest[:2]}/{key}"
+
+    def earlier_path_for(self, key: str) -> Path:
+        """Where earlier versions stored results, ``root/ab/cd/<key>`` (read only)."""
         check_key(key)
         digest = hashlib.sha256(key.encode()).hexdigest()
         return self.root / digest[:2] / digest[2:4] / key
 
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
-        await asyncio.to_thread(self._put, self.path_for(key), bytes(data))
-
-    async def get(self, key: str) -> bytes:
-        path = self.path_for(key)
+    def _readable(self, key: str, read: Callable[[Path], T]) -> T:
+        """``read`` of the result's file (where it is stored now, else where it was)."""
         try:
-            return await asyncio.to_thread(path.read_bytes)
+            return read(self.path_for(key))
+        except FileNotFoundError:
+            pass
+        try:
+            return read(self.earlier_path_for(key))
         except FileNotFoundError:
             raise ResultNotFound(key) from None
 
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        await _in_thread(self._files.write_whole, self._place(key), bytes(data))
+
+    async def get(self, key: str) -> bytes:
+        return await _in_thread(self._readable, key, Path.read_bytes)
+
     async def exists(self, key: str) -> bool:
-        return await asyncio.to_thread(self.path_for(key).is_file)
+        try:
+            await _in_thread(self._readable, key, _is_file)
+        except ResultNotFound:
+            return False
+        return True
 
     async def put_stream(
         self, key: str, chunks: AsyncIterable[bytes], content_type: str, max_bytes: int
     ) -> int:
-        """Chunks go to a temporary file beside the target (in worker threads, a buffer of
-        ``CHUNK_SIZE`` at a time), which then replaces it as in ``put``."""
-        path = self.path_for(key)
-        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        file = os.fdopen(fd, "wb")
-        size = 0
+        """Chunks are gathered in memory up to ``CHUNK_SIZE``: a result that ends by then
+        (most images) is written, fsynced and moved into place in one worker-thread call;
+        a larger one goes to its temporary file a buffer at a time."""
+        path = self._place(key)
+        parts: list[bytes] = []
+        buffered = size = 0
+        temp: TempResult | None = None
         try:
-            buffer = bytearray()
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
                     raise ResultTooLarge(key, max_bytes)
-                buffer += chunk
-                if len(buffer) >= CHUNK_SIZE:
-                    await asyncio.to_thread(file.write, bytes(buffer))
-                    buffer.clear()
-            await asyncio.to_thread(_finish, file, bytes(buffer), Path(tmp), path)
+                parts.append(chunk)
+                buffered += len(chunk)
+                if buffered >= CHUNK_SIZE:
+                    data, parts, buffered = b"".join(parts), [], 0
+                    if temp is None:
+                        temp = await _in_thread(self._files.begin, path, data)
+                    else:
+                        await _in_thread(temp.write, data)
+            tail = parts[0] if len(parts) == 1 else b"".join(parts)
+            if temp is None:
+                await _in_thread(self._files.write_whole, path, tail)
+            else:
+                await _in_thread(temp.finish, tail)
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(_discard, file, Path(tmp)))
+            if temp is not None:
+                await asyncio.shield(_in_thread(temp.discard))
             raise
         return size
 
     async def open(self, key: str) -> StoredResult:
-        path = self.path_for(key)
-        try:
-            file, size = await asyncio.to_thread(_open_for_reading, path)
-        except FileNotFoundError:
-            raise ResultNotFound(key) from None
+        """A result of at most ``CHUNK_SIZE`` bytes (most images) is read whole in the one
+        worker-thread call that opens it; a larger one a chunk per call."""
+        opened = await _in_thread(self._readable, key, _open_for_reading)
+        if isinstance(opened, bytes):
+            return StoredResult(content_type_of(key), len(opened), _once(opened), _nothing)
+        file, size = opened
 
         async def chunks() -> AsyncIterator[bytes]:
-            while chunk := await asyncio.to_thread(file.read, CHUNK_SIZE):
+            while chunk := await _in_thread(file.read, CHUNK_SIZE):
                 yield chunk
 
         async def close() -> None:
-            await asyncio.to_thread(file.close)
+            await _in_thread(file.close)
 
         return StoredResult(content_type_of(key), size, chunks(), close)
 
@@ -287,67 +320,38 @@ class LocalResultStore:
         check_key(key)
         return None
 
-    @staticmethod
-    def _put(path: Path, data: bytes) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_size == len(data) and path.read_bytes() == data:
-                return  # the same result again
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_directory(path.parent)
+
+def _in_thread(call: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``call(*args)`` in the loop's default executor (no context copy: nothing in a
+    file write reads context variables)."""
+    return asyncio.get_running_loop().run_in_executor(None, call, *args)
 
 
-def _open_for_reading(path: Path) -> tuple[IO[bytes], int]:
+def _is_file(path: Path) -> None:
+    """Nothing if ``path`` is a file; else ``FileNotFoundError``."""
+    if not path.is_file():
+        raise FileNotFoundError(path)
+
+
+def _open_for_reading(path: Path) -> bytes | tuple[IO[bytes], int]:
+    """The whole result if it fits one chunk (a stored file is never changed in place: a
+    new one replaces it), else the open file and its size."""
     file = path.open("rb")
-    return file, os.fstat(file.fileno()).st_size
-
-
-def _finish(file: IO[bytes], tail: bytes, tmp: Path, path: Path) -> None:
-    """Write the last bytes, make them durable, and move ``tmp`` into place, unless the
-    same bytes are there already (then ``tmp`` goes and the result stays untouched)."""
-    with file:
-        file.write(tail)
-        file.flush()
-        os.fsync(file.fileno())
-    if _same_file_contents(tmp, path):
-        tmp.unlink()
-        return
-    os.replace(tmp, path)
-    _fsync_directory(path.parent)
-
-
-def _discard(file: IO[bytes], tmp: Path) -> None:
-    file.close()
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-
-
-def _same_file_contents(a: Path, b: Path) -> bool:
     try:
-        return filecmp.cmp(a, b, shallow=False)
-    except FileNotFoundError:
-        return False
+        size = os.fstat(file.fileno()).st_size
+        if size > CHUNK_SIZE:
+            return file, size
+        with file:
+            return file.read()
+    except BaseException:
+        file.close()
+        raise
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data
+
+
+async def _nothing() -> None:
+    return None
