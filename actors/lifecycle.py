@@ -52,7 +52,10 @@ log = get_logger("serve")
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_APP = 3
-FOLLOW_WAIT = 1.0  # seconds each look for new notices may wait
+# Seconds each look for new notices may wait (a notice ends the wait at once; a signal too):
+# a follower costs the app one call per this many seconds while nothing happens. Below
+# the app's FOLLOWER_SEEN (5 s), so a follower waiting for notices counts as following.
+FOLLOW_WAIT = 4.0
 SERVE_EXIT_WAIT = 60.0  # seconds `stop` waits for a local `serve` to end
 SERVE_START_WAIT = 120.0  # seconds `status` / `stop` wait for a local `serve` to start
 
@@ -223,13 +226,22 @@ def _deploy_and_follow(
         run_file.unlink(missing_ok=True)
 
 
+class _Signalled(BaseException):
+    """SIGINT or SIGTERM while a follower waits for notices (not an ``Exception``: no
+    handler of a lost call takes it)."""
+
+
 def _follow(runtime: RayRuntime) -> int:
     """Print every notice until the app stops (0), is lost (1) or a signal comes: the
-    app stops with a Ray of our own, and runs on on a cluster (0)."""
+    app stops with a Ray of our own, and runs on on a cluster (0). A signal ends a look
+    that is waiting for notices (Ray checks for signals about once a second)."""
     signalled: list[int] = []
+    waiting = False
 
     def on_signal(number: int, frame: FrameType | None) -> None:
         signalled.append(number)
+        if waiting:
+            raise _Signalled
 
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, on_signal)
@@ -238,7 +250,13 @@ def _follow(runtime: RayRuntime) -> int:
     follower = f"{socket.gethostname()}:{os.getpid()}"  # a stop waits until it has the last notice
     while not signalled:
         try:
-            after, lines, stopped = runtime.notices(after, FOLLOW_WAIT, follower)
+            waiting = True
+            try:
+                after, lines, stopped = runtime.notices(after, FOLLOW_WAIT, follower)
+            finally:
+                waiting = False
+        except _Signalled:
+            break
         except Exception as exc:
             if _stopped_on_purpose(runtime):
                 _say(f"app {name!r} was stopped")
