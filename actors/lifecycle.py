@@ -52,7 +52,8 @@ log = get_logger("serve")
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_APP = 3
-# Seconds each look for new notices may wait (a notice ends the wait at once; a signal too):
+# Seconds each look for new notices may wait (a notice ends the wait at once, a signal
+# within a second):
 # a follower costs the app one call per this many seconds while nothing happens. Below
 # the app's FOLLOWER_SEEN (5 s), so a follower waiting for notices counts as following.
 FOLLOW_WAIT = 4.0
@@ -226,22 +227,14 @@ def _deploy_and_follow(
         run_file.unlink(missing_ok=True)
 
 
-class _Signalled(BaseException):
-    """SIGINT or SIGTERM while a follower waits for notices (not an ``Exception``: no
-    handler of a lost call takes it)."""
-
-
 def _follow(runtime: RayRuntime) -> int:
     """Print every notice until the app stops (0), is lost (1) or a signal comes: the
     app stops with a Ray of our own, and runs on on a cluster (0). A signal ends a look
-    that is waiting for notices (Ray checks for signals about once a second)."""
+    that is waiting for notices within a second (``RayRuntime.notices``'s ``give_up``)."""
     signalled: list[int] = []
-    waiting = False
 
     def on_signal(number: int, frame: FrameType | None) -> None:
         signalled.append(number)
-        if waiting:
-            raise _Signalled
 
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, on_signal)
@@ -250,13 +243,9 @@ def _follow(runtime: RayRuntime) -> int:
     follower = f"{socket.gethostname()}:{os.getpid()}"  # a stop waits until it has the last notice
     while not signalled:
         try:
-            waiting = True
-            try:
-                after, lines, stopped = runtime.notices(after, FOLLOW_WAIT, follower)
-            finally:
-                waiting = False
-        except _Signalled:
-            break
+            after, lines, stopped = runtime.notices(
+                after, FOLLOW_WAIT, follower, give_up=lambda: bool(signalled)
+            )
         except Exception as exc:
             if _stopped_on_purpose(runtime):
                 _say(f"app {name!r} was stopped")
