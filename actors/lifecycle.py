@@ -52,7 +52,11 @@ log = get_logger("serve")
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_APP = 3
-FOLLOW_WAIT = 1.0  # seconds each look for new notices may wait
+# Seconds each look for new notices may wait (a notice ends the wait at once, a signal
+# within a second):
+# a follower costs the app one call per this many seconds while nothing happens. Below
+# the app's FOLLOWER_SEEN (5 s), so a follower waiting for notices counts as following.
+FOLLOW_WAIT = 4.0
 SERVE_EXIT_WAIT = 60.0  # seconds `stop` waits for a local `serve` to end
 SERVE_START_WAIT = 120.0  # seconds `status` / `stop` wait for a local `serve` to start
 
@@ -225,7 +229,8 @@ def _deploy_and_follow(
 
 def _follow(runtime: RayRuntime) -> int:
     """Print every notice until the app stops (0), is lost (1) or a signal comes: the
-    app stops with a Ray of our own, and runs on on a cluster (0)."""
+    app stops with a Ray of our own, and runs on on a cluster (0). A signal ends a look
+    that is waiting for notices within a second (``RayRuntime.notices``'s ``give_up``)."""
     signalled: list[int] = []
 
     def on_signal(number: int, frame: FrameType | None) -> None:
@@ -238,7 +243,9 @@ def _follow(runtime: RayRuntime) -> int:
     follower = f"{socket.gethostname()}:{os.getpid()}"  # a stop waits until it has the last notice
     while not signalled:
         try:
-            after, lines, stopped = runtime.notices(after, FOLLOW_WAIT, follower)
+            after, lines, stopped = runtime.notices(
+                after, FOLLOW_WAIT, follower, give_up=lambda: bool(signalled)
+            )
         except Exception as exc:
             if _stopped_on_purpose(runtime):
                 _say(f"app {name!r} was stopped")

@@ -156,10 +156,13 @@ class Ports:
         processor: Callable[[str], ProcessorPort],
         metric_sources: Callable[[], dict[str, MetricSource]],  # by role
         vendors: list[str],
+        refresh_roles: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.ledger = ledger
         self._processor = processor
         self.metric_sources = metric_sources
+        # Before a gateway asks every role for its metrics: learn which roles exist now.
+        self.refresh_roles = refresh_roles
         self._vendors = vendors
 
     def processor(self, vendor: str) -> ProcessorPort:
@@ -205,9 +208,13 @@ def build_role(role: str, config: JoblineConfig, wiring: Wiring, ports: Ports) -
     if role.startswith("gateway-"):
 
         async def collect_all() -> list[Family]:
+            if ports.refresh_roles is not None:
+                await ports.refresh_roles()
             return await collect(list(ports.metric_sources().values()))
 
         async def collect_of(actor: str) -> list[Family] | None:
+            if ports.refresh_roles is not None:
+                await ports.refresh_roles()
             source = ports.metric_sources().get(actor)
             return None if source is None else await collect([source])
 

@@ -286,12 +286,23 @@ class JoblineApp:
                 log.exception("looking at the cluster failed")
 
     async def _reconcile(self) -> None:
-        """Gateways for nodes that joined, none for nodes that left; the targets file."""
-        nodes = {node.node_id: node for node in await asyncio.to_thread(ray_calls.nodes)}
+        """Gateways for nodes that joined, none for nodes that left; the targets file.
+
+        Ray restarts every other role itself: their states are read only for the targets
+        file, when there is one. Nodes and states are read in one hop to a thread."""
+        targets = self._config.metrics.targets_file is not None
+        watched = {
+            role: handle
+            for role, handle in self._handles.items()
+            if targets or role.startswith("gateway-")
+        }
+        found, states = await asyncio.to_thread(_look, watched)
+        nodes = {node.node_id: node for node in found}
         where: dict[str, Node] = {}
         gateways: dict[str, str] = {}
-        for role, handle in list(self._handles.items()):
-            actor = await asyncio.to_thread(ray_calls.actor_state, handle)
+        for role, actor in states.items():
+            if role not in self._handles:  # removed while this looked (a stop)
+                continue
             node = nodes.get(actor.node_id)
             state = actor.state
             lost = node is not None and not node.alive
@@ -434,6 +445,13 @@ class JoblineApp:
         if failed:
             text += ("; " if text else "") + "failed to stop: " + ", ".join(failed)
         return text
+
+
+def _look(
+    handles: dict[str, ray_calls.Handle],
+) -> tuple[list[Node], dict[str, ray_calls.ActorState]]:
+    """The cluster's nodes and Ray's record of each actor, now (blocking calls to the GCS)."""
+    return ray_calls.nodes(), {role: ray_calls.actor_state(h) for role, h in handles.items()}
 
 
 def _ordered(roles: Sequence[str] | dict[str, Any]) -> list[str]:

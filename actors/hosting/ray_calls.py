@@ -22,6 +22,7 @@ it) and takes no CPU: it waits on I/O.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -48,6 +49,17 @@ RAY_SYSTEM_CONFIG = {
     "enable_metrics_collection": False,
     "enable_worker_prestart": False,
     "prestart_worker_first_driver": False,
+}
+
+
+# The same, for the Ray processes of a Ray jobline starts itself (read from their
+# environment, which they inherit from this process): Ray's dashboard agent samples every
+# process's CPU and memory for a dashboard jobline never starts (every 5 s: every 60 s
+# here), and asks whether its raylet is alive every 0.4 s (every 1 s here: it still ends
+# itself within ~5 s of its raylet's death).
+RAY_PROCESS_ENV = {
+    "REPORTER_UPDATE_INTERVAL_MS": "60000",
+    "RAY_DASHBOARD_AGENT_CHECK_PARENT_INTERVAL_S": "1",
 }
 
 
@@ -105,7 +117,11 @@ def start_local(
     log_to_driver: bool = False,
 ) -> None:
     """Start a private Ray for this process (never join one found on the machine),
-    offering the custom ``resources``; it goes when this process does."""
+    offering the custom ``resources``; it goes when this process does. Without
+    ``log_to_driver`` no process reads the workers' output through Ray (each worker's
+    files stay in Ray's session directory): Ray's log monitor, which reads every worker's
+    log files ten times a second to publish their new lines, is stopped."""
+    _set_process_env()
     ray.init(
         address="local",
         namespace=namespace,
@@ -116,6 +132,22 @@ def start_local(
         log_to_driver=log_to_driver,
         _system_config=RAY_SYSTEM_CONFIG,
     )
+    if not log_to_driver:
+        _stop_log_monitor()
+
+
+def _set_process_env() -> None:
+    for name, value in RAY_PROCESS_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def _stop_log_monitor() -> None:
+    node = ray._private.worker._global_node
+    if node is not None:
+        try:
+            node.kill_log_monitor(check_alive=False)
+        except Exception as exc:  # a Ray without one: nothing to save
+            log.info("Ray's log monitor not stopped: %s", exc)
 
 
 def shutdown() -> None:
@@ -333,6 +365,7 @@ def start_cluster_here(head_cpus: int, head_resources: Mapping[str, float]) -> H
     ``RAY_TMPDIR`` for a later ``ray.init()`` to find."""
     from ray.cluster_utils import Cluster
 
+    _set_process_env()
     return Cluster(
         initialize_head=True,
         head_node_args={

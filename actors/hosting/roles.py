@@ -40,6 +40,8 @@ from runtime.telemetry import Family, JsonFormatter, configure_logging, get_logg
 
 log = get_logger("hosting")
 
+ROLES_TIMEOUT = 2.0  # s a gateway waits for the app's list of roles before a scrape
+
 
 # --- one role in one actor ----------------------------------------------------------------
 
@@ -88,7 +90,10 @@ class RemoteProxy:
 
 
 class _NoticeForwarder(logging.Handler):
-    """Sends this process's notices (``telemetry.is_notice``) to the app, in batches."""
+    """Sends this process's notices (``telemetry.is_notice``) to the app, in batches: a
+    notice logged while none was sent for ``NOTICE_FLUSH`` s goes at once, later ones
+    within ``NOTICE_FLUSH`` s of the last send. Between notices it waits and does nothing
+    (no timer)."""
 
     def __init__(self, formatter: JsonFormatter, namespace: str) -> None:
         super().__init__()
@@ -96,6 +101,8 @@ class _NoticeForwarder(logging.Handler):
         self._namespace = namespace
         self._pending: deque[dict[str, Any]] = deque(maxlen=1000)
         self._app: ray_calls.Handle = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: asyncio.Event | None = None  # set: something is pending
 
     def emit(self, record: logging.LogRecord) -> None:
         if is_notice(record):
@@ -103,11 +110,32 @@ class _NoticeForwarder(logging.Handler):
                 self._pending.append(self._formatter.as_dict(record))
             except Exception:
                 self.handleError(record)
+                return
+            self._wake()
 
-    async def run(self) -> None:
+    def _wake(self) -> None:
+        loop, waiting = self._loop, self._waiting
+        if loop is None or waiting is None:
+            return  # not running yet: ``run`` sends what is pending when it starts
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            waiting.set()
+        else:  # another thread's notice
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to send
+                loop.call_soon_threadsafe(waiting.set)
+
+    async def run(self, flush: float = NOTICE_FLUSH) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._waiting = asyncio.Event()
         while True:
-            await asyncio.sleep(NOTICE_FLUSH)
+            if not self._pending:
+                self._waiting.clear()
+                await self._waiting.wait()
             await self.send_pending()
+            await asyncio.sleep(flush)  # at most one send per ``flush`` s
 
     async def send_pending(self) -> None:
         """Send what is pending now; with no app to take them (a harness, a stop under
@@ -124,6 +152,37 @@ class _NoticeForwarder(logging.Handler):
         except Exception as exc:
             self._app = None
             log.info("%d notices not sent to the app: %s", len(batch), one_line(exc))
+
+
+class RoleNames:
+    """The roles that exist now, as the app knows them (a gateway's ``/metrics`` asks each
+    of them; the app adds gateways as nodes join). Asked for (``refresh``) only when metrics
+    are collected, at most once per ``fresh`` s, never in between; the last known names
+    when the app does not answer within ``timeout`` s (restarting, or none: a harness)."""
+
+    def __init__(
+        self,
+        known: list[str],
+        ask: Callable[[], Awaitable[list[str]]],
+        *,
+        fresh: float = RECONCILE_INTERVAL,
+        timeout: float = ROLES_TIMEOUT,
+    ) -> None:
+        self.names = list(known)
+        self._ask = ask
+        self._fresh = fresh
+        self._timeout = timeout
+        self._asked: float | None = None  # loop time of the last ask
+        self.asks = 0
+
+    async def refresh(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._asked is not None and now - self._asked < self._fresh:
+            return
+        self._asked = now
+        self.asks += 1
+        with contextlib.suppress(Exception):
+            self.names = list(await asyncio.wait_for(self._ask(), self._timeout))
 
 
 class RoleHost:
@@ -147,7 +206,8 @@ class RoleHost:
         namespace = config.ray.namespace
         handles: dict[str, RemoteProxy] = {}
         self._proxies = handles
-        self._role_names = all_roles(config)
+        self._app: ray_calls.Handle = None
+        self._roles = RoleNames(all_roles(config), lambda: self._app_roles(namespace))
 
         nearby = config.ray.nearby_calls
 
@@ -163,7 +223,7 @@ class RoleHost:
         def sources() -> dict[str, MetricSource]:
             return {
                 r: (self._own_metrics if r == role else proxy(r).collect_metrics)
-                for r in self._role_names
+                for r in self._roles.names
             }
 
         ports = Ports(
@@ -171,6 +231,7 @@ class RoleHost:
             processor=lambda vendor: cast(ProcessorPort, proxy(processor_role(vendor))),
             metric_sources=sources,
             vendors=list(config.vendors),
+            refresh_roles=self._roles.refresh,
         )
         if ray_calls.restarted():
             # A restarted actor must not replay the ids and draws it made before its
@@ -183,8 +244,6 @@ class RoleHost:
         self._object: Role = build_role(role, config, wiring, ports)
         loop = asyncio.get_running_loop()
         self._background = [loop.create_task(self._notices.run())]
-        if role.startswith("gateway-"):
-            self._background.append(loop.create_task(self._follow_roles(namespace)))
         self._server = NearbyServer(ray_calls.current_actor_id(), self.call, ray_calls.answerable)
         if nearby:
             self._background.append(loop.create_task(self._server.start()))
@@ -211,13 +270,14 @@ class RoleHost:
             return f"{getattr(self._object, 'host', '')}:{getattr(self._object, 'port', '')}"
         return ""
 
-    async def _follow_roles(self, namespace: str) -> None:
-        """A gateway's ``/metrics`` asks every role; the app knows which exist now."""
-        while True:
-            with contextlib.suppress(Exception):
-                app = ray_calls.get_actor(actor_name(APP), namespace)
-                self._role_names = await ray_calls.send(app, "role_names")
-            await asyncio.sleep(RECONCILE_INTERVAL)
+    async def _app_roles(self, namespace: str) -> list[str]:
+        try:
+            if self._app is None:
+                self._app = ray_calls.get_actor(actor_name(APP), namespace)
+            return cast(list[str], await ray_calls.send(self._app, "role_names"))
+        except Exception:
+            self._app = None  # gone (a new app is a new actor): looked up again next time
+            raise
 
     async def _own_metrics(self) -> list[Family]:
         return await self._object.collect_metrics()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -34,6 +35,8 @@ from actors.wiring import (
 from runtime.config import JoblineConfig
 from runtime.errors import AppAlreadyRunning, AppNotRunning, DeploymentError
 from runtime.telemetry import get_logger
+
+GIVE_UP_EVERY = 1.0  # s between a follower's looks at whether to stop waiting for notices
 
 log = get_logger("hosting")
 
@@ -113,13 +116,31 @@ class RayRuntime:
         return cast(list[RoleStatus], self._ask("status", timeout=timeout))
 
     def notices(
-        self, after: int, wait: float, follower: str | None = None
+        self,
+        after: int,
+        wait: float,
+        follower: str | None = None,
+        *,
+        give_up: Callable[[], bool] | None = None,
     ) -> tuple[int, list[dict[str, Any]], bool]:
         """Notices after ``after`` (waiting up to ``wait`` s), the last number, stopped?
         A ``follower`` name (the same on every call) makes a stop wait until it has the
-        app's last notice (``JoblineApp.notices``)."""
-        answer = self._ask("notices", after, wait, follower, timeout=wait + 30)
-        return cast(tuple[int, list[dict[str, Any]], bool], answer)
+        app's last notice (``JoblineApp.notices``). ``give_up`` is asked every
+        ``GIVE_UP_EVERY`` s while the answer is awaited: when it says so, the answer is
+        "nothing new" at once (a follower told to stop by a signal does not wait the look
+        out)."""
+        reply = ray_calls.send(self.app, "notices", after, wait, follower)
+        deadline = time.monotonic() + wait + 30
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                answer = ray_calls.wait(reply, max(min(GIVE_UP_EVERY, left), 0.0))
+                return cast(tuple[int, list[dict[str, Any]], bool], answer)
+            except ray_calls.NoReply:
+                if left <= GIVE_UP_EVERY:
+                    raise
+                if give_up is not None and give_up():
+                    return after, [], False
 
     def stop(self, follower: str | None = None) -> list[str]:
         """Stop the app in order (``JoblineApp.stop``; ``follower``: the notices' follower

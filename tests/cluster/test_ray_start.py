@@ -483,13 +483,20 @@ def test_prometheus_finds_every_role_and_every_node(stage: Stage) -> None:
         series = query("jobline_actor_up")
         assert {r["metric"]["actor"] for r in series} == {r["metric"]["role"] for r in series}
         assert all(r["metric"]["node"] for r in series)
-        # Ray's own file lists every node's metrics agent (and the head's dashboard).
-        sd = json.loads(
-            (stage.cluster.temp_dir / "prom_metrics_service_discovery.json").read_text()
-        )
-        listed = {t.rsplit(":", 1)[1] for group in sd for t in group["targets"]}
+        # Ray's own file lists every node's metrics agent (and the head's dashboard), once
+        # Ray's dashboard rewrote it after every node joined (it may not have yet when
+        # jobline's roles are first scraped).
         agents = {str(node.metrics_port) for node in stage.cluster.nodes}
-        assert agents <= listed
+        sd_file = stage.cluster.temp_dir / "prom_metrics_service_discovery.json"
+
+        def listed() -> set[str]:
+            try:
+                sd = json.loads(sd_file.read_text())
+            except (OSError, ValueError):
+                return set()
+            return {t.rsplit(":", 1)[1] for group in sd for t in group["targets"]}
+
+        wait_for(lambda: agents <= listed(), 60, "every node's agent in Ray's file", show=listed)
         wait_for(
             lambda: (
                 {r["metric"]["instance"].rsplit(":", 1)[1] for r in query('up{job="ray"} == 1')}

@@ -173,3 +173,47 @@ def test_a_stop_does_not_wait_for_the_follower_that_stops_the_app(
     fake_ray: FakeRay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert asyncio.run(stop_by_its_own_follower(monkeypatch)) < FOLLOWERS_ANSWERED
+
+
+async def reconcile_once(
+    monkeypatch: pytest.MonkeyPatch, targets_file: Path | None, dead: str | None = None
+) -> tuple[list[str], list[str], list[str]]:
+    """One look of the reconciler at four roles (``dead``'s Ray record DEAD): the roles
+    whose state it read, the roles left, and the notices it logged."""
+    config = load_config(ROOT / "jobline.toml")
+    config = config.model_copy(
+        update={"metrics": config.metrics.model_copy(update={"targets_file": targets_file})}
+    )
+    app = JoblineApp(config, None, Customization(), {}, None)
+    for role in ("ledger", "sweeper", "gateway-0", "gateway-1"):
+        app._handles[role] = role
+    read: list[str] = []
+
+    def actor_state(handle: Any) -> ray_calls.ActorState:
+        read.append(handle)
+        return ray_calls.ActorState(state="DEAD" if handle == dead else "ALIVE", node_id="")
+
+    monkeypatch.setattr(ray_calls, "actor_state", actor_state)
+    monkeypatch.setattr(ray_calls, "nodes", lambda: [])  # no node: no gateway to add
+    await app._reconcile()
+    _, lines, _ = await app.notices(0, 0)
+    return read, list(app._handles), [line["msg"] for line in lines]
+
+
+def test_the_reconciler_reads_only_the_gateways_states_unless_it_writes_targets(
+    fake_ray: FakeRay, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Ray restarts the other roles itself: without a targets file their states are unused.
+    read, roles, _ = asyncio.run(reconcile_once(monkeypatch, None))
+    assert sorted(read) == ["gateway-0", "gateway-1"]
+    assert roles == ["ledger", "sweeper", "gateway-0", "gateway-1"]
+    read, _, _ = asyncio.run(reconcile_once(monkeypatch, tmp_path / "targets.json"))
+    assert sorted(read) == ["gateway-0", "gateway-1", "ledger", "sweeper"]
+
+
+def test_the_reconciler_still_removes_a_dead_gateway_and_says_so(
+    fake_ray: FakeRay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, roles, notices = asyncio.run(reconcile_once(monkeypatch, None, dead="gateway-1"))
+    assert roles == ["ledger", "sweeper", "gateway-0"]
+    assert notices == ["gateway-1 is gone with its node"]
