@@ -48,6 +48,8 @@ def _openings(raw: str | bytes) -> int:
 
 def dumps(value: Any, **options: Any) -> str:
     """``json.dumps`` that raises ``ValueError`` rather than write NaN or Infinity."""
+    if not options:  # one encoder for every answer (json.dumps builds one per call here)
+        return _ENCODE(value)
     return json.dumps(value, allow_nan=False, **options)
 
 
@@ -90,6 +92,8 @@ def _finite(text: str) -> float:
         raise NotJson(f"not JSON: a number too large ({text[:40]})")
     return value
 
+
+_ENCODE = json.JSONEncoder(allow_nan=False).encode
 
 # One decoder with the hooks above: ``json.loads`` builds a decoder per call when given
 # hooks (about half of the cost of reading a small body).

@@ -56,3 +56,17 @@ def test_loads_refuses_what_json_does_not_allow(raw: str | bytes, message: str) 
         strict_json.loads(raw, max_depth=3)
     assert strict_json.loads(b"[[[1]]]", max_depth=3) == [[[1]]]
     assert math.isfinite(strict_json.loads(b"1e300"))
+
+
+@pytest.mark.parametrize("value", [VALUE, [1.5, None, True, "é"], {"b": 1, "a": [{}]}, "x", 3])
+def test_dumps_writes_what_json_dumps_writes(value: Any) -> None:
+    assert strict_json.dumps(value) == json.dumps(value)
+    assert strict_json.dumps(value, sort_keys=True) == json.dumps(value, sort_keys=True)
+
+
+@pytest.mark.parametrize("value", [math.nan, [math.inf], {"a": -math.inf}])
+def test_dumps_never_writes_nan_or_infinity(value: Any) -> None:
+    with pytest.raises(ValueError, match="Out of range float values"):
+        strict_json.dumps(value)
+    with pytest.raises(ValueError, match="Out of range float values"):
+        strict_json.dumps(value, indent=2)
