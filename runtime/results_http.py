@@ -126,7 +126,13 @@ async def _local_response(
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("the client went away")
-        await asyncio.get_running_loop().sendfile(transport, file, 0, size)
+        try:
+            await asyncio.get_running_loop().sendfile(transport, file, 0, size)
+        except (ConnectionError, RuntimeError) as exc:  # RuntimeError: "Transport is closing"
+            if isinstance(exc, RuntimeError) and not transport.is_closing():
+                raise
+            response.force_close()  # the client went away mid-answer: nothing more to send
+            return response
         await response.write_eof()
     finally:
         file.close()  # a file opened for reading: closing it does not wait on the disk

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -196,3 +197,18 @@ async def test_a_result_missing_from_the_directory_is_404_and_logged(
     assert [r.job_id for r in caplog.records if r.msg == "result missing from the store"] == [  # type: ignore[attr-defined]
         job_id
     ]
+
+
+async def test_a_client_leaving_mid_download_is_no_gateway_error(
+    api: ApiHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    big = RESULT * 10  # 32 MB: more than the socket buffers hold, so sendfile is mid-way
+    auth, url = await completed_job(api, big)
+    for _ in range(3):
+        response = await api.client.get(url, headers=auth)
+        assert response.status == 200
+        await response.content.readexactly(64 * 1024)
+        response.close()  # the client goes away with most of the file unsent
+    await asyncio.sleep(0.5)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert await (await api.client.get(url, headers=auth)).read() == big  # still served
