@@ -12,6 +12,13 @@ the bytes, or a redirect to them.
   is still jobline's own ``404``. The redirect is ``Cache-Control: no-store``: the URL
   expires. Stores without URLs (a directory) stream instead.
 
+A result in a directory (``LocalResultStore``) costs one hop to a worker thread: the
+file is opened there, and read whole when it is at most ``SMALL_RESULT`` bytes (one
+chunk: the memory bound above holds), then answered in one write; a larger one is sent
+from the open file by the kernel (``loop.sendfile``), with no chunk passing through
+Python. (Streaming it through the store's chunks cost four thread hops even for a
+small image, ~7% of a gateway's CPU under steady load.)
+
 Every answer says ``X-Content-Type-Options: nosniff``: a browser takes the stored content
 type (checked against the bytes when stored) and never guesses a page out of an output.
 
@@ -20,18 +27,23 @@ The caller (the gateway route) has checked the account, the job and its state.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
 
 from aiohttp import web
 
 from runtime.errors import JoblineError, ResultNotFound
-from runtime.results import ResultStore
+from runtime.results import CHUNK_SIZE, LocalResultStore, ResultStore, content_type_of
 from runtime.telemetry import get_logger
 
 log = get_logger("gateway")
 
 STREAM_CACHE_CONTROL = "private, max-age=86400"  # a stored result never changes
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+SMALL_RESULT = CHUNK_SIZE  # bytes: a local result this small is read whole, in one hop
 
 
 async def result_response(
@@ -59,6 +71,9 @@ async def result_response(
                 status=302,
                 headers={**headers, **NOSNIFF, "Location": url, "Cache-Control": "no-store"},
             )
+    if type(store).open is LocalResultStore.open:  # plain files (a subclass may read otherwise)
+        assert isinstance(store, LocalResultStore)
+        return await _local_response(request, store.path_for(key), key, headers, content_type)
     async with await store.open(key) as result:
         response = web.StreamResponse(
             headers={
@@ -82,3 +97,58 @@ async def result_response(
             return response
         await response.write_eof()
     return response
+
+
+async def _local_response(
+    request: web.Request,
+    path: Path,
+    key: str,
+    headers: Mapping[str, str],
+    content_type: str | None,
+) -> web.StreamResponse:
+    """The file at ``path`` (``key``'s in a ``LocalResultStore``), in one thread hop."""
+    try:
+        file, size, whole = await asyncio.to_thread(_open_local, path)
+    except FileNotFoundError:
+        raise ResultNotFound(key) from None
+    answer_headers = {
+        **headers,
+        **NOSNIFF,
+        "Content-Type": content_type or content_type_of(key),
+        "Cache-Control": STREAM_CACHE_CONTROL,
+    }
+    if file is None:
+        return web.Response(body=whole, headers=answer_headers)
+    try:
+        response = web.StreamResponse(headers=answer_headers)
+        response.content_length = size
+        await response.prepare(request)  # a StreamResponse sends its head at once
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("the client went away")
+        try:
+            await asyncio.get_running_loop().sendfile(transport, file, 0, size)
+        except (ConnectionError, RuntimeError) as exc:  # RuntimeError: "Transport is closing"
+            if isinstance(exc, RuntimeError) and not transport.is_closing():
+                raise
+            response.force_close()  # the client went away mid-answer: nothing more to send
+            return response
+        await response.write_eof()
+    finally:
+        file.close()  # a file opened for reading: closing it does not wait on the disk
+    return response
+
+
+def _open_local(path: Path) -> tuple[IO[bytes] | None, int, bytes]:
+    """(None, size, the bytes) for a small file, else (the open file, size, b"")."""
+    file = path.open("rb")
+    try:
+        size = os.fstat(file.fileno()).st_size
+        if size > SMALL_RESULT:
+            return file, size, b""
+        whole = file.read()
+    except BaseException:
+        file.close()
+        raise
+    file.close()
+    return None, len(whole), whole

@@ -50,6 +50,10 @@ def traceparent(trace_id: str) -> str:
 
 # --- logs -------------------------------------------------------------------------------
 
+# ``json.dumps(line, default=str)``, with one encoder for every line (``dumps`` builds
+# an encoder per call when given ``default``).
+_encode_line = json.JSONEncoder(default=str).encode
+
 
 class JsonFormatter(logging.Formatter):
     FIELDS = ("job_id", "trace_id", "vendor", "account_id", "attempt", "task_id", "error")
@@ -75,7 +79,7 @@ class JsonFormatter(logging.Formatter):
         return line
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(self.as_dict(record), default=str)
+        return _encode_line(self.as_dict(record))
 
 
 def is_notice(record: logging.LogRecord) -> bool:

@@ -48,8 +48,9 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -270,7 +271,7 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
 
 class _Unsampled(trace.NonRecordingSpan):
     """A span of a job not sampled: what a span would record, kept in memory until it
-    ends (``JobTracer._unsampled``). Its context is current while it runs, so the job's
+    ends (``_UnsampledScope``). Its context is current while it runs, so the job's
     spans inside it take it as their parent, as an SDK span's would."""
 
     def __init__(
@@ -293,6 +294,45 @@ class _Unsampled(trace.NonRecordingSpan):
         self.attributes.update(attributes)
 
 
+class _UnsampledScope:
+    """``with`` a span of a job not sampled: current while inside, exported only if an
+    exception (not a cancellation) leaves it, as the SDK span would have been. A class,
+    not a generator: most spans are not sampled, and each is entered on a job's path."""
+
+    __slots__ = ("_span", "_token", "_tracer")
+
+    def __init__(
+        self,
+        tracer: JobTracer,
+        name: str,
+        trace_number: int,
+        span_id: int,
+        parent: trace.SpanContext | None,
+        attributes: dict[str, Any],
+    ) -> None:
+        context = trace.SpanContext(trace_number, span_id, is_remote=False,
+                                    trace_flags=_NOT_SAMPLED)  # fmt: skip
+        self._tracer = tracer
+        self._span = _Unsampled(context, name, parent, attributes)
+        self._token: Token[Context] | None = None
+
+    def __enter__(self) -> _Unsampled:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        assert self._token is not None  # entered before it is left
+        otel_context.detach(self._token)
+        if isinstance(exc, Exception):
+            with contextlib.suppress(Exception):  # tracing never changes what is raised
+                self._tracer._export_failed(self._span, exc)
+
+
 _NOT_SAMPLED = trace.TraceFlags(trace.TraceFlags.DEFAULT)
 
 
@@ -308,17 +348,21 @@ class JobTracer:
         # Tracing switched off: a span is nothing, so skip building its context and ids.
         self._off = isinstance(provider, trace.NoOpTracerProvider)
 
-    @contextlib.contextmanager
-    def root(self, name: str, trace_id: str, **attributes: Any) -> Iterator[Span]:
+    def root(
+        self, name: str, trace_id: str, **attributes: Any
+    ) -> contextlib.AbstractContextManager[Span]:
         """The job's root span (the gateway's submit), with ids taken from ``trace_id``."""
         if self._off:
-            yield trace.INVALID_SPAN
-            return
+            return contextlib.nullcontext(trace.INVALID_SPAN)
         ids = (int(trace_id, 16), root_span_id(trace_id)) if _TRACE_ID.fullmatch(trace_id) else None
         if ids is not None and not self._sampled(ids[0]):
-            with self._unsampled(name, *ids, None, self._attributes(attributes)) as unsampled:
-                yield unsampled
-            return
+            return _UnsampledScope(self, name, *ids, None, self._attributes(attributes))
+        return self._sdk_root(name, ids, attributes)
+
+    @contextlib.contextmanager
+    def _sdk_root(
+        self, name: str, ids: tuple[int, int] | None, attributes: Mapping[str, Any]
+    ) -> Iterator[Span]:
         token = _FIXED_IDS.set(ids)
         try:
             span = self._tracer.start_span(
@@ -329,20 +373,18 @@ class JobTracer:
         with trace.use_span(span, end_on_exit=True):
             yield span
 
-    @contextlib.contextmanager
-    def span(self, name: str, trace_id: str, **attributes: Any) -> Iterator[Span]:
+    def span(
+        self, name: str, trace_id: str, **attributes: Any
+    ) -> contextlib.AbstractContextManager[Span]:
         """A span in the job's trace: under this task's current span of the same job,
         else directly under the job's root span."""
         if self._off:
-            yield trace.INVALID_SPAN
-            return
-        current = trace.get_current_span().get_span_context()
+            return contextlib.nullcontext(trace.INVALID_SPAN)
         if not _TRACE_ID.fullmatch(trace_id):  # a trace of its own, sampled by the SDK
-            with self._tracer.start_as_current_span(
+            return self._tracer.start_as_current_span(
                 name, context=Context(), attributes=self._attributes(attributes)
-            ) as span:
-                yield span
-            return
+            )
+        current = trace.get_current_span().get_span_context()
         number = int(trace_id, 16)
         if current.is_valid and current.trace_id == number:  # inside a span of this job
             parent, chosen = current, current.trace_flags.sampled
@@ -352,44 +394,16 @@ class JobTracer:
             parent = _root_context(trace_id, number, flags)
         if not chosen:
             span_id = random.getrandbits(64) or 1  # as the SDK's RandomIdGenerator
-            with self._unsampled(
-                name, number, span_id, parent, self._attributes(attributes)
-            ) as unsampled:
-                yield unsampled
-            return
+            return _UnsampledScope(
+                self, name, number, span_id, parent, self._attributes(attributes)
+            )
         context = None if parent is current else _in_context(parent)
-        with self._tracer.start_as_current_span(
+        return self._tracer.start_as_current_span(
             name, context=context, attributes=self._attributes(attributes)
-        ) as span:
-            yield span
+        )
 
     def _sampled(self, trace_number: int) -> bool:
         return trace_number & TraceIdRatioBased.TRACE_ID_LIMIT < self._bound
-
-    @contextlib.contextmanager
-    def _unsampled(
-        self,
-        name: str,
-        trace_number: int,
-        span_id: int,
-        parent: trace.SpanContext | None,
-        attributes: dict[str, Any],
-    ) -> Iterator[_Unsampled]:
-        """A span of a job not sampled: current while inside, exported only if an
-        exception (not a cancellation) leaves it, as the SDK span would have been."""
-        context = trace.SpanContext(trace_number, span_id, is_remote=False,
-                                    trace_flags=_NOT_SAMPLED)  # fmt: skip
-        span = _Unsampled(context, name, parent, attributes)
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            try:
-                yield span
-            finally:
-                otel_context.detach(token)
-        except Exception as exc:
-            with contextlib.suppress(Exception):  # tracing never changes what is raised
-                self._export_failed(span, exc)
-            raise
 
     def _export_failed(self, span: _Unsampled, exc: Exception) -> None:
         """The SDK span ``span`` would have been, ended in ``exc`` (so exported)."""

@@ -25,7 +25,6 @@ source address and reason, then one line a minute counting the rest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -131,16 +130,15 @@ class WebhookRoutes:
         # duplicate now); a processor that is restarting can take longer. So the answer
         # waits for the forward only that long, and the forward goes on without it.
         forward = api.spawn(self._forward_webhook(vendor, event))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(forward), WEBHOOK_ANSWER_WITHIN)
+        await asyncio.wait([forward], timeout=WEBHOOK_ANSWER_WITHIN)  # never cancels it
         return json_response({"status": "accepted"})
 
     async def _offer(self, vendor: str, event: WebhookEvent) -> str:
         """``"accepted"`` or ``"duplicate"`` if the processor follows the event's task;
         ``""`` if it does not, or did not answer in time (the ledger records it then)."""
         try:
-            offer = self.api.processor(vendor).take.call(event)
-            answer = await asyncio.wait_for(offer, WEBHOOK_OFFER_WITHIN)
+            async with asyncio.timeout(WEBHOOK_OFFER_WITHIN):  # a timer, not a task per offer
+                answer = await self.api.processor(vendor).take.call(event)
         except Exception as exc:
             log.info(
                 "webhook not taken by the processor; recording it",
@@ -151,8 +149,8 @@ class WebhookRoutes:
 
     async def _forward_webhook(self, vendor: str, event: WebhookEvent) -> None:
         try:
-            forward = self.api.processor(vendor).webhooks.call(event)
-            await asyncio.wait_for(forward, PROCESSOR_TIMEOUT)
+            async with asyncio.timeout(PROCESSOR_TIMEOUT):
+                await self.api.processor(vendor).webhooks.call(event)
         except Exception as exc:  # recorded already: polling finds the task's end instead
             log.warning(
                 "webhook not forwarded; polling will catch up",

@@ -11,9 +11,11 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 from actors.gateway import Gateway
 from runtime.api import GATEWAY_API, WEBHOOK_ANSWER_WITHIN
+from runtime.api.webhooks import WEBHOOK_OFFER_WITHIN
 from runtime.models import Fail, ScheduleRetry
 from runtime.states import JobStatus
 from runtime.webhooks import signed_headers
@@ -563,6 +565,30 @@ async def test_a_webhook_is_answered_while_a_slow_processor_still_takes_it(
             break
         await asyncio.sleep(0.01)
     assert [e.task_id for e in processor.webhooks] == ["task-slow"]
+
+
+async def test_a_processor_slow_to_take_a_webhook_has_it_recorded_after_the_offer_window(
+    api: ApiHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    processor = api.router.processors["replicate"]
+
+    async def slow_take(events: Any) -> list[str]:
+        await asyncio.sleep(30)  # a processor stuck in a long turn
+        return ["taken"] * len(events)
+
+    processor.take_webhooks = slow_take  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="jobline")
+    body = _prediction("task-stuck")
+    headers = signed_headers(WEBHOOK_SECRET, "msg_stuck", int(time.time()), body)
+    started = time.monotonic()
+    response = await api.client.post("/v1/webhooks/replicate", data=body, headers=headers)
+    assert (response.status, await response.json()) == (200, {"status": "accepted"})
+    assert time.monotonic() - started < WEBHOOK_OFFER_WITHIN + 2.0
+    assert [e.task_id for e in processor.webhooks] == ["task-stuck"]  # recorded, forwarded
+    notes = [r for r in caplog.records if r.msg.startswith("webhook not taken")]
+    assert [r.error for r in notes] == ["TimeoutError()"]  # type: ignore[attr-defined]
+    again = await api.client.post("/v1/webhooks/replicate", data=body, headers=headers)
+    assert (again.status, await again.json()) == (200, {"status": "duplicate"})
 
 
 async def test_forged_stale_and_malformed_webhooks_change_nothing(api: ApiHarness) -> None:

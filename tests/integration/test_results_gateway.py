@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,11 +18,13 @@ from runtime.config_storage import StorageConfig
 from runtime.errors import ResultStoreUnavailable
 from runtime.models import Complete, MarkProcessing, StartAttempt
 from runtime.results import LocalResultStore, StoredResult, result_key_for
+from runtime.results_http import SMALL_RESULT
 from runtime.results_s3 import S3ResultStore
 from runtime.telemetry import TRACE_HEADER
 from tests.integration.api_fixtures import (  # noqa: F401
     ApiHarness,
     MakeApi,
+    api_fixture,
     make_api_fixture,
 )
 from tests.integration.s3_fixtures import (  # noqa: F401
@@ -159,3 +162,53 @@ async def test_a_store_failing_mid_stream_cuts_the_connection(
     assert response.content_length == len(RESULT)
     with pytest.raises(aiohttp.ClientPayloadError):  # fewer bytes than promised, at once
         await asyncio.wait_for(response.read(), 10)
+
+
+# --- a directory (LocalResultStore): one thread hop, the kernel sends a large file ----------
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, SMALL_RESULT, SMALL_RESULT + 1, len(RESULT)], ids=lambda n: f"{n}B"
+)
+async def test_a_result_in_a_directory_is_served_whole_at_any_size(
+    api: ApiHarness, size: int
+) -> None:
+    data = (RESULT * 2)[:size]  # read whole up to SMALL_RESULT, sent by sendfile above it
+    auth, url = await completed_job(api, data)
+    for _ in range(2):  # the file is closed after each answer: a second one reads it again
+        response = await api.client.get(url, headers=auth)
+        assert response.status == 200
+        assert response.content_type == "image/png"
+        assert response.content_length == size
+        assert response.headers["Cache-Control"] == "private, max-age=86400"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers[TRACE_HEADER]
+        assert await asyncio.wait_for(response.read(), 10) == data  # every byte, then the end
+
+
+async def test_a_result_missing_from_the_directory_is_404_and_logged(
+    api: ApiHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth, url = await completed_job(api)
+    job_id = url.split("/")[3]
+    api.results.path_for(result_key_for(job_id, "image/png")).unlink()  # type: ignore[attr-defined]
+    response = await api.client.get(url, headers=auth)
+    assert await error_code(response) == (404, "result_not_found")
+    assert [r.job_id for r in caplog.records if r.msg == "result missing from the store"] == [  # type: ignore[attr-defined]
+        job_id
+    ]
+
+
+async def test_a_client_leaving_mid_download_is_no_gateway_error(
+    api: ApiHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    big = RESULT * 10  # 32 MB: more than the socket buffers hold, so sendfile is mid-way
+    auth, url = await completed_job(api, big)
+    for _ in range(3):
+        response = await api.client.get(url, headers=auth)
+        assert response.status == 200
+        await response.content.readexactly(64 * 1024)
+        response.close()  # the client goes away with most of the file unsent
+    await asyncio.sleep(0.5)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert await (await api.client.get(url, headers=auth)).read() == big  # still served

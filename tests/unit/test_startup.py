@@ -270,6 +270,16 @@ def test_every_json_line_names_its_role_and_notices_read_as_one_line(tmp_path: P
     assert JsonFormatter("ledger").as_dict(record)["role"] == "ledger"
 
 
+def test_a_json_line_is_the_fields_as_json_and_a_value_json_lacks_reads_as_its_text() -> None:
+    record = logging.LogRecord("jobline.gateway", logging.INFO, "", 0, "job opened", None, None)
+    record.job_id, record.attempt = "job_é1", 2  # a non-ASCII id is escaped, as json.dumps does
+    record.error = ValueError("bad input")  # no JSON type: its str()
+    line = JsonFormatter("gateway-0").format(record)
+    assert line == json.dumps(JsonFormatter("gateway-0").as_dict(record), default=str)
+    assert json.loads(line)["error"] == "bad input"
+    assert "\\u00e9" in line and "\n" not in line  # one ASCII line
+
+
 # --- the ledger file: checked before Ray starts -------------------------------------------
 
 
