@@ -240,8 +240,10 @@ class LocalResultStore:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return self.root / digest[:2] / digest[2:4] / key
 
-    def _readable(self, key: str, read: Callable[[Path], T]) -> T:
-        """``read`` of the result's file (where it is stored now, else where it was)."""
+    def read_file(self, key: str, read: Callable[[Path], T]) -> T:
+        """``read(path)`` of the result's file, where it is stored now, else where earlier
+        versions stored it. Blocking: call from a worker thread. Raises
+        ``ResultNotFound``."""
         try:
             return read(self.path_for(key))
         except FileNotFoundError:
@@ -255,11 +257,11 @@ class LocalResultStore:
         await _in_thread(self._files.write_whole, self._place(key), bytes(data))
 
     async def get(self, key: str) -> bytes:
-        return await _in_thread(self._readable, key, Path.read_bytes)
+        return await _in_thread(self.read_file, key, Path.read_bytes)
 
     async def exists(self, key: str) -> bool:
         try:
-            await _in_thread(self._readable, key, _is_file)
+            await _in_thread(self.read_file, key, _is_file)
         except ResultNotFound:
             return False
         return True
@@ -301,7 +303,7 @@ class LocalResultStore:
     async def open(self, key: str) -> StoredResult:
         """A result of at most ``CHUNK_SIZE`` bytes (most images) is read whole in the one
         worker-thread call that opens it; a larger one a chunk per call."""
-        opened = await _in_thread(self._readable, key, _open_for_reading)
+        opened = await _in_thread(self.read_file, key, _open_for_reading)
         if isinstance(opened, bytes):
             return StoredResult(content_type_of(key), len(opened), _once(opened), _nothing)
         file, size = opened

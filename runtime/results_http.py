@@ -73,7 +73,7 @@ async def result_response(
             )
     if type(store).open is LocalResultStore.open:  # plain files (a subclass may read otherwise)
         assert isinstance(store, LocalResultStore)
-        return await _local_response(request, store.path_for(key), key, headers, content_type)
+        return await _local_response(request, store, key, headers, content_type)
     async with await store.open(key) as result:
         response = web.StreamResponse(
             headers={
@@ -101,16 +101,14 @@ async def result_response(
 
 async def _local_response(
     request: web.Request,
-    path: Path,
+    store: LocalResultStore,
     key: str,
     headers: Mapping[str, str],
     content_type: str | None,
 ) -> web.StreamResponse:
-    """The file at ``path`` (``key``'s in a ``LocalResultStore``), in one thread hop."""
-    try:
-        file, size, whole = await asyncio.to_thread(_open_local, path)
-    except FileNotFoundError:
-        raise ResultNotFound(key) from None
+    """``key``'s file in a ``LocalResultStore`` (where it is stored now, or where earlier
+    versions stored it), opened in one thread hop."""
+    file, size, whole = await asyncio.to_thread(store.read_file, key, _open_local)
     answer_headers = {
         **headers,
         **NOSNIFF,

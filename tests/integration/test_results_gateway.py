@@ -199,6 +199,25 @@ async def test_a_result_missing_from_the_directory_is_404_and_logged(
     ]
 
 
+@pytest.mark.parametrize("size", [100, SMALL_RESULT + 1])
+async def test_a_result_stored_by_an_earlier_version_is_still_served(
+    api: ApiHarness, size: int
+) -> None:
+    # Merge review (wave 9): the gateway's one-hop read of a directory looked only where
+    # results are stored now (root/ab/<key>), not where earlier versions put them.
+    data = (RESULT * 2)[:size]
+    auth, url = await completed_job(api, data)
+    store = api.results
+    assert isinstance(store, LocalResultStore)
+    key = result_key_for(url.split("/")[3], "image/png")
+    earlier = store.earlier_path_for(key)
+    earlier.parent.mkdir(parents=True, exist_ok=True)
+    store.path_for(key).rename(earlier)
+    response = await api.client.get(url, headers=auth)
+    assert response.status == 200
+    assert await asyncio.wait_for(response.read(), 10) == data
+
+
 async def test_a_client_leaving_mid_download_is_no_gateway_error(
     api: ApiHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
