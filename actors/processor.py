@@ -156,6 +156,11 @@ class VendorProcessor:
             metrics.queue_depth.labels(vendor.name),
             metrics.circuit_state.labels(vendor.name),
         )
+        self._webhook_gauges = (
+            metrics.webhooks_arriving.labels(vendor.name),
+            metrics.webhooks_lost.labels(vendor.name),
+        )
+        self._webhooks_lost_seen = 0
         self._tracer = tracer
         self._finisher = JobFinisher(
             config, self._writer, {vendor.name: client}, results, metrics, tracer, clock
@@ -805,8 +810,15 @@ class VendorProcessor:
         inflight, queue_depth, circuit = self._gauges
         inflight.set(self._slots.taken)
         queue_depth.set(len(self._queue))
-        state = self._breaker.state(self._clock.time())
+        now = self._clock.time()
+        state = self._breaker.state(now)
         circuit.set(CIRCUIT_GAUGE[state])
+        arriving, lost = self._webhook_gauges
+        webhooks = self._waiter.webhooks
+        arriving.set(1 if webhooks.arriving(now) else 0)
+        if webhooks.lost > self._webhooks_lost_seen:
+            lost.inc(webhooks.lost - self._webhooks_lost_seen)
+            self._webhooks_lost_seen = webhooks.lost
         if state is not self._circuit_seen:
             self._circuit_seen = state
             if state is CircuitState.OPEN:

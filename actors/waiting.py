@@ -4,9 +4,10 @@ within its model's bounds; and canceling a task until the vendor confirms.
 A ``Followed`` task carries its ``TaskWatch`` (``runtime.task_bounds``: how long it may
 queue, run, and stay unreadable) and the channel its webhook arrives on. ``TaskWaiter``
 waits on it: a webhook ends the wait at once; otherwise the status is polled with backoff
-from the first poll's wait up to ``MAX_POLL_INTERVAL``, never sleeping past the moment the
-watch could say the task is overdue. The first poll waits the vendor's ``poll_interval``,
-or its ``fallback_poll_interval`` while its webhooks arrive (``runtime.polling``). A task
+(``runtime.polling.poll_offsets``: from the vendor's ``poll_interval`` up to
+``MAX_POLL_INTERVAL`` apart; while its webhooks arrive, the polls before its
+``fallback_poll_interval`` are left out), never sleeping past the moment the watch could
+say the task is overdue. A task
 the vendor reports queued or running within its model's bounds is never given up on; an
 overdue one is canceled until the vendor confirms (it counts against the vendor's limit
 until then) and ``wait`` answers None, the reason in ``Followed.gave_up``.
@@ -22,14 +23,18 @@ from typing import Any
 from runtime.clock import Clock
 from runtime.config import VendorConfig
 from runtime.errors import JoblineError, VendorError, VendorPermanentError
-from runtime.polling import WebhookHealth
+from runtime.polling import (
+    MAX_POLL_INTERVAL,
+    NONE_ARRIVE_AFTER,
+    WebhookHealth,
+    WebhookNews,
+    poll_offsets,
+)
 from runtime.task_bounds import TaskWatch
 from runtime.telemetry import get_logger
 from runtime.vendors import TaskState, TaskStatus, VendorClient
 
 log = get_logger("processor")
-
-MAX_POLL_INTERVAL = 10.0
 
 
 @dataclass(slots=True)
@@ -61,7 +66,30 @@ class TaskWaiter:
         self._client = client
         self._clock = clock
         self._on_unreadable = on_unreadable  # a task's state could not be read
-        self.webhooks = WebhookHealth(vendor.poll_interval, vendor.first_poll_while_webhooks_arrive)
+        self.webhooks = WebhookHealth(
+            vendor.poll_interval, vendor.first_poll_while_webhooks_arrive, self._webhook_news
+        )
+
+    def _webhook_news(self, news: WebhookNews) -> None:
+        fields = {"vendor": self._vendor.name, "poll_interval": self._vendor.poll_interval}
+        if news is WebhookNews.ARRIVING:
+            log.info(
+                "webhooks arrive: a task's status is first polled after "
+                f"{self.webhooks.quiet_interval:g} s (fallback_poll_interval)",
+                extra=fields,
+            )
+        elif news is WebhookNews.STOPPED:
+            log.warning(
+                "a webhook did not arrive: a poll saw its task end and none followed; "
+                "tasks are polled from poll_interval again",
+                extra=fields,
+            )
+        else:
+            log.warning(
+                f"none of the last {NONE_ARRIVE_AFTER} task ends had its webhook: can the "
+                "vendor reach [gateway] public_url? (tasks end by polling meanwhile)",
+                extra=fields,
+            )
 
     def webhook_came(self, task_id: str) -> None:
         """A webhook for ``task_id`` reached the processor (held task or not)."""
@@ -85,10 +113,12 @@ class TaskWaiter:
         loop = asyncio.get_running_loop()
         followed._pushed = loop.create_future()
         by_webhook = known is not None and known.result_pending  # its webhook said it ended
-        interval = 0.0 if by_webhook else self.webhooks.first_poll(self._clock.time())
+        started = self._clock.time()
+        offsets = poll_offsets(self._vendor.poll_interval, self.webhooks.first_poll(started))
+        due = started if by_webhook else started + next(offsets)  # pending: read at once
         watch = followed.watch
         while True:
-            wait = min(interval, max(watch.next_deadline() - self._clock.time(), 0.0))
+            wait = max(min(due, watch.next_deadline()) - self._clock.time(), 0.0)
             try:
                 pushed = await asyncio.wait_for(asyncio.shield(followed._pushed), timeout=wait)
                 by_webhook = True
@@ -103,14 +133,16 @@ class TaskWaiter:
                 came = by_webhook or followed._pushed.done()  # it came during the read
                 self._count_end(followed.task_id, status, came)
                 return status
-            reason = watch.overdue(self._clock.time())
+            now = self._clock.time()
+            reason = watch.overdue(now)
             if reason is not None:
                 followed.gave_up = reason
                 await self.cancel_until_confirmed(
                     model, followed.task_id, cancel_until, trace_id=trace_id
                 )
                 return None
-            interval = min(max(interval * 1.5, self._vendor.poll_interval), MAX_POLL_INTERVAL)
+            while due <= now:
+                due = started + next(offsets)
 
     def _count_end(self, task_id: str, status: TaskStatus, by_webhook: bool) -> None:
         if by_webhook:

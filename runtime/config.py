@@ -67,12 +67,13 @@ class VendorConfig(Section):
     submit_timeout: float = Field(default=10.0, gt=0)
     poll_timeout: float = Field(default=5.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
-    # How long a task waits for its first status poll while this vendor's webhooks arrive
-    # (its last 10 task ends each had theirs): polling is then only the fallback for a
-    # lost webhook, not a race with every webhook. A lost one (a poll saw the end, no
-    # webhook within 5 s) puts polling back to ``poll_interval`` (``runtime.polling``).
-    # None: 5 s, or ``poll_interval`` if longer; equal to ``poll_interval``: always it.
-    fallback_poll_interval: float | None = Field(default=None, gt=0)
+    # While this vendor's webhooks arrive (its last 10 task ends each had theirs), a
+    # task's polls due before this many seconds are left out (one is made then, and the
+    # usual schedule goes on): polling is then the fallback for a lost webhook, not a race
+    # with every webhook, and a lost one costs at most this much more. A lost one (a poll
+    # saw the end, no webhook within 3 s) puts polling back to ``poll_interval``
+    # (``runtime.polling``). None: 5 s, or ``poll_interval`` if longer; at most 60 s.
+    fallback_poll_interval: float | None = Field(default=None, gt=0, le=60)
     # How long a task's status may stay unreadable (every status read failing) before
     # jobline gives up on the task; and how long a processing job may go without a
     # change before the sweeper hands it back to its processor. How long a task may

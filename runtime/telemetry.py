@@ -288,6 +288,20 @@ class Metrics:
             ["vendor"],
             registry=r,
         )
+        self.webhooks_arriving = Gauge(
+            "jobline_vendor_webhooks_arriving",
+            "1 while the vendor's webhooks arrive (its last 10 task ends each had theirs: a "
+            "task's polls before fallback_poll_interval are left out), else 0",
+            ["vendor"],
+            registry=r,
+        )
+        self.webhooks_lost = Counter(
+            "jobline_vendor_webhooks_lost",
+            "Task ends seen by a poll with no webhook following within 3 s: lost webhooks, "
+            "or a [gateway] public_url the vendor cannot reach",
+            ["vendor"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "jobline_dead_letters", "Jobs dead-lettered (failed for good)", ["model"], registry=r
         )

@@ -4,6 +4,7 @@ file, real fake vendors on loopback, the real vendor adapters and result store, 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -579,10 +580,11 @@ def status_reads(rig: Rig, vendor: str = "fal") -> int:
 @pytest.mark.profile({"run_time": {"kind": "fixed", "seconds": 0.3}})
 @pytest.mark.overrides({"vendors.fal": {"poll_interval": 0.1, "fallback_poll_interval": 3.0}})
 async def test_tasks_are_not_polled_while_webhooks_arrive_and_a_lost_one_is_polled(
-    rig: Rig,
+    rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Field case (issue 16): with webhooks arriving, ~40% of tasks were polled in a race
     # with their webhook (for fal two reads: the status and the result).
+    caplog.set_level(logging.INFO)
     jobs = await rig.open("flux-schnell", 10)
     await rig.dispatch(jobs)
     assert {j.status for j in await rig.wait(jobs)} == {JobStatus.COMPLETED}
@@ -607,3 +609,15 @@ async def test_tasks_are_not_polled_while_webhooks_arrive_and_a_lost_one_is_poll
         return bool(stats["webhooks_lost"] == 1 and not stats["webhooks_arriving"])
 
     await until(lost, timeout=10)
+    said = [r.getMessage() for r in caplog.records if getattr(r, "vendor", "") == "fal"]
+    assert [m for m in said if m.startswith("webhooks arrive")] == [
+        "webhooks arrive: a task's status is first polled after 3 s (fallback_poll_interval)"
+    ]
+    assert any(m.startswith("a webhook did not arrive") for m in said)  # an operator sees it
+    metrics = {
+        (s.name, dict(s.labels).get("vendor")): s.value
+        for family in await rig.processors["fal"].collect_metrics()
+        for s in family.samples
+    }
+    assert metrics[("jobline_vendor_webhooks_lost_total", "fal")] == 1
+    assert metrics[("jobline_vendor_webhooks_arriving", "fal")] == 0

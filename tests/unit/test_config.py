@@ -294,3 +294,7 @@ def test_a_fallback_poll_sooner_than_the_poll_interval_is_refused() -> None:
     assert parse_config(raw).vendors["fal"].first_poll_while_webhooks_arrive == 5.0
     raw["vendors"]["fal"]["poll_interval"] = 8.0
     assert parse_config(raw).vendors["fal"].first_poll_while_webhooks_arrive == 8.0
+    raw["vendors"]["fal"]["fallback_poll_interval"] = 86400.0  # review: a lost webhook's wait
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert info.value.reason == "must be ≤ 60.0, got 86400.0"

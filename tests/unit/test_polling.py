@@ -64,3 +64,40 @@ def test_the_ends_awaiting_a_webhook_are_bounded_and_the_dropped_count_as_lost()
     assert not webhooks.arriving(1.0)
     webhooks.webhook_came(f"t{polling.MAX_AWAITED + 1}", 1.0)
     assert webhooks.arriving(1.0)
+
+
+def offsets(poll_interval: float, first: float, n: int) -> list[float]:
+    from itertools import islice
+
+    from runtime.polling import poll_offsets
+
+    return [round(t, 3) for t in islice(poll_offsets(poll_interval, first), n)]
+
+
+def test_polls_back_off_from_the_poll_interval_up_to_ten_seconds_apart() -> None:
+    assert offsets(1.0, 1.0, 7) == [1.0, 2.5, 4.75, 8.125, 13.188, 20.781, 30.781]
+
+
+def test_while_webhooks_arrive_the_polls_before_the_fallback_are_left_out_only() -> None:
+    # Review (wave 9): the backoff went on from the fallback (5, 12.5, 22.5, ...), so a
+    # lost webhook of a 5.7-s task was seen at 12.5 s instead of 8.1 s.
+    assert offsets(1.0, 5.0, 4) == [5.0, 8.125, 13.188, 20.781]
+    assert offsets(1.0, 4.75, 3) == [4.75, 8.125, 13.188]
+
+
+def test_a_poll_interval_longer_than_the_cap_keeps_its_own_pace() -> None:
+    assert offsets(20.0, 20.0, 3) == [20.0, 40.0, 60.0]
+
+
+def test_an_operator_hears_when_webhooks_start_stop_and_never_come() -> None:
+    from runtime.polling import NONE_ARRIVE_AFTER, WebhookNews
+
+    heard: list[WebhookNews] = []
+    webhooks = WebhookHealth(1.0, 5.0, heard.append, streak_needed=3, late_within=2.0)
+    for _ in range(4):
+        webhooks.ended_by_webhook()
+    assert heard == [WebhookNews.ARRIVING]  # once, when the streak completes
+    for n in range(NONE_ARRIVE_AFTER):
+        webhooks.ended_by_poll(f"t{n}", 10.0 * n)
+    webhooks.first_poll(1000.0)
+    assert heard == [WebhookNews.ARRIVING, WebhookNews.STOPPED, WebhookNews.NONE_ARRIVE]
