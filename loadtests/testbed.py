@@ -37,21 +37,32 @@ NAMED_PORTS = range(20_000, 30_000)
 WORKER_PORT_WINDOWS = range(30_000, 32_700, 100)
 
 
+_HANDED_OUT: set[int] = set()  # ports this process was given: never given twice
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct ports free now (held together while chosen), from
-    ``NAMED_PORTS``, drawn at random so that concurrent test workers rarely meet."""
+    ``NAMED_PORTS``, drawn at random so that concurrent test workers rarely meet, and
+    never one this process was given before: a port handed out for a server that binds
+    it later (a gateway started after a Ray node) is not free-looking for the next
+    caller (a CI run saw a `ray start` node take the gateway's port first)."""
     sockets: list[socket.socket] = []
     rng = random.Random(secrets.randbits(64))
     try:
         while len(sockets) < count:
+            port = rng.choice(NAMED_PORTS)
+            if port in _HANDED_OUT:
+                continue
             sock = socket.socket()
             try:
-                sock.bind(("127.0.0.1", rng.choice(NAMED_PORTS)))
+                sock.bind(("127.0.0.1", port))
             except OSError:
                 sock.close()
                 continue
             sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
+        ports = [sock.getsockname()[1] for sock in sockets]
+        _HANDED_OUT.update(ports)
+        return ports
     finally:
         for sock in sockets:
             sock.close()
