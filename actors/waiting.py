@@ -24,6 +24,7 @@ from runtime.clock import Clock
 from runtime.config import VendorConfig
 from runtime.errors import JoblineError, VendorError, VendorPermanentError
 from runtime.polling import (
+    LATE_WITHIN,
     MAX_POLL_INTERVAL,
     NONE_ARRIVE_AFTER,
     WebhookHealth,
@@ -76,18 +77,19 @@ class TaskWaiter:
             log.info(
                 "webhooks arrive: a task's status is first polled after "
                 f"{self.webhooks.quiet_interval:g} s (fallback_poll_interval)",
-                extra=fields,
+                extra={**fields, "notice": True},
             )
         elif news is WebhookNews.STOPPED:
             log.warning(
-                "a webhook did not arrive: a poll saw its task end and none followed; "
-                "tasks are polled from poll_interval again",
+                "a webhook did not arrive in time: a poll saw its task end first; tasks "
+                "are polled from poll_interval again",
                 extra=fields,
             )
         else:
             log.warning(
-                f"none of the last {NONE_ARRIVE_AFTER} task ends had its webhook: can the "
-                "vendor reach [gateway] public_url? (tasks end by polling meanwhile)",
+                f"none of the last {NONE_ARRIVE_AFTER} task ends had its webhook in time "
+                f"(within {LATE_WITHIN:g} s of a poll seeing the end): are they lost, late, "
+                "or unable to reach [gateway] public_url? Tasks end by polling meanwhile",
                 extra=fields,
             )
 

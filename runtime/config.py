@@ -71,7 +71,8 @@ class VendorConfig(Section):
     # task's polls due before this many seconds are left out (one is made then, and the
     # usual schedule goes on): polling is then the fallback for a lost webhook, not a race
     # with every webhook, and a lost one costs at most this much more. A lost one (a poll
-    # saw the end, no webhook within 3 s) puts polling back to ``poll_interval``
+    # saw the end first, then no webhook within 1.5 s; or any poll seeing an end first while
+    # polls are left out) puts polling back to ``poll_interval``
     # (``runtime.polling``). None: 5 s, or ``poll_interval`` if longer; at most 60 s.
     fallback_poll_interval: float | None = Field(default=None, gt=0, le=60)
     # How long a task's status may stay unreadable (every status read failing) before

@@ -8,14 +8,18 @@ and then the webhook that follows is one more ledger write and a status read (fo
 two: the status and the result) the vendor counts against its rate limit for nothing.
 So a processor judges its vendor's webhooks from its recent task ends:
 
-- a task end **had its webhook** when the webhook ended the wait, or came within
-  ``late_within`` seconds after a poll had seen the end;
+- a task end **had its webhook** when the webhook ended the wait, or, while polls run
+  from ``poll_interval``, came within ``late_within`` seconds after a poll had seen the end
+  (the two raced);
 - while the last ``streak_needed`` ends each had theirs, the polls of a task due before
   ``quiet_interval`` (``vendors.X.fallback_poll_interval``) are left out, one is made
   then, and the usual schedule goes on (``poll_offsets``): a lost webhook costs at most
   ``quiet_interval`` more than without webhooks, and nothing once a task ran longer;
 - an end seen by a poll whose webhook did not come within ``late_within`` seconds is a
-  **lost** webhook: polling goes back to ``poll_interval`` until the streak is rebuilt.
+  **lost** webhook, and so is, while the polls before ``quiet_interval`` are left out, any
+  end a poll saw before its webhook (a webhook that late leaves slots held until the poll:
+  polls from ``poll_interval`` find such ends sooner): polling goes back to
+  ``poll_interval`` until the streak is rebuilt.
 
 Pure: every call takes ``now`` (seconds, the processor's clock); ``news`` hears of each
 change worth telling an operator (``WebhookNews``).
@@ -28,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 STREAK_NEEDED = 10  # ends in a row that had their webhook, before polling slows down
-LATE_WITHIN = 3.0  # seconds a webhook may come after a poll saw its task's end
+LATE_WITHIN = 1.5  # seconds a webhook may come after a poll saw its task's end
 MAX_AWAITED = 10_000  # task ends awaiting their webhook, remembered at most
 NONE_ARRIVE_AFTER = 10  # ends in a row with no webhook: webhooks do not reach jobline
 MAX_POLL_INTERVAL = 10.0  # seconds: the longest wait between two polls of one task
@@ -91,8 +95,11 @@ class WebhookHealth:
         self._arrived()
 
     def ended_by_poll(self, task_id: str, now: float) -> None:
-        """A poll saw the task's end first: its webhook is awaited ``late_within`` s."""
-        self._expire(now)
+        """A poll saw the task's end first: a lost webhook while polls are left out, else
+        its webhook is awaited ``late_within`` s."""
+        if self.arriving(now):
+            self._lose()
+            return
         self._awaited[task_id] = now + self._late_within
         while len(self._awaited) > MAX_AWAITED:
             self._awaited.popitem(last=False)

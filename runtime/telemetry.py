@@ -297,8 +297,9 @@ class Metrics:
         )
         self.webhooks_lost = Counter(
             "jobline_vendor_webhooks_lost",
-            "Task ends seen by a poll with no webhook following within 3 s: lost webhooks, "
-            "or a [gateway] public_url the vendor cannot reach",
+            "Task ends a poll saw before their webhook (no webhook within 1.5 s, or any "
+            "while polls were left out): lost or late webhooks, or a [gateway] public_url "
+            "the vendor cannot reach",
             ["vendor"],
             registry=r,
         )
