@@ -621,3 +621,27 @@ async def test_tasks_are_not_polled_while_webhooks_arrive_and_a_lost_one_is_poll
     }
     assert metrics[("jobline_vendor_webhooks_lost_total", "fal")] == 1
     assert metrics[("jobline_vendor_webhooks_arriving", "fal")] == 0
+
+
+@pytest.mark.profile({"run_time": {"kind": "fixed", "seconds": 0.3}})
+@pytest.mark.overrides({"vendors.fal": {"poll_interval": 0.1, "fallback_poll_interval": 3.0}})
+async def test_late_webhooks_put_polls_back_to_the_poll_interval(rig: Rig) -> None:
+    # Review (wave 9): webhooks 6 s late kept polls waiting for the fallback, every task
+    # holding its slot until then, and the vendor's backlog grew without end.
+    jobs = await rig.open("flux-schnell", 12)
+    await rig.dispatch(jobs)
+    await rig.wait(jobs)
+    assert (await rig.processors["fal"].stats())["webhooks_arriving"] is True
+    rig.fakes["fal"].update_profile(
+        {"webhooks": {"delayed": 1.0, "delay": {"kind": "fixed", "seconds": 4.0}}}
+    )
+    [first] = await rig.open("flux-schnell")
+    await rig.dispatch([first])
+    await rig.wait([first])  # found by the 3-s poll: the webhook was later than that
+    assert (await rig.processors["fal"].stats())["webhooks_arriving"] is False
+    jobs = await rig.open("flux-schnell", 8)
+    started = time.monotonic()
+    await rig.dispatch(jobs)
+    done = await rig.wait(jobs)
+    assert {j.status for j in done} == {JobStatus.COMPLETED}
+    assert time.monotonic() - started < 2.5  # polled from 0.1 s on, not waiting 3 s
