@@ -38,7 +38,9 @@ class MemoryResultStore:
                 raise ResultTooLarge(key, max_bytes)
             if keep:
                 parts.append(chunk)
-        if keep:
+        # Joined only if the bytes will be kept: near the cap, most results no longer fit,
+        # and joining each of them (a video is megabytes) cost a copy for nothing.
+        if keep and key not in self._bytes and self.kept + size <= self.keep_bytes:
             self._keep(key, b"".join(parts), content_type)
         else:
             self._count(key, size, content_type)

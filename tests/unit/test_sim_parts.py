@@ -8,7 +8,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -18,11 +18,12 @@ from loadtests.sim.explore import parse_seeds
 from loadtests.sim.faults import draw_schedule, format_schedule, parse_schedule
 from loadtests.sim.loop import Deadlock, VirtualClock, run_virtual
 from loadtests.sim.report import percentile
+from loadtests.sim.results import MemoryResultStore
 from loadtests.sim.trace import Trace
 from loadtests.sim.traffic import Traffic, arrivals
 from loadtests.sim.vendors import Vendors, in_memory_config
 from runtime.config import load_config
-from runtime.errors import VendorTimeout
+from runtime.errors import ResultNotFound, VendorTimeout
 from runtime.ledger import Ledger, LedgerMode
 from runtime.models import CreateAccount, Grant, OpenJob
 from vendors_fake import FaultProfile
@@ -215,3 +216,38 @@ def test_the_ledger_runs_inline_in_memory_without_a_thread(tmp_path: Path) -> No
 
     run_virtual(main())
     assert not (tmp_path / "l.db").exists()  # nothing reached the disk
+
+
+def test_the_result_store_keeps_what_fits_under_its_cap_whether_streamed_or_put() -> None:
+    """A streamed result is joined only when its bytes will be kept (near the cap most no
+    longer fit): what each store holds, counts and answers is the same as for ``put``."""
+
+    async def stream(data: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 7):
+            yield data[start : start + 7]
+
+    async def main() -> None:
+        sizes = [40, 30, 50, 20, 60, 5, 30, 1]  # crosses a cap of 100 bytes
+        results = {f"job-{i}-0": bytes([i]) * size for i, size in enumerate(sizes)}
+        put, streamed = MemoryResultStore(keep_bytes=100), MemoryResultStore(keep_bytes=100)
+        twice = ("job-1-0", results["job-1-0"])  # one key stored again
+        for key, data in [*results.items(), twice]:
+            await put.put(key, data, "image/png")
+            assert await streamed.put_stream(key, stream(data), "image/png", 1000) == len(data)
+        assert (streamed.results, streamed.stored_bytes, streamed.kept) == (
+            put.results,
+            put.stored_bytes,
+            put.kept,
+        )
+        assert put.kept == 96 and put.stored_bytes == sum(sizes)
+        for key, data in results.items():
+            try:
+                expected = await put.get(key)
+            except ResultNotFound:
+                with pytest.raises(ResultNotFound):
+                    await streamed.get(key)
+            else:
+                assert expected == data and await streamed.get(key) == data
+        assert await streamed.get("job-7-0") == b"\x07"  # a small one fits after a miss
+
+    asyncio.run(main())
