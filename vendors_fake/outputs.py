@@ -68,8 +68,40 @@ class OutputFile:
         return b"".join(self.chunks())
 
     def data_uri(self) -> str:
-        encoded = base64.b64encode(self.read()).decode("ascii")
-        return f"data:{self.content_type};base64,{encoded}"
+        return self.data_uri_json()[1:-1].decode("ascii")
+
+    def data_uri_json(self) -> bytes:
+        """``json.dumps(self.data_uri())`` (a data URI needs no escapes). A status read, a
+        list page and a webhook may each carry it: encoded once, kept for the newest
+        files (up to :data:`DATA_URIS_KEPT_BYTES`)."""
+        kept = _data_uris.get(self)
+        if kept is None:
+            encoded = base64.b64encode(self.read())
+            kept = b'"data:%s;base64,%s"' % (self.content_type.encode(), encoded)
+            _data_uris.put(self, kept)
+        return kept
+
+
+class _NewestKept:
+    """The newest values put, up to ``budget`` bytes in all; the oldest go first."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+        self._values: dict[OutputFile, bytes] = {}  # oldest first
+
+    def get(self, key: OutputFile) -> bytes | None:
+        return self._values.get(key)
+
+    def put(self, key: OutputFile, value: bytes) -> None:
+        self.size += len(value) - len(self._values.pop(key, b""))
+        self._values[key] = value
+        while self.size > self.budget and len(self._values) > 1:
+            self.size -= len(self._values.pop(next(iter(self._values))))
+
+
+DATA_URIS_KEPT_BYTES = 32 * 1024 * 1024
+_data_uris = _NewestKept(DATA_URIS_KEPT_BYTES)
 
 
 def _canonical(input: dict[str, Any]) -> str:

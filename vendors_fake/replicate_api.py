@@ -42,8 +42,8 @@ class ReplicateRoutes:
         self.core = core
         assert isinstance(core.shape, ReplicateShape)
         self.shape = core.shape
-        # task id -> (its phase, its list entry): a phase change renders it again
-        self._listed: OrderedDict[str, tuple[Phase, bytes]] = OrderedDict()
+        # task id -> (the task, its phase, its list entry): a phase change renders it again
+        self._listed: OrderedDict[str, tuple[Task, Phase, bytes]] = OrderedDict()
 
     def routes(self) -> list[Route]:
         return [
@@ -99,10 +99,10 @@ class ReplicateRoutes:
 
     def _entry(self, task: Task) -> bytes:
         kept = self._listed.get(task.id)
-        if kept is not None and kept[0] is task.phase:
-            return kept[1]
-        entry = dumps(self.shape.prediction(task, listed=True))
-        self._listed[task.id] = (task.phase, entry)
+        if kept is not None and kept[0] is task and kept[1] is task.phase:
+            return kept[2]  # (the same id after a reset is another task)
+        entry = self.shape.listed(task)
+        self._listed[task.id] = (task, task.phase, entry)
         self._listed.move_to_end(task.id)
         if len(self._listed) > LISTED_KEPT:
             self._listed.popitem(last=False)

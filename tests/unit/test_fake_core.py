@@ -3,9 +3,11 @@ on virtual time gets (DESIGN §10), with no socket and no wall clock."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import heapq
 import itertools
+import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,10 +16,13 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.integration.conftest import fal_signature_valid
-from vendors_fake import FaultProfile, Latency, Refused, VendorCore
+from vendors_fake import FaultProfile, Latency, Refused, VendorCore, outputs
 from vendors_fake.core import ENDED_BODIES_KEPT, Shape
+from vendors_fake.outputs import make_files
+from vendors_fake.profile import OutputSpec, merge_profile, preset
+from vendors_fake.replicate_shape import ReplicateShape
 from vendors_fake.signing import DEV_WEBHOOK_SECRET
-from vendors_fake.tasks import Outcome, Phase
+from vendors_fake.tasks import Outcome, Phase, Task
 
 
 class Handle:
@@ -268,3 +273,93 @@ def test_forgetting_ended_tasks_drops_only_old_ended_ones() -> None:
     assert vendor.forget_ended(created_before=new.created_at) == [old]
     assert list(vendor.tasks.values()) == [stuck, new]
     assert vendor.snapshot()["tasks"]["created"] == 3  # the counts stay
+
+
+def _flaky_tasks(shape: Shape, count: int, **patch: Any) -> tuple[VendorCore, list[Task]]:
+    """``count`` tasks of the flaky preset (with ``patch``), images and videos, some with
+    data URIs and long logs; the clock left where some have ended and some have not."""
+    clock = ManualClock()
+    vendor = VendorCore(
+        shape,
+        merge_profile(preset("flaky"), patch),
+        seed=3,
+        api_key="k",
+        scheduler=clock,
+        wall_clock=clock.time,
+    )
+    vendor.base_url = f"http://{shape}.vendor.invalid"
+    hook = "http://gw/hook?jobline_job_id=j&jobline_attempt=1"
+    tasks = [
+        vendor.create_task(
+            ("acme/painter", "acme/video-maker", "acme/writer")[i % 3],
+            "v",
+            {"prompt": f"job {i}", "note": 'a "quoted" \\ line\n'},
+            webhook_url=hook if i % 2 else None,
+            webhook_events=frozenset({"start", "completed"}),
+        )
+        for i in range(count)
+    ]
+    clock.advance(1.0)
+    return vendor, tasks
+
+
+def _progress_lines(task: Task) -> str:
+    """A replicate prediction's logs, line by line (as the fake first wrote them)."""
+    lines: list[str] = []
+    size = 0
+    while size < task.fate.logs_bytes:
+        step = len(lines) + 1
+        lines.append(
+            f"{step:>6}it [00:{step % 60:02d}, 12.34it/s] denoising latents for {task.id}\n"
+        )
+        size += len(lines[-1])
+    return "".join(lines)[: task.fate.logs_bytes]
+
+
+def test_a_prediction_renders_as_json_dumps_of_it_in_every_phase() -> None:
+    """The status JSON and the list entry are assembled from parts kept per task and file
+    (the logs, the data URIs): the same bytes as ``json.dumps`` of the prediction."""
+    vendor, tasks = _flaky_tasks(
+        "replicate",
+        120,
+        data_uri=0.5,
+        logs={"kind": "lognormal", "p50": 2048, "p99": 2_000_000},
+        outputs={
+            "*painter*": {"kind": "image", "count": 1, "count_max": 4},
+            "*video*": {"kind": "video", "size": {"kind": "uniform", "low": 1, "high": 3e6}},
+            "*writer*": {"kind": "text"},
+        },
+    )
+    shape = vendor.shape
+    assert isinstance(shape, ReplicateShape)
+    seen = set()
+    for _ in range(3):
+        for task in tasks:
+            for listed in (False, True):
+                expected = json.dumps(shape.prediction(task, listed=listed), separators=(",", ":"))
+                got = shape.listed(task) if listed else shape.render(task)
+                assert got == expected.encode()
+            seen.add((task.phase, task.spec.kind, task.fate.data_uri))
+            if task.phase is not Phase.QUEUED:
+                assert shape.prediction(task)["logs"] == _progress_lines(task)
+        vendor.scheduler.advance(40.0)  # type: ignore[attr-defined]
+    assert {phase for phase, _, _ in seen} >= {Phase.QUEUED, Phase.RUNNING, Phase.SUCCEEDED}
+    assert {(kind, inline) for phase, kind, inline in seen if phase is Phase.SUCCEEDED} >= {
+        ("image", True),
+        ("video", True),
+        ("video", False),
+        ("text", False),
+    }
+    assert any(task.fate.logs_bytes > 600_000 for task in tasks)  # past the kept line starts
+
+
+def test_a_data_uri_is_encoded_once_per_file_and_the_kept_ones_stay_under_their_budget() -> None:
+    spec = OutputSpec.model_validate({"kind": "video"})
+    files = [make_files({"prompt": str(i)}, spec, 1, 1_500_000)[0] for i in range(40)]
+    for file in files:
+        uri = f"data:video/mp4;base64,{base64.b64encode(file.read()).decode()}"
+        assert file.data_uri_json() == json.dumps(uri).encode()
+        assert file.data_uri() == uri
+        assert file.data_uri_json() is file.data_uri_json()  # kept
+        assert outputs._data_uris.size <= outputs.DATA_URIS_KEPT_BYTES
+    assert outputs._data_uris.get(files[0]) is None  # the oldest went first
