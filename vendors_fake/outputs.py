@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from vendors_fake.png import expected_png
+from vendors_fake.png import expected_png, png_of_canonical
 from vendors_fake.profile import OutputSpec
 
 CHUNK = 64 * 1024
@@ -111,8 +111,9 @@ def _canonical(input: dict[str, Any]) -> str:
 @functools.lru_cache(maxsize=1024)  # a task's files are sized when it ends, then served
 def _png(canonical: str, index: int) -> bytes:
     """Image 0 is ``expected_png(input)``; image i > 0 that of the input plus ``_output: i``."""
-    input = json.loads(canonical)
-    return expected_png(input if index == 0 else {**input, "_output": index})
+    if index == 0:
+        return png_of_canonical(canonical)
+    return expected_png({**json.loads(canonical), "_output": index})
 
 
 def make_files(input: dict[str, Any], spec: OutputSpec, count: int, size: int) -> list[OutputFile]:

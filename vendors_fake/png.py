@@ -18,6 +18,12 @@ SIDE = 8  # pixels; the image is SIDE x SIDE, 8-bit RGB
 def expected_png(input: dict[str, Any]) -> bytes:
     """The PNG a fake vendor produces for ``input``: pixels from a hash of its JSON."""
     canonical = json.dumps(input, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return png_of_canonical(canonical)
+
+
+def png_of_canonical(canonical: str) -> bytes:
+    """``expected_png`` of the input whose canonical JSON (sorted keys, no spaces, not
+    ASCII-escaped) is ``canonical``."""
     pixels = hashlib.shake_256(canonical.encode()).digest(SIDE * SIDE * 3)
     return encode_png(SIDE, SIDE, pixels)
 

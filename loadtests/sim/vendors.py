@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -119,15 +119,11 @@ class _InMemory(HttpClient):
     async def _chunks_of(self, answer: MemoryReply, max_bytes: int | None) -> AsyncIterator[bytes]:
         size = 0
         with vendor_errors(self._name, "fetch", self.config.poll_timeout, self._clock):
-            for chunk in _chunks(answer.chunks):
+            for chunk in answer.chunks:
                 size += len(chunk)
                 if max_bytes is not None and size > max_bytes:
                     raise TooLarge(max_bytes)
                 yield chunk
-
-
-def _chunks(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    yield from chunks
 
 
 class MemoryReplicateClient(_InMemory, ReplicateClient):

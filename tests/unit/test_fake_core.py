@@ -3,6 +3,7 @@ on virtual time gets (DESIGN §10), with no socket and no wall clock."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import heapq
@@ -17,9 +18,12 @@ from standardwebhooks import Webhook
 
 from tests.integration.conftest import fal_signature_valid
 from vendors_fake import FaultProfile, Latency, Refused, VendorCore, outputs
+from vendors_fake.calls import Call
 from vendors_fake.core import ENDED_BODIES_KEPT, Shape
 from vendors_fake.outputs import make_files
+from vendors_fake.png import expected_png
 from vendors_fake.profile import OutputSpec, merge_profile, preset
+from vendors_fake.replicate_api import ReplicateRoutes
 from vendors_fake.replicate_shape import ReplicateShape
 from vendors_fake.signing import DEV_WEBHOOK_SECRET
 from vendors_fake.tasks import Outcome, Phase, Task
@@ -363,3 +367,58 @@ def test_a_data_uri_is_encoded_once_per_file_and_the_kept_ones_stay_under_their_
         assert file.data_uri_json() is file.data_uri_json()  # kept
         assert outputs._data_uris.size <= outputs.DATA_URIS_KEPT_BYTES
     assert outputs._data_uris.get(files[0]) is None  # the oldest went first
+
+
+def test_a_list_page_is_json_dumps_of_its_predictions_newest_first() -> None:
+    """Pages are joined from list entries kept per task and phase: the same bytes as
+    ``json.dumps`` of the page, on empty, full and last pages, before and after phases
+    change and after a reset brings back the same ids for other tasks."""
+    vendor, _ = _flaky_tasks("replicate", 0, data_uri=0.3)
+    routes = ReplicateRoutes(vendor)
+    shape = vendor.shape
+    assert isinstance(shape, ReplicateShape)
+    clock: ManualClock = vendor.scheduler  # type: ignore[assignment]
+
+    def expected(cursor: int) -> bytes:
+        newest_first = list(reversed(vendor.tasks.values()))
+        results = newest_first[cursor : cursor + 100]
+        more = len(newest_first) > cursor + 100
+        link = f"{vendor.base_url}/v1/predictions?cursor={cursor + 100}" if more else None
+        page = {
+            "previous": None,
+            "next": link,
+            "results": [shape.prediction(task, listed=True) for task in results],
+        }
+        return json.dumps(page, separators=(",", ":")).encode()
+
+    def read(cursor: int) -> bytes:
+        call = Call({}, {"cursor": str(cursor)}, {}, b"")
+        answer = asyncio.run(routes.list(call))
+        assert answer.status == 200
+        return answer.body
+
+    def create(count: int, prompt: str) -> None:
+        for i in range(count):
+            vendor.create_task("acme/painter", "v", {"prompt": f"{prompt} {i}"})
+
+    assert read(0) == expected(0) == b'{"previous":null,"next":null,"results":[]}'
+    create(230, "first")
+    for step in (0.0, 0.2, 30.0):
+        clock.advance(step)
+        for cursor in (0, 100, 200, 300):
+            assert read(cursor) == expected(cursor)
+    vendor.reset()
+    create(150, "again")  # the same ids as before the reset, other inputs
+    clock.advance(30.0)
+    assert read(0) == expected(0) and read(100) == expected(100)
+
+
+@pytest.mark.parametrize(
+    "input",
+    [{"prompt": "p"}, {"prompt": "façade 🦊", "seed": 1.5e-7, "n": 10**30, "tags": ["b", "a"]}],
+)
+def test_each_image_is_the_png_of_its_input_with_its_index(input: dict[str, Any]) -> None:
+    """Image 0 is made from the canonical JSON the files keep, without parsing it back."""
+    spec = OutputSpec.model_validate({"kind": "image"})
+    images = [file.read() for file in make_files(input, spec, 3, 0)]
+    assert images == [expected_png(input), *(expected_png({**input, "_output": i}) for i in (1, 2))]
