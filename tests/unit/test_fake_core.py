@@ -17,7 +17,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.integration.conftest import fal_signature_valid
-from vendors_fake import FaultProfile, Latency, Refused, VendorCore, outputs
+from vendors_fake import FaultProfile, Latency, Refused, VendorCore, outputs, replicate_shape
 from vendors_fake.calls import Call
 from vendors_fake.core import ENDED_BODIES_KEPT, Shape
 from vendors_fake.outputs import make_files
@@ -422,3 +422,13 @@ def test_each_image_is_the_png_of_its_input_with_its_index(input: dict[str, Any]
     spec = OutputSpec.model_validate({"kind": "image"})
     images = [file.read() for file in make_files(input, spec, 3, 0)]
     assert images == [expected_png(input), *(expected_png({**input, "_output": i}) for i in (1, 2))]
+
+
+def test_logs_are_made_escaped_as_json_dumps_escapes_them() -> None:
+    """Sizes in a line, at a line's end, past the line starts kept, and an id to escape."""
+    line = len(f"{1:>6}it [00:01, 12.34it/s] denoising latents for {'a' * 26}\n")
+    sizes = [1, 2, line - 1, line, line + 1, 7 * line, 9000 * line + 5, 123_457]
+    for task_id in ("abcdefghijklmnopqrstuvwxyz", 'a"b\\c\u00e9'):
+        for size in sizes:
+            expected = json.dumps(replicate_shape._log_lines(task_id, size)).encode()
+            assert replicate_shape._encoded_log_lines(task_id, size) == expected
