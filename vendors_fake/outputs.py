@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from vendors_fake.png import expected_png, png_of_canonical
+from vendors_fake.png import CANONICAL, expected_png, png_of_canonical
 from vendors_fake.profile import OutputSpec
 
 CHUNK = 64 * 1024
@@ -105,7 +105,7 @@ _data_uris = _NewestKept(DATA_URIS_KEPT_BYTES)
 
 
 def _canonical(input: dict[str, Any]) -> str:
-    return json.dumps(input, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return CANONICAL.encode(input)
 
 
 @functools.lru_cache(maxsize=1024)  # a task's files are sized when it ends, then served

@@ -13,12 +13,14 @@ import zlib
 from typing import Any
 
 SIDE = 8  # pixels; the image is SIDE x SIDE, 8-bit RGB
+# An input's canonical JSON: json.dumps(input, sort_keys=True, separators=(",", ":"),
+# ensure_ascii=False), with one encoder for all (json.dumps makes one at each call).
+CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def expected_png(input: dict[str, Any]) -> bytes:
     """The PNG a fake vendor produces for ``input``: pixels from a hash of its JSON."""
-    canonical = json.dumps(input, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return png_of_canonical(canonical)
+    return png_of_canonical(CANONICAL.encode(input))
 
 
 def png_of_canonical(canonical: str) -> bytes:

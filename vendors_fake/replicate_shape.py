@@ -69,8 +69,12 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # replicate ids: 26 chars of base32
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps makes one at each call
+
+
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    """``json.dumps(obj, separators=(",", ":")).encode()``."""
+    return _COMPACT.encode(obj).encode()
 
 
 def parse_duration(text: str) -> float | None:

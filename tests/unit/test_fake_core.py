@@ -419,6 +419,8 @@ def test_a_list_page_is_json_dumps_of_its_predictions_newest_first() -> None:
 )
 def test_each_image_is_the_png_of_its_input_with_its_index(input: dict[str, Any]) -> None:
     """Image 0 is made from the canonical JSON the files keep, without parsing it back."""
+    canonical = json.dumps(input, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert outputs._canonical(input) == canonical  # one encoder kept for all
     spec = OutputSpec.model_validate({"kind": "image"})
     images = [file.read() for file in make_files(input, spec, 3, 0)]
     assert images == [expected_png(input), *(expected_png({**input, "_output": i}) for i in (1, 2))]
