@@ -63,7 +63,10 @@ class FakeStats:
 
     def route_counter(self, route: str) -> Counter[str]:
         """The per-code counter of one route; stable across :meth:`clear`."""
-        return self.requests.setdefault(route, Counter())
+        counter = self.requests.get(route)
+        if counter is None:  # (not setdefault: it would build a Counter at every request)
+            counter = self.requests[route] = Counter()
+        return counter
 
     def clear(self) -> None:
         for counter in self.requests.values():
