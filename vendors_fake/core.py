@@ -49,7 +49,7 @@ from typing import Any, Literal, Protocol
 
 from vendors_fake.delivery import PostWebhook, WebhookSender
 from vendors_fake.fal_shape import FalShape
-from vendors_fake.outputs import OutputFile, make_files
+from vendors_fake.outputs import DataUris, OutputFile, make_files
 from vendors_fake.profile import FaultProfile, RouteFaults, merge_profile
 from vendors_fake.replicate_shape import ReplicateShape
 from vendors_fake.signing import DEV_WEBHOOK_SECRET
@@ -143,6 +143,7 @@ class VendorCore:
         self.fal_signer = self.webhooks.fal_signer
         self.stats = FakeStats()
         self.tasks: dict[str, Task] = {}
+        self.data_uris = DataUris()  # the files of tasks answered with data URIs
         self._profile = profile or FaultProfile()
         self._seed = seed
         self._task_rng = random.Random()
@@ -176,6 +177,7 @@ class VendorCore:
         the old tasks is stopped, so none of them ends later and upsets the counts."""
         self.stop_pending()
         self.tasks.clear()
+        self.data_uris.clear()
         self.stats.clear()
         self._queue.clear()
         self._ended_bodies.clear()
@@ -423,7 +425,7 @@ class VendorCore:
     def file_ref(self, task: Task, file: OutputFile) -> str:
         """Where the client finds a file: its URL, or the file itself as a data URI."""
         if task.inline(file):
-            return file.data_uri()
+            return self.data_uris.json(file)[1:-1].decode("ascii")
         return f"{self.base_url}/files/{task.id}/{file.name}"
 
     def file(self, task_id: str, name: str) -> tuple[Task, OutputFile]:

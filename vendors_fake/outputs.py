@@ -30,6 +30,7 @@ from vendors_fake.profile import OutputSpec
 
 CHUNK = 64 * 1024
 MAX_DATA_URI_BYTES = 2 * 1024 * 1024
+DATA_URIS_KEPT_BYTES = 16 * 1024 * 1024  # a vendor's data URIs kept encoded
 _MP4_HEAD = 32 + 116 + 8  # ftyp + moov(mvhd) + the mdat header
 _WAV_HEAD = 44
 CONTENT_TYPES = {"image": "image/png", "video": "video/mp4", "audio": "audio/wav"}
@@ -68,40 +69,35 @@ class OutputFile:
         return b"".join(self.chunks())
 
     def data_uri(self) -> str:
-        return self.data_uri_json()[1:-1].decode("ascii")
-
-    def data_uri_json(self) -> bytes:
-        """``json.dumps(self.data_uri())`` (a data URI needs no escapes). A status read, a
-        list page and a webhook may each carry it: encoded once, kept for the newest
-        files (up to :data:`DATA_URIS_KEPT_BYTES`)."""
-        kept = _data_uris.get(self)
-        if kept is None:
-            encoded = base64.b64encode(self.read())
-            kept = b'"data:%s;base64,%s"' % (self.content_type.encode(), encoded)
-            _data_uris.put(self, kept)
-        return kept
+        encoded = base64.b64encode(self.read()).decode("ascii")
+        return f"data:{self.content_type};base64,{encoded}"
 
 
-class _NewestKept:
-    """The newest values put, up to ``budget`` bytes in all; the oldest go first."""
+class DataUris:
+    """The data URIs of the files asked for last, JSON-encoded (a data URI needs no
+    escapes), up to ``budget`` bytes in all: a status read, a list page and a webhook may
+    each carry one (up to 2.7 MB), base64-encoded once."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int = DATA_URIS_KEPT_BYTES) -> None:
         self.budget = budget
         self.size = 0
-        self._values: dict[OutputFile, bytes] = {}  # oldest first
+        self._kept: dict[OutputFile, bytes] = {}  # oldest first
 
-    def get(self, key: OutputFile) -> bytes | None:
-        return self._values.get(key)
+    def json(self, file: OutputFile) -> bytes:
+        """``json.dumps(file.data_uri()).encode()``."""
+        kept = self._kept.get(file)
+        if kept is None:
+            encoded = base64.b64encode(file.read())
+            kept = b'"data:%s;base64,%s"' % (file.content_type.encode(), encoded)
+            self._kept[file] = kept
+            self.size += len(kept)
+            while self.size > self.budget and len(self._kept) > 1:
+                self.size -= len(self._kept.pop(next(iter(self._kept))))
+        return kept
 
-    def put(self, key: OutputFile, value: bytes) -> None:
-        self.size += len(value) - len(self._values.pop(key, b""))
-        self._values[key] = value
-        while self.size > self.budget and len(self._values) > 1:
-            self.size -= len(self._values.pop(next(iter(self._values))))
-
-
-DATA_URIS_KEPT_BYTES = 32 * 1024 * 1024
-_data_uris = _NewestKept(DATA_URIS_KEPT_BYTES)
+    def clear(self) -> None:
+        self._kept.clear()
+        self.size = 0
 
 
 def _canonical(input: dict[str, Any]) -> str:

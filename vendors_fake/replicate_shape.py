@@ -186,7 +186,9 @@ class ReplicateShape:
         if task.phase is not Phase.SUCCEEDED or task.spec.kind in ("json", "text"):
             return dumps(self.output(task))
         refs = [
-            file.data_uri_json() if task.inline(file) else dumps(self.core.file_ref(task, file))
+            self.core.data_uris.json(file)
+            if task.inline(file)
+            else dumps(self.core.file_ref(task, file))
             for file in task.files.values()
         ]
         spec = task.spec
@@ -244,8 +246,8 @@ _LINE_STARTS_KEPT = 8192  # lines of 256 KiB of logs, and more
 
 def _line_starts(count: int) -> list[str]:
     """The starts of the first ``count`` log lines (each ends with the task's tail)."""
-    if count > len(_LINE_STARTS) and len(_LINE_STARTS) < _LINE_STARTS_KEPT:
-        more = range(len(_LINE_STARTS) + 1, min(count, _LINE_STARTS_KEPT) + 1)
+    if not _LINE_STARTS:  # made once, all of them: a process does not grow from run to run
+        more = range(1, _LINE_STARTS_KEPT + 1)
         _LINE_STARTS.extend([f"{step:>6}it [00:{step % 60:02d}" for step in more])
     if count <= len(_LINE_STARTS):
         return _LINE_STARTS[:count]
@@ -253,7 +255,6 @@ def _line_starts(count: int) -> list[str]:
     return _LINE_STARTS + [f"{step:>6}it [00:{step % 60:02d}" for step in more]
 
 
-@functools.lru_cache(maxsize=1024)  # a task's times are rendered at each phase
 def _iso(wall: float | None) -> str | None:
     """``%Y-%m-%dT%H:%M:%S.%fZ`` (``isoformat`` with microseconds is that, twice as fast)."""
     if wall is None:

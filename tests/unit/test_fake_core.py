@@ -20,7 +20,7 @@ from tests.integration.conftest import fal_signature_valid
 from vendors_fake import FaultProfile, Latency, Refused, VendorCore, outputs, replicate_shape
 from vendors_fake.calls import Call
 from vendors_fake.core import ENDED_BODIES_KEPT, Shape
-from vendors_fake.outputs import make_files
+from vendors_fake.outputs import DataUris, make_files
 from vendors_fake.png import expected_png
 from vendors_fake.profile import OutputSpec, merge_profile, preset
 from vendors_fake.replicate_api import ReplicateRoutes
@@ -359,14 +359,16 @@ def test_a_prediction_renders_as_json_dumps_of_it_in_every_phase() -> None:
 
 def test_a_data_uri_is_encoded_once_per_file_and_the_kept_ones_stay_under_their_budget() -> None:
     spec = OutputSpec.model_validate({"kind": "video"})
-    files = [make_files({"prompt": str(i)}, spec, 1, 1_500_000)[0] for i in range(40)]
+    files = [make_files({"prompt": str(i)}, spec, 1, 1_500_000)[0] for i in range(20)]
+    kept = DataUris(budget=8 * 1024 * 1024)
+    first = kept.json(files[0])
     for file in files:
         uri = f"data:video/mp4;base64,{base64.b64encode(file.read()).decode()}"
-        assert file.data_uri_json() == json.dumps(uri).encode()
         assert file.data_uri() == uri
-        assert file.data_uri_json() is file.data_uri_json()  # kept
-        assert outputs._data_uris.size <= outputs.DATA_URIS_KEPT_BYTES
-    assert outputs._data_uris.get(files[0]) is None  # the oldest went first
+        assert kept.json(file) == json.dumps(uri).encode()
+        assert kept.json(file) is kept.json(file)  # kept
+        assert kept.size <= kept.budget
+    assert kept.json(files[0]) is not first  # the oldest went first, encoded again
 
 
 def test_a_list_page_is_json_dumps_of_its_predictions_newest_first() -> None:
