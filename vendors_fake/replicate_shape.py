@@ -145,7 +145,7 @@ class ReplicateShape:
     def render(self, task: Task) -> bytes:
         """``dumps(self.prediction(task))``, assembled from parts encoded once: the logs
         (up to 256 KiB, the same from the start to the end) kept for the newest tasks, the
-        output's data URIs (up to 2 MiB) kept per file (:mod:`vendors_fake.outputs`)."""
+        output's data URIs (up to 2.7 MB each) kept by the vendor (``core.data_uris``)."""
         head, output, tail = self._parts(task)
         return b"".join((head, b',"logs":', _logs_json(task), b',"output":', output, tail))
 
