@@ -339,7 +339,7 @@ class _FixedColumns:
 
     def __init__(self, capacity: int = 65_536) -> None:
         self.capacity = capacity
-        self.rows: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, tuple[Any, ...]] = {}  # job id -> its fixed_fields
 
     def remember(self, job: Job) -> None:
         rows = self.rows
@@ -399,6 +399,8 @@ class _Batch:
 
     def apply_all(self, ops: Sequence[LedgerOp]) -> list[Outcome]:
         """Each op's Outcome, in order: runs of one kind together, the others one by one."""
+        if len(ops) == 1:  # most batches, unless the ledger is busy
+            return [self.apply(ops[0])]
         outcomes: list[Outcome] = []
         start = 0
         while start < len(ops):
@@ -493,9 +495,10 @@ class _Batch:
                 "throttled_until = ? WHERE id = ?",
                 [(*self.accounts[a][REJECTIONS:], a) for a in self.throttled],
             )
-        changed = [(n, name) for name, n in self.counters.items() if n]
-        if changed:
-            conn.executemany("UPDATE ledger_counters SET n = n + ? WHERE name = ?", changed)
+        if self.counters:
+            changed = [(n, name) for name, n in self.counters.items() if n]
+            if changed:
+                conn.executemany("UPDATE ledger_counters SET n = n + ? WHERE name = ?", changed)
 
     # --- helpers ---
 
@@ -1021,7 +1024,8 @@ def run_batch(
         _rollback(conn)
         state.fixed.rows.clear()
         return [Outcome(error=_unavailable(exc), changed=False)] * len(ops)
-    state.buckets.keep(batch.buckets)
+    if batch.buckets:
+        state.buckets.keep(batch.buckets)
     return results
 
 
