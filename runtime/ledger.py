@@ -13,11 +13,13 @@ settlement impossible even for a buggy writer.
 
 Group commit. SQLite commits are durable (WAL, ``synchronous=FULL``), so each commit
 costs an fsync, and a thread hop costs more than a statement. Callers therefore only
-enqueue ``(op, future)``; one writer task drains everything pending, runs the whole
-batch as ONE synchronous function on the database thread inside one ``BEGIN
-IMMEDIATE`` … ``COMMIT``, and then resolves each caller's future. Under load a batch
-holds hundreds of operations (one fsync, one thread hop); an idle ledger commits a lone
-operation at once, with no waiting window.
+enqueue their operations (one future per call, whatever its length); one writer task
+drains everything pending, runs the whole batch as ONE synchronous function on the
+database thread inside one ``BEGIN IMMEDIATE`` … ``COMMIT``, and then resolves each
+caller's future. Under load a batch holds hundreds of operations (one fsync, one thread
+hop); an idle ledger commits a lone operation at once, with no waiting window. Inline (a
+simulation, ``LedgerMode``) the same drain is a callback on the loop's next turn: no
+thread, no task.
 
 Inside a batch every operation does its checks before its first write, so an operation
 that raises a ``LedgerError`` (or ``IllegalTransition``) has written nothing and its
@@ -1336,10 +1338,9 @@ class Ledger:
 
     def _answer(self, results: list[Outcome]) -> None:
         """Hand each waiting caller its ops' Outcomes (the batch answers the head of the
-        queue). A caller whose ops are all answered gets them on the loop's next turn:
-        one hop, as when each op had a future of its own and ``gather`` collected them,
-        so callers resume in the order they did then (a seeded simulation replays the
-        same trace)."""
+        queue). A caller whose ops are all answered gets them on the loop's next turn,
+        as when each op had a future of its own and ``gather`` collected them: callers
+        resume in the same order as then, so a seeded simulation keeps its trace."""
         waiters = self._waiters
         start, end = 0, len(results)
         while start < end:
