@@ -68,11 +68,12 @@ class LedgerWriter:
             outcome = await self._linger(op, linger)
             outcome.unwrap()
             return outcome
-        self._send_lingering()
+        if self._lingering:
+            self._send_lingering()
         job_id = getattr(op, "job_id", "")
-        riders = self._attached.pop(job_id, [])
+        riders = self._attached.pop(job_id, None)
         if not riders:
-            outcome = await self._ops.call(op)
+            outcome = await self._ops.submit(op)
             outcome.unwrap()
             return outcome
         first, *ridden = await asyncio.gather(

@@ -30,6 +30,9 @@ class Coalescer(Generic[T, R]):
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._slots = asyncio.Semaphore(max_in_flight)
         self._flush_scheduled = False
+        # The loop it runs on, asked for once (each ask costs a getpid() system call);
+        # asked again if that loop has closed (a coalescer outliving its loop).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def call(self, item: T) -> R:
         return await self.submit(item)
@@ -37,54 +40,60 @@ class Coalescer(Generic[T, R]):
     def submit(self, item: T) -> asyncio.Future[R]:
         """``item`` queued for the next batch now (items submitted in one loop turn go in
         that order); its result, or exception, comes in the future."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._start_flush)
+            loop.call_soon(self._start_flush, loop)
         return future
 
     async def call_many(self, items: Sequence[T]) -> list[R]:
         return list(await asyncio.gather(*(self.call(item) for item in items)))
 
-    def _start_flush(self) -> None:
+    def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._flush_scheduled = False
-        task = asyncio.get_running_loop().create_task(self._flush())
-        task.add_done_callback(_ignore_result)
+        loop.create_task(self._flush(loop)).add_done_callback(_ignore_result)
 
-    async def _flush(self) -> None:
-        async with self._slots:
+    async def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        await self._slots.acquire()
+        try:
             # Items that arrived while we waited for a slot ride along in this batch.
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
-                await self._send(batch)
+                try:
+                    results = await self._send_many([item for item, _ in batch])
+                except BaseException as exc:  # every caller learns what went wrong
+                    _fail(batch, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    _answer(batch, results)
                 if len(self._pending) < self._max_batch:
                     break
             if self._pending and not self._flush_scheduled:
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._start_flush)
+                loop.call_soon(self._start_flush, loop)
+        finally:
+            self._slots.release()
 
-    async def _send(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
-        try:
-            results = await self._send_many([item for item, _ in batch])
-        except BaseException as exc:  # every caller learns what went wrong
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        if len(results) != len(batch):
-            error = RuntimeError(f"batch of {len(batch)} returned {len(results)} results")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+
+def _answer(batch: list[tuple[T, asyncio.Future[R]]], results: Sequence[R]) -> None:
+    if len(results) != len(batch):
+        _fail(batch, RuntimeError(f"batch of {len(batch)} returned {len(results)} results"))
+        return
+    for (_, future), result in zip(batch, results, strict=True):
+        if not future.done():
+            future.set_result(result)
+
+
+def _fail(batch: list[tuple[T, asyncio.Future[R]]], error: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)
 
 
 def _ignore_result(task: asyncio.Task[None]) -> None:

@@ -13,11 +13,13 @@ settlement impossible even for a buggy writer.
 
 Group commit. SQLite commits are durable (WAL, ``synchronous=FULL``), so each commit
 costs an fsync, and a thread hop costs more than a statement. Callers therefore only
-enqueue ``(op, future)``; one writer task drains everything pending, runs the whole
-batch as ONE synchronous function on the database thread inside one ``BEGIN
-IMMEDIATE`` … ``COMMIT``, and then resolves each caller's future. Under load a batch
-holds hundreds of operations (one fsync, one thread hop); an idle ledger commits a lone
-operation at once, with no waiting window.
+enqueue their operations (one future per call, whatever its length); one writer task
+drains everything pending, runs the whole batch as ONE synchronous function on the
+database thread inside one ``BEGIN IMMEDIATE`` … ``COMMIT``, and then resolves each
+caller's future. Under load a batch holds hundreds of operations (one fsync, one thread
+hop); an idle ledger commits a lone operation at once, with no waiting window. Inline (a
+simulation, ``LedgerMode``) the same drain is a callback on the loop's next turn: no
+thread, no task.
 
 Inside a batch every operation does its checks before its first write, so an operation
 that raises a ``LedgerError`` (or ``IllegalTransition``) has written nothing and its
@@ -77,6 +79,7 @@ import random
 import sqlite3
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -338,7 +341,7 @@ class _FixedColumns:
 
     def __init__(self, capacity: int = 65_536) -> None:
         self.capacity = capacity
-        self.rows: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, tuple[Any, ...]] = {}  # job id -> its fixed_fields
 
     def remember(self, job: Job) -> None:
         rows = self.rows
@@ -398,6 +401,8 @@ class _Batch:
 
     def apply_all(self, ops: Sequence[LedgerOp]) -> list[Outcome]:
         """Each op's Outcome, in order: runs of one kind together, the others one by one."""
+        if len(ops) == 1:  # most batches, unless the ledger is busy
+            return [self.apply(ops[0])]
         outcomes: list[Outcome] = []
         start = 0
         while start < len(ops):
@@ -492,9 +497,10 @@ class _Batch:
                 "throttled_until = ? WHERE id = ?",
                 [(*self.accounts[a][REJECTIONS:], a) for a in self.throttled],
             )
-        changed = [(n, name) for name, n in self.counters.items() if n]
-        if changed:
-            conn.executemany("UPDATE ledger_counters SET n = n + ? WHERE name = ?", changed)
+        if self.counters:
+            changed = [(n, name) for name, n in self.counters.items() if n]
+            if changed:
+                conn.executemany("UPDATE ledger_counters SET n = n + ? WHERE name = ?", changed)
 
     # --- helpers ---
 
@@ -1020,7 +1026,8 @@ def run_batch(
         _rollback(conn)
         state.fixed.rows.clear()
         return [Outcome(error=_unavailable(exc), changed=False)] * len(ops)
-    state.buckets.keep(batch.buckets)
+    if batch.buckets:
+        state.buckets.keep(batch.buckets)
     return results
 
 
@@ -1070,14 +1077,7 @@ class _Connection:
         ``JoblineError``s: sqlite3 errors become LedgerUnavailable, anything unexpected a
         LedgerFault (logged)."""
         if self._executor is None:
-            try:
-                return fn(self._conn, *args)
-            except JoblineError:
-                raise
-            except sqlite3.Error as exc:
-                raise _unavailable(exc) from exc
-            except Exception as exc:
-                raise _fault(getattr(fn, "__name__", "read"), exc) from exc
+            return self.call_inline(fn, *args)
         loop = asyncio.get_running_loop()
         try:
             future = loop.run_in_executor(self._executor, fn, self._conn, *args)
@@ -1085,6 +1085,17 @@ class _Connection:
             raise _unavailable(exc) from exc
         try:
             return await future
+        except JoblineError:
+            raise
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from exc
+        except Exception as exc:
+            raise _fault(getattr(fn, "__name__", "read"), exc) from exc
+
+    def call_inline(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` here and now (``inline`` only); raises as ``call``."""
+        try:
+            return fn(self._conn, *args)
         except JoblineError:
             raise
         except sqlite3.Error as exc:
@@ -1122,6 +1133,22 @@ class _Connection:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+class _Waiter:
+    """A caller of ``execute_many``: its future, and its ops' Outcomes as batches answer them."""
+
+    __slots__ = ("future", "missing", "outcomes")
+
+    def __init__(self, future: asyncio.Future[list[Outcome]], count: int) -> None:
+        self.future = future
+        self.missing = count  # ops not answered yet
+        self.outcomes: list[Outcome] = []
+
+
+def _resolve(future: asyncio.Future[list[Outcome]], outcomes: list[Outcome]) -> None:
+    if not future.done():  # else the caller gave up waiting; its ops still happened
+        future.set_result(outcomes)
+
+
 @dataclass(slots=True)
 class WriterStats:
     """What the group commit did: ``ops / batches`` is the grouping."""
@@ -1156,13 +1183,16 @@ class Ledger:
         if not mode.inline:
             self._reader = _Connection("jobline-ledger-reader")  # a few rows
             self._lists = _Connection("jobline-ledger-lists")  # pages, scans
-        self._queue: list[tuple[LedgerOp, asyncio.Future[Outcome]]] = []
-        self._wakeup = asyncio.Event()
+        self._queue: list[LedgerOp] = []  # submitted, not yet run
+        self._waiters: deque[_Waiter] = deque()  # their callers, in the same order
+        self._wakeup = asyncio.Event()  # threaded: the writer task waits on it
         # The loop that opens the ledger serves it; asking for the running loop on each
         # submit costs a getpid() system call.
         self._loop = asyncio.get_running_loop()
         self._closing = False
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # threaded: the writer task
+        self._drain_due = False  # inline: a drain is scheduled on the loop
+        self._closed: asyncio.Future[None] | None = None  # inline: set by the last drain
         self.stats = WriterStats()
         self._state = _WriterState(_FixedColumns(), _SubmitBuckets())  # writer thread only
 
@@ -1189,7 +1219,12 @@ class Ledger:
             await ledger._reader.close()
             await ledger._lists.close()
             raise
-        ledger._task = ledger._loop.create_task(ledger._write_loop(), name="jobline-ledger-writer")
+        if mode.inline:
+            ledger._schedule_drain()
+        else:
+            ledger._task = ledger._loop.create_task(
+                ledger._write_loop(), name="jobline-ledger-writer"
+            )
         return ledger
 
     async def close(self) -> None:
@@ -1197,9 +1232,14 @@ class Ledger:
         if self._closing:
             return
         self._closing = True
-        self._wakeup.set()
         if self._task is not None:
+            self._wakeup.set()
             await self._task
+        elif self.mode.inline:
+            self._closed = self._loop.create_future()
+            if not self._drain_due:
+                self._schedule_drain()
+            await self._closed
         await self._writer.close()
         await self._reader.close()
         await self._lists.close()
@@ -1214,53 +1254,105 @@ class Ledger:
 
     async def execute(self, op: LedgerOp) -> Outcome:
         """Run one operation (grouped with every other caller's); never raises LedgerError."""
-        return await self._submit(op)
+        return (await self._submit([op]))[0]
 
     async def execute_many(self, ops: Sequence[LedgerOp]) -> list[Outcome]:
         """One Outcome per op, in order (each op is still its own unit of success)."""
-        return list(await asyncio.gather(*[self._submit(op) for op in ops]))
+        if not ops:
+            return []
+        return await self._submit(ops)
 
-    def _submit(self, op: LedgerOp) -> asyncio.Future[Outcome]:
-        future: asyncio.Future[Outcome] = self._loop.create_future()
+    def _submit(self, ops: Sequence[LedgerOp]) -> asyncio.Future[list[Outcome]]:
+        """Queue ``ops`` for the next batch; one future for all of their Outcomes."""
+        future: asyncio.Future[list[Outcome]] = self._loop.create_future()
         if self._closing:
-            future.set_result(
-                Outcome(error=LedgerUnavailable("the ledger is closed"), changed=False)
-            )
+            closed = Outcome(error=LedgerUnavailable("the ledger is closed"), changed=False)
+            self._loop.call_soon(_resolve, future, [closed] * len(ops))
             return future
-        self._queue.append((op, future))
-        self._wakeup.set()
+        self._queue.extend(ops)
+        self._waiters.append(_Waiter(future, len(ops)))
+        if self._task is not None:
+            self._wakeup.set()
+        elif not self._drain_due:
+            self._schedule_drain()
         return future
 
     async def _write_loop(self) -> None:
+        """Threaded: run what is queued, a batch at a time on the writer's thread; what
+        arrives meanwhile goes in the next batch."""
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                batch = self._queue[:MAX_BATCH]
-                del self._queue[:MAX_BATCH]
-                await self._run(batch)
+                ops = self._take_batch()
+                try:
+                    results = await self._writer.call(run_batch, ops, self._clock(), self._state)
+                except BaseException as exc:  # the thread is gone: the outcome is unknown
+                    self._answer(self._lost(ops, exc))
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                self._count(ops)
+                self._answer(results)
             if self._closing:
                 return
 
-    async def _run(self, batch: list[tuple[LedgerOp, asyncio.Future[Outcome]]]) -> None:
-        ops = [op for op, _ in batch]
-        try:
-            results = await self._writer.call(run_batch, ops, self._clock(), self._state)
-        except BaseException as exc:  # the thread is gone: the outcome is unknown
-            error = exc if isinstance(exc, LedgerError) else _unavailable(exc)
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(Outcome(error=error, changed=False))
-            if not isinstance(exc, Exception):
-                raise
-            return
+    def _schedule_drain(self) -> None:
+        """Inline: run what is queued on the loop's next turn, as the writer task of the
+        threaded mode would when woken (so callers are answered in the same order)."""
+        self._drain_due = True
+        self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Inline: every queued op, a batch at a time, on the loop itself."""
+        self._drain_due = False
+        while self._queue:
+            ops = self._take_batch()
+            try:
+                results = self._writer.call_inline(run_batch, ops, self._clock(), self._state)
+            except BaseException as exc:
+                self._answer(self._lost(ops, exc))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            self._count(ops)
+            self._answer(results)
+        if self._closing and self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    def _take_batch(self) -> list[LedgerOp]:
+        ops = self._queue[:MAX_BATCH]
+        del self._queue[:MAX_BATCH]
+        return ops
+
+    @staticmethod
+    def _lost(ops: list[LedgerOp], exc: BaseException) -> list[Outcome]:
+        error = exc if isinstance(exc, LedgerError) else _unavailable(exc)
+        return [Outcome(error=error, changed=False)] * len(ops)
+
+    def _count(self, ops: list[LedgerOp]) -> None:
         stats = self.stats
         stats.batches += 1
         stats.ops += len(ops)
         stats.largest_batch = max(stats.largest_batch, len(ops))
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():  # else the caller gave up waiting; the op still happened
-                future.set_result(result)
+
+    def _answer(self, results: list[Outcome]) -> None:
+        """Hand each waiting caller its ops' Outcomes (the batch answers the head of the
+        queue). A caller whose ops are all answered gets them on the loop's next turn,
+        as when each op had a future of its own and ``gather`` collected them: callers
+        resume in the same order as then, so a seeded simulation keeps its trace."""
+        waiters = self._waiters
+        start, end = 0, len(results)
+        while start < end:
+            waiter = waiters[0]
+            taken = results[start : start + waiter.missing]
+            waiter.outcomes.extend(taken)
+            waiter.missing -= len(taken)
+            start += len(taken)
+            if waiter.missing:
+                break  # the rest of its ops are in the next batch
+            waiters.popleft()
+            self._loop.call_soon(_resolve, waiter.future, waiter.outcomes)
 
     async def check_invariants(self) -> list[Violation]:
         """Every violation of I1, I2 and I5 in the database now

@@ -206,26 +206,49 @@ def job_from_row(row: Any) -> Job:
     )
 
 
-def fixed_fields(job: Job) -> dict[str, Any]:
-    """The job's ``FIXED_FIELDS``, by name: what ``job_from_update`` needs besides a row."""
-    return {name: getattr(job, name) for name in FIXED_FIELDS}
+def fixed_fields(job: Job) -> tuple[Any, ...]:
+    """The job's ``FIXED_FIELDS``, in order: what ``job_from_update`` needs besides a row."""
+    return (
+        job.id,
+        job.account_id,
+        job.model,
+        job.input,
+        job.cost,
+        job.trace_id,
+        job.deadline,
+        job.idempotency_key,
+        job.redriven_from,
+        job.created_at,
+    )
 
 
-def job_from_update(fixed: dict[str, Any], row: Any) -> Job:
-    """A Job from its ``fixed_fields`` and a row selected as ``MUTABLE_COLUMNS``."""
+def job_from_update(fixed: tuple[Any, ...], row: Any) -> Job:
+    """A Job from its ``fixed_fields`` and a row selected as ``MUTABLE_COLUMNS``.
+
+    Positional, in ``JOB_FIELDS`` order (the writer builds one per write it answers; a
+    unit test holds the order against the names)."""
     return Job(
-        **fixed,
-        status=STATUS_BY_VALUE[row[0]],
-        route_position=row[1],
-        vendor=row[2],
-        vendor_task_id=row[3],
-        attempts=row[4],
-        vendor_attempts=row[5],
-        not_before=row[6],
-        result_key=row[7],
-        error=row[8],
-        updated_at=row[9],
-        outputs=outputs_from_json(row[10]),
+        fixed[0],  # id
+        fixed[1],  # account_id
+        fixed[2],  # model
+        fixed[3],  # input
+        STATUS_BY_VALUE[row[0]],  # status
+        fixed[4],  # cost
+        fixed[5],  # trace_id
+        row[1],  # route_position
+        row[2],  # vendor
+        row[3],  # vendor_task_id
+        row[4],  # attempts
+        row[5],  # vendor_attempts
+        row[6],  # not_before
+        fixed[6],  # deadline
+        row[7],  # result_key
+        row[8],  # error
+        fixed[7],  # idempotency_key
+        fixed[8],  # redriven_from
+        fixed[9],  # created_at
+        row[9],  # updated_at
+        outputs_from_json(row[10]),  # outputs
     )
 
 
@@ -236,9 +259,12 @@ def outputs_from_json(text: str | None) -> tuple[StoredOutput, ...]:
     return tuple(StoredOutput.from_json(item) for item in json.loads(text))
 
 
+_outputs_json = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds one a call
+
+
 def outputs_to_json(outputs: Iterable[StoredOutput]) -> str | None:
     items = [output.to_json() for output in outputs]
-    return json.dumps(items, separators=(",", ":")) if items else None
+    return _outputs_json(items) if items else None
 
 
 ENTRY_COLUMNS = "id, account_id, kind, amount, job_id, created_at, ref, note"

@@ -77,3 +77,12 @@ async def test_calls_during_a_slow_batch_form_the_next_batch() -> None:
     assert await first == 0
     assert [await r for r in rest] == list(range(1, 50))
     assert batches == [[0], list(range(1, 50))]
+
+
+def test_a_coalescer_outliving_its_event_loop_works_on_the_next_one() -> None:
+    async def send_many(items: list[int]) -> list[int]:
+        return [i + 1 for i in items]
+
+    coalescer: Coalescer[int, int] = Coalescer(send_many)
+    assert asyncio.run(coalescer.call_many([1, 2])) == [2, 3]
+    assert asyncio.run(coalescer.call(5)) == 6  # a new loop: the closed one is not used

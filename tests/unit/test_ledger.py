@@ -34,12 +34,14 @@ from runtime.ledger_schema import (
     JOB_COLUMNS,
     JOB_FIELDS,
     MUTABLE_COLUMNS,
+    MUTABLE_FIELDS,
     SCHEMA_VERSION,
     connect,
     fixed_fields,
     job_from_row,
     job_from_update,
     migrate,
+    outputs_to_json,
 )
 from runtime.models import (
     Cancel,
@@ -763,6 +765,22 @@ async def test_a_job_from_a_full_row_equals_one_from_an_update_row(ledger: Ledge
     job = job_from_row(full)
     assert job.vendor_task_id == "task-job-1" and job.status is JobStatus.PROCESSING
     assert job_from_update(fixed_fields(job), short) == job
+
+
+def test_a_job_from_an_update_row_puts_every_field_in_its_place() -> None:
+    # Every field distinct (no two Nones to swap unseen): job_from_update builds the Job
+    # positionally, so a column out of order must show here.
+    outputs = (StoredOutput("k.png", "image/png", 3, "a.png", "images[0]"),)
+    job = Job(
+        id="j", account_id="a", model="m", input={"k": 1}, status=JobStatus.COMPLETED,
+        cost=7, trace_id="t", route_position=2, vendor="v", vendor_task_id="task",
+        attempts=3, vendor_attempts=1, not_before=10.5, deadline=99.5, result_key="k.png",
+        error="e", idempotency_key="idem", redriven_from="old", created_at=1.5,
+        updated_at=2.5, outputs=outputs,
+    )  # fmt: skip
+    columns = {"status": "completed", "outputs": outputs_to_json(outputs)}
+    row = tuple(columns.get(name, getattr(job, name)) for name in MUTABLE_FIELDS)
+    assert job_from_update(fixed_fields(job), row) == job
 
 
 async def test_opening_an_old_database_upgrades_it(tmp_path: Path) -> None:
