@@ -139,6 +139,29 @@ def test_data_uris_are_outputs_and_decode_without_a_request() -> None:
             decode_data_uri(bad)
 
 
+@pytest.mark.parametrize(
+    ("uri", "decoded"),
+    [
+        ("data:;base64,QUJD", ("text/plain;charset=US-ASCII", b"ABC")),  # clean: as it is
+        ("data:;base64,QUI", ("text/plain;charset=US-ASCII", b"AB")),  # padding added
+        ("data:;base64,QUJD%3D", ("text/plain;charset=US-ASCII", b"ABC")),  # escapes decoded
+        ("data:a,b,c", ("a", b"b,c")),  # the header ends at the first comma
+        ("data:;base64,QU=I", "Discontinuous padding"),
+        ("data:x;base64,QUJD\u00e9", "only ASCII"),
+    ],
+)
+def test_a_data_uri_decodes_the_same_whether_its_base64_is_clean_or_not(
+    uri: str, decoded: tuple[str, bytes] | str
+) -> None:
+    """Clean base64 is decoded as it is; anything else goes through the lenient reading
+    (escapes, whitespace, padding), which also names what is wrong."""
+    if isinstance(decoded, str):
+        with pytest.raises(ValueError, match=decoded):
+            decode_data_uri(uri)
+    else:
+        assert decode_data_uri(uri) == decoded
+
+
 def test_the_compat_accessor_is_the_first_file() -> None:
     status = TaskStatus(
         TaskState.SUCCEEDED,
