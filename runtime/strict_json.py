@@ -38,7 +38,7 @@ def loads(raw: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
 
 
 WALK_FROM = 16 * 1024  # bytes: a body this large is first walked, within a budget
-BYTES_PER_WALKED = 64  # the budget: one value walked per this many bytes of the body
+BYTES_PER_WALKED = 256  # the budget: one value walked per this many bytes of the body
 
 
 def _deeper_than(raw: str | bytes, value: Any, max_depth: int) -> bool:
