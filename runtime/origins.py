@@ -17,6 +17,7 @@ it resolves to.)
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -35,6 +36,12 @@ def refusal_of(url: str, hosts: Sequence[str]) -> str | None:
         return "not a URL"
     if parts.scheme not in ("http", "https") or not host:
         return f"not an http(s) URL with a host: {url[:80]!r}"
+    return _host_refusal(host, tuple(hosts))
+
+
+@functools.lru_cache(maxsize=1024)  # a vendor's outputs come from a few hosts
+def _host_refusal(host: str, hosts: tuple[str, ...]) -> str | None:
+    """Why a URL on ``host`` may not be fetched for a vendor allowing ``hosts``."""
     address = _address(host)
     if address is not None:
         if any(_holds(entry, address) for entry in hosts):

@@ -77,8 +77,9 @@ def secret_key(secret: str) -> bytes:
 
 
 def _digest(key: bytes, msg_id: str, timestamp: int, body: bytes) -> bytes:
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    return hmac.new(key, signed, hashlib.sha256).digest()
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode(), hashlib.sha256)
+    mac.update(body)  # the signed content is id.timestamp.body, with no copy of the body
+    return mac.digest()
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

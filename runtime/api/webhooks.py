@@ -163,22 +163,22 @@ async def read_webhook_body(request: web.Request, limit: int, timeout: float) ->
     does not apply: it is read from the stream). 413 past the limit, 400 if it cannot be
     decoded, 408 if it has not arrived within ``timeout`` seconds; each closes the
     connection (the rest of the body is left unread)."""
-    too_large = HttpRefusal(
-        413,
-        "payload_too_large",
-        f"webhook body larger than gateway.max_webhook_body_bytes ({limit} bytes)",
-        {"Connection": "close"},
-    )
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise _too_large(limit)
+    stream = request.content
     chunks: list[bytes] = []
     size = 0
     try:
+        if stream.is_eof():  # it came whole with the head: no timer, no chunk at a time
+            body = stream.read_nowait()
+            if len(body) > limit:
+                raise _too_large(limit)
+            return body
         async with asyncio.timeout(timeout):
-            async for chunk in request.content.iter_chunked(CHUNK):
+            async for chunk in stream.iter_chunked(CHUNK):
                 size += len(chunk)
                 if size > limit:
-                    raise too_large
+                    raise _too_large(limit)
                 chunks.append(chunk)
     except web.RequestPayloadError as exc:
         encoding = request.headers.get("Content-Encoding", "identity")
@@ -188,6 +188,15 @@ async def read_webhook_body(request: web.Request, limit: int, timeout: float) ->
         message = f"the body did not arrive within {timeout:g}s (gateway.body_timeout)"
         raise HttpRefusal(408, "request_timeout", message, {"Connection": "close"}) from None
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> HttpRefusal:
+    return HttpRefusal(
+        413,
+        "payload_too_large",
+        f"webhook body larger than gateway.max_webhook_body_bytes ({limit} bytes)",
+        {"Connection": "close"},
+    )
 
 
 def with_reference(event: WebhookEvent, query: Mapping[str, str]) -> WebhookEvent:

@@ -215,6 +215,8 @@ def _names(webhook: Any, job_id: str, attempt: int) -> bool:
     """Does a prediction's ``webhook`` URL name this job and attempt?"""
     if not isinstance(webhook, str) or JOB_PARAM not in webhook:
         return False
+    if job_id not in webhook and "%" not in webhook and "+" not in webhook:
+        return False  # unescaped, a query names only what its text holds: another job's
     query = URL(webhook).query
     return query.get(JOB_PARAM) == job_id and query.get(ATTEMPT_PARAM) == str(attempt)
 

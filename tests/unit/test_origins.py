@@ -51,3 +51,15 @@ def test_everything_else_is_refused(url: str, hosts: tuple[str, ...], says: str)
 def test_a_wildcard_does_not_match_its_bare_domain_unless_listed() -> None:
     assert refusal_of("https://fal.run/x", ("*.fal.run",)) is not None
     assert refusal_of("https://a.fal.run/x", ("*.fal.run",)) is None
+
+
+def test_a_host_gets_the_verdict_of_each_vendor_s_own_hosts() -> None:
+    """Verdicts are remembered per host and host list: a host one vendor allows is still
+    refused for another that does not list it, whichever was asked first."""
+    url = "http://127.0.0.1:9101/files/t/out.png"
+    for _ in range(2):
+        assert refusal_of(url, ("127.0.0.1",)) is None
+        assert refusal_of(url, ["127.0.0.1"]) is None  # any sequence, not only a tuple
+        reason = refusal_of(url, FAL)
+        assert reason is not None and "internal address" in reason
+        assert refusal_of(url.replace("/t/", "/u/"), ("127.0.0.0/8",)) is None

@@ -70,3 +70,40 @@ def test_dumps_never_writes_nan_or_infinity(value: Any) -> None:
         strict_json.dumps(value)
     with pytest.raises(ValueError, match="Out of range float values"):
         strict_json.dumps(value, indent=2)
+
+
+def _nested(depth: int, inner: Any) -> Any:
+    for _ in range(depth):
+        inner = [inner]
+    return inner
+
+
+LONG = "A" * (2 * strict_json.WALK_FROM)  # a large body of few values (an output's data: URI)
+
+
+@pytest.mark.parametrize(
+    ("value", "deep"),
+    [
+        # Large and few values: walked, never counted.
+        ({"output": LONG, "deep": _nested(4, 1)}, 5),
+        ({"output": LONG, "deep": _nested(3, 1)}, 4),
+        # Brackets inside strings: more than max_depth of them, the value itself flat.
+        ({"logs": "{[" * strict_json.WALK_FROM, "n": [1]}, 2),
+        # Large and many values: more than the walk's budget, so counted, then walked.
+        ({"many": list(range(strict_json.WALK_FROM)), "deep": _nested(4, 1)}, 5),
+        ({"many": list(range(strict_json.WALK_FROM)), "deep": _nested(3, 1)}, 4),
+        # Small: counted (and walked only past max_depth brackets).
+        (_nested(5, 1), 5),
+        ([[], [[]], {"a": [{}]}], 4),
+        ([], 1),
+        ("scalar", 0),
+    ],
+)
+def test_loads_refuses_exactly_what_nests_deeper_than_max_depth(value: Any, deep: int) -> None:
+    """Whichever way the depth is found (walked within a budget, or bounded by counting
+    brackets), a value is refused exactly when it nests deeper than ``max_depth``."""
+    raw = json.dumps(value).encode()
+    assert strict_json.json_depth(value, 100) == deep
+    assert strict_json.loads(raw, max_depth=deep) == value
+    with pytest.raises(strict_json.NotJson, match=f"nested deeper than {deep - 1} levels"):
+        strict_json.loads(raw, max_depth=deep - 1)

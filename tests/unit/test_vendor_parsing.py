@@ -14,7 +14,7 @@ from runtime.errors import MAX_RETRY_AFTER, VendorModelInvalid
 from runtime.vendors import Output, TaskState, TaskStatus, retry_after_seconds
 from runtime.vendors.fal import queue_app, queue_base, webhook_status
 from runtime.vendors.outputs import decode_data_uri, find_outputs
-from runtime.vendors.replicate import prediction_status
+from runtime.vendors.replicate import _names, prediction_status
 
 NOW = 1_712_345_678.0
 
@@ -139,6 +139,29 @@ def test_data_uris_are_outputs_and_decode_without_a_request() -> None:
             decode_data_uri(bad)
 
 
+@pytest.mark.parametrize(
+    ("uri", "decoded"),
+    [
+        ("data:;base64,QUJD", ("text/plain;charset=US-ASCII", b"ABC")),  # clean: as it is
+        ("data:;base64,QUI", ("text/plain;charset=US-ASCII", b"AB")),  # padding added
+        ("data:;base64,QUJD%3D", ("text/plain;charset=US-ASCII", b"ABC")),  # escapes decoded
+        ("data:a,b,c", ("a", b"b,c")),  # the header ends at the first comma
+        ("data:;base64,QU=I", "Discontinuous padding"),
+        ("data:x;base64,QUJD\u00e9", "only ASCII"),
+    ],
+)
+def test_a_data_uri_decodes_the_same_whether_its_base64_is_clean_or_not(
+    uri: str, decoded: tuple[str, bytes] | str
+) -> None:
+    """Clean base64 is decoded as it is; anything else goes through the lenient reading
+    (escapes, whitespace, padding), which also names what is wrong."""
+    if isinstance(decoded, str):
+        with pytest.raises(ValueError, match=decoded):
+            decode_data_uri(uri)
+    else:
+        assert decode_data_uri(uri) == decoded
+
+
 def test_the_compat_accessor_is_the_first_file() -> None:
     status = TaskStatus(
         TaskState.SUCCEEDED,
@@ -213,3 +236,27 @@ def test_replicate_statuses(
     assert (status.state, status.permanent, status.outputs) == (state, permanent, ())
     if prediction["status"] == "aborted":
         assert status.error is not None and "not billed" in status.error
+
+
+@pytest.mark.parametrize(
+    ("webhook", "names"),
+    [
+        ("https://g/v1/webhooks/replicate?jobline_job_id=job_abc&jobline_attempt=2", True),
+        ("https://g/v1/webhooks/replicate?jobline_attempt=2&jobline_job_id=job_abc", True),
+        ("https://g/v1/webhooks/replicate?jobline_job_id=job_abc&jobline_attempt=1", False),
+        ("https://g/v1/webhooks/replicate?jobline_job_id=job_abd&jobline_attempt=2", False),
+        ("https://g/v1/webhooks/replicate?jobline_job_id=job_abcd&jobline_attempt=2", False),
+        # Escaped, the job's id is not in the text, but the query still names it.
+        ("https://g/v1/webhooks/replicate?jobline_job_id=job_a%62c&jobline_attempt=2", True),
+        ("https://g/v1/webhooks/replicate?jobline_job_id=job%5Fabc&jobline_attempt=%32", True),
+        ("https://g/v1/webhooks/replicate?other=job_abc&jobline_attempt=2", False),
+        ("https://g/v1/webhooks/replicate", False),
+        (None, False),
+    ],
+)
+def test_a_prediction_names_a_job_by_its_webhook_query_however_escaped(
+    webhook: str | None, names: bool
+) -> None:
+    """The in-doubt lookup skips parsing webhooks whose text cannot name the job; an
+    escaped query is still parsed and matched."""
+    assert _names(webhook, "job_abc", 2) is names
