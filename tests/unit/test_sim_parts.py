@@ -17,7 +17,7 @@ from yarl import URL
 from loadtests.sim.explore import parse_seeds
 from loadtests.sim.faults import draw_schedule, format_schedule, parse_schedule
 from loadtests.sim.loop import Deadlock, VirtualClock, run_virtual
-from loadtests.sim.report import percentile
+from loadtests.sim.report import envelope, percentile
 from loadtests.sim.trace import Trace
 from loadtests.sim.traffic import Traffic, arrivals
 from loadtests.sim.vendors import Vendors, in_memory_config
@@ -61,6 +61,19 @@ def test_a_run_that_can_never_wake_up_again_says_so_instead_of_hanging() -> None
 
     with pytest.raises(Deadlock):
         run_virtual(main())
+
+
+def test_a_long_series_is_drawn_through_each_columns_lowest_and_highest_value() -> None:
+    rng = random.Random(5)
+    t = [float(i) for i in range(10_000)]
+    values = [float(rng.randint(0, 50)) for _ in t]
+    times, kept = envelope(t, values, 100)
+    assert len(kept) <= 200 and times == sorted(times)
+    for column in range(100):  # every column's span is kept, by values that were there
+        start, end = column * 100, column * 100 + 100
+        inside = [v for x, v in zip(times, kept, strict=True) if start <= x < end]
+        assert (min(inside), max(inside)) == (min(values[start:end]), max(values[start:end]))
+    assert envelope(t[:150], values[:150], 100) == (t[:150], values[:150])
 
 
 def test_a_fault_schedule_reads_back_as_written_and_names_what_is_wrong() -> None:
