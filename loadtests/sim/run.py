@@ -10,6 +10,7 @@ every job's latency.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import shutil
@@ -95,9 +96,15 @@ def simulate(settings: SimSettings) -> SimResult:
     data = Path(tempfile.mkdtemp(prefix="jobline-sim-", dir=_scratch())) if owned else settings.data
     assert data is not None
     started = time.perf_counter()
+    # What lives before the run (modules, classes, the config) is set aside from the
+    # cyclic garbage collector for the run: its full collections then walk only what the
+    # run made (at 3,000 flaky jobs 0.37 -> 0.11 s of CPU in them). Whether and when it
+    # collects never enters the trace.
+    gc.freeze()
     try:
         result = run_virtual(_simulate(settings, data))
     finally:
+        gc.unfreeze()
         if owned:
             shutil.rmtree(data, ignore_errors=True)
     result.wall_seconds = time.perf_counter() - started

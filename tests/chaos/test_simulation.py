@@ -187,6 +187,7 @@ def test_exploring_many_seeds_in_one_process_keeps_no_memory_per_seed(
     finally:
         tracemalloc.stop()
     assert grown < 4 * 256 * 1024, f"{grown / 2**20:.1f} MB kept by 4 more seeds"
+    assert gc.get_freeze_count() == 0  # what a run sets aside from the collector comes back
 
 
 def test_letting_go_of_long_ended_vendor_tasks_changes_nothing_jobline_or_the_report_sees(
