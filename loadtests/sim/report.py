@@ -81,6 +81,10 @@ def build_report(result: SimResult) -> dict[str, Any]:
             "events": result.events,
             "virtual_seconds": round(result.virtual_seconds, 3),
             "wall_seconds": round(wall, 3),
+            "cpu_seconds": round(result.cpu_seconds, 3),
+            "cpu_seconds_per_1000_jobs": _rounded(
+                result.cpu_seconds / len(jobs) * 1000 if jobs else None
+            ),
             "speed_up": _rounded(result.virtual_seconds / wall if wall else None, 1),
             "jobs_per_wall_second": _rounded(len(jobs) / wall if wall else None, 1),
             "traffic": settings.traffic.model_dump(mode="json"),
@@ -263,13 +267,17 @@ def save_json(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
-def render_text(report: dict[str, Any]) -> str:
-    """The one screen ``jobline simulate`` prints."""
+def render_text(report: dict[str, Any], process_cpu: float | None = None) -> str:
+    """The one screen ``jobline simulate`` prints; ``process_cpu``: the CPU seconds the
+    whole command took (start-up, the run, the report and its picture)."""
     run, jobs, work = report["run"], report["jobs"], report["work"]
+    everything = "" if process_cpu is None else f"; {process_cpu:.1f} s with start-up and report"
     lines = [
         f"jobline simulate: seed {run['seed']}, {jobs['accepted']} jobs over "
         f"{run['virtual_seconds']:.0f} virtual s in {run['wall_seconds']:.1f} wall s "
         f"({run['jobs_per_wall_second']} jobs/s, speed-up x{run['speed_up']})",
+        f"  CPU                    {run['cpu_seconds']:.1f} s for the run, "
+        f"{run['cpu_seconds_per_1000_jobs']} s per 1,000 jobs{everything}",
         "",
         "  jobs by final status   "
         + "  ".join(f"{k} {v}" for k, v in jobs["by_status"].items())

@@ -19,6 +19,7 @@ import pytest
 from loadtests.chaos.broken import broken_build
 from loadtests.sim.explore import describe, explore, explore_settings
 from loadtests.sim.faults import parse_schedule
+from loadtests.sim.report import build_report, render_text
 from loadtests.sim.run import SimSettings, simulate
 from loadtests.sim.traffic import Traffic
 from runtime.config import JoblineConfig, load_config
@@ -204,3 +205,14 @@ def test_letting_go_of_long_ended_vendor_tasks_changes_nothing_jobline_or_the_re
     assert kept.tasks_let_go == 0 and let_go.tasks_let_go > 100
     assert let_go.trace_hash == kept.trace_hash
     assert let_go.vendors == kept.vendors
+
+
+def test_the_report_says_what_the_run_cost_in_cpu_per_1000_jobs(config: JoblineConfig) -> None:
+    result = simulate(SimSettings(config, preset("flaky"), Traffic(rate=10.0, jobs=40), 3))
+    report = build_report(result)
+    run = report["run"]
+    assert len(result.jobs) == 40 and result.cpu_seconds > 0
+    assert run["cpu_seconds"] == round(result.cpu_seconds, 3)
+    assert run["cpu_seconds_per_1000_jobs"] == round(result.cpu_seconds / 40 * 1000, 3)
+    text = render_text(report, process_cpu=12.5)
+    assert f"{run['cpu_seconds_per_1000_jobs']} s per 1,000 jobs; 12.5 s with start-up" in text
