@@ -157,10 +157,14 @@ async def _run_world(settings: SimSettings, world: World) -> SimResult:
         traffic = asyncio.ensure_future(clients.run(arrivals(settings.traffic, world.config, rng)))
         faults = [asyncio.ensure_future(_fault_at(world, fault)) for fault in settings.faults]
         sampler = asyncio.ensure_future(_sample(world, clients, settings, samples, traffic, stop))
+        sampler.add_done_callback(lambda _: stop.set())  # a check that raised ends it too
         await stop.wait()
         for task in (traffic, *faults, sampler):
             task.cancel()
-        await asyncio.gather(traffic, *faults, sampler, return_exceptions=True)
+        ended = await asyncio.gather(traffic, *faults, sampler, return_exceptions=True)
+        for error in ended:  # a client, a fault or a check that raised: a bug, reported
+            if isinstance(error, Exception):
+                world.watch.violation("bug", "simulation", repr(error))
         world.watch.finish(await world.full_check())
     finally:
         await world.stop()

@@ -216,3 +216,20 @@ def test_the_report_says_what_the_run_cost_in_cpu_per_1000_jobs(config: JoblineC
     assert run["cpu_seconds_per_1000_jobs"] == round(result.cpu_seconds / 40 * 1000, 3)
     text = render_text(report, process_cpu=12.5)
     assert f"{run['cpu_seconds_per_1000_jobs']} s per 1,000 jobs; 12.5 s with start-up" in text
+
+
+@pytest.mark.timeout(60, method="thread")  # a hang inside the loop swallows a signal
+def test_a_check_that_raises_ends_the_run_with_a_finding_instead_of_running_forever(
+    config: JoblineConfig,
+) -> None:
+    """Field case: the sampler (the per-second checks, the progress bar) raised, nothing
+    ended the run, and virtual time ran on forever with the gateway's revocation poll."""
+
+    def progress(ended: int, accepted: int) -> None:
+        if ended >= 5:
+            raise RuntimeError("the progress bar broke")
+
+    traffic = Traffic(rate=10.0, jobs=30)
+    result = simulate(SimSettings(config, preset("flaky"), traffic, 3, progress=progress))
+    first = result.violations[0]  # then the jobs it left open (I3)
+    assert first.invariant == "bug" and "the progress bar broke" in first.detail
