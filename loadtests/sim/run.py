@@ -54,7 +54,7 @@ class SimSettings:
     task_horizon: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
     t: float
     open_jobs: int
