@@ -2,9 +2,11 @@
 task is waiting, and the ``Clock`` the roles read from it.
 
 :class:`VirtualLoop` is asyncio's own selector loop with two things changed: ``time()``
-reads a virtual count of seconds (starting at 0), and its selector (:class:`NoSockets`),
-instead of sleeping in ``select(timeout)``, moves that count to the loop's next timer,
-the head of asyncio's own timer heap. Everything that waits on the loop runs on it
+reads a virtual count of seconds (starting at 0), and a turn of the loop
+(:meth:`VirtualLoop._run_once`), instead of sleeping in ``select(timeout)``, moves that
+count to the loop's next timer, the head of asyncio's own timer heap, when nothing is
+ready (asyncio's own turn, still taken in debug mode, does it through the selector,
+:class:`NoSockets`). Everything that waits on the loop runs on it
 unchanged: ``asyncio.sleep``, ``wait_for`` timeouts, ``call_later``, so the processors'
 backoff, token buckets, circuit cooldowns, polling, the sweeper's interval, the fake
 vendors' latencies and every deadline. The simulation never opens a socket or a thread,
