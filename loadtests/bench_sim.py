@@ -65,6 +65,7 @@ def speed(config: JoblineConfig, jobs: int, rate: float = 2.0) -> dict[str, Any]
         "wall_seconds": round(result.wall_seconds, 2),
         "jobs_per_wall_second": round(len(result.jobs) / result.wall_seconds, 1),
         "cpu_seconds": round(cpu, 2),
+        "cpu_seconds_per_1000_jobs": round(cpu / len(result.jobs) * 1000, 3),
         "jobs_per_cpu_second": round(len(result.jobs) / cpu, 1),
         "speed_up": round(result.virtual_seconds / result.wall_seconds, 1),
         "invariants_held": result.ok,
@@ -203,7 +204,8 @@ def render(results: dict[str, Any]) -> str:
     s = results["speed"]
     lines = [
         f"  simulator: {s['jobs']} {s['profile']} jobs at {s['rate']}/s in {s['wall_seconds']} "
-        f"wall s: {s['jobs_per_wall_second']} jobs/wall s ({s['jobs_per_cpu_second']} jobs/CPU s), "
+        f"wall s: {s['jobs_per_wall_second']} jobs/wall s, {s['cpu_seconds']} CPU s "
+        f"({s['cpu_seconds_per_1000_jobs']} s per 1,000 jobs), "
         f"{s['virtual_seconds']} virtual s (speed-up x{s['speed_up']}), "
         f"invariants {'held' if s['invariants_held'] else 'BROKEN'}",
         "",

@@ -72,7 +72,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         print(json.dumps(report, indent=2))
     else:
-        print(render_text(report))
+        print(render_text(report, process_cpu=time.process_time()))
         print(f"  report                 {out / 'report.json'}  {out / 'report.png'}")
         if not result.ok:
             print("\n  the trace before the first violation:")

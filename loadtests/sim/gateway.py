@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import HttpVersion11, web
 from aiohttp import web_app as aiohttp_app
 from aiohttp.http_parser import RawRequestMessage
-from aiohttp.streams import StreamReader
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -67,6 +67,7 @@ class InMemoryApi:
     def __init__(self, ctx: GatewayContext) -> None:
         self.ctx = ctx
         self.app = build_app(ctx)
+        self._max_body = ctx.config.gateway.max_body_bytes
         self._started = False
 
     async def start(self) -> None:
@@ -91,26 +92,29 @@ class InMemoryApi:
     ) -> ApiReply:
         loop = asyncio.get_running_loop()
         sent = CIMultiDict(headers)
+        payload: StreamReader
         if body:
             sent["Content-Length"] = str(len(body))
-        frozen = CIMultiDictProxy(sent)
-        raw = tuple((k.encode(), v.encode()) for k, v in sent.items())
-        message = RawRequestMessage(
-            method, path, HttpVersion11, frozen, raw, False, None, False, False, URL(path)
-        )
-        payload = StreamReader(_CONNECTION, BODY_LIMIT, loop=loop)  # type: ignore[arg-type]
-        if body:
+            payload = StreamReader(_CONNECTION, BODY_LIMIT, loop=loop)  # type: ignore[arg-type]
             payload.feed_data(body)
-        payload.feed_eof()
-        task = asyncio.current_task()
+            payload.feed_eof()
+        else:
+            payload = EMPTY_PAYLOAD  # what aiohttp's parser hands a request without a body
+        raw = tuple((k.encode(), v.encode()) for k, v in sent.items())
+        # The URL as aiohttp's parser builds it from an origin-form request line.
+        path_only, _, query = path.partition("?")
+        url = URL.build(path=path_only, query_string=query, encoded=True)
+        message = RawRequestMessage(
+            method, path, HttpVersion11, CIMultiDictProxy(sent), raw, False, None, False, False, url
+        )
         request = web.Request(
             message,
             payload,
             _CONNECTION,  # type: ignore[arg-type]
             None,  # type: ignore[arg-type]  # no writer: answers are not streamed
-            task,  # type: ignore[arg-type]
+            asyncio.current_task(),  # type: ignore[arg-type]
             loop,
-            client_max_size=self.ctx.config.gateway.max_body_bytes,
+            client_max_size=self._max_body,
         )
         response = await self.app._handle(request)
         assert isinstance(response, web.Response), f"{path}: a streamed answer"

@@ -2,9 +2,11 @@
 task is waiting, and the ``Clock`` the roles read from it.
 
 :class:`VirtualLoop` is asyncio's own selector loop with two things changed: ``time()``
-reads a virtual count of seconds (starting at 0), and its selector (:class:`NoSockets`),
-instead of sleeping in ``select(timeout)``, moves that count to the loop's next timer,
-the head of asyncio's own timer heap. Everything that waits on the loop runs on it
+reads a virtual count of seconds (starting at 0), and a turn of the loop
+(:meth:`VirtualLoop._run_once`), instead of sleeping in ``select(timeout)``, moves that
+count to the loop's next timer, the head of asyncio's own timer heap, when nothing is
+ready (asyncio's own turn, still taken in debug mode, does it through the selector,
+:class:`NoSockets`). Everything that waits on the loop runs on it
 unchanged: ``asyncio.sleep``, ``wait_for`` timeouts, ``call_later``, so the processors'
 backoff, token buckets, circuit cooldowns, polling, the sweeper's interval, the fake
 vendors' latencies and every deadline. The simulation never opens a socket or a thread,
@@ -22,7 +24,13 @@ the simulation needs of it, and is these few lines.
 from __future__ import annotations
 
 import asyncio
+import collections
+import heapq
 import selectors
+from asyncio.base_events import (  # type: ignore[attr-defined]
+    _MIN_CANCELLED_TIMER_HANDLES_FRACTION,
+    _MIN_SCHEDULED_TIMER_HANDLES,
+)
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -99,6 +107,39 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 
     def time(self) -> float:
         return self._now
+
+    def _run_once(self) -> None:
+        """One turn of the loop, as asyncio's ``BaseEventLoop._run_once`` takes it with a
+        selector that has nothing to report: drop the cancelled timers at the heap's head,
+        move time to the next timer if nothing is ready, make the due timers ready, run
+        what is ready. The same callbacks in the same order, without a selector call, its
+        empty events and the debug checks on every turn (a flaky job takes ~55 turns)."""
+        loop: Any = self  # asyncio's private state, which typeshed does not spell out
+        scheduled: list[Any] = loop._scheduled
+        if loop._debug or (
+            len(scheduled) > _MIN_SCHEDULED_TIMER_HANDLES
+            and loop._timer_cancelled_count / len(scheduled) > _MIN_CANCELLED_TIMER_HANDLES_FRACTION
+        ):
+            super()._run_once()  # type: ignore[misc]  # asyncio's own turn (it rebuilds the heap)
+            return
+        ready: collections.deque[Any] = loop._ready
+        while scheduled and scheduled[0]._cancelled:
+            loop._timer_cancelled_count -= 1
+            heapq.heappop(scheduled)._scheduled = False
+        if not ready and not loop._stopping:
+            if not scheduled:
+                raise Deadlock("every task waits on another and no timer is set")
+            self._now = max(self._now, scheduled[0]._when)
+        end_time = self._now + loop._clock_resolution
+        while scheduled and scheduled[0]._when < end_time:
+            handle = heapq.heappop(scheduled)
+            handle._scheduled = False
+            ready.append(handle)
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
+        handle = None  # as asyncio: no reference cycle through the last handle
 
     def jump(self) -> None:
         """Move time to the earliest timer: the head of asyncio's heap, from which it has

@@ -81,6 +81,10 @@ def build_report(result: SimResult) -> dict[str, Any]:
             "events": result.events,
             "virtual_seconds": round(result.virtual_seconds, 3),
             "wall_seconds": round(wall, 3),
+            "cpu_seconds": round(result.cpu_seconds, 3),
+            "cpu_seconds_per_1000_jobs": _rounded(
+                result.cpu_seconds / len(jobs) * 1000 if jobs else None
+            ),
             "speed_up": _rounded(result.virtual_seconds / wall if wall else None, 1),
             "jobs_per_wall_second": _rounded(len(jobs) / wall if wall else None, 1),
             "traffic": settings.traffic.model_dump(mode="json"),
@@ -188,26 +192,58 @@ def _latency_buckets(jobs: Sequence[JobRecord], width: float) -> tuple[list[floa
     return times, p50, p95
 
 
-def save_picture(result: SimResult, path: Path) -> None:
-    """Queue depth, in flight against the limit, and latency over time (PNG)."""
-    import matplotlib
+PICTURE_COLUMNS = 1000  # about the panels' width in pixels: a long run's series is thinned
+# to each column's lowest and highest value (what a line drawn at full length shows there)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def envelope(t: Sequence[float], values: Sequence[float], columns: int) -> tuple[list[float], ...]:
+    """``(t, values)`` thinned to at most ``2 * columns`` points: in each of ``columns``
+    runs of consecutive samples, its lowest and highest value, in the order they came.
+    A line through them covers, in each column, the same span as one through every
+    sample; a series short enough is returned whole."""
+    if len(values) <= 2 * columns:
+        return list(t), list(values)
+    step = math.ceil(len(values) / columns)
+    times: list[float] = []
+    kept: list[float] = []
+    for start in range(0, len(values), step):
+        run = range(start, min(start + step, len(values)))
+        low = min(run, key=values.__getitem__)
+        high = max(run, key=values.__getitem__)
+        for i in sorted({low, high}):
+            times.append(t[i])
+            kept.append(values[i])
+    return times, kept
+
+
+def save_picture(result: SimResult, path: Path) -> None:
+    """Queue depth, in flight against the limit, and latency over time (PNG).
+
+    Drawn on a ``Figure`` of its own (no pyplot state), with fixed margins (a tight layout
+    draws every label once more to measure it), each series thinned to what the panel's
+    pixels can show (:func:`envelope`), and saved with light PNG compression: a picture of
+    a long run costs about what one of a short run does."""
+    from matplotlib.figure import Figure
 
     samples = result.samples
     t = [s.t for s in samples]
     config = result.settings.config
-    fig, (queue, inflight, latency) = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
-    queue.plot(t, [s.open_jobs for s in samples], label="open jobs (queued + processing)")
+    fig = Figure(figsize=(11, 9))
+    fig.subplots_adjust(left=0.07, right=0.985, bottom=0.06, top=0.92, hspace=0.28)
+    queue, inflight, latency = fig.subplots(3, 1, sharex=True)
+
+    def plot(axes: Any, values: Sequence[float], **style: Any) -> Any:
+        return axes.plot(*envelope(t, values, PICTURE_COLUMNS), **style)
+
+    plot(queue, [s.open_jobs for s in samples], label="open jobs (queued + processing)")
     for vendor in sorted(result.vendors):
-        queue.plot(t, [s.vendors[vendor][2] for s in samples], label=f"{vendor} queue", lw=0.8)
+        plot(queue, [s.vendors[vendor][2] for s in samples], label=f"{vendor} queue", lw=0.8)
     queue.set_ylabel("jobs")
     queue.set_title("Queue depth")
     queue.legend(loc="upper left", fontsize=8)
     for vendor in sorted(result.vendors):
         limit = config.vendors[vendor].concurrency
-        line = inflight.plot(t, [s.vendors[vendor][0] for s in samples], lw=0.8, label=vendor)
+        line = plot(inflight, [s.vendors[vendor][0] for s in samples], lw=0.8, label=vendor)
         inflight.axhline(limit, color=line[0].get_color(), ls="--", lw=1, label=f"{vendor} limit")
     inflight.set_ylabel("tasks in flight")
     inflight.set_title("In flight at each vendor (as the vendor counts) against its limit")
@@ -222,10 +258,8 @@ def save_picture(result: SimResult, path: Path) -> None:
     latency.legend(loc="upper left", fontsize=8)
     verdict = "invariants held" if result.ok else f"{len(result.violations)} violations"
     fig.suptitle(f"jobline simulate: seed {result.seed}, {len(result.jobs)} jobs, {verdict}")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})
 
 
 def save_json(report: dict[str, Any], path: Path) -> None:
@@ -233,13 +267,17 @@ def save_json(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
-def render_text(report: dict[str, Any]) -> str:
-    """The one screen ``jobline simulate`` prints."""
+def render_text(report: dict[str, Any], process_cpu: float | None = None) -> str:
+    """The one screen ``jobline simulate`` prints; ``process_cpu``: the CPU seconds the
+    whole command took (start-up, the run, the report and its picture)."""
     run, jobs, work = report["run"], report["jobs"], report["work"]
+    everything = "" if process_cpu is None else f"; {process_cpu:.1f} s with start-up and report"
     lines = [
         f"jobline simulate: seed {run['seed']}, {jobs['accepted']} jobs over "
         f"{run['virtual_seconds']:.0f} virtual s in {run['wall_seconds']:.1f} wall s "
         f"({run['jobs_per_wall_second']} jobs/s, speed-up x{run['speed_up']})",
+        f"  CPU                    {run['cpu_seconds']:.1f} s for the run, "
+        f"{run['cpu_seconds_per_1000_jobs']} s per 1,000 jobs{everything}",
         "",
         "  jobs by final status   "
         + "  ".join(f"{k} {v}" for k, v in jobs["by_status"].items())

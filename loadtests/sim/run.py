@@ -10,6 +10,7 @@ every job's latency.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import shutil
@@ -53,7 +54,7 @@ class SimSettings:
     task_horizon: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
     t: float
     open_jobs: int
@@ -76,6 +77,7 @@ class SimResult:
     max_in_flight: dict[str, int]
     virtual_seconds: float
     wall_seconds: float
+    cpu_seconds: float  # of this process during the run (its fixed costs left out)
     results_bytes: int
     faults: list[Fault]
     settings: SimSettings
@@ -94,13 +96,20 @@ def simulate(settings: SimSettings) -> SimResult:
     owned = settings.data is None
     data = Path(tempfile.mkdtemp(prefix="jobline-sim-", dir=_scratch())) if owned else settings.data
     assert data is not None
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
+    # What lives before the run (modules, classes, the config) is set aside from the
+    # cyclic garbage collector for the run: its full collections then walk only what the
+    # run made (at 3,000 flaky jobs 0.37 -> 0.11 s of CPU in them). Whether and when it
+    # collects never enters the trace.
+    gc.freeze()
     try:
         result = run_virtual(_simulate(settings, data))
     finally:
+        gc.unfreeze()
         if owned:
             shutil.rmtree(data, ignore_errors=True)
     result.wall_seconds = time.perf_counter() - started
+    result.cpu_seconds = time.process_time() - cpu
     return result
 
 
@@ -148,10 +157,13 @@ async def _run_world(settings: SimSettings, world: World) -> SimResult:
         traffic = asyncio.ensure_future(clients.run(arrivals(settings.traffic, world.config, rng)))
         faults = [asyncio.ensure_future(_fault_at(world, fault)) for fault in settings.faults]
         sampler = asyncio.ensure_future(_sample(world, clients, settings, samples, traffic, stop))
+        sampler.add_done_callback(lambda _: stop.set())  # a check that raised ends it too
         await stop.wait()
         for task in (traffic, *faults, sampler):
             task.cancel()
-        await asyncio.gather(traffic, *faults, sampler, return_exceptions=True)
+        *_, sampled = await asyncio.gather(traffic, *faults, sampler, return_exceptions=True)
+        if isinstance(sampled, Exception):  # a check that raised: a bug, reported
+            world.watch.violation("bug", "simulation", repr(sampled))
         world.watch.finish(await world.full_check())
     finally:
         await world.stop()
@@ -174,6 +186,7 @@ async def _run_world(settings: SimSettings, world: World) -> SimResult:
         max_in_flight={name: world.watch.max_in_flight(name) for name in world.vendors.fakes},
         virtual_seconds=world.clock.elapsed(),
         wall_seconds=0.0,
+        cpu_seconds=0.0,
         results_bytes=world.results.stored_bytes,
         faults=list(settings.faults),
         settings=settings,

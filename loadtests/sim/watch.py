@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from loadtests.sim.trace import Trace
 from runtime.config import JoblineConfig
@@ -73,7 +73,7 @@ class JobRecord:
     status: JobStatus = JobStatus.QUEUED
     vendor: str = ""
     holds: int = 1
-    settlements: list[str] = field(default_factory=list)
+    settlements: tuple[str, ...] = ()  # a tuple of strings: nothing for the collector to walk
     ended_at: float | None = None
     attempts: int = 0
     retries: int = 0
@@ -248,7 +248,7 @@ class Watch:
     def _settled(self, record: JobRecord, job: Job, expired: bool) -> None:
         status = job.status
         want = SETTLEMENT.get(status, "release")
-        record.settlements.append(want)
+        record.settlements += (want,)
         record.status = status
         record.ended_at = self.now()
         self.open -= 1
@@ -265,7 +265,7 @@ class Watch:
             self.counts.expired += expired
         if len(record.settlements) != 1 or record.holds != 1:
             self.violation(
-                "I2", record.id, f"{record.holds} holds, settlements {record.settlements}"
+                "I2", record.id, f"{record.holds} holds, settlements {list(record.settlements)}"
             )
         if account.granted - account.captured - account.held < 0:
             self.violation("I1", record.account, f"available below 0 after {record.id}")

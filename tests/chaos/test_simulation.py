@@ -19,6 +19,7 @@ import pytest
 from loadtests.chaos.broken import broken_build
 from loadtests.sim.explore import describe, explore, explore_settings
 from loadtests.sim.faults import parse_schedule
+from loadtests.sim.report import build_report, render_text
 from loadtests.sim.run import SimSettings, simulate
 from loadtests.sim.traffic import Traffic
 from runtime.config import JoblineConfig, load_config
@@ -187,6 +188,7 @@ def test_exploring_many_seeds_in_one_process_keeps_no_memory_per_seed(
     finally:
         tracemalloc.stop()
     assert grown < 4 * 256 * 1024, f"{grown / 2**20:.1f} MB kept by 4 more seeds"
+    assert gc.get_freeze_count() == 0  # what a run sets aside from the collector comes back
 
 
 def test_letting_go_of_long_ended_vendor_tasks_changes_nothing_jobline_or_the_report_sees(
@@ -203,3 +205,31 @@ def test_letting_go_of_long_ended_vendor_tasks_changes_nothing_jobline_or_the_re
     assert kept.tasks_let_go == 0 and let_go.tasks_let_go > 100
     assert let_go.trace_hash == kept.trace_hash
     assert let_go.vendors == kept.vendors
+
+
+def test_the_report_says_what_the_run_cost_in_cpu_per_1000_jobs(config: JoblineConfig) -> None:
+    result = simulate(SimSettings(config, preset("flaky"), Traffic(rate=10.0, jobs=40), 3))
+    report = build_report(result)
+    run = report["run"]
+    assert len(result.jobs) == 40 and result.cpu_seconds > 0
+    assert run["cpu_seconds"] == round(result.cpu_seconds, 3)
+    assert run["cpu_seconds_per_1000_jobs"] == round(result.cpu_seconds / 40 * 1000, 3)
+    text = render_text(report, process_cpu=12.5)
+    assert f"{run['cpu_seconds_per_1000_jobs']} s per 1,000 jobs; 12.5 s with start-up" in text
+
+
+@pytest.mark.timeout(60, method="thread")  # a hang inside the loop swallows a signal
+def test_a_check_that_raises_ends_the_run_with_a_finding_instead_of_running_forever(
+    config: JoblineConfig,
+) -> None:
+    """Field case: the sampler (the per-second checks, the progress bar) raised, nothing
+    ended the run, and virtual time ran on forever with the gateway's revocation poll."""
+
+    def progress(ended: int, accepted: int) -> None:
+        if ended >= 5:
+            raise RuntimeError("the progress bar broke")
+
+    traffic = Traffic(rate=10.0, jobs=30)
+    result = simulate(SimSettings(config, preset("flaky"), traffic, 3, progress=progress))
+    first = result.violations[0]  # then the jobs it left open (I3)
+    assert first.invariant == "bug" and "the progress bar broke" in first.detail

@@ -16,8 +16,8 @@ from yarl import URL
 
 from loadtests.sim.explore import parse_seeds
 from loadtests.sim.faults import draw_schedule, format_schedule, parse_schedule
-from loadtests.sim.loop import Deadlock, VirtualClock, run_virtual
-from loadtests.sim.report import percentile
+from loadtests.sim.loop import Deadlock, VirtualClock, VirtualLoop, run_virtual
+from loadtests.sim.report import envelope, percentile
 from loadtests.sim.results import MemoryResultStore
 from loadtests.sim.trace import Trace
 from loadtests.sim.traffic import Traffic, arrivals
@@ -62,6 +62,62 @@ def test_a_run_that_can_never_wake_up_again_says_so_instead_of_hanging() -> None
 
     with pytest.raises(Deadlock):
         run_virtual(main())
+
+
+def _busy_loop_log(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """What a workload of timers, cancelled timers, ready callbacks and tasks does, in
+    order, on ``loop``: each entry is the loop's time and who ran."""
+    log: list[str] = []
+
+    def at() -> str:
+        return f"{loop.time():.6f} "
+
+    async def worker(name: str, rng: random.Random) -> None:
+        running = asyncio.get_running_loop()
+        for step in range(40):
+            running.call_soon(log.append, f"{running.time():.6f} {name} soon {step}")
+            later = f"{name} later {step}"  # cancelled, unless a sleep outlasts it
+            doomed = running.call_later(rng.random(), lambda x=later: log.append(at() + x))
+            if rng.random() < 0.5:
+                await asyncio.sleep(rng.choice([0.0, rng.random() * 3]))
+            doomed.cancel()
+            try:
+                await asyncio.wait_for(asyncio.sleep(rng.random()), timeout=rng.random())
+            except TimeoutError:
+                log.append(f"{running.time():.6f} {name} timeout {step}")
+            log.append(f"{running.time():.6f} {name} step {step}")
+
+    async def main() -> None:
+        # More than 100 timers, half of them cancelled: asyncio's own turn rebuilds its heap.
+        await asyncio.gather(*(worker(f"w{i}", random.Random(i)) for i in range(150)))
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return log
+
+
+def test_the_virtual_loops_turn_runs_what_asyncios_own_turn_runs_in_the_same_order() -> None:
+    class AsyncioTurn(VirtualLoop):  # the virtual loop with asyncio's own _run_once
+        _run_once = asyncio.SelectorEventLoop._run_once  # type: ignore[attr-defined]
+
+    ours, asyncios = _busy_loop_log(VirtualLoop()), _busy_loop_log(AsyncioTurn())
+    assert len(ours) > 10_000 and any(" later " in line for line in ours)
+    assert ours == asyncios
+
+
+def test_a_long_series_is_drawn_through_each_columns_lowest_and_highest_value() -> None:
+    rng = random.Random(5)
+    t = [float(i) for i in range(10_000)]
+    values = [float(rng.randint(0, 50)) for _ in t]
+    times, kept = envelope(t, values, 100)
+    assert len(kept) <= 200 and times == sorted(times)
+    for column in range(100):  # every column's span is kept, by values that were there
+        start, end = column * 100, column * 100 + 100
+        inside = [v for x, v in zip(times, kept, strict=True) if start <= x < end]
+        assert (min(inside), max(inside)) == (min(values[start:end]), max(values[start:end]))
+    assert envelope(t[:150], values[:150], 100) == (t[:150], values[:150])
 
 
 def test_a_fault_schedule_reads_back_as_written_and_names_what_is_wrong() -> None:
