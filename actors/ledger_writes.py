@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from runtime.batching import Coalescer
 from runtime.clock import Clock
@@ -44,6 +46,8 @@ log = get_logger("ledger_writes")
 
 SETTLE_BACKOFF = 0.25  # seconds before the first retry of a write that did not land
 SETTLE_BACKOFF_CAP = 4.0
+
+T = TypeVar("T")
 
 
 class LedgerWriter:
@@ -157,25 +161,47 @@ class LedgerWriter:
         """``op`` until it lands: an unreachable ledger is asked again with backoff until
         ``deadline``, past which the last error is raised (the sweeper then settles the
         job). Any other error (the ledger refused the operation) is raised at once."""
-        delay = SETTLE_BACKOFF
-        while True:
-            try:
-                return await self.op(op)
-            except JoblineError as exc:
-                if not isinstance(exc, LedgerUnavailable):
-                    raise
-                error: Exception = exc
-            except Exception as exc:  # the ledger's actor unreachable (restarting, gone)
-                error = exc
-            if self._clock.time() + delay >= deadline:
-                raise error
+
+        def retrying(error: Exception) -> None:
             self.retried += 1
             log.warning(
                 "ledger write did not land; trying again",
                 extra={"job_id": getattr(op, "job_id", None), "error": str(error)},
             )
-            await self._clock.sleep(delay)
-            delay = min(delay * 2, SETTLE_BACKOFF_CAP)
+
+        return await until_the_ledger_answers(
+            lambda: self.op(op), self._clock, deadline=deadline, retrying=retrying
+        )
+
+
+async def until_the_ledger_answers(
+    call: Callable[[], Awaitable[T]],
+    clock: Clock,
+    *,
+    retrying: Callable[[Exception], None],
+    deadline: float = math.inf,
+) -> T:
+    """``call()`` again, with backoff (``SETTLE_BACKOFF`` doubling up to
+    ``SETTLE_BACKOFF_CAP`` seconds on ``clock``), while the ledger cannot be reached
+    (``LedgerUnavailable``, or any error of its actor's call: restarting, gone);
+    ``retrying(error)`` is told before each wait. Past ``deadline`` (clock seconds) the
+    last such error is raised; any other ``JoblineError`` (the ledger refused the
+    request) is raised at once."""
+    delay = SETTLE_BACKOFF
+    while True:
+        try:
+            return await call()
+        except JoblineError as exc:
+            if not isinstance(exc, LedgerUnavailable):
+                raise
+            error: Exception = exc
+        except Exception as exc:  # the ledger's actor unreachable (restarting, gone)
+            error = exc
+        if clock.time() + delay >= deadline:
+            raise error
+        retrying(error)
+        await clock.sleep(delay)
+        delay = min(delay * 2, SETTLE_BACKOFF_CAP)
 
 
 def _pass_on(waiter: asyncio.Future[Outcome], sent: asyncio.Future[Outcome]) -> None:

@@ -61,8 +61,8 @@ import asyncio
 import contextlib
 import math
 import random
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from actors.finishing import (
@@ -70,7 +70,7 @@ from actors.finishing import (
     vendor_model,
 )
 from actors.in_doubt import Doubt, SubmitsInDoubt
-from actors.ledger_writes import LedgerWriter
+from actors.ledger_writes import LedgerWriter, until_the_ledger_answers
 from actors.outcomes import HeldJob, Outcomes
 from actors.slots import Slot, Slots
 from actors.waiting import Followed, TaskWaiter
@@ -112,6 +112,7 @@ from runtime.vendors import FoundTask, TaskState, TaskStatus, VendorClient, Webh
 from runtime.webhooks import ATTEMPT_PARAM, JOB_PARAM
 
 log = get_logger("processor")
+T = TypeVar("T")
 
 CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 EARLY_EVENT_TTL = 600.0  # seconds a webhook for a not-yet-known task is kept
@@ -210,14 +211,10 @@ class VendorProcessor:
         """Load this vendor's unfinished jobs, submits in doubt and orphans; start working."""
         if self._pump_task is not None:
             return
-        now = self._clock.time()
-        in_doubt = await self._ledger.submits_in_doubt(self.vendor.name, now - self._longest_life())
-        jobs = await self._ledger.jobs_for_vendor(
-            self.vendor.name, [JobStatus.QUEUED, JobStatus.PROCESSING]
-        )
-        # Read after the jobs: a job canceled in between is either among them (its attempt
-        # follows the task) or its task is among the orphans, never neither.
-        orphans = await self._ledger.orphans(self.vendor.name, now)
+        # A processor (re)started while the ledger cannot be reached (its actor restarting,
+        # its database failing) waits for it: calls to this role wait for its start, and
+        # a start that gave up would leave the vendor without a processor until a restart.
+        in_doubt, jobs, orphans = await self._until_the_ledger_answers(self._recovery_reads)
         for job in in_doubt:
             self._take_in_doubt(job)
         for job in jobs:
@@ -230,7 +227,9 @@ class VendorProcessor:
                 )  # fmt: skip
         left_running = [o for o in orphans if o.task_id and o.task_id not in self._by_task]
         if left_running:  # tasks of jobs that ended before the vendor confirmed their cancel
-            ended = await self._ledger.get_jobs([o.job_id for o in left_running])
+            ended = await self._until_the_ledger_answers(
+                lambda: self._ledger.get_jobs([o.job_id for o in left_running])
+            )
             for orphan, ended_job in zip(left_running, ended, strict=True):
                 assert orphan.task_id is not None
                 if ended_job is not None:
@@ -245,6 +244,28 @@ class VendorProcessor:
                 f"{len(orphans)} orphans",
             },
         )
+
+    async def _recovery_reads(self) -> tuple[list[Job], list[Job], list[Orphan]]:
+        """What a start recovers, read as of now: submits in doubt, unfinished jobs and
+        orphans."""
+        now = self._clock.time()
+        in_doubt = await self._ledger.submits_in_doubt(self.vendor.name, now - self._longest_life())
+        jobs = await self._ledger.jobs_for_vendor(
+            self.vendor.name, [JobStatus.QUEUED, JobStatus.PROCESSING]
+        )
+        # Read after the jobs: a job canceled in between is either among them (its attempt
+        # follows the task) or its task is among the orphans, never neither.
+        orphans = await self._ledger.orphans(self.vendor.name, now)
+        return in_doubt, jobs, orphans
+
+    async def _until_the_ledger_answers(self, read: Callable[[], Awaitable[T]]) -> T:
+        def retrying(error: Exception) -> None:
+            log.warning(
+                "cannot load from the ledger yet; trying again",
+                extra={"vendor": self.vendor.name, "error": str(error)},
+            )
+
+        return await until_the_ledger_answers(read, self._clock, retrying=retrying)
 
     async def stop(self) -> None:
         tasks = [t for t in (self._pump_task, self._weights_task, *self._tasks) if t is not None]
