@@ -25,6 +25,7 @@ a seed, so ``--explore`` can run thousands of them and replay any one exactly.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Sequence
@@ -60,6 +61,34 @@ PATCHES: dict[str, dict[str, Any]] = {
     "lost-answers": {"lost_answers": {"hang": 0.1, "server_error": 0.1, "cut_off": 0.1}},
     "hangs": {"submit": {"hang": 0.1}, "status": {"hang": 0.2}, "cancel": {"hang": 0.3}},
 }
+
+# The per-request rates of a profile's route groups (submit, status, cancel, download) and
+# of its lost answers; each group's add up to at most 1.
+RATES = frozenset({"hang", "reset", "rate_limited", "server_error", "cut_off"})
+
+
+def fitted(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``patch`` made to fit over ``current`` (a profile as a dict): in each group of
+    per-request rates the patch sets, the rates it leaves alone are scaled down so the
+    group still adds up to at most 1. Two faults at once (a 429 storm during hangs, on a
+    vendor that already fails some submits) each take the rate they name, and what was
+    there before shares the rest; merged as they are, the profile would be refused."""
+    out = dict(patch)
+    for group, values in patch.items():
+        before = current.get(group)
+        if not isinstance(values, dict) or not isinstance(before, dict):
+            continue
+        named = {k: float(v) for k, v in values.items() if k in RATES}
+        left = {k: float(v) for k, v in before.items() if k in RATES and k not in named}
+        room = max(0.0, 1.0 - sum(named.values()))
+        if sum(left.values()) > room:
+            scale = room / sum(left.values())
+            out[group] = {
+                **values,
+                **{k: math.floor(v * scale * 1e9) / 1e9 for k, v in left.items()},
+            }
+    return out
+
 
 _FAULT = re.compile(
     r"(?P<kind>[a-z0-9-]+):(?P<target>[A-Za-z0-9_.-]+)@(?P<at>[0-9.]+)(?:\+(?P<length>[0-9.]+))?"

@@ -42,7 +42,7 @@ from actors.wiring import (
     build_role,
     processor_role,
 )
-from loadtests.sim.faults import PATCHES, Fault
+from loadtests.sim.faults import PATCHES, Fault, fitted
 from loadtests.sim.gateway import ApiReply, InMemoryApi
 from loadtests.sim.loop import VirtualClock
 from loadtests.sim.results import MemoryResultStore
@@ -189,6 +189,8 @@ class World:
         self.task_horizon = options.task_horizon or 2 * (longest + self.watch.grace)
         self.tasks_let_go = 0
         self.objects: dict[str, Role | _DownRole] = {}
+        self._starting: dict[str, asyncio.Future[Any]] = {}  # roles whose start is under way
+        self._crashes: dict[str, int] = {}  # by role: how many times it crashed
         self.ports = Ports(
             ledger=lambda: cast(LedgerPort, self.ledger),
             processor=lambda vendor: cast(ProcessorPort, self.objects[processor_role(vendor)]),
@@ -261,7 +263,21 @@ class World:
             self.api = InMemoryApi(ctx)
             await self.api.start()
         else:
-            await built.start()
+            # A role's start may wait (a processor waits for a ledger that is down): a
+            # crash meanwhile kills it there, as it kills a restarting actor on Ray.
+            starting = asyncio.ensure_future(built.start())
+            self._starting[role] = starting
+            try:
+                await starting
+            except asyncio.CancelledError:
+                if self._starting.get(role) is starting:
+                    raise  # the run ends
+                with contextlib.suppress(Exception):
+                    await built.stop()
+                return  # crashed while starting: that crash starts it again
+            finally:
+                if self._starting.get(role) is starting:
+                    del self._starting[role]
         self.objects[role] = built
         self.trace.add("started", role)
 
@@ -352,10 +368,15 @@ class World:
         to it fail for ``downtime`` seconds, then the wiring builds a fresh one, which
         loads what it needs from the ledger."""
         self.trace.add("crash", role)
+        generation = self._crashes[role] = self._crashes.get(role, 0) + 1
+        starting = self._starting.pop(role, None)
+        if starting is not None:
+            starting.cancel()  # it died while starting
         await self._stop_role(role)
         self.objects[role] = _DownRole(role)
         await self.clock.sleep(downtime)
-        await self._start_role(role)
+        if self._crashes[role] == generation:  # else it crashed again: that crash restarts it
+            await self._start_role(role)
 
     def _patch(self, vendor: str, patch: dict[str, Any]) -> int:
         self._patch_ids += 1
@@ -370,7 +391,7 @@ class World:
     def _apply_patches(self, vendor: str) -> None:
         profile = self._base_profiles[vendor]
         for _, patch in self._patches[vendor]:
-            profile = merge_profile(profile, patch)
+            profile = merge_profile(profile, fitted(profile.model_dump(), patch))
         self.vendors[vendor].core.set_profile(profile)
 
 

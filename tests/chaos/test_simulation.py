@@ -164,6 +164,74 @@ def test_a_failover_the_ledger_refused_leaves_the_job_to_the_sweeper(config: Job
     assert result.virtual_seconds < 400  # over long before any deadline
 
 
+def test_a_processor_restarted_while_the_ledger_is_down_waits_for_it(config: JoblineConfig) -> None:
+    """Field case of the exploration (seeds 2-6 of ``--explore``, found when a fault task's
+    error stopped being dropped): replicate's processor crashed while the ledger was down,
+    and its fresh start read its jobs from the ledger, met ``LedgerUnavailable`` and gave
+    up. The role stayed broken for the rest of the run: of 400 jobs at 4/s, 212 expired and
+    were refunded at their deadline (on Ray, a role whose start failed answers every call
+    with that error until it is restarted by hand). A processor's start now reads again
+    with backoff until the ledger answers (``VendorProcessor.start``)."""
+    roles = ["ledger", "sweeper", "processor-fal", "processor-replicate", "gateway-0"]
+    faults = parse_schedule(
+        "ledger-down:ledger@20+10,crash:processor-replicate@22+3", list(config.vendors), roles
+    )
+    result = simulate(SimSettings(config, preset("flaky"), Traffic(rate=4.0, jobs=400), 1, faults))
+    assert result.violations == [] and result.unhandled == 0
+    assert result.counts.expired == 0
+    assert result.virtual_seconds < 400  # over long before any deadline (15 minutes)
+
+
+@pytest.mark.parametrize("ledger", ["", ",ledger-down:ledger@2.8+11.2"])
+def test_a_role_that_crashes_again_before_it_is_back_is_started_once(
+    config: JoblineConfig, tmp_path: Path, ledger: str
+) -> None:
+    """Field case of the exploration (seed 2 of 40 jobs): replicate's processor crashed at
+    0.9 s for 2.8 s and again at 2.6 s for 3.3 s. Each crash started a fresh processor when
+    its own downtime ended, so two ran side by side and replicate counted 7 tasks in flight
+    against 6 (I4); with the ledger down, the first was still waiting for it to start. A
+    crash now also kills a start under way, and only the last crash starts the role."""
+    roles = ["ledger", "sweeper", "processor-fal", "processor-replicate", "gateway-0"]
+    schedule = "crash:processor-replicate@0.9+2.8,crash:processor-replicate@2.6+3.3" + ledger
+    faults = parse_schedule(schedule, list(config.vendors), roles)
+    trace = tmp_path / "trace.txt"
+    traffic = Traffic(rate=12.0, jobs=60, accounts=2)
+    result = simulate(SimSettings(config, preset("flaky"), traffic, 2, faults, trace_file=trace))
+    assert result.violations == [] and result.unhandled == 0
+    started = [
+        float(line.split()[0])
+        for line in trace.read_text().splitlines()
+        if line.endswith(" started processor-replicate")
+    ]
+    assert len(started) == 2 and started[1] >= 2.6 + 3.3  # at the start, after the last crash
+
+
+def test_two_vendor_faults_at_once_share_the_request_rates(
+    config: JoblineConfig, tmp_path: Path
+) -> None:
+    """Field case of the exploration (seed 19): a 429 storm on replicate during its hangs
+    asked for hang 0.1 + rate_limited 0.9 + the flaky profile's server_error 0.02 of its
+    submits; the merged profile was refused (rates above 1), the storm's task died and the
+    run went on without the storm. Each fault now takes the rate it names and the rates
+    already there share the rest."""
+    roles = ["ledger", "sweeper", "processor-fal", "processor-replicate", "gateway-0"]
+    faults = parse_schedule(
+        "hangs:replicate@10.8+14.9,storm-429:replicate@13.2+5.2", list(config.vendors), roles
+    )
+    trace = tmp_path / "trace.txt"
+    traffic = Traffic(rate=12.0, jobs=200)
+    result = simulate(SimSettings(config, preset("flaky"), traffic, 19, faults, trace_file=trace))
+    assert result.violations == [] and result.unhandled == 0
+    assert result.clients.accepted == 200
+    during_the_storm = [  # "<virtual s> vendor replicate submit <status> <job> <n>"
+        line.split()[4]
+        for line in trace.read_text().splitlines()
+        if " vendor replicate submit " in line and 13.2 <= float(line.split()[0]) < 18.4
+    ]
+    assert during_the_storm.count("429") >= 3  # the storm came in over the hangs
+    assert during_the_storm.count("429") > during_the_storm.count("201")
+
+
 def test_exploring_many_seeds_in_one_process_keeps_no_memory_per_seed(
     config: JoblineConfig,
 ) -> None:

@@ -15,7 +15,7 @@ import pytest
 from yarl import URL
 
 from loadtests.sim.explore import parse_seeds
-from loadtests.sim.faults import draw_schedule, format_schedule, parse_schedule
+from loadtests.sim.faults import draw_schedule, fitted, format_schedule, parse_schedule
 from loadtests.sim.loop import Deadlock, VirtualClock, VirtualLoop, run_virtual
 from loadtests.sim.report import envelope, percentile
 from loadtests.sim.results import MemoryResultStore
@@ -28,6 +28,7 @@ from runtime.ledger import Ledger, LedgerMode
 from runtime.models import CreateAccount, Grant, OpenJob
 from vendors_fake import FaultProfile
 from vendors_fake.memory import MemoryVendor
+from vendors_fake.profile import merge_profile, preset
 
 ROOT = Path(__file__).resolve().parents[2]
 VENDORS = ["fal", "replicate"]
@@ -307,3 +308,30 @@ def test_the_result_store_keeps_what_fits_under_its_cap_whether_streamed_or_put(
         assert await streamed.get("job-7-0") == b"\x07"  # a small one fits after a miss
 
     asyncio.run(main())
+
+
+def test_a_fault_patch_fits_over_the_rates_already_there() -> None:
+    """A patch keeps the rates it names; the others of the same group are scaled down so
+    the group adds up to at most 1; groups that fit, and other keys, are left alone."""
+    current = {
+        "submit": {"hang": 0.1, "reset": 0.0, "rate_limited": 0.05, "server_error": 0.02},
+        "status": {"hang": 0.0, "rate_limited": 0.0, "server_error": 0.1},
+        "lost_answers": {"hang": 0.5, "server_error": 0.3, "cut_off": 0.0},
+    }
+    patch = {
+        "submit": {"rate_limited": 0.9, "retry_after": 3.0},
+        "status": {"rate_limited": 0.3},
+        "lost_answers": {"cut_off": 0.6},
+        "run_time": {"kind": "fixed", "seconds": 5.0},
+    }
+    out = fitted(current, patch)
+    assert out["submit"]["rate_limited"] == 0.9 and out["submit"]["retry_after"] == 3.0
+    assert out["submit"]["hang"] == pytest.approx(0.1 / 0.12 * 0.1)
+    assert out["submit"]["server_error"] == pytest.approx(0.02 / 0.12 * 0.1)
+    assert sum(out["submit"][k] for k in ("hang", "reset", "rate_limited", "server_error")) <= 1
+    assert out["status"] == {"rate_limited": 0.3}  # 0.3 + 0.1 fits
+    assert out["lost_answers"]["cut_off"] == 0.6
+    assert out["lost_answers"]["hang"] + out["lost_answers"]["server_error"] <= 0.4
+    assert out["run_time"] == patch["run_time"]
+    merged = merge_profile(preset("flaky"), fitted(preset("flaky").model_dump(), patch))
+    assert merged.submit.rate_limited == 0.9
