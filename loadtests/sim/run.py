@@ -161,9 +161,10 @@ async def _run_world(settings: SimSettings, world: World) -> SimResult:
         await stop.wait()
         for task in (traffic, *faults, sampler):
             task.cancel()
-        *_, sampled = await asyncio.gather(traffic, *faults, sampler, return_exceptions=True)
-        if isinstance(sampled, Exception):  # a check that raised: a bug, reported
-            world.watch.violation("bug", "simulation", repr(sampled))
+        ended = await asyncio.gather(traffic, *faults, sampler, return_exceptions=True)
+        for error in ended:  # a client, a fault or a check that raised: a bug, reported
+            if isinstance(error, Exception):
+                world.watch.violation("bug", "simulation", repr(error))
         world.watch.finish(await world.full_check())
     finally:
         await world.stop()
