@@ -72,6 +72,7 @@ The schema is in ``runtime.ledger_migrations``, the file's settings and rows -> 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import math
@@ -80,7 +81,7 @@ import sqlite3
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +205,20 @@ def _fault(what: str, exc: BaseException) -> LedgerError:
         return _unavailable(exc)
     log.error("ledger %s failed", what, exc_info=exc, extra={"error": repr(exc)})
     return LedgerFault(what, f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def _as_ledger_errors(fn: Callable[..., Any]) -> Iterator[None]:
+    """A read's errors as the ledger raises them: a ``JoblineError`` as it is, an SQLite
+    error as ``LedgerUnavailable``, anything else as the fault of ``fn``."""
+    try:
+        yield
+    except JoblineError:
+        raise
+    except sqlite3.Error as exc:
+        raise _unavailable(exc) from exc
+    except Exception as exc:
+        raise _fault(getattr(fn, "__name__", "read"), exc) from exc
 
 
 # --- the write side: one batch, one transaction -----------------------------------------
@@ -1083,25 +1098,13 @@ class _Connection:
             future = loop.run_in_executor(self._executor, fn, self._conn, *args)
         except RuntimeError as exc:  # the executor was shut down
             raise _unavailable(exc) from exc
-        try:
+        with _as_ledger_errors(fn):
             return await future
-        except JoblineError:
-            raise
-        except sqlite3.Error as exc:
-            raise _unavailable(exc) from exc
-        except Exception as exc:
-            raise _fault(getattr(fn, "__name__", "read"), exc) from exc
 
     def call_inline(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(connection, *args)`` here and now (``inline`` only); raises as ``call``."""
-        try:
+        with _as_ledger_errors(fn):
             return fn(self._conn, *args)
-        except JoblineError:
-            raise
-        except sqlite3.Error as exc:
-            raise _unavailable(exc) from exc
-        except Exception as exc:
-            raise _fault(getattr(fn, "__name__", "read"), exc) from exc
 
     async def open(
         self, path: Path, busy_timeout_s: float, *, writer: bool, mode: LedgerMode

@@ -100,31 +100,15 @@ class ReplicateShape:
         """The prediction as ``GET /v1/predictions/{id}`` answers it; ``listed``: as an
         entry of ``GET /v1/predictions`` (no logs, its ``source``: replicate's OpenAPI
         example of predictions.list)."""
-        url = f"{self.core.base_url}/v1/predictions/{task.id}"
-        prediction: dict[str, Any] = {
+        return {
             "id": task.id,
             "model": task.model,
             "version": task.version,
             "input": task.input,
             **({"source": "api"} if listed else {"logs": _logs(task)}),
             "output": self.output(task),
-            "data_removed": False,
-            "error": task.error,
-            "status": STATUS[task.phase],
-            "created_at": _iso(task.created_at),
-            "started_at": _iso(task.started_at),
-            "completed_at": _iso(task.completed_at),
-            "urls": {"get": url, "cancel": f"{url}/cancel"},
-            "metrics": (
-                {"predict_time": round(task.fate.run_time, 6)}
-                if task.phase is Phase.SUCCEEDED
-                else {}
-            ),
+            **self._after_output(task),
         }
-        if task.webhook_url is not None:
-            prediction["webhook"] = task.webhook_url
-            prediction["webhook_events_filter"] = sorted(task.webhook_events)
-        return prediction
 
     def output(self, task: Task) -> Any:
         if task.phase is not Phase.SUCCEEDED:
@@ -161,8 +145,12 @@ class ReplicateShape:
         head = dumps(
             {"id": task.id, "model": task.model, "version": task.version, "input": task.input}
         )
+        return head[:-1], self._output_json(task), b"," + dumps(self._after_output(task))[1:]
+
+    def _after_output(self, task: Task) -> dict[str, Any]:
+        """The prediction's keys after ``output``, in their order."""
         url = f"{self.core.base_url}/v1/predictions/{task.id}"
-        tail: dict[str, Any] = {
+        after: dict[str, Any] = {
             "data_removed": False,
             "error": task.error,
             "status": STATUS[task.phase],
@@ -177,9 +165,9 @@ class ReplicateShape:
             ),
         }
         if task.webhook_url is not None:
-            tail["webhook"] = task.webhook_url
-            tail["webhook_events_filter"] = sorted(task.webhook_events)
-        return head[:-1], self._output_json(task), b"," + dumps(tail)[1:]
+            after["webhook"] = task.webhook_url
+            after["webhook_events_filter"] = sorted(task.webhook_events)
+        return after
 
     def _output_json(self, task: Task) -> bytes:
         """``dumps(self.output(task))``, with each data URI encoded once per file."""
