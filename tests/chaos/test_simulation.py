@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -257,6 +258,23 @@ def test_exploring_many_seeds_in_one_process_keeps_no_memory_per_seed(
         tracemalloc.stop()
     assert grown < 4 * 256 * 1024, f"{grown / 2**20:.1f} MB kept by 4 more seeds"
     assert gc.get_freeze_count() == 0  # what a run sets aside from the collector comes back
+
+
+def test_garbage_left_before_a_run_is_not_kept_by_it(config: JoblineConfig) -> None:
+    """Found by a newcomer: a run sets what lives before it aside from the collector
+    (``gc.freeze``), and with it the cyclic garbage of the run before, which then was
+    never collected: an exploration grew by ~6 MB a seed (459 MB after 50 seeds)."""
+
+    class Cycle:
+        me: Cycle
+
+    garbage = Cycle()
+    garbage.me = garbage
+    left = weakref.ref(garbage)
+    del garbage
+    traffic = Traffic(rate=12.0, jobs=5, accounts=1)
+    simulate(explore_settings(1, config, preset("calm"), traffic=traffic))
+    assert left() is None
 
 
 def test_letting_go_of_long_ended_vendor_tasks_changes_nothing_jobline_or_the_report_sees(
