@@ -191,6 +191,7 @@ class World:
         self.objects: dict[str, Role | _DownRole] = {}
         self._starting: dict[str, asyncio.Future[Any]] = {}  # roles whose start is under way
         self._crashes: dict[str, int] = {}  # by role: how many times it crashed
+        self._down_until: dict[str, float] = {}  # by role: when its last crash is over
         self.ports = Ports(
             ledger=lambda: cast(LedgerPort, self.ledger),
             processor=lambda vendor: cast(ProcessorPort, self.objects[processor_role(vendor)]),
@@ -369,14 +370,22 @@ class World:
         loads what it needs from the ledger."""
         self.trace.add("crash", role)
         generation = self._crashes[role] = self._crashes.get(role, 0) + 1
+        back_at = max(self._down_until.get(role, 0.0), self.clock.time() + downtime)
+        self._down_until[role] = back_at
         starting = self._starting.pop(role, None)
         if starting is not None:
             starting.cancel()  # it died while starting
         await self._stop_role(role)
         self.objects[role] = _DownRole(role)
         await self.clock.sleep(downtime)
-        if self._crashes[role] == generation:  # else it crashed again: that crash restarts it
-            await self._start_role(role)
+        if self._crashes[role] != generation:
+            return  # it crashed again: that crash starts it
+        # Down for as long as any of its crashes says (a later, shorter one ends no sooner).
+        if self._down_until[role] > self.clock.time():
+            await self.clock.sleep(self._down_until[role] - self.clock.time())
+            if self._crashes[role] != generation:
+                return
+        await self._start_role(role)
 
     def _patch(self, vendor: str, patch: dict[str, Any]) -> int:
         self._patch_ids += 1
