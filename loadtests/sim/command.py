@@ -33,7 +33,7 @@ from loadtests.sim.explore import (
 from loadtests.sim.faults import format_schedule, parse_schedule
 from loadtests.sim.report import build_report, render_text, save_json, save_picture
 from loadtests.sim.run import SimResult, SimSettings, simulate
-from loadtests.sim.traffic import Traffic, load_traffic
+from loadtests.sim.traffic import Traffic, check_models, load_traffic
 from runtime.config import load_config
 from vendors_fake.profile import load_profile
 
@@ -48,8 +48,13 @@ def run_command(args: argparse.Namespace) -> int:
         if args.explore:
             return _explore(args, config, profile, customization)
         traffic = _traffic(args)
+        check_models(traffic, config)
         roles = all_roles(config, gateways=1)
         faults = parse_schedule(args.faults, list(config.vendors), roles)
+        out = args.out or Path("results") / f"simulate-{args.seed}"
+        out.mkdir(parents=True, exist_ok=True)  # before the run, not after it
+        if args.trace is not None:
+            args.trace.open("w").close()
     except (ValueError, OSError, KeyError) as exc:
         print(f"jobline simulate: {exc}", file=sys.stderr)
         return 2
@@ -64,7 +69,6 @@ def run_command(args: argparse.Namespace) -> int:
     )
     result = _run_with_progress(settings, traffic, quiet=args.no_progress)
     report = build_report(result)
-    out = args.out or Path("results") / f"simulate-{args.seed}"
     save_json(report, out / "report.json")
     save_picture(result, out / "report.png")
     if args.json:
@@ -93,7 +97,8 @@ def _run_with_progress(settings: SimSettings, traffic: Traffic, *, quiet: bool) 
         return simulate(settings)
     from tqdm import tqdm
 
-    total = traffic.jobs or int(traffic.rate * (traffic.duration or 0))
+    expected = traffic.rate * (traffic.duration or 0)  # may be huge: 1e308 s of arrivals
+    total = traffic.jobs or (int(expected) if expected < 1e12 else 0)
     bar = tqdm(total=total, unit="job", desc="simulating", file=sys.stderr, smoothing=0.1)
 
     def progress(ended: int, accepted: int) -> None:

@@ -63,6 +63,9 @@ def explore_settings(
     )
 
 
+MAX_SEEDS = 1_000_000  # seeds in one exploration (a list of them is built first)
+
+
 def parse_seeds(text: str) -> list[int]:
     """``1-1000``, ``7``, ``1,5,9-12``: the seeds, in order."""
     seeds: list[int] = []
@@ -74,6 +77,8 @@ def parse_seeds(text: str) -> list[int]:
             raise ValueError(f"{part!r}: seeds are N, N-M or a list of those") from None
         if last < first:
             raise ValueError(f"{part!r}: the range is empty")
+        if len(seeds) + last - first + 1 > MAX_SEEDS:
+            raise ValueError(f"{text!r}: at most {MAX_SEEDS:,} seeds in one exploration")
         seeds.extend(range(first, last + 1))
     if not seeds:
         raise ValueError("no seeds given")

@@ -139,12 +139,21 @@ class Arrival:
     repeat_after: float | None
 
 
-def arrivals(traffic: Traffic, config: JoblineConfig, rng: random.Random) -> Iterator[Arrival]:
-    """The run's arrivals in time order (see the module docstring)."""
+def check_models(traffic: Traffic, config: JoblineConfig) -> dict[str, float]:
+    """The traffic's model weights (every model of the config alike if it names none);
+    ``ValueError`` if it names a model the config lacks or gives every model weight 0."""
     weights = traffic.models or {name: 1.0 for name in config.models}
     unknown = sorted(set(weights) - set(config.models))
     if unknown:
         raise ValueError(f"traffic names models the config lacks: {', '.join(unknown)}")
+    if not any(weight > 0 for weight in weights.values()):
+        raise ValueError("traffic gives every model weight 0: no job could be drawn")
+    return weights
+
+
+def arrivals(traffic: Traffic, config: JoblineConfig, rng: random.Random) -> Iterator[Arrival]:
+    """The run's arrivals in time order (see the module docstring)."""
+    weights = check_models(traffic, config)
     names = [name for name, weight in weights.items() if weight > 0]
     cumulative = list(_accumulate([weights[name] for name in names]))
     t = 0.0
