@@ -216,6 +216,24 @@ def test_a_role_that_crashes_again_before_it_is_back_is_started_once(
     assert len(started) == 2 and started[1] >= back_at - 1e-6  # at the start, then once
 
 
+def test_a_submitted_task_is_kept_through_a_ledger_restart(
+    config: JoblineConfig, tmp_path: Path
+) -> None:
+    """Found by a newcomer (300 jobs at 12/s, ``crash:ledger@5+5``): a replicate task
+    submitted at 4.96 s had its ``MarkProcessing`` fail at 5.06 s while the ledger
+    restarted; the attempt "crashed", the task (billed) was cancelled, and the job ran a
+    second one at 30.5 s, through the sweeper. The record is now sent again until the
+    ledger answers, as the writes that end an attempt are."""
+    roles = ["ledger", "sweeper", "processor-fal", "processor-replicate", "gateway-0"]
+    faults = parse_schedule("crash:ledger@5+5", list(config.vendors), roles)
+    trace = tmp_path / "trace.txt"
+    traffic = Traffic(rate=12.0, jobs=300)
+    result = simulate(SimSettings(config, preset("flaky"), traffic, 1, faults, trace_file=trace))
+    assert result.violations == [] and result.unhandled == 0
+    crashed = [line for line in trace.read_text().splitlines() if "attempt crashed" in line]
+    assert crashed == []
+
+
 def test_two_vendor_faults_at_once_share_the_request_rates(
     config: JoblineConfig, tmp_path: Path
 ) -> None:

@@ -15,7 +15,7 @@ import pytest
 from actors.processor import VendorProcessor
 from actors.sweeper import Sweeper
 from actors.wiring import SWEEPER, Customization
-from runtime.errors import LedgerUnavailable
+from runtime.errors import LedgerFault, LedgerUnavailable
 from runtime.ledger import Ledger, new_job_id
 from runtime.models import (
     Cancel,
@@ -310,16 +310,20 @@ async def test_a_job_canceled_while_its_processor_was_down_keeps_its_slot_from_t
 class _DiesBeforeMarking:
     """The ledger as a processor sees it, except that a MarkProcessing never returns (the
     processor is killed after its submit, before the task id is recorded) or, with
-    ``fail``, raises (the ledger is gone at that moment)."""
+    ``fail``, raises that error (the first ``times`` times; then it is recorded)."""
 
-    def __init__(self, ledger: Ledger, fail: bool = False) -> None:
+    def __init__(
+        self, ledger: Ledger, fail: Exception | None = None, times: int = 1_000_000
+    ) -> None:
         self._ledger = ledger
         self._fail = fail
+        self._times = times
 
     async def execute_many(self, ops: Sequence[LedgerOp]) -> list[Outcome]:
-        if any(isinstance(op, MarkProcessing) for op in ops):
-            if self._fail:
-                raise LedgerUnavailable("the ledger actor died")
+        if any(isinstance(op, MarkProcessing) for op in ops) and self._times > 0:
+            if self._fail is not None:
+                self._times -= 1
+                raise self._fail
             await asyncio.Event().wait()
         return await self._ledger.execute_many(ops)
 
@@ -491,17 +495,35 @@ async def test_the_webhook_of_an_unrecorded_task_frees_its_slot(rig: Rig) -> Non
 
 
 @pytest.mark.profile({"never_finish": 1.0})
-async def test_an_attempt_that_cannot_record_its_task_cancels_it(rig: Rig) -> None:
+async def test_an_attempt_whose_task_record_is_refused_cancels_it(rig: Rig) -> None:
     fal = rig.fakes["fal"]
     [job] = await rig.open("flux-schnell")
     await rig.processors["fal"].stop()
-    rig.processors["fal"] = rig.make_processor("fal", ledger=_DiesBeforeMarking(rig.ledger, True))  # type: ignore[arg-type]
+    refused = _DiesBeforeMarking(rig.ledger, LedgerFault("MarkProcessing", "a bug"))
+    rig.processors["fal"] = rig.make_processor("fal", ledger=refused)  # type: ignore[arg-type]
     await rig.processors["fal"].start()
     await rig.dispatch([job])
     await until(lambda: fal.snapshot()["tasks"]["canceled"] == 1)
     await until(lambda: no_slot_taken(rig))
     assert fal.snapshot()["tasks"]["in_flight"] == 0
     assert untraced(rig) == {}
+
+
+async def test_an_attempt_keeps_its_task_while_the_ledger_cannot_record_it_for_a_moment(
+    rig: Rig,
+) -> None:
+    """The ledger restarting as a task's id is recorded: the record is sent again until it
+    lands, and the task (which the vendor bills) is followed, not cancelled."""
+    fal = rig.fakes["fal"]
+    [job] = await rig.open("flux-schnell")
+    await rig.processors["fal"].stop()
+    blip = _DiesBeforeMarking(rig.ledger, LedgerUnavailable("the ledger actor died"), times=2)
+    rig.processors["fal"] = rig.make_processor("fal", ledger=blip)  # type: ignore[arg-type]
+    await rig.processors["fal"].start()
+    await rig.dispatch([job])
+    [done] = await rig.wait([job])
+    assert done.status is JobStatus.COMPLETED and done.attempts == 1
+    assert fal.snapshot()["tasks"]["canceled"] == 0
 
 
 @pytest.mark.profile({"never_finish": 1.0, "cancel": {"server_error": 1.0}})
