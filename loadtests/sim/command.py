@@ -111,9 +111,20 @@ def _run_with_progress(settings: SimSettings, traffic: Traffic, *, quiet: bool) 
         bar.close()
 
 
+EXPLORE_IGNORES = ("--traffic", "--rate", "--duration", "--out", "--json", "--trace")
+
+
 def _explore(
     args: argparse.Namespace, config: Any, profile: Any, customization: Customization
 ) -> int:
+    ignored = [
+        flag for flag in EXPLORE_IGNORES if getattr(args, flag.lstrip("-").replace("-", "_"))
+    ]
+    if ignored:  # a run the user did not ask for is worse than no run
+        raise ValueError(
+            "--explore runs short runs of its own (--seeds, --jobs, --faults, --profile and "
+            f"--broken apply): {', '.join(ignored)} would not be used"
+        )
     seeds = parse_seeds(args.seeds)
     traffic = explore_traffic(jobs=args.jobs or EXPLORE_JOBS)
     roles = all_roles(config, gateways=1)

@@ -77,3 +77,11 @@ def test_a_traffic_file_no_job_can_be_drawn_from_is_refused(
     traffic.write_text("jobs = 10\n[models]\n" + models)
     code, err = _simulate(capsys, "--traffic", str(traffic), "--out", str(tmp_path / "out"))
     assert code == 2 and said in err
+
+
+@pytest.mark.parametrize("flag", [["--rate", "3"], ["--traffic", "t.toml"], ["--json"]])
+def test_explore_refuses_a_flag_it_would_not_use(
+    capsys: pytest.CaptureFixture[str], flag: list[str]
+) -> None:
+    code, err = _simulate(capsys, "--explore", "--seeds", "1", *flag)
+    assert code == 2 and f"{flag[0]} would not be used" in err
