@@ -7,6 +7,10 @@ database locked or gone, its actor restarting) it tries again with backoff until
 write lands or the job's deadline passes. A vendor task that ended in a second must not
 wait for the sweeper's next round because SQLite was busy for a moment (field case 8:
 with the file locked for 20 s, such jobs completed ~133 s later, through the sweeper).
+``until_the_ledger_answers`` is that retry for any call: a processor's start reads with it
+(a start that gave up on a ledger restarting left the role broken), and a submitted task's
+``MarkProcessing`` is settled when its first send did not land (the task is not cancelled
+for a moment of the ledger's).
 
 ``attach`` holds an operation back until the job's next write, and sends it in the same
 loop turn as that write, so both go in one actor call and one ledger batch (one
