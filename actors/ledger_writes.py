@@ -161,10 +161,11 @@ class LedgerWriter:
                     extra={"job_id": job_id, "error": f"{type(rider).__name__}: {error}"},
                 )
 
-    async def settle(self, op: LedgerOp, deadline: float) -> Outcome:
+    async def settle(self, op: LedgerOp, deadline: float, *, linger: float = 0.0) -> Outcome:
         """``op`` until it lands: an unreachable ledger is asked again with backoff until
         ``deadline``, past which the last error is raised (the sweeper then settles the
-        job). Any other error (the ledger refused the operation) is raised at once."""
+        job). Any other error (the ledger refused the operation) is raised at once. Each
+        send may linger as ``op``'s does."""
 
         def retrying(error: Exception) -> None:
             self.retried += 1
@@ -174,7 +175,7 @@ class LedgerWriter:
             )
 
         return await until_the_ledger_answers(
-            lambda: self.op(op), self._clock, deadline=deadline, retrying=retrying
+            lambda: self.op(op, linger=linger), self._clock, deadline=deadline, retrying=retrying
         )
 
 

@@ -627,15 +627,11 @@ class VendorProcessor:
         self._by_task[task.task_id] = job.id
         op = MarkProcessing(job.id, attempt, task.task_id)
         try:
-            try:
-                marked = await self._writer.op(op, linger=RECORD_LINGER)
-            except Exception as exc:
-                if isinstance(exc, JoblineError) and not isinstance(exc, LedgerUnavailable):
-                    raise  # refused: the job ended or was taken over
-                # The ledger could not be reached: a task the vendor bills is not thrown
-                # away for a moment of it (a 5-s ledger restart cancelled it, and the job
-                # ran a second task), the record is sent again until the job's deadline.
-                marked = await self._writer.settle(op, job.deadline)
+            # Sent again while the ledger cannot be reached: a task the vendor bills is
+            # not thrown away for a moment of it (a 5-s ledger restart cancelled it, and
+            # the job ran a second task). A refusal (the job ended or was taken over)
+            # comes at once.
+            marked = await self._writer.settle(op, job.deadline, linger=RECORD_LINGER)
         except Exception:
             # The task runs with no record of its id: the job will get a new attempt, so
             # nobody else would ever end this one.

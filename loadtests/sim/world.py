@@ -378,14 +378,11 @@ class World:
         await self._stop_role(role)
         self.objects[role] = _DownRole(role)
         await self.clock.sleep(downtime)
-        if self._crashes[role] != generation:
-            return  # it crashed again: that crash starts it
         # Down for as long as any of its crashes says (a later, shorter one ends no sooner).
-        if self._down_until[role] > self.clock.time():
+        while self._crashes[role] == generation and self._down_until[role] > self.clock.time():
             await self.clock.sleep(self._down_until[role] - self.clock.time())
-            if self._crashes[role] != generation:
-                return
-        await self._start_role(role)
+        if self._crashes[role] == generation:  # else it crashed again: that crash starts it
+            await self._start_role(role)
 
     def _patch(self, vendor: str, patch: dict[str, Any]) -> int:
         self._patch_ids += 1
